@@ -1,0 +1,1 @@
+//! The structured-clone wire format (being written).

@@ -1,0 +1,265 @@
+//! One error type per operation, named as `std::sync::mpsc` names them.
+
+use std::fmt;
+use std::io;
+
+/// Errors of setup calls: creating channels and buffers, bootstrap, rendezvous.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused (the cause is kept).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Shared memory or a handshake received from a peer failed validation.
+    #[error("invalid data from peer: {0}")]
+    Invalid(&'static str),
+    /// The options given are out of range.
+    #[error("invalid options: {0}")]
+    InvalidOptions(&'static str),
+    /// The port was transferred or closed, so it cannot be used for this.
+    #[error("port is detached")]
+    Detached,
+    /// `MessagePort::from_parent` found no port handed down by a parent process.
+    #[error("no port was passed to this process (SHMPORT_PARENT is not set)")]
+    NoParentPort,
+    /// A rendezvous peer runs as another user.
+    #[error("peer runs as uid {peer}, not {ours}")]
+    WrongUser {
+        /// The peer's uid, as the kernel reports it.
+        peer: u32,
+        /// This process's uid.
+        ours: u32,
+    },
+}
+
+/// What made a `post_message` fail the structured-clone checks (SEMANTICS 5 and 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataCloneErrorKind {
+    /// 5a: the transfer list contains the port being posted on.
+    SourcePortInTransfer,
+    /// 5b: the transfer list names the same buffer or port twice.
+    DuplicateInTransfer,
+    /// 5c: the message references a port that is not in the transfer list.
+    PortNotInTransfer,
+    /// 5d: the message or the transfer list contains a detached buffer.
+    DetachedBuffer,
+    /// 5e: the transfer list contains a detached (transferred or closed) port.
+    DetachedPort,
+    /// 11: the value nests deeper than the codec allows.
+    TooDeep,
+    /// 11: a typed-array view does not fit inside its buffer.
+    InvalidView,
+}
+
+/// The web's `DataCloneError`: the message or its transfer list cannot be cloned.
+/// Nothing was sent and nothing was detached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("data clone error: {}", .kind.describe())]
+pub struct DataCloneError {
+    kind: DataCloneErrorKind,
+}
+
+impl DataCloneError {
+    pub(crate) fn new(kind: DataCloneErrorKind) -> Self {
+        DataCloneError { kind }
+    }
+
+    /// Which check failed.
+    pub fn kind(&self) -> DataCloneErrorKind {
+        self.kind
+    }
+}
+
+impl DataCloneErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::SourcePortInTransfer => "the transfer list contains the source port",
+            Self::DuplicateInTransfer => "the transfer list contains an item twice",
+            Self::PortNotInTransfer => {
+                "the message contains a port that is not in the transfer list"
+            }
+            Self::DetachedBuffer => "an ArrayBuffer is detached",
+            Self::DetachedPort => "the transfer list contains a detached port",
+            Self::TooDeep => "the value nests too deeply",
+            Self::InvalidView => "a typed-array view lies outside its buffer",
+        }
+    }
+}
+
+/// Why `post_message` / `post_bytes` (and their `try_` / timeout variants) failed.
+/// Posting to a port whose peer is gone is *not* an error (SEMANTICS 10).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostError {
+    /// The message or transfer list failed the structured-clone checks.
+    #[error(transparent)]
+    DataClone(#[from] DataCloneError),
+    /// The encoded message is larger than the ring can ever hold.
+    #[error("message of {len} bytes exceeds the ring's limit of {max} bytes")]
+    TooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The most one record of this channel carries.
+        max: usize,
+    },
+    /// `try_post_*`: the ring is full right now.
+    #[error("ring is full")]
+    Full,
+    /// `post_*_timeout`: the ring stayed full until the deadline.
+    #[error("timed out waiting for ring space")]
+    Timeout,
+    /// The peer broke the ring's invariants; the channel is unusable.
+    #[error("channel broken: {0}")]
+    Broken(&'static str),
+    /// The OS refused to pass descriptors to the peer.
+    #[error("transfer failed: {0}")]
+    Transfer(String),
+}
+
+impl PostError {
+    /// Whether this is [`PostError::Full`].
+    pub fn is_full(&self) -> bool {
+        matches!(self, PostError::Full)
+    }
+    /// Whether this is [`PostError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PostError::Timeout)
+    }
+}
+
+/// The web's `messageerror`: a message arrived but could not be decoded (SEMANTICS 17).
+/// The message is consumed; the port stays usable where framing allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageError {
+    reason: &'static str,
+}
+
+impl MessageError {
+    pub(crate) fn new(reason: &'static str) -> Self {
+        MessageError { reason }
+    }
+
+    /// What was wrong with the message.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "message could not be decoded: {}", self.reason)
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+/// Error of a blocking `recv`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// The port is closed or detached, or its peer is gone and everything it sent has
+    /// been received.
+    #[error("port closed")]
+    Closed,
+    /// The next message could not be decoded; it has been consumed.
+    #[error(transparent)]
+    MessageError(MessageError),
+}
+
+/// Error of `try_recv`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// No message is waiting.
+    #[error("no message waiting")]
+    Empty,
+    /// See [`RecvError::Closed`].
+    #[error("port closed")]
+    Closed,
+    /// See [`RecvError::MessageError`].
+    #[error(transparent)]
+    MessageError(MessageError),
+}
+
+/// Error of `recv_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// No message arrived before the deadline.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// See [`RecvError::Closed`].
+    #[error("port closed")]
+    Closed,
+    /// See [`RecvError::MessageError`].
+    #[error(transparent)]
+    MessageError(MessageError),
+}
+
+macro_rules! recv_helpers {
+    ($t:ident) => {
+        impl $t {
+            /// Whether the port is closed (and drained).
+            pub fn is_closed(&self) -> bool {
+                matches!(self, $t::Closed)
+            }
+            /// Whether a message was consumed but could not be decoded.
+            pub fn is_message_error(&self) -> bool {
+                matches!(self, $t::MessageError(_))
+            }
+        }
+    };
+}
+recv_helpers!(RecvError);
+recv_helpers!(TryRecvError);
+recv_helpers!(RecvTimeoutError);
+
+impl TryRecvError {
+    /// Whether no message was waiting.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, TryRecvError::Empty)
+    }
+}
+
+impl RecvTimeoutError {
+    /// Whether the deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RecvTimeoutError::Timeout)
+    }
+}
+
+/// The outcome of one internal receive attempt, mapped onto the three public types.
+#[derive(Debug)]
+pub(crate) enum RecvFail {
+    Empty,
+    Timeout,
+    Closed,
+    Message(MessageError),
+}
+
+impl From<RecvFail> for RecvError {
+    fn from(f: RecvFail) -> Self {
+        match f {
+            RecvFail::Message(m) => RecvError::MessageError(m),
+            _ => RecvError::Closed,
+        }
+    }
+}
+
+impl From<RecvFail> for TryRecvError {
+    fn from(f: RecvFail) -> Self {
+        match f {
+            RecvFail::Message(m) => TryRecvError::MessageError(m),
+            RecvFail::Closed => TryRecvError::Closed,
+            RecvFail::Empty | RecvFail::Timeout => TryRecvError::Empty,
+        }
+    }
+}
+
+impl From<RecvFail> for RecvTimeoutError {
+    fn from(f: RecvFail) -> Self {
+        match f {
+            RecvFail::Message(m) => RecvTimeoutError::MessageError(m),
+            RecvFail::Closed => RecvTimeoutError::Closed,
+            RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
+        }
+    }
+}

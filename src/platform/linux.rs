@@ -1,0 +1,268 @@
+//! Linux: memfd segments, shared futexes, SEQPACKET socketpairs with SCM_RIGHTS, peer
+//! credentials and abstract-namespace rendezvous sockets. Every `rustix` call of the
+//! crate lives in this file.
+
+use std::io;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use rustix::thread::futex;
+
+/// The most file descriptors one socket message carries (the kernel's SCM_MAX_FD is 253).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 16;
+
+/// The seals every segment carries: its size can never change under a mapping (a
+/// shrink would turn our loads into SIGBUS), and no seal can be removed.
+const SEGMENT_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+/// `memfd_create` + `ftruncate` + `F_ADD_SEALS`: an anonymous, close-on-exec shared
+/// memory file of exactly `len` bytes that nobody can resize.
+pub(crate) fn memfd_create_sealed(name: &str, len: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS)?;
+    Ok(fd)
+}
+
+/// `fstat` + `F_GET_SEALS`: the size of a segment received from elsewhere, checked to be
+/// sealed against resizing (so mapping `len` bytes of it can never fault).
+pub(crate) fn sealed_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let seals = rustix::fs::fcntl_get_seals(fd)?;
+    if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "segment is not sealed against resizing",
+        ));
+    }
+    let st = rustix::fs::fstat(fd)?;
+    u64::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// `mmap(MAP_SHARED, PROT_READ|PROT_WRITE)` of the first `len` bytes of `fd`.
+pub(crate) fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw> {
+    MmapOptions::new().len(len).map_raw(&fd)
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// `FUTEX_WAIT` on a word that may live in memory shared with other processes (so never
+/// `FUTEX_PRIVATE_FLAG`). Returns when woken, when the word no longer holds `expected`,
+/// on a signal, or after `timeout`; the caller re-checks its condition in every case.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| rustix::time::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    // EAGAIN (value changed), ETIMEDOUT and EINTR all mean "go and look again".
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+}
+
+/// `FUTEX_WAKE` of every waiter on a shared word.
+pub(crate) fn futex_wake(word: &AtomicU32) {
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: the pair beside every channel.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// `poll(POLLRDHUP)` with a zero timeout: has the other end of this socket gone (every
+/// copy of its descriptor closed, including by the death of its process)?
+pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
+        Err(_) => false,
+    }
+}
+
+/// `poll(POLLIN)` for up to `timeout`: is a message (or a hang-up) waiting on `sock`?
+pub(crate) fn poll_readable(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::IN)];
+    let ts = timeout.map(|t| rustix::time::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    loop {
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(n) => return Ok(n > 0),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `sendmsg` of `bytes` with `fds` attached as SCM_RIGHTS, as one SEQPACKET message.
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    assert!(
+        fds.len() <= MAX_FDS_PER_MESSAGE,
+        "too many fds in one message"
+    );
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("control buffer too small"));
+    }
+    loop {
+        match rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(_) => return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg")),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `recvmsg` of one SEQPACKET message into `buf`, appending the descriptors it carried
+/// (received close-on-exec) to `fds`. Returns the number of bytes; 0 means the peer has
+/// hung up. With `nonblocking`, `Ok(None)` means nothing is waiting.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+) -> io::Result<Option<usize>> {
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let msg = loop {
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+            Ok(msg) => break msg,
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) if nonblocking => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC)
+        || msg.flags.contains(rustix::net::ReturnFlags::TRUNC)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "truncated socket message",
+        ));
+    }
+    Ok(Some(msg.bytes))
+}
+
+/// `fcntl(F_SETFD)`: set or clear close-on-exec. Async-signal-safe (used between fork
+/// and exec).
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec {
+        rustix::io::FdFlags::CLOEXEC
+    } else {
+        rustix::io::FdFlags::empty()
+    };
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
+}
+
+/// The user id of the process at the other end of a connected Unix socket, as the
+/// kernel recorded it at connect time (`SO_PEERCRED`).
+pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(sock)?.uid.as_raw())
+}
+
+/// `getuid()`.
+pub(crate) fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// The address a rendezvous name maps to: Linux's abstract socket namespace, so that no
+/// file is left behind when the listener is killed (SEMANTICS rule 20).
+fn rendezvous_addr(name: &[u8]) -> io::Result<SocketAddrUnix> {
+    Ok(SocketAddrUnix::new_abstract_name(name)?)
+}
+
+/// `socket` + `bind` + `listen` on an abstract-namespace SEQPACKET socket.
+pub(crate) fn listen(name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &rendezvous_addr(name)?)?;
+    rustix::net::listen(&fd, 128)?;
+    Ok(fd)
+}
+
+/// `accept4(SOCK_CLOEXEC)`, retried on EINTR.
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    loop {
+        match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `socket` + `connect` to an abstract-namespace SEQPACKET socket.
+pub(crate) fn connect(name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&fd, &rendezvous_addr(name)?)?;
+    Ok(fd)
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`.
+pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// A stable identity of a descriptor's open file: (device, inode).
+pub(crate) fn file_identity(fd: impl AsFd) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}

@@ -1,0 +1,84 @@
+//! Every other OS, for now: the crate builds, and every call that would need the OS
+//! returns `ErrorKind::Unsupported`. macOS (POSIX shm + ulock/os_sync_wait_on_address)
+//! is the next port; it must define exactly the names of `linux.rs`.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use memmap2::MmapRaw;
+
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 16;
+
+fn unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "shmport supports only Linux so far",
+    )
+}
+
+pub(crate) fn memfd_create_sealed(_name: &str, _len: u64) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn sealed_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Err(unsupported())
+}
+pub(crate) fn mmap_shared(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
+    Err(unsupported())
+}
+pub(crate) fn page_size() -> usize {
+    4096
+}
+pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Duration>) {
+    std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)));
+}
+pub(crate) fn futex_wake(_word: &AtomicU32) {}
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Err(unsupported())
+}
+pub(crate) fn peer_hung_up(_sock: BorrowedFd<'_>) -> bool {
+    true
+}
+pub(crate) fn poll_readable(_sock: BorrowedFd<'_>, _timeout: Option<Duration>) -> io::Result<bool> {
+    Err(unsupported())
+}
+pub(crate) fn send_with_fds(
+    _sock: BorrowedFd<'_>,
+    _bytes: &[u8],
+    _fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn recv_with_fds(
+    _sock: BorrowedFd<'_>,
+    _buf: &mut [u8],
+    _fds: &mut Vec<OwnedFd>,
+    _nonblocking: bool,
+) -> io::Result<Option<usize>> {
+    Err(unsupported())
+}
+pub(crate) fn set_cloexec(_fd: BorrowedFd<'_>, _cloexec: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn peer_uid(_sock: BorrowedFd<'_>) -> io::Result<u32> {
+    Err(unsupported())
+}
+pub(crate) fn current_uid() -> u32 {
+    0
+}
+pub(crate) fn listen(_name: &[u8]) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn accept(_listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn connect(_name: &[u8]) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn dup(_fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn file_identity(_fd: impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
+    Err(unsupported())
+}

@@ -1,0 +1,284 @@
+//! The shared layout of one channel: a header, then two directions.
+//!
+//! ```text
+//! offset 0                         128              512              896   896 + cap
+//! | Header (magic, version, ...)  | RingLines dir 0 | RingLines dir 1 | data 0 | data 1 |
+//! ```
+//!
+//! Direction `e` carries messages posted by end `e` to end `1 - e`.
+//!
+//! # Safety: the shared-memory invariants
+//!
+//! Every `SAFETY:` comment about shared memory in this crate relies on these:
+//!
+//! 1. A `Segment` owns its mapping (or heap block) for its whole life, and every
+//!    `RingRef` it hands out is used only while an `Arc<Segment>` is held beside it.
+//! 2. The mapping's size never changes: memfds are sealed `SHRINK | GROW | SEAL` at
+//!    creation and `open` refuses a segment without those seals, so no access inside
+//!    `len` can fault.
+//! 3. Memory the peer can write is only accessed through atomics (`AtomicU32`,
+//!    `AtomicU64`, which may alias concurrent access) or copied out with raw-pointer
+//!    copies. No `&T`/`&[u8]` of a non-atomic type is ever formed over it.
+//! 4. Every value read from shared memory is validated before it is used as an index or
+//!    a length; values that configure the layout (capacity, flags) are read once, at
+//!    `open`, and kept in process memory.
+
+use std::alloc::Layout;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use memmap2::MmapRaw;
+
+use crate::platform;
+use crate::ring::{self, RingLines, RingRef};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::wait::Parker;
+
+/// "SHMPORT" + a format byte.
+const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
+/// Bumped on any change of the layout or the record format.
+const VERSION: u32 = 1;
+/// Changes whenever a size or offset below changes, so that two builds that disagree
+/// on the layout refuse each other even at the same version.
+const LAYOUT: u32 = (HEADER_SIZE as u32) ^ ((LINES_SIZE as u32) << 12) ^ 0x5a00_0000;
+
+const HEADER_SIZE: usize = 128;
+const LINES_SIZE: usize = std::mem::size_of::<RingLines>();
+const DATA_OFFSET: usize = HEADER_SIZE + 2 * LINES_SIZE;
+
+/// `Header::flags`: the channel busy-polls (writers skip the wake-up check).
+pub(crate) const FLAG_BUSY_POLL: u32 = 1;
+const KNOWN_FLAGS: u32 = FLAG_BUSY_POLL;
+
+/// An end's state word (`Header::ends`).
+pub(crate) const END_OPEN: u32 = 0;
+/// The end was closed, dropped, or doomed: its peer drains and then reports closed.
+pub(crate) const END_CLOSED: u32 = 1;
+
+/// The first 128 bytes of a segment. Every field is atomic because the peer may write
+/// any of them at any time; the configuring ones are read once at `open`.
+#[repr(C, align(128))]
+struct Header {
+    magic: AtomicU64,
+    version: AtomicU32,
+    layout: AtomicU32,
+    total_len: AtomicU64,
+    capacity: AtomicU64,
+    flags: AtomicU32,
+    /// Stored last, with Release, when the rest is written.
+    initialised: AtomicU32,
+    ends: [AtomicU32; 2],
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
+    assert!(std::mem::offset_of!(Header, total_len) == 16);
+    assert!(std::mem::offset_of!(Header, initialised) == 36);
+    assert!(std::mem::offset_of!(Header, ends) == 40);
+    assert!(DATA_OFFSET == 896);
+    assert!(DATA_OFFSET % 128 == 0);
+};
+
+/// Bytes of a segment whose directions each hold `capacity` bytes.
+fn segment_len(capacity: u64) -> u64 {
+    DATA_OFFSET as u64 + 2 * capacity
+}
+
+/// Why a received segment was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("invalid segment: {0}")]
+    Invalid(&'static str),
+}
+
+enum Memory {
+    /// A memfd mapped shared; the fd travels when the port does.
+    Shared { _map: MmapRaw, fd: OwnedFd },
+    /// A zeroed heap block (the process-local backend).
+    Heap { layout: Layout },
+}
+
+/// One channel's shared memory, mapped in this process. See the module docs for the
+/// invariants every access relies on.
+pub(crate) struct Segment {
+    base: NonNull<u8>,
+    capacity: u64,
+    flags: u32,
+    memory: Memory,
+    parker: Parker,
+}
+
+// SAFETY: the segment is memory built for concurrent access (invariant 3); the pointer
+// stays valid while the Segment lives (invariant 1).
+unsafe impl Send for Segment {}
+// SAFETY: as above.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// A new memfd segment, sealed, with both ends open and both rings empty.
+    pub(crate) fn create_shared(capacity: u64, flags: u32) -> io::Result<Segment> {
+        check_capacity(capacity).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let len = segment_len(capacity);
+        let fd = platform::memfd_create_sealed("shmport-channel", len)?;
+        let map = platform::mmap_shared(fd.as_fd(), len as usize)?;
+        let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
+        let segment = Segment {
+            base,
+            capacity,
+            flags,
+            memory: Memory::Shared { _map: map, fd },
+            parker: Parker::Futex,
+        };
+        segment.initialise(len);
+        Ok(segment)
+    }
+
+    /// A new segment on the heap, usable only inside this process.
+    pub(crate) fn create_local(capacity: u64, flags: u32) -> io::Result<Segment> {
+        check_capacity(capacity).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let len = segment_len(capacity);
+        let layout = Layout::from_size_align(len as usize, 128).map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let segment = Segment {
+            base,
+            capacity,
+            flags,
+            memory: Memory::Heap { layout },
+            parker: Parker::local(),
+        };
+        segment.initialise(len);
+        Ok(segment)
+    }
+
+    fn initialise(&self, len: u64) {
+        let h = self.header();
+        h.magic.store(MAGIC, Ordering::Relaxed);
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.layout.store(LAYOUT, Ordering::Relaxed);
+        h.total_len.store(len, Ordering::Relaxed);
+        h.capacity.store(self.capacity, Ordering::Relaxed);
+        h.flags.store(self.flags, Ordering::Relaxed);
+        // SYNC: initialised. Everything above is visible to whoever sees 1 here.
+        h.initialised.store(1, Ordering::Release);
+    }
+
+    /// Maps a segment received from another process, validating everything it will
+    /// rely on: seals, size, magic, version, layout, capacity and flags.
+    pub(crate) fn open_shared(fd: OwnedFd) -> Result<Segment, OpenError> {
+        let len = platform::sealed_len(fd.as_fd())?;
+        if len < DATA_OFFSET as u64 || len > segment_len(ring::MAX_CAPACITY) {
+            return Err(OpenError::Invalid("size out of range"));
+        }
+        let map = platform::mmap_shared(fd.as_fd(), len as usize)?;
+        let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
+        // Build the Segment first so the mapping is released on every error path; its
+        // capacity is fixed below, after validation, and nothing reads it before.
+        let mut segment = Segment {
+            base,
+            capacity: 0,
+            flags: 0,
+            memory: Memory::Shared { _map: map, fd },
+            parker: Parker::Futex,
+        };
+        let h = segment.header();
+        // SYNC: initialised.
+        if h.initialised.load(Ordering::Acquire) != 1 {
+            return Err(OpenError::Invalid("not initialised"));
+        }
+        if h.magic.load(Ordering::Relaxed) != MAGIC {
+            return Err(OpenError::Invalid("bad magic"));
+        }
+        if h.version.load(Ordering::Relaxed) != VERSION
+            || h.layout.load(Ordering::Relaxed) != LAYOUT
+        {
+            return Err(OpenError::Invalid("incompatible version or layout"));
+        }
+        let capacity = h.capacity.load(Ordering::Relaxed);
+        check_capacity(capacity).map_err(OpenError::Invalid)?;
+        if h.total_len.load(Ordering::Relaxed) != len || segment_len(capacity) != len {
+            return Err(OpenError::Invalid("size does not match the header"));
+        }
+        let flags = h.flags.load(Ordering::Relaxed);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(OpenError::Invalid("unknown flags"));
+        }
+        segment.capacity = capacity;
+        segment.flags = flags;
+        Ok(segment)
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the first HEADER_SIZE bytes are in the mapping (checked at open), and
+        // Header is all atomics (invariant 3).
+        unsafe { self.base.cast::<Header>().as_ref() }
+    }
+
+    /// The ring of direction `dir` (0 or 1): end `dir` produces into it.
+    pub(crate) fn ring(&self, dir: usize) -> RingRef {
+        assert!(dir < 2);
+        // SAFETY: both offsets are inside the mapping, whose size was checked against
+        // the capacity (invariants 1, 2, 4); the data area is 128-aligned.
+        unsafe {
+            let lines = self
+                .base
+                .add(HEADER_SIZE + dir * LINES_SIZE)
+                .cast::<RingLines>();
+            let data = self.base.add(DATA_OFFSET + dir * self.capacity as usize);
+            RingRef::new(lines, data, self.capacity)
+        }
+    }
+
+    /// The state word of end `end` (`END_OPEN` / `END_CLOSED`).
+    pub(crate) fn end_state(&self, end: usize) -> &AtomicU32 {
+        &self.header().ends[end]
+    }
+
+    pub(crate) fn parker(&self) -> &Parker {
+        &self.parker
+    }
+
+    /// The memfd, for a segment that can cross processes.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.memory {
+            Memory::Shared { fd, .. } => Some(fd.as_fd()),
+            Memory::Heap { .. } => None,
+        }
+    }
+
+    /// Bytes of each direction's data area.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub(crate) fn busy_poll(&self) -> bool {
+        self.flags & FLAG_BUSY_POLL != 0
+    }
+
+    /// The address of the first byte, for tests that corrupt shared memory on purpose.
+    #[cfg(test)]
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let Memory::Heap { layout } = self.memory {
+            // SAFETY: allocated in create_local with exactly this layout.
+            unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
+        }
+    }
+}
+
+fn check_capacity(capacity: u64) -> Result<(), &'static str> {
+    if !capacity.is_power_of_two() || !(ring::MIN_CAPACITY..=ring::MAX_CAPACITY).contains(&capacity)
+    {
+        return Err("ring capacity must be a power of two between 64 B and 1 GiB");
+    }
+    Ok(())
+}
