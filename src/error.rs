@@ -50,6 +50,8 @@ pub enum DataCloneErrorKind {
     TooDeep,
     /// 11: a typed-array view does not fit inside its buffer.
     InvalidView,
+    /// 11: a typed message's serializer refused the value.
+    Uncloneable,
 }
 
 /// The web's `DataCloneError`: the message or its transfer list cannot be cloned.
@@ -83,6 +85,7 @@ impl DataCloneErrorKind {
             Self::DetachedPort => "the transfer list contains a detached port",
             Self::TooDeep => "the value nests too deeply",
             Self::InvalidView => "a typed-array view lies outside its buffer",
+            Self::Uncloneable => "the value cannot be serialized",
         }
     }
 }

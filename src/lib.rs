@@ -3,9 +3,13 @@
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
 #[cfg(not(loom))]
+mod bootstrap;
+#[cfg(not(loom))]
 mod buffer;
 #[cfg(not(loom))]
 mod codec;
+#[cfg(not(loom))]
+mod dispatch;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
@@ -19,7 +23,11 @@ mod sync;
 #[cfg(not(loom))]
 mod value;
 mod wait;
+#[cfg(not(loom))]
+mod wire;
 
+#[cfg(not(loom))]
+pub use bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
 pub use buffer::ArrayBuffer;
 #[cfg(not(loom))]
@@ -28,7 +36,9 @@ pub use error::{
     RecvTimeoutError, TryRecvError,
 };
 #[cfg(not(loom))]
-pub use port::MessagePort;
+pub use port::{
+    ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable,
+};
 #[cfg(not(loom))]
 pub use value::{BigInt, TypedArray, TypedArrayKind, Value};
 pub use wait::WaitStrategy;

@@ -1,28 +1,965 @@
-//! Ports and channels (skeleton for the codec's worktree; replaced by the real module).
-use std::sync::Arc;
+//! `MessageChannel`, `MessagePort` and `MessageEvent`: the public API of API.md on top
+//! of a segment's two rings.
+//!
+//! A port is `Arc<Handle>` → `Arc<Port>`. Every clone of a `MessagePort` shares the one
+//! `Handle`; when the last clone goes, the handle closes the port (SEMANTICS 16). The
+//! dispatch thread of `set_onmessage` holds the `Port`, never the `Handle`, so it does
+//! not keep a port alive that its users have dropped.
+//!
+//! Each port owns one end of a channel: the producer of direction `end` and the
+//! consumer of direction `1 - end`, each behind its own lock (a thread blocked in
+//! `recv` never blocks `post_message`).
 
-/// A port.
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use crossbeam_utils::atomic::AtomicCell;
+
+use crate::buffer::ArrayBuffer;
+use crate::dispatch::{self, Events};
+use crate::error::{
+    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvFail,
+    RecvTimeoutError, TryRecvError,
+};
+use crate::platform;
+use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
+use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, Segment};
+use crate::sync::{AtomicU32, Ordering};
+use crate::value::Value;
+use crate::wait::{self, Check, SLICE, WaitStrategy};
+use crate::wire;
+
+/// The default bytes of each direction's ring.
+pub const DEFAULT_CAPACITY: usize = 256 * 1024;
+
+/// How to build a [`MessageChannel`].
 #[derive(Clone, Debug)]
+pub struct ChannelOptions {
+    capacity: usize,
+    wait: WaitStrategy,
+    process_local: bool,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            capacity: DEFAULT_CAPACITY,
+            wait: WaitStrategy::default(),
+            process_local: false,
+        }
+    }
+}
+
+impl ChannelOptions {
+    /// The defaults: 256 KiB per direction, spin-then-sleep waiting, shared memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of each direction's ring: a power of two from 64 B to 1 GiB. A message
+    /// must fit in one ring (its encoding plus an 8-byte header).
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// How blocking calls wait. `WaitStrategy::BusyPoll` also makes writers skip the
+    /// wake-up check, for both ends, for the channel's whole life.
+    pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Keep the channel in process memory (no memfd, no socket): cheaper to create,
+    /// but its ports cannot leave this process.
+    pub fn process_local(mut self, yes: bool) -> Self {
+        self.process_local = yes;
+        self
+    }
+}
+
+/// Two entangled ports (SEMANTICS 1).
+pub struct MessageChannel {
+    port1: MessagePort,
+    port2: MessagePort,
+}
+
+impl MessageChannel {
+    /// A channel with the default options.
+    pub fn new() -> Result<MessageChannel, Error> {
+        MessageChannel::with_options(&ChannelOptions::default())
+    }
+
+    /// A channel with the given options.
+    pub fn with_options(options: &ChannelOptions) -> Result<MessageChannel, Error> {
+        let flags = if options.wait == WaitStrategy::BusyPoll {
+            FLAG_BUSY_POLL
+        } else {
+            0
+        };
+        let capacity = options.capacity as u64;
+        let segment = if options.process_local {
+            Segment::create_local(capacity, flags)
+        } else {
+            Segment::create_shared(capacity, flags)
+        };
+        let segment = Arc::new(segment.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => {
+                Error::InvalidOptions("capacity must be a power of two in 64..=2^30")
+            }
+            _ => Error::Io(e),
+        })?);
+        // Process-local channels get a socketpair too: it is how each end learns that
+        // the other is gone, and what a close watcher sleeps on.
+        let (s0, s1) = platform::socketpair()?;
+        let port1 = Port::attach(segment.clone(), 0, s0, options.wait).map_err(Error::Invalid)?;
+        let port2 = Port::attach(segment, 1, s1, options.wait).map_err(Error::Invalid)?;
+        Ok(MessageChannel {
+            port1: MessagePort::wrap(port1),
+            port2: MessagePort::wrap(port2),
+        })
+    }
+
+    /// The first port; the same port on every call.
+    pub fn port1(&self) -> MessagePort {
+        self.port1.clone()
+    }
+
+    /// The second port; the same port on every call.
+    pub fn port2(&self) -> MessagePort {
+        self.port2.clone()
+    }
+}
+
+impl fmt::Debug for MessageChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageChannel")
+            .field("port1", &self.port1)
+            .field("port2", &self.port2)
+            .finish()
+    }
+}
+
+/// A received message: the cloned value and the ports that came with it, in
+/// transfer-list order (SEMANTICS 18).
+#[derive(Debug)]
+pub struct MessageEvent {
+    /// The message.
+    pub data: Value,
+    /// The transferred ports.
+    pub ports: Vec<MessagePort>,
+}
+
+/// Something that can be in a transfer list.
+#[derive(Clone, Debug)]
+pub enum Transferable {
+    /// A buffer: moved, not copied.
+    ArrayBuffer(ArrayBuffer),
+    /// A port: moved, with its place in its channel.
+    Port(MessagePort),
+}
+
+impl From<ArrayBuffer> for Transferable {
+    fn from(b: ArrayBuffer) -> Self {
+        Transferable::ArrayBuffer(b)
+    }
+}
+
+impl From<MessagePort> for Transferable {
+    fn from(p: MessagePort) -> Self {
+        Transferable::Port(p)
+    }
+}
+
+/// One end of a channel. Clones are the same port (SEMANTICS 2).
+#[derive(Clone)]
 pub struct MessagePort {
-    inner: Arc<()>,
+    handle: Arc<Handle>,
+}
+
+/// The single user-facing owner of a `Port`; dropping the last clone closes it.
+struct Handle {
+    port: Arc<Port>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.port.close();
+    }
+}
+
+/// What a port shares with its channel: the segment, which end it is, and its end of
+/// the socketpair.
+pub(crate) struct Link {
+    pub(crate) segment: Arc<Segment>,
+    pub(crate) end: usize,
+    pub(crate) socket: OwnedFd,
+}
+
+impl Link {
+    fn peer_state(&self) -> &AtomicU32 {
+        self.segment.end_state(1 - self.end)
+    }
+
+    /// The peer marked itself closed (shared memory only, no syscall).
+    fn peer_closed(&self) -> bool {
+        // SYNC: end closed. Acquire: the closer's last publish is visible.
+        self.peer_state().load(Ordering::Acquire) == END_CLOSED
+    }
+
+    /// The peer is closed, or every holder of its end died (one syscall).
+    fn peer_gone(&self) -> bool {
+        self.peer_closed() || platform::peer_hung_up(self.socket.as_fd())
+    }
+
+    /// The word our consumer sleeps on.
+    fn rx_data_word(&self) -> &AtomicU32 {
+        &self.segment.lines(1 - self.end).waits.0.data
+    }
+
+    /// The word our producer sleeps on.
+    fn tx_space_word(&self) -> &AtomicU32 {
+        &self.segment.lines(self.end).waits.0.space
+    }
+
+    fn busy_poll(&self) -> bool {
+        self.segment.busy_poll()
+    }
+}
+
+/// The writing side of a port.
+struct Tx {
+    link: Arc<Link>,
+    producer: Producer,
+}
+
+impl Tx {
+    fn publish_and_notify(&mut self) {
+        if self.producer.publish() && !self.link.busy_poll() {
+            wait::notify(
+                &self.producer.ring().lines().waits.0.data,
+                self.link.segment.parker(),
+            );
+        }
+    }
+}
+
+/// The reading side of a port.
+pub(crate) struct Rx {
+    link: Arc<Link>,
+    consumer: Consumer,
+    /// The last record's payload, copied out of shared memory.
+    scratch: Vec<u8>,
+    /// The ring's framing was broken by the peer; only `Closed` from now on.
+    broken: bool,
+    /// The peer was seen gone and the ring drained: `Closed` from now on.
+    finished: bool,
+    last_liveness_check: Instant,
+}
+
+impl Rx {
+    fn release_and_notify(&mut self) {
+        if self.consumer.release() && !self.link.busy_poll() {
+            wait::notify(
+                &self.consumer.ring().lines().waits.0.space,
+                self.link.segment.parker(),
+            );
+        }
+    }
+
+    /// One look for the next record. `None`: nothing yet, and the peer is alive.
+    fn poll(&mut self, check: Check) -> Option<Result<Record, RecvFail>> {
+        if self.broken || self.finished {
+            return Some(Err(RecvFail::Closed));
+        }
+        match self.peek() {
+            Some(r) => return Some(r),
+            None => self.release_and_notify(),
+        }
+        let gone = match check {
+            Check::Fast => self.link.peer_closed(),
+            Check::Slow => self.link.peer_gone(),
+        };
+        if !gone {
+            return None;
+        }
+        // The peer published its last records before it marked itself closed (or
+        // died), so one more look decides between "more to read" and "closed".
+        match self.peek() {
+            Some(r) => Some(r),
+            None => {
+                self.finished = true;
+                Some(Err(RecvFail::Closed))
+            }
+        }
+    }
+
+    fn peek(&mut self) -> Option<Result<Record, RecvFail>> {
+        match self.consumer.peek() {
+            Ok(Some(rec)) => Some(Ok(rec)),
+            Ok(None) => None,
+            Err(Corrupt(reason)) => {
+                self.broken = true;
+                Some(Err(RecvFail::Message(MessageError::new(reason))))
+            }
+        }
+    }
+
+    /// Whether a slow (syscall) liveness check is due for a non-blocking call.
+    fn liveness_due(&mut self) -> Check {
+        let now = Instant::now();
+        if now.duration_since(self.last_liveness_check) >= SLICE {
+            self.last_liveness_check = now;
+            Check::Slow
+        } else {
+            Check::Fast
+        }
+    }
+
+    /// The payload of the record `take` returned last.
+    pub(crate) fn payload(&self, len: usize) -> &[u8] {
+        &self.scratch[..len]
+    }
+
+    /// Copies `rec`'s payload into `scratch`, frees its ring space, and returns it.
+    fn take(&mut self, rec: &Record) -> (u16, &[u8]) {
+        if self.scratch.len() < rec.len {
+            self.scratch.resize(rec.len, 0);
+        }
+        self.consumer
+            .copy_payload(rec, &mut self.scratch[..rec.len]);
+        self.consumer.consume(rec);
+        self.release_and_notify();
+        (rec.kind, &self.scratch[..rec.len])
+    }
+}
+
+/// How long a call may wait.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode {
+    /// Wait as long as it takes.
+    Block,
+    /// Do not wait.
+    Try,
+    /// Wait until this instant.
+    Until(Instant),
+}
+
+impl Mode {
+    fn timeout(t: Duration) -> Mode {
+        Instant::now()
+            .checked_add(t)
+            .map_or(Mode::Block, Mode::Until)
+    }
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Mode::Until(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The state of one port, shared by its handle and its dispatch thread.
+pub(crate) struct Port {
+    /// Set once, when the port is closed or transferred away.
+    detached: AtomicBool,
+    /// The channel end, while attached. Its lock is only ever held briefly.
+    link: Mutex<Option<Arc<Link>>>,
+    tx: CachePadded<Mutex<Option<Tx>>>,
+    rx: CachePadded<Mutex<Option<Rx>>>,
+    strategy: AtomicCell<WaitStrategy>,
+    pub(crate) events: Mutex<Events>,
+    /// Bumped by every change of the event handlers, so the dispatch thread re-reads them.
+    pub(crate) events_epoch: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Port {
+    /// A port on end `end` of `segment`, at the rings' current positions.
+    pub(crate) fn attach(
+        segment: Arc<Segment>,
+        end: usize,
+        socket: OwnedFd,
+        strategy: WaitStrategy,
+    ) -> Result<Arc<Port>, &'static str> {
+        let producer = Producer::attach(segment.ring(end)).map_err(|c| c.0)?;
+        let consumer = Consumer::attach(segment.ring(1 - end)).map_err(|c| c.0)?;
+        let strategy = if segment.busy_poll() {
+            WaitStrategy::BusyPoll
+        } else {
+            strategy
+        };
+        let closed = segment.end_state(end).load(Ordering::Acquire) == END_CLOSED;
+        let link = Arc::new(Link {
+            segment,
+            end,
+            socket,
+        });
+        let port = Port {
+            detached: AtomicBool::new(closed),
+            link: Mutex::new((!closed).then(|| link.clone())),
+            tx: CachePadded::new(Mutex::new((!closed).then(|| Tx {
+                link: link.clone(),
+                producer,
+            }))),
+            rx: CachePadded::new(Mutex::new((!closed).then(|| Rx {
+                link,
+                consumer,
+                scratch: Vec::new(),
+                broken: false,
+                finished: false,
+                last_liveness_check: Instant::now(),
+            }))),
+            strategy: AtomicCell::new(strategy),
+            events: Mutex::new(Events::default()),
+            events_epoch: std::sync::atomic::AtomicU64::new(0),
+        };
+        Ok(Arc::new(port))
+    }
+
+    pub(crate) fn is_detached(&self) -> bool {
+        self.detached.load(Ordering::Acquire)
+    }
+
+    fn strategy(&self) -> WaitStrategy {
+        self.strategy.load()
+    }
+
+    /// Writes one record, waiting for space as `mode` allows. A detached port or a
+    /// closed peer makes this a silent no-op.
+    pub(crate) fn post_record(
+        &self,
+        kind: u16,
+        parts: &[&[u8]],
+        mode: Mode,
+    ) -> Result<(), PostError> {
+        let mut guard = lock(&self.tx);
+        let Some(tx) = guard.as_mut() else {
+            return Ok(());
+        };
+        if tx.link.peer_closed() {
+            return Ok(());
+        }
+        match tx.producer.try_push(kind, 0, parts) {
+            Ok(()) => {
+                tx.publish_and_notify();
+                return Ok(());
+            }
+            Err(PushError::Full) => tx.publish_and_notify(),
+            Err(e) => return Err(push_error(e, parts, &tx.producer)),
+        }
+        if let Mode::Try = mode {
+            return Err(PostError::Full);
+        }
+        let link = tx.link.clone();
+        let outcome = wait::block_on(
+            link.tx_space_word(),
+            link.segment.parker(),
+            self.strategy(),
+            mode.deadline(),
+            |check| {
+                if self.is_detached() {
+                    return Some(Ok(false));
+                }
+                match tx.producer.try_push(kind, 0, parts) {
+                    Ok(()) => Some(Ok(true)),
+                    Err(PushError::Full) => {
+                        let gone = match check {
+                            Check::Fast => link.peer_closed(),
+                            Check::Slow => link.peer_gone(),
+                        };
+                        gone.then_some(Ok(false))
+                    }
+                    Err(e) => Some(Err(push_error(e, parts, &tx.producer))),
+                }
+            },
+        );
+        match outcome {
+            Some(Ok(true)) => {
+                tx.publish_and_notify();
+                Ok(())
+            }
+            Some(Ok(false)) => Ok(()),
+            Some(Err(e)) => Err(e),
+            None => Err(PostError::Timeout),
+        }
+    }
+
+    /// Waits for the next record as `mode` allows and hands its kind and payload to
+    /// `f` (a copy in process memory; the ring space is already free).
+    pub(crate) fn recv_record<R>(
+        &self,
+        mode: Mode,
+        f: impl FnOnce(&mut Rx, u16, usize) -> R,
+    ) -> Result<R, RecvFail> {
+        // A non-blocking call never waits for the lock: whoever holds it (a blocked
+        // `recv`, the dispatch thread) takes the next message anyway.
+        let mut guard = match mode {
+            Mode::Try => match self.rx.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(if self.is_detached() {
+                        RecvFail::Closed
+                    } else {
+                        RecvFail::Empty
+                    });
+                }
+            },
+            _ => lock(&self.rx),
+        };
+        let Some(rx) = guard.as_mut() else {
+            return Err(RecvFail::Closed);
+        };
+        let found = match mode {
+            Mode::Try => {
+                let check = rx.liveness_due();
+                rx.poll(check)
+            }
+            Mode::Block | Mode::Until(_) => {
+                let link = rx.link.clone();
+                wait::block_on(
+                    link.rx_data_word(),
+                    link.segment.parker(),
+                    self.strategy(),
+                    mode.deadline(),
+                    |check| {
+                        if self.is_detached() {
+                            Some(Err(RecvFail::Closed))
+                        } else {
+                            rx.poll(check)
+                        }
+                    },
+                )
+            }
+        };
+        match found {
+            Some(Ok(rec)) => {
+                let (kind, bytes) = rx.take(&rec);
+                let len = bytes.len();
+                Ok(f(rx, kind, len))
+            }
+            Some(Err(fail)) => Err(fail),
+            None if matches!(mode, Mode::Try) => Err(RecvFail::Empty),
+            None => Err(RecvFail::Timeout),
+        }
+    }
+
+    /// Blocks until a record is waiting, the peer is gone, the port is detached, or
+    /// `keep_waiting` returns false. Used by the dispatch thread; consumes nothing.
+    pub(crate) fn wait_readable(&self, keep_waiting: impl Fn() -> bool) -> Readiness {
+        let mut guard = lock(&self.rx);
+        let Some(rx) = guard.as_mut() else {
+            return Readiness::Detached;
+        };
+        let link = rx.link.clone();
+        wait::block_on(
+            link.rx_data_word(),
+            link.segment.parker(),
+            self.strategy(),
+            None,
+            |check| {
+                if self.is_detached() {
+                    return Some(Readiness::Detached);
+                }
+                if !keep_waiting() {
+                    return Some(Readiness::Interrupted);
+                }
+                match rx.poll(check) {
+                    Some(Ok(_)) | Some(Err(RecvFail::Message(_))) => Some(Readiness::Message),
+                    Some(Err(_)) => Some(Readiness::PeerGone),
+                    None => None,
+                }
+            },
+        )
+        .unwrap_or(Readiness::Interrupted)
+    }
+
+    /// Blocks for at most `timeout` until the peer is gone (its socket end hung up).
+    /// Does not touch the ring, so it never competes with `recv` for messages.
+    pub(crate) fn wait_peer_gone(&self, timeout: Duration) -> bool {
+        match self.link() {
+            Some(link) => link.peer_closed() || platform::wait_hangup(link.socket.as_fd(), timeout),
+            None => false,
+        }
+    }
+
+    /// The channel end, while attached.
+    pub(crate) fn link(&self) -> Option<Arc<Link>> {
+        lock(&self.link).clone()
+    }
+
+    /// Wakes this port's own threads sleeping in `recv` or `post` so they re-check.
+    pub(crate) fn wake_local_waiters(&self) {
+        if let Some(link) = self.link() {
+            wake_own_words(&link);
+        }
+    }
+
+    /// Detaches the port and tells the peer it is closed (SEMANTICS 15). Idempotent.
+    pub(crate) fn close(&self) {
+        let Some(link) = self.detach() else { return };
+        // SYNC: end closed. Release: every record we published is visible to a peer
+        // that sees the closed state.
+        link.segment
+            .end_state(link.end)
+            .store(END_CLOSED, Ordering::Release);
+        wait::sleep_check_fence();
+        let parker = link.segment.parker();
+        // The peer may sleep waiting for data from us or for space in our ring.
+        wait::wake_if_waiting(&link.segment.ring(link.end).lines().waits.0.data, parker);
+        wait::wake_if_waiting(
+            &link.segment.ring(1 - link.end).lines().waits.0.space,
+            parker,
+        );
+    }
+
+    /// Marks the port detached, wakes its blocked callers, and takes its halves.
+    /// Returns the link, for a close or a transfer; `None` if already detached.
+    pub(crate) fn detach(&self) -> Option<Arc<Link>> {
+        if self.detached.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let link = lock(&self.link).take()?;
+        // Our own threads blocked in recv/post see `detached` and return, releasing
+        // the locks taken below.
+        wake_own_words(&link);
+        drop(lock(&self.tx).take());
+        drop(lock(&self.rx).take());
+        Some(link)
+    }
+
+    pub(crate) fn is_peer_closed(&self) -> bool {
+        self.link().is_none_or(|l| l.peer_gone())
+    }
+
+    pub(crate) fn set_strategy(&self, strategy: WaitStrategy) {
+        let busy = self.link().is_some_and(|l| l.busy_poll());
+        self.strategy.store(if busy {
+            WaitStrategy::BusyPoll
+        } else {
+            strategy
+        });
+    }
+
+    /// Capacity of one record's payload on this port's channel.
+    pub(crate) fn max_message(&self) -> usize {
+        lock(&self.tx)
+            .as_ref()
+            .map_or(0, |t| t.producer.ring().max_payload())
+    }
+}
+
+/// Wakes whatever thread of this process sleeps on this end's own wait words; the
+/// caller has just changed what they wait for (detached, handlers).
+fn wake_own_words(link: &Link) {
+    wait::sleep_check_fence();
+    wait::wake_if_waiting(link.rx_data_word(), link.segment.parker());
+    wait::wake_if_waiting(link.tx_space_word(), link.segment.parker());
+}
+
+/// What `wait_readable` saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    Message,
+    PeerGone,
+    Detached,
+    Interrupted,
+}
+
+fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
+    match e {
+        PushError::TooLarge => PostError::TooLarge {
+            len: parts.iter().map(|p| p.len()).sum(),
+            max: producer.ring().max_payload(),
+        },
+        PushError::Corrupt(c) => PostError::Broken(c.0),
+        PushError::Full => PostError::Full,
+    }
 }
 
 impl MessagePort {
-    /// A new unattached port (skeleton only).
-    #[doc(hidden)]
-    pub fn dummy() -> MessagePort {
+    pub(crate) fn wrap(port: Arc<Port>) -> MessagePort {
         MessagePort {
-            inner: Arc::new(()),
+            handle: Arc::new(Handle { port }),
         }
     }
+
+    pub(crate) fn port(&self) -> &Arc<Port> {
+        &self.handle.port
+    }
+
     /// Whether two handles are the same port.
     pub fn ptr_eq(&self, other: &MessagePort) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
+
+    // ---- posting -------------------------------------------------------------
+
+    /// Posts `message` to the peer, moving the items of `transfer` (SEMANTICS 5-11).
+    /// Waits while the ring is full (SEMANTICS 19). Posting on a detached port, or to
+    /// a peer that is gone, is a silent no-op after the checks.
+    pub fn post_message(
+        &self,
+        message: impl Into<Value>,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post_message_mode(message.into(), transfer, Mode::Block)
+    }
+
+    /// As [`post_message`](Self::post_message), but fails with `PostError::Full` at once
+    /// when the ring has no room.
+    pub fn try_post_message(
+        &self,
+        message: impl Into<Value>,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post_message_mode(message.into(), transfer, Mode::Try)
+    }
+
+    /// As [`post_message`](Self::post_message), but fails with `PostError::Timeout`
+    /// when the ring stays full for `timeout`.
+    pub fn post_message_timeout(
+        &self,
+        message: impl Into<Value>,
+        transfer: impl IntoIterator<Item = Transferable>,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        self.post_message_mode(message.into(), transfer, Mode::timeout(timeout))
+    }
+
+    fn post_message_mode(
+        &self,
+        message: Value,
+        transfer: impl IntoIterator<Item = Transferable>,
+        mode: Mode,
+    ) -> Result<(), PostError> {
+        let transfer: Vec<Transferable> = transfer.into_iter().collect();
+        let outgoing = wire::Outgoing::prepare(self, &message, &transfer)?;
+        self.port()
+            .post_record(wire::KIND_VALUE, &[&outgoing.bytes], mode)?;
+        outgoing.commit();
+        Ok(())
+    }
+
+    /// Posts raw bytes, copied through the ring. No allocation, and no syscall while
+    /// the peer is awake. The peer reads them with [`recv_bytes_with`](Self::recv_bytes_with)
+    /// (or `recv`, as an `ArrayBuffer`).
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.port()
+            .post_record(wire::KIND_BYTES, &[bytes], Mode::Block)
+    }
+
+    /// As [`post_bytes`](Self::post_bytes), but `PostError::Full` at once instead of waiting.
+    pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.port()
+            .post_record(wire::KIND_BYTES, &[bytes], Mode::Try)
+    }
+
+    /// As [`post_bytes`](Self::post_bytes), waiting at most `timeout` for room.
+    pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
+        self.port()
+            .post_record(wire::KIND_BYTES, &[bytes], Mode::timeout(timeout))
+    }
+
+    /// Posts a serde-serializable value (postcard encoding); the peer reads it with
+    /// [`recv_typed`](Self::recv_typed) and the same type.
+    pub fn post_typed<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), PostError> {
+        let bytes = postcard::to_stdvec(value).map_err(|_| {
+            PostError::DataClone(DataCloneError::new(DataCloneErrorKind::Uncloneable))
+        })?;
+        self.post_bytes(&bytes)
+    }
+
+    /// Posts a plain-old-data value by its bytes; the peer reads it with
+    /// [`recv_pod`](Self::recv_pod). No allocation.
+    pub fn post_pod<T: bytemuck::NoUninit>(&self, value: &T) -> Result<(), PostError> {
+        self.post_bytes(bytemuck::bytes_of(value))
+    }
+
+    // ---- receiving -----------------------------------------------------------
+
+    /// Waits for the next message (whether or not the port was started, SEMANTICS 14).
+    /// `Err(RecvError::Closed)` once the port is closed, or its peer is gone and every
+    /// message it sent has been received.
+    pub fn recv(&self) -> Result<MessageEvent, RecvError> {
+        self.recv_event(Mode::Block).map_err(RecvError::from)
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&self) -> Result<MessageEvent, TryRecvError> {
+        self.recv_event(Mode::Try).map_err(TryRecvError::from)
+    }
+
+    /// Waits at most `timeout` for the next message.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<MessageEvent, RecvTimeoutError> {
+        self.recv_event(Mode::timeout(timeout))
+            .map_err(RecvTimeoutError::from)
+    }
+
+    fn recv_event(&self, mode: Mode) -> Result<MessageEvent, RecvFail> {
+        self.port()
+            .recv_record(mode, |rx, kind, len| wire::decode_event(rx, kind, len))?
+    }
+
+    /// Waits for the next message and runs `f` on its bytes, without allocating. The
+    /// bytes are a copy in this process (never shared memory the peer can still
+    /// write). For a message posted with `post_message` they are its wire encoding.
+    pub fn recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        self.recv_bytes_mode(Mode::Block, f)
+            .map_err(RecvError::from)
+    }
+
+    /// As [`recv_bytes_with`](Self::recv_bytes_with), if a message is waiting.
+    pub fn try_recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
+        self.recv_bytes_mode(Mode::Try, f)
+            .map_err(TryRecvError::from)
+    }
+
+    /// As [`recv_bytes_with`](Self::recv_bytes_with), waiting at most `timeout`.
+    pub fn recv_bytes_timeout_with<R>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RecvTimeoutError> {
+        self.recv_bytes_mode(Mode::timeout(timeout), f)
+            .map_err(RecvTimeoutError::from)
+    }
+
+    fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
+        self.port()
+            .recv_record(mode, |rx, _kind, len| f(rx.payload(len)))
+    }
+
+    /// Waits for a message posted with [`post_typed`](Self::post_typed) and decodes it
+    /// as `T`. A message that is not a `T` is a `MessageError`.
+    pub fn recv_typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, RecvError> {
+        self.recv_bytes_with(|b| postcard::from_bytes::<T>(b))?
+            .map_err(|_| {
+                RecvError::MessageError(MessageError::new(
+                    "typed message does not decode as the expected type",
+                ))
+            })
+    }
+
+    /// Waits for a message posted with [`post_pod`](Self::post_pod). A message of
+    /// another size is a `MessageError`.
+    pub fn recv_pod<T: bytemuck::AnyBitPattern>(&self) -> Result<T, RecvError> {
+        self.recv_bytes_with(|b| {
+            (b.len() == size_of::<T>()).then(|| bytemuck::pod_read_unaligned::<T>(b))
+        })?
+        .ok_or_else(|| {
+            RecvError::MessageError(MessageError::new(
+                "plain-old-data message has the wrong size",
+            ))
+        })
+    }
+
+    // ---- events and life cycle --------------------------------------------------
+
+    /// Sets the message handler and starts the port (SEMANTICS 14): messages that
+    /// arrived earlier are delivered first, once each, in order, on this port's
+    /// dispatch thread. `None` stops delivery (messages then wait for the next handler
+    /// or for `recv`).
+    pub fn set_onmessage<F>(&self, handler: Option<F>)
+    where
+        F: FnMut(MessageEvent) + Send + 'static,
+    {
+        dispatch::set_onmessage(
+            self.port(),
+            handler.map(|h| Box::new(h) as dispatch::MessageHandler),
+        );
+    }
+
+    /// Sets the handler of messages that arrive but cannot be decoded (the web's
+    /// `messageerror`). Without one, such messages are dropped by push delivery.
+    pub fn set_onmessageerror<F>(&self, handler: Option<F>)
+    where
+        F: FnMut(MessageError) + Send + 'static,
+    {
+        dispatch::set_onmessageerror(
+            self.port(),
+            handler.map(|h| Box::new(h) as dispatch::ErrorHandler),
+        );
+    }
+
+    /// Sets a handler that runs once when the peer is closed, dropped or dies (the
+    /// spec's `close` event; SEMANTICS 16). With push delivery running, it runs after
+    /// the last message.
+    pub fn set_onclose<F>(&self, handler: Option<F>)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        dispatch::set_onclose(
+            self.port(),
+            handler.map(|h| Box::new(h) as dispatch::CloseHandler),
+        );
+    }
+
+    /// Registers a message handler without starting the port (the web's
+    /// `addEventListener("message", ..)`): nothing is delivered until [`start`](Self::start).
+    pub fn add_message_listener<F>(&self, handler: F)
+    where
+        F: FnMut(MessageEvent) + Send + 'static,
+    {
+        dispatch::add_message_listener(self.port(), Box::new(handler));
+    }
+
+    /// Starts push delivery to the message handler. Idempotent.
+    pub fn start(&self) {
+        dispatch::start(self.port());
+    }
+
+    /// Closes the port: never fails, idempotent (SEMANTICS 15). Messages it posted are
+    /// still delivered; anything queued for it is discarded; the peer sees it closed.
+    pub fn close(&self) {
+        self.port().close();
+    }
+
+    /// Whether the port was closed or transferred away.
+    pub fn is_detached(&self) -> bool {
+        self.port().is_detached()
+    }
+
+    /// Whether the peer is closed, dropped or dead (messages it sent may still be
+    /// waiting here). True for a detached port.
+    pub fn is_peer_closed(&self) -> bool {
+        self.port().is_peer_closed()
+    }
+
+    /// Changes how this port's blocking calls wait. Ignored on a busy-poll channel.
+    pub fn set_wait_strategy(&self, strategy: WaitStrategy) {
+        self.port().set_strategy(strategy);
+    }
+
+    /// The largest message, in encoded bytes, that this port's channel carries (0 once
+    /// detached).
+    pub fn max_message_size(&self) -> usize {
+        self.port().max_message()
     }
 }
 
 impl PartialEq for MessagePort {
+    /// Identity: the same port.
     fn eq(&self, other: &Self) -> bool {
         self.ptr_eq(other)
+    }
+}
+
+impl fmt::Debug for MessagePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "MessagePort({:p}{})",
+            Arc::as_ptr(&self.handle),
+            if self.is_detached() { ", detached" } else { "" }
+        )
     }
 }

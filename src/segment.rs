@@ -233,6 +233,18 @@ impl Segment {
         }
     }
 
+    /// The control lines of direction `dir`, borrowed for the segment's life.
+    pub(crate) fn lines(&self, dir: usize) -> &RingLines {
+        assert!(dir < 2);
+        // SAFETY: inside the mapping (invariants 1, 2); RingLines is all atomics.
+        unsafe {
+            self.base
+                .add(HEADER_SIZE + dir * LINES_SIZE)
+                .cast::<RingLines>()
+                .as_ref()
+        }
+    }
+
     /// The state word of end `end` (`END_OPEN` / `END_CLOSED`).
     pub(crate) fn end_state(&self, end: usize) -> &AtomicU32 {
         &self.header().ends[end]

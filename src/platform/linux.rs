@@ -105,6 +105,21 @@ pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// `poll(POLLRDHUP)` for up to `timeout`: waits until the other end of `sock` is gone.
+pub(crate) fn wait_hangup(sock: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP)];
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    match poll(&mut fds, Some(&ts)) {
+        Ok(0) | Err(_) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
+    }
+}
+
 /// `poll(POLLIN)` for up to `timeout`: is a message (or a hang-up) waiting on `sock`?
 pub(crate) fn poll_readable(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
     let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::IN)];
@@ -207,6 +222,23 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
 /// kernel recorded it at connect time (`SO_PEERCRED`).
 pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(rustix::net::sockopt::socket_peercred(sock)?.uid.as_raw())
+}
+
+/// `getppid()`, or 0 when the parent is not visible.
+pub(crate) fn parent_pid() -> u32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
+}
+
+/// `getpid()`.
+pub(crate) fn current_pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// Whether `fd` is an open `AF_UNIX` `SOCK_SEQPACKET` socket (before this process
+/// trusts a descriptor number it was told about).
+pub(crate) fn is_seqpacket_socket(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::SEQPACKET)
+        && rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
 }
 
 /// `getuid()`.

@@ -40,6 +40,10 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 pub(crate) fn peer_hung_up(_sock: BorrowedFd<'_>) -> bool {
     true
 }
+pub(crate) fn wait_hangup(_sock: BorrowedFd<'_>, timeout: Duration) -> bool {
+    std::thread::sleep(timeout);
+    true
+}
 pub(crate) fn poll_readable(_sock: BorrowedFd<'_>, _timeout: Option<Duration>) -> io::Result<bool> {
     Err(unsupported())
 }
@@ -81,4 +85,13 @@ pub(crate) fn dup(_fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 }
 pub(crate) fn file_identity(_fd: impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
     Err(unsupported())
+}
+pub(crate) fn parent_pid() -> u32 {
+    0
+}
+pub(crate) fn current_pid() -> u32 {
+    std::process::id()
+}
+pub(crate) fn is_seqpacket_socket(_fd: BorrowedFd<'_>) -> bool {
+    false
 }

@@ -1,0 +1,210 @@
+//! Getting a first port into another process: to a child (`transfer_to_child` /
+//! `from_parent`), or to an unrelated process that meets us at a path (`Listener` /
+//! `MessagePort::connect`).
+//!
+//! Both use one primitive, the *handoff*: a SEQPACKET message carrying a small header
+//! and, as SCM_RIGHTS, the port's two descriptors (its segment's memfd and its end of
+//! the channel's socketpair). While a handoff is in flight the kernel holds the
+//! descriptors, so the channel stays whole; if the receiver never takes it, closing
+//! the socket that holds it closes them, and the peer sees the port gone.
+//!
+//! A child is not given the port's own descriptors (the `Command` would keep a copy in
+//! the parent, and the peer would then never see the child die). It inherits one end
+//! of a fresh socketpair, with the handoff already waiting in it.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::Error;
+use crate::platform;
+use crate::port::{ChannelOptions, Link, MessageChannel, MessagePort, Port};
+use crate::segment::Segment;
+use crate::wait::WaitStrategy;
+
+/// The header of a handoff: magic, then the end index.
+const HANDOFF_MAGIC: [u8; 8] = *b"SHMPORT\x02";
+const HANDOFF_LEN: usize = 9;
+
+/// The environment variable naming the inherited socket: `"<fd>,<parent pid>"`.
+pub const PARENT_ENV: &str = "SHMPORT_PARENT";
+
+/// Sends the port on `link` over `sock`. The caller has detached the port.
+pub(crate) fn send_handoff(sock: BorrowedFd<'_>, link: &Link) -> Result<(), Error> {
+    let segment_fd = link.segment.fd().ok_or(Error::Io(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "a process-local port cannot leave its process",
+    )))?;
+    let mut header = [0u8; HANDOFF_LEN];
+    header[..8].copy_from_slice(&HANDOFF_MAGIC);
+    header[8] = link.end as u8;
+    platform::send_with_fds(sock, &header, &[segment_fd, link.socket.as_fd()])?;
+    Ok(())
+}
+
+/// Receives one handoff from `sock` and attaches the port it carries.
+pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<MessagePort, Error> {
+    let mut header = [0u8; 32];
+    let mut fds = Vec::new();
+    let n = match platform::recv_with_fds(sock, &mut header, &mut fds, nonblocking)? {
+        Some(0) => {
+            return Err(Error::Invalid(
+                "the sender hung up before handing over a port",
+            ));
+        }
+        Some(n) => n,
+        None => return Err(Error::Invalid("no port is waiting on the handoff socket")),
+    };
+    if n != HANDOFF_LEN || header[..8] != HANDOFF_MAGIC || header[8] > 1 || fds.len() != 2 {
+        return Err(Error::Invalid("malformed port handoff"));
+    }
+    let end = usize::from(header[8]);
+    let socket = fds.pop().expect("two fds");
+    let segment_fd = fds.pop().expect("two fds");
+    let segment = Segment::open_shared(segment_fd).map_err(|e| match e {
+        crate::segment::OpenError::Io(e) => Error::Io(e),
+        crate::segment::OpenError::Invalid(why) => Error::Invalid(why),
+    })?;
+    let port = Port::attach(Arc::new(segment), end, socket, WaitStrategy::default())
+        .map_err(Error::Invalid)?;
+    Ok(MessagePort::wrap(port))
+}
+
+/// Only one `from_parent` may take the inherited descriptor.
+static PARENT_TAKEN: AtomicBool = AtomicBool::new(false);
+
+impl MessagePort {
+    /// Hands this port to the child that `cmd` will spawn; the child calls
+    /// [`MessagePort::from_parent`]. The port is detached here, at once: if the child
+    /// is never spawned, dropping `cmd` closes the port (its peer sees it gone).
+    ///
+    /// Only the child gets the descriptor (close-on-exec is cleared in the child
+    /// alone, and `from_parent` sets it again), so grandchildren inherit nothing.
+    pub fn transfer_to_child(&self, cmd: &mut Command) -> Result<(), Error> {
+        let (ours, theirs) = platform::socketpair()?;
+        let link = self.port().link().ok_or(Error::Detached)?;
+        if link.segment.fd().is_none() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a process-local port cannot leave its process",
+            )));
+        }
+        drop(link);
+        let link = self.port().detach().ok_or(Error::Detached)?;
+        send_handoff(ours.as_fd(), &link)?;
+        drop(link);
+        let raw = theirs.as_raw_fd();
+        cmd.env(PARENT_ENV, format!("{raw},{}", platform::current_pid()));
+        // SAFETY: the closure only calls fcntl(F_SETFD), which is async-signal-safe,
+        // on a descriptor it owns (moved in, so it stays open until `cmd` drops).
+        unsafe {
+            cmd.pre_exec(move || platform::set_cloexec(theirs.as_fd(), false));
+        }
+        Ok(())
+    }
+
+    /// The port a parent handed down with [`transfer_to_child`](Self::transfer_to_child).
+    /// Succeeds once per process.
+    pub fn from_parent() -> Result<MessagePort, Error> {
+        let value = std::env::var(PARENT_ENV).map_err(|_| Error::NoParentPort)?;
+        let (fd, parent) = value
+            .split_once(',')
+            .ok_or(Error::Invalid("malformed SHMPORT_PARENT"))?;
+        let fd: RawFd = fd
+            .parse()
+            .map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
+        let parent: u32 = parent
+            .parse()
+            .map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
+        // A grandchild inherits the variable but not the descriptor: the pid tells.
+        if parent != platform::parent_pid() || fd < 0 {
+            return Err(Error::NoParentPort);
+        }
+        if PARENT_TAKEN.swap(true, Ordering::SeqCst) {
+            return Err(Error::NoParentPort);
+        }
+        // SAFETY: only a borrow, to check what the number refers to before owning it.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if !platform::is_seqpacket_socket(borrowed) {
+            return Err(Error::NoParentPort);
+        }
+        platform::set_cloexec(borrowed, true)?;
+        // SAFETY: the parent passed us this descriptor for exactly this purpose, the
+        // pid check shows we are that child, and PARENT_TAKEN makes this the only owner.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        recv_handoff(sock.as_fd(), true)
+    }
+
+    /// Connects to a [`Listener`] bound at `path` and returns the port it hands over.
+    /// Refuses a listener that runs as another user.
+    pub fn connect(path: impl AsRef<Path>) -> Result<MessagePort, Error> {
+        let sock = platform::connect(&rendezvous_name(path.as_ref())?)?;
+        check_same_user(sock.as_fd())?;
+        recv_handoff(sock.as_fd(), false)
+    }
+}
+
+/// Where unrelated processes meet: each `accept` creates a channel, keeps one port and
+/// hands the other to the process that called [`MessagePort::connect`].
+///
+/// On Linux the path names a socket in the abstract namespace, so nothing is created
+/// on disk and nothing is left behind if the listener is killed (SEMANTICS 20). Both
+/// sides resolve a relative path against their own working directory.
+#[derive(Debug)]
+pub struct Listener {
+    sock: OwnedFd,
+    options: ChannelOptions,
+}
+
+impl Listener {
+    /// Listens at `path`. Fails if another listener holds it.
+    pub fn bind(path: impl AsRef<Path>) -> Result<Listener, Error> {
+        let sock = platform::listen(&rendezvous_name(path.as_ref())?)?;
+        Ok(Listener {
+            sock,
+            options: ChannelOptions::default(),
+        })
+    }
+
+    /// The options of the channels `accept` creates.
+    pub fn set_channel_options(&mut self, options: ChannelOptions) {
+        self.options = options;
+    }
+
+    /// Waits for a peer, checks it runs as this user, and returns this side's port.
+    pub fn accept(&self) -> Result<MessagePort, Error> {
+        let conn = platform::accept(self.sock.as_fd())?;
+        check_same_user(conn.as_fd())?;
+        let channel = MessageChannel::with_options(&self.options)?;
+        let theirs = channel.port2();
+        let link = theirs.port().detach().ok_or(Error::Detached)?;
+        send_handoff(conn.as_fd(), &link)?;
+        Ok(channel.port1())
+    }
+}
+
+fn check_same_user(sock: BorrowedFd<'_>) -> Result<(), Error> {
+    let peer = platform::peer_uid(sock)?;
+    let ours = platform::current_uid();
+    if peer != ours {
+        return Err(Error::WrongUser { peer, ours });
+    }
+    Ok(())
+}
+
+/// The abstract socket name of a rendezvous path.
+fn rendezvous_name(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let absolute = std::path::absolute(path)?;
+    let mut name = b"shmport:".to_vec();
+    name.extend_from_slice(absolute.as_os_str().as_bytes());
+    if name.len() > 107 {
+        return Err(Error::InvalidOptions(
+            "rendezvous path is too long (at most 99 bytes once absolute)",
+        ));
+    }
+    Ok(name)
+}
