@@ -1,0 +1,383 @@
+//! The transports under test, behind one [`Link`] trait per side.
+//!
+//! The parent sets a transport up before spawning the child (creating descriptors the
+//! child inherits, or a port it hands down), then finishes it after the spawn (a TCP
+//! accept, for instance). The child rebuilds its end from the environment.
+
+use std::fmt;
+use std::io::{PipeReader, PipeWriter, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
+use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+use shmport::{ChannelOptions, MessageChannel, MessagePort, WaitStrategy};
+
+use crate::raw_ring::{self, RawRing};
+
+/// Environment variable naming the descriptors a child inherits, comma-separated.
+const FDS_ENV: &str = "SHMPORT_BENCH_FDS";
+/// Environment variable naming the TCP port the child connects to.
+const TCP_PORT_ENV: &str = "SHMPORT_BENCH_TCP_PORT";
+
+/// One side of a connection between the two processes.
+pub trait Link {
+    /// Sends one message of `msg.len()` bytes (waits while the transport is full).
+    fn send(&mut self, msg: &[u8]) -> Result<()>;
+    /// Receives one message into `buf` and returns its length. Message transports
+    /// fail if it does not fit; stream transports read exactly `buf.len()` bytes.
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
+}
+
+/// The transports, in report order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// shmport with the default options (spin, then sleep on a futex).
+    Shmport,
+    /// shmport with `WaitStrategy::BusyPoll`.
+    ShmportBusy,
+    /// A Unix domain stream socketpair.
+    Unix,
+    /// Two pipes.
+    Pipe,
+    /// TCP over loopback, `TCP_NODELAY`.
+    Tcp,
+    /// The bench's own minimal SPSC ring in a memfd, busy-polling.
+    RawRing,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 6] = [
+        Transport::Shmport,
+        Transport::ShmportBusy,
+        Transport::Unix,
+        Transport::Pipe,
+        Transport::Tcp,
+        Transport::RawRing,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Shmport => "shmport",
+            Transport::ShmportBusy => "shmport-busy",
+            Transport::Unix => "unix",
+            Transport::Pipe => "pipe",
+            Transport::Tcp => "tcp",
+            Transport::RawRing => "raw-ring",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Transport> {
+        Transport::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
+                anyhow!("unknown transport {name:?} (known: {})", names.join(", "))
+            })
+    }
+
+    /// Whether the transport never sleeps while it waits (so the sleeping regime does
+    /// not apply, and it needs a CPU of its own per side).
+    pub fn always_spins(self) -> bool {
+        matches!(self, Transport::ShmportBusy | Transport::RawRing)
+    }
+
+    /// Parent side, before the spawn: creates the connection and arranges for `cmd`'s
+    /// child to get its end.
+    pub fn parent_setup(self, ring_capacity: usize, cmd: &mut Command) -> Result<Pending> {
+        Ok(match self {
+            Transport::Shmport | Transport::ShmportBusy => {
+                let mut options = ChannelOptions::new().capacity(ring_capacity);
+                if self == Transport::ShmportBusy {
+                    options = options.wait_strategy(WaitStrategy::BusyPoll);
+                }
+                let channel =
+                    MessageChannel::with_options(&options).context("creating the channel")?;
+                channel
+                    .port2()
+                    .transfer_to_child(cmd)
+                    .context("handing the port to the child")?;
+                Pending::Ready(AnyLink::Shm(ShmLink {
+                    port: channel.port1(),
+                }))
+            }
+            Transport::Unix => {
+                let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+                inherit(cmd, vec![theirs.into()]);
+                Pending::Ready(AnyLink::Unix(StreamLink::new(ours.try_clone()?, ours)))
+            }
+            Transport::Pipe => {
+                let (down_r, down_w) = std::io::pipe().context("pipe")?;
+                let (up_r, up_w) = std::io::pipe().context("pipe")?;
+                inherit(cmd, vec![down_r.into(), up_w.into()]);
+                Pending::Ready(AnyLink::Pipe(StreamLink::new(up_r, down_w)))
+            }
+            Transport::Tcp => {
+                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .context("binding a loopback TCP listener")?;
+                let port = listener.local_addr()?.port();
+                cmd.env(TCP_PORT_ENV, port.to_string());
+                Pending::Tcp(listener)
+            }
+            Transport::RawRing => {
+                let fd = raw_ring::create(ring_capacity)?;
+                let ours = fd.try_clone().context("dup of the raw ring memfd")?;
+                inherit(cmd, vec![fd]);
+                Pending::RawRing(ours, ring_capacity)
+            }
+        })
+    }
+
+    /// Child side: connects to the parent as [`parent_setup`](Self::parent_setup) arranged.
+    pub fn child_connect(self, ring_capacity: usize) -> Result<AnyLink> {
+        Ok(match self {
+            Transport::Shmport | Transport::ShmportBusy => {
+                let port = MessagePort::from_parent().context("taking the port from the parent")?;
+                // A busy-poll channel makes both ends busy-poll (a segment flag), so
+                // the child's port needs no option of its own.
+                AnyLink::Shm(ShmLink { port })
+            }
+            Transport::Unix => {
+                let [fd] = inherited_fds::<1>()?;
+                let sock = UnixStream::from(fd);
+                AnyLink::Unix(StreamLink::new(sock.try_clone()?, sock))
+            }
+            Transport::Pipe => {
+                let [down_r, up_w] = inherited_fds::<2>()?;
+                AnyLink::Pipe(StreamLink::new(
+                    PipeReader::from(down_r),
+                    PipeWriter::from(up_w),
+                ))
+            }
+            Transport::Tcp => {
+                let port: u16 = std::env::var(TCP_PORT_ENV)
+                    .context("the parent did not name a TCP port")?
+                    .parse()
+                    .context("malformed TCP port")?;
+                let sock = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+                    .context("connecting to the parent over TCP")?;
+                sock.set_nodelay(true)?;
+                AnyLink::Tcp(StreamLink::new(sock.try_clone()?, sock))
+            }
+            Transport::RawRing => {
+                let [fd] = inherited_fds::<1>()?;
+                AnyLink::RawRing(RawRing::attach(&fd, ring_capacity, 1, PeerWatch::None)?)
+            }
+        })
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// The parent's end before the child runs.
+pub enum Pending {
+    Ready(AnyLink),
+    Tcp(TcpListener),
+    RawRing(OwnedFd, usize),
+}
+
+impl Pending {
+    /// Finishes the connection once `child` runs.
+    pub fn finish(self, child: &mut Child) -> Result<AnyLink> {
+        Ok(match self {
+            Pending::Ready(link) => link,
+            Pending::Tcp(listener) => {
+                let sock = accept_from(&listener, child, Duration::from_secs(30))?;
+                sock.set_nodelay(true)?;
+                AnyLink::Tcp(StreamLink::new(sock.try_clone()?, sock))
+            }
+            Pending::RawRing(fd, capacity) => {
+                let watch = PeerWatch::Child(Pid::from_child(child));
+                AnyLink::RawRing(RawRing::attach(&fd, capacity, 0, watch)?)
+            }
+        })
+    }
+}
+
+/// Accepts one connection, giving up if the child exits first or after `limit`.
+fn accept_from(listener: &TcpListener, child: &mut Child, limit: Duration) -> Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                sock.set_nonblocking(false)?;
+                return Ok(sock);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the child exited ({status}) before connecting over TCP");
+                }
+                ensure!(
+                    start.elapsed() < limit,
+                    "the child did not connect over TCP within {limit:?}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e).context("accepting the child's TCP connection"),
+        }
+    }
+}
+
+/// Lets `cmd`'s child (only) inherit `fds`, named in [`FDS_ENV`]. The descriptors move
+/// into `cmd` and close in this process when `cmd` is dropped.
+fn inherit(cmd: &mut Command, fds: Vec<OwnedFd>) {
+    let names: Vec<String> = fds.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
+    cmd.env(FDS_ENV, names.join(","));
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
+    // which is async-signal-safe, on descriptors it owns (moved in, so they stay open
+    // until `cmd` is dropped); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                fcntl_setfd(fd, FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The descriptors the parent named in [`FDS_ENV`], owned, close-on-exec again.
+fn inherited_fds<const N: usize>() -> Result<[OwnedFd; N]> {
+    let value = std::env::var(FDS_ENV).context("the parent passed no descriptors")?;
+    let raws: Vec<RawFd> = value
+        .split(',')
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("malformed {FDS_ENV}={value:?}"))
+        })
+        .collect::<Result<_>>()?;
+    ensure!(
+        raws.len() == N,
+        "expected {N} inherited descriptors, got {value:?}"
+    );
+    let mut out = Vec::with_capacity(N);
+    for raw in raws {
+        ensure!(raw > 2, "inherited descriptor {raw} is a standard stream");
+        // SAFETY: only a borrow, to check the number names an open descriptor.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        fcntl_getfd(borrowed).with_context(|| format!("inherited descriptor {raw} is not open"))?;
+        fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
+        // SAFETY: the parent passed this descriptor to this process for this link alone,
+        // it is open (checked above), and nothing else in this process owns it.
+        out.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    out.try_into()
+        .map_err(|_| anyhow!("descriptor count changed"))
+}
+
+/// How a busy-polling end notices that its peer died.
+pub enum PeerWatch {
+    /// Nothing to watch (the child is killed with its parent: `PR_SET_PDEATHSIG`).
+    None,
+    /// The parent watches its child.
+    Child(Pid),
+}
+
+impl PeerWatch {
+    /// Fails if the peer has exited.
+    pub fn check(&self) -> Result<()> {
+        if let PeerWatch::Child(pid) = self {
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+            if waitid(WaitId::Pid(*pid), options)?.is_some() {
+                bail!("the child exited while the parent waited on the raw ring");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A shmport port: `post_bytes` / `recv_bytes_with`.
+pub struct ShmLink {
+    port: MessagePort,
+}
+
+impl Link for ShmLink {
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.port.post_bytes(msg).context("shmport post_bytes")
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let capacity = buf.len();
+        let got = self
+            .port
+            .recv_bytes_with(|bytes| {
+                let n = bytes.len();
+                if n <= capacity {
+                    buf[..n].copy_from_slice(bytes);
+                    Ok(n)
+                } else {
+                    Err(n)
+                }
+            })
+            .context("shmport recv_bytes_with")?;
+        got.map_err(|n| anyhow!("message of {n} bytes does not fit the {capacity}-byte buffer"))
+    }
+}
+
+/// A byte stream: a message is `write_all` of its bytes, read back with `read_exact`.
+pub struct StreamLink<R, W> {
+    reader: R,
+    writer: W,
+}
+
+impl<R: Read, W: Write> StreamLink<R, W> {
+    fn new(reader: R, writer: W) -> Self {
+        StreamLink { reader, writer }
+    }
+}
+
+impl<R: Read, W: Write> Link for StreamLink<R, W> {
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.writer.write_all(msg).context("write")
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.reader.read_exact(buf).context("read")?;
+        Ok(buf.len())
+    }
+}
+
+/// Every transport's link, so that the workloads are monomorphic (no virtual calls).
+pub enum AnyLink {
+    Shm(ShmLink),
+    Unix(StreamLink<UnixStream, UnixStream>),
+    Pipe(StreamLink<PipeReader, PipeWriter>),
+    Tcp(StreamLink<TcpStream, TcpStream>),
+    RawRing(RawRing),
+}
+
+impl Link for AnyLink {
+    #[inline]
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        match self {
+            AnyLink::Shm(l) => l.send(msg),
+            AnyLink::Unix(l) => l.send(msg),
+            AnyLink::Pipe(l) => l.send(msg),
+            AnyLink::Tcp(l) => l.send(msg),
+            AnyLink::RawRing(l) => l.send(msg),
+        }
+    }
+
+    #[inline]
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        match self {
+            AnyLink::Shm(l) => l.recv(buf),
+            AnyLink::Unix(l) => l.recv(buf),
+            AnyLink::Pipe(l) => l.recv(buf),
+            AnyLink::Tcp(l) => l.recv(buf),
+            AnyLink::RawRing(l) => l.recv(buf),
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The workloads, written once against [`Link`]: each has a parent side (which
+//! measures) and a child side (which echoes or drains).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde::Serialize;
+
+use crate::transport::{Link, Transport};
+
+/// How long the parent sleeps between round trips in the sleeping regime.
+pub const SLEEP_BETWEEN: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Round trips of one message each way.
+    Rtt,
+    /// One-way throughput.
+    Stream,
+    /// Round trips with the parent sleeping between them, so the child is asleep.
+    RttSleep,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::Rtt, Workload::Stream, Workload::RttSleep];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Rtt => "rtt",
+            Workload::Stream => "stream",
+            Workload::RttSleep => "rtt-sleep",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Workload> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == name)
+            .ok_or_else(|| anyhow!("unknown workload {name:?} (known: rtt, stream, rtt-sleep)"))
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// One measurement: what both processes run.
+#[derive(Clone, Copy, Debug)]
+pub struct Job {
+    pub workload: Workload,
+    pub transport: Transport,
+    /// Bytes per message (at least 8: the tag).
+    pub size: usize,
+    /// Untimed messages (or round trips) first.
+    pub warmup: u64,
+    /// Timed round trips (`rtt`), or messages per timed round (`stream`).
+    pub iters: u64,
+    /// Timed rounds (`stream`); 1 otherwise.
+    pub reps: u32,
+}
+
+impl Job {
+    /// Bytes of each ring (per direction) for the ring transports: 256 KiB, the
+    /// shmport default, up to 1 KiB messages; 4 MiB for larger ones.
+    pub fn ring_capacity(&self) -> usize {
+        if self.size >= 64 * 1024 {
+            4 << 20
+        } else {
+            shmport::DEFAULT_CAPACITY
+        }
+    }
+
+    /// The hidden command-line argument that tells the child what to run.
+    pub fn to_arg(self) -> String {
+        format!(
+            "{}:{}:{}:{}:{}:{}",
+            self.workload.name(),
+            self.transport.name(),
+            self.size,
+            self.warmup,
+            self.iters,
+            self.reps
+        )
+    }
+
+    pub fn from_arg(arg: &str) -> Result<Job> {
+        let parts: Vec<&str> = arg.split(':').collect();
+        let [workload, transport, size, warmup, iters, reps] = parts[..] else {
+            bail!("malformed job {arg:?}");
+        };
+        let job = Job {
+            workload: Workload::from_name(workload)?,
+            transport: Transport::from_name(transport)?,
+            size: size.parse().context("job size")?,
+            warmup: warmup.parse().context("job warmup")?,
+            iters: iters.parse().context("job iterations")?,
+            reps: reps.parse().context("job repetitions")?,
+        };
+        ensure!(job.size >= 8, "messages must be at least 8 bytes");
+        Ok(job)
+    }
+}
+
+/// Latency figures of one measurement, in nanoseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyStats {
+    pub samples: usize,
+    pub median_ns: f64,
+    pub p99_ns: f64,
+    pub p999_ns: f64,
+    pub mean_ns: f64,
+    pub min_ns: f64,
+    pub max_ns: f64,
+}
+
+impl LatencyStats {
+    fn from_samples(mut samples: Vec<u64>) -> LatencyStats {
+        samples.sort_unstable();
+        let n = samples.len();
+        // Nearest rank: the smallest sample with at least q of all samples at or below it.
+        let rank = |q: f64| samples[((q * n as f64).ceil() as usize).clamp(1, n) - 1] as f64;
+        LatencyStats {
+            samples: n,
+            median_ns: rank(0.5),
+            p99_ns: rank(0.99),
+            p999_ns: rank(0.999),
+            mean_ns: samples.iter().sum::<u64>() as f64 / n as f64,
+            min_ns: samples[0] as f64,
+            max_ns: samples[n - 1] as f64,
+        }
+    }
+}
+
+/// Throughput figures of one measurement: the median round, and the spread.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputStats {
+    pub rounds: u32,
+    pub msgs_per_round: u64,
+    pub msgs_per_s: f64,
+    pub bytes_per_s: f64,
+    pub bytes_per_s_min: f64,
+    pub bytes_per_s_max: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Figures {
+    Latency(LatencyStats),
+    Throughput(ThroughputStats),
+}
+
+/// Writes the iteration tag: `i` in the first 8 bytes, `!i` in the last byte.
+#[inline]
+fn tag(buf: &mut [u8], i: u64) {
+    buf[..8].copy_from_slice(&i.to_le_bytes());
+    let last = buf.len() - 1;
+    if last >= 8 {
+        buf[last] = !(i as u8);
+    }
+}
+
+/// Checks the tag that [`tag`] wrote.
+#[inline]
+fn check_tag(buf: &[u8], i: u64, what: &str) -> Result<()> {
+    let got = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    let last = buf.len() - 1;
+    if got != i || (last >= 8 && buf[last] != !(i as u8)) {
+        bail!(
+            "corrupted {what}: message {i} of {} bytes carries tag {got} (last byte {:#04x})",
+            buf.len(),
+            buf[last]
+        );
+    }
+    Ok(())
+}
+
+/// A message buffer with non-zero contents (so that no page is a shared zero page).
+fn message_buffer(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i as u8) | 1).collect()
+}
+
+/// Receives one message of exactly `buf.len()` bytes.
+#[inline]
+fn recv_exact(link: &mut impl Link, buf: &mut [u8]) -> Result<()> {
+    let n = link.recv(buf)?;
+    ensure!(
+        n == buf.len(),
+        "expected a {}-byte message, got {n} bytes",
+        buf.len()
+    );
+    Ok(())
+}
+
+/// The parent's side of `job`: measures and returns the figures.
+pub fn parent(link: &mut impl Link, job: &Job) -> Result<Figures> {
+    match job.workload {
+        Workload::Rtt => rtt_parent(link, job, None),
+        Workload::RttSleep => rtt_parent(link, job, Some(SLEEP_BETWEEN)),
+        Workload::Stream => stream_parent(link, job),
+    }
+}
+
+/// The child's side of `job`.
+pub fn child(link: &mut impl Link, job: &Job) -> Result<()> {
+    match job.workload {
+        Workload::Rtt | Workload::RttSleep => rtt_child(link, job),
+        Workload::Stream => stream_child(link, job),
+    }
+}
+
+fn rtt_parent(link: &mut impl Link, job: &Job, sleep: Option<Duration>) -> Result<Figures> {
+    let mut out = message_buffer(job.size);
+    let mut back = vec![0u8; job.size];
+    let mut samples = Vec::with_capacity(job.iters as usize);
+    for i in 0..job.warmup + job.iters {
+        if let Some(pause) = sleep {
+            std::thread::sleep(pause);
+        }
+        tag(&mut out, i);
+        let start = Instant::now();
+        link.send(&out)?;
+        recv_exact(link, &mut back)?;
+        let elapsed = start.elapsed();
+        check_tag(&back, i, "echo")?;
+        if i >= job.warmup {
+            samples.push(elapsed.as_nanos() as u64);
+        }
+    }
+    Ok(Figures::Latency(LatencyStats::from_samples(samples)))
+}
+
+fn rtt_child(link: &mut impl Link, job: &Job) -> Result<()> {
+    let mut buf = vec![0u8; job.size];
+    for i in 0..job.warmup + job.iters {
+        recv_exact(link, &mut buf)?;
+        check_tag(&buf, i, "request")?;
+        link.send(&buf)?;
+    }
+    Ok(())
+}
+
+/// Rounds of the stream workload: the warmup, then `reps` timed rounds.
+fn stream_rounds(job: &Job) -> impl Iterator<Item = u64> {
+    std::iter::once(job.warmup).chain(std::iter::repeat_n(job.iters, job.reps as usize))
+}
+
+fn stream_parent(link: &mut impl Link, job: &Job) -> Result<Figures> {
+    let mut out = message_buffer(job.size);
+    let mut ack = [0u8; 8];
+    let mut next = 0u64;
+    let mut rounds = Vec::with_capacity(job.reps as usize);
+    for (round, count) in stream_rounds(job).enumerate() {
+        let start = Instant::now();
+        for _ in 0..count {
+            tag(&mut out, next);
+            link.send(&out)?;
+            next += 1;
+        }
+        recv_exact(link, &mut ack)?;
+        let elapsed = start.elapsed();
+        let acked = u64::from_le_bytes(ack);
+        ensure!(
+            acked == next,
+            "the child acknowledged {acked} messages, sent {next}"
+        );
+        if round > 0 {
+            rounds.push(count as f64 / elapsed.as_secs_f64());
+        }
+    }
+    rounds.sort_by(f64::total_cmp);
+    let median = rounds[rounds.len() / 2];
+    let bytes = job.size as f64;
+    Ok(Figures::Throughput(ThroughputStats {
+        rounds: job.reps,
+        msgs_per_round: job.iters,
+        msgs_per_s: median,
+        bytes_per_s: median * bytes,
+        bytes_per_s_min: rounds[0] * bytes,
+        bytes_per_s_max: rounds[rounds.len() - 1] * bytes,
+    }))
+}
+
+fn stream_child(link: &mut impl Link, job: &Job) -> Result<()> {
+    let mut buf = vec![0u8; job.size];
+    let mut next = 0u64;
+    for count in stream_rounds(job) {
+        for _ in 0..count {
+            recv_exact(link, &mut buf)?;
+            check_tag(&buf, next, "stream message")?;
+            next += 1;
+        }
+        link.send(&next.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_catch_corruption() {
+        for size in [8, 9, 64, 4096] {
+            let mut buf = message_buffer(size);
+            tag(&mut buf, 300);
+            check_tag(&buf, 300, "test").unwrap();
+            assert!(check_tag(&buf, 301, "test").is_err());
+            let last = size - 1;
+            buf[last] ^= 1;
+            assert!(check_tag(&buf, 300, "test").is_err());
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let stats = LatencyStats::from_samples((1..=1000).rev().collect());
+        assert_eq!(stats.median_ns, 500.0);
+        assert_eq!(stats.p99_ns, 990.0);
+        assert_eq!(stats.p999_ns, 999.0);
+        assert_eq!(stats.min_ns, 1.0);
+        assert_eq!(stats.max_ns, 1000.0);
+        let one = LatencyStats::from_samples(vec![7]);
+        assert_eq!((one.median_ns, one.p999_ns), (7.0, 7.0));
+    }
+
+    #[test]
+    fn job_argument_round_trips() {
+        let job = Job {
+            workload: Workload::RttSleep,
+            transport: Transport::ShmportBusy,
+            size: 65536,
+            warmup: 3,
+            iters: 40,
+            reps: 2,
+        };
+        let back = Job::from_arg(&job.to_arg()).unwrap();
+        assert_eq!(back.to_arg(), job.to_arg());
+        assert!(Job::from_arg("rtt:unix:4:1:1:1").is_err());
+        assert!(Job::from_arg("rtt:carrier-pigeon:64:1:1:1").is_err());
+    }
+}

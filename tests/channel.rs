@@ -1,0 +1,494 @@
+//! SEMANTICS rules 1-4, 10, 14-16, 18 and 19 inside one process (both ports here).
+//! Cross-process behaviour is in `cross_process.rs`.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use shmport::{
+    ArrayBuffer, ChannelOptions, DataCloneErrorKind, MessageChannel, MessageEvent, PostError,
+    RecvTimeoutError, TryRecvError, Value,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn text(ev: &MessageEvent) -> &str {
+    ev.data.as_str().expect("a string message")
+}
+
+#[test]
+fn s01_port1_and_port2_are_the_same_ports_every_time_and_entangled() {
+    let ch = MessageChannel::new().unwrap();
+    assert!(ch.port1().ptr_eq(&ch.port1()));
+    assert!(ch.port2().ptr_eq(&ch.port2()));
+    assert!(!ch.port1().ptr_eq(&ch.port2()));
+    ch.port1().post_message("to two", []).unwrap();
+    ch.port2().post_message("to one", []).unwrap();
+    assert_eq!(text(&ch.port2().recv_timeout(WAIT).unwrap()), "to two");
+    assert_eq!(text(&ch.port1().recv_timeout(WAIT).unwrap()), "to one");
+}
+
+#[test]
+fn s02_clones_of_a_port_are_the_same_port() {
+    let ch = MessageChannel::new().unwrap();
+    let a = ch.port1();
+    let a2 = a.clone();
+    assert!(a.ptr_eq(&a2));
+    assert_eq!(a, a2);
+    // A message posted through one clone is read through the peer; closing through a
+    // clone detaches every clone.
+    a2.post_message("via clone", []).unwrap();
+    assert_eq!(text(&ch.port2().recv_timeout(WAIT).unwrap()), "via clone");
+    a2.close();
+    assert!(a.is_detached());
+    assert!(ch.port1().is_detached());
+}
+
+#[test]
+fn s03_messages_go_to_the_peer_never_to_the_sender_in_order() {
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    let mut got = Vec::new();
+    for i in 0..2000 {
+        a.post_message(i, []).unwrap();
+        // Read in bursts so the ring wraps many times with several records in flight.
+        if i % 7 == 6 {
+            while let Ok(ev) = b.try_recv() {
+                got.push(ev.data.as_f64().unwrap());
+            }
+        }
+    }
+    while got.len() < 2000 {
+        got.push(b.recv_timeout(WAIT).unwrap().data.as_f64().unwrap());
+    }
+    assert_eq!(got, (0..2000).map(f64::from).collect::<Vec<_>>());
+    assert!(
+        matches!(a.try_recv(), Err(TryRecvError::Empty)),
+        "nothing comes back to the sender"
+    );
+}
+
+#[test]
+fn s03_fifo_across_threads_with_bytes() {
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    let writer = std::thread::spawn(move || {
+        for i in 0u32..100_000 {
+            a.post_bytes(&i.to_le_bytes()).unwrap();
+        }
+    });
+    for i in 0u32..100_000 {
+        let got = b
+            .recv_bytes_with(|bytes| u32::from_le_bytes(bytes.try_into().unwrap()))
+            .unwrap();
+        assert_eq!(got, i);
+    }
+    writer.join().unwrap();
+}
+
+#[test]
+fn s04_unread_messages_are_kept_until_read() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    for i in 0..100 {
+        a.post_message(format!("m{i}"), []).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // Even after the sender is gone, what it posted stays readable.
+    drop(a);
+    drop(ch);
+    for i in 0..100 {
+        assert_eq!(text(&b.recv_timeout(WAIT).unwrap()), format!("m{i}"));
+    }
+    assert!(b.recv_timeout(WAIT).unwrap_err().is_closed());
+}
+
+#[test]
+fn s10_posting_to_a_closed_peer_is_a_silent_noop_that_still_checks() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    b.close();
+    a.post_message("into the void", []).unwrap();
+    a.post_bytes(b"void").unwrap();
+    assert!(a.is_peer_closed());
+    // The checks of rule 5 still run: a duplicate in the transfer list fails...
+    let buf = ArrayBuffer::from_slice(b"abc").unwrap();
+    let err = a
+        .post_message(Value::Undefined, [buf.clone().into(), buf.clone().into()])
+        .unwrap_err();
+    assert!(
+        matches!(err, PostError::DataClone(e) if e.kind() == DataCloneErrorKind::DuplicateInTransfer)
+    );
+    assert!(!buf.is_detached());
+    // ...and a valid transfer still detaches what it moves (it went nowhere).
+    a.post_message(Value::ArrayBuffer(buf.clone()), [buf.clone().into()])
+        .unwrap();
+    assert!(buf.is_detached());
+}
+
+#[test]
+fn s14_recv_reads_without_start() {
+    let ch = MessageChannel::new().unwrap();
+    ch.port1().post_message("pulled", []).unwrap();
+    assert_eq!(
+        text(
+            &ch.port2()
+                .try_recv()
+                .unwrap_or_else(|_| ch.port2().recv_timeout(WAIT).unwrap())
+        ),
+        "pulled"
+    );
+}
+
+#[test]
+fn s14_onmessage_starts_the_port_and_delivers_earlier_messages_once_in_order() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    for i in 0..50 {
+        a.post_message(i, []).unwrap();
+    }
+    let (tx, rx) = mpsc::channel();
+    b.set_onmessage(Some(move |ev: MessageEvent| {
+        tx.send(ev.data.as_f64().unwrap()).unwrap()
+    }));
+    for i in 50..100 {
+        a.post_message(i, []).unwrap();
+    }
+    let got: Vec<f64> = (0..100).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    assert_eq!(got, (0..100).map(f64::from).collect::<Vec<_>>());
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "each message once"
+    );
+}
+
+#[test]
+fn s14_listener_without_start_receives_nothing_until_start() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    let (tx, rx) = mpsc::channel();
+    b.add_message_listener(move |ev: MessageEvent| tx.send(text(&ev).to_owned()).unwrap());
+    a.post_message("early", []).unwrap();
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "not started: nothing delivered"
+    );
+    b.start();
+    b.start(); // idempotent
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "early");
+    a.post_message("late", []).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "late");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "start twice delivers once"
+    );
+}
+
+#[test]
+fn s15_close_never_fails_is_idempotent_and_detaches() {
+    let ch = MessageChannel::new().unwrap();
+    let a = ch.port1();
+    a.close();
+    a.close();
+    assert!(a.is_detached());
+    assert!(
+        a.recv_timeout(Duration::from_millis(10))
+            .unwrap_err()
+            .is_closed()
+    );
+    assert!(matches!(a.try_recv(), Err(TryRecvError::Closed)));
+    a.post_message("ignored", []).unwrap();
+}
+
+#[test]
+fn s15_messages_posted_before_close_are_delivered_and_after_go_nowhere() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    a.post_message("before", []).unwrap();
+    a.close();
+    a.post_message("after", []).unwrap();
+    b.post_message("towards the closed port", []).unwrap();
+    assert_eq!(text(&b.recv_timeout(WAIT).unwrap()), "before");
+    assert!(b.recv_timeout(WAIT).unwrap_err().is_closed());
+    assert!(b.is_peer_closed());
+}
+
+#[test]
+fn s15_messages_queued_at_a_closing_port_are_discarded() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    a.post_message("queued", []).unwrap();
+    b.close();
+    assert!(matches!(b.try_recv(), Err(TryRecvError::Closed)));
+}
+
+#[test]
+fn s15_a_closed_port_cannot_be_transferred() {
+    let ch = MessageChannel::new().unwrap();
+    let other = MessageChannel::new().unwrap();
+    let p = other.port1();
+    p.close();
+    let err = ch
+        .port1()
+        .post_message(Value::Port(p.clone()), [p.into()])
+        .unwrap_err();
+    assert!(matches!(err, PostError::DataClone(e) if e.kind() == DataCloneErrorKind::DetachedPort));
+}
+
+#[test]
+fn s16_dropping_the_last_handle_closes_the_port() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    drop(ch);
+    let a2 = a.clone();
+    drop(a);
+    assert!(!b.is_peer_closed(), "a clone is still alive");
+    a2.post_message("last words", []).unwrap();
+    drop(a2);
+    assert_eq!(text(&b.recv_timeout(WAIT).unwrap()), "last words");
+    assert!(b.recv_timeout(WAIT).unwrap_err().is_closed());
+}
+
+#[test]
+fn s16_blocked_recv_wakes_when_the_peer_closes() {
+    let _w = common::watchdog(
+        "s16_blocked_recv_wakes_when_the_peer_closes",
+        Duration::from_secs(20),
+    );
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    drop(ch);
+    let reader = std::thread::spawn(move || b.recv());
+    std::thread::sleep(Duration::from_millis(100));
+    a.close();
+    assert!(reader.join().unwrap().unwrap_err().is_closed());
+}
+
+#[test]
+fn s16_blocked_recv_wakes_when_its_own_port_closes() {
+    let _w = common::watchdog(
+        "s16_blocked_recv_wakes_when_its_own_port_closes",
+        Duration::from_secs(20),
+    );
+    let ch = MessageChannel::new().unwrap();
+    let b = ch.port2();
+    let b2 = b.clone();
+    let reader = std::thread::spawn(move || b2.recv());
+    std::thread::sleep(Duration::from_millis(100));
+    b.close();
+    assert!(reader.join().unwrap().unwrap_err().is_closed());
+}
+
+#[test]
+fn s16_close_handler_runs_once_after_the_last_message() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    drop(ch);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let closes = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = mpsc::channel();
+    {
+        let on_message_log = log.clone();
+        b.set_onmessage(Some(move |ev: MessageEvent| {
+            on_message_log.lock().unwrap().push(text(&ev).to_owned())
+        }));
+        let log = log.clone();
+        let closes = closes.clone();
+        b.set_onclose(Some(move || {
+            log.lock().unwrap().push("close".to_owned());
+            closes.fetch_add(1, Ordering::SeqCst);
+            done_tx.send(()).unwrap();
+        }));
+    }
+    a.post_message("one", []).unwrap();
+    a.post_message("two", []).unwrap();
+    drop(a);
+    done_rx.recv_timeout(WAIT).expect("close handler ran");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(*log.lock().unwrap(), ["one", "two", "close"]);
+    assert_eq!(closes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn s16_close_handler_without_push_delivery_leaves_messages_to_recv() {
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    drop(ch);
+    let (tx, rx) = mpsc::channel();
+    b.set_onclose(Some(move || tx.send(()).unwrap()));
+    a.post_message("kept", []).unwrap();
+    a.close();
+    rx.recv_timeout(WAIT).expect("close handler ran");
+    assert_eq!(text(&b.recv_timeout(WAIT).unwrap()), "kept");
+    assert!(b.recv_timeout(WAIT).unwrap_err().is_closed());
+}
+
+#[test]
+fn s18_message_event_carries_data_and_ports() {
+    let ch = MessageChannel::new().unwrap();
+    ch.port1()
+        .post_message(Value::Array(vec![1.into(), "two".into()]), [])
+        .unwrap();
+    let MessageEvent { data, ports } = ch.port2().recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        data,
+        Value::Array(vec![Value::Number(1.0), Value::String("two".into())])
+    );
+    assert!(ports.is_empty());
+}
+
+#[test]
+fn s19_post_waits_for_space_and_try_post_reports_full() {
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(256)).unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    // 16-byte records: 8 header + 8 payload.
+    let mut sent = 0u64;
+    while a.try_post_bytes(&sent.to_le_bytes()).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(sent, 16, "a 256-byte ring holds sixteen 16-byte records");
+    assert_eq!(a.try_post_bytes(&[0; 8]), Err(PostError::Full));
+    assert_eq!(
+        a.post_bytes_timeout(&[0; 8], Duration::from_millis(30)),
+        Err(PostError::Timeout)
+    );
+    // A blocking post waits until the reader makes room, then succeeds.
+    let writer = std::thread::spawn(move || {
+        a.post_bytes(&999u64.to_le_bytes()).unwrap();
+        a
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !writer.is_finished(),
+        "post_bytes waits while the ring is full"
+    );
+    for i in 0..sent {
+        assert_eq!(
+            b.recv_bytes_with(|x| u64::from_le_bytes(x.try_into().unwrap()))
+                .unwrap(),
+            i
+        );
+    }
+    let _a = writer.join().unwrap();
+    assert_eq!(
+        b.recv_bytes_with(|x| u64::from_le_bytes(x.try_into().unwrap()))
+            .unwrap(),
+        999
+    );
+}
+
+#[test]
+fn s19_a_full_ring_does_not_block_forever_when_the_reader_closes() {
+    let _w = common::watchdog("s19_full_ring_reader_closes", Duration::from_secs(20));
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(64)).unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    while a.try_post_bytes(&[1; 8]).is_ok() {}
+    let writer = std::thread::spawn(move || a.post_bytes(&[2; 8]));
+    std::thread::sleep(Duration::from_millis(50));
+    b.close();
+    assert_eq!(
+        writer.join().unwrap(),
+        Ok(()),
+        "the message goes nowhere, silently"
+    );
+}
+
+#[test]
+fn s19_recv_timeout_and_try_recv_on_an_empty_port() {
+    let ch = MessageChannel::new().unwrap();
+    assert!(matches!(ch.port2().try_recv(), Err(TryRecvError::Empty)));
+    assert!(matches!(
+        ch.port2().recv_timeout(Duration::from_millis(20)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+}
+
+#[test]
+fn a_message_larger_than_the_ring_is_a_clear_error_until_spilling_lands() {
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
+    let a = ch.port1();
+    assert_eq!(a.max_message_size(), 1016);
+    assert_eq!(
+        a.post_bytes(&[0; 1017]),
+        Err(PostError::TooLarge {
+            len: 1017,
+            max: 1016
+        })
+    );
+    a.post_bytes(&[0; 1016]).unwrap();
+    assert_eq!(ch.port2().recv_bytes_with(|b| b.len()).unwrap(), 1016);
+}
+
+#[test]
+fn process_local_channels_behave_the_same() {
+    let ch = MessageChannel::with_options(&ChannelOptions::new().process_local(true).capacity(128))
+        .unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    drop(ch);
+    let writer = std::thread::spawn(move || {
+        for i in 0u32..10_000 {
+            a.post_bytes(&i.to_le_bytes()).unwrap();
+        }
+    });
+    for i in 0u32..10_000 {
+        assert_eq!(
+            b.recv_bytes_with(|x| u32::from_le_bytes(x.try_into().unwrap()))
+                .unwrap(),
+            i
+        );
+    }
+    writer.join().unwrap();
+    assert!(b.recv_timeout(WAIT).unwrap_err().is_closed());
+    // A process-local port cannot leave its process.
+    let ch = MessageChannel::with_options(&ChannelOptions::new().process_local(true)).unwrap();
+    let mut cmd = std::process::Command::new("true");
+    assert!(ch.port2().transfer_to_child(&mut cmd).is_err());
+    assert!(
+        !ch.port2().is_detached(),
+        "a failed transfer leaves the port as it was"
+    );
+}
+
+#[test]
+fn typed_and_pod_messages_round_trip() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Frame {
+        id: u64,
+        name: String,
+        samples: Vec<f32>,
+    }
+    #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+    #[repr(C)]
+    struct Point {
+        x: f32,
+        y: f32,
+    }
+    let ch = MessageChannel::new().unwrap();
+    let frame = Frame {
+        id: 7,
+        name: "seven".into(),
+        samples: vec![0.5, -1.0],
+    };
+    ch.port1().post_typed(&frame).unwrap();
+    assert_eq!(ch.port2().recv_typed::<Frame>().unwrap(), frame);
+    ch.port1().post_pod(&Point { x: 1.0, y: 2.0 }).unwrap();
+    assert_eq!(
+        ch.port2().recv_pod::<Point>().unwrap(),
+        Point { x: 1.0, y: 2.0 }
+    );
+    // The wrong type is a message error, and the port goes on.
+    ch.port1().post_pod(&7u8).unwrap();
+    assert!(
+        ch.port2()
+            .recv_pod::<Point>()
+            .unwrap_err()
+            .is_message_error()
+    );
+    ch.port1().post_pod(&Point { x: 3.0, y: 4.0 }).unwrap();
+    assert_eq!(
+        ch.port2().recv_pod::<Point>().unwrap(),
+        Point { x: 3.0, y: 4.0 }
+    );
+}
