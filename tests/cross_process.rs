@@ -1,0 +1,427 @@
+//! Two or more processes. Every child is this test binary re-run in a role (see
+//! `child_entry`); a watchdog ends any test that hangs.
+
+mod common;
+
+use std::collections::HashSet;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{expect_success, role, role_command, spawn_role, watchdog};
+use shmport::{ChannelOptions, Error, Listener, MessageChannel, MessagePort, Value};
+
+const ENTRY: &str = "child_entry";
+
+/// Tests that look at this process's descriptors run one at a time.
+static FD_CHECKS: Mutex<()> = Mutex::new(());
+
+/// The child side of every test in this file, selected by the role variable.
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    match role.as_str() {
+        "echo" => {
+            let port = MessagePort::from_parent().unwrap();
+            while let Ok(bytes) = port.recv_bytes_with(<[u8]>::to_vec) {
+                port.post_bytes(&bytes).unwrap();
+            }
+        }
+        "stress" => {
+            let port = MessagePort::from_parent().unwrap();
+            stress(&port, COUNT, 1, 0);
+        }
+        "block_in_recv" => {
+            let port = MessagePort::from_parent().unwrap();
+            port.post_message("ready", []).unwrap();
+            let _ = port.recv();
+            // Only a kill ends this process while the parent holds its port.
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "post_then_exit" => {
+            let port = MessagePort::from_parent().unwrap();
+            port.post_message("goodbye", []).unwrap();
+        }
+        "spawn_grandchild" => {
+            let port = MessagePort::from_parent().unwrap();
+            // The variable is still set; the descriptor must not have been inherited.
+            let status = role_command(ENTRY, "grandchild").status().unwrap();
+            port.post_message(status.success(), []).unwrap();
+            assert!(
+                matches!(MessagePort::from_parent(), Err(Error::NoParentPort)),
+                "only once"
+            );
+        }
+        "grandchild" => {
+            assert!(std::env::var(shmport::PARENT_ENV).is_ok());
+            assert!(matches!(
+                MessagePort::from_parent(),
+                Err(Error::NoParentPort)
+            ));
+        }
+        "listen" => {
+            let path = std::env::var("SHMPORT_TEST_PATH").unwrap();
+            let listener = Listener::bind(&path).unwrap();
+            println!("listening");
+            let _ = listener.accept();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "connect" => {
+            let path = std::env::var("SHMPORT_TEST_PATH").unwrap();
+            match MessagePort::connect(&path) {
+                Ok(port) => port.post_message("connected", []).unwrap(),
+                Err(Error::WrongUser { .. }) => std::process::exit(3),
+                Err(e) => panic!("connect: {e}"),
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+// ---- ordering under load -----------------------------------------------------
+
+const COUNT: u64 = 1_000_000;
+
+/// The bytes of message `seq` in direction `salt`: a length from 1 to `max` and
+/// contents, both derived from `seq`, so the receiver can check every byte.
+fn message(seq: u64, salt: u64, max: usize, out: &mut Vec<u8>) {
+    let mut x = (seq ^ (salt << 56)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let len = 1 + (next() % max as u64) as usize;
+    out.clear();
+    while out.len() < len {
+        out.extend_from_slice(&next().to_le_bytes());
+    }
+    out.truncate(len);
+    // The sequence number itself, where it fits.
+    let n = len.min(8);
+    out[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
+}
+
+/// Sends `count` messages with salt `send_salt` while receiving `count` with
+/// `recv_salt`, checking each received message byte for byte.
+fn stress(port: &MessagePort, count: u64, send_salt: u64, recv_salt: u64) {
+    let max = port.max_message_size();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = Vec::new();
+            for seq in 0..count {
+                message(seq, send_salt, max, &mut buf);
+                port.post_bytes(&buf).unwrap();
+            }
+        });
+        let mut expected = Vec::new();
+        for seq in 0..count {
+            message(seq, recv_salt, max, &mut expected);
+            let ok = port
+                .recv_bytes_with(|got| got == expected.as_slice())
+                .unwrap();
+            assert!(ok, "message {seq} arrived corrupted or out of order");
+        }
+    });
+}
+
+#[test]
+fn s03_a_million_messages_of_random_sizes_in_order_both_directions_across_processes() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("s03_a_million_messages", Duration::from_secs(600));
+    let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
+    let child = spawn_role(ENTRY, "stress", &channel.port2());
+    stress(&channel.port1(), COUNT, 0, 1);
+    expect_success(child);
+}
+
+// ---- peer death --------------------------------------------------------------
+
+/// (memfd inodes, socket inodes) open in this process.
+fn open_inodes() -> (HashSet<String>, HashSet<String>) {
+    let mut memfds = HashSet::new();
+    let mut sockets = HashSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if target.starts_with("/memfd:shmport") {
+            // Distinguish memfds by inode: the name is the same for all of them.
+            let meta = std::fs::metadata(entry.path()).unwrap();
+            memfds.insert(std::os::unix::fs::MetadataExt::ino(&meta).to_string());
+        } else if target.starts_with("socket:") {
+            sockets.insert(target);
+        }
+    }
+    (memfds, sockets)
+}
+
+/// `Child::kill` sends SIGKILL.
+fn kill_9(child: &mut Child) {
+    child.kill().unwrap();
+}
+
+#[test]
+fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_open() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("s16_peer_killed", Duration::from_secs(60));
+    let _serial = FD_CHECKS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = open_inodes();
+    let channel = MessageChannel::new().unwrap();
+    let during = open_inodes();
+    let ours_memfd: Vec<_> = during.0.difference(&before.0).cloned().collect();
+    let ours_sockets: Vec<_> = during.1.difference(&before.1).cloned().collect();
+    assert_eq!(ours_memfd.len(), 1, "one memfd per channel");
+    assert_eq!(ours_sockets.len(), 2, "one socketpair per channel");
+
+    let port = channel.port1();
+    let mut child = spawn_role(ENTRY, "block_in_recv", &channel.port2());
+    drop(channel);
+    assert_eq!(
+        port.recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .data
+            .as_str(),
+        Some("ready")
+    );
+
+    let reader = std::thread::spawn({
+        let port = port.clone();
+        move || {
+            let result = port.recv();
+            (result, Instant::now())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!reader.is_finished(), "recv blocks while the child lives");
+    let killed_at = Instant::now();
+    kill_9(&mut child);
+    let (result, woke_at) = reader.join().unwrap();
+    assert!(result.unwrap_err().is_closed());
+    let delay = woke_at.duration_since(killed_at);
+    assert!(
+        delay < Duration::from_millis(100),
+        "closed seen after {delay:?}"
+    );
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    assert!(port.is_peer_closed());
+
+    drop(port);
+    let after = open_inodes();
+    for inode in &ours_memfd {
+        assert!(
+            !after.0.contains(inode),
+            "the channel's memfd is still open"
+        );
+    }
+    for socket in &ours_sockets {
+        assert!(
+            !after.1.contains(socket),
+            "a socket of the channel is still open: {socket}"
+        );
+    }
+}
+
+#[test]
+fn s16_a_child_that_exits_closes_its_port_after_its_messages() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("s16_child_exits", Duration::from_secs(60));
+    let channel = MessageChannel::new().unwrap();
+    let child = spawn_role(ENTRY, "post_then_exit", &channel.port2());
+    let port = channel.port1();
+    drop(channel);
+    expect_success(child);
+    assert_eq!(port.recv().unwrap().data.as_str(), Some("goodbye"));
+    assert!(port.recv().unwrap_err().is_closed());
+}
+
+// ---- bootstrap -----------------------------------------------------------------
+
+#[test]
+fn ping_pong_with_a_child_process() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("ping_pong_with_a_child_process", Duration::from_secs(60));
+    let channel = MessageChannel::new().unwrap();
+    let child = spawn_role(ENTRY, "echo", &channel.port2());
+    assert!(
+        channel.port2().is_detached(),
+        "transfer_to_child detaches the port here"
+    );
+    let port = channel.port1();
+    for i in 0..10_000u32 {
+        port.post_bytes(&i.to_le_bytes()).unwrap();
+        let echoed = port
+            .recv_bytes_with(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .unwrap();
+        assert_eq!(echoed, i);
+    }
+    port.close();
+    expect_success(child);
+}
+
+#[test]
+fn s02_a_child_inherits_its_port_and_grandchildren_inherit_nothing() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("s02_grandchildren", Duration::from_secs(60));
+    let channel = MessageChannel::new().unwrap();
+    let child = spawn_role(ENTRY, "spawn_grandchild", &channel.port2());
+    assert_eq!(
+        channel.port1().recv().unwrap().data,
+        Value::Bool(true),
+        "the grandchild saw no port"
+    );
+    expect_success(child);
+}
+
+#[test]
+fn from_parent_without_a_parent_port_is_a_clear_error() {
+    if role().is_some() {
+        return;
+    }
+    assert!(matches!(
+        MessagePort::from_parent(),
+        Err(Error::NoParentPort)
+    ));
+}
+
+#[test]
+fn an_unspawned_command_drops_the_port_and_the_peer_sees_it_closed() {
+    let channel = MessageChannel::new().unwrap();
+    let mut cmd = std::process::Command::new("true");
+    channel.port2().transfer_to_child(&mut cmd).unwrap();
+    assert!(
+        !channel.port1().is_peer_closed(),
+        "the handoff keeps the port alive"
+    );
+    drop(cmd);
+    assert!(
+        channel
+            .port1()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_err()
+            .is_closed()
+    );
+}
+
+fn rendezvous_path(name: &str) -> String {
+    format!("/tmp/shmport-test-{}-{name}.sock", std::process::id())
+}
+
+#[test]
+fn rendezvous_listener_and_connect_meet_across_processes() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("rendezvous", Duration::from_secs(60));
+    let path = rendezvous_path("meet");
+    let listener = Listener::bind(&path).unwrap();
+    assert!(Listener::bind(&path).is_err(), "a path has one listener");
+    let child = role_command(ENTRY, "connect")
+        .env("SHMPORT_TEST_PATH", &path)
+        .spawn()
+        .unwrap();
+    let port = listener.accept().unwrap();
+    assert_eq!(port.recv().unwrap().data.as_str(), Some("connected"));
+    expect_success(child);
+    assert!(
+        port.recv().unwrap_err().is_closed(),
+        "the child's exit closes its port"
+    );
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "nothing is created on disk"
+    );
+}
+
+#[test]
+fn rendezvous_refuses_a_peer_of_another_user() {
+    if role().is_some() {
+        return;
+    }
+    if rustix_uid() != 0 {
+        eprintln!("skipped: switching to another user needs root");
+        return;
+    }
+    let _w = watchdog("rendezvous_other_user", Duration::from_secs(60));
+    let path = rendezvous_path("other-user");
+    let listener = Listener::bind(&path).unwrap();
+    let mut cmd = role_command(ENTRY, "connect");
+    cmd.env("SHMPORT_TEST_PATH", &path).uid(65534).gid(65534);
+    let mut child = cmd.spawn().unwrap();
+    match listener.accept() {
+        Err(Error::WrongUser { peer, ours }) => assert_eq!((peer, ours), (65534, 0)),
+        other => panic!("accepted a peer of another user: {other:?}"),
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the connector refuses the listener too"
+    );
+}
+
+fn rustix_uid() -> u32 {
+    // The test crate has no rustix; the uid of /proc/self is ours.
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap())
+}
+
+#[test]
+fn s20_nothing_outlives_a_kill_9_of_either_side() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("s20_nothing_outlives", Duration::from_secs(60));
+    let shm_before: HashSet<_> = std::fs::read_dir("/dev/shm").map_or_else(
+        |_| HashSet::new(),
+        |d| d.flatten().map(|e| e.file_name()).collect(),
+    );
+    // A listener in a child, killed: its rendezvous name is free again at once.
+    let path = rendezvous_path("killed-listener");
+    let mut listener_child = role_command(ENTRY, "listen")
+        .env("SHMPORT_TEST_PATH", &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The test harness prints its own lines first; wait for the child's.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        listener_child.stdout.take().unwrap(),
+    ));
+    assert!(lines.any(|l| l.unwrap().contains("listening")));
+    assert!(Listener::bind(&path).is_err(), "the child holds the path");
+    kill_9(&mut listener_child);
+    let _ = listener_child.wait();
+    let listener = Listener::bind(&path).expect("no stale socket blocks the path");
+    drop(listener);
+    // A channel whose child side is killed mid-stream.
+    let channel = MessageChannel::new().unwrap();
+    let mut child = spawn_role(ENTRY, "echo", &channel.port2());
+    let port = channel.port1();
+    drop(channel);
+    port.post_bytes(b"x").unwrap();
+    port.recv_bytes_with(|_| ()).unwrap();
+    kill_9(&mut child);
+    let _ = child.wait();
+    assert!(port.recv().unwrap_err().is_closed());
+    let shm_after: HashSet<_> = std::fs::read_dir("/dev/shm").map_or_else(
+        |_| HashSet::new(),
+        |d| d.flatten().map(|e| e.file_name()).collect(),
+    );
+    assert!(
+        shm_after.is_subset(&shm_before),
+        "no named shared memory is ever created"
+    );
+    assert!(!std::path::Path::new(&path).exists());
+}

@@ -1,0 +1,287 @@
+//! A peer that writes anything into the shared segment (SEMANTICS 17, and the
+//! "corrupt ring" test of the core issue). The test maps the channel's memfd a second
+//! time, through /proc/self/fd, and writes into it as a hostile process would.
+//!
+//! The offsets below restate the segment layout of `src/segment.rs` (a layout change
+//! bumps the segment version and must update them).
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapMut;
+use shmport::{ChannelOptions, MessageChannel, MessagePort, PostError, RecvTimeoutError, Value};
+
+const HEADER: usize = 128;
+const LINES: usize = 384;
+const DATA: usize = HEADER + 2 * LINES;
+const KIND_BYTES: u64 = 2;
+const KIND_VALUE: u64 = 3;
+
+static MAPPING: Mutex<()> = Mutex::new(());
+
+fn memfds() -> HashSet<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmport"))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// A channel and a second, independent mapping of its segment.
+fn channel_and_mapping(capacity: usize) -> (MessageChannel, MmapMut) {
+    let _serial = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
+    let before = memfds();
+    let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(capacity)).unwrap();
+    let new: Vec<_> = memfds().difference(&before).cloned().collect();
+    assert_eq!(new.len(), 1);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&new[0])
+        .unwrap();
+    // SAFETY: the mapping is only accessed through atomics and volatile-free byte
+    // writes below, as a hostile process would; the library must cope with anything.
+    let map = unsafe { MmapMut::map_mut(&file).unwrap() };
+    (channel, map)
+}
+
+fn word(map: &MmapMut, offset: usize) -> &AtomicU64 {
+    assert!(offset % 8 == 0 && offset + 8 <= map.len());
+    // SAFETY: in bounds and 8-aligned (mmap is page-aligned); AtomicU64 may alias
+    // memory that other parties access atomically.
+    unsafe { &*(map.as_ptr().add(offset) as *const AtomicU64) }
+}
+
+/// Writes records into direction 0 (port1 → port2) as port1's process would.
+struct ForgedWriter<'m> {
+    map: &'m MmapMut,
+    cap: usize,
+    tail: u64,
+}
+
+impl<'m> ForgedWriter<'m> {
+    fn new(map: &'m MmapMut, cap: usize) -> Self {
+        let tail = word(map, HEADER).load(Ordering::Acquire);
+        ForgedWriter { map, cap, tail }
+    }
+
+    fn push(&mut self, kind: u64, payload: &[u8]) {
+        let offset = (self.tail as usize) % self.cap;
+        let size = 8 + payload.len().div_ceil(8) * 8;
+        assert!(
+            offset + size <= self.cap,
+            "keep forged records away from the wrap"
+        );
+        word(self.map, DATA + offset).store(payload.len() as u64 | (kind << 32), Ordering::Relaxed);
+        for (i, chunk) in payload.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            word(self.map, DATA + offset + 8 + 8 * i)
+                .store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+        self.tail += size as u64;
+        word(self.map, HEADER).store(self.tail, Ordering::Release);
+    }
+}
+
+/// Keeps port1 open but out of the way: handed to a child that is never spawned.
+fn park_port(port: &MessagePort) -> std::process::Command {
+    let mut cmd = std::process::Command::new("true");
+    port.transfer_to_child(&mut cmd).unwrap();
+    cmd
+}
+
+fn recv(port: &MessagePort) -> Result<Value, RecvTimeoutError> {
+    port.recv_timeout(Duration::from_secs(5)).map(|ev| ev.data)
+}
+
+#[test]
+fn s17_undecodable_messages_are_message_errors_and_the_port_goes_on() {
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let mut peer = ForgedWriter::new(&map, 4096);
+
+    peer.push(KIND_VALUE, &[0xde, 0xad, 0xbe, 0xef, 0x01]); // not a valid message
+    peer.push(99, b"unknown kind");
+    peer.push(KIND_VALUE, &[0, 0, 0, 0, 1, 0x42]); // no buffers, codec version 1, unknown tag
+    peer.push(
+        KIND_VALUE,
+        &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+    ); // huge buffer length
+    peer.push(
+        KIND_VALUE,
+        &[0, 0, 0, 0, 1, 0x08, 0xff, 0xff, 0xff, 0xff, 0x0f],
+    ); // array claiming 2^32 items
+    peer.push(KIND_BYTES, b"after");
+    peer.push(KIND_VALUE, &[0, 0, 0, 0, 1, 0x06, 2, b'h', b'i']);
+
+    for _ in 0..5 {
+        assert!(matches!(
+            recv(&port),
+            Err(RecvTimeoutError::MessageError(_))
+        ));
+    }
+    assert_eq!(
+        recv(&port).unwrap().as_array_buffer().unwrap().to_vec(),
+        b"after"
+    );
+    assert_eq!(recv(&port).unwrap(), Value::String("hi".into()));
+    assert!(matches!(port.try_recv(), Err(shmport::TryRecvError::Empty)));
+}
+
+#[test]
+fn s17_message_errors_reach_the_onmessageerror_handler() {
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let errors = tx.clone();
+    port.set_onmessageerror(Some(move |e: shmport::MessageError| {
+        errors.send(format!("error: {e}")).unwrap()
+    }));
+    port.set_onmessage(Some(move |ev: shmport::MessageEvent| {
+        tx.send(format!("{:?}", ev.data)).unwrap()
+    }));
+    let mut peer = ForgedWriter::new(&map, 4096);
+    peer.push(KIND_VALUE, &[7, 7, 7]);
+    peer.push(KIND_VALUE, &[0, 0, 0, 0, 1, 0x01]);
+    let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        first.starts_with("error: message could not be decoded"),
+        "{first}"
+    );
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "Null");
+}
+
+#[test]
+fn s17_broken_framing_is_reported_then_the_port_is_closed_not_hung() {
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    // A tail beyond head + capacity cannot be trusted.
+    word(&map, HEADER).store(1 << 40, Ordering::Release);
+    assert!(matches!(
+        recv(&port),
+        Err(RecvTimeoutError::MessageError(_))
+    ));
+    assert!(matches!(recv(&port), Err(RecvTimeoutError::Closed)));
+    // A record that claims more bytes than were published.
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    word(&map, DATA).store(4000 | (KIND_BYTES << 32), Ordering::Relaxed);
+    word(&map, HEADER).store(16, Ordering::Release);
+    assert!(matches!(
+        recv(&port),
+        Err(RecvTimeoutError::MessageError(_))
+    ));
+    assert!(matches!(recv(&port), Err(RecvTimeoutError::Closed)));
+}
+
+#[test]
+fn a_producer_facing_a_corrupt_consumer_index_gets_an_error_not_a_hang() {
+    let (channel, map) = channel_and_mapping(256);
+    let port = channel.port1();
+    while port.try_post_bytes(&[0; 8]).is_ok() {}
+    // The consumer's head jumps past everything ever published.
+    word(&map, HEADER + 128).store(1 << 40, Ordering::Release);
+    assert!(matches!(
+        port.post_bytes(&[0; 8]),
+        Err(PostError::Broken(_))
+    ));
+}
+
+/// Garbage written at random into the header, the indices, the wait words and the
+/// record headers while a writer and a reader run: the reader reports errors and
+/// neither side panics or hangs.
+#[test]
+fn corrupt_ring_while_a_reader_runs_gives_errors_never_a_panic_or_a_hang() {
+    let _w = common::watchdog("corrupt_ring_while_a_reader_runs", Duration::from_secs(120));
+    const CAP: usize = 1024;
+    let mut total_errors = 0;
+    for round in 0..20u64 {
+        let (channel, map) = channel_and_mapping(CAP);
+        let (a, b) = (channel.port1(), channel.port2());
+        drop(channel);
+        let stop = AtomicBool::new(false);
+        let (messages, errors) = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match a.post_bytes_timeout(&i.to_le_bytes(), Duration::from_millis(5)) {
+                        Ok(()) | Err(PostError::Timeout) => {}
+                        Err(PostError::Broken(_)) => break,
+                        Err(e) => panic!("unexpected post error {e}"),
+                    }
+                    i += 1;
+                }
+            });
+            let reader = s.spawn(|| {
+                let (mut messages, mut errors) = (0u64, 0u64);
+                loop {
+                    match b.recv_timeout(Duration::from_millis(5)) {
+                        Ok(_) => messages += 1,
+                        Err(RecvTimeoutError::MessageError(_)) => errors += 1,
+                        Err(RecvTimeoutError::Closed) => return (messages, errors + 1),
+                        Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => {
+                            return (messages, errors);
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                    }
+                }
+            });
+            let mut x = 0x2545_f491_4f6c_dd1d_u64 ^ round;
+            let mut rand = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let started = Instant::now();
+            std::thread::sleep(Duration::from_millis(5));
+            while started.elapsed() < Duration::from_millis(50) {
+                let target = match rand() % 4 {
+                    // Header words (magic, sizes, end states) and the ring indices and
+                    // wait words of both directions.
+                    0 => (rand() as usize % (DATA / 8)) * 8,
+                    1 => HEADER + (rand() as usize % 2) * 128,
+                    // Record headers and payloads in either data area.
+                    _ => DATA + (rand() as usize % (2 * CAP / 8)) * 8,
+                };
+                let value = match rand() % 3 {
+                    0 => rand(),
+                    1 => rand() % 4096,
+                    _ => word(&map, target)
+                        .load(Ordering::Relaxed)
+                        .wrapping_add(rand() % 64),
+                };
+                word(&map, target).store(value, Ordering::Release);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            stop.store(true, Ordering::Relaxed);
+            writer.join().expect("the writer never panics");
+            reader.join().expect("the reader never panics")
+        });
+        assert!(
+            errors > 0 || messages > 0,
+            "round {round}: the reader saw something"
+        );
+        total_errors += errors;
+        // Closing both ends after garbage is fine too.
+        a.close();
+        b.close();
+    }
+    assert!(
+        total_errors > 0,
+        "corrupted indices and record headers were reported"
+    );
+}
