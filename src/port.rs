@@ -805,8 +805,7 @@ impl MessagePort {
     }
 
     fn recv_event(&self, mode: Mode) -> Result<MessageEvent, RecvFail> {
-        self.port()
-            .recv_record(mode, |rx, kind, len| wire::decode_event(rx, kind, len))?
+        self.port().recv_record(mode, wire::decode_event)?
     }
 
     /// Waits for the next message and runs `f` on its bytes, without allocating. The

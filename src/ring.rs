@@ -120,10 +120,6 @@ impl RingRef {
         RingRef { lines, data, cap }
     }
 
-    pub(crate) fn capacity(&self) -> u64 {
-        self.cap
-    }
-
     /// The largest payload a record of this ring can carry.
     pub(crate) fn max_payload(&self) -> usize {
         (self.cap - HEADER) as usize
@@ -317,11 +313,6 @@ impl Producer {
         self.ring.lines().tail.0.store(self.tail, Ordering::Release);
         self.published = self.tail;
         true
-    }
-
-    /// Whether the consumer has taken everything published (re-reads `head`).
-    pub(crate) fn is_drained(&mut self) -> Result<bool, Corrupt> {
-        self.fits(self.ring.cap)
     }
 }
 

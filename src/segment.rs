@@ -51,9 +51,8 @@ const DATA_OFFSET: usize = HEADER_SIZE + 2 * LINES_SIZE;
 pub(crate) const FLAG_BUSY_POLL: u32 = 1;
 const KNOWN_FLAGS: u32 = FLAG_BUSY_POLL;
 
-/// An end's state word (`Header::ends`).
-pub(crate) const END_OPEN: u32 = 0;
-/// The end was closed, dropped, or doomed: its peer drains and then reports closed.
+/// An end's state word (`Header::ends`) is 0 while the end is open, and this once it
+/// was closed, dropped, or doomed: its peer drains and then reports closed.
 pub(crate) const END_CLOSED: u32 = 1;
 
 /// The first 128 bytes of a segment. Every field is atomic because the peer may write
@@ -245,7 +244,7 @@ impl Segment {
         }
     }
 
-    /// The state word of end `end` (`END_OPEN` / `END_CLOSED`).
+    /// The state word of end `end` (0 while open, `END_CLOSED` after).
     pub(crate) fn end_state(&self, end: usize) -> &AtomicU32 {
         &self.header().ends[end]
     }
@@ -262,19 +261,8 @@ impl Segment {
         }
     }
 
-    /// Bytes of each direction's data area.
-    pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
     pub(crate) fn busy_poll(&self) -> bool {
         self.flags & FLAG_BUSY_POLL != 0
-    }
-
-    /// The address of the first byte, for tests that corrupt shared memory on purpose.
-    #[cfg(test)]
-    pub(crate) fn base(&self) -> NonNull<u8> {
-        self.base
     }
 }
 

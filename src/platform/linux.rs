@@ -5,7 +5,7 @@
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -54,11 +54,6 @@ pub(crate) fn sealed_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
 /// `mmap(MAP_SHARED, PROT_READ|PROT_WRITE)` of the first `len` bytes of `fd`.
 pub(crate) fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw> {
     MmapOptions::new().len(len).map_raw(&fd)
-}
-
-/// The system page size.
-pub(crate) fn page_size() -> usize {
-    rustix::param::page_size()
 }
 
 /// `FUTEX_WAIT` on a word that may live in memory shared with other processes (so never
@@ -117,22 +112,6 @@ pub(crate) fn wait_hangup(sock: BorrowedFd<'_>, timeout: Duration) -> bool {
         Ok(_) => fds[0]
             .revents()
             .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
-    }
-}
-
-/// `poll(POLLIN)` for up to `timeout`: is a message (or a hang-up) waiting on `sock`?
-pub(crate) fn poll_readable(sock: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::IN)];
-    let ts = timeout.map(|t| rustix::time::Timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(t.subsec_nanos()),
-    });
-    loop {
-        match poll(&mut fds, ts.as_ref()) {
-            Ok(n) => return Ok(n > 0),
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
 }
 
@@ -286,15 +265,4 @@ pub(crate) fn connect(name: &[u8]) -> io::Result<OwnedFd> {
     )?;
     rustix::net::connect(&fd, &rendezvous_addr(name)?)?;
     Ok(fd)
-}
-
-/// `fcntl(F_DUPFD_CLOEXEC)`.
-pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
-}
-
-/// A stable identity of a descriptor's open file: (device, inode).
-pub(crate) fn file_identity(fd: impl AsFd) -> io::Result<(u64, u64)> {
-    let st = rustix::fs::fstat(fd)?;
-    Ok((st.st_dev, st.st_ino))
 }

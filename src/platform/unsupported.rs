@@ -27,9 +27,6 @@ pub(crate) fn sealed_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub(crate) fn mmap_shared(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
     Err(unsupported())
 }
-pub(crate) fn page_size() -> usize {
-    4096
-}
 pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Duration>) {
     std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)));
 }
@@ -43,9 +40,6 @@ pub(crate) fn peer_hung_up(_sock: BorrowedFd<'_>) -> bool {
 pub(crate) fn wait_hangup(_sock: BorrowedFd<'_>, timeout: Duration) -> bool {
     std::thread::sleep(timeout);
     true
-}
-pub(crate) fn poll_readable(_sock: BorrowedFd<'_>, _timeout: Option<Duration>) -> io::Result<bool> {
-    Err(unsupported())
 }
 pub(crate) fn send_with_fds(
     _sock: BorrowedFd<'_>,
@@ -78,12 +72,6 @@ pub(crate) fn accept(_listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Err(unsupported())
 }
 pub(crate) fn connect(_name: &[u8]) -> io::Result<OwnedFd> {
-    Err(unsupported())
-}
-pub(crate) fn dup(_fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    Err(unsupported())
-}
-pub(crate) fn file_identity(_fd: impl std::os::fd::AsFd) -> io::Result<(u64, u64)> {
     Err(unsupported())
 }
 pub(crate) fn parent_pid() -> u32 {
