@@ -39,15 +39,9 @@ fn same_thread(c: &mut Criterion) {
 
 fn ping_pong(c: &mut Criterion) {
     let mut group = c.benchmark_group("ping_pong_64B_threads");
-    for (name, strategy) in [
-        ("spin", WaitStrategy::default()),
-        (
-            "sleep",
-            WaitStrategy::SpinThenSleep {
-                spin: Duration::ZERO,
-            },
-        ),
-    ] {
+    for (name, strategy) in
+        [("spin", WaitStrategy::default()), ("sleep", WaitStrategy::SpinThenSleep { spin: Duration::ZERO })]
+    {
         let channel = MessageChannel::new().unwrap();
         let (a, b) = (channel.port1(), channel.port2());
         a.set_wait_strategy(strategy);
@@ -55,10 +49,7 @@ fn ping_pong(c: &mut Criterion) {
         drop(channel);
         let echo = std::thread::spawn(move || {
             let mut buf = [0u8; 64];
-            while b
-                .recv_bytes_with(|bytes| buf.copy_from_slice(bytes))
-                .is_ok()
-            {
+            while b.recv_bytes_with(|bytes| buf.copy_from_slice(bytes)).is_ok() {
                 b.post_bytes(&buf).unwrap();
             }
         });

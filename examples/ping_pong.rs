@@ -34,11 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A structured message first: the child says who it is.
     port.post_message("who are you?", [])?;
     let hello = port.recv()?.data;
-    println!(
-        "parent {} <-> {}",
-        std::process::id(),
-        hello.as_str().unwrap_or("?")
-    );
+    println!("parent {} <-> {}", std::process::id(), hello.as_str().unwrap_or("?"));
 
     let message = vec![0xA5u8; size];
     let mut samples = Vec::with_capacity(rounds);
@@ -59,14 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     println!("{rounds} round trips of {size} B (post_bytes + recv_bytes_with, both ways):");
-    for (label, q) in [
-        ("min", 0.0),
-        ("p50", 0.5),
-        ("p90", 0.9),
-        ("p99", 0.99),
-        ("p99.9", 0.999),
-        ("max", 1.0),
-    ] {
+    for (label, q) in [("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0)] {
         println!("  {label:>6}  {}", fmt(at(q)));
     }
     Ok(())
@@ -92,9 +81,5 @@ fn child() -> Result<(), Box<dyn std::error::Error>> {
 
 fn fmt(d: Duration) -> String {
     let ns = d.as_nanos();
-    if ns < 10_000 {
-        format!("{ns} ns")
-    } else {
-        format!("{:.1} µs", ns as f64 / 1000.0)
-    }
+    if ns < 10_000 { format!("{ns} ns") } else { format!("{:.1} µs", ns as f64 / 1000.0) }
 }

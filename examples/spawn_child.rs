@@ -11,10 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let port = MessagePort::from_parent()?;
         let ev = port.recv()?;
         let name = ev.data.as_str().unwrap_or("?").to_owned();
-        port.post_message(
-            format!("hello {name}, from child {}", std::process::id()),
-            [],
-        )?;
+        port.post_message(format!("hello {name}, from child {}", std::process::id()), [])?;
         return Ok(());
     }
 

@@ -51,9 +51,7 @@ pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Me
     let mut fds = Vec::new();
     let n = match platform::recv_with_fds(sock, &mut header, &mut fds, nonblocking)? {
         Some(0) => {
-            return Err(Error::Invalid(
-                "the sender hung up before handing over a port",
-            ));
+            return Err(Error::Invalid("the sender hung up before handing over a port"));
         }
         Some(n) => n,
         None => return Err(Error::Invalid("no port is waiting on the handoff socket")),
@@ -68,8 +66,7 @@ pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Me
         crate::segment::OpenError::Io(e) => Error::Io(e),
         crate::segment::OpenError::Invalid(why) => Error::Invalid(why),
     })?;
-    let port = Port::attach(Arc::new(segment), end, socket, WaitStrategy::default())
-        .map_err(Error::Invalid)?;
+    let port = Port::attach(Arc::new(segment), end, socket, WaitStrategy::default()).map_err(Error::Invalid)?;
     Ok(MessagePort::wrap(port))
 }
 
@@ -110,15 +107,9 @@ impl MessagePort {
     /// Succeeds once per process.
     pub fn from_parent() -> Result<MessagePort, Error> {
         let value = std::env::var(PARENT_ENV).map_err(|_| Error::NoParentPort)?;
-        let (fd, parent) = value
-            .split_once(',')
-            .ok_or(Error::Invalid("malformed SHMPORT_PARENT"))?;
-        let fd: RawFd = fd
-            .parse()
-            .map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
-        let parent: u32 = parent
-            .parse()
-            .map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
+        let (fd, parent) = value.split_once(',').ok_or(Error::Invalid("malformed SHMPORT_PARENT"))?;
+        let fd: RawFd = fd.parse().map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
+        let parent: u32 = parent.parse().map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
         // A grandchild inherits the variable but not the descriptor: the pid tells.
         if parent != platform::parent_pid() || fd < 0 {
             return Err(Error::NoParentPort);
@@ -163,10 +154,7 @@ impl Listener {
     /// Listens at `path`. Fails if another listener holds it.
     pub fn bind(path: impl AsRef<Path>) -> Result<Listener, Error> {
         let sock = platform::listen(&rendezvous_name(path.as_ref())?)?;
-        Ok(Listener {
-            sock,
-            options: ChannelOptions::default(),
-        })
+        Ok(Listener { sock, options: ChannelOptions::default() })
     }
 
     /// The options of the channels `accept` creates.
@@ -202,9 +190,7 @@ fn rendezvous_name(path: &Path) -> Result<Vec<u8>, Error> {
     let mut name = b"shmport:".to_vec();
     name.extend_from_slice(absolute.as_os_str().as_bytes());
     if name.len() > 107 {
-        return Err(Error::InvalidOptions(
-            "rendezvous path is too long (at most 99 bytes once absolute)",
-        ));
+        return Err(Error::InvalidOptions("rendezvous path is too long (at most 99 bytes once absolute)"));
     }
     Ok(name)
 }

@@ -1,77 +1,125 @@
-//! `ArrayBuffer`: a byte buffer handle with the web's identity and detach semantics.
+//! `ArrayBuffer`: a byte buffer in shared pages, with the web's identity and detach
+//! semantics.
 //!
-//! Clones are the same buffer (as JS references are). Transferring a buffer detaches
-//! every handle: `byte_length()` becomes 0 and the bytes are gone from this process.
+//! Clones are the same buffer (as JS references are). The bytes live in a chunk of this
+//! process's arena (see `arena`), so transferring the buffer hands over the pages
+//! instead of copying them. Transferring detaches every handle: `byte_length()` becomes
+//! 0, and by default the sender's view of the pages is revoked in hardware.
 //!
-//! The bytes live in process memory for now; moving them into shared arena pages, so
-//! that a transfer hands over pages instead of copying, is the transfer work (issue 3).
+//! A buffer that came from another process lives in that process's arena: its owner
+//! can, if hostile, change its bytes at any time. Treat received bytes as input.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::arena::{self, Chunk};
 use crate::error::Error;
 
-/// A handle to a byte buffer. See the module docs.
+/// A handle to a byte buffer in shared memory. See the module docs.
 #[derive(Clone)]
 pub struct ArrayBuffer {
-    inner: Arc<Mutex<Option<Box<[u8]>>>>,
+    inner: Arc<Mutex<State>>,
+}
+
+/// What a buffer holds.
+enum State {
+    /// `len` bytes at the start of `chunk` (no chunk for an empty buffer).
+    Live { chunk: Option<Chunk>, len: usize },
+    /// Transferred away.
+    Detached,
+}
+
+/// The contents taken out of a buffer by a transfer.
+pub(crate) struct Detached {
+    pub(crate) chunk: Option<Chunk>,
+    pub(crate) len: usize,
 }
 
 impl ArrayBuffer {
-    /// A zeroed buffer of `len` bytes.
+    /// A zeroed buffer of `len` bytes, in shared memory.
     pub fn new(len: usize) -> Result<ArrayBuffer, Error> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(len)
-            .map_err(|_| Error::Io(std::io::ErrorKind::OutOfMemory.into()))?;
-        v.resize(len, 0);
-        Ok(ArrayBuffer::from_boxed(v.into_boxed_slice()))
+        let chunk = match len {
+            0 => None,
+            _ => {
+                let (chunk, zeroed) = arena::allocate(len)?;
+                if !zeroed {
+                    // SAFETY: the chunk is ours and open, at least `len` bytes long, and
+                    // no other reference to it exists yet.
+                    unsafe { std::ptr::write_bytes(chunk.ptr().as_ptr(), 0, len) };
+                }
+                Some(chunk)
+            }
+        };
+        Ok(ArrayBuffer::from_parts(chunk, len))
     }
 
-    /// A buffer holding a copy of `bytes`.
+    /// A buffer holding a copy of `bytes`, in shared memory.
     pub fn from_slice(bytes: &[u8]) -> Result<ArrayBuffer, Error> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(bytes.len())
-            .map_err(|_| Error::Io(std::io::ErrorKind::OutOfMemory.into()))?;
-        v.extend_from_slice(bytes);
-        Ok(ArrayBuffer::from_boxed(v.into_boxed_slice()))
+        let chunk = match bytes.len() {
+            0 => None,
+            len => {
+                let (chunk, _) = arena::allocate(len)?;
+                // SAFETY: as in `new`; the source is a distinct, live slice.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunk.ptr().as_ptr(), len) };
+                Some(chunk)
+            }
+        };
+        Ok(ArrayBuffer::from_parts(chunk, bytes.len()))
     }
 
-    pub(crate) fn from_boxed(bytes: Box<[u8]>) -> ArrayBuffer {
-        ArrayBuffer {
-            inner: Arc::new(Mutex::new(Some(bytes))),
-        }
+    /// A buffer over a received chunk (or an empty one).
+    pub(crate) fn from_parts(chunk: Option<Chunk>, len: usize) -> ArrayBuffer {
+        debug_assert!(chunk.as_ref().map_or(len == 0, |c| len <= c.capacity()));
+        ArrayBuffer { inner: Arc::new(Mutex::new(State::Live { chunk, len })) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Box<[u8]>>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Length in bytes; 0 once detached.
     pub fn byte_length(&self) -> usize {
-        self.lock().as_ref().map_or(0, |b| b.len())
+        match &*self.lock() {
+            State::Live { len, .. } => *len,
+            State::Detached => 0,
+        }
     }
 
     /// Whether the buffer was transferred away.
     pub fn is_detached(&self) -> bool {
-        self.lock().is_none()
+        matches!(*self.lock(), State::Detached)
     }
 
     /// A copy of the bytes (empty once detached).
     pub fn to_vec(&self) -> Vec<u8> {
-        self.lock()
-            .as_deref()
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        self.with_bytes(<[u8]>::to_vec)
     }
 
-    /// Runs `f` on the bytes (an empty slice once detached).
+    /// Runs `f` on the bytes (an empty slice once detached). The buffer cannot be
+    /// transferred while `f` runs.
     pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        f(self.lock().as_deref().unwrap_or(&[]))
+        let state = self.lock();
+        match &*state {
+            State::Live { chunk: Some(chunk), len } => {
+                // SAFETY: the chunk is held by this buffer, its view is open, `len` is
+                // within it, and the lock keeps it from being transferred meanwhile.
+                f(unsafe { std::slice::from_raw_parts(chunk.ptr().as_ptr(), *len) })
+            }
+            _ => f(&[]),
+        }
     }
 
     /// Runs `f` on the bytes, mutably (an empty slice once detached).
     pub fn with_bytes_mut<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        f(self.lock().as_deref_mut().unwrap_or(&mut []))
+        let mut state = self.lock();
+        match &mut *state {
+            State::Live { chunk: Some(chunk), len } => {
+                // SAFETY: as in `with_bytes`; the lock makes this the only reference
+                // this process forms to the bytes while `f` runs.
+                f(unsafe { std::slice::from_raw_parts_mut(chunk.ptr().as_ptr(), *len) })
+            }
+            _ => f(&mut []),
+        }
     }
 
     /// Whether two handles are the same buffer.
@@ -79,9 +127,25 @@ impl ArrayBuffer {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    /// Takes the bytes out, detaching every handle. `None` if already detached.
-    pub(crate) fn detach(&self) -> Option<Box<[u8]>> {
-        self.lock().take()
+    /// Takes the contents out, detaching every handle. `None` if already detached.
+    pub(crate) fn detach(&self) -> Option<Detached> {
+        match std::mem::replace(&mut *self.lock(), State::Detached) {
+            State::Live { chunk, len } => Some(Detached { chunk, len }),
+            State::Detached => None,
+        }
+    }
+
+    /// Runs `f` on the chunk behind the buffer (`None`: empty or detached).
+    pub(crate) fn with_chunk<R>(&self, f: impl FnOnce(Option<&Chunk>) -> R) -> R {
+        match &*self.lock() {
+            State::Live { chunk, .. } => f(chunk.as_ref()),
+            State::Detached => f(None),
+        }
+    }
+
+    /// Puts back what `detach` took (a transfer that failed late).
+    pub(crate) fn restore(&self, detached: Detached) {
+        *self.lock() = State::Live { chunk: detached.chunk, len: detached.len };
     }
 
     /// An address that identifies this buffer, for duplicate checks.
@@ -99,9 +163,9 @@ impl PartialEq for ArrayBuffer {
 
 impl fmt::Debug for ArrayBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.lock().as_deref() {
-            Some(b) => write!(f, "ArrayBuffer({} bytes)", b.len()),
-            None => write!(f, "ArrayBuffer(detached)"),
+        match &*self.lock() {
+            State::Live { len, .. } => write!(f, "ArrayBuffer({len} bytes)"),
+            State::Detached => write!(f, "ArrayBuffer(detached)"),
         }
     }
 }

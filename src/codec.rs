@@ -101,11 +101,7 @@ pub(crate) struct Transfer<'a> {
 /// A buffer that another thread detaches during the call may go out as an empty copy
 /// under a view that no longer fits; the receiver's checks turn that into a
 /// `MessageError`, never into undefined behaviour.
-pub(crate) fn encode(
-    value: &Value,
-    transfer: &Transfer<'_>,
-    out: &mut Vec<u8>,
-) -> Result<(), DataCloneError> {
+pub(crate) fn encode(value: &Value, transfer: &Transfer<'_>, out: &mut Vec<u8>) -> Result<(), DataCloneError> {
     out.push(VERSION);
     let mut encoder = Encoder::new(transfer, out);
     encoder.value(value, 0).map_err(|first| {
@@ -134,12 +130,7 @@ impl<'a> Encoder<'a> {
         for (index, buffer) in transfer.buffers.iter().enumerate() {
             moved.entry(buffer.identity()).or_insert(index as u64);
         }
-        Encoder {
-            out,
-            ports: transfer.ports,
-            moved,
-            ids: HashMap::new(),
-        }
+        Encoder { out, ports: transfer.ports, moved, ids: HashMap::new() }
     }
 
     /// Writes `value`, which sits inside `depth` containers.
@@ -189,11 +180,7 @@ impl<'a> Encoder<'a> {
     }
 
     /// Writes an `Object` inside `depth` containers.
-    fn object(
-        &mut self,
-        props: &[(String, Value)],
-        depth: usize,
-    ) -> Result<(), DataCloneErrorKind> {
+    fn object(&mut self, props: &[(String, Value)], depth: usize) -> Result<(), DataCloneErrorKind> {
         let inner = enter_encoding(depth)?;
         self.out.push(tag::OBJECT);
         write_varint(self.out, props.len() as u64);
@@ -257,11 +244,7 @@ impl<'a> Encoder<'a> {
 
     /// Writes a port as its index in the transfer list.
     fn port(&mut self, port: &MessagePort) -> Result<(), DataCloneErrorKind> {
-        let index = self
-            .ports
-            .iter()
-            .position(|p| p.ptr_eq(port))
-            .ok_or(DataCloneErrorKind::PortNotInTransfer)?;
+        let index = self.ports.iter().position(|p| p.ptr_eq(port)).ok_or(DataCloneErrorKind::PortNotInTransfer)?;
         self.out.push(tag::PORT);
         write_varint(self.out, index as u64);
         Ok(())
@@ -270,11 +253,7 @@ impl<'a> Encoder<'a> {
 
 /// The depth of the children of a container inside `depth` containers, or `TooDeep`.
 fn enter_encoding(depth: usize) -> Result<usize, DataCloneErrorKind> {
-    if depth >= MAX_DEPTH {
-        Err(DataCloneErrorKind::TooDeep)
-    } else {
-        Ok(depth + 1)
-    }
+    if depth >= MAX_DEPTH { Err(DataCloneErrorKind::TooDeep) } else { Ok(depth + 1) }
 }
 
 /// The wire byte of a typed-array kind: its index in `TypedArrayKind::ALL`.
@@ -333,18 +312,10 @@ fn problem_at(value: &Value, depth: usize, ports: &[MessagePort]) -> Option<Data
     let too_deep = (depth >= MAX_DEPTH).then_some(DataCloneErrorKind::TooDeep);
     match value {
         Value::Array(_) | Value::Object(_) | Value::Map(_) | Value::Set(_) => too_deep,
-        Value::ArrayBuffer(buffer) => buffer
-            .is_detached()
-            .then_some(DataCloneErrorKind::DetachedBuffer),
-        Value::TypedArray(view) if view.buffer.is_detached() => {
-            Some(DataCloneErrorKind::DetachedBuffer)
-        }
-        Value::TypedArray(view) => {
-            too_deep.or((!view.is_valid()).then_some(DataCloneErrorKind::InvalidView))
-        }
-        Value::Port(port) => {
-            (!ports.iter().any(|p| p.ptr_eq(port))).then_some(DataCloneErrorKind::PortNotInTransfer)
-        }
+        Value::ArrayBuffer(buffer) => buffer.is_detached().then_some(DataCloneErrorKind::DetachedBuffer),
+        Value::TypedArray(view) if view.buffer.is_detached() => Some(DataCloneErrorKind::DetachedBuffer),
+        Value::TypedArray(view) => too_deep.or((!view.is_valid()).then_some(DataCloneErrorKind::InvalidView)),
+        Value::Port(port) => (!ports.iter().any(|p| p.ptr_eq(port))).then_some(DataCloneErrorKind::PortNotInTransfer),
         _ => None,
     }
 }
@@ -356,12 +327,7 @@ fn push_children<'v>(value: &'v Value, depth: usize, stack: &mut Vec<(&'v Value,
             stack.extend(items.iter().rev().map(|item| (item, depth)));
         }
         Value::Object(props) => stack.extend(props.iter().rev().map(|(_, v)| (v, depth))),
-        Value::Map(entries) => stack.extend(
-            entries
-                .iter()
-                .rev()
-                .flat_map(|(k, v)| [(v, depth), (k, depth)]),
-        ),
+        Value::Map(entries) => stack.extend(entries.iter().rev().flat_map(|(k, v)| [(v, depth), (k, depth)])),
         _ => {}
     }
 }
@@ -393,11 +359,7 @@ mod reason {
 
 /// Decodes one message. `buffers` are the received transferred buffers (same order as
 /// the sender's `Transfer::buffers`), `ports` the received ports.
-pub(crate) fn decode(
-    bytes: &[u8],
-    buffers: &[ArrayBuffer],
-    ports: &[MessagePort],
-) -> Result<Value, MessageError> {
+pub(crate) fn decode(bytes: &[u8], buffers: &[ArrayBuffer], ports: &[MessagePort]) -> Result<Value, MessageError> {
     let mut decoder = Decoder::new(bytes, buffers, ports);
     if decoder.input.byte()? != VERSION {
         return Err(MessageError::new(reason::VERSION));
@@ -417,20 +379,15 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// The next byte.
     fn byte(&mut self) -> Result<u8, MessageError> {
-        let (&first, rest) = self
-            .bytes
-            .split_first()
-            .ok_or(MessageError::new(reason::TRUNCATED))?;
+        let (&first, rest) = self.bytes.split_first().ok_or(MessageError::new(reason::TRUNCATED))?;
         self.bytes = rest;
         Ok(first)
     }
 
     /// The next `n` bytes; `n` comes from the input, so it is checked first.
     fn take(&mut self, n: u64) -> Result<&'a [u8], MessageError> {
-        let n = usize::try_from(n)
-            .ok()
-            .filter(|&n| n <= self.bytes.len())
-            .ok_or(MessageError::new(reason::TRUNCATED))?;
+        let n =
+            usize::try_from(n).ok().filter(|&n| n <= self.bytes.len()).ok_or(MessageError::new(reason::TRUNCATED))?;
         let (head, rest) = self.bytes.split_at(n);
         self.bytes = rest;
         Ok(head)
@@ -497,13 +454,7 @@ struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     fn new(bytes: &'a [u8], moved: &'a [ArrayBuffer], ports: &'a [MessagePort]) -> Self {
-        Decoder {
-            input: Reader { bytes },
-            moved,
-            ports,
-            buffers: Vec::new(),
-            reserve_budget: bytes.len(),
-        }
+        Decoder { input: Reader { bytes }, moved, ports, buffers: Vec::new(), reserve_budget: bytes.len() }
     }
 
     /// Decodes the next value, which sits inside `depth` containers.
@@ -522,9 +473,7 @@ impl<'a> Decoder<'a> {
             tag::OBJECT => Value::Object(self.object(depth)?),
             tag::MAP => Value::Map(self.map(depth)?),
             tag::SET => Value::Set(self.list(depth)?),
-            tag::BUFFER_COPY | tag::BUFFER_REF | tag::BUFFER_MOVED => {
-                Value::ArrayBuffer(self.buffer(tag)?)
-            }
+            tag::BUFFER_COPY | tag::BUFFER_REF | tag::BUFFER_MOVED => Value::ArrayBuffer(self.buffer(tag)?),
             tag::TYPED_ARRAY => Value::TypedArray(self.typed_array(depth)?),
             tag::PORT => Value::Port(self.port()?),
             _ => return Err(MessageError::new(reason::UNKNOWN_TAG)),
@@ -549,10 +498,7 @@ impl<'a> Decoder<'a> {
     /// Reads a container's element count and returns it with a safe capacity to reserve.
     fn count(&mut self) -> Result<(u64, usize), MessageError> {
         let n = self.input.varint()?;
-        let capacity = usize::try_from(n)
-            .unwrap_or(usize::MAX)
-            .min(self.input.bytes.len())
-            .min(self.reserve_budget);
+        let capacity = usize::try_from(n).unwrap_or(usize::MAX).min(self.input.bytes.len()).min(self.reserve_budget);
         self.reserve_budget -= capacity;
         Ok((n, capacity))
     }
@@ -600,14 +546,13 @@ impl<'a> Decoder<'a> {
                 let seen = self.buffers.get(id);
                 return seen.cloned().ok_or(MessageError::new(reason::BUFFER_ID));
             }
-            tag::BUFFER_COPY => ArrayBuffer::from_slice(self.input.bytes()?)
-                .map_err(|_| MessageError::new(reason::ALLOC))?,
+            tag::BUFFER_COPY => {
+                ArrayBuffer::from_slice(self.input.bytes()?).map_err(|_| MessageError::new(reason::ALLOC))?
+            }
             tag::BUFFER_MOVED => {
                 let index = self.input.index(reason::BUFFER_INDEX)?;
                 let moved = self.moved.get(index);
-                moved
-                    .cloned()
-                    .ok_or(MessageError::new(reason::BUFFER_INDEX))?
+                moved.cloned().ok_or(MessageError::new(reason::BUFFER_INDEX))?
             }
             _ => return Err(MessageError::new(reason::NOT_A_BUFFER)),
         };
@@ -618,19 +563,12 @@ impl<'a> Decoder<'a> {
     /// A typed-array payload inside `depth` containers; the view must fit its buffer.
     fn typed_array(&mut self, depth: usize) -> Result<TypedArray, MessageError> {
         enter_decoding(depth)?;
-        let kind = TypedArrayKind::ALL
-            .get(usize::from(self.input.byte()?))
-            .copied()
-            .ok_or(MessageError::new(reason::KIND))?;
+        let kind =
+            TypedArrayKind::ALL.get(usize::from(self.input.byte()?)).copied().ok_or(MessageError::new(reason::KIND))?;
         let byte_offset = self.input.index(reason::VIEW)?;
         let length = self.input.index(reason::VIEW)?;
         let buffer_tag = self.input.byte()?;
-        let view = TypedArray {
-            kind,
-            buffer: self.buffer(buffer_tag)?,
-            byte_offset,
-            length,
-        };
+        let view = TypedArray { kind, buffer: self.buffer(buffer_tag)?, byte_offset, length };
         if !view.is_valid() {
             return Err(MessageError::new(reason::VIEW));
         }
@@ -647,11 +585,7 @@ impl<'a> Decoder<'a> {
 
 /// The depth of the children of a container inside `depth` containers, or an error.
 fn enter_decoding(depth: usize) -> Result<usize, MessageError> {
-    if depth >= MAX_DEPTH {
-        Err(MessageError::new(reason::TOO_DEEP))
-    } else {
-        Ok(depth + 1)
-    }
+    if depth >= MAX_DEPTH { Err(MessageError::new(reason::TOO_DEEP)) } else { Ok(depth + 1) }
 }
 
 #[cfg(test)]
@@ -661,19 +595,14 @@ mod tests {
 
     /// A real, unconnected port (its peer is dropped at once).
     fn dummy_port() -> MessagePort {
-        crate::port::MessageChannel::with_options(
-            &crate::port::ChannelOptions::new().process_local(true),
-        )
-        .unwrap()
-        .port1()
+        crate::port::MessageChannel::with_options(&crate::port::ChannelOptions::new().process_local(true))
+            .unwrap()
+            .port1()
     }
 
     // ---- helpers ------------------------------------------------------------------------
 
-    const NO_TRANSFER: Transfer<'static> = Transfer {
-        buffers: &[],
-        ports: &[],
-    };
+    const NO_TRANSFER: Transfer<'static> = Transfer { buffers: &[], ports: &[] };
 
     fn buf(bytes: &[u8]) -> ArrayBuffer {
         ArrayBuffer::from_slice(bytes).unwrap()
@@ -727,12 +656,7 @@ mod tests {
 
     /// Runs `f` on a thread with a small stack, to show it does not recurse deeply.
     fn on_small_stack(f: impl FnOnce() + Send + 'static) {
-        std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(f)
-            .unwrap()
-            .join()
-            .unwrap();
+        std::thread::Builder::new().stack_size(256 * 1024).spawn(f).unwrap().join().unwrap();
     }
 
     /// Sent buffer ↔ received buffer pairs met while comparing one message.
@@ -748,9 +672,7 @@ mod tests {
                     return if s.ptr_eq(sent) && r.ptr_eq(received) {
                         Ok(())
                     } else {
-                        Err(format!(
-                            "buffer identity not kept: {sent:?} -> {received:?}"
-                        ))
+                        Err(format!("buffer identity not kept: {sent:?} -> {received:?}"))
                     };
                 }
             }
@@ -815,9 +737,7 @@ mod tests {
                 }
                 pairs.check(&a.buffer, &b.buffer)
             }
-            (Value::Port(_), _) | (Value::ArrayBuffer(_), _) | (Value::TypedArray(_), _) => {
-                mismatch()
-            }
+            (Value::Port(_), _) | (Value::ArrayBuffer(_), _) | (Value::TypedArray(_), _) => mismatch(),
             _ if sent == received => Ok(()),
             _ => mismatch(),
         }
@@ -898,10 +818,7 @@ mod tests {
             (
                 "map".into(),
                 Value::Map(vec![
-                    (
-                        Value::from("k"),
-                        Value::Object(vec![("x".into(), Value::Bool(true))]),
-                    ),
+                    (Value::from("k"), Value::Object(vec![("x".into(), Value::Bool(true))])),
                     (Value::Array(vec![Value::Null]), Value::Date(5.0)),
                     (Value::Number(f64::NAN), Value::Number(-0.0)),
                 ]),
@@ -917,12 +834,7 @@ mod tests {
         let buffer = buf(&(0u8..64).collect::<Vec<_>>());
         for kind in TypedArrayKind::ALL {
             let size = kind.element_size();
-            let view = TypedArray {
-                kind,
-                buffer: buffer.clone(),
-                byte_offset: 2 * size,
-                length: 3,
-            };
+            let view = TypedArray { kind, buffer: buffer.clone(), byte_offset: 2 * size, length: 3 };
             let back = roundtrip(&Value::TypedArray(view.clone()));
             let Value::TypedArray(got) = &back else {
                 panic!("{kind:?} came back as {back:?}");
@@ -971,12 +883,7 @@ mod tests {
     #[test]
     fn typed_array_and_bare_reference_share_the_buffer() {
         let shared = buf(&[0; 16]);
-        let view = TypedArray {
-            kind: TypedArrayKind::Float32,
-            buffer: shared.clone(),
-            byte_offset: 4,
-            length: 2,
-        };
+        let view = TypedArray { kind: TypedArrayKind::Float32, buffer: shared.clone(), byte_offset: 4, length: 2 };
         for value in [
             Value::Array(vec![Value::TypedArray(view.clone()), shared.clone().into()]),
             Value::Array(vec![shared.clone().into(), Value::TypedArray(view.clone())]),
@@ -1002,19 +909,10 @@ mod tests {
         let sent = [buf(&[1; 1000]), buf(&[2; 1000]), buf(&[3; 1000])];
         let value = Value::Array(vec![
             sent[2].clone().into(),
-            TypedArray {
-                kind: TypedArrayKind::Uint8,
-                buffer: sent[0].clone(),
-                byte_offset: 0,
-                length: 10,
-            }
-            .into(),
+            TypedArray { kind: TypedArrayKind::Uint8, buffer: sent[0].clone(), byte_offset: 0, length: 10 }.into(),
             sent[2].clone().into(),
         ]);
-        let transfer = Transfer {
-            buffers: &sent,
-            ports: &[],
-        };
+        let transfer = Transfer { buffers: &sent, ports: &[] };
         let bytes = encode_with(&value, &transfer).unwrap();
         assert!(bytes.len() < 20, "transferred bytes were copied: {bytes:?}");
         let received = [buf(&[1; 1000]), buf(&[2; 1000]), buf(&[3; 1000])];
@@ -1032,15 +930,8 @@ mod tests {
     #[test]
     fn ports_map_by_index() {
         let sent = [dummy_port(), dummy_port()];
-        let value = Value::Array(vec![
-            sent[1].clone().into(),
-            sent[0].clone().into(),
-            sent[1].clone().into(),
-        ]);
-        let transfer = Transfer {
-            buffers: &[],
-            ports: &sent,
-        };
+        let value = Value::Array(vec![sent[1].clone().into(), sent[0].clone().into(), sent[1].clone().into()]);
+        let transfer = Transfer { buffers: &[], ports: &sent };
         let bytes = encode_with(&value, &transfer).unwrap();
         let received = [dummy_port(), dummy_port()];
         let Value::Array(items) = decode(&bytes, &[], &received).unwrap() else {
@@ -1073,21 +964,12 @@ mod tests {
             Value::Set(vec![Value::Undefined]),
             copied.clone().into(),
             copied.into(),
-            TypedArray {
-                kind: TypedArrayKind::Uint16,
-                buffer: moved.clone(),
-                byte_offset: 2,
-                length: 3,
-            }
-            .into(),
+            TypedArray { kind: TypedArrayKind::Uint16, buffer: moved.clone(), byte_offset: 2, length: 3 }.into(),
             moved.clone().into(),
             port.clone().into(),
             Value::Array(vec![Value::Null; 200]),
         ]);
-        let transfer = Transfer {
-            buffers: &[buf(&[]), moved],
-            ports: &[dummy_port(), port],
-        };
+        let transfer = Transfer { buffers: &[buf(&[]), moved], ports: &[dummy_port(), port] };
         let mut expected = vec![1, 0x08, 17, 0x00, 0x01, 0x02, 0x03];
         expected.extend([0x04, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f]);
         expected.extend([0x05, 1, 2, 0x00, 0x01]);
@@ -1113,14 +995,8 @@ mod tests {
             (127, &[0x7f]),
             (128, &[0x80, 0x01]),
             (300, &[0xac, 0x02]),
-            (
-                1 << 63,
-                &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
-            ),
-            (
-                u64::MAX,
-                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
-            ),
+            (1 << 63, &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]),
+            (u64::MAX, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
         ];
         for (n, bytes) in cases {
             assert_eq!(varint(n), bytes);
@@ -1143,26 +1019,15 @@ mod tests {
     }
 
     fn invalid_view() -> Value {
-        Value::TypedArray(TypedArray {
-            kind: TypedArrayKind::Uint8,
-            buffer: buf(&[0; 4]),
-            byte_offset: 2,
-            length: 3,
-        })
+        Value::TypedArray(TypedArray { kind: TypedArrayKind::Uint8, buffer: buf(&[0; 4]), byte_offset: 2, length: 3 })
     }
 
     #[test]
     fn port_not_in_transfer_is_rejected() {
         let listed = dummy_port();
-        let transfer = Transfer {
-            buffers: &[],
-            ports: std::slice::from_ref(&listed),
-        };
+        let transfer = Transfer { buffers: &[], ports: std::slice::from_ref(&listed) };
         let value = Value::Array(vec![listed.clone().into(), foreign_port()]);
-        assert_eq!(
-            encode_with(&value, &transfer),
-            Err(DataCloneErrorKind::PortNotInTransfer)
-        );
+        assert_eq!(encode_with(&value, &transfer), Err(DataCloneErrorKind::PortNotInTransfer));
         assert!(encode_with(&listed.clone().into(), &transfer).is_ok());
     }
 
@@ -1175,36 +1040,26 @@ mod tests {
             length: 0,
         });
         let gone = detached();
-        let transfer = Transfer {
-            buffers: std::slice::from_ref(&gone),
-            ports: &[],
-        };
+        let transfer = Transfer { buffers: std::slice::from_ref(&gone), ports: &[] };
         for (value, transfer) in [
             (Value::ArrayBuffer(detached()), &NO_TRANSFER),
             (Value::Array(vec![Value::Null, view]), &NO_TRANSFER),
             (Value::ArrayBuffer(gone.clone()), &transfer),
         ] {
-            assert_eq!(
-                encode_with(&value, transfer),
-                Err(DataCloneErrorKind::DetachedBuffer)
-            );
+            assert_eq!(encode_with(&value, transfer), Err(DataCloneErrorKind::DetachedBuffer));
         }
     }
 
     #[test]
     fn invalid_views_are_rejected() {
         let cases = [(TypedArrayKind::Uint8, 2, 3), (TypedArrayKind::Int32, 2, 1)];
-        let cases = cases
-            .into_iter()
-            .chain([(TypedArrayKind::Float64, 0, usize::MAX / 4)])
-            .chain([(TypedArrayKind::Uint8, usize::MAX, 2)]);
+        let cases = cases.into_iter().chain([(TypedArrayKind::Float64, 0, usize::MAX / 4)]).chain([(
+            TypedArrayKind::Uint8,
+            usize::MAX,
+            2,
+        )]);
         for (kind, byte_offset, length) in cases {
-            let value = Value::TypedArray(TypedArray {
-                kind,
-                buffer: buf(&[0; 4]),
-                byte_offset,
-                length,
-            });
+            let value = Value::TypedArray(TypedArray { kind, buffer: buf(&[0; 4]), byte_offset, length });
             assert_eq!(
                 encode_with(&value, &NO_TRANSFER),
                 Err(DataCloneErrorKind::InvalidView),
@@ -1223,28 +1078,14 @@ mod tests {
             nested(MAX_DEPTH, Value::Set(vec![])),
             nested(
                 MAX_DEPTH,
-                TypedArray {
-                    kind: TypedArrayKind::Uint8,
-                    buffer: buf(&[]),
-                    byte_offset: 0,
-                    length: 0,
-                }
-                .into(),
+                TypedArray { kind: TypedArrayKind::Uint8, buffer: buf(&[]), byte_offset: 0, length: 0 }.into(),
             ),
         ];
         for value in too_deep {
-            assert_eq!(
-                encode_with(&value, &NO_TRANSFER),
-                Err(DataCloneErrorKind::TooDeep)
-            );
+            assert_eq!(encode_with(&value, &NO_TRANSFER), Err(DataCloneErrorKind::TooDeep));
         }
         // A typed array at the deepest allowed level is fine.
-        let view = TypedArray {
-            kind: TypedArrayKind::Uint8,
-            buffer: buf(&[]),
-            byte_offset: 0,
-            length: 0,
-        };
+        let view = TypedArray { kind: TypedArrayKind::Uint8, buffer: buf(&[]), byte_offset: 0, length: 0 };
         assert!(encode_with(&nested(MAX_DEPTH - 1, view.into()), &NO_TRANSFER).is_ok());
     }
 
@@ -1264,53 +1105,27 @@ mod tests {
     fn errors_are_reported_in_semantics_5_order() {
         let detached = Value::ArrayBuffer(detached());
         let cases = [
+            (vec![detached.clone(), foreign_port()], DataCloneErrorKind::PortNotInTransfer),
+            (vec![foreign_port(), detached.clone()], DataCloneErrorKind::PortNotInTransfer),
+            (vec![invalid_view(), nested(200, detached.clone())], DataCloneErrorKind::DetachedBuffer),
             (
-                vec![detached.clone(), foreign_port()],
-                DataCloneErrorKind::PortNotInTransfer,
-            ),
-            (
-                vec![foreign_port(), detached.clone()],
-                DataCloneErrorKind::PortNotInTransfer,
-            ),
-            (
-                vec![invalid_view(), nested(200, detached.clone())],
-                DataCloneErrorKind::DetachedBuffer,
-            ),
-            (
-                vec![
-                    nested(200, Value::Null),
-                    invalid_view(),
-                    nested(3, foreign_port()),
-                ],
+                vec![nested(200, Value::Null), invalid_view(), nested(3, foreign_port())],
                 DataCloneErrorKind::PortNotInTransfer,
             ),
             (
                 vec![
-                    Value::Map(vec![
-                        (invalid_view(), Value::Null),
-                        (Value::Null, detached.clone()),
-                    ]),
+                    Value::Map(vec![(invalid_view(), Value::Null), (Value::Null, detached.clone())]),
                     nested(MAX_DEPTH + 1, Value::Null),
                 ],
                 DataCloneErrorKind::DetachedBuffer,
             ),
             // Equal rank: the first in value order wins.
-            (
-                vec![invalid_view(), nested(200, Value::Null)],
-                DataCloneErrorKind::InvalidView,
-            ),
-            (
-                vec![nested(200, Value::Null), invalid_view()],
-                DataCloneErrorKind::TooDeep,
-            ),
+            (vec![invalid_view(), nested(200, Value::Null)], DataCloneErrorKind::InvalidView),
+            (vec![nested(200, Value::Null), invalid_view()], DataCloneErrorKind::TooDeep),
         ];
         for (items, expected) in cases {
             let value = Value::Array(items);
-            assert_eq!(
-                encode_with(&value, &NO_TRANSFER),
-                Err(expected),
-                "{value:?}"
-            );
+            assert_eq!(encode_with(&value, &NO_TRANSFER), Err(expected), "{value:?}");
         }
     }
 
@@ -1325,10 +1140,7 @@ mod tests {
                 length: 1,
             }),
         ]);
-        assert_eq!(
-            encode_with(&value, &NO_TRANSFER),
-            Err(DataCloneErrorKind::DetachedBuffer)
-        );
+        assert_eq!(encode_with(&value, &NO_TRANSFER), Err(DataCloneErrorKind::DetachedBuffer));
     }
 
     // ---- decode rejects ------------------------------------------------------------------
@@ -1339,52 +1151,25 @@ mod tests {
         let shared = buf(&[1, 2, 3, 4]);
         let value = Value::Object(vec![
             ("n".into(), Value::Number(3.25)),
-            (
-                "big".into(),
-                Value::BigInt(BigInt::from(-1_000_000_000_000i64)),
-            ),
+            ("big".into(), Value::BigInt(BigInt::from(-1_000_000_000_000i64))),
             ("s".into(), Value::from("ünïcødé")),
             ("d".into(), Value::Date(1.0)),
-            (
-                "m".into(),
-                Value::Map(vec![(Value::Bool(true), Value::Set(vec![Value::Null]))]),
-            ),
+            ("m".into(), Value::Map(vec![(Value::Bool(true), Value::Set(vec![Value::Null]))])),
             ("b".into(), shared.clone().into()),
-            (
-                "v".into(),
-                TypedArray {
-                    kind: TypedArrayKind::Int16,
-                    buffer: shared,
-                    byte_offset: 2,
-                    length: 1,
-                }
-                .into(),
-            ),
+            ("v".into(), TypedArray { kind: TypedArrayKind::Int16, buffer: shared, byte_offset: 2, length: 1 }.into()),
             (
                 "t".into(),
-                TypedArray {
-                    kind: TypedArrayKind::Float64,
-                    buffer: moved[0].clone(),
-                    byte_offset: 8,
-                    length: 1,
-                }
-                .into(),
+                TypedArray { kind: TypedArrayKind::Float64, buffer: moved[0].clone(), byte_offset: 8, length: 1 }
+                    .into(),
             ),
             ("p".into(), ports[0].clone().into()),
         ]);
-        let transfer = Transfer {
-            buffers: &moved,
-            ports: &ports,
-        };
+        let transfer = Transfer { buffers: &moved, ports: &ports };
         vec![
             (encode_with(&value, &transfer).unwrap(), moved, ports),
             (enc(&nested(MAX_DEPTH, Value::Undefined)), vec![], vec![]),
             (enc(&Value::BigInt(BigInt::from(u128::MAX))), vec![], vec![]),
-            (
-                enc(&Value::from("a longer string, over 127 bytes ".repeat(5))),
-                vec![],
-                vec![],
-            ),
+            (enc(&Value::from("a longer string, over 127 bytes ".repeat(5))), vec![], vec![]),
         ]
     }
 
@@ -1399,10 +1184,7 @@ mod tests {
     fn every_truncation_is_an_error() {
         for (bytes, moved, ports) in sample_encodings() {
             for end in 0..bytes.len() {
-                assert!(
-                    decode(&bytes[..end], &moved, &ports).is_err(),
-                    "prefix of {end} bytes decoded"
-                );
+                assert!(decode(&bytes[..end], &moved, &ports).is_err(), "prefix of {end} bytes decoded");
             }
         }
     }
@@ -1436,16 +1218,8 @@ mod tests {
         let cases: [(&[u8], &str); 4] = [
             (&[0x80, 0x00], reason::OVERLONG_VARINT),
             (&[0x81, 0x80, 0x00], reason::OVERLONG_VARINT),
-            (
-                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
-                reason::VARINT_OVERFLOW,
-            ),
-            (
-                &[
-                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x81, 0x00,
-                ],
-                reason::VARINT_OVERFLOW,
-            ),
+            (&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], reason::VARINT_OVERFLOW),
+            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x81, 0x00], reason::VARINT_OVERFLOW),
         ];
         for (count, expected) in cases {
             let mut bytes = vec![1, tag::ARRAY];
@@ -1456,12 +1230,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_an_error() {
-        for bad in [
-            &[0xff][..],
-            &[0xc3],
-            &[0xed, 0xa0, 0x80],
-            &[b'a', 0xc0, 0x80],
-        ] {
+        for bad in [&[0xff][..], &[0xc3], &[0xed, 0xa0, 0x80], &[b'a', 0xc0, 0x80]] {
             let mut string = vec![1, tag::STRING, bad.len() as u8];
             string.extend_from_slice(bad);
             assert_eq!(decode_err(&string), reason::UTF8);
@@ -1474,18 +1243,9 @@ mod tests {
 
     #[test]
     fn non_normalised_bigints_are_errors() {
-        assert_eq!(
-            decode_err(&[1, tag::BIGINT, 0, 2, 1, 0]),
-            reason::BIGINT_NOT_NORMAL
-        );
-        assert_eq!(
-            decode_err(&[1, tag::BIGINT, 1, 1, 0]),
-            reason::BIGINT_NOT_NORMAL
-        );
-        assert_eq!(
-            decode_err(&[1, tag::BIGINT, 1, 0]),
-            reason::BIGINT_NOT_NORMAL
-        );
+        assert_eq!(decode_err(&[1, tag::BIGINT, 0, 2, 1, 0]), reason::BIGINT_NOT_NORMAL);
+        assert_eq!(decode_err(&[1, tag::BIGINT, 1, 1, 0]), reason::BIGINT_NOT_NORMAL);
+        assert_eq!(decode_err(&[1, tag::BIGINT, 1, 0]), reason::BIGINT_NOT_NORMAL);
         assert_eq!(decode_err(&[1, tag::BIGINT, 2, 1, 1]), reason::BIGINT_SIGN);
         let zero = decode(&[1, tag::BIGINT, 0, 0], &[], &[]).unwrap();
         assert_eq!(zero, Value::BigInt(BigInt::from(0i64)));
@@ -1509,17 +1269,7 @@ mod tests {
         huge_port.extend(varint(u64::MAX));
         assert_eq!(decode_err(&huge_port), reason::PORT_INDEX);
         // In range, they decode.
-        let ok = [
-            1,
-            tag::ARRAY,
-            3,
-            tag::BUFFER_MOVED,
-            0,
-            tag::BUFFER_REF,
-            0,
-            tag::PORT,
-            0,
-        ];
+        let ok = [1, tag::ARRAY, 3, tag::BUFFER_MOVED, 0, tag::BUFFER_REF, 0, tag::PORT, 0];
         let Value::Array(items) = decode(&ok, &moved, &ports).unwrap() else {
             panic!("not an array");
         };
@@ -1540,57 +1290,24 @@ mod tests {
         let int32 = 5;
         let float64 = 8;
         assert!(view(int32, &[4], &[1], &eight).is_ok());
-        assert_eq!(
-            view(int32, &[2], &[1], &eight).unwrap_err().reason(),
-            reason::VIEW
-        );
-        assert_eq!(
-            view(int32, &[4], &[2], &eight).unwrap_err().reason(),
-            reason::VIEW
-        );
-        assert_eq!(
-            view(float64, &[0], &varint(1 << 61), &eight)
-                .unwrap_err()
-                .reason(),
-            reason::VIEW
-        );
-        assert_eq!(
-            view(float64, &varint(u64::MAX - 7), &[1], &eight)
-                .unwrap_err()
-                .reason(),
-            reason::VIEW
-        );
-        assert_eq!(
-            view(12, &[0], &[0], &eight).unwrap_err().reason(),
-            reason::KIND
-        );
-        assert_eq!(
-            view(0, &[0], &[0], &[tag::NULL]).unwrap_err().reason(),
-            reason::NOT_A_BUFFER
-        );
-        assert_eq!(
-            view(0, &[0], &[0], &[tag::TYPED_ARRAY])
-                .unwrap_err()
-                .reason(),
-            reason::NOT_A_BUFFER
-        );
+        assert_eq!(view(int32, &[2], &[1], &eight).unwrap_err().reason(), reason::VIEW);
+        assert_eq!(view(int32, &[4], &[2], &eight).unwrap_err().reason(), reason::VIEW);
+        assert_eq!(view(float64, &[0], &varint(1 << 61), &eight).unwrap_err().reason(), reason::VIEW);
+        assert_eq!(view(float64, &varint(u64::MAX - 7), &[1], &eight).unwrap_err().reason(), reason::VIEW);
+        assert_eq!(view(12, &[0], &[0], &eight).unwrap_err().reason(), reason::KIND);
+        assert_eq!(view(0, &[0], &[0], &[tag::NULL]).unwrap_err().reason(), reason::NOT_A_BUFFER);
+        assert_eq!(view(0, &[0], &[0], &[tag::TYPED_ARRAY]).unwrap_err().reason(), reason::NOT_A_BUFFER);
     }
 
     #[test]
     fn decoding_nests_at_most_max_depth() {
         assert!(decode(&nested_bytes(MAX_DEPTH, &[tag::NULL]), &[], &[]).is_ok());
-        assert_eq!(
-            decode_err(&nested_bytes(MAX_DEPTH + 1, &[tag::NULL])),
-            reason::TOO_DEEP
-        );
+        assert_eq!(decode_err(&nested_bytes(MAX_DEPTH + 1, &[tag::NULL])), reason::TOO_DEEP);
         let set = [tag::SET, 0];
         assert_eq!(decode_err(&nested_bytes(MAX_DEPTH, &set)), reason::TOO_DEEP);
         let view = [tag::TYPED_ARRAY, 0, 0, 0, tag::BUFFER_COPY, 0];
         assert!(decode(&nested_bytes(MAX_DEPTH - 1, &view), &[], &[]).is_ok());
-        assert_eq!(
-            decode_err(&nested_bytes(MAX_DEPTH, &view)),
-            reason::TOO_DEEP
-        );
+        assert_eq!(decode_err(&nested_bytes(MAX_DEPTH, &view)), reason::TOO_DEEP);
         on_small_stack(|| {
             let bytes = nested_bytes(100_000, &[tag::NULL]);
             assert_eq!(decode_err(&bytes), reason::TOO_DEEP);
@@ -1649,12 +1366,7 @@ mod tests {
     enum Spec {
         Leaf(Value),
         Buffer(usize),
-        View {
-            kind: usize,
-            buffer: usize,
-            start: usize,
-            length: usize,
-        },
+        View { kind: usize, buffer: usize, start: usize, length: usize },
         Array(Vec<Spec>),
         Object(Vec<(String, Spec)>),
         Map(Vec<(Spec, Spec)>),
@@ -1680,18 +1392,8 @@ mod tests {
     fn spec() -> impl Strategy<Value = Spec> {
         let buffers = prop_oneof![
             (0..POOL).prop_map(Spec::Buffer),
-            (
-                0..TypedArrayKind::ALL.len(),
-                0..POOL,
-                any::<usize>(),
-                any::<usize>()
-            )
-                .prop_map(|(kind, buffer, start, length)| Spec::View {
-                    kind,
-                    buffer,
-                    start,
-                    length,
-                }),
+            (0..TypedArrayKind::ALL.len(), 0..POOL, any::<usize>(), any::<usize>())
+                .prop_map(|(kind, buffer, start, length)| Spec::View { kind, buffer, start, length }),
         ];
         prop_oneof![3 => leaf(), 1 => buffers].prop_recursive(5, 64, 6, |inner| {
             use proptest::collection::vec;
@@ -1709,38 +1411,18 @@ mod tests {
         match spec {
             Spec::Leaf(value) => value.clone(),
             Spec::Buffer(i) => Value::ArrayBuffer(pool[*i].clone()),
-            Spec::View {
-                kind,
-                buffer,
-                start,
-                length,
-            } => {
+            Spec::View { kind, buffer, start, length } => {
                 let kind = TypedArrayKind::ALL[*kind];
                 let size = kind.element_size();
                 let elements = pool[*buffer].byte_length() / size;
                 let start = start % (elements + 1);
                 let length = length % (elements - start + 1);
-                Value::TypedArray(TypedArray {
-                    kind,
-                    buffer: pool[*buffer].clone(),
-                    byte_offset: start * size,
-                    length,
-                })
+                Value::TypedArray(TypedArray { kind, buffer: pool[*buffer].clone(), byte_offset: start * size, length })
             }
             Spec::Array(items) => Value::Array(list(items)),
             Spec::Set(items) => Value::Set(list(items)),
-            Spec::Object(props) => Value::Object(
-                props
-                    .iter()
-                    .map(|(k, v)| (k.clone(), build(v, pool)))
-                    .collect(),
-            ),
-            Spec::Map(entries) => Value::Map(
-                entries
-                    .iter()
-                    .map(|(k, v)| (build(k, pool), build(v, pool)))
-                    .collect(),
-            ),
+            Spec::Object(props) => Value::Object(props.iter().map(|(k, v)| (k.clone(), build(v, pool))).collect()),
+            Spec::Map(entries) => Value::Map(entries.iter().map(|(k, v)| (build(k, pool), build(v, pool))).collect()),
         }
     }
 
@@ -1755,16 +1437,10 @@ mod tests {
         let pool = proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..48), POOL);
         (spec(), pool, any::<u8>()).prop_map(|(spec, pool, moved_mask)| {
             let pool: Vec<ArrayBuffer> = pool.iter().map(|b| buf(b)).collect();
-            let sent: Vec<ArrayBuffer> = (0..POOL)
-                .filter(|i| moved_mask & (1 << i) != 0)
-                .map(|i| pool[i].clone())
-                .collect();
+            let sent: Vec<ArrayBuffer> =
+                (0..POOL).filter(|i| moved_mask & (1 << i) != 0).map(|i| pool[i].clone()).collect();
             let received = sent.iter().map(|b| buf(&b.to_vec())).collect();
-            Message {
-                value: build(&spec, &pool),
-                sent,
-                received,
-            }
+            Message { value: build(&spec, &pool), sent, received }
         })
     }
 
@@ -1775,10 +1451,7 @@ mod tests {
     }
 
     fn encode_message(message: &Message) -> Vec<u8> {
-        let transfer = Transfer {
-            buffers: &message.sent,
-            ports: &[],
-        };
+        let transfer = Transfer { buffers: &message.sent, ports: &[] };
         encode_with(&message.value, &transfer).unwrap()
     }
 

@@ -66,9 +66,7 @@ fn update(port: &Arc<Port>, change: impl FnOnce(&mut Events)) {
     if spawn {
         let port = port.clone();
         let thread_port = port.clone();
-        let spawned = std::thread::Builder::new()
-            .name("shmport-dispatch".into())
-            .spawn(move || run(thread_port));
+        let spawned = std::thread::Builder::new().name("shmport-dispatch".into()).spawn(move || run(thread_port));
         if spawned.is_err() {
             // No thread (resource limits): keep the handlers; the next change retries.
             lock(&port.events).thread_running = false;
@@ -90,9 +88,7 @@ pub(crate) fn add_message_listener(port: &Arc<Port>, handler: MessageHandler) {
 }
 
 pub(crate) fn set_onmessageerror(port: &Arc<Port>, handler: Option<ErrorHandler>) {
-    update(port, |e| {
-        e.onmessageerror = handler.map(|h| Arc::new(Mutex::new(h)))
-    });
+    update(port, |e| e.onmessageerror = handler.map(|h| Arc::new(Mutex::new(h))));
 }
 
 pub(crate) fn set_onclose(port: &Arc<Port>, handler: Option<CloseHandler>) {
@@ -133,22 +129,16 @@ fn run(port: Arc<Port>) {
 
 /// Takes the next message and hands it to the handlers.
 fn deliver_one(port: &Port) {
-    match port.recv_record(crate::port::Mode::Try, |rx, kind, len| {
-        crate::wire::decode_event(rx, kind, len)
-    }) {
+    match port.recv_record(crate::port::Mode::Try, crate::wire::decode_event) {
         Ok(Ok(event)) => {
             let (onmessage, listeners) = {
                 let events = lock(&port.events);
                 (events.onmessage.clone(), events.listeners.clone())
             };
-            let mut targets: Vec<Shared<MessageHandler>> =
-                onmessage.into_iter().chain(listeners).collect();
+            let mut targets: Vec<Shared<MessageHandler>> = onmessage.into_iter().chain(listeners).collect();
             let last = targets.pop();
             for target in targets {
-                let copy = MessageEvent {
-                    data: event.data.clone(),
-                    ports: event.ports.clone(),
-                };
+                let copy = MessageEvent { data: event.data.clone(), ports: event.ports.clone() };
                 (lock(&target))(copy);
             }
             if let Some(target) = last {

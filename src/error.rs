@@ -78,9 +78,7 @@ impl DataCloneErrorKind {
         match self {
             Self::SourcePortInTransfer => "the transfer list contains the source port",
             Self::DuplicateInTransfer => "the transfer list contains an item twice",
-            Self::PortNotInTransfer => {
-                "the message contains a port that is not in the transfer list"
-            }
+            Self::PortNotInTransfer => "the message contains a port that is not in the transfer list",
             Self::DetachedBuffer => "an ArrayBuffer is detached",
             Self::DetachedPort => "the transfer list contains a detached port",
             Self::TooDeep => "the value nests too deeply",

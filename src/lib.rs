@@ -42,6 +42,8 @@
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
 #[cfg(not(loom))]
+mod arena;
+#[cfg(not(loom))]
 mod bootstrap;
 #[cfg(not(loom))]
 mod buffer;
@@ -66,18 +68,17 @@ mod wait;
 mod wire;
 
 #[cfg(not(loom))]
+pub use arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats};
+#[cfg(not(loom))]
 pub use bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
 pub use buffer::ArrayBuffer;
 #[cfg(not(loom))]
 pub use error::{
-    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError,
-    RecvTimeoutError, TryRecvError,
+    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvTimeoutError, TryRecvError,
 };
 #[cfg(not(loom))]
-pub use port::{
-    ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable,
-};
+pub use port::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable};
 #[cfg(not(loom))]
 pub use value::{BigInt, TypedArray, TypedArrayKind, Value};
 pub use wait::WaitStrategy;

@@ -10,6 +10,7 @@
 //! consumer of direction `1 - end`, each behind its own lock (a thread blocked in
 //! `recv` never blocks `post_message`).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
@@ -19,11 +20,12 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use crossbeam_utils::atomic::AtomicCell;
 
+use crate::arena::SentChunk;
 use crate::buffer::ArrayBuffer;
 use crate::dispatch::{self, Events};
 use crate::error::{
-    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvFail,
-    RecvTimeoutError, TryRecvError,
+    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvFail, RecvTimeoutError,
+    TryRecvError,
 };
 use crate::platform;
 use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
@@ -31,7 +33,7 @@ use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, Segment};
 use crate::sync::{AtomicU32, Ordering};
 use crate::value::Value;
 use crate::wait::{self, Check, SLICE, WaitStrategy};
-use crate::wire;
+use crate::wire::{self, Outgoing};
 
 /// The default bytes of each direction's ring.
 pub const DEFAULT_CAPACITY: usize = 256 * 1024;
@@ -46,11 +48,7 @@ pub struct ChannelOptions {
 
 impl Default for ChannelOptions {
     fn default() -> Self {
-        ChannelOptions {
-            capacity: DEFAULT_CAPACITY,
-            wait: WaitStrategy::default(),
-            process_local: false,
-        }
+        ChannelOptions { capacity: DEFAULT_CAPACITY, wait: WaitStrategy::default(), process_local: false }
     }
 }
 
@@ -96,11 +94,7 @@ impl MessageChannel {
 
     /// A channel with the given options.
     pub fn with_options(options: &ChannelOptions) -> Result<MessageChannel, Error> {
-        let flags = if options.wait == WaitStrategy::BusyPoll {
-            FLAG_BUSY_POLL
-        } else {
-            0
-        };
+        let flags = if options.wait == WaitStrategy::BusyPoll { FLAG_BUSY_POLL } else { 0 };
         let capacity = options.capacity as u64;
         let segment = if options.process_local {
             Segment::create_local(capacity, flags)
@@ -108,9 +102,7 @@ impl MessageChannel {
             Segment::create_shared(capacity, flags)
         };
         let segment = Arc::new(segment.map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidInput => {
-                Error::InvalidOptions("capacity must be a power of two in 64..=2^30")
-            }
+            std::io::ErrorKind::InvalidInput => Error::InvalidOptions("capacity must be a power of two in 64..=2^30"),
             _ => Error::Io(e),
         })?);
         // Process-local channels get a socketpair too: it is how each end learns that
@@ -118,10 +110,7 @@ impl MessageChannel {
         let (s0, s1) = platform::socketpair()?;
         let port1 = Port::attach(segment.clone(), 0, s0, options.wait).map_err(Error::Invalid)?;
         let port2 = Port::attach(segment, 1, s1, options.wait).map_err(Error::Invalid)?;
-        Ok(MessageChannel {
-            port1: MessagePort::wrap(port1),
-            port2: MessagePort::wrap(port2),
-        })
+        Ok(MessageChannel { port1: MessagePort::wrap(port1), port2: MessagePort::wrap(port2) })
     }
 
     /// The first port; the same port on every call.
@@ -137,10 +126,7 @@ impl MessageChannel {
 
 impl fmt::Debug for MessageChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MessageChannel")
-            .field("port1", &self.port1)
-            .field("port2", &self.port2)
-            .finish()
+        f.debug_struct("MessageChannel").field("port1", &self.port1).field("port2", &self.port2).finish()
     }
 }
 
@@ -235,15 +221,32 @@ impl Link {
 struct Tx {
     link: Arc<Link>,
     producer: Producer,
+    /// Chunks posted and not yet known to be received, with the ring position the
+    /// consumer must pass to have read them.
+    in_flight: VecDeque<(u64, Vec<SentChunk>)>,
 }
 
 impl Tx {
+    /// Forgets posted chunks the consumer has read; if the peer is gone, gives back
+    /// those it never will.
+    fn settle_in_flight(&mut self, peer_gone: bool) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let Ok(head) = self.producer.consumed() else { return };
+        while self.in_flight.front().is_some_and(|(end, _)| *end <= head) {
+            self.in_flight.pop_front();
+        }
+        if peer_gone {
+            for (_, chunks) in self.in_flight.drain(..) {
+                chunks.iter().for_each(SentChunk::reclaim);
+            }
+        }
+    }
+
     fn publish_and_notify(&mut self) {
         if self.producer.publish() && !self.link.busy_poll() {
-            wait::notify(
-                &self.producer.ring().lines().waits.0.data,
-                self.link.segment.parker(),
-            );
+            wait::notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker());
         }
     }
 }
@@ -262,12 +265,13 @@ pub(crate) struct Rx {
 }
 
 impl Rx {
+    fn new(link: Arc<Link>, consumer: Consumer) -> Rx {
+        Rx { link, consumer, scratch: Vec::new(), broken: false, finished: false, last_liveness_check: Instant::now() }
+    }
+
     fn release_and_notify(&mut self) {
         if self.consumer.release() && !self.link.busy_poll() {
-            wait::notify(
-                &self.consumer.ring().lines().waits.0.space,
-                self.link.segment.parker(),
-            );
+            wait::notify(&self.consumer.ring().lines().waits.0.space, self.link.segment.parker());
         }
     }
 
@@ -325,16 +329,52 @@ impl Rx {
         &self.scratch[..len]
     }
 
-    /// Copies `rec`'s payload into `scratch`, frees its ring space, and returns it.
-    fn take(&mut self, rec: &Record) -> (u16, &[u8]) {
+    /// Bytes of the current payload.
+    pub(crate) fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.scratch[range]
+    }
+
+    /// The channel end this half reads.
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Makes `body` (a spilled message, copied out of its chunk) the current payload.
+    pub(crate) fn replace_payload(&mut self, body: Vec<u8>) -> std::ops::Range<usize> {
+        let len = body.len();
+        self.scratch = body;
+        0..len
+    }
+
+    /// Copies `rec`'s payload into `scratch` and frees its ring space.
+    fn take(&mut self, rec: &Record) {
+        let limit = self.consumer.ring().max_payload();
+        if self.scratch.capacity() > 2 * limit {
+            // A spilled body was left here; do not keep it alive.
+            self.scratch = Vec::new();
+        }
         if self.scratch.len() < rec.len {
             self.scratch.resize(rec.len, 0);
         }
-        self.consumer
-            .copy_payload(rec, &mut self.scratch[..rec.len]);
+        self.consumer.copy_payload(rec, &mut self.scratch[..rec.len]);
         self.consumer.consume(rec);
         self.release_and_notify();
-        (rec.kind, &self.scratch[..rec.len])
+    }
+
+    /// Reads and drops everything queued, giving back what the records carry: the
+    /// port is closing (SEMANTICS 15). Bounded by one ring's worth of records.
+    fn discard_queued(&mut self) {
+        let most = self.consumer.ring().max_payload() / 8 + 1;
+        for _ in 0..most {
+            match self.consumer.peek() {
+                Ok(Some(rec)) => {
+                    self.take(&rec);
+                    wire::discard_record(self, rec.flags, rec.len);
+                }
+                _ => break,
+            }
+        }
+        self.consumer.release();
     }
 }
 
@@ -351,9 +391,7 @@ pub(crate) enum Mode {
 
 impl Mode {
     fn timeout(t: Duration) -> Mode {
-        Instant::now()
-            .checked_add(t)
-            .map_or(Mode::Block, Mode::Until)
+        Instant::now().checked_add(t).map_or(Mode::Block, Mode::Until)
     }
     fn deadline(self) -> Option<Instant> {
         match self {
@@ -391,32 +429,18 @@ impl Port {
     ) -> Result<Arc<Port>, &'static str> {
         let producer = Producer::attach(segment.ring(end)).map_err(|c| c.0)?;
         let consumer = Consumer::attach(segment.ring(1 - end)).map_err(|c| c.0)?;
-        let strategy = if segment.busy_poll() {
-            WaitStrategy::BusyPoll
-        } else {
-            strategy
-        };
+        let strategy = if segment.busy_poll() { WaitStrategy::BusyPoll } else { strategy };
         let closed = segment.end_state(end).load(Ordering::Acquire) == END_CLOSED;
-        let link = Arc::new(Link {
-            segment,
-            end,
-            socket,
-        });
+        let link = Arc::new(Link { segment, end, socket });
         let port = Port {
             detached: AtomicBool::new(closed),
             link: Mutex::new((!closed).then(|| link.clone())),
             tx: CachePadded::new(Mutex::new((!closed).then(|| Tx {
                 link: link.clone(),
                 producer,
+                in_flight: VecDeque::new(),
             }))),
-            rx: CachePadded::new(Mutex::new((!closed).then(|| Rx {
-                link,
-                consumer,
-                scratch: Vec::new(),
-                broken: false,
-                finished: false,
-                last_liveness_check: Instant::now(),
-            }))),
+            rx: CachePadded::new(Mutex::new((!closed).then(|| Rx::new(link, consumer)))),
             strategy: AtomicCell::new(strategy),
             events: Mutex::new(Events::default()),
             events_epoch: std::sync::atomic::AtomicU64::new(0),
@@ -432,26 +456,21 @@ impl Port {
         self.strategy.load()
     }
 
-    /// Writes one record, waiting for space as `mode` allows. A detached port or a
-    /// closed peer makes this a silent no-op.
-    pub(crate) fn post_record(
+    /// Writes one record, waiting for space as `mode` allows, without publishing it.
+    fn push_waiting(
         &self,
+        tx: &mut Tx,
         kind: u16,
+        flags: u16,
         parts: &[&[u8]],
         mode: Mode,
-    ) -> Result<(), PostError> {
-        let mut guard = lock(&self.tx);
-        let Some(tx) = guard.as_mut() else {
-            return Ok(());
-        };
+    ) -> Result<Pushed, PostError> {
         if tx.link.peer_closed() {
-            return Ok(());
+            return Ok(Pushed::PeerGone);
         }
-        match tx.producer.try_push(kind, 0, parts) {
-            Ok(()) => {
-                tx.publish_and_notify();
-                return Ok(());
-            }
+        match tx.producer.try_push(kind, flags, parts) {
+            Ok(()) => return Ok(Pushed::Written),
+            // Padding may have been written: publish it so the reader can skip it.
             Err(PushError::Full) => tx.publish_and_notify(),
             Err(e) => return Err(push_error(e, parts, &tx.producer)),
         }
@@ -459,36 +478,67 @@ impl Port {
             return Err(PostError::Full);
         }
         let link = tx.link.clone();
-        let outcome = wait::block_on(
-            link.tx_space_word(),
-            link.segment.parker(),
-            self.strategy(),
-            mode.deadline(),
-            |check| {
+        let outcome =
+            wait::block_on(link.tx_space_word(), link.segment.parker(), self.strategy(), mode.deadline(), |check| {
                 if self.is_detached() {
-                    return Some(Ok(false));
+                    return Some(Ok(Pushed::Detached));
                 }
-                match tx.producer.try_push(kind, 0, parts) {
-                    Ok(()) => Some(Ok(true)),
+                match tx.producer.try_push(kind, flags, parts) {
+                    Ok(()) => Some(Ok(Pushed::Written)),
                     Err(PushError::Full) => {
                         let gone = match check {
                             Check::Fast => link.peer_closed(),
                             Check::Slow => link.peer_gone(),
                         };
-                        gone.then_some(Ok(false))
+                        gone.then_some(Ok(Pushed::PeerGone))
                     }
                     Err(e) => Some(Err(push_error(e, parts, &tx.producer))),
                 }
-            },
-        );
-        match outcome {
-            Some(Ok(true)) => {
+            });
+        outcome.unwrap_or(Err(PostError::Timeout))
+    }
+
+    /// Posts raw bytes that fit the ring: the allocation-free path of `post_bytes`. A
+    /// detached port or a closed peer makes this a silent no-op.
+    pub(crate) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        let mut guard = lock(&self.tx);
+        let Some(tx) = guard.as_mut() else { return Ok(()) };
+        if let Pushed::Written = self.push_waiting(tx, kind, 0, &[bytes], mode)? {
+            tx.publish_and_notify();
+        }
+        Ok(())
+    }
+
+    /// Posts a prepared message: writes its record, moves what it transfers, sends
+    /// the descriptors, publishes. If the message goes nowhere (a detached source or a
+    /// peer that is gone) what it transfers is detached and dropped.
+    pub(crate) fn post_outgoing(&self, outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
+        let mut guard = lock(&self.tx);
+        let Some(tx) = guard.as_mut() else {
+            outgoing.discard();
+            return Ok(());
+        };
+        let pushed = self.push_waiting(tx, outgoing.kind, outgoing.flags, &[&outgoing.payload], mode)?;
+        if !matches!(pushed, Pushed::Written) {
+            let gone = matches!(pushed, Pushed::PeerGone);
+            outgoing.discard();
+            tx.settle_in_flight(gone);
+            return Ok(());
+        }
+        match outgoing.commit(&tx.link) {
+            Ok(sent) => {
                 tx.publish_and_notify();
+                tx.settle_in_flight(false);
+                if !sent.is_empty() {
+                    let end = tx.producer.position();
+                    tx.in_flight.push_back((end, sent));
+                }
                 Ok(())
             }
-            Some(Ok(false)) => Ok(()),
-            Some(Err(e)) => Err(e),
-            None => Err(PostError::Timeout),
+            Err(e) => {
+                tx.producer.rollback();
+                Err(e)
+            }
         }
     }
 
@@ -497,7 +547,7 @@ impl Port {
     pub(crate) fn recv_record<R>(
         &self,
         mode: Mode,
-        f: impl FnOnce(&mut Rx, u16, usize) -> R,
+        f: impl FnOnce(&mut Rx, u16, u16, usize) -> R,
     ) -> Result<R, RecvFail> {
         // A non-blocking call never waits for the lock: whoever holds it (a blocked
         // `recv`, the dispatch thread) takes the next message anyway.
@@ -506,11 +556,7 @@ impl Port {
                 Ok(g) => g,
                 Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
                 Err(std::sync::TryLockError::WouldBlock) => {
-                    return Err(if self.is_detached() {
-                        RecvFail::Closed
-                    } else {
-                        RecvFail::Empty
-                    });
+                    return Err(if self.is_detached() { RecvFail::Closed } else { RecvFail::Empty });
                 }
             },
             _ => lock(&self.rx),
@@ -525,26 +571,15 @@ impl Port {
             }
             Mode::Block | Mode::Until(_) => {
                 let link = rx.link.clone();
-                wait::block_on(
-                    link.rx_data_word(),
-                    link.segment.parker(),
-                    self.strategy(),
-                    mode.deadline(),
-                    |check| {
-                        if self.is_detached() {
-                            Some(Err(RecvFail::Closed))
-                        } else {
-                            rx.poll(check)
-                        }
-                    },
-                )
+                wait::block_on(link.rx_data_word(), link.segment.parker(), self.strategy(), mode.deadline(), |check| {
+                    if self.is_detached() { Some(Err(RecvFail::Closed)) } else { rx.poll(check) }
+                })
             }
         };
         match found {
             Some(Ok(rec)) => {
-                let (kind, bytes) = rx.take(&rec);
-                let len = bytes.len();
-                Ok(f(rx, kind, len))
+                rx.take(&rec);
+                Ok(f(rx, rec.kind, rec.flags, rec.len))
             }
             Some(Err(fail)) => Err(fail),
             None if matches!(mode, Mode::Try) => Err(RecvFail::Empty),
@@ -560,25 +595,19 @@ impl Port {
             return Readiness::Detached;
         };
         let link = rx.link.clone();
-        wait::block_on(
-            link.rx_data_word(),
-            link.segment.parker(),
-            self.strategy(),
-            None,
-            |check| {
-                if self.is_detached() {
-                    return Some(Readiness::Detached);
-                }
-                if !keep_waiting() {
-                    return Some(Readiness::Interrupted);
-                }
-                match rx.poll(check) {
-                    Some(Ok(_)) | Some(Err(RecvFail::Message(_))) => Some(Readiness::Message),
-                    Some(Err(_)) => Some(Readiness::PeerGone),
-                    None => None,
-                }
-            },
-        )
+        wait::block_on(link.rx_data_word(), link.segment.parker(), self.strategy(), None, |check| {
+            if self.is_detached() {
+                return Some(Readiness::Detached);
+            }
+            if !keep_waiting() {
+                return Some(Readiness::Interrupted);
+            }
+            match rx.poll(check) {
+                Some(Ok(_)) | Some(Err(RecvFail::Message(_))) => Some(Readiness::Message),
+                Some(Err(_)) => Some(Readiness::PeerGone),
+                None => None,
+            }
+        })
         .unwrap_or(Readiness::Interrupted)
     }
 
@@ -604,26 +633,33 @@ impl Port {
     }
 
     /// Detaches the port and tells the peer it is closed (SEMANTICS 15). Idempotent.
+    /// Messages queued here are discarded, giving back the buffers and ports they carry.
     pub(crate) fn close(&self) {
-        let Some(link) = self.detach() else { return };
+        let Some((link, tx, rx)) = self.detach_parts() else { return };
         // SYNC: end closed. Release: every record we published is visible to a peer
         // that sees the closed state.
-        link.segment
-            .end_state(link.end)
-            .store(END_CLOSED, Ordering::Release);
+        link.segment.end_state(link.end).store(END_CLOSED, Ordering::Release);
         wait::sleep_check_fence();
         let parker = link.segment.parker();
         // The peer may sleep waiting for data from us or for space in our ring.
-        wait::wake_if_waiting(&link.segment.ring(link.end).lines().waits.0.data, parker);
-        wait::wake_if_waiting(
-            &link.segment.ring(1 - link.end).lines().waits.0.space,
-            parker,
-        );
+        wait::wake_if_waiting(&link.segment.lines(link.end).waits.0.data, parker);
+        wait::wake_if_waiting(&link.segment.lines(1 - link.end).waits.0.space, parker);
+        if let Some(mut rx) = rx {
+            rx.discard_queued();
+        }
+        if let Some(mut tx) = tx {
+            let gone = link.peer_gone();
+            tx.settle_in_flight(gone);
+        }
     }
 
     /// Marks the port detached, wakes its blocked callers, and takes its halves.
-    /// Returns the link, for a close or a transfer; `None` if already detached.
+    /// Returns the link, for a transfer; `None` if already detached.
     pub(crate) fn detach(&self) -> Option<Arc<Link>> {
+        self.detach_parts().map(|(link, _, _)| link)
+    }
+
+    fn detach_parts(&self) -> Option<(Arc<Link>, Option<Tx>, Option<Rx>)> {
         if self.detached.swap(true, Ordering::SeqCst) {
             return None;
         }
@@ -631,9 +667,27 @@ impl Port {
         // Our own threads blocked in recv/post see `detached` and return, releasing
         // the locks taken below.
         wake_own_words(&link);
-        drop(lock(&self.tx).take());
-        drop(lock(&self.rx).take());
-        Some(link)
+        let tx = lock(&self.tx).take();
+        let mut rx = lock(&self.rx).take();
+        if let Some(rx) = rx.as_mut() {
+            // Whoever takes the port over starts after what we have read.
+            rx.consumer.release();
+        }
+        Some((link, tx, rx))
+    }
+
+    /// Undoes `detach` (a transfer that failed after detaching): the port takes up its
+    /// end again, at the rings' current positions.
+    pub(crate) fn reattach(&self, link: Arc<Link>) {
+        let (Ok(producer), Ok(consumer)) =
+            (Producer::attach(link.segment.ring(link.end)), Consumer::attach(link.segment.ring(1 - link.end)))
+        else {
+            return;
+        };
+        *lock(&self.tx) = Some(Tx { link: link.clone(), producer, in_flight: VecDeque::new() });
+        *lock(&self.rx) = Some(Rx::new(link.clone(), consumer));
+        *lock(&self.link) = Some(link);
+        self.detached.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn is_peer_closed(&self) -> bool {
@@ -642,18 +696,12 @@ impl Port {
 
     pub(crate) fn set_strategy(&self, strategy: WaitStrategy) {
         let busy = self.link().is_some_and(|l| l.busy_poll());
-        self.strategy.store(if busy {
-            WaitStrategy::BusyPoll
-        } else {
-            strategy
-        });
+        self.strategy.store(if busy { WaitStrategy::BusyPoll } else { strategy });
     }
 
     /// Capacity of one record's payload on this port's channel.
     pub(crate) fn max_message(&self) -> usize {
-        lock(&self.tx)
-            .as_ref()
-            .map_or(0, |t| t.producer.ring().max_payload())
+        lock(&self.tx).as_ref().map_or(0, |t| t.producer.ring().max_payload())
     }
 }
 
@@ -663,6 +711,16 @@ fn wake_own_words(link: &Link) {
     wait::sleep_check_fence();
     wait::wake_if_waiting(link.rx_data_word(), link.segment.parker());
     wait::wake_if_waiting(link.tx_space_word(), link.segment.parker());
+}
+
+/// How `push_waiting` ended without an error.
+enum Pushed {
+    /// The record is written, not yet published.
+    Written,
+    /// The peer is gone: the message goes nowhere.
+    PeerGone,
+    /// This port was detached meanwhile: the message goes nowhere.
+    Detached,
 }
 
 /// What `wait_readable` saw.
@@ -676,10 +734,9 @@ pub(crate) enum Readiness {
 
 fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
     match e {
-        PushError::TooLarge => PostError::TooLarge {
-            len: parts.iter().map(|p| p.len()).sum(),
-            max: producer.ring().max_payload(),
-        },
+        PushError::TooLarge => {
+            PostError::TooLarge { len: parts.iter().map(|p| p.len()).sum(), max: producer.ring().max_payload() }
+        }
         PushError::Corrupt(c) => PostError::Broken(c.0),
         PushError::Full => PostError::Full,
     }
@@ -687,9 +744,7 @@ fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
 
 impl MessagePort {
     pub(crate) fn wrap(port: Arc<Port>) -> MessagePort {
-        MessagePort {
-            handle: Arc::new(Handle { port }),
-        }
+        MessagePort { handle: Arc::new(Handle { port }) }
     }
 
     pub(crate) fn port(&self) -> &Arc<Port> {
@@ -742,39 +797,57 @@ impl MessagePort {
         mode: Mode,
     ) -> Result<(), PostError> {
         let transfer: Vec<Transferable> = transfer.into_iter().collect();
-        let outgoing = wire::Outgoing::prepare(self, &message, &transfer)?;
-        self.port()
-            .post_record(wire::KIND_VALUE, &[&outgoing.bytes], mode)?;
-        outgoing.commit();
-        Ok(())
+        let outgoing = Outgoing::value(self, &message, &transfer, self.max_inline())?;
+        if outgoing.doomed {
+            // The transfer list holds this port's own peer (SEMANTICS 9): the message
+            // is dropped and the channel is lost.
+            outgoing.discard();
+            self.close();
+            return Ok(());
+        }
+        self.port().post_outgoing(outgoing, mode)
     }
 
-    /// Posts raw bytes, copied through the ring. No allocation, and no syscall while
-    /// the peer is awake. The peer reads them with [`recv_bytes_with`](Self::recv_bytes_with)
-    /// (or `recv`, as an `ArrayBuffer`).
+    /// The largest record body copied through the ring; larger ones spill to pages.
+    fn max_inline(&self) -> usize {
+        match self.port().max_message() {
+            0 => usize::MAX, // detached: the message goes nowhere anyway
+            n => n,
+        }
+    }
+
+    fn post_bytes_mode(&self, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        let max = self.max_inline();
+        if bytes.len() <= max {
+            self.port().post_inline(wire::KIND_BYTES, bytes, mode)
+        } else {
+            self.port().post_outgoing(Outgoing::bytes(bytes, max)?, mode)
+        }
+    }
+
+    /// Posts raw bytes. Up to [`max_message_size`](Self::max_message_size) they are
+    /// copied through the ring, with no allocation and no syscall while the peer is
+    /// awake; larger ones travel in shared pages. The peer reads them with
+    /// [`recv_bytes_with`](Self::recv_bytes_with) (or `recv`, as an `ArrayBuffer`).
     pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
-        self.port()
-            .post_record(wire::KIND_BYTES, &[bytes], Mode::Block)
+        self.post_bytes_mode(bytes, Mode::Block)
     }
 
     /// As [`post_bytes`](Self::post_bytes), but `PostError::Full` at once instead of waiting.
     pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
-        self.port()
-            .post_record(wire::KIND_BYTES, &[bytes], Mode::Try)
+        self.post_bytes_mode(bytes, Mode::Try)
     }
 
     /// As [`post_bytes`](Self::post_bytes), waiting at most `timeout` for room.
     pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
-        self.port()
-            .post_record(wire::KIND_BYTES, &[bytes], Mode::timeout(timeout))
+        self.post_bytes_mode(bytes, Mode::timeout(timeout))
     }
 
     /// Posts a serde-serializable value (postcard encoding); the peer reads it with
     /// [`recv_typed`](Self::recv_typed) and the same type.
     pub fn post_typed<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), PostError> {
-        let bytes = postcard::to_stdvec(value).map_err(|_| {
-            PostError::DataClone(DataCloneError::new(DataCloneErrorKind::Uncloneable))
-        })?;
+        let bytes = postcard::to_stdvec(value)
+            .map_err(|_| PostError::DataClone(DataCloneError::new(DataCloneErrorKind::Uncloneable)))?;
         self.post_bytes(&bytes)
     }
 
@@ -800,8 +873,7 @@ impl MessagePort {
 
     /// Waits at most `timeout` for the next message.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<MessageEvent, RecvTimeoutError> {
-        self.recv_event(Mode::timeout(timeout))
-            .map_err(RecvTimeoutError::from)
+        self.recv_event(Mode::timeout(timeout)).map_err(RecvTimeoutError::from)
     }
 
     fn recv_event(&self, mode: Mode) -> Result<MessageEvent, RecvFail> {
@@ -812,14 +884,12 @@ impl MessagePort {
     /// bytes are a copy in this process (never shared memory the peer can still
     /// write). For a message posted with `post_message` they are its wire encoding.
     pub fn recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
-        self.recv_bytes_mode(Mode::Block, f)
-            .map_err(RecvError::from)
+        self.recv_bytes_mode(Mode::Block, f).map_err(RecvError::from)
     }
 
     /// As [`recv_bytes_with`](Self::recv_bytes_with), if a message is waiting.
     pub fn try_recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
-        self.recv_bytes_mode(Mode::Try, f)
-            .map_err(TryRecvError::from)
+        self.recv_bytes_mode(Mode::Try, f).map_err(TryRecvError::from)
     }
 
     /// As [`recv_bytes_with`](Self::recv_bytes_with), waiting at most `timeout`.
@@ -828,37 +898,29 @@ impl MessagePort {
         timeout: Duration,
         f: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, RecvTimeoutError> {
-        self.recv_bytes_mode(Mode::timeout(timeout), f)
-            .map_err(RecvTimeoutError::from)
+        self.recv_bytes_mode(Mode::timeout(timeout), f).map_err(RecvTimeoutError::from)
     }
 
     fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
-        self.port()
-            .recv_record(mode, |rx, _kind, len| f(rx.payload(len)))
+        self.port().recv_record(mode, |rx, _kind, flags, len| {
+            let range = wire::body_of(rx, flags, len)?;
+            Ok(f(rx.bytes(range)))
+        })?
     }
 
     /// Waits for a message posted with [`post_typed`](Self::post_typed) and decodes it
     /// as `T`. A message that is not a `T` is a `MessageError`.
     pub fn recv_typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, RecvError> {
-        self.recv_bytes_with(|b| postcard::from_bytes::<T>(b))?
-            .map_err(|_| {
-                RecvError::MessageError(MessageError::new(
-                    "typed message does not decode as the expected type",
-                ))
-            })
+        self.recv_bytes_with(|b| postcard::from_bytes::<T>(b))?.map_err(|_| {
+            RecvError::MessageError(MessageError::new("typed message does not decode as the expected type"))
+        })
     }
 
     /// Waits for a message posted with [`post_pod`](Self::post_pod). A message of
     /// another size is a `MessageError`.
     pub fn recv_pod<T: bytemuck::AnyBitPattern>(&self) -> Result<T, RecvError> {
-        self.recv_bytes_with(|b| {
-            (b.len() == size_of::<T>()).then(|| bytemuck::pod_read_unaligned::<T>(b))
-        })?
-        .ok_or_else(|| {
-            RecvError::MessageError(MessageError::new(
-                "plain-old-data message has the wrong size",
-            ))
-        })
+        self.recv_bytes_with(|b| (b.len() == size_of::<T>()).then(|| bytemuck::pod_read_unaligned::<T>(b)))?
+            .ok_or_else(|| RecvError::MessageError(MessageError::new("plain-old-data message has the wrong size")))
     }
 
     // ---- events and life cycle --------------------------------------------------
@@ -871,10 +933,7 @@ impl MessagePort {
     where
         F: FnMut(MessageEvent) + Send + 'static,
     {
-        dispatch::set_onmessage(
-            self.port(),
-            handler.map(|h| Box::new(h) as dispatch::MessageHandler),
-        );
+        dispatch::set_onmessage(self.port(), handler.map(|h| Box::new(h) as dispatch::MessageHandler));
     }
 
     /// Sets the handler of messages that arrive but cannot be decoded (the web's
@@ -883,10 +942,7 @@ impl MessagePort {
     where
         F: FnMut(MessageError) + Send + 'static,
     {
-        dispatch::set_onmessageerror(
-            self.port(),
-            handler.map(|h| Box::new(h) as dispatch::ErrorHandler),
-        );
+        dispatch::set_onmessageerror(self.port(), handler.map(|h| Box::new(h) as dispatch::ErrorHandler));
     }
 
     /// Sets a handler that runs once when the peer is closed, dropped or dies (the
@@ -896,10 +952,7 @@ impl MessagePort {
     where
         F: FnOnce() + Send + 'static,
     {
-        dispatch::set_onclose(
-            self.port(),
-            handler.map(|h| Box::new(h) as dispatch::CloseHandler),
-        );
+        dispatch::set_onclose(self.port(), handler.map(|h| Box::new(h) as dispatch::CloseHandler));
     }
 
     /// Registers a message handler without starting the port (the web's
@@ -954,11 +1007,6 @@ impl PartialEq for MessagePort {
 
 impl fmt::Debug for MessagePort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "MessagePort({:p}{})",
-            Arc::as_ptr(&self.handle),
-            if self.is_detached() { ", detached" } else { "" }
-        )
+        write!(f, "MessagePort({:p}{})", Arc::as_ptr(&self.handle), if self.is_detached() { ", detached" } else { "" })
     }
 }

@@ -112,11 +112,7 @@ impl RingRef {
     /// # Safety
     /// As the non-loom constructor; `data` points to `cap / 8` atomics.
     #[cfg(loom)]
-    pub(crate) unsafe fn new(
-        lines: NonNull<RingLines>,
-        data: NonNull<AtomicU64>,
-        cap: u64,
-    ) -> RingRef {
+    pub(crate) unsafe fn new(lines: NonNull<RingLines>, data: NonNull<AtomicU64>, cap: u64) -> RingRef {
         RingRef { lines, data, cap }
     }
 
@@ -155,13 +151,7 @@ impl RingRef {
                 debug_assert!(at + part.len() <= self.cap as usize);
                 // SAFETY: the caller reserved [offset, offset + total) inside the data
                 // area, which the consumer does not read until we publish.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        part.as_ptr(),
-                        self.data.as_ptr().add(at),
-                        part.len(),
-                    )
-                };
+                unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.data.as_ptr().add(at), part.len()) };
                 at += part.len();
             }
         }
@@ -171,8 +161,7 @@ impl RingRef {
             for (i, chunk) in bytes.chunks(8).enumerate() {
                 let mut word = [0u8; 8];
                 word[..chunk.len()].copy_from_slice(chunk);
-                self.header_at(offset + 8 * i as u64)
-                    .store(u64::from_le_bytes(word), Ordering::Relaxed);
+                self.header_at(offset + 8 * i as u64).store(u64::from_le_bytes(word), Ordering::Relaxed);
             }
         }
     }
@@ -185,18 +174,11 @@ impl RingRef {
         // caller). The bytes are copied, never referenced: if a hostile producer writes
         // them concurrently we copy garbage, which the decoder rejects.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.data.as_ptr().add(offset as usize),
-                out.as_mut_ptr(),
-                out.len(),
-            )
+            std::ptr::copy_nonoverlapping(self.data.as_ptr().add(offset as usize), out.as_mut_ptr(), out.len())
         };
         #[cfg(loom)]
         for (i, chunk) in out.chunks_mut(8).enumerate() {
-            let word = self
-                .header_at(offset + 8 * i as u64)
-                .load(Ordering::Relaxed)
-                .to_le_bytes();
+            let word = self.header_at(offset + 8 * i as u64).load(Ordering::Relaxed).to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }
@@ -230,12 +212,7 @@ impl Producer {
         let tail = lines.tail.0.load(Ordering::Acquire);
         let head = lines.head.0.load(Ordering::Acquire);
         check_counters(head, tail, ring.cap)?;
-        Ok(Producer {
-            ring,
-            tail,
-            published: tail,
-            cached_head: head,
-        })
+        Ok(Producer { ring, tail, published: tail, cached_head: head })
     }
 
     pub(crate) fn ring(&self) -> &RingRef {
@@ -260,12 +237,7 @@ impl Producer {
 
     /// Writes one record whose payload is the concatenation of `parts`. Nothing is
     /// visible to the consumer until `publish`.
-    pub(crate) fn try_push(
-        &mut self,
-        kind: u16,
-        flags: u16,
-        parts: &[&[u8]],
-    ) -> Result<(), PushError> {
+    pub(crate) fn try_push(&mut self, kind: u16, flags: u16, parts: &[&[u8]]) -> Result<(), PushError> {
         debug_assert!(kind != 0 && kind != KIND_PAD);
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > self.ring.max_payload() {
@@ -281,10 +253,7 @@ impl Producer {
             if !self.fits(contiguous).map_err(PushError::Corrupt)? {
                 return Err(PushError::Full);
             }
-            self.ring.header_at(offset).store(
-                pack((contiguous - HEADER) as u32, KIND_PAD, 0),
-                Ordering::Relaxed,
-            );
+            self.ring.header_at(offset).store(pack((contiguous - HEADER) as u32, KIND_PAD, 0), Ordering::Relaxed);
             self.tail += contiguous;
             if !self.fits(size).map_err(PushError::Corrupt)? {
                 self.publish();
@@ -294,12 +263,28 @@ impl Producer {
             return Err(PushError::Full);
         }
         let offset = self.tail & (self.ring.cap - 1);
-        self.ring
-            .header_at(offset)
-            .store(pack(len as u32, kind, flags), Ordering::Relaxed);
+        self.ring.header_at(offset).store(pack(len as u32, kind, flags), Ordering::Relaxed);
         self.ring.write_payload(offset + HEADER, parts);
         self.tail += size;
         Ok(())
+    }
+
+    /// Forgets the records written since the last `publish` (the caller could not
+    /// complete the message they belong to).
+    pub(crate) fn rollback(&mut self) {
+        self.tail = self.published;
+    }
+
+    /// The position after the last record written: the consumer has read that record
+    /// once its `head` reaches this.
+    pub(crate) fn position(&self) -> u64 {
+        self.tail
+    }
+
+    /// Re-reads the consumer's `head` (validated) and returns it.
+    pub(crate) fn consumed(&mut self) -> Result<u64, Corrupt> {
+        self.fits(self.ring.cap)?;
+        Ok(self.cached_head)
     }
 
     /// Makes every record written so far visible. Returns whether there was anything
@@ -345,12 +330,7 @@ impl Consumer {
         let head = lines.head.0.load(Ordering::Acquire);
         let tail = lines.tail.0.load(Ordering::Acquire);
         check_counters(head, tail, ring.cap)?;
-        Ok(Consumer {
-            ring,
-            head,
-            released: head,
-            cached_tail: tail,
-        })
+        Ok(Consumer { ring, head, released: head, cached_tail: tail })
     }
 
     pub(crate) fn ring(&self) -> &RingRef {
@@ -456,10 +436,7 @@ pub(crate) mod local {
             let lines = Box::new(RingLines {
                 tail: Line(AtomicU64::new(0)),
                 head: Line(AtomicU64::new(0)),
-                waits: Line(WaitWords {
-                    data: AtomicU32::new(0),
-                    space: AtomicU32::new(0),
-                }),
+                waits: Line(WaitWords { data: AtomicU32::new(0), space: AtomicU32::new(0) }),
             });
             let data = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
             LocalRing { lines, data, cap }
@@ -574,13 +551,9 @@ mod tests {
         p.try_push(2, 0, &[&[1u8; 8]]).unwrap();
         p.publish();
         // Rewrite the header with a length past the published tail.
-        ring.view()
-            .header_at(0)
-            .store(pack(4000, 2, 0), Ordering::Relaxed);
+        ring.view().header_at(0).store(pack(4000, 2, 0), Ordering::Relaxed);
         assert_eq!(c.peek(), Err(Corrupt("record length out of range")));
-        ring.view()
-            .header_at(0)
-            .store(pack(8, 0, 0), Ordering::Relaxed);
+        ring.view().header_at(0).store(pack(8, 0, 0), Ordering::Relaxed);
         assert_eq!(c.peek(), Err(Corrupt("record without a kind")));
     }
 
@@ -593,10 +566,7 @@ mod tests {
         }
         p.publish();
         ring.view().lines().head.0.store(999_992, Ordering::Relaxed);
-        assert!(matches!(
-            p.try_push(2, 0, &[&[0u8; 8]]),
-            Err(PushError::Corrupt(_))
-        ));
+        assert!(matches!(p.try_push(2, 0, &[&[0u8; 8]]), Err(PushError::Corrupt(_))));
     }
 }
 

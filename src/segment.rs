@@ -49,7 +49,10 @@ const DATA_OFFSET: usize = HEADER_SIZE + 2 * LINES_SIZE;
 
 /// `Header::flags`: the channel busy-polls (writers skip the wake-up check).
 pub(crate) const FLAG_BUSY_POLL: u32 = 1;
-const KNOWN_FLAGS: u32 = FLAG_BUSY_POLL;
+/// `Header::flags`: transferred buffers are detached in Rust only; the sender's view of
+/// the pages is not revoked with `mprotect`.
+pub(crate) const FLAG_NO_REVOKE: u32 = 2;
+const KNOWN_FLAGS: u32 = FLAG_BUSY_POLL | FLAG_NO_REVOKE;
 
 /// An end's state word (`Header::ends`) is 0 while the end is open, and this once it
 /// was closed, dropped, or doomed: its peer drains and then reports closed.
@@ -104,6 +107,8 @@ enum Memory {
 /// invariants every access relies on.
 pub(crate) struct Segment {
     base: NonNull<u8>,
+    /// The memfd's (device, inode); for a heap segment, (0, its address).
+    identity: (u64, u64),
     capacity: u64,
     flags: u32,
     memory: Memory,
@@ -124,8 +129,10 @@ impl Segment {
         let fd = platform::memfd_create_sealed("shmport-channel", len)?;
         let map = platform::mmap_shared(fd.as_fd(), len as usize)?;
         let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
+        let identity = platform::file_identity(fd.as_fd())?;
         let segment = Segment {
             base,
+            identity,
             capacity,
             flags,
             memory: Memory::Shared { _map: map, fd },
@@ -145,6 +152,7 @@ impl Segment {
         let base = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
         let segment = Segment {
             base,
+            identity: (0, base.as_ptr() as u64),
             capacity,
             flags,
             memory: Memory::Heap { layout },
@@ -175,10 +183,12 @@ impl Segment {
         }
         let map = platform::mmap_shared(fd.as_fd(), len as usize)?;
         let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
+        let identity = platform::file_identity(fd.as_fd())?;
         // Build the Segment first so the mapping is released on every error path; its
         // capacity is fixed below, after validation, and nothing reads it before.
         let mut segment = Segment {
             base,
+            identity,
             capacity: 0,
             flags: 0,
             memory: Memory::Shared { _map: map, fd },
@@ -192,9 +202,7 @@ impl Segment {
         if h.magic.load(Ordering::Relaxed) != MAGIC {
             return Err(OpenError::Invalid("bad magic"));
         }
-        if h.version.load(Ordering::Relaxed) != VERSION
-            || h.layout.load(Ordering::Relaxed) != LAYOUT
-        {
+        if h.version.load(Ordering::Relaxed) != VERSION || h.layout.load(Ordering::Relaxed) != LAYOUT {
             return Err(OpenError::Invalid("incompatible version or layout"));
         }
         let capacity = h.capacity.load(Ordering::Relaxed);
@@ -223,10 +231,7 @@ impl Segment {
         // SAFETY: both offsets are inside the mapping, whose size was checked against
         // the capacity (invariants 1, 2, 4); the data area is 128-aligned.
         unsafe {
-            let lines = self
-                .base
-                .add(HEADER_SIZE + dir * LINES_SIZE)
-                .cast::<RingLines>();
+            let lines = self.base.add(HEADER_SIZE + dir * LINES_SIZE).cast::<RingLines>();
             let data = self.base.add(DATA_OFFSET + dir * self.capacity as usize);
             RingRef::new(lines, data, self.capacity)
         }
@@ -236,12 +241,7 @@ impl Segment {
     pub(crate) fn lines(&self, dir: usize) -> &RingLines {
         assert!(dir < 2);
         // SAFETY: inside the mapping (invariants 1, 2); RingLines is all atomics.
-        unsafe {
-            self.base
-                .add(HEADER_SIZE + dir * LINES_SIZE)
-                .cast::<RingLines>()
-                .as_ref()
-        }
+        unsafe { self.base.add(HEADER_SIZE + dir * LINES_SIZE).cast::<RingLines>().as_ref() }
     }
 
     /// The state word of end `end` (0 while open, `END_CLOSED` after).
@@ -261,6 +261,16 @@ impl Segment {
         }
     }
 
+    /// Names the channel: equal for every mapping of the same segment.
+    pub(crate) fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
+    /// Whether transferred buffers keep their pages open in the sender.
+    pub(crate) fn revokes(&self) -> bool {
+        self.flags & FLAG_NO_REVOKE == 0
+    }
+
     pub(crate) fn busy_poll(&self) -> bool {
         self.flags & FLAG_BUSY_POLL != 0
     }
@@ -276,8 +286,7 @@ impl Drop for Segment {
 }
 
 fn check_capacity(capacity: u64) -> Result<(), &'static str> {
-    if !capacity.is_power_of_two() || !(ring::MIN_CAPACITY..=ring::MAX_CAPACITY).contains(&capacity)
-    {
+    if !capacity.is_power_of_two() || !(ring::MIN_CAPACITY..=ring::MAX_CAPACITY).contains(&capacity) {
         return Err("ring capacity must be a power of two between 64 B and 1 GiB");
     }
     Ok(())

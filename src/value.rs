@@ -53,15 +53,9 @@ pub struct BigInt {
 impl BigInt {
     /// From a sign and a little-endian magnitude (normalised).
     pub fn from_sign_magnitude(negative: bool, magnitude_le: &[u8]) -> BigInt {
-        let end = magnitude_le
-            .iter()
-            .rposition(|&b| b != 0)
-            .map_or(0, |i| i + 1);
+        let end = magnitude_le.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let magnitude = magnitude_le[..end].to_vec();
-        BigInt {
-            negative: negative && !magnitude.is_empty(),
-            magnitude,
-        }
+        BigInt { negative: negative && !magnitude.is_empty(), magnitude }
     }
 
     /// Whether the value is below zero.
@@ -83,11 +77,7 @@ impl BigInt {
         bytes[..self.magnitude.len()].copy_from_slice(&self.magnitude);
         let m = u128::from_le_bytes(bytes);
         if self.negative {
-            if m <= i128::MAX as u128 + 1 {
-                Some((m as i128).wrapping_neg())
-            } else {
-                None
-            }
+            if m <= i128::MAX as u128 + 1 { Some((m as i128).wrapping_neg()) } else { None }
         } else {
             i128::try_from(m).ok()
         }

@@ -169,9 +169,7 @@ impl Default for WaitStrategy {
     fn default() -> Self {
         // About twice the cost of a futex wake on a typical VM: spinning longer than a
         // sleep would cost is wasted CPU, spinning less makes quick replies pay a wake.
-        WaitStrategy::SpinThenSleep {
-            spin: Duration::from_micros(50),
-        }
+        WaitStrategy::SpinThenSleep { spin: Duration::from_micros(50) }
     }
 }
 
@@ -251,11 +249,7 @@ pub(crate) fn block_on<T>(
         };
         let before = Instant::now();
         parker.park(word, w, Some(slice));
-        let check = if before.elapsed() >= slice {
-            Check::Slow
-        } else {
-            Check::Fast
-        };
+        let check = if before.elapsed() >= slice { Check::Slow } else { Check::Fast };
         if let Some(t) = poll(check) {
             withdraw(word);
             return Some(t);

@@ -1,42 +1,95 @@
-//! What a record of the ring means: its kinds, and the framing of a structured message
-//! around the codec's bytes. Also the transfer-list checks of SEMANTICS 5, which must
-//! all pass before anything is sent or detached.
+//! What a record of the ring means, and what travels beside it on the socket.
 //!
-//! | kind | payload |
+//! | kind | body |
 //! |---|---|
-//! | `KIND_BYTES` (2) | raw bytes of `post_bytes` / `post_typed` / `post_pod` |
-//! | `KIND_VALUE` (3) | `u32` buffer count, then per transferred buffer `u64` length + bytes, then the codec's encoding of the value |
+//! | `KIND_BYTES` (2) | the bytes of `post_bytes` / `post_typed` / `post_pod` |
+//! | `KIND_VALUE` (3) | the codec's encoding of a `Value` |
 //!
-//! Kind 1 is the ring's padding; any other kind is a `messageerror` for the receiver.
+//! (Kind 1 is the ring's padding; any other kind is a `messageerror`.)
+//!
+//! A record with `FLAG_ATTACHMENTS` starts with an attachment table; the descriptors it
+//! names (arena memfds, and each transferred port's segment memfd and socket end) were
+//! sent on the channel's socket, as SCM_RIGHTS, just before the record was published,
+//! so the receiver finds them in the same order as the records:
+//!
+//! ```text
+//! u32 fds, u32 buffers, u32 ports, u32 spilled (0: body inline, 1: body in a chunk)
+//! [spilled body: buffer descriptor]             if spilled
+//! buffers × {u32 fd, u32 chunk, u32 generation, u32 0, u64 len}   (fd u32::MAX: empty)
+//! ports × {u32 fd (segment; socket is fd + 1), u32 end}
+//! body, if inline
+//! ```
+//!
+//! Also here: the transfer-list checks of SEMANTICS 5, which all pass before anything
+//! is detached, and the "doomed" case of rule 9.
 
-use crate::buffer::ArrayBuffer;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::arena::{self, ArenaSegment, Chunk, Descriptor, SentChunk};
+use crate::buffer::{ArrayBuffer, Detached};
 use crate::codec::{self, Transfer};
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError, PostError, RecvFail};
-use crate::port::{MessageEvent, MessagePort, Rx, Transferable};
+use crate::platform;
+use crate::port::{Link, MessageEvent, MessagePort, Port, Rx, Transferable};
+use crate::segment::Segment;
 use crate::value::Value;
+use crate::wait::WaitStrategy;
 
 /// Raw bytes.
 pub(crate) const KIND_BYTES: u16 = 2;
 /// A structured-clone message.
 pub(crate) const KIND_VALUE: u16 = 3;
+/// The record starts with an attachment table.
+pub(crate) const FLAG_ATTACHMENTS: u16 = 1;
 
-/// A message that passed every check, encoded, waiting to be written. Nothing is
-/// detached until `commit`, after the record is in the ring.
+const TABLE: usize = 16;
+const BUFFER_ENTRY: usize = 24;
+const PORT_ENTRY: usize = 8;
+/// No more descriptors than this per message (the kernel's own limit per process is
+/// usually 1024-1M; this bounds what a hostile peer can make us wait for).
+const MAX_FDS: usize = 1 << 16;
+const NO_FD: u32 = u32::MAX;
+
+/// A message ready to be written: its record payload, and what it moves.
 pub(crate) struct Outgoing {
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) kind: u16,
+    pub(crate) flags: u16,
+    pub(crate) payload: Vec<u8>,
     buffers: Vec<ArrayBuffer>,
+    /// What `buffers` held when the payload was written, to check at commit.
+    expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>>,
+    ports: Vec<MessagePort>,
+    arenas: Vec<Arc<ArenaSegment>>,
+    spill: Option<Chunk>,
+    /// The transfer list names the source port's own peer (rule 9).
+    pub(crate) doomed: bool,
 }
 
 fn clone_error(kind: DataCloneErrorKind) -> PostError {
     PostError::DataClone(DataCloneError::new(kind))
 }
 
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
 impl Outgoing {
+    /// Raw bytes: inline when they fit the ring, else spilled into a chunk.
+    pub(crate) fn bytes(body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
+        Outgoing::build(KIND_BYTES, body, Vec::new(), Vec::new(), max_inline)
+    }
+
     /// Runs the checks of SEMANTICS 5 in their order and encodes the message.
-    pub(crate) fn prepare(
+    pub(crate) fn value(
         source: &MessagePort,
         message: &Value,
         transfer: &[Transferable],
+        max_inline: usize,
     ) -> Result<Outgoing, PostError> {
         let mut buffers = Vec::new();
         let mut ports = Vec::new();
@@ -51,26 +104,14 @@ impl Outgoing {
             return Err(clone_error(DataCloneErrorKind::SourcePortInTransfer));
         }
         // 5b: duplicates.
-        if has_duplicates(buffers.iter().map(ArrayBuffer::identity))
-            || has_duplicates(
-                ports
-                    .iter()
-                    .map(|p| std::sync::Arc::as_ptr(p.port()) as usize),
-            )
+        if has_duplicates(buffers.iter().map(ArrayBuffer::identity)) || has_duplicates(ports.iter().map(port_identity))
         {
             return Err(clone_error(DataCloneErrorKind::DuplicateInTransfer));
         }
         // 5c and 5d inside the message come from the encoder, which reports the
         // earliest rule when a message breaks several.
         let mut body = Vec::new();
-        let encoded = codec::encode(
-            message,
-            &Transfer {
-                buffers: &buffers,
-                ports: &ports,
-            },
-            &mut body,
-        );
+        let encoded = codec::encode(message, &Transfer { buffers: &buffers, ports: &ports }, &mut body);
         if let Err(e) = encoded
             && e.kind() == DataCloneErrorKind::PortNotInTransfer
         {
@@ -91,29 +132,204 @@ impl Outgoing {
         }
         // 11: anything else the encoder could not clone.
         encoded?;
-        if !ports.is_empty() {
-            return Err(PostError::Transfer(
-                "transferring a MessagePort through a channel is not implemented yet".into(),
-            ));
-        }
-        let mut bytes = Vec::with_capacity(4 + body.len());
-        bytes.extend_from_slice(&(buffers.len() as u32).to_le_bytes());
-        for b in &buffers {
-            b.with_bytes(|data| {
-                bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
-                bytes.extend_from_slice(data);
-            });
-        }
-        bytes.extend_from_slice(&body);
-        Ok(Outgoing { bytes, buffers })
+        let source_channel = source.port().link().map(|l| l.segment.identity());
+        let doomed =
+            ports.iter().any(|p| p.port().link().is_some_and(|l| Some(l.segment.identity()) == source_channel));
+        let mut out = Outgoing::build(KIND_VALUE, &body, buffers, ports, max_inline)?;
+        out.doomed = doomed;
+        Ok(out)
     }
 
-    /// The record is in the ring (or the peer is gone): detach what was transferred.
-    pub(crate) fn commit(self) {
-        for b in &self.buffers {
-            b.detach();
+    fn build(
+        kind: u16,
+        body: &[u8],
+        buffers: Vec<ArrayBuffer>,
+        ports: Vec<MessagePort>,
+        max_inline: usize,
+    ) -> Result<Outgoing, PostError> {
+        let mut out = Outgoing {
+            kind,
+            flags: 0,
+            payload: Vec::new(),
+            buffers,
+            expected: Vec::new(),
+            ports,
+            arenas: Vec::new(),
+            spill: None,
+            doomed: false,
+        };
+        let plain = out.buffers.is_empty() && out.ports.is_empty();
+        if plain && body.len() <= max_inline {
+            out.payload = body.to_vec();
+            return Ok(out);
+        }
+        out.flags = FLAG_ATTACHMENTS;
+        let mut table_len = TABLE + BUFFER_ENTRY * out.buffers.len() + PORT_ENTRY * out.ports.len() + body.len();
+        if table_len > max_inline {
+            // The body goes out of line, into a chunk of our arena.
+            let (chunk, _) = arena::allocate(body.len()).map_err(|e| PostError::Transfer(e.to_string()))?;
+            // SAFETY: a chunk we just took, open, at least body.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), chunk.ptr().as_ptr(), body.len()) };
+            out.spill = Some(chunk);
+            table_len = TABLE + BUFFER_ENTRY * (1 + out.buffers.len()) + PORT_ENTRY * out.ports.len();
+            if table_len > max_inline {
+                return Err(PostError::TooLarge { len: table_len, max: max_inline });
+            }
+        }
+        // Descriptors of the buffers as they are now; `commit` checks they did not change.
+        let buffers = std::mem::take(&mut out.buffers);
+        let mut entries = Vec::with_capacity(buffers.len());
+        for b in &buffers {
+            let expected = b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor())));
+            let len = b.byte_length();
+            entries.push((expected.as_ref().map(|(s, d)| (out.arena_index(s), *d)), len));
+            out.expected.push(expected);
+        }
+        out.buffers = buffers;
+        let spill_segment = out.spill.as_ref().map(|c| (c.segment().clone(), c.descriptor()));
+        let spill_entry = spill_segment.map(|(segment, d)| (out.arena_index(&segment), d));
+        let port_fd_base = out.arenas.len() as u32;
+        let n_fds = out.arenas.len() + 2 * out.ports.len();
+        if n_fds > MAX_FDS {
+            return Err(PostError::TooLarge { len: n_fds, max: MAX_FDS });
+        }
+        let p = &mut out.payload;
+        p.reserve(table_len);
+        put_u32(p, n_fds as u32);
+        put_u32(p, entries.len() as u32);
+        put_u32(p, out.ports.len() as u32);
+        put_u32(p, u32::from(spill_entry.is_some()));
+        if let Some((fd, d)) = spill_entry {
+            put_buffer(p, Some((fd, d)), body.len());
+        }
+        for (entry, len) in entries {
+            put_buffer(p, entry, len);
+        }
+        for (i, port) in out.ports.iter().enumerate() {
+            put_u32(p, port_fd_base + 2 * i as u32);
+            put_u32(p, port.port().link().map_or(0, |l| l.end as u32));
+        }
+        if out.spill.is_none() {
+            p.extend_from_slice(body);
+        }
+        Ok(out)
+    }
+
+    fn arena_index(&mut self, segment: &Arc<ArenaSegment>) -> u32 {
+        match self.arenas.iter().position(|a| Arc::ptr_eq(a, segment)) {
+            Some(i) => i as u32,
+            None => {
+                self.arenas.push(segment.clone());
+                (self.arenas.len() - 1) as u32
+            }
         }
     }
+
+    /// The record is written (not yet published): detach what moves, send the
+    /// descriptors on `link`'s socket. On error nothing has changed (the caller rolls
+    /// the record back). Returns the chunks now in flight.
+    pub(crate) fn commit(mut self, link: &Link) -> Result<Vec<SentChunk>, PostError> {
+        if self.flags & FLAG_ATTACHMENTS == 0 {
+            return Ok(Vec::new());
+        }
+        let taken = self.take_items()?;
+        let (detached, links) = taken;
+        let revoke = link.segment.revokes();
+        let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = self.arenas.iter().map(|a| a.fd()).collect();
+        for l in &links {
+            fds.push(l.segment.fd().expect("checked at prepare"));
+            fds.push(std::os::fd::AsFd::as_fd(&l.socket));
+        }
+        let sent = send_fds(&link.socket, &fds);
+        drop(fds);
+        if let Err(e) = sent {
+            restore(&self.buffers, detached, &self.ports, links);
+            return Err(PostError::Transfer(e.to_string()));
+        }
+        let mut in_flight = Vec::new();
+        for d in detached {
+            if let Some(chunk) = d.chunk {
+                in_flight.push(chunk.send(revoke));
+            }
+        }
+        if let Some(chunk) = self.spill.take() {
+            in_flight.push(chunk.send(false));
+        }
+        // Our copies of the ports' descriptors close here; the copies in flight keep
+        // the ports alive until the receiver takes them.
+        drop(links);
+        Ok(in_flight)
+    }
+
+    /// Detaches every buffer and port of the transfer list, checking that nothing
+    /// changed since the payload was written.
+    fn take_items(&mut self) -> Result<(Vec<Detached>, Vec<Arc<Link>>), PostError> {
+        let mut links = Vec::with_capacity(self.ports.len());
+        for port in &self.ports {
+            match port.port().detach() {
+                Some(link) if link.segment.fd().is_some() => links.push(link),
+                Some(link) => {
+                    port.port().reattach(link);
+                    restore(&[], Vec::new(), &self.ports[..links.len()], links);
+                    return Err(PostError::Transfer("a process-local port cannot leave its process".into()));
+                }
+                None => {
+                    restore(&[], Vec::new(), &self.ports[..links.len()], links);
+                    return Err(clone_error(DataCloneErrorKind::DetachedPort));
+                }
+            }
+        }
+        let mut detached = Vec::with_capacity(self.buffers.len());
+        for (b, expected) in self.buffers.iter().zip(&self.expected) {
+            let d = b.detach();
+            let matches = d.as_ref().is_some_and(|d| match (&d.chunk, expected) {
+                (Some(c), Some((s, desc))) => Arc::ptr_eq(c.segment(), s) && c.descriptor() == *desc,
+                (None, None) => true,
+                _ => false,
+            });
+            let Some(d) = d.filter(|_| matches) else {
+                let n = detached.len();
+                restore(&self.buffers[..n], detached, &self.ports, links);
+                return Err(clone_error(DataCloneErrorKind::DetachedBuffer));
+            };
+            detached.push(d);
+        }
+        Ok((detached, links))
+    }
+
+    /// The message goes nowhere (the peer is gone, the source is detached, or the
+    /// message is doomed): what it transfers is detached and dropped, as on the web.
+    pub(crate) fn discard(self) {
+        for b in &self.buffers {
+            drop(b.detach());
+        }
+        for p in &self.ports {
+            p.close();
+        }
+    }
+}
+
+fn put_buffer(p: &mut Vec<u8>, entry: Option<(u32, Descriptor)>, len: usize) {
+    let (fd, chunk, generation) = entry.map_or((NO_FD, 0, 0), |(fd, d)| (fd, d.chunk, d.generation));
+    put_u32(p, fd);
+    put_u32(p, chunk);
+    put_u32(p, generation);
+    put_u32(p, 0);
+    put_u64(p, len as u64);
+}
+
+/// Puts detached buffers and ports back as they were (a post that failed late).
+fn restore(buffers: &[ArrayBuffer], detached: Vec<Detached>, ports: &[MessagePort], links: Vec<Arc<Link>>) {
+    for (b, d) in buffers.iter().zip(detached) {
+        b.restore(d);
+    }
+    for (p, link) in ports.iter().zip(links) {
+        p.port().reattach(link);
+    }
+}
+
+fn port_identity(p: &MessagePort) -> usize {
+    Arc::as_ptr(p.port()) as usize
 }
 
 fn has_duplicates(ids: impl Iterator<Item = usize>) -> bool {
@@ -122,52 +338,218 @@ fn has_duplicates(ids: impl Iterator<Item = usize>) -> bool {
     ids.windows(2).any(|w| w[0] == w[1])
 }
 
+/// Sends `fds` on `socket`, in as many SEQPACKET messages as the kernel's limit needs.
+fn send_fds(socket: &OwnedFd, fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
+    for group in fds.chunks(platform::MAX_FDS_PER_MESSAGE) {
+        platform::send_with_fds(std::os::fd::AsFd::as_fd(socket), &(group.len() as u32).to_le_bytes(), group)?;
+    }
+    Ok(())
+}
+
+/// Receives exactly `n` descriptors sent by `send_fds`. They were sent before the
+/// record was published, so they are already queued: never waits.
+fn recv_fds(socket: &OwnedFd, n: usize) -> Result<Vec<OwnedFd>, &'static str> {
+    let mut fds = Vec::with_capacity(n.min(1024));
+    while fds.len() < n {
+        let mut header = [0u8; 4];
+        let before = fds.len();
+        match platform::recv_with_fds(std::os::fd::AsFd::as_fd(socket), &mut header, &mut fds, true) {
+            Ok(Some(4)) if fds.len() - before == u32::from_le_bytes(header) as usize => {}
+            Ok(Some(0)) | Ok(None) => return Err("descriptors of the message are missing"),
+            _ => return Err("malformed descriptor message"),
+        }
+    }
+    if fds.len() != n {
+        return Err("descriptor count does not match the message");
+    }
+    Ok(fds)
+}
+
+/// A received message's transferred items and body, taken from its record.
+pub(crate) struct Incoming {
+    pub(crate) buffers: Vec<ArrayBuffer>,
+    pub(crate) ports: Vec<MessagePort>,
+    /// The body, when it came out of line (else it is the tail of the payload).
+    pub(crate) spilled: Option<Vec<u8>>,
+    /// Where the inline body starts in the payload.
+    pub(crate) body_at: usize,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let b = self.bytes.get(self.at..self.at + 4).ok_or("truncated attachment table")?;
+        self.at += 4;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let b = self.bytes.get(self.at..self.at + 8).ok_or("truncated attachment table")?;
+        self.at += 8;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+}
+
+struct BufferEntry {
+    fd: u32,
+    descriptor: Descriptor,
+    len: u64,
+}
+
+fn read_buffer_entry(r: &mut Reader<'_>) -> Result<BufferEntry, &'static str> {
+    let fd = r.u32()?;
+    let chunk = r.u32()?;
+    let generation = r.u32()?;
+    let _reserved = r.u32()?;
+    let len = r.u64()?;
+    Ok(BufferEntry { fd, descriptor: Descriptor { chunk, generation }, len })
+}
+
+/// Reads the attachment table of `payload`, takes the descriptors from `socket`, and
+/// turns them into buffers and ports. Whatever fails, every descriptor received is
+/// closed and every chunk taken is given back.
+pub(crate) fn receive(payload: &[u8], socket: &OwnedFd) -> Result<Incoming, MessageError> {
+    let mut r = Reader { bytes: payload, at: 0 };
+    let table = (|| Ok::<_, &'static str>((r.u32()?, r.u32()?, r.u32()?, r.u32()?)))().map_err(MessageError::new)?;
+    let (n_fds, n_buffers, n_ports, spilled) = (table.0 as usize, table.1 as usize, table.2 as usize, table.3);
+    if n_fds > MAX_FDS || spilled > 1 {
+        return Err(MessageError::new("attachment table out of range"));
+    }
+    // The descriptors come first, whatever the rest says, to stay in step with the socket.
+    let fds = recv_fds(socket, n_fds).map_err(MessageError::new)?;
+    let entries_len = BUFFER_ENTRY * (n_buffers + spilled as usize) + PORT_ENTRY * n_ports;
+    if n_buffers > payload.len() || n_ports > payload.len() || TABLE + entries_len > payload.len() {
+        return Err(MessageError::new("attachment table longer than the message"));
+    }
+    build(&mut r, fds, n_buffers, n_ports, spilled == 1).map_err(MessageError::new)
+}
+
+fn build(
+    r: &mut Reader<'_>,
+    fds: Vec<OwnedFd>,
+    n_buffers: usize,
+    n_ports: usize,
+    spilled: bool,
+) -> Result<Incoming, &'static str> {
+    let spill_entry = if spilled { Some(read_buffer_entry(r)?) } else { None };
+    let mut buffer_entries = Vec::with_capacity(n_buffers);
+    for _ in 0..n_buffers {
+        buffer_entries.push(read_buffer_entry(r)?);
+    }
+    let mut port_entries = Vec::with_capacity(n_ports);
+    for _ in 0..n_ports {
+        port_entries.push((r.u32()?, r.u32()?));
+    }
+    let body_at = r.at;
+    // Each descriptor is used once: arenas (possibly by several buffers) or port pairs.
+    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut arenas: Vec<Option<Arc<ArenaSegment>>> = (0..fds.len()).map(|_| None).collect();
+    let mut arena_at = |fds: &mut Vec<Option<OwnedFd>>, i: u32| -> Result<Arc<ArenaSegment>, &'static str> {
+        let i = i as usize;
+        if let Some(Some(a)) = arenas.get(i) {
+            return Ok(a.clone());
+        }
+        let fd = fds.get_mut(i).and_then(Option::take).ok_or("buffer names a missing descriptor")?;
+        let segment = arena::segment_for(fd)?;
+        arenas[i] = Some(segment.clone());
+        Ok(segment)
+    };
+    let mut take_chunk = |fds: &mut Vec<Option<OwnedFd>>, e: &BufferEntry| -> Result<Option<Chunk>, &'static str> {
+        if e.fd == NO_FD {
+            return if e.len == 0 { Ok(None) } else { Err("non-empty buffer without pages") };
+        }
+        let segment = arena_at(fds, e.fd)?;
+        if e.len > segment.chunk_size() as u64 {
+            return Err("buffer longer than its chunk");
+        }
+        arena::receive(segment, e.descriptor).map(Some)
+    };
+    let spilled = match spill_entry {
+        Some(e) => {
+            let chunk = take_chunk(&mut fds, &e)?.ok_or("spilled body without pages")?;
+            let len = e.len as usize;
+            let mut body = Vec::new();
+            body.try_reserve_exact(len).map_err(|_| "out of memory for a spilled message")?;
+            // SAFETY: `len` is within the chunk (checked above), which we now hold; the
+            // bytes are copied, so later writes by a hostile sender cannot reach us.
+            unsafe {
+                std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), body.as_mut_ptr(), len);
+                body.set_len(len);
+            }
+            Some(body)
+        }
+        None => None,
+    };
+    let mut buffers = Vec::with_capacity(buffer_entries.len());
+    for e in &buffer_entries {
+        let chunk = take_chunk(&mut fds, e)?;
+        buffers.push(ArrayBuffer::from_parts(chunk, e.len as usize));
+    }
+    let mut ports = Vec::with_capacity(port_entries.len());
+    for (fd, end) in port_entries {
+        let i = fd as usize;
+        let segment_fd = fds.get_mut(i).and_then(Option::take).ok_or("port names a missing descriptor")?;
+        let socket = fds.get_mut(i + 1).and_then(Option::take).ok_or("port names a missing descriptor")?;
+        if end > 1 || !platform::is_seqpacket_socket(std::os::fd::AsFd::as_fd(&socket)) {
+            return Err("malformed port descriptor");
+        }
+        let segment = Segment::open_shared(segment_fd).map_err(|e| match e {
+            crate::segment::OpenError::Invalid(why) => why,
+            crate::segment::OpenError::Io(_) => "transferred port's segment cannot be mapped",
+        })?;
+        let port = Port::attach(Arc::new(segment), end as usize, socket, WaitStrategy::default())?;
+        ports.push(MessagePort::wrap(port));
+    }
+    Ok(Incoming { buffers, ports, spilled, body_at })
+}
+
 /// Turns the record just taken by `rx` into a `MessageEvent`.
-pub(crate) fn decode_event(rx: &mut Rx, kind: u16, len: usize) -> Result<MessageEvent, RecvFail> {
-    let payload = rx.payload(len);
+pub(crate) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Result<MessageEvent, RecvFail> {
     let fail = |reason| RecvFail::Message(MessageError::new(reason));
+    let incoming = if flags & FLAG_ATTACHMENTS != 0 {
+        Some(receive(rx.payload(len), &rx.link().socket).map_err(RecvFail::Message)?)
+    } else {
+        None
+    };
+    let payload = rx.payload(len);
+    let (body, buffers, ports) = match &incoming {
+        Some(i) => (i.spilled.as_deref().unwrap_or(&payload[i.body_at..]), &i.buffers[..], &i.ports[..]),
+        None => (payload, &[][..], &[][..]),
+    };
     match kind {
         KIND_BYTES => {
-            let buffer = ArrayBuffer::from_slice(payload)
-                .map_err(|_| fail("out of memory for the message"))?;
-            Ok(MessageEvent {
-                data: Value::ArrayBuffer(buffer),
-                ports: Vec::new(),
-            })
+            let buffer = ArrayBuffer::from_slice(body).map_err(|_| fail("out of memory for the message"))?;
+            Ok(MessageEvent { data: Value::ArrayBuffer(buffer), ports: Vec::new() })
         }
         KIND_VALUE => {
-            let (buffers, body) = split_buffers(payload).map_err(fail)?;
-            let data = codec::decode(body, &buffers, &[]).map_err(RecvFail::Message)?;
-            Ok(MessageEvent {
-                data,
-                ports: Vec::new(),
-            })
+            let data = codec::decode(body, buffers, ports).map_err(RecvFail::Message)?;
+            Ok(MessageEvent { data, ports: ports.to_vec() })
         }
         _ => Err(fail("unknown record kind")),
     }
 }
 
-/// Parses the transferred-buffer prefix of a `KIND_VALUE` payload.
-fn split_buffers(payload: &[u8]) -> Result<(Vec<ArrayBuffer>, &[u8]), &'static str> {
-    let (count, mut rest) = take_array::<4>(payload).ok_or("truncated message header")?;
-    let count = u32::from_le_bytes(count) as usize;
-    // Every buffer takes at least its 8-byte length: bound the allocation by the input.
-    let mut buffers = Vec::with_capacity(count.min(rest.len() / 8));
-    for _ in 0..count {
-        let (len, after) = take_array::<8>(rest).ok_or("truncated buffer length")?;
-        let len =
-            usize::try_from(u64::from_le_bytes(len)).map_err(|_| "buffer length out of range")?;
-        if len > after.len() {
-            return Err("buffer length out of range");
-        }
-        let (data, after) = after.split_at(len);
-        buffers.push(ArrayBuffer::from_slice(data).map_err(|_| "out of memory for a buffer")?);
-        rest = after;
+/// The body of the record just taken by `rx`, for `recv_bytes_with`: inline bytes, or
+/// a spilled body copied into `rx`'s buffer. Transferred items are dropped (a buffer
+/// goes back to its owner, a port is closed).
+pub(crate) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::Range<usize>, RecvFail> {
+    if flags & FLAG_ATTACHMENTS == 0 {
+        return Ok(0..len);
     }
-    Ok((buffers, rest))
+    let incoming = receive(rx.payload(len), &rx.link().socket).map_err(RecvFail::Message)?;
+    match incoming.spilled {
+        Some(body) => Ok(rx.replace_payload(body)),
+        None => Ok(incoming.body_at..len),
+    }
 }
 
-fn take_array<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
-    let (head, rest) = bytes.split_first_chunk::<N>()?;
-    Some((*head, rest))
+/// Gives back what a record that will never be read carries (SEMANTICS 15: a port
+/// closing with messages queued discards them).
+pub(crate) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
+    if flags & FLAG_ATTACHMENTS != 0 {
+        let _ = receive(rx.payload(len), &rx.link().socket);
+    }
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use shmport::{
-    ArrayBuffer, ChannelOptions, DataCloneErrorKind, MessageChannel, MessageEvent, PostError,
-    RecvTimeoutError, TryRecvError, Value,
+    ArrayBuffer, ChannelOptions, DataCloneErrorKind, MessageChannel, MessageEvent, PostError, RecvTimeoutError,
+    TryRecvError, Value,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -64,10 +64,7 @@ fn s03_messages_go_to_the_peer_never_to_the_sender_in_order() {
         got.push(b.recv_timeout(WAIT).unwrap().data.as_f64().unwrap());
     }
     assert_eq!(got, (0..2000).map(f64::from).collect::<Vec<_>>());
-    assert!(
-        matches!(a.try_recv(), Err(TryRecvError::Empty)),
-        "nothing comes back to the sender"
-    );
+    assert!(matches!(a.try_recv(), Err(TryRecvError::Empty)), "nothing comes back to the sender");
 }
 
 #[test]
@@ -80,9 +77,7 @@ fn s03_fifo_across_threads_with_bytes() {
         }
     });
     for i in 0u32..100_000 {
-        let got = b
-            .recv_bytes_with(|bytes| u32::from_le_bytes(bytes.try_into().unwrap()))
-            .unwrap();
+        let got = b.recv_bytes_with(|bytes| u32::from_le_bytes(bytes.try_into().unwrap())).unwrap();
         assert_eq!(got, i);
     }
     writer.join().unwrap();
@@ -115,16 +110,11 @@ fn s10_posting_to_a_closed_peer_is_a_silent_noop_that_still_checks() {
     assert!(a.is_peer_closed());
     // The checks of rule 5 still run: a duplicate in the transfer list fails...
     let buf = ArrayBuffer::from_slice(b"abc").unwrap();
-    let err = a
-        .post_message(Value::Undefined, [buf.clone().into(), buf.clone().into()])
-        .unwrap_err();
-    assert!(
-        matches!(err, PostError::DataClone(e) if e.kind() == DataCloneErrorKind::DuplicateInTransfer)
-    );
+    let err = a.post_message(Value::Undefined, [buf.clone().into(), buf.clone().into()]).unwrap_err();
+    assert!(matches!(err, PostError::DataClone(e) if e.kind() == DataCloneErrorKind::DuplicateInTransfer));
     assert!(!buf.is_detached());
     // ...and a valid transfer still detaches what it moves (it went nowhere).
-    a.post_message(Value::ArrayBuffer(buf.clone()), [buf.clone().into()])
-        .unwrap();
+    a.post_message(Value::ArrayBuffer(buf.clone()), [buf.clone().into()]).unwrap();
     assert!(buf.is_detached());
 }
 
@@ -132,14 +122,7 @@ fn s10_posting_to_a_closed_peer_is_a_silent_noop_that_still_checks() {
 fn s14_recv_reads_without_start() {
     let ch = MessageChannel::new().unwrap();
     ch.port1().post_message("pulled", []).unwrap();
-    assert_eq!(
-        text(
-            &ch.port2()
-                .try_recv()
-                .unwrap_or_else(|_| ch.port2().recv_timeout(WAIT).unwrap())
-        ),
-        "pulled"
-    );
+    assert_eq!(text(&ch.port2().try_recv().unwrap_or_else(|_| ch.port2().recv_timeout(WAIT).unwrap())), "pulled");
 }
 
 #[test]
@@ -150,18 +133,13 @@ fn s14_onmessage_starts_the_port_and_delivers_earlier_messages_once_in_order() {
         a.post_message(i, []).unwrap();
     }
     let (tx, rx) = mpsc::channel();
-    b.set_onmessage(Some(move |ev: MessageEvent| {
-        tx.send(ev.data.as_f64().unwrap()).unwrap()
-    }));
+    b.set_onmessage(Some(move |ev: MessageEvent| tx.send(ev.data.as_f64().unwrap()).unwrap()));
     for i in 50..100 {
         a.post_message(i, []).unwrap();
     }
     let got: Vec<f64> = (0..100).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
     assert_eq!(got, (0..100).map(f64::from).collect::<Vec<_>>());
-    assert!(
-        rx.recv_timeout(Duration::from_millis(100)).is_err(),
-        "each message once"
-    );
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "each message once");
 }
 
 #[test]
@@ -171,19 +149,13 @@ fn s14_listener_without_start_receives_nothing_until_start() {
     let (tx, rx) = mpsc::channel();
     b.add_message_listener(move |ev: MessageEvent| tx.send(text(&ev).to_owned()).unwrap());
     a.post_message("early", []).unwrap();
-    assert!(
-        rx.recv_timeout(Duration::from_millis(200)).is_err(),
-        "not started: nothing delivered"
-    );
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "not started: nothing delivered");
     b.start();
     b.start(); // idempotent
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "early");
     a.post_message("late", []).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "late");
-    assert!(
-        rx.recv_timeout(Duration::from_millis(100)).is_err(),
-        "start twice delivers once"
-    );
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "start twice delivers once");
 }
 
 #[test]
@@ -193,11 +165,7 @@ fn s15_close_never_fails_is_idempotent_and_detaches() {
     a.close();
     a.close();
     assert!(a.is_detached());
-    assert!(
-        a.recv_timeout(Duration::from_millis(10))
-            .unwrap_err()
-            .is_closed()
-    );
+    assert!(a.recv_timeout(Duration::from_millis(10)).unwrap_err().is_closed());
     assert!(matches!(a.try_recv(), Err(TryRecvError::Closed)));
     a.post_message("ignored", []).unwrap();
 }
@@ -230,10 +198,7 @@ fn s15_a_closed_port_cannot_be_transferred() {
     let other = MessageChannel::new().unwrap();
     let p = other.port1();
     p.close();
-    let err = ch
-        .port1()
-        .post_message(Value::Port(p.clone()), [p.into()])
-        .unwrap_err();
+    let err = ch.port1().post_message(Value::Port(p.clone()), [p.into()]).unwrap_err();
     assert!(matches!(err, PostError::DataClone(e) if e.kind() == DataCloneErrorKind::DetachedPort));
 }
 
@@ -253,10 +218,7 @@ fn s16_dropping_the_last_handle_closes_the_port() {
 
 #[test]
 fn s16_blocked_recv_wakes_when_the_peer_closes() {
-    let _w = common::watchdog(
-        "s16_blocked_recv_wakes_when_the_peer_closes",
-        Duration::from_secs(20),
-    );
+    let _w = common::watchdog("s16_blocked_recv_wakes_when_the_peer_closes", Duration::from_secs(20));
     let ch = MessageChannel::new().unwrap();
     let (a, b) = (ch.port1(), ch.port2());
     drop(ch);
@@ -268,10 +230,7 @@ fn s16_blocked_recv_wakes_when_the_peer_closes() {
 
 #[test]
 fn s16_blocked_recv_wakes_when_its_own_port_closes() {
-    let _w = common::watchdog(
-        "s16_blocked_recv_wakes_when_its_own_port_closes",
-        Duration::from_secs(20),
-    );
+    let _w = common::watchdog("s16_blocked_recv_wakes_when_its_own_port_closes", Duration::from_secs(20));
     let ch = MessageChannel::new().unwrap();
     let b = ch.port2();
     let b2 = b.clone();
@@ -291,9 +250,7 @@ fn s16_close_handler_runs_once_after_the_last_message() {
     let (done_tx, done_rx) = mpsc::channel();
     {
         let on_message_log = log.clone();
-        b.set_onmessage(Some(move |ev: MessageEvent| {
-            on_message_log.lock().unwrap().push(text(&ev).to_owned())
-        }));
+        b.set_onmessage(Some(move |ev: MessageEvent| on_message_log.lock().unwrap().push(text(&ev).to_owned())));
         let log = log.clone();
         let closes = closes.clone();
         b.set_onclose(Some(move || {
@@ -328,14 +285,9 @@ fn s16_close_handler_without_push_delivery_leaves_messages_to_recv() {
 #[test]
 fn s18_message_event_carries_data_and_ports() {
     let ch = MessageChannel::new().unwrap();
-    ch.port1()
-        .post_message(Value::Array(vec![1.into(), "two".into()]), [])
-        .unwrap();
+    ch.port1().post_message(Value::Array(vec![1.into(), "two".into()]), []).unwrap();
     let MessageEvent { data, ports } = ch.port2().recv_timeout(WAIT).unwrap();
-    assert_eq!(
-        data,
-        Value::Array(vec![Value::Number(1.0), Value::String("two".into())])
-    );
+    assert_eq!(data, Value::Array(vec![Value::Number(1.0), Value::String("two".into())]));
     assert!(ports.is_empty());
 }
 
@@ -350,33 +302,19 @@ fn s19_post_waits_for_space_and_try_post_reports_full() {
     }
     assert_eq!(sent, 16, "a 256-byte ring holds sixteen 16-byte records");
     assert_eq!(a.try_post_bytes(&[0; 8]), Err(PostError::Full));
-    assert_eq!(
-        a.post_bytes_timeout(&[0; 8], Duration::from_millis(30)),
-        Err(PostError::Timeout)
-    );
+    assert_eq!(a.post_bytes_timeout(&[0; 8], Duration::from_millis(30)), Err(PostError::Timeout));
     // A blocking post waits until the reader makes room, then succeeds.
     let writer = std::thread::spawn(move || {
         a.post_bytes(&999u64.to_le_bytes()).unwrap();
         a
     });
     std::thread::sleep(Duration::from_millis(50));
-    assert!(
-        !writer.is_finished(),
-        "post_bytes waits while the ring is full"
-    );
+    assert!(!writer.is_finished(), "post_bytes waits while the ring is full");
     for i in 0..sent {
-        assert_eq!(
-            b.recv_bytes_with(|x| u64::from_le_bytes(x.try_into().unwrap()))
-                .unwrap(),
-            i
-        );
+        assert_eq!(b.recv_bytes_with(|x| u64::from_le_bytes(x.try_into().unwrap())).unwrap(), i);
     }
     let _a = writer.join().unwrap();
-    assert_eq!(
-        b.recv_bytes_with(|x| u64::from_le_bytes(x.try_into().unwrap()))
-            .unwrap(),
-        999
-    );
+    assert_eq!(b.recv_bytes_with(|x| u64::from_le_bytes(x.try_into().unwrap())).unwrap(), 999);
 }
 
 #[test]
@@ -388,43 +326,46 @@ fn s19_a_full_ring_does_not_block_forever_when_the_reader_closes() {
     let writer = std::thread::spawn(move || a.post_bytes(&[2; 8]));
     std::thread::sleep(Duration::from_millis(50));
     b.close();
-    assert_eq!(
-        writer.join().unwrap(),
-        Ok(()),
-        "the message goes nowhere, silently"
-    );
+    assert_eq!(writer.join().unwrap(), Ok(()), "the message goes nowhere, silently");
 }
 
 #[test]
 fn s19_recv_timeout_and_try_recv_on_an_empty_port() {
     let ch = MessageChannel::new().unwrap();
     assert!(matches!(ch.port2().try_recv(), Err(TryRecvError::Empty)));
-    assert!(matches!(
-        ch.port2().recv_timeout(Duration::from_millis(20)),
-        Err(RecvTimeoutError::Timeout)
-    ));
+    assert!(matches!(ch.port2().recv_timeout(Duration::from_millis(20)), Err(RecvTimeoutError::Timeout)));
 }
 
 #[test]
-fn a_message_larger_than_the_ring_is_a_clear_error_until_spilling_lands() {
+fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
-    let a = ch.port1();
-    assert_eq!(a.max_message_size(), 1016);
-    assert_eq!(
-        a.post_bytes(&[0; 1017]),
-        Err(PostError::TooLarge {
-            len: 1017,
-            max: 1016
-        })
-    );
-    a.post_bytes(&[0; 1016]).unwrap();
-    assert_eq!(ch.port2().recv_bytes_with(|b| b.len()).unwrap(), 1016);
+    let (a, b) = (ch.port1(), ch.port2());
+    assert_eq!(a.max_message_size(), 1016, "the largest message copied through the ring");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+    let writer = std::thread::spawn({
+        let big = big.clone();
+        move || {
+            a.post_bytes(&big[..1016]).unwrap();
+            a.post_bytes(&big[..1017]).unwrap();
+            a.post_bytes(&big).unwrap();
+            a.post_message(Value::String("x".repeat(100_000)), []).unwrap();
+            a.post_message(Value::Array(vec![Value::ArrayBuffer(ArrayBuffer::from_slice(&big).unwrap())]), []).unwrap();
+        }
+    });
+    assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1016]);
+    assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1017]);
+    assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), big);
+    assert_eq!(b.recv().unwrap().data, Value::String("x".repeat(100_000)));
+    let Value::Array(items) = b.recv().unwrap().data else { panic!("an array") };
+    assert_eq!(items[0].as_array_buffer().unwrap().to_vec(), big, "a copied buffer larger than the ring");
+    writer.join().unwrap();
+    // The spilled bodies went back to the arena once read.
+    assert_eq!(shmport::arena_stats().in_flight, 0);
 }
 
 #[test]
 fn process_local_channels_behave_the_same() {
-    let ch = MessageChannel::with_options(&ChannelOptions::new().process_local(true).capacity(128))
-        .unwrap();
+    let ch = MessageChannel::with_options(&ChannelOptions::new().process_local(true).capacity(128)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
     drop(ch);
     let writer = std::thread::spawn(move || {
@@ -433,11 +374,7 @@ fn process_local_channels_behave_the_same() {
         }
     });
     for i in 0u32..10_000 {
-        assert_eq!(
-            b.recv_bytes_with(|x| u32::from_le_bytes(x.try_into().unwrap()))
-                .unwrap(),
-            i
-        );
+        assert_eq!(b.recv_bytes_with(|x| u32::from_le_bytes(x.try_into().unwrap())).unwrap(), i);
     }
     writer.join().unwrap();
     assert!(b.recv_timeout(WAIT).unwrap_err().is_closed());
@@ -445,10 +382,7 @@ fn process_local_channels_behave_the_same() {
     let ch = MessageChannel::with_options(&ChannelOptions::new().process_local(true)).unwrap();
     let mut cmd = std::process::Command::new("true");
     assert!(ch.port2().transfer_to_child(&mut cmd).is_err());
-    assert!(
-        !ch.port2().is_detached(),
-        "a failed transfer leaves the port as it was"
-    );
+    assert!(!ch.port2().is_detached(), "a failed transfer leaves the port as it was");
 }
 
 #[test]
@@ -466,29 +400,14 @@ fn typed_and_pod_messages_round_trip() {
         y: f32,
     }
     let ch = MessageChannel::new().unwrap();
-    let frame = Frame {
-        id: 7,
-        name: "seven".into(),
-        samples: vec![0.5, -1.0],
-    };
+    let frame = Frame { id: 7, name: "seven".into(), samples: vec![0.5, -1.0] };
     ch.port1().post_typed(&frame).unwrap();
     assert_eq!(ch.port2().recv_typed::<Frame>().unwrap(), frame);
     ch.port1().post_pod(&Point { x: 1.0, y: 2.0 }).unwrap();
-    assert_eq!(
-        ch.port2().recv_pod::<Point>().unwrap(),
-        Point { x: 1.0, y: 2.0 }
-    );
+    assert_eq!(ch.port2().recv_pod::<Point>().unwrap(), Point { x: 1.0, y: 2.0 });
     // The wrong type is a message error, and the port goes on.
     ch.port1().post_pod(&7u8).unwrap();
-    assert!(
-        ch.port2()
-            .recv_pod::<Point>()
-            .unwrap_err()
-            .is_message_error()
-    );
+    assert!(ch.port2().recv_pod::<Point>().unwrap_err().is_message_error());
     ch.port1().post_pod(&Point { x: 3.0, y: 4.0 }).unwrap();
-    assert_eq!(
-        ch.port2().recv_pod::<Point>().unwrap(),
-        Point { x: 3.0, y: 4.0 }
-    );
+    assert_eq!(ch.port2().recv_pod::<Point>().unwrap(), Point { x: 3.0, y: 4.0 });
 }

@@ -48,17 +48,11 @@ fn child_entry() {
             // The variable is still set; the descriptor must not have been inherited.
             let status = role_command(ENTRY, "grandchild").status().unwrap();
             port.post_message(status.success(), []).unwrap();
-            assert!(
-                matches!(MessagePort::from_parent(), Err(Error::NoParentPort)),
-                "only once"
-            );
+            assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)), "only once");
         }
         "grandchild" => {
             assert!(std::env::var(shmport::PARENT_ENV).is_ok());
-            assert!(matches!(
-                MessagePort::from_parent(),
-                Err(Error::NoParentPort)
-            ));
+            assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)));
         }
         "listen" => {
             let path = std::env::var("SHMPORT_TEST_PATH").unwrap();
@@ -119,9 +113,7 @@ fn stress(port: &MessagePort, count: u64, send_salt: u64, recv_salt: u64) {
         let mut expected = Vec::new();
         for seq in 0..count {
             message(seq, recv_salt, max, &mut expected);
-            let ok = port
-                .recv_bytes_with(|got| got == expected.as_slice())
-                .unwrap();
+            let ok = port.recv_bytes_with(|got| got == expected.as_slice()).unwrap();
             assert!(ok, "message {seq} arrived corrupted or out of order");
         }
     });
@@ -184,13 +176,7 @@ fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_op
     let port = channel.port1();
     let mut child = spawn_role(ENTRY, "block_in_recv", &channel.port2());
     drop(channel);
-    assert_eq!(
-        port.recv_timeout(Duration::from_secs(20))
-            .unwrap()
-            .data
-            .as_str(),
-        Some("ready")
-    );
+    assert_eq!(port.recv_timeout(Duration::from_secs(20)).unwrap().data.as_str(), Some("ready"));
 
     let reader = std::thread::spawn({
         let port = port.clone();
@@ -206,26 +192,17 @@ fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_op
     let (result, woke_at) = reader.join().unwrap();
     assert!(result.unwrap_err().is_closed());
     let delay = woke_at.duration_since(killed_at);
-    assert!(
-        delay < Duration::from_millis(100),
-        "closed seen after {delay:?}"
-    );
+    assert!(delay < Duration::from_millis(100), "closed seen after {delay:?}");
     assert_eq!(child.wait().unwrap().signal(), Some(9));
     assert!(port.is_peer_closed());
 
     drop(port);
     let after = open_inodes();
     for inode in &ours_memfd {
-        assert!(
-            !after.0.contains(inode),
-            "the channel's memfd is still open"
-        );
+        assert!(!after.0.contains(inode), "the channel's memfd is still open");
     }
     for socket in &ours_sockets {
-        assert!(
-            !after.1.contains(socket),
-            "a socket of the channel is still open: {socket}"
-        );
+        assert!(!after.1.contains(socket), "a socket of the channel is still open: {socket}");
     }
 }
 
@@ -254,16 +231,11 @@ fn ping_pong_with_a_child_process() {
     let _w = watchdog("ping_pong_with_a_child_process", Duration::from_secs(60));
     let channel = MessageChannel::new().unwrap();
     let child = spawn_role(ENTRY, "echo", &channel.port2());
-    assert!(
-        channel.port2().is_detached(),
-        "transfer_to_child detaches the port here"
-    );
+    assert!(channel.port2().is_detached(), "transfer_to_child detaches the port here");
     let port = channel.port1();
     for i in 0..10_000u32 {
         port.post_bytes(&i.to_le_bytes()).unwrap();
-        let echoed = port
-            .recv_bytes_with(|b| u32::from_le_bytes(b.try_into().unwrap()))
-            .unwrap();
+        let echoed = port.recv_bytes_with(|b| u32::from_le_bytes(b.try_into().unwrap())).unwrap();
         assert_eq!(echoed, i);
     }
     port.close();
@@ -278,11 +250,7 @@ fn s02_a_child_inherits_its_port_and_grandchildren_inherit_nothing() {
     let _w = watchdog("s02_grandchildren", Duration::from_secs(60));
     let channel = MessageChannel::new().unwrap();
     let child = spawn_role(ENTRY, "spawn_grandchild", &channel.port2());
-    assert_eq!(
-        channel.port1().recv().unwrap().data,
-        Value::Bool(true),
-        "the grandchild saw no port"
-    );
+    assert_eq!(channel.port1().recv().unwrap().data, Value::Bool(true), "the grandchild saw no port");
     expect_success(child);
 }
 
@@ -291,10 +259,7 @@ fn from_parent_without_a_parent_port_is_a_clear_error() {
     if role().is_some() {
         return;
     }
-    assert!(matches!(
-        MessagePort::from_parent(),
-        Err(Error::NoParentPort)
-    ));
+    assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)));
 }
 
 #[test]
@@ -302,18 +267,9 @@ fn an_unspawned_command_drops_the_port_and_the_peer_sees_it_closed() {
     let channel = MessageChannel::new().unwrap();
     let mut cmd = std::process::Command::new("true");
     channel.port2().transfer_to_child(&mut cmd).unwrap();
-    assert!(
-        !channel.port1().is_peer_closed(),
-        "the handoff keeps the port alive"
-    );
+    assert!(!channel.port1().is_peer_closed(), "the handoff keeps the port alive");
     drop(cmd);
-    assert!(
-        channel
-            .port1()
-            .recv_timeout(Duration::from_secs(5))
-            .unwrap_err()
-            .is_closed()
-    );
+    assert!(channel.port1().recv_timeout(Duration::from_secs(5)).unwrap_err().is_closed());
 }
 
 fn rendezvous_path(name: &str) -> String {
@@ -329,21 +285,12 @@ fn rendezvous_listener_and_connect_meet_across_processes() {
     let path = rendezvous_path("meet");
     let listener = Listener::bind(&path).unwrap();
     assert!(Listener::bind(&path).is_err(), "a path has one listener");
-    let child = role_command(ENTRY, "connect")
-        .env("SHMPORT_TEST_PATH", &path)
-        .spawn()
-        .unwrap();
+    let child = role_command(ENTRY, "connect").env("SHMPORT_TEST_PATH", &path).spawn().unwrap();
     let port = listener.accept().unwrap();
     assert_eq!(port.recv().unwrap().data.as_str(), Some("connected"));
     expect_success(child);
-    assert!(
-        port.recv().unwrap_err().is_closed(),
-        "the child's exit closes its port"
-    );
-    assert!(
-        !std::path::Path::new(&path).exists(),
-        "nothing is created on disk"
-    );
+    assert!(port.recv().unwrap_err().is_closed(), "the child's exit closes its port");
+    assert!(!std::path::Path::new(&path).exists(), "nothing is created on disk");
 }
 
 #[test]
@@ -366,11 +313,7 @@ fn rendezvous_refuses_a_peer_of_another_user() {
         other => panic!("accepted a peer of another user: {other:?}"),
     }
     let status = child.wait().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(3),
-        "the connector refuses the listener too"
-    );
+    assert_eq!(status.code(), Some(3), "the connector refuses the listener too");
 }
 
 fn rustix_uid() -> u32 {
@@ -384,10 +327,8 @@ fn s20_nothing_outlives_a_kill_9_of_either_side() {
         return;
     }
     let _w = watchdog("s20_nothing_outlives", Duration::from_secs(60));
-    let shm_before: HashSet<_> = std::fs::read_dir("/dev/shm").map_or_else(
-        |_| HashSet::new(),
-        |d| d.flatten().map(|e| e.file_name()).collect(),
-    );
+    let shm_before: HashSet<_> =
+        std::fs::read_dir("/dev/shm").map_or_else(|_| HashSet::new(), |d| d.flatten().map(|e| e.file_name()).collect());
     // A listener in a child, killed: its rendezvous name is free again at once.
     let path = rendezvous_path("killed-listener");
     let mut listener_child = role_command(ENTRY, "listen")
@@ -396,9 +337,7 @@ fn s20_nothing_outlives_a_kill_9_of_either_side() {
         .spawn()
         .unwrap();
     // The test harness prints its own lines first; wait for the child's.
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        listener_child.stdout.take().unwrap(),
-    ));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(listener_child.stdout.take().unwrap()));
     assert!(lines.any(|l| l.unwrap().contains("listening")));
     assert!(Listener::bind(&path).is_err(), "the child holds the path");
     kill_9(&mut listener_child);
@@ -415,13 +354,8 @@ fn s20_nothing_outlives_a_kill_9_of_either_side() {
     kill_9(&mut child);
     let _ = child.wait();
     assert!(port.recv().unwrap_err().is_closed());
-    let shm_after: HashSet<_> = std::fs::read_dir("/dev/shm").map_or_else(
-        |_| HashSet::new(),
-        |d| d.flatten().map(|e| e.file_name()).collect(),
-    );
-    assert!(
-        shm_after.is_subset(&shm_before),
-        "no named shared memory is ever created"
-    );
+    let shm_after: HashSet<_> =
+        std::fs::read_dir("/dev/shm").map_or_else(|_| HashSet::new(), |d| d.flatten().map(|e| e.file_name()).collect());
+    assert!(shm_after.is_subset(&shm_before), "no named shared memory is ever created");
     assert!(!std::path::Path::new(&path).exists());
 }

@@ -36,9 +36,7 @@ impl MachineInfo {
         let cpu_model = field("model name").unwrap_or_else(|| "unknown".into());
         let virtualized = field("flags").is_some_and(|f| f.split(' ').any(|x| x == "hypervisor"));
         let read = |path: &str| {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into())
+            std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
         };
         MachineInfo {
             cpu_model,
@@ -69,14 +67,9 @@ pub struct Pinning {
 impl Pinning {
     /// Pins this process to the first allowed CPU, and picks the second for children.
     pub fn setup(enabled: bool) -> Pinning {
-        let allowed = allowed_cpus().unwrap_or_else(|_| {
-            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
-        });
-        let mut pinning = Pinning {
-            allowed: allowed.clone(),
-            cpus: None,
-            failure: None,
-        };
+        let allowed = allowed_cpus()
+            .unwrap_or_else(|_| (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect());
+        let mut pinning = Pinning { allowed: allowed.clone(), cpus: None, failure: None };
         if !enabled {
             pinning.failure = Some("disabled (--no-pin)".into());
         } else if allowed.len() < 2 {
@@ -106,9 +99,7 @@ impl Pinning {
 
 fn allowed_cpus() -> Result<Vec<usize>> {
     let set = sched_getaffinity(None).context("sched_getaffinity")?;
-    Ok((0..CpuSet::MAX_CPU)
-        .filter(|&cpu| set.is_set(cpu))
-        .collect())
+    Ok((0..CpuSet::MAX_CPU).filter(|&cpu| set.is_set(cpu)).collect())
 }
 
 /// Pins `pid` (this process for `None`) to `cpu`. Allocation-free, so it may run
@@ -140,11 +131,7 @@ fn timer_overhead_ns() -> f64 {
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
 fn utc_now() -> String {
-    iso8601(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
+    iso8601(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 
 /// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -160,12 +147,7 @@ fn iso8601(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

@@ -65,34 +65,20 @@ fn parse_args(args: &[String]) -> Result<Options> {
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .cloned()
-                .with_context(|| format!("{name} needs a value"))
-        };
+        let mut value = |name: &str| args.next().cloned().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--no-pin" => options.pin = false,
             "--only" => {
-                let asked: Vec<Transport> = value("--only")?
-                    .split(',')
-                    .map(Transport::from_name)
-                    .collect::<Result<_>>()?;
+                let asked: Vec<Transport> =
+                    value("--only")?.split(',').map(Transport::from_name).collect::<Result<_>>()?;
                 // Report order, whatever the order asked.
-                options.transports = Transport::ALL
-                    .into_iter()
-                    .filter(|t| asked.contains(t))
-                    .collect();
+                options.transports = Transport::ALL.into_iter().filter(|t| asked.contains(t)).collect();
             }
             "--workloads" => {
-                let asked: Vec<Workload> = value("--workloads")?
-                    .split(',')
-                    .map(Workload::from_name)
-                    .collect::<Result<_>>()?;
-                options.workloads = Workload::ALL
-                    .into_iter()
-                    .filter(|w| asked.contains(w))
-                    .collect();
+                let asked: Vec<Workload> =
+                    value("--workloads")?.split(',').map(Workload::from_name).collect::<Result<_>>()?;
+                options.workloads = Workload::ALL.into_iter().filter(|w| asked.contains(w)).collect();
             }
             "--json" => options.json = Some(value("--json")?.into()),
             "--plot" => options.plot = Some(value("--plot")?.into()),
@@ -147,14 +133,7 @@ fn plan(options: &Options, cpus: usize) -> Vec<(Job, Option<String>)> {
         };
         for (size, warmup, iters, reps) in shapes {
             for &transport in &options.transports {
-                let job = Job {
-                    workload,
-                    transport,
-                    size,
-                    warmup,
-                    iters,
-                    reps,
-                };
+                let job = Job { workload, transport, size, warmup, iters, reps };
                 let skip = if transport.always_spins() && workload == Workload::RttSleep {
                     Some("n/a: busy-polls, never sleeps".to_string())
                 } else if transport.always_spins() && cpus < 2 {
@@ -205,11 +184,7 @@ fn parent_main(args: &[String]) -> Result<bool> {
     let started = Instant::now();
     let pinning = Pinning::setup(options.pin);
     let machine = MachineInfo::collect(&pinning);
-    let mode = if options.quick {
-        "quick (smoke test: figures are not meaningful)"
-    } else {
-        "full"
-    };
+    let mode = if options.quick { "quick (smoke test: figures are not meaningful)" } else { "full" };
     let exe = std::env::current_exe().context("locating this executable")?;
 
     let jobs = plan(&options, machine.cpus);
@@ -257,12 +232,7 @@ fn parent_main(args: &[String]) -> Result<bool> {
     println!("Total run time: {:.1} s", total.as_secs_f64());
 
     if let Some(path) = &options.json {
-        let doc = Document {
-            machine: &machine,
-            mode,
-            total_s: total.as_secs_f64(),
-            results: &results,
-        };
+        let doc = Document { machine: &machine, mode, total_s: total.as_secs_f64(), results: &results };
         let text = serde_json::to_string_pretty(&doc)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
@@ -274,29 +244,15 @@ fn parent_main(args: &[String]) -> Result<bool> {
     }
     let failed: Vec<_> = results.iter().filter(|m| m.failed()).collect();
     for m in &failed {
-        eprintln!(
-            "FAILED: {} {} {}: {}",
-            m.workload,
-            m.transport,
-            report::fmt_size(m.size),
-            m.status
-        );
+        eprintln!("FAILED: {} {} {}: {}", m.workload, m.transport, report::fmt_size(m.size), m.status);
     }
     Ok(failed.is_empty())
 }
 
 /// Spawns the child of `job`, runs the parent side, and checks the child's exit.
-fn run_job(
-    exe: &std::path::Path,
-    job: &Job,
-    pinning: &Pinning,
-    quick: bool,
-) -> Result<workloads::Figures> {
+fn run_job(exe: &std::path::Path, job: &Job, pinning: &Pinning, quick: bool) -> Result<workloads::Figures> {
     let mut cmd = Command::new(exe);
-    cmd.arg(CHILD_ARG)
-        .arg(job.to_arg())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    cmd.arg(CHILD_ARG).arg(job.to_arg()).stdin(Stdio::null()).stdout(Stdio::null());
     let pending = job.transport.parent_setup(job.ring_capacity(), &mut cmd)?;
     let child_cpu = pinning.child_cpu();
     // SAFETY: runs between fork and exec; sched_setaffinity and prctl are plain

@@ -67,11 +67,8 @@ fn series(
     workload: Workload,
     y: impl Fn(&Figures) -> Option<f64>,
 ) -> (Vec<usize>, Vec<Series>) {
-    let mut sizes: Vec<usize> = results
-        .iter()
-        .filter(|m| m.workload == workload && m.figures.is_some())
-        .map(|m| m.size)
-        .collect();
+    let mut sizes: Vec<usize> =
+        results.iter().filter(|m| m.workload == workload && m.figures.is_some()).map(|m| m.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
     let mut out = Vec::new();
@@ -120,10 +117,9 @@ fn chart(
         .x_desc("message size")
         .y_desc(y_desc)
         .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => usize::try_from(*i)
-                .ok()
-                .and_then(|i| sizes.get(i))
-                .map_or_else(String::new, |&s| fmt_size(s)),
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                usize::try_from(*i).ok().and_then(|i| sizes.get(i)).map_or_else(String::new, |&s| fmt_size(s))
+            }
             SegmentValue::Last => String::new(),
         })
         .y_label_formatter(&|v| format_axis(*v))
@@ -133,22 +129,13 @@ fn chart(
     for &(transport, ref points) in series {
         let color = color(transport);
         let style = ShapeStyle::from(&color).stroke_width(2);
-        let coords: Vec<_> = points
-            .iter()
-            .map(|&(i, v)| (SegmentValue::CenterOf(i as i32), v))
-            .collect();
+        let coords: Vec<_> = points.iter().map(|&(i, v)| (SegmentValue::CenterOf(i as i32), v)).collect();
         chart
             .draw_series(LineSeries::new(coords.clone(), style))
             .map_err(|e| err(&e))?
             .label(transport.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        chart
-            .draw_series(
-                coords
-                    .into_iter()
-                    .map(|c| Circle::new(c, 3, color.filled())),
-            )
-            .map_err(|e| err(&e))?;
+        chart.draw_series(coords.into_iter().map(|c| Circle::new(c, 3, color.filled()))).map_err(|e| err(&e))?;
     }
     chart
         .configure_series_labels()

@@ -37,12 +37,8 @@ fn file_len(capacity: usize) -> usize {
 
 /// Creates the shared file (zeroed: both rings empty).
 pub fn create(capacity: usize) -> Result<OwnedFd> {
-    ensure!(
-        capacity.is_power_of_two() && capacity >= 64,
-        "raw ring capacity must be a power of two ≥ 64"
-    );
-    let fd = memfd_create("shmport-bench-raw-ring", MemfdFlags::CLOEXEC)
-        .context("memfd_create for the raw ring")?;
+    ensure!(capacity.is_power_of_two() && capacity >= 64, "raw ring capacity must be a power of two ≥ 64");
+    let fd = memfd_create("shmport-bench-raw-ring", MemfdFlags::CLOEXEC).context("memfd_create for the raw ring")?;
     ftruncate(&fd, file_len(capacity) as u64).context("sizing the raw ring memfd")?;
     Ok(fd)
 }
@@ -83,17 +79,9 @@ impl RawRing {
     pub fn attach(fd: impl AsFd, capacity: usize, end: usize, peer: PeerWatch) -> Result<RawRing> {
         assert!(end < 2);
         let len = file_len(capacity);
-        let actual = rustix::fs::fstat(&fd)
-            .context("fstat on the raw ring memfd")?
-            .st_size;
-        ensure!(
-            actual as usize == len,
-            "raw ring memfd is {actual} bytes, expected {len}"
-        );
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw(&fd.as_fd())
-            .context("mapping the raw ring")?;
+        let actual = rustix::fs::fstat(&fd).context("fstat on the raw ring memfd")?.st_size;
+        ensure!(actual as usize == len, "raw ring memfd is {actual} bytes, expected {len}");
+        let map = MmapOptions::new().len(len).map_raw(&fd.as_fd()).context("mapping the raw ring")?;
         let base = map.as_mut_ptr();
         let counter = |offset: usize| -> &'static AtomicU64 {
             // SAFETY: `offset` is a multiple of 128 inside the mapping, so the pointer is
@@ -125,12 +113,7 @@ impl RawRing {
             tail_seen: 0,
         };
         // Start from the shared positions (zero for a fresh file).
-        let mut ring = RawRing {
-            _map: map,
-            tx,
-            rx,
-            peer,
-        };
+        let mut ring = RawRing { _map: map, tx, rx, peer };
         ring.tx.pos = ring.tx.tail.load(Ordering::Acquire);
         ring.tx.head_seen = ring.tx.head.load(Ordering::Acquire);
         ring.rx.pos = ring.rx.head.load(Ordering::Acquire);
@@ -208,10 +191,7 @@ impl Link for RawRing {
             bail!("raw ring corrupt: record of {len} bytes, {available} published");
         }
         if len > buf.len() {
-            bail!(
-                "message of {len} bytes does not fit the {}-byte buffer",
-                buf.len()
-            );
+            bail!("message of {len} bytes does not fit the {}-byte buffer", buf.len());
         }
         // SAFETY: as above; 4 + len <= available, so the payload is published too.
         unsafe { copy_out(rx.data, rx.mask, rx.pos + 4, &mut buf[..len]) };
@@ -276,14 +256,8 @@ mod tests {
             assert_eq!(a.recv(&mut buf).unwrap(), len);
             assert_eq!(&buf[..len], &msg[..]);
         }
-        assert!(
-            a.send(&[0u8; 253]).is_err(),
-            "4 + 253 bytes exceed the ring"
-        );
+        assert!(a.send(&[0u8; 253]).is_err(), "4 + 253 bytes exceed the ring");
         a.send(&[1u8; 100]).unwrap();
-        assert!(
-            b.recv(&mut buf[..99]).is_err(),
-            "a message larger than the buffer"
-        );
+        assert!(b.recv(&mut buf[..99]).is_err(), "a message larger than the buffer");
     }
 }

@@ -119,11 +119,7 @@ pub fn header(machine: &MachineInfo, mode: &str) -> String {
         "- CPU: {} ({} CPUs{})",
         machine.cpu_model,
         machine.cpus,
-        if machine.virtualized {
-            ", virtualized"
-        } else {
-            ""
-        }
+        if machine.virtualized { ", virtualized" } else { "" }
     );
     let _ = writeln!(
         s,
@@ -148,9 +144,7 @@ pub fn table(workload: Workload, results: &[Measurement]) -> Option<String> {
     sizes.sort_unstable();
     sizes.dedup();
     let reference = |transport: Transport, size: usize| {
-        rows.iter()
-            .find(|m| m.transport == transport && m.size == size)
-            .and_then(|m| m.key())
+        rows.iter().find(|m| m.transport == transport && m.size == size).and_then(|m| m.key())
     };
 
     let mut s = String::new();
@@ -165,32 +159,21 @@ pub fn table(workload: Workload, results: &[Measurement]) -> Option<String> {
         Workload::Stream => writeln!(s, "## stream: one-way throughput\n"),
     };
     if latency {
-        let _ = writeln!(
-            s,
-            "| size | transport | median | p99 | p99.9 | ratio vs unix | ratio vs raw-ring |"
-        );
+        let _ = writeln!(s, "| size | transport | median | p99 | p99.9 | ratio vs unix | ratio vs raw-ring |");
     } else {
-        let _ = writeln!(
-            s,
-            "| size | transport | msgs/s | GB/s | GB/s (min–max) | ratio vs unix | ratio vs raw-ring |"
-        );
+        let _ =
+            writeln!(s, "| size | transport | msgs/s | GB/s | GB/s (min–max) | ratio vs unix | ratio vs raw-ring |");
     }
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
     for &size in &sizes {
         for m in rows.iter().filter(|m| m.size == size) {
             let ratio = |t: Transport| Some(m.key()? / reference(t, size)?);
             let (a, b, c) = match &m.figures {
-                Some(Figures::Latency(l)) => {
-                    (fmt_ns(l.median_ns), fmt_ns(l.p99_ns), fmt_ns(l.p999_ns))
-                }
+                Some(Figures::Latency(l)) => (fmt_ns(l.median_ns), fmt_ns(l.p99_ns), fmt_ns(l.p999_ns)),
                 Some(Figures::Throughput(t)) => (
                     fmt_rate(t.msgs_per_s),
                     fmt_gbps(t.bytes_per_s),
-                    format!(
-                        "{}–{}",
-                        fmt_gbps(t.bytes_per_s_min),
-                        fmt_gbps(t.bytes_per_s_max)
-                    ),
+                    format!("{}–{}", fmt_gbps(t.bytes_per_s_min), fmt_gbps(t.bytes_per_s_max)),
                 ),
                 None if m.failed() => ("FAILED".into(), String::new(), String::new()),
                 None => ("n/a".into(), "n/a".into(), "n/a".into()),

@@ -74,13 +74,10 @@ impl Transport {
     }
 
     pub fn from_name(name: &str) -> Result<Transport> {
-        Transport::ALL
-            .into_iter()
-            .find(|t| t.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
-                anyhow!("unknown transport {name:?} (known: {})", names.join(", "))
-            })
+        Transport::ALL.into_iter().find(|t| t.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
+            anyhow!("unknown transport {name:?} (known: {})", names.join(", "))
+        })
     }
 
     /// Whether the transport never sleeps while it waits (so the sleeping regime does
@@ -98,15 +95,9 @@ impl Transport {
                 if self == Transport::ShmportBusy {
                     options = options.wait_strategy(WaitStrategy::BusyPoll);
                 }
-                let channel =
-                    MessageChannel::with_options(&options).context("creating the channel")?;
-                channel
-                    .port2()
-                    .transfer_to_child(cmd)
-                    .context("handing the port to the child")?;
-                Pending::Ready(AnyLink::Shm(ShmLink {
-                    port: channel.port1(),
-                }))
+                let channel = MessageChannel::with_options(&options).context("creating the channel")?;
+                channel.port2().transfer_to_child(cmd).context("handing the port to the child")?;
+                Pending::Ready(AnyLink::Shm(ShmLink { port: channel.port1() }))
             }
             Transport::Unix => {
                 let (ours, theirs) = UnixStream::pair().context("socketpair")?;
@@ -120,8 +111,8 @@ impl Transport {
                 Pending::Ready(AnyLink::Pipe(StreamLink::new(up_r, down_w)))
             }
             Transport::Tcp => {
-                let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                    .context("binding a loopback TCP listener")?;
+                let listener =
+                    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a loopback TCP listener")?;
                 let port = listener.local_addr()?.port();
                 cmd.env(TCP_PORT_ENV, port.to_string());
                 Pending::Tcp(listener)
@@ -151,18 +142,15 @@ impl Transport {
             }
             Transport::Pipe => {
                 let [down_r, up_w] = inherited_fds::<2>()?;
-                AnyLink::Pipe(StreamLink::new(
-                    PipeReader::from(down_r),
-                    PipeWriter::from(up_w),
-                ))
+                AnyLink::Pipe(StreamLink::new(PipeReader::from(down_r), PipeWriter::from(up_w)))
             }
             Transport::Tcp => {
                 let port: u16 = std::env::var(TCP_PORT_ENV)
                     .context("the parent did not name a TCP port")?
                     .parse()
                     .context("malformed TCP port")?;
-                let sock = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-                    .context("connecting to the parent over TCP")?;
+                let sock =
+                    TcpStream::connect((Ipv4Addr::LOCALHOST, port)).context("connecting to the parent over TCP")?;
                 sock.set_nodelay(true)?;
                 AnyLink::Tcp(StreamLink::new(sock.try_clone()?, sock))
             }
@@ -219,10 +207,7 @@ fn accept_from(listener: &TcpListener, child: &mut Child, limit: Duration) -> Re
                 if let Some(status) = child.try_wait()? {
                     bail!("the child exited ({status}) before connecting over TCP");
                 }
-                ensure!(
-                    start.elapsed() < limit,
-                    "the child did not connect over TCP within {limit:?}"
-                );
+                ensure!(start.elapsed() < limit, "the child did not connect over TCP within {limit:?}");
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => return Err(e).context("accepting the child's TCP connection"),
@@ -253,15 +238,9 @@ fn inherited_fds<const N: usize>() -> Result<[OwnedFd; N]> {
     let value = std::env::var(FDS_ENV).context("the parent passed no descriptors")?;
     let raws: Vec<RawFd> = value
         .split(',')
-        .map(|s| {
-            s.parse()
-                .with_context(|| format!("malformed {FDS_ENV}={value:?}"))
-        })
+        .map(|s| s.parse().with_context(|| format!("malformed {FDS_ENV}={value:?}")))
         .collect::<Result<_>>()?;
-    ensure!(
-        raws.len() == N,
-        "expected {N} inherited descriptors, got {value:?}"
-    );
+    ensure!(raws.len() == N, "expected {N} inherited descriptors, got {value:?}");
     let mut out = Vec::with_capacity(N);
     for raw in raws {
         ensure!(raw > 2, "inherited descriptor {raw} is a standard stream");
@@ -273,8 +252,7 @@ fn inherited_fds<const N: usize>() -> Result<[OwnedFd; N]> {
         // it is open (checked above), and nothing else in this process owns it.
         out.push(unsafe { OwnedFd::from_raw_fd(raw) });
     }
-    out.try_into()
-        .map_err(|_| anyhow!("descriptor count changed"))
+    out.try_into().map_err(|_| anyhow!("descriptor count changed"))
 }
 
 /// How a busy-polling end notices that its peer died.

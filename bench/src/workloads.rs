@@ -67,11 +67,7 @@ impl Job {
     /// Bytes of each ring (per direction) for the ring transports: 256 KiB, the
     /// shmport default, up to 1 KiB messages; 4 MiB for larger ones.
     pub fn ring_capacity(&self) -> usize {
-        if self.size >= 64 * 1024 {
-            4 << 20
-        } else {
-            shmport::DEFAULT_CAPACITY
-        }
+        if self.size >= 64 * 1024 { 4 << 20 } else { shmport::DEFAULT_CAPACITY }
     }
 
     /// The hidden command-line argument that tells the child what to run.
@@ -169,11 +165,7 @@ fn check_tag(buf: &[u8], i: u64, what: &str) -> Result<()> {
     let got = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
     let last = buf.len() - 1;
     if got != i || (last >= 8 && buf[last] != !(i as u8)) {
-        bail!(
-            "corrupted {what}: message {i} of {} bytes carries tag {got} (last byte {:#04x})",
-            buf.len(),
-            buf[last]
-        );
+        bail!("corrupted {what}: message {i} of {} bytes carries tag {got} (last byte {:#04x})", buf.len(), buf[last]);
     }
     Ok(())
 }
@@ -187,11 +179,7 @@ fn message_buffer(size: usize) -> Vec<u8> {
 #[inline]
 fn recv_exact(link: &mut impl Link, buf: &mut [u8]) -> Result<()> {
     let n = link.recv(buf)?;
-    ensure!(
-        n == buf.len(),
-        "expected a {}-byte message, got {n} bytes",
-        buf.len()
-    );
+    ensure!(n == buf.len(), "expected a {}-byte message, got {n} bytes", buf.len());
     Ok(())
 }
 
@@ -263,10 +251,7 @@ fn stream_parent(link: &mut impl Link, job: &Job) -> Result<Figures> {
         recv_exact(link, &mut ack)?;
         let elapsed = start.elapsed();
         let acked = u64::from_le_bytes(ack);
-        ensure!(
-            acked == next,
-            "the child acknowledged {acked} messages, sent {next}"
-        );
+        ensure!(acked == next, "the child acknowledged {acked} messages, sent {next}");
         if round > 0 {
             rounds.push(count as f64 / elapsed.as_secs_f64());
         }

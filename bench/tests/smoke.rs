@@ -20,8 +20,7 @@ fn quick_run_reports_every_measurement() {
     for heading in ["## rtt:", "## stream:", "## rtt-sleep:"] {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
     // 4 transports × (5 rtt sizes + 3 stream sizes + 1 rtt-sleep size).
     assert_eq!(results.len(), 36);

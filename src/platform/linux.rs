@@ -14,19 +14,17 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 use rustix::thread::futex;
 
 /// The most file descriptors one socket message carries (the kernel's SCM_MAX_FD is 253).
-pub(crate) const MAX_FDS_PER_MESSAGE: usize = 16;
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
 
 /// The seals every segment carries: its size can never change under a mapping (a
 /// shrink would turn our loads into SIGBUS), and no seal can be removed.
-const SEGMENT_SEALS: SealFlags = SealFlags::SHRINK
-    .union(SealFlags::GROW)
-    .union(SealFlags::SEAL);
+const SEGMENT_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
 
 /// `memfd_create` + `ftruncate` + `F_ADD_SEALS`: an anonymous, close-on-exec shared
 /// memory file of exactly `len` bytes that nobody can resize.
@@ -42,10 +40,7 @@ pub(crate) fn memfd_create_sealed(name: &str, len: u64) -> io::Result<OwnedFd> {
 pub(crate) fn sealed_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let seals = rustix::fs::fcntl_get_seals(fd)?;
     if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "segment is not sealed against resizing",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "segment is not sealed against resizing"));
     }
     let st = rustix::fs::fstat(fd)?;
     u64::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
@@ -75,27 +70,17 @@ pub(crate) fn futex_wake(word: &AtomicU32) {
 
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: the pair beside every channel.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?)
+    Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
 }
 
 /// `poll(POLLRDHUP)` with a zero timeout: has the other end of this socket gone (every
 /// copy of its descriptor closed, including by the death of its process)?
 pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP)];
-    let zero = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
     match poll(&mut fds, Some(&zero)) {
         Ok(0) => false,
-        Ok(_) => fds[0]
-            .revents()
-            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
+        Ok(_) => fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
         Err(_) => false,
     }
 }
@@ -109,35 +94,20 @@ pub(crate) fn wait_hangup(sock: BorrowedFd<'_>, timeout: Duration) -> bool {
     };
     match poll(&mut fds, Some(&ts)) {
         Ok(0) | Err(_) => false,
-        Ok(_) => fds[0]
-            .revents()
-            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
+        Ok(_) => fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
     }
 }
 
 /// `sendmsg` of `bytes` with `fds` attached as SCM_RIGHTS, as one SEQPACKET message.
-pub(crate) fn send_with_fds(
-    sock: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
-    assert!(
-        fds.len() <= MAX_FDS_PER_MESSAGE,
-        "too many fds in one message"
-    );
-    let mut space =
-        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    assert!(fds.len() <= MAX_FDS_PER_MESSAGE, "too many fds in one message");
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("control buffer too small"));
     }
     loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
+        match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(_) => return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg")),
             Err(Errno::INTR) => continue,
@@ -155,8 +125,7 @@ pub(crate) fn recv_with_fds(
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
 ) -> io::Result<Option<usize>> {
-    let mut space =
-        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
     if nonblocking {
@@ -175,13 +144,8 @@ pub(crate) fn recv_with_fds(
             fds.extend(received);
         }
     }
-    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC)
-        || msg.flags.contains(rustix::net::ReturnFlags::TRUNC)
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "truncated socket message",
-        ));
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) || msg.flags.contains(rustix::net::ReturnFlags::TRUNC) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated socket message"));
     }
     Ok(Some(msg.bytes))
 }
@@ -189,11 +153,7 @@ pub(crate) fn recv_with_fds(
 /// `fcntl(F_SETFD)`: set or clear close-on-exec. Async-signal-safe (used between fork
 /// and exec).
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
-    let flags = if cloexec {
-        rustix::io::FdFlags::CLOEXEC
-    } else {
-        rustix::io::FdFlags::empty()
-    };
+    let flags = if cloexec { rustix::io::FdFlags::CLOEXEC } else { rustix::io::FdFlags::empty() };
     Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }
 
@@ -233,12 +193,7 @@ fn rendezvous_addr(name: &[u8]) -> io::Result<SocketAddrUnix> {
 
 /// `socket` + `bind` + `listen` on an abstract-namespace SEQPACKET socket.
 pub(crate) fn listen(name: &[u8]) -> io::Result<OwnedFd> {
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
     rustix::net::bind(&fd, &rendezvous_addr(name)?)?;
     rustix::net::listen(&fd, 128)?;
     Ok(fd)
@@ -257,12 +212,44 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 
 /// `socket` + `connect` to an abstract-namespace SEQPACKET socket.
 pub(crate) fn connect(name: &[u8]) -> io::Result<OwnedFd> {
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
     rustix::net::connect(&fd, &rendezvous_addr(name)?)?;
     Ok(fd)
+}
+
+/// `mprotect`: opens (`PROT_READ | PROT_WRITE`) or closes (`PROT_NONE`) this
+/// process's view of `len` bytes at `ptr`.
+///
+/// # Safety
+/// `ptr..ptr + len` must be page-aligned and lie inside a mapping this process owns,
+/// and no reference to the bytes may be alive when they are closed.
+pub(crate) unsafe fn mprotect(ptr: *mut u8, len: usize, open: bool) -> io::Result<()> {
+    let flags = if open {
+        rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::WRITE
+    } else {
+        rustix::mm::MprotectFlags::empty()
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { rustix::mm::mprotect(ptr.cast(), len, flags) }?;
+    Ok(())
+}
+
+/// `kill(pid, 0)`: whether a process with this pid exists (in our pid namespace).
+pub(crate) fn process_exists(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+        return false;
+    };
+    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
+}
+
+/// `fstat`: a descriptor's (device, inode), which names the open file across
+/// processes.
+pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
 }

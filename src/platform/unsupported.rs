@@ -9,13 +9,10 @@ use std::time::Duration;
 
 use memmap2::MmapRaw;
 
-pub(crate) const MAX_FDS_PER_MESSAGE: usize = 16;
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
 
 fn unsupported() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "shmport supports only Linux so far",
-    )
+    io::Error::new(io::ErrorKind::Unsupported, "shmport supports only Linux so far")
 }
 
 pub(crate) fn memfd_create_sealed(_name: &str, _len: u64) -> io::Result<OwnedFd> {
@@ -41,11 +38,7 @@ pub(crate) fn wait_hangup(_sock: BorrowedFd<'_>, timeout: Duration) -> bool {
     std::thread::sleep(timeout);
     true
 }
-pub(crate) fn send_with_fds(
-    _sock: BorrowedFd<'_>,
-    _bytes: &[u8],
-    _fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
+pub(crate) fn send_with_fds(_sock: BorrowedFd<'_>, _bytes: &[u8], _fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     Err(unsupported())
 }
 pub(crate) fn recv_with_fds(
@@ -82,4 +75,18 @@ pub(crate) fn current_pid() -> u32 {
 }
 pub(crate) fn is_seqpacket_socket(_fd: BorrowedFd<'_>) -> bool {
     false
+}
+/// # Safety
+/// As on Linux.
+pub(crate) unsafe fn mprotect(_ptr: *mut u8, _len: usize, _open: bool) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn process_exists(_pid: u32) -> bool {
+    true
+}
+pub(crate) fn file_identity(_fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    Err(unsupported())
+}
+pub(crate) fn page_size() -> usize {
+    4096
 }

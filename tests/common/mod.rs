@@ -20,9 +20,7 @@ pub fn role() -> Option<String> {
 /// role) as `role`.
 pub fn role_command(entry: &str, role: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(ROLE_ENV, role)
-        .stdin(Stdio::null());
+    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"]).env(ROLE_ENV, role).stdin(Stdio::null());
     cmd
 }
 

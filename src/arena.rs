@@ -1,0 +1,529 @@
+//! Shared pages for `ArrayBuffer`s, and for messages too large for a ring.
+//!
+//! Each process owns an *arena*: memfd segments, one size class per segment (a power of
+//! two from 4 KiB up), each holding `max(1, 4 MiB / size)` chunks. A segment starts
+//! with a metadata page: a header, then one state word per chunk:
+//!
+//! ```text
+//! state = generation (32 bits) | tag (2 bits) | pid (30 bits)
+//! tag:  FREE       nobody holds the chunk; its owner may hand it out again
+//!       HELD(pid)  process `pid` holds it as a live ArrayBuffer
+//!       SENT(pid)  `pid` posted it; it is in a ring, not yet received
+//! ```
+//!
+//! Every allocation bumps the generation. A transfer sends the descriptor
+//! `{arena fd, chunk, generation, len}`; the receiver maps the arena (once per process,
+//! looked up by the memfd's inode), and takes the chunk by a compare-and-swap from
+//! exactly `SENT(sender, generation)` to `HELD(receiver, generation)`. A forged, stale
+//! or out-of-range descriptor fails that check and is rejected. A dropped buffer goes
+//! back by `HELD(me) → FREE`, in whichever process drops it; the owner finds FREE
+//! chunks when it allocates.
+//!
+//! Chunks held by a process that died are reclaimed by their owner (`reclaim`, also run
+//! before the arena grows): `HELD(pid)` with no such process becomes FREE. Chunks in
+//! flight to a process that died are reclaimed by their sender (see `port`).
+//!
+//! Hardware revocation: when a buffer is transferred, the sender's view of its pages is
+//! closed with `mprotect(PROT_NONE)`; the receiver's view is opened. Each process tracks
+//! which of its views are open, so a chunk that stays put costs no syscall.
+//!
+//! The peer is untrusted: the owner reuses a chunk only if the state word holds exactly
+//! `FREE` and its own records agree it does not hold the chunk, so a forged state word
+//! can make a chunk leak, never make two live buffers of this process share pages.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use memmap2::MmapRaw;
+
+use crate::platform;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"SHMARENA");
+const VERSION: u32 = 1;
+/// The smallest chunk: one page.
+const MIN_SHIFT: u32 = 12;
+/// The largest chunk: 64 GiB.
+const MAX_SHIFT: u32 = 36;
+/// Segments of small classes hold this many bytes of chunks.
+const SEGMENT_BYTES: usize = 4 << 20;
+/// Header bytes before the state words.
+const HEADER_BYTES: usize = 64;
+
+const TAG_FREE: u64 = 0;
+const TAG_HELD: u64 = 1;
+const TAG_SENT: u64 = 2;
+const PID_MASK: u64 = (1 << 30) - 1;
+
+fn pack(generation: u32, tag: u64, pid: u32) -> u64 {
+    (u64::from(generation) << 32) | (tag << 30) | (u64::from(pid) & PID_MASK)
+}
+
+fn unpack(word: u64) -> (u32, u64, u32) {
+    ((word >> 32) as u32, (word >> 30) & 3, (word & PID_MASK) as u32)
+}
+
+/// This process's id, read once (fork without exec is not supported).
+pub(crate) fn my_pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(platform::current_pid)
+}
+
+/// The first bytes of an arena segment. All atomics: the peer can write them; a
+/// mapper reads them once, validates them and keeps its own copy.
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    version: AtomicU32,
+    chunk_shift: AtomicU32,
+    chunk_count: AtomicU32,
+    initialised: AtomicU32,
+    data_offset: AtomicU64,
+    total_len: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
+
+/// What this process knows of one chunk, apart from the shared state word.
+#[derive(Clone, Copy, Default)]
+struct Local {
+    /// Our view of the chunk's pages is readable and writable.
+    open: bool,
+    /// A buffer of this process holds the chunk (or a message of ours carries it).
+    busy: bool,
+    /// Handed out at least once by this process (so its bytes are not known zero).
+    used: bool,
+}
+
+/// One arena segment mapped in this process: one of ours, or a peer's.
+pub(crate) struct ArenaSegment {
+    map: MmapRaw,
+    fd: OwnedFd,
+    identity: (u64, u64),
+    chunk_shift: u32,
+    chunk_count: u32,
+    data_offset: usize,
+    own: bool,
+    local: Mutex<Vec<Local>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ArenaSegment {
+    fn layout(chunk_shift: u32) -> (u32, usize, usize) {
+        let size = 1usize << chunk_shift;
+        let count = (SEGMENT_BYTES / size).max(1);
+        let page = platform::page_size().max(4096);
+        let meta = (HEADER_BYTES + 8 * count).div_ceil(page) * page;
+        (count as u32, meta, meta + count * size)
+    }
+
+    /// A new segment of this process's arena.
+    fn create(chunk_shift: u32) -> io::Result<ArenaSegment> {
+        let (count, data_offset, total) = Self::layout(chunk_shift);
+        let fd = platform::memfd_create_sealed("shmport-arena", total as u64)?;
+        let map = platform::mmap_shared(fd.as_fd(), total)?;
+        let identity = platform::file_identity(fd.as_fd())?;
+        let segment = ArenaSegment {
+            map,
+            fd,
+            identity,
+            chunk_shift,
+            chunk_count: count,
+            data_offset,
+            own: true,
+            local: Mutex::new(vec![Local { open: true, busy: false, used: false }; count as usize]),
+        };
+        let h = segment.header();
+        h.magic.store(MAGIC, Ordering::Relaxed);
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.chunk_shift.store(chunk_shift, Ordering::Relaxed);
+        h.chunk_count.store(count, Ordering::Relaxed);
+        h.data_offset.store(data_offset as u64, Ordering::Relaxed);
+        h.total_len.store(total as u64, Ordering::Relaxed);
+        // SYNC: arena initialised.
+        h.initialised.store(1, Ordering::Release);
+        Ok(segment)
+    }
+
+    /// Maps a peer's segment, validating its seals, size and header.
+    fn open(fd: OwnedFd, identity: (u64, u64)) -> Result<ArenaSegment, &'static str> {
+        let len = platform::sealed_len(fd.as_fd()).map_err(|_| "arena is not a sealed memfd")?;
+        let page = platform::page_size().max(4096) as u64;
+        if len < page || len > (1u64 << MAX_SHIFT) + (1 << 24) {
+            return Err("arena size out of range");
+        }
+        let map = platform::mmap_shared(fd.as_fd(), len as usize).map_err(|_| "arena cannot be mapped")?;
+        let mut segment = ArenaSegment {
+            map,
+            fd,
+            identity,
+            chunk_shift: 0,
+            chunk_count: 0,
+            data_offset: 0,
+            own: false,
+            local: Mutex::new(Vec::new()),
+        };
+        let h = segment.header();
+        // SYNC: arena initialised.
+        if h.initialised.load(Ordering::Acquire) != 1 || h.magic.load(Ordering::Relaxed) != MAGIC {
+            return Err("not an arena");
+        }
+        if h.version.load(Ordering::Relaxed) != VERSION {
+            return Err("incompatible arena version");
+        }
+        let shift = h.chunk_shift.load(Ordering::Relaxed);
+        if !(MIN_SHIFT..=MAX_SHIFT).contains(&shift) {
+            return Err("arena chunk size out of range");
+        }
+        let (count, data_offset, total) = Self::layout(shift);
+        if h.chunk_count.load(Ordering::Relaxed) != count
+            || h.data_offset.load(Ordering::Relaxed) != data_offset as u64
+            || h.total_len.load(Ordering::Relaxed) != total as u64
+            || total as u64 != len
+        {
+            return Err("arena header does not match its size");
+        }
+        segment.chunk_shift = shift;
+        segment.chunk_count = count;
+        segment.data_offset = data_offset;
+        segment.local = Mutex::new(vec![Local { open: true, busy: false, used: true }; count as usize]);
+        Ok(segment)
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least one page (checked), and Header is atomics.
+        unsafe { &*self.map.as_mut_ptr().cast::<Header>() }
+    }
+
+    fn state(&self, index: u32) -> &AtomicU64 {
+        assert!(index < self.chunk_count);
+        // SAFETY: the state words lie inside the metadata pages (layout()), 8-aligned.
+        unsafe { &*self.map.as_mut_ptr().add(HEADER_BYTES + 8 * index as usize).cast::<AtomicU64>() }
+    }
+
+    pub(crate) fn chunk_size(&self) -> usize {
+        1 << self.chunk_shift
+    }
+
+    fn chunk_ptr(&self, index: u32) -> NonNull<u8> {
+        assert!(index < self.chunk_count);
+        // SAFETY: the chunk lies inside the mapping (layout() was checked against the
+        // mapping's length).
+        let p = unsafe { self.map.as_mut_ptr().add(self.data_offset + (index as usize) * self.chunk_size()) };
+        NonNull::new(p).expect("mapping is not null")
+    }
+
+    /// Opens or closes this process's view of a chunk (no syscall if unchanged).
+    fn set_open(&self, local: &mut [Local], index: u32, open: bool) -> io::Result<()> {
+        let entry = &mut local[index as usize];
+        if entry.open == open {
+            return Ok(());
+        }
+        // SAFETY: a whole chunk, page-aligned, inside our mapping; when closing, the
+        // caller has just taken the chunk from its last buffer (no reference is alive).
+        unsafe { platform::mprotect(self.chunk_ptr(index).as_ptr(), self.chunk_size(), open)? };
+        entry.open = open;
+        Ok(())
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A chunk held by this process: the pages behind one `ArrayBuffer` (or a spilled
+/// message). Dropping it gives the chunk back.
+pub(crate) struct Chunk {
+    segment: Arc<ArenaSegment>,
+    index: u32,
+    generation: u32,
+}
+
+/// How a chunk is named in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Descriptor {
+    pub(crate) chunk: u32,
+    pub(crate) generation: u32,
+}
+
+impl Chunk {
+    pub(crate) fn ptr(&self) -> NonNull<u8> {
+        self.segment.chunk_ptr(self.index)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.segment.chunk_size()
+    }
+
+    pub(crate) fn segment(&self) -> &Arc<ArenaSegment> {
+        &self.segment
+    }
+
+    pub(crate) fn descriptor(&self) -> Descriptor {
+        Descriptor { chunk: self.index, generation: self.generation }
+    }
+
+    /// Marks the chunk as posted (`HELD(me) → SENT(me)`); with `revoke`, closes this
+    /// process's view of its pages. The chunk now belongs to the message.
+    pub(crate) fn send(self, revoke: bool) -> SentChunk {
+        let me = my_pid();
+        let state = self.segment.state(self.index);
+        let _ = state.compare_exchange(
+            pack(self.generation, TAG_HELD, me),
+            pack(self.generation, TAG_SENT, me),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        {
+            let mut local = lock(&self.segment.local);
+            local[self.index as usize].busy = false;
+            if revoke {
+                // A failed mprotect leaves the view open: Rust-level detachment still holds.
+                let _ = self.segment.set_open(&mut local, self.index, false);
+            }
+        }
+        let sent = SentChunk { segment: self.segment.clone(), index: self.index, generation: self.generation };
+        std::mem::forget(self);
+        sent
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let me = my_pid();
+        // SYNC: chunk release. Release: our writes to the pages happen before the owner
+        // hands them out again.
+        let _ = self.segment.state(self.index).compare_exchange(
+            pack(self.generation, TAG_HELD, me),
+            pack(self.generation, TAG_FREE, 0),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        lock(&self.segment.local)[self.index as usize].busy = false;
+    }
+}
+
+/// A chunk this process posted, remembered so it can be reclaimed if the message is
+/// never received.
+pub(crate) struct SentChunk {
+    segment: Arc<ArenaSegment>,
+    index: u32,
+    generation: u32,
+}
+
+impl SentChunk {
+    /// The message carrying the chunk can no longer be received: give it back
+    /// (`SENT(me) → FREE`). Harmless if the receiver got it after all.
+    pub(crate) fn reclaim(&self) {
+        let _ = self.segment.state(self.index).compare_exchange(
+            pack(self.generation, TAG_SENT, my_pid()),
+            pack(self.generation, TAG_FREE, 0),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Takes a chunk named by a received descriptor: `SENT(any, generation) →
+/// HELD(me, generation)`. Fails for a forged, stale or out-of-range descriptor.
+pub(crate) fn receive(segment: Arc<ArenaSegment>, descriptor: Descriptor) -> Result<Chunk, &'static str> {
+    if descriptor.chunk >= segment.chunk_count {
+        return Err("buffer descriptor out of range");
+    }
+    let state = segment.state(descriptor.chunk);
+    // SYNC: chunk transfer. Acquire: the sender's writes to the pages are visible.
+    let current = state.load(Ordering::Acquire);
+    let (generation, tag, _) = unpack(current);
+    if tag != TAG_SENT || generation != descriptor.generation {
+        return Err("stale or forged buffer descriptor");
+    }
+    state
+        .compare_exchange(current, pack(generation, TAG_HELD, my_pid()), Ordering::AcqRel, Ordering::Relaxed)
+        .map_err(|_| "buffer descriptor raced with another receiver")?;
+    let mut local = lock(&segment.local);
+    if let Err(_e) = segment.set_open(&mut local, descriptor.chunk, true) {
+        drop(local);
+        let _ = state.compare_exchange(
+            pack(generation, TAG_HELD, my_pid()),
+            pack(generation, TAG_FREE, 0),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        return Err("cannot open the received pages");
+    }
+    local[descriptor.chunk as usize].busy = true;
+    drop(local);
+    Ok(Chunk { segment, index: descriptor.chunk, generation })
+}
+
+/// Counts of this process's own arena, for diagnostics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArenaStats {
+    /// Segments (memfds) in this process's arena.
+    pub segments: usize,
+    /// Chunks in them.
+    pub chunks: usize,
+    /// Chunks held by this process.
+    pub held_here: usize,
+    /// Chunks held by other processes.
+    pub held_elsewhere: usize,
+    /// Chunks posted and not yet received.
+    pub in_flight: usize,
+    /// Chunks free for reuse.
+    pub free: usize,
+}
+
+/// The process's arena, and every peer segment mapped here.
+struct Arena {
+    /// Our segments, by size class.
+    classes: Vec<Vec<Arc<ArenaSegment>>>,
+    /// Every segment mapped here, ours and peers', by memfd identity.
+    by_identity: HashMap<(u64, u64), Weak<ArenaSegment>>,
+}
+
+fn arena() -> MutexGuard<'static, Arena> {
+    static ARENA: OnceLock<Mutex<Arena>> = OnceLock::new();
+    lock(ARENA.get_or_init(|| {
+        Mutex::new(Arena { classes: (0..=MAX_SHIFT).map(|_| Vec::new()).collect(), by_identity: HashMap::new() })
+    }))
+}
+
+/// The size class of a request.
+fn class_of(len: usize) -> Option<u32> {
+    let shift = len.max(1).next_power_of_two().trailing_zeros().max(MIN_SHIFT);
+    (shift <= MAX_SHIFT && len <= 1usize << MAX_SHIFT).then_some(shift)
+}
+
+/// A chunk of at least `len` bytes, held by this process, its view open. Returns the
+/// chunk and whether its bytes are known to be zero.
+pub(crate) fn allocate(len: usize) -> io::Result<(Chunk, bool)> {
+    let shift = class_of(len).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
+    let mut arena = arena();
+    for pass in 0..2 {
+        for segment in &arena.classes[shift as usize] {
+            if let Some(found) = take_free(segment) {
+                return found;
+            }
+        }
+        if pass == 0 && reclaim_class(&arena.classes[shift as usize]) == 0 {
+            break;
+        }
+    }
+    let segment = Arc::new(ArenaSegment::create(shift)?);
+    arena.by_identity.insert(segment.identity, Arc::downgrade(&segment));
+    arena.classes[shift as usize].push(segment.clone());
+    take_free(&segment).expect("a new segment has free chunks")
+}
+
+/// Takes the first chunk of `segment` that is FREE in shared memory and idle here.
+fn take_free(segment: &Arc<ArenaSegment>) -> Option<io::Result<(Chunk, bool)>> {
+    let me = my_pid();
+    let mut local = lock(&segment.local);
+    for index in 0..segment.chunk_count {
+        if local[index as usize].busy {
+            continue;
+        }
+        let state = segment.state(index);
+        let current = state.load(Ordering::Acquire);
+        let (generation, tag, _) = unpack(current);
+        if tag != TAG_FREE || current != pack(generation, TAG_FREE, 0) {
+            continue;
+        }
+        let next = generation.wrapping_add(1);
+        // SYNC: chunk release (pairs with the Release of whoever freed it).
+        if state.compare_exchange(current, pack(next, TAG_HELD, me), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            continue;
+        }
+        if let Err(e) = segment.set_open(&mut local, index, true) {
+            state.store(current, Ordering::Release);
+            return Some(Err(e));
+        }
+        let entry = &mut local[index as usize];
+        let zeroed = !entry.used;
+        entry.busy = true;
+        entry.used = true;
+        return Some(Ok((Chunk { segment: segment.clone(), index, generation: next }, zeroed)));
+    }
+    None
+}
+
+/// Frees chunks of `segments` held by processes that no longer exist. Returns how many.
+fn reclaim_class(segments: &[Arc<ArenaSegment>]) -> usize {
+    let mut alive: HashMap<u32, bool> = HashMap::new();
+    let me = my_pid();
+    let mut reclaimed = 0;
+    for segment in segments {
+        for index in 0..segment.chunk_count {
+            let state = segment.state(index);
+            let current = state.load(Ordering::Acquire);
+            let (generation, tag, pid) = unpack(current);
+            if tag != TAG_HELD || pid == me || pid == 0 {
+                continue;
+            }
+            if *alive.entry(pid).or_insert_with(|| platform::process_exists(pid)) {
+                continue;
+            }
+            if state
+                .compare_exchange(current, pack(generation, TAG_FREE, 0), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                reclaimed += 1;
+            }
+        }
+    }
+    reclaimed
+}
+
+/// Gives back every chunk of this process's arena that a dead process held. Also runs
+/// on its own before the arena grows. Returns how many chunks came back.
+pub fn reclaim() -> usize {
+    let arena = arena();
+    arena.classes.iter().map(|segments| reclaim_class(segments)).sum()
+}
+
+/// Counts of this process's own arena (chunks by state).
+pub fn stats() -> ArenaStats {
+    let arena = arena();
+    let me = my_pid();
+    let mut stats = ArenaStats::default();
+    for segment in arena.classes.iter().flatten() {
+        stats.segments += 1;
+        for index in 0..segment.chunk_count {
+            stats.chunks += 1;
+            let (_, tag, pid) = unpack(segment.state(index).load(Ordering::Relaxed));
+            match tag {
+                TAG_FREE => stats.free += 1,
+                TAG_HELD if pid == me => stats.held_here += 1,
+                TAG_HELD => stats.held_elsewhere += 1,
+                _ => stats.in_flight += 1,
+            }
+        }
+    }
+    stats
+}
+
+/// The segment behind a received arena descriptor: already mapped here (ours or a
+/// peer's), or mapped now. Takes ownership of `fd` either way.
+pub(crate) fn segment_for(fd: OwnedFd) -> Result<Arc<ArenaSegment>, &'static str> {
+    let identity = platform::file_identity(fd.as_fd()).map_err(|_| "arena descriptor is not a file")?;
+    let mut arena = arena();
+    if let Some(segment) = arena.by_identity.get(&identity).and_then(Weak::upgrade) {
+        return Ok(segment);
+    }
+    let segment = Arc::new(ArenaSegment::open(fd, identity)?);
+    arena.by_identity.retain(|_, weak| weak.strong_count() > 0);
+    arena.by_identity.insert(identity, Arc::downgrade(&segment));
+    Ok(segment)
+}
+
+/// Whether a segment belongs to this process's arena.
+#[allow(dead_code)]
+pub(crate) fn is_own(segment: &ArenaSegment) -> bool {
+    segment.own
+}
