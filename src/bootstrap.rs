@@ -81,6 +81,9 @@ impl MessagePort {
     /// Only the child gets the descriptor (close-on-exec is cleared in the child
     /// alone, and `from_parent` sets it again), so grandchildren inherit nothing.
     pub fn transfer_to_child(&self, cmd: &mut Command) -> Result<(), Error> {
+        if cmd.get_envs().any(|(key, _)| key == PARENT_ENV) {
+            return Err(Error::InvalidOptions("this command already carries a port (one per child)"));
+        }
         let (ours, theirs) = platform::socketpair()?;
         let link = self.port().link().ok_or(Error::Detached)?;
         if link.segment.fd().is_none() {

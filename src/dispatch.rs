@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{MessageError, RecvFail};
 use crate::port::{MessageEvent, Port, Readiness};
-use crate::wait::SLICE;
 
 pub(crate) type MessageHandler = Box<dyn FnMut(MessageEvent) + Send>;
 pub(crate) type ErrorHandler = Box<dyn FnMut(MessageError) + Send>;
@@ -33,7 +32,14 @@ pub(crate) struct Events {
     onclose: Option<CloseHandler>,
     started: bool,
     thread_running: bool,
+    /// The peer is gone and the close handler ran: nothing more will be delivered.
+    finished: bool,
 }
+
+/// Handlers taken out of `Events`, dropped after its lock is released (a handler may
+/// own the last handle of its own port).
+type Taken =
+    (Option<Shared<MessageHandler>>, Vec<Shared<MessageHandler>>, Option<Shared<ErrorHandler>>, Option<CloseHandler>);
 
 impl Events {
     fn delivering(&self) -> bool {
@@ -41,7 +47,11 @@ impl Events {
     }
 
     fn has_work(&self) -> bool {
-        self.delivering() || self.onclose.is_some()
+        !self.finished && (self.delivering() || self.onclose.is_some())
+    }
+
+    fn take_handlers(&mut self) -> Taken {
+        (self.onmessage.take(), std::mem::take(&mut self.listeners), self.onmessageerror.take(), self.onclose.take())
     }
 }
 
@@ -61,8 +71,7 @@ fn update(port: &Arc<Port>, change: impl FnOnce(&mut Events)) {
         }
         spawn
     };
-    port.events_epoch.fetch_add(1, Ordering::SeqCst);
-    port.wake_local_waiters();
+    port.events_changed();
     if spawn {
         let port = port.clone();
         let thread_port = port.clone();
@@ -101,12 +110,25 @@ pub(crate) fn start(port: &Arc<Port>) {
 
 /// The dispatch thread.
 fn run(port: Arc<Port>) {
+    // Whatever way the thread ends, the port may get a new one later, and the
+    // handlers (which may hold the port itself) do not outlive delivery.
+    struct Exit<'a>(&'a Port);
+    impl Drop for Exit<'_> {
+        fn drop(&mut self) {
+            let dropped = {
+                let mut events = lock(&self.0.events);
+                events.thread_running = false;
+                if self.0.is_detached() || events.finished { events.take_handlers() } else { Default::default() }
+            };
+            drop(dropped);
+        }
+    }
+    let _exit = Exit(&port);
     loop {
         let epoch = port.events_epoch.load(Ordering::SeqCst);
         let delivering = {
-            let mut events = lock(&port.events);
+            let events = lock(&port.events);
             if !events.has_work() || port.is_detached() {
-                events.thread_running = false;
                 return;
             }
             events.delivering()
@@ -116,15 +138,18 @@ fn run(port: Arc<Port>) {
             match port.wait_readable(unchanged) {
                 Readiness::Message => deliver_one(&port),
                 Readiness::PeerGone => return fire_close(&port),
-                Readiness::Detached => return stop(&port),
+                Readiness::Detached => return,
                 Readiness::Interrupted => {}
             }
-        } else if port.wait_peer_gone(SLICE) {
+        } else if port.watch_peer(epoch) {
             return fire_close(&port);
-        } else if port.is_detached() {
-            return stop(&port);
         }
     }
+}
+
+/// Runs a handler; a panic in it is reported (by the panic hook) and delivery goes on.
+fn call<T>(handler: &Shared<Box<dyn FnMut(T) + Send>>, arg: T) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (lock(handler))(arg)));
 }
 
 /// Takes the next message and hands it to the handlers.
@@ -138,17 +163,16 @@ fn deliver_one(port: &Port) {
             let mut targets: Vec<Shared<MessageHandler>> = onmessage.into_iter().chain(listeners).collect();
             let last = targets.pop();
             for target in targets {
-                let copy = MessageEvent { data: event.data.clone(), ports: event.ports.clone() };
-                (lock(&target))(copy);
+                call(&target, MessageEvent { data: event.data.clone(), ports: event.ports.clone() });
             }
             if let Some(target) = last {
-                (lock(&target))(event);
+                call(&target, event);
             }
         }
         Ok(Err(RecvFail::Message(e))) | Err(RecvFail::Message(e)) => {
             let handler = lock(&port.events).onmessageerror.clone();
             if let Some(h) = handler {
-                (lock(&h))(e);
+                call(&h, e);
             }
         }
         Ok(Err(_)) | Err(_) => {}
@@ -158,14 +182,10 @@ fn deliver_one(port: &Port) {
 fn fire_close(port: &Port) {
     let handler = {
         let mut events = lock(&port.events);
-        events.thread_running = false;
+        events.finished = true;
         events.onclose.take()
     };
     if let Some(h) = handler {
-        h();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(h));
     }
-}
-
-fn stop(port: &Port) {
-    lock(&port.events).thread_running = false;
 }

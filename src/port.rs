@@ -224,9 +224,19 @@ struct Tx {
     /// Chunks posted and not yet known to be received, with the ring position the
     /// consumer must pass to have read them.
     in_flight: VecDeque<(u64, Vec<SentChunk>)>,
+    last_liveness_check: Instant,
 }
 
 impl Tx {
+    fn new(link: Arc<Link>, producer: Producer) -> Tx {
+        Tx { link, producer, in_flight: VecDeque::new(), last_liveness_check: Instant::now() }
+    }
+
+    /// Whether a slow (syscall) liveness check is due for a non-blocking call.
+    fn liveness_due(&mut self) -> Check {
+        due(&mut self.last_liveness_check)
+    }
+
     /// Forgets posted chunks the consumer has read; if the peer is gone, gives back
     /// those it never will.
     fn settle_in_flight(&mut self, peer_gone: bool) {
@@ -259,6 +269,8 @@ pub(crate) struct Rx {
     scratch: Vec<u8>,
     /// The ring's framing was broken by the peer; only `Closed` from now on.
     broken: bool,
+    /// The error that broke it, until a receiving call reports it.
+    pending_error: Option<MessageError>,
     /// The peer was seen gone and the ring drained: `Closed` from now on.
     finished: bool,
     last_liveness_check: Instant,
@@ -266,7 +278,15 @@ pub(crate) struct Rx {
 
 impl Rx {
     fn new(link: Arc<Link>, consumer: Consumer) -> Rx {
-        Rx { link, consumer, scratch: Vec::new(), broken: false, finished: false, last_liveness_check: Instant::now() }
+        Rx {
+            link,
+            consumer,
+            scratch: Vec::new(),
+            broken: false,
+            pending_error: None,
+            finished: false,
+            last_liveness_check: Instant::now(),
+        }
     }
 
     fn release_and_notify(&mut self) {
@@ -277,6 +297,9 @@ impl Rx {
 
     /// One look for the next record. `None`: nothing yet, and the peer is alive.
     fn poll(&mut self, check: Check) -> Option<Result<Record, RecvFail>> {
+        if let Some(e) = self.pending_error.take() {
+            return Some(Err(RecvFail::Message(e)));
+        }
         if self.broken || self.finished {
             return Some(Err(RecvFail::Closed));
         }
@@ -315,23 +338,12 @@ impl Rx {
 
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
     fn liveness_due(&mut self) -> Check {
-        let now = Instant::now();
-        if now.duration_since(self.last_liveness_check) >= SLICE {
-            self.last_liveness_check = now;
-            Check::Slow
-        } else {
-            Check::Fast
-        }
+        due(&mut self.last_liveness_check)
     }
 
     /// The payload of the record `take` returned last.
     pub(crate) fn payload(&self, len: usize) -> &[u8] {
         &self.scratch[..len]
-    }
-
-    /// Bytes of the current payload.
-    pub(crate) fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
-        &self.scratch[range]
     }
 
     /// The channel end this half reads.
@@ -346,19 +358,30 @@ impl Rx {
         0..len
     }
 
-    /// Copies `rec`'s payload into `scratch` and frees its ring space.
-    fn take(&mut self, rec: &Record) {
+    /// Copies `rec`'s payload into `scratch` and frees its ring space. If the copy
+    /// cannot be allocated, the record is dropped and reported as a message error.
+    fn take(&mut self, rec: &Record) -> Result<(), RecvFail> {
         let limit = self.consumer.ring().max_payload();
         if self.scratch.capacity() > 2 * limit {
             // A spilled body was left here; do not keep it alive.
             self.scratch = Vec::new();
         }
-        if self.scratch.len() < rec.len {
-            self.scratch.resize(rec.len, 0);
+        let fits = self.scratch.len() >= rec.len || self.scratch.try_reserve(rec.len - self.scratch.len()).is_ok();
+        if fits {
+            if self.scratch.len() < rec.len {
+                self.scratch.resize(rec.len, 0);
+            }
+            self.consumer.copy_payload(rec, &mut self.scratch[..rec.len]);
         }
-        self.consumer.copy_payload(rec, &mut self.scratch[..rec.len]);
         self.consumer.consume(rec);
         self.release_and_notify();
+        if fits { Ok(()) } else { Err(RecvFail::Message(MessageError::new("out of memory for the message"))) }
+    }
+
+    /// Lends the payload buffer out, so a user closure can run without this half's
+    /// lock; `Port::return_scratch` gives it back.
+    fn lend_scratch(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.scratch)
     }
 
     /// Reads and drops everything queued, giving back what the records carry: the
@@ -368,13 +391,25 @@ impl Rx {
         for _ in 0..most {
             match self.consumer.peek() {
                 Ok(Some(rec)) => {
-                    self.take(&rec);
-                    wire::discard_record(self, rec.flags, rec.len);
+                    if self.take(&rec).is_ok() {
+                        wire::discard_record(self, rec.flags, rec.len);
+                    }
                 }
                 _ => break,
             }
         }
         self.consumer.release();
+    }
+}
+
+/// `Slow` if the last slow check is at least a slice old (and restarts the clock).
+fn due(last: &mut Instant) -> Check {
+    let now = Instant::now();
+    if now.duration_since(*last) >= SLICE {
+        *last = now;
+        Check::Slow
+    } else {
+        Check::Fast
     }
 }
 
@@ -411,12 +446,37 @@ pub(crate) struct Port {
     rx: CachePadded<Mutex<Option<Rx>>>,
     strategy: AtomicCell<WaitStrategy>,
     pub(crate) events: Mutex<Events>,
-    /// Bumped by every change of the event handlers, so the dispatch thread re-reads them.
-    pub(crate) events_epoch: std::sync::atomic::AtomicU64,
+    /// Bumped by every change of the event handlers, so the dispatch thread re-reads
+    /// them; a close watcher sleeps on it (a process-local futex word).
+    pub(crate) events_epoch: AtomicU32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes `m` as `mode` allows: at once or not at all (`Try`), or until a deadline.
+/// `None` if the time ran out while another thread held it.
+fn lock_for<T>(m: &Mutex<T>, mode: Mode) -> Option<MutexGuard<'_, T>> {
+    let deadline = match mode {
+        Mode::Block => return Some(lock(m)),
+        Mode::Try => None,
+        Mode::Until(d) => Some(d),
+    };
+    let mut spins = 0u32;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        let d = deadline?;
+        if Instant::now() >= d {
+            return None;
+        }
+        spins += 1;
+        if spins < 64 { std::thread::yield_now() } else { std::thread::sleep(Duration::from_micros(100)) }
+    }
 }
 
 impl Port {
@@ -435,15 +495,11 @@ impl Port {
         let port = Port {
             detached: AtomicBool::new(closed),
             link: Mutex::new((!closed).then(|| link.clone())),
-            tx: CachePadded::new(Mutex::new((!closed).then(|| Tx {
-                link: link.clone(),
-                producer,
-                in_flight: VecDeque::new(),
-            }))),
+            tx: CachePadded::new(Mutex::new((!closed).then(|| Tx::new(link.clone(), producer)))),
             rx: CachePadded::new(Mutex::new((!closed).then(|| Rx::new(link, consumer)))),
             strategy: AtomicCell::new(strategy),
             events: Mutex::new(Events::default()),
-            events_epoch: std::sync::atomic::AtomicU64::new(0),
+            events_epoch: AtomicU32::new(0),
         };
         Ok(Arc::new(port))
     }
@@ -470,12 +526,18 @@ impl Port {
         }
         match tx.producer.try_push(kind, flags, parts) {
             Ok(()) => return Ok(Pushed::Written),
-            // Padding may have been written: publish it so the reader can skip it.
-            Err(PushError::Full) => tx.publish_and_notify(),
+            Err(PushError::Full) => {}
             Err(e) => return Err(push_error(e, parts, &tx.producer)),
         }
         if let Mode::Try = mode {
-            return Err(PostError::Full);
+            // A full ring whose reader is gone will never drain: that is a silent
+            // no-op, not `Full` (rule 10). The check is a syscall, made at most every
+            // few ms so a realtime caller polling `try_` stays syscall-free.
+            return if tx.liveness_due() == Check::Slow && tx.link.peer_gone() {
+                Ok(Pushed::PeerGone)
+            } else {
+                Err(PostError::Full)
+            };
         }
         let link = tx.link.clone();
         let outcome =
@@ -501,7 +563,7 @@ impl Port {
     /// Posts raw bytes that fit the ring: the allocation-free path of `post_bytes`. A
     /// detached port or a closed peer makes this a silent no-op.
     pub(crate) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
-        let mut guard = lock(&self.tx);
+        let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
         let Some(tx) = guard.as_mut() else { return Ok(()) };
         if let Pushed::Written = self.push_waiting(tx, kind, 0, &[bytes], mode)? {
             tx.publish_and_notify();
@@ -513,7 +575,7 @@ impl Port {
     /// the descriptors, publishes. If the message goes nowhere (a detached source or a
     /// peer that is gone) what it transfers is detached and dropped.
     pub(crate) fn post_outgoing(&self, outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
-        let mut guard = lock(&self.tx);
+        let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
         let Some(tx) = guard.as_mut() else {
             outgoing.discard();
             return Ok(());
@@ -549,17 +611,15 @@ impl Port {
         mode: Mode,
         f: impl FnOnce(&mut Rx, u16, u16, usize) -> R,
     ) -> Result<R, RecvFail> {
-        // A non-blocking call never waits for the lock: whoever holds it (a blocked
-        // `recv`, the dispatch thread) takes the next message anyway.
-        let mut guard = match mode {
-            Mode::Try => match self.rx.try_lock() {
-                Ok(g) => g,
-                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    return Err(if self.is_detached() { RecvFail::Closed } else { RecvFail::Empty });
-                }
-            },
-            _ => lock(&self.rx),
+        // A `try_` call never waits for the lock, a timed call waits at most until its
+        // deadline: whoever holds it (a blocked `recv`, the dispatch thread) takes the
+        // next message anyway.
+        let Some(mut guard) = lock_for(&self.rx, mode) else {
+            return Err(match (self.is_detached(), mode) {
+                (true, _) => RecvFail::Closed,
+                (false, Mode::Try) => RecvFail::Empty,
+                (false, _) => RecvFail::Timeout,
+            });
         };
         let Some(rx) = guard.as_mut() else {
             return Err(RecvFail::Closed);
@@ -578,7 +638,7 @@ impl Port {
         };
         match found {
             Some(Ok(rec)) => {
-                rx.take(&rec);
+                rx.take(&rec)?;
                 Ok(f(rx, rec.kind, rec.flags, rec.len))
             }
             Some(Err(fail)) => Err(fail),
@@ -603,7 +663,12 @@ impl Port {
                 return Some(Readiness::Interrupted);
             }
             match rx.poll(check) {
-                Some(Ok(_)) | Some(Err(RecvFail::Message(_))) => Some(Readiness::Message),
+                Some(Ok(_)) => Some(Readiness::Message),
+                Some(Err(RecvFail::Message(e))) => {
+                    // Keep it for the receiving call that follows.
+                    rx.pending_error = Some(e);
+                    Some(Readiness::Message)
+                }
                 Some(Err(_)) => Some(Readiness::PeerGone),
                 None => None,
             }
@@ -611,13 +676,19 @@ impl Port {
         .unwrap_or(Readiness::Interrupted)
     }
 
-    /// Blocks for at most `timeout` until the peer is gone (its socket end hung up).
-    /// Does not touch the ring, so it never competes with `recv` for messages.
-    pub(crate) fn wait_peer_gone(&self, timeout: Duration) -> bool {
-        match self.link() {
-            Some(link) => link.peer_closed() || platform::wait_hangup(link.socket.as_fd(), timeout),
-            None => false,
-        }
+    /// Sleeps for at most one slice, or until the handlers change (`events_epoch`
+    /// leaves `epoch`), then says whether the peer is gone. Does not touch the ring, so
+    /// it never competes with `recv` for messages.
+    pub(crate) fn watch_peer(&self, epoch: u32) -> bool {
+        platform::futex_wait(&self.events_epoch, epoch, Some(SLICE));
+        self.link().is_some_and(|link| link.peer_gone())
+    }
+
+    /// Tells the dispatch thread that the handlers changed.
+    pub(crate) fn events_changed(&self) {
+        self.events_epoch.fetch_add(1, Ordering::SeqCst);
+        platform::futex_wake(&self.events_epoch);
+        self.wake_local_waiters();
     }
 
     /// The channel end, while attached.
@@ -684,7 +755,7 @@ impl Port {
         else {
             return;
         };
-        *lock(&self.tx) = Some(Tx { link: link.clone(), producer, in_flight: VecDeque::new() });
+        *lock(&self.tx) = Some(Tx::new(link.clone(), producer));
         *lock(&self.rx) = Some(Rx::new(link.clone(), consumer));
         *lock(&self.link) = Some(link);
         self.detached.store(false, Ordering::SeqCst);
@@ -701,7 +772,17 @@ impl Port {
 
     /// Capacity of one record's payload on this port's channel.
     pub(crate) fn max_message(&self) -> usize {
-        lock(&self.tx).as_ref().map_or(0, |t| t.producer.ring().max_payload())
+        self.link().map_or(0, |l| l.segment.ring(l.end).max_payload())
+    }
+
+    /// Gives back the buffer `Rx::lend_scratch` lent out (dropped if the port moved on).
+    pub(crate) fn return_scratch(&self, scratch: Vec<u8>) {
+        if let Ok(mut guard) = self.rx.try_lock()
+            && let Some(rx) = guard.as_mut()
+            && rx.scratch.capacity() == 0
+        {
+            rx.scratch = scratch;
+        }
     }
 }
 
@@ -730,6 +811,14 @@ pub(crate) enum Readiness {
     PeerGone,
     Detached,
     Interrupted,
+}
+
+/// The error of a call that could not even take its half's lock in time.
+fn busy_error(mode: Mode) -> PostError {
+    match mode {
+        Mode::Try => PostError::Full,
+        _ => PostError::Timeout,
+    }
 }
 
 fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
@@ -902,10 +991,15 @@ impl MessagePort {
     }
 
     fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
-        self.port().recv_record(mode, |rx, _kind, flags, len| {
+        // The closure runs without the port's lock, on the port's own buffer lent out
+        // for the call: it may close, transfer or receive on this port.
+        let (range, scratch) = self.port().recv_record(mode, |rx, _kind, flags, len| {
             let range = wire::body_of(rx, flags, len)?;
-            Ok(f(rx.bytes(range)))
-        })?
+            Ok::<_, RecvFail>((range, rx.lend_scratch()))
+        })??;
+        let result = f(&scratch[range]);
+        self.port().return_scratch(scratch);
+        Ok(result)
     }
 
     /// Waits for a message posted with [`post_typed`](Self::post_typed) and decodes it

@@ -150,6 +150,18 @@ pub(crate) fn wake_if_waiting(word: &AtomicU32, parker: &Parker) -> bool {
     false
 }
 
+/// How long `block_on` spins with the core to itself before it starts to yield it.
+const YIELD_AFTER: Duration = Duration::from_micros(5);
+
+/// `sched_yield`: let another runnable thread on this core go first.
+#[inline]
+fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
 /// How a blocking call waits once the condition is false.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {
@@ -204,8 +216,12 @@ pub(crate) fn block_on<T>(
         WaitStrategy::BusyPoll => None,
     };
     // Spin phase. Reading the clock (vDSO, no syscall) every 64 polls keeps it cheap.
+    // With spin-then-sleep, the spin turns into `sched_yield` after `YIELD_AFTER`, so a
+    // waiter never starves the thread it waits for when threads outnumber cores (a
+    // pure spin there can keep both cores busy waiting while the producers queue).
     let mut last_slow = start;
     let mut n: u32 = 0;
+    let mut yielding = false;
     loop {
         n = n.wrapping_add(1);
         if n % 64 == 0 {
@@ -213,9 +229,11 @@ pub(crate) fn block_on<T>(
             if deadline.is_some_and(|d| now >= d) {
                 return poll(Check::Slow);
             }
-            if spin_for.is_some_and(|s| now.duration_since(start) >= s) {
+            let spun = now.duration_since(start);
+            if spin_for.is_some_and(|s| spun >= s) {
                 break;
             }
+            yielding = spin_for.is_some() && spun >= YIELD_AFTER;
             if now.duration_since(last_slow) >= SLICE {
                 last_slow = now;
                 if let Some(t) = poll(Check::Slow) {
@@ -227,7 +245,11 @@ pub(crate) fn block_on<T>(
         if let Some(t) = poll(Check::Fast) {
             return Some(t);
         }
-        spin_hint();
+        if yielding {
+            yield_now();
+        } else {
+            spin_hint();
+        }
     }
     // Sleep phase.
     loop {
@@ -247,9 +269,16 @@ pub(crate) fn block_on<T>(
             }
             None => SLICE,
         };
-        let before = Instant::now();
         parker.park(word, w, Some(slice));
-        let check = if before.elapsed() >= slice { Check::Slow } else { Check::Fast };
+        // The slow check runs by the clock, not by how `park` returned: signals can
+        // make every park return early, and a dead peer must still be noticed.
+        let now = Instant::now();
+        let check = if now.duration_since(last_slow) >= SLICE {
+            last_slow = now;
+            Check::Slow
+        } else {
+            Check::Fast
+        };
         if let Some(t) = poll(check) {
             withdraw(word);
             return Some(t);

@@ -5,7 +5,7 @@
 //! | `KIND_BYTES` (2) | the bytes of `post_bytes` / `post_typed` / `post_pod` |
 //! | `KIND_VALUE` (3) | the codec's encoding of a `Value` |
 //!
-//! (Kind 1 is the ring's padding; any other kind is a `messageerror`.)
+//! (Any other kind is a `messageerror`.)
 //!
 //! A record with `FLAG_ATTACHMENTS` starts with an attachment table; the descriptors it
 //! names (arena memfds, and each transferred port's segment memfd and socket end) were

@@ -85,19 +85,6 @@ pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
     }
 }
 
-/// `poll(POLLRDHUP)` for up to `timeout`: waits until the other end of `sock` is gone.
-pub(crate) fn wait_hangup(sock: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::RDHUP)];
-    let ts = rustix::time::Timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
-    match poll(&mut fds, Some(&ts)) {
-        Ok(0) | Err(_) => false,
-        Ok(_) => fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
-    }
-}
-
 /// `sendmsg` of `bytes` with `fds` attached as SCM_RIGHTS, as one SEQPACKET message.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS_PER_MESSAGE, "too many fds in one message");

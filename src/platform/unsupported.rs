@@ -15,29 +15,6 @@ fn unsupported() -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, "shmport supports only Linux so far")
 }
 
-pub(crate) fn memfd_create_sealed(_name: &str, _len: u64) -> io::Result<OwnedFd> {
-    Err(unsupported())
-}
-pub(crate) fn sealed_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
-    Err(unsupported())
-}
-pub(crate) fn mmap_shared(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
-    Err(unsupported())
-}
-pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Duration>) {
-    std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)));
-}
-pub(crate) fn futex_wake(_word: &AtomicU32) {}
-pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Err(unsupported())
-}
-pub(crate) fn peer_hung_up(_sock: BorrowedFd<'_>) -> bool {
-    true
-}
-pub(crate) fn wait_hangup(_sock: BorrowedFd<'_>, timeout: Duration) -> bool {
-    std::thread::sleep(timeout);
-    true
-}
 pub(crate) fn send_with_fds(_sock: BorrowedFd<'_>, _bytes: &[u8], _fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     Err(unsupported())
 }
