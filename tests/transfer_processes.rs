@@ -1,0 +1,204 @@
+//! Transfers across processes: a port relayed through three processes while messages
+//! flow, a 256 MiB buffer that crosses without a copy, pages revoked in the sender, and
+//! the death of a process that holds transferred buffers and ports.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use common::{expect_success, role, spawn_role, watchdog};
+use shmport::{ArrayBuffer, MessageChannel, MessagePort, Value};
+
+const ENTRY: &str = "child_entry";
+const WAIT: Duration = Duration::from_secs(30);
+const RELAYED: u32 = 20_000;
+const BIG: usize = 256 << 20;
+
+/// Where `address` lies in a shared file mapping: (inode, offset in the file).
+fn file_location(address: usize) -> (u64, u64) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (start, end) = fields[0].split_once('-').unwrap();
+        let (start, end) = (usize::from_str_radix(start, 16).unwrap(), usize::from_str_radix(end, 16).unwrap());
+        if (start..end).contains(&address) {
+            let offset = u64::from_str_radix(fields[2], 16).unwrap();
+            let inode: u64 = fields[4].parse().unwrap();
+            assert!(fields.get(5).is_some_and(|p| p.contains("memfd:shmport")), "not an arena mapping: {line}");
+            return (inode, offset + (address - start) as u64);
+        }
+    }
+    panic!("address {address:#x} is not mapped");
+}
+
+fn recv(port: &MessagePort) -> shmport::MessageEvent {
+    port.recv_timeout(WAIT).expect("a message")
+}
+
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    let carrier = MessagePort::from_parent().unwrap();
+    match role.as_str() {
+        // B: gets a port to C, then the relayed port, forwards it, and checks its old
+        // handle is dead.
+        "relay_b" => {
+            let to_c = recv(&carrier).ports.remove(0);
+            let relayed = recv(&carrier).ports.remove(0);
+            to_c.post_message("take it", [relayed.clone().into()]).unwrap();
+            assert!(relayed.is_detached());
+            assert!(relayed.recv_timeout(Duration::from_millis(50)).unwrap_err().is_closed());
+            // Wait until C is done, so B's process outlives nothing it should not.
+            assert_eq!(recv(&carrier).data.as_str(), Some("done"));
+        }
+        // C: gets a port from B, receives the relayed port through it, reads every
+        // message A posts, then sends a 256 MiB buffer back to A over it.
+        "relay_c" => {
+            let from_b = recv(&carrier).ports.remove(0);
+            let ev = recv(&from_b);
+            assert_eq!(ev.data.as_str(), Some("take it"));
+            let relayed = ev.ports.into_iter().next().unwrap();
+            for i in 0..RELAYED {
+                assert_eq!(recv(&relayed).data.as_f64(), Some(f64::from(i)), "in order across two transfers");
+            }
+            let big = ArrayBuffer::new(BIG).unwrap();
+            let address = big.with_bytes_mut(|bytes| {
+                bytes[0] = 0xC0;
+                bytes[BIG - 1] = 0xDE;
+                bytes.as_ptr() as usize
+            });
+            let (inode, offset) = file_location(address);
+            let message = Value::Array(vec![
+                Value::ArrayBuffer(big.clone()),
+                Value::Number(inode as f64),
+                Value::Number(offset as f64),
+            ]);
+            relayed.post_message(message, [big.clone().into()]).unwrap();
+            assert!(big.is_detached());
+            assert_eq!(recv(&relayed).data.as_str(), Some("got it"));
+        }
+        // Keeps a raw pointer into a buffer it transfers, then writes through it.
+        "touch_after_transfer" => {
+            let b = ArrayBuffer::new(8192).unwrap();
+            let address = b.with_bytes_mut(|bytes| {
+                bytes[0] = 7;
+                bytes.as_mut_ptr() as usize
+            });
+            carrier.post_message(Value::ArrayBuffer(b.clone()), [b.into()]).unwrap();
+            assert_eq!(recv(&carrier).data.as_str(), Some("received"));
+            // SAFETY: deliberately wrong: the pages were transferred and revoked; this
+            // write must fault (SIGSEGV), which is what the parent checks.
+            unsafe { std::ptr::write_volatile(address as *mut u8, 1) };
+            std::process::exit(0);
+        }
+        // Takes buffers and a port, then waits to be killed.
+        "hold_and_wait" => {
+            let ev = recv(&carrier);
+            assert_eq!(ev.ports.len(), 1);
+            let Value::Array(items) = &ev.data else { panic!("an array") };
+            assert_eq!(items.len(), 10);
+            carrier.post_message("holding", []).unwrap();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+#[test]
+fn s12_a_port_relayed_through_three_processes_keeps_its_place_and_a_256_mib_buffer_comes_back_without_a_copy() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("three_process_relay", Duration::from_secs(300));
+    let (ab, ac, bc, data) = (
+        MessageChannel::new().unwrap(),
+        MessageChannel::new().unwrap(),
+        MessageChannel::new().unwrap(),
+        MessageChannel::new().unwrap(),
+    );
+    let b = spawn_role(ENTRY, "relay_b", &ab.port2());
+    let c = spawn_role(ENTRY, "relay_c", &ac.port2());
+    // Connect B and C directly.
+    ab.port1().post_message(Value::Undefined, [bc.port1().into()]).unwrap();
+    ac.port1().post_message(Value::Undefined, [bc.port2().into()]).unwrap();
+    let (sender, relayed) = (data.port1(), data.port2());
+    // Messages before, during and after the two transfers.
+    for i in 0..100 {
+        sender.post_message(i, []).unwrap();
+    }
+    ab.port1().post_message(Value::Undefined, [relayed.clone().into()]).unwrap();
+    for i in 100..RELAYED {
+        sender.post_message(i, []).unwrap();
+    }
+    relayed.post_message("nothing posted by the old owner is delivered", []).unwrap();
+    let ev = recv(&sender);
+    let Value::Array(items) = ev.data else { panic!("an array") };
+    let big = items[0].as_array_buffer().unwrap();
+    let (their_inode, their_offset) = (items[1].as_f64().unwrap() as u64, items[2].as_f64().unwrap() as u64);
+    assert_eq!(big.byte_length(), BIG);
+    let address = big.with_bytes(|bytes| {
+        assert_eq!((bytes[0], bytes[BIG - 1]), (0xC0, 0xDE));
+        bytes.as_ptr() as usize
+    });
+    assert_eq!(file_location(address), (their_inode, their_offset), "the same pages of C's arena: no copy");
+    sender.post_message("got it", []).unwrap();
+    ab.port1().post_message("done", []).unwrap();
+    expect_success(b);
+    expect_success(c);
+}
+
+#[test]
+fn s06_a_sender_that_touches_pages_it_transferred_faults() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("revoked_pages", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let mut child = spawn_role(ENTRY, "touch_after_transfer", &ch.port2());
+    let got = recv(&ch.port1());
+    assert_eq!(got.data.as_array_buffer().unwrap().to_vec()[0], 7);
+    ch.port1().post_message("received", []).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(11), "the child died by SIGSEGV, not {status:?}");
+    // The receiver's pages are untouched by the fault.
+    assert_eq!(got.data.as_array_buffer().unwrap().to_vec()[0], 7);
+}
+
+#[test]
+fn s16_a_killed_holder_of_buffers_and_ports_closes_them_and_its_chunks_come_back() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("killed_holder", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let mut child = spawn_role(ENTRY, "hold_and_wait", &ch.port2());
+    let port = ch.port1();
+    let kept = MessageChannel::new().unwrap();
+    let buffers: Vec<ArrayBuffer> = (0..10).map(|_| ArrayBuffer::new(64 << 10).unwrap()).collect();
+    let mut transfer: Vec<shmport::Transferable> = buffers.iter().map(|b| b.clone().into()).collect();
+    transfer.push(kept.port2().into());
+    let message = Value::Array(buffers.iter().map(|b| Value::ArrayBuffer(b.clone())).collect());
+    port.post_message(message, transfer).unwrap();
+    assert_eq!(recv(&port).data.as_str(), Some("holding"));
+    // Ten more buffers that the child will never read.
+    let unread: Vec<ArrayBuffer> = (0..10).map(|_| ArrayBuffer::new(64 << 10).unwrap()).collect();
+    for b in &unread {
+        port.post_message(Value::Undefined, [b.clone().into()]).unwrap();
+    }
+    // This test binary's other tests may hold chunks too: compare around the kill.
+    let before = shmport::arena_stats();
+    assert!(before.held_elsewhere >= 10 && before.in_flight >= 10, "{before:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The port it held closes for its peer here.
+    assert!(kept.port1().recv_timeout(WAIT).unwrap_err().is_closed());
+    assert!(port.recv_timeout(WAIT).unwrap_err().is_closed());
+    // Chunks it held come back to their owner; chunks in flight to it come back when
+    // their sender sees it gone.
+    assert!(shmport::reclaim_arena() >= 10);
+    port.close();
+    let after = shmport::arena_stats();
+    assert!(after.held_elsewhere + 10 <= before.held_elsewhere, "{before:?} -> {after:?}");
+    assert!(after.in_flight + 10 <= before.in_flight, "{before:?} -> {after:?}");
+}
