@@ -29,7 +29,7 @@ use crate::error::{
 };
 use crate::platform;
 use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
-use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, Segment};
+use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, FLAG_NO_REVOKE, Segment};
 use crate::sync::{AtomicU32, Ordering};
 use crate::value::Value;
 use crate::wait::{self, Check, SLICE, WaitStrategy};
@@ -44,11 +44,12 @@ pub struct ChannelOptions {
     capacity: usize,
     wait: WaitStrategy,
     process_local: bool,
+    revoke: bool,
 }
 
 impl Default for ChannelOptions {
     fn default() -> Self {
-        ChannelOptions { capacity: DEFAULT_CAPACITY, wait: WaitStrategy::default(), process_local: false }
+        ChannelOptions { capacity: DEFAULT_CAPACITY, wait: WaitStrategy::default(), process_local: false, revoke: true }
     }
 }
 
@@ -69,6 +70,17 @@ impl ChannelOptions {
     /// wake-up check, for both ends, for the channel's whole life.
     pub fn wait_strategy(mut self, wait: WaitStrategy) -> Self {
         self.wait = wait;
+        self
+    }
+
+    /// Whether a buffer transferred on this channel is also revoked in hardware: the
+    /// sender's view of its pages is closed with `mprotect(PROT_NONE)`, so even a raw
+    /// pointer kept by unsafe code faults (the default). `false` keeps detachment at the
+    /// Rust level only: every handle is detached, but no syscall touches the page tables,
+    /// so a transfer costs the same at any size (for realtime threads). Both ends of the
+    /// channel, wherever they move, follow the choice made here.
+    pub fn revoke_transferred_pages(mut self, yes: bool) -> Self {
+        self.revoke = yes;
         self
     }
 
@@ -94,7 +106,10 @@ impl MessageChannel {
 
     /// A channel with the given options.
     pub fn with_options(options: &ChannelOptions) -> Result<MessageChannel, Error> {
-        let flags = if options.wait == WaitStrategy::BusyPoll { FLAG_BUSY_POLL } else { 0 };
+        let mut flags = if options.wait == WaitStrategy::BusyPoll { FLAG_BUSY_POLL } else { 0 };
+        if !options.revoke {
+            flags |= FLAG_NO_REVOKE;
+        }
         let capacity = options.capacity as u64;
         let segment = if options.process_local {
             Segment::create_local(capacity, flags)

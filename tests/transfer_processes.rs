@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use common::{expect_success, role, spawn_role, watchdog};
-use shmport::{ArrayBuffer, MessageChannel, MessagePort, Value};
+use shmport::{ArrayBuffer, ChannelOptions, MessageChannel, MessagePort, Value};
 
 const ENTRY: &str = "child_entry";
 const WAIT: Duration = Duration::from_secs(30);
@@ -92,6 +92,21 @@ fn child_entry() {
             unsafe { std::ptr::write_volatile(address as *mut u8, 1) };
             std::process::exit(0);
         }
+        // The same on a channel that does not revoke pages: the write lands in pages the
+        // receiver now owns (Rust-level detachment only), and nothing faults.
+        "touch_without_revocation" => {
+            let ch = MessageChannel::with_options(&ChannelOptions::new().revoke_transferred_pages(false)).unwrap();
+            carrier.post_message(Value::Undefined, [ch.port2().into()]).unwrap();
+            let b = ArrayBuffer::new(8192).unwrap();
+            let address = b.with_bytes_mut(|bytes| bytes.as_mut_ptr() as usize);
+            ch.port1().post_message(Value::ArrayBuffer(b.clone()), [b.into()]).unwrap();
+            assert_eq!(recv(&carrier).data.as_str(), Some("received"));
+            // SAFETY: deliberately wrong Rust (the buffer is detached), but the channel
+            // opted out of hardware revocation, so the pages are still mapped here.
+            unsafe { std::ptr::write_volatile(address as *mut u8, 9) };
+            carrier.post_message("wrote", []).unwrap();
+            assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
+        }
         // Takes buffers and a port, then waits to be killed.
         "hold_and_wait" => {
             let ev = recv(&carrier);
@@ -163,6 +178,23 @@ fn s06_a_sender_that_touches_pages_it_transferred_faults() {
     assert_eq!(status.signal(), Some(11), "the child died by SIGSEGV, not {status:?}");
     // The receiver's pages are untouched by the fault.
     assert_eq!(got.data.as_array_buffer().unwrap().to_vec()[0], 7);
+}
+
+#[test]
+fn s06_without_revocation_the_sender_s_view_stays_mapped() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("no_revocation", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let child = spawn_role(ENTRY, "touch_without_revocation", &ch.port2());
+    let port = recv(&ch.port1()).ports.remove(0);
+    let got = recv(&port).data.as_array_buffer().unwrap().clone();
+    ch.port1().post_message("received", []).unwrap();
+    assert_eq!(recv(&ch.port1()).data.as_str(), Some("wrote"));
+    assert_eq!(got.to_vec()[0], 9, "the same pages, still writable by the sender");
+    ch.port1().post_message("bye", []).unwrap();
+    expect_success(child);
 }
 
 #[test]
