@@ -106,7 +106,6 @@ pub(crate) struct ArenaSegment {
     chunk_shift: u32,
     chunk_count: u32,
     data_offset: usize,
-    own: bool,
     local: Mutex<Vec<Local>>,
 }
 
@@ -136,7 +135,6 @@ impl ArenaSegment {
             chunk_shift,
             chunk_count: count,
             data_offset,
-            own: true,
             local: Mutex::new(vec![Local { open: true, busy: false, used: false }; count as usize]),
         };
         let h = segment.header();
@@ -166,7 +164,6 @@ impl ArenaSegment {
             chunk_shift: 0,
             chunk_count: 0,
             data_offset: 0,
-            own: false,
             local: Mutex::new(Vec::new()),
         };
         let h = segment.header();
@@ -522,8 +519,64 @@ pub(crate) fn segment_for(fd: OwnedFd) -> Result<Arc<ArenaSegment>, &'static str
     Ok(segment)
 }
 
-/// Whether a segment belongs to this process's arena.
-#[allow(dead_code)]
-pub(crate) fn is_own(segment: &ArenaSegment) -> bool {
-    segment.own
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunk of ours, posted (SENT), and a second mapping of its segment as a peer
+    /// would see it.
+    fn sent_chunk() -> (SentChunk, Arc<ArenaSegment>, Descriptor) {
+        let (chunk, _) = allocate(5000).unwrap();
+        let descriptor = chunk.descriptor();
+        let fd = platform::dup_fd(chunk.segment().fd()).unwrap();
+        let identity = chunk.segment().identity;
+        let sent = chunk.send(false);
+        let peer_view = Arc::new(ArenaSegment::open(fd, identity).unwrap());
+        (sent, peer_view, descriptor)
+    }
+
+    #[test]
+    fn a_forged_stale_or_out_of_range_descriptor_is_rejected() {
+        let (_sent, view, d) = sent_chunk();
+        let stale = Descriptor { generation: d.generation.wrapping_sub(1), ..d };
+        assert_eq!(receive(view.clone(), stale).err(), Some("stale or forged buffer descriptor"));
+        let out = Descriptor { chunk: view.chunk_count, ..d };
+        assert_eq!(receive(view.clone(), out).err(), Some("buffer descriptor out of range"));
+        let chunk = receive(view.clone(), d).expect("the real descriptor");
+        // Taken once: the same descriptor again is stale.
+        assert!(receive(view.clone(), d).is_err());
+        drop(chunk);
+        // Given back: FREE, and no longer receivable.
+        assert!(receive(view, d).is_err());
+    }
+
+    #[test]
+    fn a_chunk_held_by_a_dead_process_is_reclaimed() {
+        let (chunk, _) = allocate(3 << 20).unwrap();
+        let (segment, index, generation) = (chunk.segment().clone(), chunk.index, chunk.generation);
+        std::mem::forget(chunk);
+        // No process has a pid this large (pid_max is at most 2^22).
+        let ghost = (1 << 30) - 1;
+        segment.state(index).store(pack(generation, TAG_HELD, ghost), Ordering::Release);
+        assert!(reclaim() >= 1);
+        let (_, tag, _) = unpack(segment.state(index).load(Ordering::Acquire));
+        assert_eq!(tag, TAG_FREE);
+        lock(&segment.local)[index as usize].busy = false;
+    }
+
+    #[test]
+    fn a_segment_that_is_not_a_sealed_arena_is_refused() {
+        let fd = platform::memfd_create_sealed("not-an-arena", 1 << 20).unwrap();
+        let identity = platform::file_identity(fd.as_fd()).unwrap();
+        assert_eq!(ArenaSegment::open(fd, identity).err(), Some("not an arena"));
+    }
+
+    #[test]
+    fn size_classes_cover_zero_to_64_gib() {
+        assert_eq!(class_of(0), Some(MIN_SHIFT));
+        assert_eq!(class_of(4096), Some(12));
+        assert_eq!(class_of(4097), Some(13));
+        assert_eq!(class_of(1 << 30), Some(30));
+        assert_eq!(class_of((1 << 36) + 1), None);
+    }
 }

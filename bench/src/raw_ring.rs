@@ -199,6 +199,12 @@ impl Link for RawRing {
         rx.head.store(rx.pos, Ordering::Release);
         Ok(len)
     }
+
+    /// A quarter of the ring, so that the producer fills one frame while the consumer
+    /// copies out the previous ones.
+    fn max_frame(&self) -> usize {
+        (self.capacity() / 4) as usize
+    }
 }
 
 /// Copies `src` into the ring area at byte position `pos`, wrapping.

@@ -32,6 +32,17 @@ pub trait Link {
     /// Receives one message into `buf` and returns its length. Message transports
     /// fail if it does not fit; stream transports read exactly `buf.len()` bytes.
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
+
+    /// The largest message worth sending in one piece when copying a large buffer
+    /// (the `transfer` workload splits the buffer into frames of at most this size).
+    fn max_frame(&self) -> usize {
+        usize::MAX
+    }
+
+    /// The shmport port behind the link, for workloads that post more than bytes.
+    fn shm_port(&self) -> Option<&MessagePort> {
+        None
+    }
 }
 
 /// The transports, in report order.
@@ -42,6 +53,9 @@ pub enum Transport {
     Shmport,
     /// shmport with `WaitStrategy::BusyPoll`.
     ShmportBusy,
+    /// shmport with `revoke_transferred_pages(false)`: transferred buffers are detached
+    /// in Rust only, no `mprotect` (only meaningful for the `transfer` workload).
+    ShmportNorevoke,
     /// A Unix domain stream socketpair.
     Unix,
     /// Two pipes.
@@ -53,9 +67,10 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub const ALL: [Transport; 6] = [
+    pub const ALL: [Transport; 7] = [
         Transport::Shmport,
         Transport::ShmportBusy,
+        Transport::ShmportNorevoke,
         Transport::Unix,
         Transport::Pipe,
         Transport::Tcp,
@@ -66,6 +81,7 @@ impl Transport {
         match self {
             Transport::Shmport => "shmport",
             Transport::ShmportBusy => "shmport-busy",
+            Transport::ShmportNorevoke => "shmport-norevoke",
             Transport::Unix => "unix",
             Transport::Pipe => "pipe",
             Transport::Tcp => "tcp",
@@ -90,10 +106,13 @@ impl Transport {
     /// child to get its end.
     pub fn parent_setup(self, ring_capacity: usize, cmd: &mut Command) -> Result<Pending> {
         Ok(match self {
-            Transport::Shmport | Transport::ShmportBusy => {
+            Transport::Shmport | Transport::ShmportBusy | Transport::ShmportNorevoke => {
                 let mut options = ChannelOptions::new().capacity(ring_capacity);
                 if self == Transport::ShmportBusy {
                     options = options.wait_strategy(WaitStrategy::BusyPoll);
+                }
+                if self == Transport::ShmportNorevoke {
+                    options = options.revoke_transferred_pages(false);
                 }
                 let channel = MessageChannel::with_options(&options).context("creating the channel")?;
                 channel.port2().transfer_to_child(cmd).context("handing the port to the child")?;
@@ -129,10 +148,10 @@ impl Transport {
     /// Child side: connects to the parent as [`parent_setup`](Self::parent_setup) arranged.
     pub fn child_connect(self, ring_capacity: usize) -> Result<AnyLink> {
         Ok(match self {
-            Transport::Shmport | Transport::ShmportBusy => {
+            Transport::Shmport | Transport::ShmportBusy | Transport::ShmportNorevoke => {
                 let port = MessagePort::from_parent().context("taking the port from the parent")?;
-                // A busy-poll channel makes both ends busy-poll (a segment flag), so
-                // the child's port needs no option of its own.
+                // Busy-polling and revocation are segment flags that both ends follow,
+                // so the child's port needs no option of its own.
                 AnyLink::Shm(ShmLink { port })
             }
             Transport::Unix => {
@@ -302,6 +321,10 @@ impl Link for ShmLink {
             .context("shmport recv_bytes_with")?;
         got.map_err(|n| anyhow!("message of {n} bytes does not fit the {capacity}-byte buffer"))
     }
+
+    fn shm_port(&self) -> Option<&MessagePort> {
+        Some(&self.port)
+    }
 }
 
 /// A byte stream: a message is `write_all` of its bytes, read back with `read_exact`.
@@ -356,6 +379,23 @@ impl Link for AnyLink {
             AnyLink::Pipe(l) => l.recv(buf),
             AnyLink::Tcp(l) => l.recv(buf),
             AnyLink::RawRing(l) => l.recv(buf),
+        }
+    }
+
+    fn max_frame(&self) -> usize {
+        match self {
+            AnyLink::Shm(l) => l.max_frame(),
+            AnyLink::Unix(l) => l.max_frame(),
+            AnyLink::Pipe(l) => l.max_frame(),
+            AnyLink::Tcp(l) => l.max_frame(),
+            AnyLink::RawRing(l) => l.max_frame(),
+        }
+    }
+
+    fn shm_port(&self) -> Option<&MessagePort> {
+        match self {
+            AnyLink::Shm(l) => l.shm_port(),
+            _ => None,
         }
     }
 }

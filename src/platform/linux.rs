@@ -240,3 +240,9 @@ pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
 pub(crate) fn page_size() -> usize {
     rustix::param::page_size()
 }
+
+/// `fcntl(F_DUPFD_CLOEXEC)`.
+#[cfg(test)]
+pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
