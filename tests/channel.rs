@@ -411,3 +411,99 @@ fn typed_and_pod_messages_round_trip() {
     ch.port1().post_pod(&Point { x: 3.0, y: 4.0 }).unwrap();
     assert_eq!(ch.port2().recv_pod::<Point>().unwrap(), Point { x: 3.0, y: 4.0 });
 }
+
+// ---- regressions found in review ----------------------------------------------------
+
+#[test]
+fn a_closure_given_to_recv_bytes_with_may_close_its_own_port() {
+    let _w = common::watchdog("closure_closes_its_port", Duration::from_secs(20));
+    let ch = MessageChannel::new().unwrap();
+    let b = ch.port2();
+    ch.port1().post_bytes(b"x").unwrap();
+    let len = b.recv_bytes_with(|bytes| {
+        b.close();
+        bytes.len()
+    });
+    assert_eq!(len, Ok(1));
+    assert!(b.is_detached());
+}
+
+#[test]
+fn try_post_does_not_wait_for_a_thread_blocked_in_post() {
+    let _w = common::watchdog("try_post_vs_blocked_post", Duration::from_secs(20));
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(64)).unwrap();
+    let a = ch.port1();
+    while a.try_post_bytes(&[0; 8]).is_ok() {}
+    let blocked = a.clone();
+    let t = std::thread::spawn(move || blocked.post_bytes(&[1; 8]));
+    std::thread::sleep(Duration::from_millis(50));
+    // The other thread holds the writing half while it waits for room.
+    assert_eq!(a.try_post_bytes(&[2; 8]), Err(PostError::Full));
+    let started = std::time::Instant::now();
+    assert_eq!(a.post_bytes_timeout(&[2; 8], Duration::from_millis(50)), Err(PostError::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    ch.port2().close();
+    t.join().unwrap().unwrap();
+}
+
+#[test]
+fn recv_timeout_returns_while_the_dispatch_thread_waits() {
+    let _w = common::watchdog("recv_timeout_vs_dispatch", Duration::from_secs(20));
+    let ch = MessageChannel::new().unwrap();
+    let b = ch.port2();
+    b.set_onmessage(Some(|_ev: MessageEvent| {}));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(matches!(b.recv_timeout(Duration::from_millis(50)), Err(RecvTimeoutError::Timeout)));
+    assert!(matches!(b.try_recv(), Err(TryRecvError::Empty)));
+}
+
+#[test]
+fn a_panicking_handler_does_not_stop_delivery() {
+    let ch = MessageChannel::new().unwrap();
+    let (tx, rx) = mpsc::channel();
+    ch.port2().set_onmessage(Some(move |ev: MessageEvent| {
+        let n = ev.data.as_f64().unwrap();
+        if n == 0.0 {
+            panic!("a handler bug (expected by this test)");
+        }
+        tx.send(n).unwrap();
+    }));
+    for i in 0..3 {
+        ch.port1().post_message(i, []).unwrap();
+    }
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 1.0);
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 2.0);
+}
+
+#[test]
+fn a_handler_that_owns_its_port_is_released_when_the_peer_closes() {
+    let ch = MessageChannel::new().unwrap();
+    let b = ch.port2();
+    let weak_probe = Arc::new(());
+    let probe = weak_probe.clone();
+    let own = b.clone();
+    let (tx, rx) = mpsc::channel();
+    b.set_onmessage(Some(move |_ev: MessageEvent| {
+        let _keep = (&own, &probe);
+    }));
+    b.set_onclose(Some(move || tx.send(()).unwrap()));
+    drop(b);
+    ch.port1().close();
+    rx.recv_timeout(WAIT).unwrap();
+    // The handlers (and the port handle they own) are dropped after the close event.
+    let deadline = std::time::Instant::now() + WAIT;
+    while Arc::strong_count(&weak_probe) > 1 {
+        assert!(std::time::Instant::now() < deadline, "the handler was never dropped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_command_carries_one_port() {
+    let ch = MessageChannel::new().unwrap();
+    let other = MessageChannel::new().unwrap();
+    let mut cmd = std::process::Command::new("true");
+    ch.port2().transfer_to_child(&mut cmd).unwrap();
+    assert!(other.port2().transfer_to_child(&mut cmd).is_err());
+    assert!(!other.port2().is_detached());
+}

@@ -359,3 +359,26 @@ fn s20_nothing_outlives_a_kill_9_of_either_side() {
     assert!(shm_after.is_subset(&shm_before), "no named shared memory is ever created");
     assert!(!std::path::Path::new(&path).exists());
 }
+
+#[test]
+fn s10_try_post_to_a_killed_peer_is_a_silent_noop_not_full() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("try_post_killed_peer", Duration::from_secs(60));
+    let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(256)).unwrap();
+    let mut child = spawn_role(ENTRY, "block_in_recv", &channel.port2());
+    let port = channel.port1();
+    drop(channel);
+    assert_eq!(port.recv().unwrap().data.as_str(), Some("ready"));
+    kill_9(&mut child);
+    child.wait().unwrap();
+    // Fill the ring the dead reader will never drain.
+    let mut filled = 0;
+    while port.try_post_bytes(&[0; 8]).is_ok() && filled < 1000 {
+        filled += 1;
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(port.try_post_bytes(&[0; 8]), Ok(()), "once the peer is seen gone, posting is a no-op");
+    assert!(port.is_peer_closed());
+}

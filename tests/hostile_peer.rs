@@ -249,3 +249,41 @@ fn corrupt_ring_while_a_reader_runs_gives_errors_never_a_panic_or_a_hang() {
     }
     assert!(total_errors > 0, "corrupted indices and record headers were reported");
 }
+
+#[test]
+fn s17_broken_framing_reaches_onmessageerror_before_the_close_event() {
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let errors = tx.clone();
+    port.set_onmessageerror(Some(move |_e: shmport::MessageError| errors.send("error").unwrap()));
+    port.set_onclose(Some(move || tx.send("close").unwrap()));
+    port.set_onmessage(Some(|_ev: shmport::MessageEvent| {}));
+    std::thread::sleep(Duration::from_millis(20));
+    word(&map, HEADER).store(1 << 40, Ordering::Release);
+    // Wake the dispatch thread as a writer would.
+    word(&map, HEADER + 256).store(2, Ordering::Release);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "error");
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "close");
+}
+
+#[test]
+fn a_port_whose_counters_are_near_overflow_is_refused_when_it_arrives() {
+    let (channel, map) = channel_and_mapping(4096);
+    let victim = channel.port2();
+    // Both counters of both directions at the very top of the u64 range.
+    for dir in 0..2 {
+        word(&map, HEADER + dir * LINES).store(u64::MAX - 7, Ordering::Release);
+        word(&map, HEADER + dir * LINES + 128).store(u64::MAX - 7, Ordering::Release);
+    }
+    let carrier = MessageChannel::new().unwrap();
+    carrier.port1().post_message(Value::Undefined, [victim.into()]).unwrap();
+    match carrier.port2().recv_timeout(Duration::from_secs(5)) {
+        Err(RecvTimeoutError::MessageError(e)) => assert!(e.reason().contains("out of range"), "{e}"),
+        other => panic!("a port with overflowing counters was accepted: {other:?}"),
+    }
+    // The carrier goes on.
+    carrier.port1().post_message("next", []).unwrap();
+    assert_eq!(carrier.port2().recv_timeout(Duration::from_secs(5)).unwrap().data.as_str(), Some("next"));
+}

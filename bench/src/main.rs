@@ -33,14 +33,17 @@ const USAGE: &str = "\
 usage: shmport-bench [options]
 
 Runs round-trip latency, one-way throughput and sleeping-receiver latency over
-shmport, shmport-busy, unix, pipe, tcp and raw-ring, each between two processes.
+shmport, shmport-busy, unix, pipe, tcp and raw-ring, and buffer-transfer round
+trips over shmport, shmport-norevoke, unix and raw-ring, each between two processes.
 
 options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)
-  --only T[,T..]        transports: shmport, shmport-busy, unix, pipe, tcp, raw-ring
-  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep
+  --only T[,T..]        transports: shmport, shmport-busy, shmport-norevoke, unix,
+                        pipe, tcp, raw-ring
+  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer
   --json PATH           write every result and the machine description as JSON
-  --plot DIR            write rtt-latency.svg and stream-throughput.svg into DIR
+  --plot DIR            write rtt-latency.svg, stream-throughput.svg and
+                        transfer-latency.svg into DIR
   --no-pin              do not pin the two processes to two CPUs
   -h, --help            this text
 ";
@@ -130,9 +133,30 @@ fn plan(options: &Options, cpus: usize) -> Vec<(Job, Option<String>)> {
             Workload::RttSleep => {
                 vec![(64, if q { 10 } else { 50 }, if q { 100 } else { 2_000 }, 1)]
             }
+            // One buffer, allocated and filled before timing, ping-pongs; the warmup
+            // (at least one round trip) maps every page in both processes.
+            Workload::Transfer => [4 << 10, 64 << 10, 1 << 20, 64 << 20, 1 << 30]
+                .into_iter()
+                .filter_map(|size| {
+                    let (warmup, iters) = match (size, q) {
+                        (..=4096, false) => (2_000, 20_000),
+                        (..=65536, false) => (1_000, 10_000),
+                        (..=1048576, false) => (200, 2_000),
+                        (..=67108864, false) => (5, 100),
+                        (_, false) => (2, 10),
+                        (..=4096, true) => (20, 200),
+                        (..=65536, true) => (10, 100),
+                        (..=1048576, true) => (5, 20),
+                        (..=67108864, true) => (1, 2),
+                        // 1 GiB takes seconds just to allocate and fill: not in a smoke test.
+                        (_, true) => return None,
+                    };
+                    Some((size, warmup, iters, 1))
+                })
+                .collect(),
         };
         for (size, warmup, iters, reps) in shapes {
-            for &transport in &options.transports {
+            for &transport in options.transports.iter().filter(|&&t| workload.applies_to(t)) {
                 let job = Job { workload, transport, size, warmup, iters, reps };
                 let skip = if transport.always_spins() && workload == Workload::RttSleep {
                     Some("n/a: busy-polls, never sleeps".to_string())
@@ -210,7 +234,7 @@ fn parent_main(args: &[String]) -> Result<bool> {
             figures,
         };
         eprintln!(
-            "[{:>2}/{}] {:<9} {:>7}  {:<12}  {}  [{:.2} s]",
+            "[{:>2}/{}] {:<9} {:>7}  {:<16}  {}  [{:.2} s]",
             k + 1,
             jobs.len(),
             job.workload,

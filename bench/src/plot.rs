@@ -10,7 +10,8 @@ use crate::report::{Measurement, fmt_size};
 use crate::transport::Transport;
 use crate::workloads::{Figures, Workload};
 
-/// Writes `rtt-latency.svg` and `stream-throughput.svg` into `dir`.
+/// Writes `rtt-latency.svg`, `stream-throughput.svg` and `transfer-latency.svg` into
+/// `dir` (each if its workload has results).
 pub fn write_charts(dir: &Path, results: &[Measurement]) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
@@ -23,6 +24,7 @@ pub fn write_charts(dir: &Path, results: &[Measurement]) -> Result<Vec<std::path
         chart(
             &path,
             "Round-trip latency (median) by message size",
+            "message size",
             "median round trip (µs, log scale)",
             SeriesLabelPosition::UpperLeft,
             &latency,
@@ -38,9 +40,26 @@ pub fn write_charts(dir: &Path, results: &[Measurement]) -> Result<Vec<std::path
         chart(
             &path,
             "One-way throughput by message size",
+            "message size",
             "GB/s (10^9 bytes/s, log scale)",
             SeriesLabelPosition::LowerRight,
             &throughput,
+        )?;
+        written.push(path);
+    }
+    let transfer = series(results, Workload::Transfer, |f| match f {
+        Figures::Latency(l) => Some(l.median_ns / 1000.0),
+        Figures::Throughput(_) => None,
+    });
+    if !transfer.1.is_empty() {
+        let path = dir.join("transfer-latency.svg");
+        chart(
+            &path,
+            "Buffer round trip (median): moved by shmport, copied by unix and raw-ring",
+            "buffer size",
+            "median round trip (µs, log scale)",
+            SeriesLabelPosition::UpperLeft,
+            &transfer,
         )?;
         written.push(path);
     }
@@ -49,11 +68,12 @@ pub fn write_charts(dir: &Path, results: &[Measurement]) -> Result<Vec<std::path
 
 type Series = (Transport, Vec<(usize, f64)>);
 
-/// One fixed colour per transport, the same in both charts.
+/// One fixed colour per transport, the same in every chart.
 fn color(transport: Transport) -> RGBColor {
     match transport {
         Transport::Shmport => RGBColor(214, 39, 40),
         Transport::ShmportBusy => RGBColor(255, 127, 14),
+        Transport::ShmportNorevoke => RGBColor(227, 119, 194),
         Transport::Unix => RGBColor(31, 119, 180),
         Transport::Pipe => RGBColor(44, 160, 44),
         Transport::Tcp => RGBColor(148, 103, 189),
@@ -92,6 +112,7 @@ fn series(
 fn chart(
     path: &Path,
     title: &str,
+    x_desc: &str,
     y_desc: &str,
     legend: SeriesLabelPosition,
     data: &(Vec<usize>, Vec<Series>),
@@ -114,7 +135,7 @@ fn chart(
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc("message size")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {

@@ -157,6 +157,7 @@ pub fn table(workload: Workload, results: &[Measurement]) -> Option<String> {
             SLEEP_BETWEEN.as_millis()
         ),
         Workload::Stream => writeln!(s, "## stream: one-way throughput\n"),
+        Workload::Transfer => writeln!(s, "## transfer: buffer transfer round trip\n"),
     };
     if latency {
         let _ = writeln!(s, "| size | transport | median | p99 | p99.9 | ratio vs unix | ratio vs raw-ring |");
@@ -189,6 +190,16 @@ pub fn table(workload: Workload, results: &[Measurement]) -> Option<String> {
         }
     }
     let _ = writeln!(s);
+    if workload == Workload::Transfer {
+        let _ = writeln!(
+            s,
+            "One buffer of N bytes goes to the child and comes back. shmport and shmport-norevoke move it in the \
+             transfer list (its pages change hands, nothing is copied; shmport revokes the sender's view with \
+             mprotect on every transfer, shmport-norevoke does not); unix and raw-ring copy the N bytes each way \
+             into a preallocated buffer. Each side writes and reads the first 8 and the last byte inside the timed \
+             region; both processes touched every page during the warmup.\n"
+        );
+    }
     if latency {
         let _ = writeln!(
             s,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::Serialize;
+use shmport::{ArrayBuffer, MessageEvent, MessagePort, Value};
 
 use crate::transport::{Link, Transport};
 
@@ -21,24 +22,43 @@ pub enum Workload {
     Stream,
     /// Round trips with the parent sleeping between them, so the child is asleep.
     RttSleep,
+    /// Round trips of one buffer: moved by shmport (its pages change hands), copied
+    /// by the others.
+    Transfer,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 3] = [Workload::Rtt, Workload::Stream, Workload::RttSleep];
+    pub const ALL: [Workload; 4] = [Workload::Rtt, Workload::Stream, Workload::RttSleep, Workload::Transfer];
 
     pub fn name(self) -> &'static str {
         match self {
             Workload::Rtt => "rtt",
             Workload::Stream => "stream",
             Workload::RttSleep => "rtt-sleep",
+            Workload::Transfer => "transfer",
         }
     }
 
     pub fn from_name(name: &str) -> Result<Workload> {
-        Workload::ALL
-            .into_iter()
-            .find(|w| w.name() == name)
-            .ok_or_else(|| anyhow!("unknown workload {name:?} (known: rtt, stream, rtt-sleep)"))
+        Workload::ALL.into_iter().find(|w| w.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
+            anyhow!("unknown workload {name:?} (known: {})", names.join(", "))
+        })
+    }
+
+    /// Whether the workload is measured over `transport` at all (a transport that does
+    /// not apply gets no row, unlike one that cannot run here, which is reported n/a).
+    pub fn applies_to(self, transport: Transport) -> bool {
+        match self {
+            // Byte messages: revocation changes nothing, so shmport-norevoke would
+            // only repeat shmport.
+            Workload::Rtt | Workload::Stream | Workload::RttSleep => transport != Transport::ShmportNorevoke,
+            // shmport moves the buffer; unix and raw-ring are the copying baselines.
+            Workload::Transfer => matches!(
+                transport,
+                Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing
+            ),
+        }
     }
 }
 
@@ -57,7 +77,8 @@ pub struct Job {
     pub size: usize,
     /// Untimed messages (or round trips) first.
     pub warmup: u64,
-    /// Timed round trips (`rtt`), or messages per timed round (`stream`).
+    /// Timed round trips (`rtt`, `rtt-sleep`, `transfer`), or messages per timed
+    /// round (`stream`).
     pub iters: u64,
     /// Timed rounds (`stream`); 1 otherwise.
     pub reps: u32,
@@ -189,6 +210,10 @@ pub fn parent(link: &mut impl Link, job: &Job) -> Result<Figures> {
         Workload::Rtt => rtt_parent(link, job, None),
         Workload::RttSleep => rtt_parent(link, job, Some(SLEEP_BETWEEN)),
         Workload::Stream => stream_parent(link, job),
+        Workload::Transfer => match shm_port_for(link, job)? {
+            Some(port) => transfer_shm_parent(port, job),
+            None => transfer_copy_parent(link, job),
+        },
     }
 }
 
@@ -197,6 +222,10 @@ pub fn child(link: &mut impl Link, job: &Job) -> Result<()> {
     match job.workload {
         Workload::Rtt | Workload::RttSleep => rtt_child(link, job),
         Workload::Stream => stream_child(link, job),
+        Workload::Transfer => match shm_port_for(link, job)? {
+            Some(port) => transfer_shm_child(port, job),
+            None => transfer_copy_child(link, job),
+        },
     }
 }
 
@@ -279,6 +308,151 @@ fn stream_child(link: &mut impl Link, job: &Job) -> Result<()> {
             next += 1;
         }
         link.send(&next.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// The port to transfer buffers on: `Some` for the shmport transports (which must
+/// move the buffer, never fall back to copying it), `None` for the copying ones.
+fn shm_port_for<'a>(link: &'a impl Link, job: &Job) -> Result<Option<&'a MessagePort>> {
+    let shm = matches!(job.transport, Transport::Shmport | Transport::ShmportNorevoke);
+    match link.shm_port() {
+        Some(port) if shm => Ok(Some(port)),
+        None if !shm && job.transport != Transport::ShmportBusy => Ok(None),
+        _ => bail!("the transfer workload does not apply to {}", job.transport),
+    }
+}
+
+// The transfer workload: one buffer of `size` bytes goes to the child and comes back,
+// `warmup + iters` times. The parent tags it with 2i, the child checks that and tags it
+// 2i + 1, the parent checks that: each side touches the first 8 and the last byte
+// (write and read), inside the timed region. Every page was touched by both processes
+// in the warmup (the parent fills the buffer before the first round trip, the child
+// writes to every page on the first one), so the timed round trips run on resident,
+// mapped pages: the steady state of a buffer that is actually used, and the
+// worst case for revoking the sender's view.
+
+/// Page stride for touching every page of a buffer.
+const PAGE: usize = 4096;
+
+/// Writes to every page of `bytes`, so that they are resident and mapped writable here.
+fn touch_every_page(bytes: &mut [u8]) {
+    for k in (0..bytes.len()).step_by(PAGE) {
+        bytes[k] = std::hint::black_box(bytes[k]);
+    }
+}
+
+/// The buffer of a received message, of exactly `size` bytes.
+fn received_buffer(event: MessageEvent, size: usize, what: &str) -> Result<ArrayBuffer> {
+    let buffer = match event.data {
+        Value::ArrayBuffer(buffer) => buffer,
+        other => bail!("expected an ArrayBuffer as the {what}, got {other:?}"),
+    };
+    ensure!(buffer.byte_length() == size, "{what} holds {} bytes, expected {size}", buffer.byte_length());
+    Ok(buffer)
+}
+
+/// Posts `buffer` in its own transfer list (moves its pages), and checks that this
+/// detached it, that is, that it was transferred and not copied.
+fn post_transfer(port: &MessagePort, buffer: &ArrayBuffer) -> Result<()> {
+    port.post_message(Value::ArrayBuffer(buffer.clone()), [buffer.clone().into()])
+        .context("shmport post_message with a transferred ArrayBuffer")?;
+    ensure!(buffer.is_detached(), "the posted buffer is still attached: it was not transferred");
+    Ok(())
+}
+
+/// Where a buffer's bytes are in this process (its identity as pages, not as a handle).
+fn address(buffer: &ArrayBuffer) -> usize {
+    buffer.with_bytes(|bytes| bytes.as_ptr() as usize)
+}
+
+fn transfer_shm_parent(port: &MessagePort, job: &Job) -> Result<Figures> {
+    let mut buffer = ArrayBuffer::new(job.size).context("allocating the ArrayBuffer")?;
+    ensure!(buffer.byte_length() == job.size, "ArrayBuffer::new gave {} bytes", buffer.byte_length());
+    buffer.with_bytes_mut(|bytes| bytes.fill(0xa5));
+    let home = address(&buffer);
+    let mut samples = Vec::with_capacity(job.iters as usize);
+    for i in 0..job.warmup + job.iters {
+        let start = Instant::now();
+        buffer.with_bytes_mut(|bytes| tag(bytes, 2 * i));
+        port.post_message(Value::ArrayBuffer(buffer.clone()), [buffer.clone().into()])
+            .context("shmport post_message with a transferred ArrayBuffer")?;
+        let event = port.recv().context("shmport recv")?;
+        let back = received_buffer(event, job.size, "echo")?;
+        let checked = back.with_bytes(|bytes| check_tag(bytes, 2 * i + 1, "echoed buffer"));
+        let elapsed = start.elapsed();
+        checked?;
+        ensure!(buffer.is_detached(), "the posted buffer is still attached: it was not transferred");
+        // The same pages came home: neither side copied the buffer into a new one.
+        ensure!(address(&back) == home, "the echo arrived in other pages than were sent: it was copied");
+        buffer = back;
+        if i >= job.warmup {
+            samples.push(elapsed.as_nanos() as u64);
+        }
+    }
+    Ok(Figures::Latency(LatencyStats::from_samples(samples)))
+}
+
+fn transfer_shm_child(port: &MessagePort, job: &Job) -> Result<()> {
+    let mut first_address = None;
+    for i in 0..job.warmup + job.iters {
+        let event = port.recv().context("shmport recv")?;
+        let buffer = received_buffer(event, job.size, "request")?;
+        // Every round trip brings the same pages (the parent's), at the same place here.
+        let at = address(&buffer);
+        ensure!(*first_address.get_or_insert(at) == at, "round trip {i} brought other pages: the buffer was copied");
+        buffer.with_bytes_mut(|bytes| {
+            if i == 0 {
+                touch_every_page(bytes);
+            }
+            check_tag(bytes, 2 * i, "request buffer")?;
+            tag(bytes, 2 * i + 1);
+            anyhow::Ok(())
+        })?;
+        post_transfer(port, &buffer)?;
+    }
+    Ok(())
+}
+
+/// Sends `buf` in frames of at most [`Link::max_frame`] bytes.
+fn send_frames(link: &mut impl Link, buf: &[u8]) -> Result<()> {
+    let frame = link.max_frame();
+    buf.chunks(frame).try_for_each(|chunk| link.send(chunk))
+}
+
+/// Receives what [`send_frames`] sent, into `buf`.
+fn recv_frames(link: &mut impl Link, buf: &mut [u8]) -> Result<()> {
+    let frame = link.max_frame();
+    buf.chunks_mut(frame).try_for_each(|chunk| recv_exact(link, chunk))
+}
+
+fn transfer_copy_parent(link: &mut impl Link, job: &Job) -> Result<Figures> {
+    // One buffer, sent from and received into: the whole buffer is sent before the
+    // echo starts, on every transport here.
+    let mut buf = message_buffer(job.size);
+    let mut samples = Vec::with_capacity(job.iters as usize);
+    for i in 0..job.warmup + job.iters {
+        let start = Instant::now();
+        tag(&mut buf, 2 * i);
+        send_frames(link, &buf)?;
+        recv_frames(link, &mut buf)?;
+        let checked = check_tag(&buf, 2 * i + 1, "echoed buffer");
+        let elapsed = start.elapsed();
+        checked?;
+        if i >= job.warmup {
+            samples.push(elapsed.as_nanos() as u64);
+        }
+    }
+    Ok(Figures::Latency(LatencyStats::from_samples(samples)))
+}
+
+fn transfer_copy_child(link: &mut impl Link, job: &Job) -> Result<()> {
+    let mut buf = message_buffer(job.size);
+    for i in 0..job.warmup + job.iters {
+        recv_frames(link, &mut buf)?;
+        check_tag(&buf, 2 * i, "request buffer")?;
+        tag(&mut buf, 2 * i + 1);
+        send_frames(link, &buf)?;
     }
     Ok(())
 }
