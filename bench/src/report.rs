@@ -49,7 +49,9 @@ pub struct Document<'a> {
 }
 
 pub fn fmt_size(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes >> 10)
@@ -84,7 +86,11 @@ pub fn fmt_gbps(bytes_per_s: f64) -> String {
 
 fn fmt_ratio(r: Option<f64>) -> String {
     match r {
-        Some(r) if r < 0.1 => format!("{r:.3}"),
+        // Two significant digits below 0.1 (0.072, 0.00029), so that no ratio shows as 0.
+        Some(r) if r > 0.0 && r < 0.1 => {
+            let decimals = (-r.log10()).floor() as usize + 2;
+            format!("{r:.decimals$}")
+        }
         Some(r) => format!("{r:.2}"),
         None => "n/a".into(),
     }
@@ -220,4 +226,28 @@ pub fn table(workload: Workload, results: &[Measurement]) -> Option<String> {
         let _ = writeln!(s, "\n{}", notes.join("\n"));
     }
     Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fmt_ratio, fmt_size};
+
+    #[test]
+    fn sizes() {
+        assert_eq!(fmt_size(8), "8 B");
+        assert_eq!(fmt_size(4096), "4 KiB");
+        assert_eq!(fmt_size(1 << 20), "1 MiB");
+        assert_eq!(fmt_size(1536 << 20), "1536 MiB");
+        assert_eq!(fmt_size(1 << 30), "1 GiB");
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(fmt_ratio(Some(1.234)), "1.23");
+        assert_eq!(fmt_ratio(Some(0.0724)), "0.072");
+        assert_eq!(fmt_ratio(Some(0.041)), "0.041");
+        assert_eq!(fmt_ratio(Some(0.00029)), "0.00029");
+        assert_eq!(fmt_ratio(Some(0.0)), "0.00");
+        assert_eq!(fmt_ratio(None), "n/a");
+    }
 }

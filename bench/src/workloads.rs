@@ -500,5 +500,50 @@ mod tests {
         assert_eq!(back.to_arg(), job.to_arg());
         assert!(Job::from_arg("rtt:unix:4:1:1:1").is_err());
         assert!(Job::from_arg("rtt:carrier-pigeon:64:1:1:1").is_err());
+        let transfer = Job::from_arg("transfer:shmport-norevoke:1073741824:2:10:1").unwrap();
+        assert_eq!(
+            (transfer.workload, transfer.transport, transfer.size),
+            (Workload::Transfer, Transport::ShmportNorevoke, 1 << 30)
+        );
+    }
+
+    #[test]
+    fn transfer_runs_over_shmport_and_the_copying_baselines_only() {
+        let over = |w: Workload| -> Vec<&str> {
+            Transport::ALL.into_iter().filter(|&t| w.applies_to(t)).map(Transport::name).collect()
+        };
+        assert_eq!(over(Workload::Transfer), ["shmport", "shmport-norevoke", "unix", "raw-ring"]);
+        for w in [Workload::Rtt, Workload::Stream, Workload::RttSleep] {
+            assert_eq!(over(w), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring"], "{w}");
+        }
+    }
+
+    #[test]
+    fn frames_split_and_reassemble_a_buffer() {
+        /// A link that queues what it sends, with tiny frames.
+        struct Loopback(std::collections::VecDeque<Vec<u8>>);
+        impl Link for Loopback {
+            fn send(&mut self, msg: &[u8]) -> Result<()> {
+                self.0.push_back(msg.to_vec());
+                Ok(())
+            }
+            fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+                let msg = self.0.pop_front().context("empty")?;
+                buf[..msg.len()].copy_from_slice(&msg);
+                Ok(msg.len())
+            }
+            fn max_frame(&self) -> usize {
+                1000
+            }
+        }
+        let mut link = Loopback(Default::default());
+        let mut buf = message_buffer(4096);
+        tag(&mut buf, 7);
+        send_frames(&mut link, &buf).unwrap();
+        assert_eq!(link.0.len(), 5);
+        let mut back = vec![0u8; 4096];
+        recv_frames(&mut link, &mut back).unwrap();
+        assert_eq!(back, buf);
+        check_tag(&back, 7, "test").unwrap();
     }
 }

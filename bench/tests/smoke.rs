@@ -8,7 +8,7 @@ fn quick_run_reports_every_measurement() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("results.json");
     let out = Command::new(env!("CARGO_BIN_EXE_shmport-bench"))
-        .args(["--quick", "--only", "shmport,unix,pipe,raw-ring", "--json"])
+        .args(["--quick", "--only", "shmport,shmport-norevoke,unix,pipe,raw-ring", "--json"])
         .arg(&json)
         .arg("--plot")
         .arg(&dir)
@@ -17,18 +17,33 @@ fn quick_run_reports_every_measurement() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for heading in ["## rtt:", "## stream:", "## rtt-sleep:"] {
+    for heading in ["## rtt:", "## stream:", "## rtt-sleep:", "## transfer: buffer transfer round trip"] {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
-    // 4 transports × (5 rtt sizes + 3 stream sizes + 1 rtt-sleep size).
-    assert_eq!(results.len(), 36);
+    // shmport, unix, pipe, raw-ring × (5 rtt sizes + 3 stream sizes + 1 rtt-sleep size),
+    // then shmport, shmport-norevoke, unix, raw-ring × 4 transfer sizes (4 KiB to
+    // 64 MiB: --quick leaves out 1 GiB). shmport-norevoke runs the transfer workload only.
+    assert_eq!(results.len(), 36 + 16);
     for r in results {
         let status = r["status"].as_str().unwrap();
         assert!(status == "ok" || status.starts_with("n/a"), "{r}");
     }
+    let transfer: Vec<_> = results.iter().filter(|r| r["workload"] == "transfer").collect();
+    assert_eq!(transfer.len(), 16);
+    for transport in ["shmport", "shmport-norevoke", "unix", "raw-ring"] {
+        let sizes: Vec<u64> =
+            transfer.iter().filter(|r| r["transport"] == transport).map(|r| r["size"].as_u64().unwrap()).collect();
+        assert_eq!(sizes, [4 << 10, 64 << 10, 1 << 20, 64 << 20], "{transport}");
+    }
+    for r in transfer.iter().filter(|r| r["status"] == "ok") {
+        let median = r["figures"]["latency"]["median_ns"].as_f64().unwrap();
+        assert!(median > 0.0, "{r}");
+    }
+    assert!(results.iter().all(|r| r["transport"] != "shmport-norevoke" || r["workload"] == "transfer"));
     assert!(dir.join("rtt-latency.svg").exists());
     assert!(dir.join("stream-throughput.svg").exists());
+    assert!(dir.join("transfer-latency.svg").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
