@@ -107,6 +107,13 @@ fn child_entry() {
             carrier.post_message("wrote", []).unwrap();
             assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
         }
+        // Sends back the port it is given.
+        "bounce_port" => {
+            let port = recv(&carrier).ports.remove(0);
+            port.post_message("touched by the child", []).unwrap();
+            carrier.post_message(Value::Undefined, [port.into()]).unwrap();
+            assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
+        }
         // Takes buffers and a port, then waits to be killed.
         "hold_and_wait" => {
             let ev = recv(&carrier);
@@ -194,6 +201,30 @@ fn s06_without_revocation_the_sender_s_view_stays_mapped() {
     assert_eq!(recv(&ch.port1()).data.as_str(), Some("wrote"));
     assert_eq!(got.to_vec()[0], 9, "the same pages, still writable by the sender");
     ch.port1().post_message("bye", []).unwrap();
+    expect_success(child);
+}
+
+#[test]
+fn s12_a_port_sent_back_to_the_process_that_holds_its_peer_works() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("port_sent_back", Duration::from_secs(60));
+    let carrier = MessageChannel::new().unwrap();
+    let child = spawn_role(ENTRY, "bounce_port", &carrier.port2());
+    let pair = MessageChannel::new().unwrap();
+    let (home, traveller) = (pair.port1(), pair.port2());
+    home.post_message("before the trip", []).unwrap();
+    carrier.port1().post_message(Value::Undefined, [traveller.into()]).unwrap();
+    home.post_message("during the trip", []).unwrap();
+    let back = recv(&carrier.port1()).ports.remove(0);
+    for expected in ["before the trip", "during the trip"] {
+        assert_eq!(recv(&back).data.as_str(), Some(expected));
+    }
+    assert_eq!(recv(&home).data.as_str(), Some("touched by the child"));
+    back.post_message("home again", []).unwrap();
+    assert_eq!(recv(&home).data.as_str(), Some("home again"));
+    carrier.port1().post_message("bye", []).unwrap();
     expect_success(child);
 }
 
