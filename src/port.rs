@@ -35,6 +35,10 @@ use crate::value::Value;
 use crate::wait::{self, Check, SLICE, WaitStrategy};
 use crate::wire::{self, Outgoing};
 
+/// A thread's receive buffer is dropped after a message larger than this (a spilled
+/// body), so it does not hold on to memory.
+const KEEP_RECV_BUF: usize = 4 << 20;
+
 /// The default bytes of each direction's ring.
 pub const DEFAULT_CAPACITY: usize = 256 * 1024;
 
@@ -381,22 +385,34 @@ impl Rx {
             // A spilled body was left here; do not keep it alive.
             self.scratch = Vec::new();
         }
-        let fits = self.scratch.len() >= rec.len || self.scratch.try_reserve(rec.len - self.scratch.len()).is_ok();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let taken = self.take_into(rec, &mut scratch);
+        self.scratch = scratch;
+        taken
+    }
+
+    /// As `take`, into `out` (whose first `rec.len` bytes receive the payload).
+    fn take_into(&mut self, rec: &Record, out: &mut Vec<u8>) -> Result<(), RecvFail> {
+        let fits = out.len() >= rec.len || out.try_reserve(rec.len - out.len()).is_ok();
         if fits {
-            if self.scratch.len() < rec.len {
-                self.scratch.resize(rec.len, 0);
+            if out.len() < rec.len {
+                out.resize(rec.len, 0);
             }
-            self.consumer.copy_payload(rec, &mut self.scratch[..rec.len]);
+            self.consumer.copy_payload(rec, &mut out[..rec.len]);
         }
         self.consumer.consume(rec);
-        self.release_and_notify();
+        // Give space back in batches: when everything known is read (so an idle reader
+        // holds nothing back) or a quarter of the ring has been read. Each release is a
+        // store and a fence; in a stream, one per batch instead of one per message.
+        if self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4 {
+            self.release_and_notify();
+        }
         if fits { Ok(()) } else { Err(RecvFail::Message(MessageError::new("out of memory for the message"))) }
     }
 
-    /// Lends the payload buffer out, so a user closure can run without this half's
-    /// lock; `Port::return_scratch` gives it back.
-    fn lend_scratch(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.scratch)
+    /// Swaps the payload buffer with `other` (to hand a spilled body out without copying it).
+    fn swap_scratch(&mut self, other: &mut Vec<u8>) {
+        std::mem::swap(&mut self.scratch, other);
     }
 
     /// Reads and drops everything queued, giving back what the records carry: the
@@ -577,10 +593,16 @@ impl Port {
 
     /// Posts raw bytes that fit the ring: the allocation-free path of `post_bytes`. A
     /// detached port or a closed peer makes this a silent no-op.
-    pub(crate) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
-        let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
+    /// Returns `Err(Spill(max))` without doing anything if the bytes are larger than
+    /// a record of this ring can be: the caller sends them out of line.
+    pub(crate) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), Inline> {
+        let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(Inline::Failed(busy_error(mode))) };
         let Some(tx) = guard.as_mut() else { return Ok(()) };
-        if let Pushed::Written = self.push_waiting(tx, kind, 0, &[bytes], mode)? {
+        let max = tx.producer.ring().max_payload();
+        if bytes.len() > max {
+            return Err(Inline::Spill(max));
+        }
+        if let Pushed::Written = self.push_waiting(tx, kind, 0, &[bytes], mode).map_err(Inline::Failed)? {
             tx.publish_and_notify();
         }
         Ok(())
@@ -626,6 +648,15 @@ impl Port {
         mode: Mode,
         f: impl FnOnce(&mut Rx, u16, u16, usize) -> R,
     ) -> Result<R, RecvFail> {
+        self.recv_record_raw(mode, |rx, rec| {
+            rx.take(rec)?;
+            Ok(f(rx, rec.kind, rec.flags, rec.len))
+        })?
+    }
+
+    /// As `recv_record`, but `f` takes the record out of the ring itself (`Rx::take` or
+    /// `Rx::take_into`).
+    pub(crate) fn recv_record_raw<R>(&self, mode: Mode, f: impl FnOnce(&mut Rx, &Record) -> R) -> Result<R, RecvFail> {
         // A `try_` call never waits for the lock, a timed call waits at most until its
         // deadline: whoever holds it (a blocked `recv`, the dispatch thread) takes the
         // next message anyway.
@@ -652,10 +683,7 @@ impl Port {
             }
         };
         match found {
-            Some(Ok(rec)) => {
-                rx.take(&rec)?;
-                Ok(f(rx, rec.kind, rec.flags, rec.len))
-            }
+            Some(Ok(rec)) => Ok(f(rx, &rec)),
             Some(Err(fail)) => Err(fail),
             None if matches!(mode, Mode::Try) => Err(RecvFail::Empty),
             None => Err(RecvFail::Timeout),
@@ -789,16 +817,6 @@ impl Port {
     pub(crate) fn max_message(&self) -> usize {
         self.link().map_or(0, |l| l.segment.ring(l.end).max_payload())
     }
-
-    /// Gives back the buffer `Rx::lend_scratch` lent out (dropped if the port moved on).
-    pub(crate) fn return_scratch(&self, scratch: Vec<u8>) {
-        if let Ok(mut guard) = self.rx.try_lock()
-            && let Some(rx) = guard.as_mut()
-            && rx.scratch.capacity() == 0
-        {
-            rx.scratch = scratch;
-        }
-    }
 }
 
 /// Wakes whatever thread of this process sleeps on this end's own wait words; the
@@ -807,6 +825,14 @@ fn wake_own_words(link: &Link) {
     wait::sleep_check_fence();
     wait::wake_if_waiting(link.rx_data_word(), link.segment.parker());
     wait::wake_if_waiting(link.tx_space_word(), link.segment.parker());
+}
+
+/// Why `post_inline` did not post.
+pub(crate) enum Inline {
+    /// Too large for a record: send it out of line (the most a record carries).
+    Spill(usize),
+    /// A real error.
+    Failed(PostError),
 }
 
 /// How `push_waiting` ended without an error.
@@ -921,11 +947,10 @@ impl MessagePort {
     }
 
     fn post_bytes_mode(&self, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
-        let max = self.max_inline();
-        if bytes.len() <= max {
-            self.port().post_inline(wire::KIND_BYTES, bytes, mode)
-        } else {
-            self.port().post_outgoing(Outgoing::bytes(bytes, max)?, mode)
+        match self.port().post_inline(wire::KIND_BYTES, bytes, mode) {
+            Ok(()) => Ok(()),
+            Err(Inline::Failed(e)) => Err(e),
+            Err(Inline::Spill(max)) => self.port().post_outgoing(Outgoing::bytes(bytes, max)?, mode),
         }
     }
 
@@ -1006,15 +1031,37 @@ impl MessagePort {
     }
 
     fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
-        // The closure runs without the port's lock, on the port's own buffer lent out
-        // for the call: it may close, transfer or receive on this port.
-        let (range, scratch) = self.port().recv_record(mode, |rx, _kind, flags, len| {
-            let range = wire::body_of(rx, flags, len)?;
-            Ok::<_, RecvFail>((range, rx.lend_scratch()))
+        // The bytes are copied straight from the ring into this thread's receive buffer,
+        // and the closure runs on them without the port's lock: it may close, transfer
+        // or receive on this port. A nested call (from inside such a closure) uses a
+        // buffer of its own.
+        thread_local! {
+            static RECV_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        RECV_BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                let result = self.recv_bytes_into(mode, &mut buf, f);
+                if buf.capacity() > KEEP_RECV_BUF {
+                    *buf = Vec::new();
+                }
+                result
+            }
+            Err(_) => self.recv_bytes_into(mode, &mut Vec::new(), f),
+        })
+    }
+
+    fn recv_bytes_into<R>(&self, mode: Mode, buf: &mut Vec<u8>, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
+        let range = self.port().recv_record_raw(mode, |rx, rec| {
+            if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
+                rx.take_into(rec, buf)?;
+                return Ok(0..rec.len);
+            }
+            rx.take(rec)?;
+            let range = wire::body_of(rx, rec.flags, rec.len)?;
+            rx.swap_scratch(buf);
+            Ok::<_, RecvFail>(range)
         })??;
-        let result = f(&scratch[range]);
-        self.port().return_scratch(scratch);
-        Ok(result)
+        Ok(f(&buf[range]))
     }
 
     /// Waits for a message posted with [`post_typed`](Self::post_typed) and decodes it

@@ -117,6 +117,11 @@ impl RingRef {
         RingRef { lines, data, cap }
     }
 
+    /// Bytes of the data area.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.cap
+    }
+
     /// The largest payload a record of this ring can carry.
     pub(crate) fn max_payload(&self) -> usize {
         (self.cap - HEADER) as usize
@@ -390,6 +395,17 @@ impl Consumer {
     pub(crate) fn consume(&mut self, record: &Record) {
         debug_assert!(record.next > self.head && record.next <= self.cached_tail);
         self.head = record.next;
+    }
+
+    /// Whether every record known to be published has been read (a new look at the
+    /// producer's `tail` may find more).
+    pub(crate) fn caught_up(&self) -> bool {
+        self.head == self.cached_tail
+    }
+
+    /// Bytes read but not yet given back.
+    pub(crate) fn unreleased(&self) -> u64 {
+        self.head - self.released
     }
 
     /// Gives consumed space back to the producer. Returns whether anything changed (the
