@@ -32,7 +32,7 @@ use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
 use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, FLAG_NO_REVOKE, Segment};
 use crate::sync::{AtomicU32, Ordering};
 use crate::value::Value;
-use crate::wait::{self, Check, SLICE, WaitStrategy};
+use crate::wait::{self, Check, SLICE, SpinEstimate, WaitStrategy};
 use crate::wire::{self, Outgoing};
 
 /// A thread's receive buffer is dropped after a message larger than this (a spilled
@@ -244,11 +244,18 @@ struct Tx {
     /// consumer must pass to have read them.
     in_flight: VecDeque<(u64, Vec<SentChunk>)>,
     last_liveness_check: Instant,
+    spin: SpinEstimate,
 }
 
 impl Tx {
     fn new(link: Arc<Link>, producer: Producer) -> Tx {
-        Tx { link, producer, in_flight: VecDeque::new(), last_liveness_check: Instant::now() }
+        Tx {
+            link,
+            producer,
+            in_flight: VecDeque::new(),
+            last_liveness_check: Instant::now(),
+            spin: SpinEstimate::default(),
+        }
     }
 
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
@@ -293,6 +300,7 @@ pub(crate) struct Rx {
     /// The peer was seen gone and the ring drained: `Closed` from now on.
     finished: bool,
     last_liveness_check: Instant,
+    spin: SpinEstimate,
 }
 
 impl Rx {
@@ -305,6 +313,7 @@ impl Rx {
             pending_error: None,
             finished: false,
             last_liveness_check: Instant::now(),
+            spin: SpinEstimate::default(),
         }
     }
 
@@ -571,8 +580,14 @@ impl Port {
             };
         }
         let link = tx.link.clone();
-        let outcome =
-            wait::block_on(link.tx_space_word(), link.segment.parker(), self.strategy(), mode.deadline(), |check| {
+        let mut spin = tx.spin;
+        let outcome = wait::block_on(
+            link.tx_space_word(),
+            link.segment.parker(),
+            self.strategy(),
+            &mut spin,
+            mode.deadline(),
+            |check| {
                 if self.is_detached() {
                     return Some(Ok(Pushed::Detached));
                 }
@@ -587,7 +602,9 @@ impl Port {
                     }
                     Err(e) => Some(Err(push_error(e, parts, &tx.producer))),
                 }
-            });
+            },
+        );
+        tx.spin = spin;
         outcome.unwrap_or(Err(PostError::Timeout))
     }
 
@@ -677,9 +694,17 @@ impl Port {
             }
             Mode::Block | Mode::Until(_) => {
                 let link = rx.link.clone();
-                wait::block_on(link.rx_data_word(), link.segment.parker(), self.strategy(), mode.deadline(), |check| {
-                    if self.is_detached() { Some(Err(RecvFail::Closed)) } else { rx.poll(check) }
-                })
+                let mut spin = rx.spin;
+                let found = wait::block_on(
+                    link.rx_data_word(),
+                    link.segment.parker(),
+                    self.strategy(),
+                    &mut spin,
+                    mode.deadline(),
+                    |check| if self.is_detached() { Some(Err(RecvFail::Closed)) } else { rx.poll(check) },
+                );
+                rx.spin = spin;
+                found
             }
         };
         match found {
@@ -698,25 +723,28 @@ impl Port {
             return Readiness::Detached;
         };
         let link = rx.link.clone();
-        wait::block_on(link.rx_data_word(), link.segment.parker(), self.strategy(), None, |check| {
-            if self.is_detached() {
-                return Some(Readiness::Detached);
-            }
-            if !keep_waiting() {
-                return Some(Readiness::Interrupted);
-            }
-            match rx.poll(check) {
-                Some(Ok(_)) => Some(Readiness::Message),
-                Some(Err(RecvFail::Message(e))) => {
-                    // Keep it for the receiving call that follows.
-                    rx.pending_error = Some(e);
-                    Some(Readiness::Message)
+        let mut spin = rx.spin;
+        let readiness =
+            wait::block_on(link.rx_data_word(), link.segment.parker(), self.strategy(), &mut spin, None, |check| {
+                if self.is_detached() {
+                    return Some(Readiness::Detached);
                 }
-                Some(Err(_)) => Some(Readiness::PeerGone),
-                None => None,
-            }
-        })
-        .unwrap_or(Readiness::Interrupted)
+                if !keep_waiting() {
+                    return Some(Readiness::Interrupted);
+                }
+                match rx.poll(check) {
+                    Some(Ok(_)) => Some(Readiness::Message),
+                    Some(Err(RecvFail::Message(e))) => {
+                        // Keep it for the receiving call that follows.
+                        rx.pending_error = Some(e);
+                        Some(Readiness::Message)
+                    }
+                    Some(Err(_)) => Some(Readiness::PeerGone),
+                    None => None,
+                }
+            });
+        rx.spin = spin;
+        readiness.unwrap_or(Readiness::Interrupted)
     }
 
     /// Sleeps for at most one slice, or until the handlers change (`events_epoch`

@@ -165,8 +165,18 @@ fn yield_now() {
 /// How a blocking call waits once the condition is false.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {
-    /// Spin for up to `spin`, then sleep on the futex in slices of at most `slice`
-    /// (each slice end re-checks that the peer is alive). The default.
+    /// The default. Spin while the peer has lately answered quickly, sleep at once when
+    /// it has not: each waiting side keeps an average of how long its recent waits
+    /// took, and spins for up to four times that (at least 5 µs, at most `max_spin`)
+    /// when that average is below half of `max_spin`, else for only 5 µs. Spinning
+    /// yields the core after 5 µs. So a busy exchange stays on the fast path, and an
+    /// idle or slow peer costs a few µs of CPU per wait, not `max_spin`.
+    Adaptive {
+        /// The most a single wait spins before it sleeps.
+        max_spin: Duration,
+    },
+    /// Spin for up to `spin`, then sleep on the futex in slices of at most 25 ms
+    /// (each slice end re-checks that the peer is alive).
     SpinThenSleep {
         /// How long to busy-poll before sleeping.
         spin: Duration,
@@ -179,9 +189,40 @@ pub enum WaitStrategy {
 
 impl Default for WaitStrategy {
     fn default() -> Self {
-        // About twice the cost of a futex wake on a typical VM: spinning longer than a
-        // sleep would cost is wasted CPU, spinning less makes quick replies pay a wake.
-        WaitStrategy::SpinThenSleep { spin: Duration::from_micros(50) }
+        // A few times the cost of a futex wake on a typical VM (25-30 µs): spinning
+        // longer than a sleep would cost is wasted CPU.
+        WaitStrategy::Adaptive { max_spin: Duration::from_micros(100) }
+    }
+}
+
+/// The shortest spin of the adaptive strategy.
+const MIN_SPIN: Duration = Duration::from_micros(5);
+
+/// What the adaptive strategy remembers of one waiter's recent waits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SpinEstimate {
+    /// Moving average of recent waits, in ns.
+    average_ns: u64,
+}
+
+impl Default for SpinEstimate {
+    fn default() -> Self {
+        // Start optimistic: spin as if the peer answered in 10 µs.
+        SpinEstimate { average_ns: 10_000 }
+    }
+}
+
+impl SpinEstimate {
+    /// How long to spin now.
+    fn spin(&self, max: Duration) -> Duration {
+        let average = Duration::from_nanos(self.average_ns);
+        if average * 2 <= max { (average * 4).clamp(MIN_SPIN, max.max(MIN_SPIN)) } else { MIN_SPIN.min(max) }
+    }
+
+    /// Learns from a wait that took `waited`.
+    fn record(&mut self, waited: Duration, max: Duration) {
+        let sample = waited.min(max * 4).as_nanos() as u64;
+        self.average_ns = self.average_ns - self.average_ns / 8 + sample / 8;
     }
 }
 
@@ -204,46 +245,66 @@ pub(crate) fn block_on<T>(
     word: &AtomicU32,
     parker: &Parker,
     strategy: WaitStrategy,
+    estimate: &mut SpinEstimate,
     deadline: Option<Instant>,
     mut poll: impl FnMut(Check) -> Option<T>,
 ) -> Option<T> {
     if let Some(t) = poll(Check::Fast) {
         return Some(t);
     }
-    let start = Instant::now();
     let spin_for = match strategy {
+        WaitStrategy::Adaptive { max_spin } => Some(estimate.spin(max_spin)),
         WaitStrategy::SpinThenSleep { spin } => Some(spin),
         WaitStrategy::BusyPoll => None,
     };
-    // Spin phase. Reading the clock (vDSO, no syscall) every 64 polls keeps it cheap.
-    // With spin-then-sleep, the spin turns into `sched_yield` after `YIELD_AFTER`, so a
-    // waiter never starves the thread it waits for when threads outnumber cores (a
-    // pure spin there can keep both cores busy waiting while the producers queue).
-    let mut last_slow = start;
+    let (result, waited) = wait_until(word, parker, spin_for, deadline, &mut poll);
+    if let WaitStrategy::Adaptive { max_spin } = strategy {
+        estimate.record(waited, max_spin);
+    }
+    result
+}
+
+/// The waiting of `block_on`; also returns about how long it waited (to the last
+/// clock reading: a wait that ends in the first few polls reads no clock at all).
+fn wait_until<T>(
+    word: &AtomicU32,
+    parker: &Parker,
+    spin_for: Option<Duration>,
+    deadline: Option<Instant>,
+    poll: &mut impl FnMut(Check) -> Option<T>,
+) -> (Option<T>, Duration) {
+    // Spin phase. Reading the clock (vDSO, no syscall) every 64 polls keeps it cheap;
+    // the first reading starts the clock. With a bounded spin, the spin turns into
+    // `sched_yield` after `YIELD_AFTER`, so a waiter never starves the thread it waits
+    // for when threads outnumber cores (a pure spin there can keep both cores busy
+    // waiting while the producers queue).
+    let mut start: Option<Instant> = None;
+    let mut spun = Duration::ZERO;
     let mut n: u32 = 0;
     let mut yielding = false;
     loop {
         n = n.wrapping_add(1);
         if n % 64 == 0 {
             let now = Instant::now();
+            let began = *start.get_or_insert(now);
             if deadline.is_some_and(|d| now >= d) {
-                return poll(Check::Slow);
+                return (poll(Check::Slow), spun);
             }
-            let spun = now.duration_since(start);
+            spun = now.duration_since(began);
             if spin_for.is_some_and(|s| spun >= s) {
                 break;
             }
             yielding = spin_for.is_some() && spun >= YIELD_AFTER;
-            if now.duration_since(last_slow) >= SLICE {
-                last_slow = now;
+            // Only a busy-poll spins long enough to need the slow check here.
+            if spun >= SLICE && n % (64 * 1024) == 0 {
                 if let Some(t) = poll(Check::Slow) {
-                    return Some(t);
+                    return (Some(t), spun);
                 }
                 continue;
             }
         }
         if let Some(t) = poll(Check::Fast) {
-            return Some(t);
+            return (Some(t), spun);
         }
         if yielding {
             yield_now();
@@ -252,18 +313,20 @@ pub(crate) fn block_on<T>(
         }
     }
     // Sleep phase.
+    let began = start.unwrap_or_else(Instant::now);
+    let mut last_slow = Instant::now();
     loop {
         let w = announce(word);
         if let Some(t) = poll(Check::Fast) {
             withdraw(word);
-            return Some(t);
+            return (Some(t), began.elapsed());
         }
         let slice = match deadline {
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
                     withdraw(word);
-                    return poll(Check::Slow);
+                    return (poll(Check::Slow), began.elapsed());
                 }
                 (d - now).min(SLICE)
             }
@@ -281,7 +344,7 @@ pub(crate) fn block_on<T>(
         };
         if let Some(t) = poll(check) {
             withdraw(word);
-            return Some(t);
+            return (Some(t), now.duration_since(began));
         }
     }
 }

@@ -142,7 +142,7 @@ fn open_inodes() -> (HashSet<String>, HashSet<String>) {
             continue;
         };
         let target = target.to_string_lossy().into_owned();
-        if target.starts_with("/memfd:shmport") {
+        if target.starts_with("/memfd:shmport-channel") {
             // Distinguish memfds by inode: the name is the same for all of them.
             let meta = std::fs::metadata(entry.path()).unwrap();
             memfds.insert(std::os::unix::fs::MetadataExt::ino(&meta).to_string());

@@ -27,7 +27,9 @@ fn memfds() -> HashSet<std::path::PathBuf> {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .flatten()
-        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmport")))
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmport-channel"))
+        })
         .map(|e| e.path())
         .collect()
 }
