@@ -50,6 +50,8 @@ mod buffer;
 #[cfg(not(loom))]
 mod codec;
 #[cfg(not(loom))]
+mod diagnostics;
+#[cfg(not(loom))]
 mod dispatch;
 #[cfg(not(loom))]
 mod error;
@@ -73,6 +75,8 @@ pub use arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats};
 pub use bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
 pub use buffer::ArrayBuffer;
+#[cfg(not(loom))]
+pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]
 pub use error::{
     DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvTimeoutError, TryRecvError,

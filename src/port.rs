@@ -218,7 +218,10 @@ impl Link {
 
     /// The peer is closed, or every holder of its end died (one syscall).
     fn peer_gone(&self) -> bool {
-        self.peer_closed() || platform::peer_hung_up(self.socket.as_fd())
+        self.peer_closed() || {
+            crate::diagnostics::count_liveness_poll();
+            platform::peer_hung_up(self.socket.as_fd())
+        }
     }
 
     /// The word our consumer sleeps on.
@@ -243,7 +246,8 @@ struct Tx {
     /// Chunks posted and not yet known to be received, with the ring position the
     /// consumer must pass to have read them.
     in_flight: VecDeque<(u64, Vec<SentChunk>)>,
-    last_liveness_check: Instant,
+    /// When a liveness check last ran, and the peer's index then.
+    last_liveness_check: (Instant, u64),
     spin: SpinEstimate,
 }
 
@@ -253,14 +257,15 @@ impl Tx {
             link,
             producer,
             in_flight: VecDeque::new(),
-            last_liveness_check: Instant::now(),
+            last_liveness_check: (Instant::now(), 0),
             spin: SpinEstimate::default(),
         }
     }
 
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
     fn liveness_due(&mut self) -> Check {
-        due(&mut self.last_liveness_check)
+        let progress = self.producer.seen_head();
+        due(&mut self.last_liveness_check, progress)
     }
 
     /// Forgets posted chunks the consumer has read; if the peer is gone, gives back
@@ -299,7 +304,8 @@ pub(crate) struct Rx {
     pending_error: Option<MessageError>,
     /// The peer was seen gone and the ring drained: `Closed` from now on.
     finished: bool,
-    last_liveness_check: Instant,
+    /// When a liveness check last ran, and the peer's index then.
+    last_liveness_check: (Instant, u64),
     spin: SpinEstimate,
 }
 
@@ -312,7 +318,7 @@ impl Rx {
             broken: false,
             pending_error: None,
             finished: false,
-            last_liveness_check: Instant::now(),
+            last_liveness_check: (Instant::now(), 0),
             spin: SpinEstimate::default(),
         }
     }
@@ -366,7 +372,8 @@ impl Rx {
 
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
     fn liveness_due(&mut self) -> Check {
-        due(&mut self.last_liveness_check)
+        let progress = self.consumer.seen_tail();
+        due(&mut self.last_liveness_check, progress)
     }
 
     /// The payload of the record `take` returned last.
@@ -443,14 +450,17 @@ impl Rx {
 }
 
 /// `Slow` if the last slow check is at least a slice old (and restarts the clock).
-fn due(last: &mut Instant) -> Check {
+///
+/// A peer that moved its index since the last check is alive: then the check is
+/// skipped, so a `try_` call beside a working peer never makes a syscall.
+fn due(last: &mut (Instant, u64), progress: u64) -> Check {
     let now = Instant::now();
-    if now.duration_since(*last) >= SLICE {
-        *last = now;
-        Check::Slow
-    } else {
-        Check::Fast
+    if now.duration_since(last.0) < SLICE {
+        return Check::Fast;
     }
+    let moved = progress != last.1;
+    *last = (now, progress);
+    if moved { Check::Fast } else { Check::Slow }
 }
 
 /// How long a call may wait.

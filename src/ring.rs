@@ -289,6 +289,11 @@ impl Producer {
         self.tail
     }
 
+    /// The consumer's `head` as last read (no shared-memory access).
+    pub(crate) fn seen_head(&self) -> u64 {
+        self.cached_head
+    }
+
     /// Re-reads the consumer's `head` (validated) and returns it.
     pub(crate) fn consumed(&mut self) -> Result<u64, Corrupt> {
         self.fits(self.ring.cap)?;
@@ -395,6 +400,11 @@ impl Consumer {
     pub(crate) fn consume(&mut self, record: &Record) {
         debug_assert!(record.next > self.head && record.next <= self.cached_tail);
         self.head = record.next;
+    }
+
+    /// The producer's `tail` as last read (no shared-memory access).
+    pub(crate) fn seen_tail(&self) -> u64 {
+        self.cached_tail
     }
 
     /// Whether every record known to be published has been read (a new look at the

@@ -56,7 +56,10 @@ impl Parker {
     pub(crate) fn park(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         match self {
             #[cfg(not(loom))]
-            Parker::Futex => crate::platform::futex_wait(word, expected, timeout),
+            Parker::Futex => {
+                crate::diagnostics::count_futex_wait();
+                crate::platform::futex_wait(word, expected, timeout)
+            }
             Parker::Local(p) => {
                 let guard = p.lock.lock().unwrap_or_else(|e| e.into_inner());
                 if word.load(Ordering::Relaxed) != expected {
@@ -77,7 +80,10 @@ impl Parker {
     pub(crate) fn unpark(&self, word: &AtomicU32) {
         match self {
             #[cfg(not(loom))]
-            Parker::Futex => crate::platform::futex_wake(word),
+            Parker::Futex => {
+                crate::diagnostics::count_futex_wake();
+                crate::platform::futex_wake(word)
+            }
             Parker::Local(p) => {
                 drop(p.lock.lock().unwrap_or_else(|e| e.into_inner()));
                 p.cond.notify_all();
@@ -159,7 +165,10 @@ fn yield_now() {
     #[cfg(loom)]
     loom::thread::yield_now();
     #[cfg(not(loom))]
-    std::thread::yield_now();
+    {
+        crate::diagnostics::count_yield();
+        std::thread::yield_now();
+    }
 }
 
 /// How a blocking call waits once the condition is false.

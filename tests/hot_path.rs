@@ -1,0 +1,144 @@
+//! The hot path makes no heap allocation and no system call while the peer is awake:
+//! `post_bytes`, `recv_bytes_with` and their `try_` variants, measured with a counting
+//! global allocator (per thread) and the library's own syscall counters.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use shmport::{ChannelOptions, MessageChannel, PostError, TryRecvError, diagnostics};
+
+/// Counts the allocations of each thread.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the thread-local counter is a const-
+// initialised Cell, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// The syscall counters are process-wide: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const N: u64 = 200_000;
+
+#[test]
+fn try_post_and_try_recv_allocate_nothing_and_make_no_syscall() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1 << 16)).unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    // Warm up: the receive buffer of each thread is allocated once, on first use.
+    a.post_bytes(&[0; 64]).unwrap();
+    let ready = AtomicBool::new(false);
+    let before = diagnostics();
+    let (sent_allocs, received_allocs) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            b.recv_bytes_with(|_| ()).unwrap();
+            ready.store(true, Ordering::Release);
+            let start = allocations();
+            let mut got = 0u64;
+            let mut sum = 0u64;
+            while got < N {
+                match b.try_recv_bytes_with(|bytes| u64::from(bytes[0])) {
+                    Ok(x) => {
+                        sum += x;
+                        got += 1;
+                    }
+                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(sum, N * 7);
+            allocations() - start
+        });
+        while !ready.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        let start = allocations();
+        let message = [7u8; 64];
+        let mut sent = 0;
+        while sent < N {
+            match a.try_post_bytes(&message) {
+                Ok(()) => sent += 1,
+                Err(PostError::Full) => std::hint::spin_loop(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        (allocations() - start, reader.join().unwrap())
+    });
+    let after = diagnostics();
+    assert_eq!(sent_allocs, 0, "try_post_bytes allocated");
+    assert_eq!(received_allocs, 0, "try_recv_bytes_with allocated");
+    assert_eq!(after.syscalls() - before.syscalls(), 0, "{before:?} -> {after:?}");
+}
+
+#[test]
+fn post_bytes_to_an_awake_reader_and_recv_bytes_with_of_queued_messages_make_no_syscall() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1 << 20)).unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    a.post_bytes(&[0; 64]).unwrap();
+    b.recv_bytes_with(|_| ()).unwrap();
+    // Blocking post with the reader spinning: no wake-up is needed, none is made.
+    let before = diagnostics();
+    let done = AtomicBool::new(false);
+    let writer_allocs = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut got = 0;
+            while got < 10_000 {
+                if b.try_recv_bytes_with(|_| ()).is_ok() {
+                    got += 1;
+                }
+            }
+            done.store(true, Ordering::Release);
+        });
+        let start = allocations();
+        for i in 0..10_000u32 {
+            a.post_bytes(&i.to_le_bytes()).unwrap();
+        }
+        while !done.load(Ordering::Acquire) {
+            std::hint::spin_loop();
+        }
+        allocations() - start
+    });
+    let after = diagnostics();
+    assert_eq!(writer_allocs, 0);
+    assert_eq!(after.syscalls() - before.syscalls(), 0, "{before:?} -> {after:?}");
+    // Blocking receive of messages already queued: no wait, no syscall, no allocation.
+    for i in 0..10_000u32 {
+        a.post_bytes(&i.to_le_bytes()).unwrap();
+    }
+    let before = diagnostics();
+    let start = allocations();
+    for i in 0..10_000u32 {
+        let got = b.recv_bytes_with(|bytes| u32::from_le_bytes(bytes.try_into().unwrap())).unwrap();
+        assert_eq!(got, i);
+    }
+    assert_eq!(allocations() - start, 0);
+    assert_eq!(diagnostics().syscalls() - before.syscalls(), 0);
+}
