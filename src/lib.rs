@@ -87,6 +87,60 @@ pub use port::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, M
 pub use value::{BigInt, TypedArray, TypedArrayKind, Value};
 pub use wait::WaitStrategy;
 
+/// Thin wrappers over internal layers for the criterion benches (`--features
+/// bench-internals`). Not part of the API: may change at any time.
+#[cfg(all(feature = "bench-internals", not(loom)))]
+#[doc(hidden)]
+pub mod __bench {
+    use crate::ring::local::LocalRing;
+    use crate::ring::{Consumer, Producer};
+
+    /// A ring in process memory with both halves.
+    pub struct Ring {
+        _memory: Box<LocalRing>,
+        producer: Producer,
+        consumer: Consumer,
+        scratch: Vec<u8>,
+    }
+
+    impl Ring {
+        /// A ring of `capacity` bytes (a power of two, at least 64).
+        pub fn new(capacity: u64) -> Ring {
+            let memory = Box::new(LocalRing::new(capacity));
+            let producer = Producer::attach(memory.view()).expect("fresh ring");
+            let consumer = Consumer::attach(memory.view()).expect("fresh ring");
+            Ring { _memory: memory, producer, consumer, scratch: vec![0; capacity as usize] }
+        }
+
+        /// Writes and publishes one record; false when full.
+        pub fn push(&mut self, bytes: &[u8]) -> bool {
+            let ok = self.producer.try_push(2, 0, &[bytes]).is_ok();
+            self.producer.publish();
+            ok
+        }
+
+        /// Reads one record into an internal buffer and releases it; its length.
+        pub fn pop(&mut self) -> Option<usize> {
+            let rec = self.consumer.peek().ok()??;
+            self.consumer.copy_payload(&rec, &mut self.scratch[..rec.len]);
+            self.consumer.consume(&rec);
+            self.consumer.release();
+            Some(rec.len)
+        }
+    }
+
+    /// Encodes `value` (no transfer list) into `out`.
+    pub fn encode(value: &crate::Value, out: &mut Vec<u8>) {
+        out.clear();
+        crate::codec::encode(value, &crate::codec::Transfer { buffers: &[], ports: &[] }, out).expect("encodable");
+    }
+
+    /// Decodes bytes made by `encode`.
+    pub fn decode(bytes: &[u8]) -> crate::Value {
+        crate::codec::decode(bytes, &[], &[]).expect("decodable")
+    }
+}
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -443,8 +443,9 @@ fn check_counters(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
     Ok(())
 }
 
-/// A ring in process memory, for the process-local backend's tests and for loom.
-#[cfg(any(test, loom))]
+/// A ring in process memory, for the process-local backend's tests, loom, and the
+/// layer benchmarks.
+#[cfg(any(test, loom, feature = "bench-internals"))]
 pub(crate) mod local {
     use super::*;
 
