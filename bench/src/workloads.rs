@@ -204,8 +204,35 @@ fn recv_exact(link: &mut impl Link, buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
-/// The parent's side of `job`: measures and returns the figures.
+/// The parent's side of `job`: measures and returns the figures. For the shmport
+/// transports it also prints, on stderr, the system calls the parent's port made per
+/// message (from `shmport::diagnostics`), to show the hot path makes none while the
+/// peer is awake.
 pub fn parent(link: &mut impl Link, job: &Job) -> Result<Figures> {
+    let before = shmport::diagnostics();
+    let figures = measure(link, job)?;
+    if link.shm_port().is_some() && job.workload != Workload::Transfer {
+        let after = shmport::diagnostics();
+        let messages = match job.workload {
+            Workload::Stream => (job.warmup + job.iters * u64::from(job.reps)) as f64,
+            _ => 2.0 * (job.warmup + job.iters) as f64,
+        };
+        let per = |a: u64, b: u64| (a - b) as f64 / messages;
+        eprintln!(
+            "  syscalls per message, {} {} {} B (parent side): futex waits {:.4}, futex wakes {:.4}, yields {:.4}, liveness polls {:.4}",
+            job.transport.name(),
+            job.workload.name(),
+            job.size,
+            per(after.futex_waits, before.futex_waits),
+            per(after.futex_wakes, before.futex_wakes),
+            per(after.yields, before.yields),
+            per(after.liveness_polls, before.liveness_polls),
+        );
+    }
+    Ok(figures)
+}
+
+fn measure(link: &mut impl Link, job: &Job) -> Result<Figures> {
     match job.workload {
         Workload::Rtt => rtt_parent(link, job, None),
         Workload::RttSleep => rtt_parent(link, job, Some(SLEEP_BETWEEN)),
