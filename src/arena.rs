@@ -333,6 +333,13 @@ pub(crate) fn receive(segment: Arc<ArenaSegment>, descriptor: Descriptor) -> Res
     if descriptor.chunk >= segment.chunk_count {
         return Err("buffer descriptor out of range");
     }
+    // Under the bookkeeping lock: a chunk this process already holds is never taken a
+    // second time, whatever the shared state word says (a peer can write it), so two
+    // live buffers of this process never share pages.
+    let mut local = lock(&segment.local);
+    if local[descriptor.chunk as usize].busy {
+        return Err("buffer descriptor names pages this process already holds");
+    }
     let state = segment.state(descriptor.chunk);
     // SYNC: chunk transfer. Acquire: the sender's writes to the pages are visible.
     let current = state.load(Ordering::Acquire);
@@ -343,9 +350,7 @@ pub(crate) fn receive(segment: Arc<ArenaSegment>, descriptor: Descriptor) -> Res
     state
         .compare_exchange(current, pack(generation, TAG_HELD, my_pid()), Ordering::AcqRel, Ordering::Relaxed)
         .map_err(|_| "buffer descriptor raced with another receiver")?;
-    let mut local = lock(&segment.local);
-    if let Err(_e) = segment.set_open(&mut local, descriptor.chunk, true) {
-        drop(local);
+    if segment.set_open(&mut local, descriptor.chunk, true).is_err() {
         let _ = state.compare_exchange(
             pack(generation, TAG_HELD, my_pid()),
             pack(generation, TAG_FREE, 0),
@@ -357,6 +362,20 @@ pub(crate) fn receive(segment: Arc<ArenaSegment>, descriptor: Descriptor) -> Res
     local[descriptor.chunk as usize].busy = true;
     drop(local);
     Ok(Chunk { segment, index: descriptor.chunk, generation })
+}
+
+/// Gives back a chunk named by a message that could not be received (its record was
+/// read, so its sender will not reclaim it): `SENT(any, generation) → FREE`.
+pub(crate) fn give_back(segment: &ArenaSegment, descriptor: Descriptor) {
+    if descriptor.chunk >= segment.chunk_count {
+        return;
+    }
+    let state = segment.state(descriptor.chunk);
+    let current = state.load(Ordering::Acquire);
+    let (generation, tag, _) = unpack(current);
+    if tag == TAG_SENT && generation == descriptor.generation {
+        let _ = state.compare_exchange(current, pack(generation, TAG_FREE, 0), Ordering::AcqRel, Ordering::Relaxed);
+    }
 }
 
 /// Counts of this process's own arena, for diagnostics and tests.
@@ -548,6 +567,24 @@ mod tests {
         drop(chunk);
         // Given back: FREE, and no longer receivable.
         assert!(receive(view, d).is_err());
+    }
+
+    #[test]
+    fn a_chunk_this_process_holds_is_never_received_a_second_time() {
+        let (chunk, _) = allocate(5000).unwrap();
+        let d = chunk.descriptor();
+        let segment = chunk.segment().clone();
+        // A hostile peer marks the chunk we hold as sent and names it in a message.
+        segment.state(d.chunk).store(pack(d.generation, TAG_SENT, 4242), Ordering::Release);
+        assert_eq!(receive(segment.clone(), d).err(), Some("buffer descriptor names pages this process already holds"));
+        // Received once, then forged back to SENT: the second receipt is refused too.
+        drop(chunk);
+        let (sent, view, d) = sent_chunk();
+        let first = receive(view.clone(), d).unwrap();
+        view.state(d.chunk).store(pack(d.generation, TAG_SENT, 4242), Ordering::Release);
+        assert!(receive(view.clone(), d).is_err());
+        drop(first);
+        drop(sent);
     }
 
     #[test]
