@@ -44,8 +44,11 @@ use crate::platform;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMARENA");
 const VERSION: u32 = 1;
-/// The smallest chunk: one page.
-const MIN_SHIFT: u32 = 12;
+/// The smallest chunk: 4 KiB, or the page size if larger (16 KiB and 64 KiB pages on
+/// some aarch64 systems), so revoking one chunk never touches a neighbour's page.
+fn min_shift() -> u32 {
+    platform::page_size().max(4096).trailing_zeros()
+}
 /// The largest chunk: 64 GiB.
 const MAX_SHIFT: u32 = 36;
 /// Segments of small classes hold this many bytes of chunks.
@@ -175,7 +178,7 @@ impl ArenaSegment {
             return Err("incompatible arena version");
         }
         let shift = h.chunk_shift.load(Ordering::Relaxed);
-        if !(MIN_SHIFT..=MAX_SHIFT).contains(&shift) {
+        if !(min_shift()..=MAX_SHIFT).contains(&shift) {
             return Err("arena chunk size out of range");
         }
         let (count, data_offset, total) = Self::layout(shift);
@@ -412,7 +415,7 @@ fn arena() -> MutexGuard<'static, Arena> {
 
 /// The size class of a request.
 fn class_of(len: usize) -> Option<u32> {
-    let shift = len.max(1).next_power_of_two().trailing_zeros().max(MIN_SHIFT);
+    let shift = len.max(1).next_power_of_two().trailing_zeros().max(min_shift());
     (shift <= MAX_SHIFT && len <= 1usize << MAX_SHIFT).then_some(shift)
 }
 
@@ -610,7 +613,7 @@ mod tests {
 
     #[test]
     fn size_classes_cover_zero_to_64_gib() {
-        assert_eq!(class_of(0), Some(MIN_SHIFT));
+        assert_eq!(class_of(0), Some(min_shift()));
         assert_eq!(class_of(4096), Some(12));
         assert_eq!(class_of(4097), Some(13));
         assert_eq!(class_of(1 << 30), Some(30));

@@ -302,6 +302,8 @@ pub(crate) struct Rx {
     broken: bool,
     /// The error that broke it, until a receiving call reports it.
     pending_error: Option<MessageError>,
+    /// The ring position just after the last record taken.
+    record_end: u64,
     /// The peer was seen gone and the ring drained: `Closed` from now on.
     finished: bool,
     /// When a liveness check last ran, and the peer's index then.
@@ -317,6 +319,7 @@ impl Rx {
             scratch: Vec::new(),
             broken: false,
             pending_error: None,
+            record_end: 0,
             finished: false,
             last_liveness_check: (Instant::now(), 0),
             spin: SpinEstimate::default(),
@@ -381,6 +384,16 @@ impl Rx {
         &self.scratch[..len]
     }
 
+    /// The ring position just after the record `take` returned last.
+    pub(crate) fn record_end(&self) -> u64 {
+        self.record_end
+    }
+
+    /// Gives consumed space back now (and wakes a writer waiting for it).
+    pub(crate) fn release_now(&mut self) {
+        self.release_and_notify();
+    }
+
     /// The channel end this half reads.
     pub(crate) fn link(&self) -> &Link {
         &self.link
@@ -417,10 +430,15 @@ impl Rx {
             self.consumer.copy_payload(rec, &mut out[..rec.len]);
         }
         self.consumer.consume(rec);
+        self.record_end = rec.end();
         // Give space back in batches: when everything known is read (so an idle reader
         // holds nothing back) or a quarter of the ring has been read. Each release is a
-        // store and a fence; in a stream, one per batch instead of one per message.
-        if self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4 {
+        // store and a fence; in a stream, one per batch instead of one per message. A
+        // record with attachments is given back only once they are taken (see
+        // `wire::attachments`).
+        let holding = rec.flags & wire::FLAG_ATTACHMENTS != 0;
+        if !holding && (self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4)
+        {
             self.release_and_notify();
         }
         if fits { Ok(()) } else { Err(RecvFail::Message(MessageError::new("out of memory for the message"))) }
@@ -639,32 +657,127 @@ impl Port {
     /// the descriptors, publishes. If the message goes nowhere (a detached source or a
     /// peer that is gone) what it transfers is detached and dropped.
     pub(crate) fn post_outgoing(&self, outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
-        let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
-        let Some(tx) = guard.as_mut() else {
+        // The writing halves of this port and of every port the message moves, locked
+        // in address order, so two posts that move each other's ports cannot deadlock,
+        // and no post on a moving port can slip in meanwhile.
+        let moved: Vec<MessagePort> = outgoing.ports().to_vec();
+        let mut order: Vec<&Port> = moved.iter().map(|p| &**p.port()).collect();
+        order.push(self);
+        order.sort_by_key(|p| *p as *const Port as usize);
+        order.dedup_by_key(|p| *p as *const Port as usize);
+        let mut guards = Vec::with_capacity(order.len());
+        for p in &order {
+            match lock_for(&p.tx, mode) {
+                Some(g) => guards.push(g),
+                None => return Err(busy_error(mode)),
+            }
+        }
+        let me = order.iter().position(|p| std::ptr::eq(*p, self)).expect("the source is in the list");
+        let Some(tx) = guards[me].as_mut() else {
+            drop(guards);
             outgoing.discard();
             return Ok(());
         };
         let pushed = self.push_waiting(tx, outgoing.kind, outgoing.flags, &[&outgoing.payload], mode)?;
-        if !matches!(pushed, Pushed::Written) {
-            let gone = matches!(pushed, Pushed::PeerGone);
-            outgoing.discard();
+        let gone = match pushed {
+            Pushed::Written if outgoing.has_attachments() => self.socket_ready(tx, mode).inspect_err(|_| {
+                tx.producer.rollback();
+            })?,
+            Pushed::Written => false,
+            Pushed::PeerGone => true,
+            Pushed::Detached => false,
+        };
+        if gone || !matches!(pushed, Pushed::Written) {
+            // The message goes nowhere: what it moves is detached and dropped.
+            tx.producer.rollback();
             tx.settle_in_flight(gone);
+            drop(guards);
+            drop(order);
+            outgoing.discard();
             return Ok(());
         }
-        match outgoing.commit(&tx.link) {
-            Ok(sent) => {
-                tx.publish_and_notify();
-                tx.settle_in_flight(false);
-                if !sent.is_empty() {
-                    let end = tx.producer.position();
-                    tx.in_flight.push_back((end, sent));
-                }
-                Ok(())
-            }
+        if !outgoing.has_attachments() {
+            tx.publish_and_notify();
+            return Ok(());
+        }
+        let position = tx.producer.position();
+        // Move the buffers, then the ports (with their writing halves already locked).
+        let detached = match outgoing.take_buffers() {
+            Ok(d) => d,
             Err(e) => {
                 tx.producer.rollback();
-                Err(e)
+                return Err(e);
             }
+        };
+        let slot_of = |port: &MessagePort| order.iter().position(|p| std::ptr::eq(*p, &**port.port())).expect("locked");
+        let mut moving: Vec<(usize, Moving)> = Vec::with_capacity(moved.len());
+        for port in &moved {
+            let slot = slot_of(port);
+            match port.port().detach_for_transfer(&mut guards[slot]) {
+                Some(parts) => moving.push((slot, parts)),
+                None => {
+                    undo_moves(&order, &mut guards, moving);
+                    outgoing.restore_buffers(detached);
+                    guards[me].as_mut().expect("attached").producer.rollback();
+                    return Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort)));
+                }
+            }
+        }
+        let links: Vec<Arc<Link>> = moving.iter().map(|(_, parts)| parts.link.clone()).collect();
+        let sent = outgoing.send(&guards[me].as_ref().expect("attached").link.socket, position, &links);
+        drop(links);
+        if let Err(e) = sent {
+            guards[me].as_mut().expect("attached").producer.rollback();
+            if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                // The peer died after the check: as for any message to a gone peer,
+                // what it moves is gone too (the moved ports close as their halves drop).
+                guards[me].as_mut().expect("attached").settle_in_flight(true);
+                for (_, parts) in moving {
+                    close_moving(parts);
+                }
+                drop(detached);
+                return Ok(());
+            }
+            undo_moves(&order, &mut guards, moving);
+            outgoing.restore_buffers(detached);
+            return Err(match e.kind() {
+                std::io::ErrorKind::WouldBlock => busy_error(mode),
+                _ => PostError::Transfer(e.to_string()),
+            });
+        }
+        // The descriptors are in flight: our copies of the moved ports close here.
+        drop(moving);
+        let tx = guards[me].as_mut().expect("attached");
+        let sent = outgoing.finish(detached, tx.link.segment.revokes());
+        tx.publish_and_notify();
+        tx.settle_in_flight(false);
+        if !sent.is_empty() {
+            tx.in_flight.push_back((position, sent));
+        }
+        Ok(())
+    }
+
+    /// Before a message with descriptors: waits, as `mode` allows, until the socket can
+    /// take them. `Ok(true)`: the peer is gone.
+    fn socket_ready(&self, tx: &Tx, mode: Mode) -> Result<bool, PostError> {
+        loop {
+            match platform::socket_ready(tx.link.socket.as_fd(), Duration::ZERO) {
+                platform::SocketReady::Gone => return Ok(true),
+                platform::SocketReady::Writable => return Ok(false),
+                platform::SocketReady::Full => {}
+            }
+            let slice = match mode {
+                Mode::Try => return Err(PostError::Full),
+                Mode::Block => SLICE,
+                Mode::Until(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(SLICE),
+                    _ => return Err(PostError::Timeout),
+                },
+            };
+            if self.is_detached() {
+                return Ok(false);
+            }
+            let _ = platform::socket_ready(tx.link.socket.as_fd(), slice);
         }
     }
 
@@ -828,17 +941,30 @@ impl Port {
         Some((link, tx, rx))
     }
 
-    /// Undoes `detach` (a transfer that failed after detaching): the port takes up its
-    /// end again, at the rings' current positions.
-    pub(crate) fn reattach(&self, link: Arc<Link>) {
-        let (Ok(producer), Ok(consumer)) =
-            (Producer::attach(link.segment.ring(link.end)), Consumer::attach(link.segment.ring(1 - link.end)))
-        else {
-            return;
-        };
-        *lock(&self.tx) = Some(Tx::new(link.clone(), producer));
-        *lock(&self.rx) = Some(Rx::new(link.clone(), consumer));
-        *lock(&self.link) = Some(link);
+    /// Detaches the port to move it, taking its writing half from `tx` (whose lock the
+    /// caller holds). `None` if it was detached already.
+    fn detach_for_transfer(&self, tx: &mut Option<Tx>) -> Option<Moving> {
+        if self.detached.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let link = lock(&self.link).take()?;
+        // Threads of ours blocked in recv see `detached` and return, releasing the lock.
+        wake_own_words(&link);
+        let tx = tx.take();
+        let mut rx = lock(&self.rx).take();
+        if let Some(rx) = rx.as_mut() {
+            // Whoever takes the port over starts after what we have read.
+            rx.consumer.release();
+        }
+        Some(Moving { link, tx, rx })
+    }
+
+    /// Puts back what `detach_for_transfer` took (the descriptors could not be sent);
+    /// the writing half goes back into `tx`, whose lock the caller holds.
+    fn undo_transfer(&self, moving: Moving, tx: &mut Option<Tx>) {
+        *tx = moving.tx;
+        *lock(&self.rx) = moving.rx;
+        *lock(&self.link) = Some(moving.link);
         self.detached.store(false, Ordering::SeqCst);
     }
 
@@ -871,6 +997,31 @@ pub(crate) enum Inline {
     Spill(usize),
     /// A real error.
     Failed(PostError),
+}
+
+/// A port on its way out: the halves `detach_for_transfer` took.
+struct Moving {
+    link: Arc<Link>,
+    tx: Option<Tx>,
+    rx: Option<Rx>,
+}
+
+/// Puts moving ports back (a transfer that failed after detaching them): each goes
+/// back to the port at its slot of `order`, whose writing half `guards` holds.
+fn undo_moves(order: &[&Port], guards: &mut [MutexGuard<'_, Option<Tx>>], moving: Vec<(usize, Moving)>) {
+    for (slot, parts) in moving {
+        order[slot].undo_transfer(parts, &mut guards[slot]);
+    }
+}
+
+/// A moving port whose message went nowhere: it closes (its peer sees it closed).
+fn close_moving(parts: Moving) {
+    // SYNC: end closed (as in `Port::close`).
+    parts.link.segment.end_state(parts.link.end).store(END_CLOSED, Ordering::Release);
+    wait::sleep_check_fence();
+    let parker = parts.link.segment.parker();
+    wait::wake_if_waiting(&parts.link.segment.lines(parts.link.end).waits.0.data, parker);
+    wait::wake_if_waiting(&parts.link.segment.lines(1 - parts.link.end).waits.0.space, parker);
 }
 
 /// How `push_waiting` ended without an error.

@@ -335,6 +335,13 @@ pub(crate) struct Consumer {
     cached_tail: u64,
 }
 
+impl Record {
+    /// The ring position just after this record.
+    pub(crate) fn end(&self) -> u64 {
+        self.next
+    }
+}
+
 impl Consumer {
     /// Takes over the consuming side of `ring` at its current position.
     pub(crate) fn attach(ring: RingRef) -> Result<Consumer, Corrupt> {

@@ -13,12 +13,19 @@
 //! so the receiver finds them in the same order as the records:
 //!
 //! ```text
-//! u32 fds, u32 buffers, u32 ports, u32 spilled (0: body inline, 1: body in a chunk)
+//! u32 fds, u32 buffers, u32 ports, u32 spilled (0: body inline, 1: body in a chunk),
+//! u32 nonce, u32 0
 //! [spilled body: buffer descriptor]             if spilled
 //! buffers × {u32 fd, u32 chunk, u32 generation, u32 0, u64 len}   (fd u32::MAX: empty)
 //! ports × {u32 fd (segment; socket is fd + 1), u32 end}
 //! body, if inline
 //! ```
+//!
+//! Each socket message starts with `{u64 position, u32 nonce, u32 count}`: the ring
+//! position just after the record it belongs to, the record's nonce, and how many
+//! descriptors it carries. A receiver that could not read an earlier record's
+//! descriptors (out of memory, a malformed table) finds them still queued; the tag lets
+//! it drop them instead of taking them for its own.
 //!
 //! Also here: the transfer-list checks of SEMANTICS 5, which all pass before anything
 //! is detached, and the "doomed" case of rule 9.
@@ -43,7 +50,8 @@ pub(crate) const KIND_VALUE: u16 = 3;
 /// The record starts with an attachment table.
 pub(crate) const FLAG_ATTACHMENTS: u16 = 1;
 
-const TABLE: usize = 16;
+const TABLE: usize = 24;
+const FD_HEADER: usize = 16;
 const BUFFER_ENTRY: usize = 24;
 const PORT_ENTRY: usize = 8;
 /// No more descriptors than this per message (the kernel's own limit per process is
@@ -64,6 +72,9 @@ pub(crate) struct Outgoing {
     spill: Option<Chunk>,
     /// The transfer list names the source port's own peer (rule 9).
     pub(crate) doomed: bool,
+    /// Tags this message's socket messages, so a receiver that finds stale ones (left
+    /// by a record it could not read) can tell them from its own.
+    nonce: u32,
 }
 
 fn clone_error(kind: DataCloneErrorKind) -> PostError {
@@ -132,6 +143,10 @@ impl Outgoing {
         }
         // 11: anything else the encoder could not clone.
         encoded?;
+        // A process-local port has no descriptors to send: refused before anything moves.
+        if ports.iter().any(|p| p.port().link().is_some_and(|l| l.segment.fd().is_none())) {
+            return Err(PostError::Transfer("a process-local port cannot leave its process".into()));
+        }
         let source_channel = source.port().link().map(|l| l.segment.identity());
         let doomed =
             ports.iter().any(|p| p.port().link().is_some_and(|l| Some(l.segment.identity()) == source_channel));
@@ -157,6 +172,7 @@ impl Outgoing {
             arenas: Vec::new(),
             spill: None,
             doomed: false,
+            nonce: next_nonce(),
         };
         let plain = out.buffers.is_empty() && out.ports.is_empty();
         if plain && body.len() <= max_inline {
@@ -199,6 +215,8 @@ impl Outgoing {
         put_u32(p, entries.len() as u32);
         put_u32(p, out.ports.len() as u32);
         put_u32(p, u32::from(spill_entry.is_some()));
+        put_u32(p, out.nonce);
+        put_u32(p, 0);
         if let Some((fd, d)) = spill_entry {
             put_buffer(p, Some((fd, d)), body.len());
         }
@@ -225,60 +243,20 @@ impl Outgoing {
         }
     }
 
-    /// The record is written (not yet published): detach what moves, send the
-    /// descriptors on `link`'s socket. On error nothing has changed (the caller rolls
-    /// the record back). Returns the chunks now in flight.
-    pub(crate) fn commit(mut self, link: &Link) -> Result<Vec<SentChunk>, PostError> {
-        if self.flags & FLAG_ATTACHMENTS == 0 {
-            return Ok(Vec::new());
-        }
-        let taken = self.take_items()?;
-        let (detached, links) = taken;
-        let revoke = link.segment.revokes();
-        let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = self.arenas.iter().map(|a| a.fd()).collect();
-        for l in &links {
-            fds.push(l.segment.fd().expect("checked at prepare"));
-            fds.push(std::os::fd::AsFd::as_fd(&l.socket));
-        }
-        let sent = send_fds(&link.socket, &fds);
-        drop(fds);
-        if let Err(e) = sent {
-            restore(&self.buffers, detached, &self.ports, links);
-            return Err(PostError::Transfer(e.to_string()));
-        }
-        let mut in_flight = Vec::new();
-        for d in detached {
-            if let Some(chunk) = d.chunk {
-                in_flight.push(chunk.send(revoke));
-            }
-        }
-        if let Some(chunk) = self.spill.take() {
-            in_flight.push(chunk.send(false));
-        }
-        // Our copies of the ports' descriptors close here; the copies in flight keep
-        // the ports alive until the receiver takes them.
-        drop(links);
-        Ok(in_flight)
+    /// The ports this message moves.
+    pub(crate) fn ports(&self) -> &[MessagePort] {
+        &self.ports
     }
 
-    /// Detaches every buffer and port of the transfer list, checking that nothing
-    /// changed since the payload was written.
-    fn take_items(&mut self) -> Result<(Vec<Detached>, Vec<Arc<Link>>), PostError> {
-        let mut links = Vec::with_capacity(self.ports.len());
-        for port in &self.ports {
-            match port.port().detach() {
-                Some(link) if link.segment.fd().is_some() => links.push(link),
-                Some(link) => {
-                    port.port().reattach(link);
-                    restore(&[], Vec::new(), &self.ports[..links.len()], links);
-                    return Err(PostError::Transfer("a process-local port cannot leave its process".into()));
-                }
-                None => {
-                    restore(&[], Vec::new(), &self.ports[..links.len()], links);
-                    return Err(clone_error(DataCloneErrorKind::DetachedPort));
-                }
-            }
-        }
+    /// Whether the message carries descriptors for the socket.
+    pub(crate) fn has_attachments(&self) -> bool {
+        self.flags & FLAG_ATTACHMENTS != 0
+    }
+
+    /// Detaches the buffers, checking each still holds the chunk named in the payload
+    /// (another thread may have moved it since). On a mismatch every buffer is put
+    /// back and the post fails as rule 5d says.
+    pub(crate) fn take_buffers(&self) -> Result<Vec<Detached>, PostError> {
         let mut detached = Vec::with_capacity(self.buffers.len());
         for (b, expected) in self.buffers.iter().zip(&self.expected) {
             let d = b.detach();
@@ -288,13 +266,43 @@ impl Outgoing {
                 _ => false,
             });
             let Some(d) = d.filter(|_| matches) else {
-                let n = detached.len();
-                restore(&self.buffers[..n], detached, &self.ports, links);
+                for (b, d) in self.buffers.iter().zip(detached) {
+                    b.restore(d);
+                }
                 return Err(clone_error(DataCloneErrorKind::DetachedBuffer));
             };
             detached.push(d);
         }
-        Ok((detached, links))
+        Ok(detached)
+    }
+
+    /// Sends the descriptors (arenas, then each port's segment and socket end) on
+    /// `socket`, tagged with the record's end `position` and this message's nonce.
+    pub(crate) fn send(&self, socket: &OwnedFd, position: u64, links: &[Arc<Link>]) -> std::io::Result<()> {
+        let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = self.arenas.iter().map(|a| a.fd()).collect();
+        for l in links {
+            fds.push(l.segment.fd().expect("process-local ports are refused before this"));
+            fds.push(std::os::fd::AsFd::as_fd(&l.socket));
+        }
+        send_fds(socket, position, self.nonce, &fds)
+    }
+
+    /// The descriptors are sent: the moved chunks are now the message's. Returns them,
+    /// to be reclaimed if the message is never received.
+    pub(crate) fn finish(mut self, detached: Vec<Detached>, revoke: bool) -> Vec<SentChunk> {
+        let mut in_flight: Vec<SentChunk> =
+            detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)).collect();
+        if let Some(chunk) = self.spill.take() {
+            in_flight.push(chunk.send(false));
+        }
+        in_flight
+    }
+
+    /// Puts the buffers back (a post that failed after `take_buffers`).
+    pub(crate) fn restore_buffers(&self, detached: Vec<Detached>) {
+        for (b, d) in self.buffers.iter().zip(detached) {
+            b.restore(d);
+        }
     }
 
     /// The message goes nowhere (the peer is gone, the source is detached, or the
@@ -318,16 +326,6 @@ fn put_buffer(p: &mut Vec<u8>, entry: Option<(u32, Descriptor)>, len: usize) {
     put_u64(p, len as u64);
 }
 
-/// Puts detached buffers and ports back as they were (a post that failed late).
-fn restore(buffers: &[ArrayBuffer], detached: Vec<Detached>, ports: &[MessagePort], links: Vec<Arc<Link>>) {
-    for (b, d) in buffers.iter().zip(detached) {
-        b.restore(d);
-    }
-    for (p, link) in ports.iter().zip(links) {
-        p.port().reattach(link);
-    }
-}
-
 fn port_identity(p: &MessagePort) -> usize {
     Arc::as_ptr(p.port()) as usize
 }
@@ -338,26 +336,51 @@ fn has_duplicates(ids: impl Iterator<Item = usize>) -> bool {
     ids.windows(2).any(|w| w[0] == w[1])
 }
 
-/// Sends `fds` on `socket`, in as many SEQPACKET messages as the kernel's limit needs.
-fn send_fds(socket: &OwnedFd, fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
+/// A process-wide sequence, mixed with the pid, for message nonces.
+fn next_nonce() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ crate::arena::my_pid().wrapping_mul(0x9E37_79B9)
+}
+
+/// Sends `fds` on `socket` without waiting, in as many SEQPACKET messages as the
+/// kernel's limit needs, each tagged with `position` and `nonce`.
+fn send_fds(socket: &OwnedFd, position: u64, nonce: u32, fds: &[std::os::fd::BorrowedFd<'_>]) -> std::io::Result<()> {
     for group in fds.chunks(platform::MAX_FDS_PER_MESSAGE) {
-        platform::send_with_fds(std::os::fd::AsFd::as_fd(socket), &(group.len() as u32).to_le_bytes(), group)?;
+        let mut header = [0u8; FD_HEADER];
+        header[..8].copy_from_slice(&position.to_le_bytes());
+        header[8..12].copy_from_slice(&nonce.to_le_bytes());
+        header[12..].copy_from_slice(&(group.len() as u32).to_le_bytes());
+        platform::send_with_fds(std::os::fd::AsFd::as_fd(socket), &header, group)?;
     }
     Ok(())
 }
 
-/// Receives exactly `n` descriptors sent by `send_fds`. They were sent before the
-/// record was published, so they are already queued: never waits.
-fn recv_fds(socket: &OwnedFd, n: usize) -> Result<Vec<OwnedFd>, &'static str> {
+/// Receives exactly `n` descriptors sent by `send_fds` for the record ending at
+/// `position` with `nonce`, dropping stale ones left by earlier records. They were
+/// sent before the record was published, so they are already queued: never waits.
+fn recv_fds(socket: &OwnedFd, position: u64, nonce: u32, n: usize) -> Result<Vec<OwnedFd>, &'static str> {
     let mut fds = Vec::with_capacity(n.min(1024));
     while fds.len() < n {
-        let mut header = [0u8; 4];
-        let before = fds.len();
-        match platform::recv_with_fds(std::os::fd::AsFd::as_fd(socket), &mut header, &mut fds, true) {
-            Ok(Some(4)) if fds.len() - before == u32::from_le_bytes(header) as usize => {}
+        let mut header = [0u8; FD_HEADER];
+        let mut group = Vec::new();
+        match platform::recv_with_fds(std::os::fd::AsFd::as_fd(socket), &mut header, &mut group, true) {
+            Ok(Some(FD_HEADER)) => {}
             Ok(Some(0)) | Ok(None) => return Err("descriptors of the message are missing"),
             _ => return Err("malformed descriptor message"),
         }
+        let tag_position = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+        let tag_nonce = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+        let count = u32::from_le_bytes(header[12..].try_into().expect("4 bytes")) as usize;
+        if count != group.len() {
+            return Err("malformed descriptor message");
+        }
+        if tag_position < position || (tag_position == position && tag_nonce != nonce) {
+            continue; // left by a record that could not be read: dropped (closed) here
+        }
+        if tag_position > position {
+            return Err("descriptors arrived for a later message");
+        }
+        fds.extend(group);
     }
     if fds.len() != n {
         return Err("descriptor count does not match the message");
@@ -369,8 +392,9 @@ fn recv_fds(socket: &OwnedFd, n: usize) -> Result<Vec<OwnedFd>, &'static str> {
 pub(crate) struct Incoming {
     pub(crate) buffers: Vec<ArrayBuffer>,
     pub(crate) ports: Vec<MessagePort>,
-    /// The body, when it came out of line (else it is the tail of the payload).
-    pub(crate) spilled: Option<Vec<u8>>,
+    /// The body's chunk and length, when it came out of line (else the body is the
+    /// tail of the payload).
+    pub(crate) spilled: Option<(Chunk, usize)>,
     /// Where the inline body starts in the payload.
     pub(crate) body_at: usize,
 }
@@ -411,15 +435,17 @@ fn read_buffer_entry(r: &mut Reader<'_>) -> Result<BufferEntry, &'static str> {
 /// Reads the attachment table of `payload`, takes the descriptors from `socket`, and
 /// turns them into buffers and ports. Whatever fails, every descriptor received is
 /// closed and every chunk taken is given back.
-pub(crate) fn receive(payload: &[u8], socket: &OwnedFd) -> Result<Incoming, MessageError> {
+pub(crate) fn receive(payload: &[u8], socket: &OwnedFd, position: u64) -> Result<Incoming, MessageError> {
     let mut r = Reader { bytes: payload, at: 0 };
-    let table = (|| Ok::<_, &'static str>((r.u32()?, r.u32()?, r.u32()?, r.u32()?)))().map_err(MessageError::new)?;
-    let (n_fds, n_buffers, n_ports, spilled) = (table.0 as usize, table.1 as usize, table.2 as usize, table.3);
+    let table = (|| Ok::<_, &'static str>((r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?)))()
+        .map_err(MessageError::new)?;
+    let (n_fds, n_buffers, n_ports, spilled, nonce) =
+        (table.0 as usize, table.1 as usize, table.2 as usize, table.3, table.4);
     if n_fds > MAX_FDS || spilled > 1 {
         return Err(MessageError::new("attachment table out of range"));
     }
     // The descriptors come first, whatever the rest says, to stay in step with the socket.
-    let fds = recv_fds(socket, n_fds).map_err(MessageError::new)?;
+    let fds = recv_fds(socket, position, nonce, n_fds).map_err(MessageError::new)?;
     let entries_len = BUFFER_ENTRY * (n_buffers + spilled as usize) + PORT_ENTRY * n_ports;
     if n_buffers > payload.len() || n_ports > payload.len() || TABLE + entries_len > payload.len() {
         return Err(MessageError::new("attachment table longer than the message"));
@@ -447,47 +473,52 @@ fn build(
     // Each descriptor is used once: arenas (possibly by several buffers) or port pairs.
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let mut arenas: Vec<Option<Arc<ArenaSegment>>> = (0..fds.len()).map(|_| None).collect();
-    let mut arena_at = |fds: &mut Vec<Option<OwnedFd>>, i: u32| -> Result<Arc<ArenaSegment>, &'static str> {
-        let i = i as usize;
-        if let Some(Some(a)) = arenas.get(i) {
-            return Ok(a.clone());
+    let all_entries: Vec<&BufferEntry> = spill_entry.iter().chain(&buffer_entries).collect();
+    for e in &all_entries {
+        let i = e.fd as usize;
+        if e.fd == NO_FD || arenas.get(i).is_some_and(Option::is_some) {
+            continue;
         }
         let fd = fds.get_mut(i).and_then(Option::take).ok_or("buffer names a missing descriptor")?;
-        let segment = arena::segment_for(fd)?;
-        arenas[i] = Some(segment.clone());
-        Ok(segment)
-    };
-    let mut take_chunk = |fds: &mut Vec<Option<OwnedFd>>, e: &BufferEntry| -> Result<Option<Chunk>, &'static str> {
-        if e.fd == NO_FD {
-            return if e.len == 0 { Ok(None) } else { Err("non-empty buffer without pages") };
-        }
-        let segment = arena_at(fds, e.fd)?;
-        if e.len > segment.chunk_size() as u64 {
-            return Err("buffer longer than its chunk");
-        }
-        arena::receive(segment, e.descriptor).map(Some)
-    };
-    let spilled = match spill_entry {
-        Some(e) => {
-            let chunk = take_chunk(&mut fds, &e)?.ok_or("spilled body without pages")?;
-            let len = e.len as usize;
-            let mut body = Vec::new();
-            body.try_reserve_exact(len).map_err(|_| "out of memory for a spilled message")?;
-            // SAFETY: `len` is within the chunk (checked above), which we now hold; the
-            // bytes are copied, so later writes by a hostile sender cannot reach us.
-            unsafe {
-                std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), body.as_mut_ptr(), len);
-                body.set_len(len);
+        arenas[i] = Some(arena::segment_for(fd)?);
+    }
+    let segment_of = |e: &BufferEntry| arenas.get(e.fd as usize).and_then(Option::as_ref);
+    // Take the chunks; if any step fails, the chunks not taken yet go back to their
+    // owner (the record is read, so their sender will not reclaim them), and the ones
+    // taken go back when they drop.
+    let mut taken: Vec<Option<Chunk>> = Vec::with_capacity(all_entries.len());
+    let mut failure = None;
+    for e in &all_entries {
+        let chunk = match (e.fd, segment_of(e)) {
+            (NO_FD, _) if e.len == 0 => Ok(None),
+            (NO_FD, _) => Err("non-empty buffer without pages"),
+            (_, Some(segment)) if e.len > segment.chunk_size() as u64 => Err("buffer longer than its chunk"),
+            (_, Some(segment)) => arena::receive(segment.clone(), e.descriptor).map(Some),
+            (_, None) => Err("buffer names a missing descriptor"),
+        };
+        match chunk {
+            Ok(c) => taken.push(c),
+            Err(why) => {
+                failure = Some(why);
+                break;
             }
-            Some(body)
         }
+    }
+    if let Some(why) = failure {
+        for e in &all_entries[taken.len()..] {
+            if let Some(segment) = segment_of(e) {
+                arena::give_back(segment, e.descriptor);
+            }
+        }
+        return Err(why);
+    }
+    let mut taken = taken.into_iter();
+    let spilled = match spill_entry {
+        Some(e) => Some((taken.next().flatten().ok_or("spilled body without pages")?, e.len as usize)),
         None => None,
     };
-    let mut buffers = Vec::with_capacity(buffer_entries.len());
-    for e in &buffer_entries {
-        let chunk = take_chunk(&mut fds, e)?;
-        buffers.push(ArrayBuffer::from_parts(chunk, e.len as usize));
-    }
+    let buffers: Vec<ArrayBuffer> =
+        buffer_entries.iter().zip(taken).map(|(e, chunk)| ArrayBuffer::from_parts(chunk, e.len as usize)).collect();
     let mut ports = Vec::with_capacity(port_entries.len());
     for (fd, end) in port_entries {
         let i = fd as usize;
@@ -506,29 +537,77 @@ fn build(
     Ok(Incoming { buffers, ports, spilled, body_at })
 }
 
+/// The most a spilled body may be when it has to be copied into this process (to be
+/// decoded, or for `recv_bytes_with`): a peer cannot make us allocate more.
+const MAX_COPIED_BODY: usize = 1 << 30;
+
+/// Copies a spilled body out of its chunk into process memory.
+fn copy_spilled(chunk: &Chunk, len: usize) -> Result<Vec<u8>, &'static str> {
+    if len > MAX_COPIED_BODY {
+        return Err("spilled message too large to copy");
+    }
+    let mut body = Vec::new();
+    body.try_reserve_exact(len).map_err(|_| "out of memory for a spilled message")?;
+    // SAFETY: `len` is within the chunk (checked in `build`), which we hold; the bytes
+    // are copied, so later writes by a hostile sender cannot reach the decoder.
+    unsafe {
+        std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), body.as_mut_ptr(), len);
+        body.set_len(len);
+    }
+    Ok(body)
+}
+
+/// Takes the attachments of the record just taken by `rx`, then gives the record's
+/// ring space back (not before: a receiver that dies half way leaves the record unread,
+/// so its sender can still reclaim the chunks it carries).
+fn attachments(rx: &mut Rx, len: usize) -> Result<Incoming, RecvFail> {
+    let received = receive(rx.payload(len), &rx.link().socket, rx.record_end());
+    rx.release_now();
+    received.map_err(RecvFail::Message)
+}
+
 /// Turns the record just taken by `rx` into a `MessageEvent`.
 pub(crate) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Result<MessageEvent, RecvFail> {
     let fail = |reason| RecvFail::Message(MessageError::new(reason));
-    let incoming = if flags & FLAG_ATTACHMENTS != 0 {
-        Some(receive(rx.payload(len), &rx.link().socket).map_err(RecvFail::Message)?)
-    } else {
-        None
+    if kind != KIND_BYTES && kind != KIND_VALUE {
+        if flags & FLAG_ATTACHMENTS != 0 {
+            drop(attachments(rx, len));
+        }
+        return Err(fail("unknown record kind"));
+    }
+    let Some(incoming) = (flags & FLAG_ATTACHMENTS != 0).then(|| attachments(rx, len)).transpose()? else {
+        let body = rx.payload(len);
+        return match kind {
+            KIND_BYTES => {
+                let buffer = ArrayBuffer::from_slice(body).map_err(|_| fail("out of memory for the message"))?;
+                Ok(MessageEvent { data: Value::ArrayBuffer(buffer), ports: Vec::new() })
+            }
+            _ => {
+                Ok(MessageEvent { data: codec::decode(body, &[], &[]).map_err(RecvFail::Message)?, ports: Vec::new() })
+            }
+        };
     };
-    let payload = rx.payload(len);
-    let (body, buffers, ports) = match &incoming {
-        Some(i) => (i.spilled.as_deref().unwrap_or(&payload[i.body_at..]), &i.buffers[..], &i.ports[..]),
-        None => (payload, &[][..], &[][..]),
-    };
-    match kind {
-        KIND_BYTES => {
-            let buffer = ArrayBuffer::from_slice(body).map_err(|_| fail("out of memory for the message"))?;
+    let Incoming { buffers, ports, spilled, body_at } = incoming;
+    match (kind, spilled) {
+        // A large byte message arrives as the very pages it was written to: no copy.
+        (KIND_BYTES, Some((chunk, len))) => {
+            Ok(MessageEvent { data: Value::ArrayBuffer(ArrayBuffer::from_parts(Some(chunk), len)), ports: Vec::new() })
+        }
+        (KIND_BYTES, None) => {
+            let buffer = ArrayBuffer::from_slice(&rx.payload(len)[body_at..])
+                .map_err(|_| fail("out of memory for the message"))?;
             Ok(MessageEvent { data: Value::ArrayBuffer(buffer), ports: Vec::new() })
         }
-        KIND_VALUE => {
-            let data = codec::decode(body, buffers, ports).map_err(RecvFail::Message)?;
-            Ok(MessageEvent { data, ports: ports.to_vec() })
+        (_, Some((chunk, body_len))) => {
+            let body = copy_spilled(&chunk, body_len).map_err(fail)?;
+            drop(chunk);
+            let data = codec::decode(&body, &buffers, &ports).map_err(RecvFail::Message)?;
+            Ok(MessageEvent { data, ports })
         }
-        _ => Err(fail("unknown record kind")),
+        (_, None) => {
+            let data = codec::decode(&rx.payload(len)[body_at..], &buffers, &ports).map_err(RecvFail::Message)?;
+            Ok(MessageEvent { data, ports })
+        }
     }
 }
 
@@ -539,9 +618,12 @@ pub(crate) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
     if flags & FLAG_ATTACHMENTS == 0 {
         return Ok(0..len);
     }
-    let incoming = receive(rx.payload(len), &rx.link().socket).map_err(RecvFail::Message)?;
+    let incoming = attachments(rx, len)?;
     match incoming.spilled {
-        Some(body) => Ok(rx.replace_payload(body)),
+        Some((chunk, body_len)) => {
+            let body = copy_spilled(&chunk, body_len).map_err(|why| RecvFail::Message(MessageError::new(why)))?;
+            Ok(rx.replace_payload(body))
+        }
         None => Ok(incoming.body_at..len),
     }
 }
@@ -550,6 +632,6 @@ pub(crate) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
 /// closing with messages queued discards them).
 pub(crate) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
     if flags & FLAG_ATTACHMENTS != 0 {
-        let _ = receive(rx.payload(len), &rx.link().socket);
+        drop(attachments(rx, len));
     }
 }

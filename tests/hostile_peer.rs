@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,14 +22,16 @@ const KIND_VALUE: u64 = 3;
 
 static MAPPING: Mutex<()> = Mutex::new(());
 
-fn memfds() -> HashSet<std::path::PathBuf> {
+/// The channel memfds open here, by inode (fd numbers get reused as other tests close
+/// and open channels).
+fn memfds() -> std::collections::HashMap<u64, std::path::PathBuf> {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .flatten()
         .filter(|e| {
             std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmport-channel"))
         })
-        .map(|e| e.path())
+        .filter_map(|e| Some((std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(e.path()).ok()?), e.path())))
         .collect()
 }
 
@@ -39,7 +40,7 @@ fn channel_and_mapping(capacity: usize) -> (MessageChannel, MmapMut) {
     let _serial = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
     let before = memfds();
     let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(capacity)).unwrap();
-    let new: Vec<_> = memfds().difference(&before).cloned().collect();
+    let new: Vec<_> = memfds().into_iter().filter(|(ino, _)| !before.contains_key(ino)).map(|(_, p)| p).collect();
     assert_eq!(new.len(), 1);
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&new[0]).unwrap();
     // SAFETY: the mapping is only accessed through atomics and volatile-free byte
@@ -279,7 +280,11 @@ fn a_port_whose_counters_are_near_overflow_is_refused_when_it_arrives() {
         word(&map, HEADER + dir * LINES).store(u64::MAX - 7, Ordering::Release);
         word(&map, HEADER + dir * LINES + 128).store(u64::MAX - 7, Ordering::Release);
     }
-    let carrier = MessageChannel::new().unwrap();
+    let carrier = {
+        // Channels of this file are created one at a time (see `channel_and_mapping`).
+        let _serial = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
+        MessageChannel::new().unwrap()
+    };
     carrier.port1().post_message(Value::Undefined, [victim.into()]).unwrap();
     match carrier.port2().recv_timeout(Duration::from_secs(5)) {
         Err(RecvTimeoutError::MessageError(e)) => assert!(e.reason().contains("out of range"), "{e}"),

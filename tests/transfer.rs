@@ -390,3 +390,78 @@ fn one_buffer_posted_on_two_ports_at_once_is_delivered_once() {
         assert_eq!(delivered.iter().filter(|d| **d).count(), 1);
     }
 }
+
+// ---- regressions found in review ----------------------------------------------------
+
+#[test]
+fn many_unread_transfers_give_full_not_a_hang_and_drain_in_order() {
+    let _w = common::watchdog("many_unread_transfers", Duration::from_secs(120));
+    let ch = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(1 << 20)).unwrap();
+    let mut posted = 0u32;
+    // Far more buffers than the socket beside the channel queues descriptors for.
+    loop {
+        let b = buffer(&posted.to_le_bytes());
+        match ch.port1().try_post_message(Value::ArrayBuffer(b.clone()), [b.clone().into()]) {
+            Ok(()) => posted += 1,
+            Err(PostError::Full) => {
+                assert!(!b.is_detached(), "a post that failed moved nothing");
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(posted < 100_000, "never full?");
+    }
+    assert!(posted > 10);
+    let b = buffer(b"late");
+    let timed =
+        ch.port1().post_message_timeout(Value::ArrayBuffer(b.clone()), [b.clone().into()], Duration::from_millis(50));
+    assert_eq!(timed, Err(PostError::Timeout));
+    for i in 0..posted {
+        let got = recv(&ch.port2()).data.as_array_buffer().unwrap().to_vec();
+        assert_eq!(got, i.to_le_bytes());
+    }
+    // And room again.
+    ch.port1().post_message(Value::ArrayBuffer(b.clone()), [b.into()]).unwrap();
+    assert_eq!(recv(&ch.port2()).data.as_array_buffer().unwrap().to_vec(), b"late");
+}
+
+#[test]
+fn two_threads_moving_each_other_s_ports_do_not_deadlock() {
+    let _w = common::watchdog("cross_transfer", Duration::from_secs(120));
+    for _ in 0..200 {
+        let (x, y) = (MessageChannel::new().unwrap(), MessageChannel::new().unwrap());
+        let (c, p) = (x.port1(), y.port1());
+        let (c2, p2) = (c.clone(), p.clone());
+        let t1 = std::thread::spawn(move || c2.post_message(Value::Undefined, [p2.into()]));
+        let t2 = std::thread::spawn(move || p.post_message(Value::Undefined, [c.into()]));
+        let (r1, r2) = (t1.join().unwrap(), t2.join().unwrap());
+        // Whichever ran first moved the other's source port; the other then finds its
+        // own port detached (a silent no-op) or the port it moves detached (5e).
+        assert!(r1.is_ok() || r2.is_ok(), "{r1:?} {r2:?}");
+    }
+}
+
+#[test]
+fn a_process_local_port_in_the_transfer_list_is_refused_and_left_working() {
+    let ch = MessageChannel::new().unwrap();
+    let local = MessageChannel::with_options(&shmport::ChannelOptions::new().process_local(true)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    local.port2().set_onmessage(Some(move |ev: MessageEvent| tx.send(ev.data.as_f64().unwrap()).unwrap()));
+    let b = buffer(b"kept");
+    let err = ch.port1().post_message(Value::Undefined, [b.clone().into(), local.port2().into()]).unwrap_err();
+    assert!(matches!(err, PostError::Transfer(_)), "{err:?}");
+    assert!(!b.is_detached() && !local.port2().is_detached());
+    local.port1().post_message(1, []).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), 1.0, "its handler still runs");
+}
+
+#[test]
+fn a_large_byte_message_arrives_as_the_pages_it_was_written_to() {
+    let ch = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(4096)).unwrap();
+    let big = vec![0x5Au8; 1 << 20];
+    ch.port1().post_bytes(&big).unwrap();
+    let got = recv(&ch.port2()).data;
+    let got = got.as_array_buffer().unwrap();
+    assert_eq!(got.byte_length(), 1 << 20);
+    assert!(got.with_bytes(|bytes| bytes.iter().all(|&x| x == 0x5A)));
+}

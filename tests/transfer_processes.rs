@@ -265,3 +265,19 @@ fn s16_a_killed_holder_of_buffers_and_ports_closes_them_and_its_chunks_come_back
     assert!(after.held_elsewhere + 10 <= before.held_elsewhere, "{before:?} -> {after:?}");
     assert!(after.in_flight + 10 <= before.in_flight, "{before:?} -> {after:?}");
 }
+
+#[test]
+fn s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("transfer_to_killed_peer", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let mut child = spawn_role(ENTRY, "hold_and_wait", &ch.port2());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let port = ch.port1();
+    let b = ArrayBuffer::from_slice(b"to nobody").unwrap();
+    assert_eq!(port.post_message(Value::ArrayBuffer(b.clone()), [b.clone().into()]), Ok(()));
+    assert!(b.is_detached(), "moved into the void, as the web does");
+}

@@ -85,7 +85,8 @@ pub(crate) fn peer_hung_up(sock: BorrowedFd<'_>) -> bool {
     }
 }
 
-/// `sendmsg` of `bytes` with `fds` attached as SCM_RIGHTS, as one SEQPACKET message.
+/// `sendmsg(MSG_DONTWAIT)` of `bytes` with `fds` attached as SCM_RIGHTS, as one
+/// SEQPACKET message. A full queue is `ErrorKind::WouldBlock`, never a wait.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS_PER_MESSAGE, "too many fds in one message");
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
@@ -94,7 +95,12 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedF
         return Err(io::Error::other("control buffer too small"));
     }
     loop {
-        match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+        match rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(_) => return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg")),
             Err(Errno::INTR) => continue,
@@ -245,4 +251,38 @@ pub(crate) fn page_size() -> usize {
 #[cfg(test)]
 pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// Whether a socket can take a message now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketReady {
+    /// There is room for a message.
+    Writable,
+    /// The queue is full (the reader has not taken earlier messages yet).
+    Full,
+    /// The other end is gone.
+    Gone,
+}
+
+/// `poll(POLLOUT | POLLRDHUP)` for up to `timeout` (zero: just look).
+pub(crate) fn socket_ready(sock: BorrowedFd<'_>, timeout: Duration) -> SocketReady {
+    let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::OUT | PollFlags::RDHUP)];
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    match poll(&mut fds, Some(&ts)) {
+        Ok(0) => SocketReady::Full,
+        Ok(_) => {
+            let r = fds[0].revents();
+            if r.intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL) {
+                SocketReady::Gone
+            } else if r.contains(PollFlags::OUT) {
+                SocketReady::Writable
+            } else {
+                SocketReady::Full
+            }
+        }
+        Err(_) => SocketReady::Full,
+    }
 }

@@ -67,3 +67,12 @@ pub(crate) fn file_identity(_fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
 pub(crate) fn page_size() -> usize {
     4096
 }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketReady {
+    Writable,
+    Full,
+    Gone,
+}
+pub(crate) fn socket_ready(_sock: BorrowedFd<'_>, _timeout: Duration) -> SocketReady {
+    SocketReady::Gone
+}
