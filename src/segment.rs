@@ -52,7 +52,9 @@ pub(crate) const FLAG_BUSY_POLL: u32 = 1;
 /// `Header::flags`: transferred buffers are detached in Rust only; the sender's view of
 /// the pages is not revoked with `mprotect`.
 pub(crate) const FLAG_NO_REVOKE: u32 = 2;
-const KNOWN_FLAGS: u32 = FLAG_BUSY_POLL | FLAG_NO_REVOKE;
+/// `Header::flags`: sleepers issue `membarrier` so writers can skip their fence.
+pub(crate) const FLAG_ASYMMETRIC: u32 = 4;
+const KNOWN_FLAGS: u32 = FLAG_BUSY_POLL | FLAG_NO_REVOKE | FLAG_ASYMMETRIC;
 
 /// An end's state word (`Header::ends`) is 0 while the end is open, and this once it
 /// was closed, dropped, or doomed: its peer drains and then reports closed.
@@ -124,6 +126,7 @@ unsafe impl Sync for Segment {}
 impl Segment {
     /// A new memfd segment, sealed, with both ends open and both rings empty.
     pub(crate) fn create_shared(capacity: u64, flags: u32) -> io::Result<Segment> {
+        let flags = if crate::wait::asymmetric_available() { flags | FLAG_ASYMMETRIC } else { flags };
         check_capacity(capacity).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let len = segment_len(capacity);
         let fd = platform::memfd_create_sealed("shmport-channel", len)?;
@@ -136,7 +139,7 @@ impl Segment {
             capacity,
             flags,
             memory: Memory::Shared { _map: map, fd },
-            parker: Parker::Futex,
+            parker: Parker::Futex { asymmetric: flags & FLAG_ASYMMETRIC != 0 },
         };
         segment.initialise(len);
         Ok(segment)
@@ -192,8 +195,11 @@ impl Segment {
             capacity: 0,
             flags: 0,
             memory: Memory::Shared { _map: map, fd },
-            parker: Parker::Futex,
+            parker: Parker::Futex { asymmetric: false },
         };
+        // Registering before anything uses the channel lets the peer's sleepers'
+        // `membarrier` reach this process's writers.
+        crate::wait::asymmetric_available();
         let h = segment.header();
         // SYNC: initialised.
         if h.initialised.load(Ordering::Acquire) != 1 {
@@ -216,6 +222,7 @@ impl Segment {
         }
         segment.capacity = capacity;
         segment.flags = flags;
+        segment.parker = Parker::Futex { asymmetric: flags & FLAG_ASYMMETRIC != 0 };
         Ok(segment)
     }
 

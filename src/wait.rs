@@ -31,8 +31,13 @@ pub(crate) const WAITING: u32 = 1;
 /// mutex/condvar pair inside one process (the process-local backend, and loom).
 pub(crate) enum Parker {
     /// `FUTEX_WAIT`/`FUTEX_WAKE` on the word itself, without `FUTEX_PRIVATE_FLAG`.
+    /// With `asymmetric`, the channel's sleepers issue a `membarrier` instead of relying
+    /// on a fence in every writer (see `notify`).
     #[cfg(not(loom))]
-    Futex,
+    Futex {
+        /// The channel was created to use asymmetric barriers.
+        asymmetric: bool,
+    },
     /// Thread parking for memory that only this process can see.
     Local(LocalParker),
 }
@@ -56,7 +61,7 @@ impl Parker {
     pub(crate) fn park(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         match self {
             #[cfg(not(loom))]
-            Parker::Futex => {
+            Parker::Futex { .. } => {
                 crate::diagnostics::count_futex_wait();
                 crate::platform::futex_wait(word, expected, timeout)
             }
@@ -80,7 +85,7 @@ impl Parker {
     pub(crate) fn unpark(&self, word: &AtomicU32) {
         match self {
             #[cfg(not(loom))]
-            Parker::Futex => {
+            Parker::Futex { .. } => {
                 crate::diagnostics::count_futex_wake();
                 crate::platform::futex_wake(word)
             }
@@ -92,15 +97,62 @@ impl Parker {
     }
 }
 
-/// Sleeper, step 1: announce the intent to sleep. Returns the value to park on. The
-/// caller must re-check its condition after this and before parking.
+/// Whether this process can be the target of other processes' `membarrier` calls
+/// (registered once, when the first shared channel is set up).
+pub(crate) fn asymmetric_available() -> bool {
+    #[cfg(not(loom))]
+    {
+        static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *REGISTERED.get_or_init(crate::platform::membarrier_register)
+    }
+    #[cfg(loom)]
+    false
+}
+
+impl Parker {
+    /// Whether a writer may replace the sleep-check fence by a compiler fence: the
+    /// channel's sleepers issue `membarrier`, and it reaches this process.
+    #[inline]
+    fn writer_skips_fence(&self) -> bool {
+        match self {
+            #[cfg(not(loom))]
+            Parker::Futex { asymmetric } => *asymmetric && asymmetric_available(),
+            Parker::Local(_) => false,
+        }
+    }
+
+    fn sleeper_uses_membarrier(&self) -> bool {
+        match self {
+            #[cfg(not(loom))]
+            Parker::Futex { asymmetric } => *asymmetric,
+            Parker::Local(_) => false,
+        }
+    }
+}
+
+/// Sleeper, step 1: announce the intent to sleep. Returns the value to park on, and
+/// whether the barrier was degraded (then sleep in short slices). The caller must
+/// re-check its condition after this and before parking.
 #[inline]
-pub(crate) fn announce(word: &AtomicU32) -> u32 {
+pub(crate) fn announce(word: &AtomicU32, parker: &Parker) -> (u32, bool) {
     let w = word.fetch_or(WAITING, Ordering::Relaxed) | WAITING;
     // SYNC: sleep check. Orders the WAITING store before the condition re-check; pairs
-    // with the fence in `notify`.
+    // with the fence in `notify`. On an asymmetric channel the writers have no fence:
+    // `membarrier` makes every running thread of every registered process execute one
+    // now, so either a writer's publish is visible to our re-check, or its load of
+    // the wait word comes after the barrier and sees WAITING.
+    #[cfg(not(loom))]
+    if parker.sleeper_uses_membarrier() {
+        if crate::platform::membarrier_global() {
+            return (w, false);
+        }
+        // Not allowed here: a writer without a fence could miss us; sleep briefly.
+        sleep_check_fence();
+        return (w, true);
+    }
+    let _ = parker;
     sleep_check_fence();
-    w
+    (w, false)
 }
 
 /// Sleeper: the condition came true after `announce`; take the announcement back so
@@ -115,8 +167,12 @@ pub(crate) fn withdraw(word: &AtomicU32) {
 #[inline]
 pub(crate) fn notify(word: &AtomicU32, parker: &Parker) -> bool {
     // SYNC: sleep check. Orders the caller's publish before the WAITING load; pairs with
-    // the fence in `announce`.
-    sleep_check_fence();
+    // the fence (or the membarrier) in `announce`.
+    if parker.writer_skips_fence() {
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    } else {
+        sleep_check_fence();
+    }
     wake_if_waiting(word, parker)
 }
 
@@ -239,6 +295,10 @@ impl SpinEstimate {
 /// asks for 100 ms).
 pub(crate) const SLICE: Duration = Duration::from_millis(25);
 
+/// The longest sleep when a `membarrier` could not be issued on a channel whose
+/// writers rely on it: a missed wake-up then costs at most this.
+const DEGRADED_SLICE: Duration = Duration::from_millis(1);
+
 /// What a poll closure is asked to do.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Check {
@@ -325,11 +385,12 @@ fn wait_until<T>(
     let began = start.unwrap_or_else(Instant::now);
     let mut last_slow = Instant::now();
     loop {
-        let w = announce(word);
+        let (w, degraded) = announce(word, parker);
         if let Some(t) = poll(Check::Fast) {
             withdraw(word);
             return (Some(t), began.elapsed());
         }
+        let longest = if degraded { DEGRADED_SLICE } else { SLICE };
         let slice = match deadline {
             Some(d) => {
                 let now = Instant::now();
@@ -337,9 +398,9 @@ fn wait_until<T>(
                     withdraw(word);
                     return (poll(Check::Slow), began.elapsed());
                 }
-                (d - now).min(SLICE)
+                (d - now).min(longest)
             }
-            None => SLICE,
+            None => longest,
         };
         parker.park(word, w, Some(slice));
         // The slow check runs by the clock, not by how `park` returned: signals can
@@ -398,7 +459,7 @@ mod loom_tests {
                 if data.load(Ordering::Acquire) == 1 {
                     break;
                 }
-                let v = announce(&word);
+                let (v, _) = announce(&word, &parker);
                 if data.load(Ordering::Acquire) == 1 {
                     withdraw(&word);
                     break;

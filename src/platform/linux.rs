@@ -286,3 +286,16 @@ pub(crate) fn socket_ready(sock: BorrowedFd<'_>, timeout: Duration) -> SocketRea
         Err(_) => SocketReady::Full,
     }
 }
+
+/// `membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)`: lets other processes'
+/// `membarrier_global` calls reach this process's threads. Whether it worked.
+pub(crate) fn membarrier_register() -> bool {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterGlobalExpedited).is_ok()
+}
+
+/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`: every running thread of every
+/// registered process executes a full memory barrier before this returns. Whether it
+/// worked.
+pub(crate) fn membarrier_global() -> bool {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
+}

@@ -76,3 +76,9 @@ pub(crate) enum SocketReady {
 pub(crate) fn socket_ready(_sock: BorrowedFd<'_>, _timeout: Duration) -> SocketReady {
     SocketReady::Gone
 }
+pub(crate) fn membarrier_register() -> bool {
+    false
+}
+pub(crate) fn membarrier_global() -> bool {
+    false
+}
