@@ -40,6 +40,8 @@
 //! described in `docs/ARCHITECTURE.md`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
+// Under `--cfg loom` only the ring and wait layers are built (for their models).
+#![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(loom))]
 mod arena;
