@@ -82,6 +82,7 @@ impl Parker {
     }
 
     /// Wakes every thread parked on `word`.
+    #[cfg_attr(loom, allow(unused_variables))]
     pub(crate) fn unpark(&self, word: &AtomicU32) {
         match self {
             #[cfg(not(loom))]
