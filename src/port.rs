@@ -224,6 +224,18 @@ impl Link {
         }
     }
 
+    /// Marks this end closed for the peer and wakes the peer's sleepers (which wait for
+    /// data from us, or for room in our ring).
+    fn mark_closed(&self) {
+        // SYNC: end closed. Release: every record we published is visible to a peer
+        // that sees the closed state.
+        self.segment.end_state(self.end).store(END_CLOSED, Ordering::Release);
+        wait::sleep_check_fence();
+        let parker = self.segment.parker();
+        wait::wake_if_waiting(&self.segment.lines(self.end).waits.0.data, parker);
+        wait::wake_if_waiting(&self.segment.lines(1 - self.end).waits.0.space, parker);
+    }
+
     /// The word our consumer sleeps on.
     fn rx_data_word(&self) -> &AtomicU32 {
         &self.segment.lines(1 - self.end).waits.0.data
@@ -901,14 +913,7 @@ impl Port {
     /// Messages queued here are discarded, giving back the buffers and ports they carry.
     pub(crate) fn close(&self) {
         let Some((link, tx, rx)) = self.detach_parts() else { return };
-        // SYNC: end closed. Release: every record we published is visible to a peer
-        // that sees the closed state.
-        link.segment.end_state(link.end).store(END_CLOSED, Ordering::Release);
-        wait::sleep_check_fence();
-        let parker = link.segment.parker();
-        // The peer may sleep waiting for data from us or for space in our ring.
-        wait::wake_if_waiting(&link.segment.lines(link.end).waits.0.data, parker);
-        wait::wake_if_waiting(&link.segment.lines(1 - link.end).waits.0.space, parker);
+        link.mark_closed();
         if let Some(mut rx) = rx {
             rx.discard_queued();
         }
@@ -1016,12 +1021,7 @@ fn undo_moves(order: &[&Port], guards: &mut [MutexGuard<'_, Option<Tx>>], moving
 
 /// A moving port whose message went nowhere: it closes (its peer sees it closed).
 fn close_moving(parts: Moving) {
-    // SYNC: end closed (as in `Port::close`).
-    parts.link.segment.end_state(parts.link.end).store(END_CLOSED, Ordering::Release);
-    wait::sleep_check_fence();
-    let parker = parts.link.segment.parker();
-    wait::wake_if_waiting(&parts.link.segment.lines(parts.link.end).waits.0.data, parker);
-    wait::wake_if_waiting(&parts.link.segment.lines(1 - parts.link.end).waits.0.space, parker);
+    parts.link.mark_closed();
 }
 
 /// How `push_waiting` ended without an error.
