@@ -6,13 +6,15 @@ use anyhow::{Result, anyhow};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::report::{Measurement, fmt_size};
+use shmport_bench::job::{Connect, Workload};
+use shmport_bench::report::{Measurement, fmt_size};
+use shmport_bench::stats::Figures;
+
 use crate::transport::Transport;
-use crate::workloads::{Figures, Workload};
 
 /// Writes `rtt-latency.svg`, `stream-throughput.svg` and `transfer-latency.svg` into
 /// `dir` (each if its workload has results).
-pub fn write_charts(dir: &Path, results: &[Measurement]) -> Result<Vec<std::path::PathBuf>> {
+pub fn write_charts(dir: &Path, results: &[Measurement<Transport>]) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     let latency = series(results, Workload::Rtt, |f| match f {
@@ -83,22 +85,22 @@ fn color(transport: Transport) -> RGBColor {
 
 /// The measured sizes of `workload`, and one series per transport of (size index, y).
 fn series(
-    results: &[Measurement],
+    results: &[Measurement<Transport>],
     workload: Workload,
     y: impl Fn(&Figures) -> Option<f64>,
 ) -> (Vec<usize>, Vec<Series>) {
     let mut sizes: Vec<usize> =
-        results.iter().filter(|m| m.workload == workload && m.figures.is_some()).map(|m| m.size).collect();
+        results.iter().filter(|m| m.job.workload == workload && m.figures.is_some()).map(|m| m.job.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
     let mut out = Vec::new();
-    for transport in Transport::ALL {
+    for &transport in Transport::ALL {
         let points: Vec<(usize, f64)> = results
             .iter()
-            .filter(|m| m.workload == workload && m.transport == transport)
+            .filter(|m| m.job.workload == workload && m.job.transport == transport)
             .filter_map(|m| {
                 let value = y(m.figures.as_ref()?)?;
-                let index = sizes.iter().position(|&s| s == m.size)?;
+                let index = sizes.iter().position(|&s| s == m.job.size)?;
                 (value > 0.0).then_some((index, value))
             })
             .collect();

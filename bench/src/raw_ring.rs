@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{MemfdFlags, ftruncate, memfd_create};
 
-use crate::transport::{Link, PeerWatch};
+use shmport_bench::link::{Link, PeerWatch};
 
 const LINE: usize = 128;
 const HEADER: usize = 4 * LINE;
@@ -90,35 +90,20 @@ impl RawRing {
             // them out). Both processes only access these words atomically.
             unsafe { AtomicU64::from_ptr(base.add(offset).cast::<u64>()) }
         };
-        let data = |dir: usize| -> *mut u8 {
+        let area = |dir: usize| -> *mut u8 {
             // SAFETY: HEADER + dir * capacity + capacity <= len: in bounds of the mapping.
             unsafe { base.add(HEADER + dir * capacity) }
         };
-        let (out_dir, in_dir) = (end, 1 - end);
+        // Direction `dir`: its head and tail lines, and its data area.
+        let lane = |dir: usize| (counter(dir * 2 * LINE), counter(dir * 2 * LINE + LINE), area(dir));
+        // Each end starts from the shared positions (zero for a fresh file).
+        let load = |counter: &AtomicU64| counter.load(Ordering::Acquire);
         let mask = capacity as u64 - 1;
-        let tx = Producer {
-            head: counter(out_dir * 2 * LINE),
-            tail: counter(out_dir * 2 * LINE + LINE),
-            data: data(out_dir),
-            mask,
-            pos: 0,
-            head_seen: 0,
-        };
-        let rx = Consumer {
-            head: counter(in_dir * 2 * LINE),
-            tail: counter(in_dir * 2 * LINE + LINE),
-            data: data(in_dir),
-            mask,
-            pos: 0,
-            tail_seen: 0,
-        };
-        // Start from the shared positions (zero for a fresh file).
-        let mut ring = RawRing { _map: map, tx, rx, peer };
-        ring.tx.pos = ring.tx.tail.load(Ordering::Acquire);
-        ring.tx.head_seen = ring.tx.head.load(Ordering::Acquire);
-        ring.rx.pos = ring.rx.head.load(Ordering::Acquire);
-        ring.rx.tail_seen = ring.rx.tail.load(Ordering::Acquire);
-        Ok(ring)
+        let (head, tail, data) = lane(end);
+        let tx = Producer { head, tail, data, mask, pos: load(tail), head_seen: load(head) };
+        let (head, tail, data) = lane(1 - end);
+        let rx = Consumer { head, tail, data: data.cast_const(), mask, pos: load(head), tail_seen: load(tail) };
+        Ok(RawRing { _map: map, tx, rx, peer })
     }
 
     fn capacity(&self) -> u64 {
@@ -137,18 +122,11 @@ impl Link for RawRing {
         );
         let len = u32::try_from(msg.len()).context("message too long")?;
         let tx = &mut self.tx;
-        let mut spins = 0u32;
-        while tx.pos + need - tx.head_seen > tx.mask + 1 {
-            tx.head_seen = tx.head.load(Ordering::Acquire);
-            if tx.pos + need - tx.head_seen <= tx.mask + 1 {
-                break;
-            }
-            std::hint::spin_loop();
-            spins += 1;
-            if spins == SPINS_PER_CHECK {
-                spins = 0;
-                self.peer.check()?;
-            }
+        if tx.pos + need - tx.head_seen > tx.mask + 1 {
+            spin_until(&self.peer, || {
+                tx.head_seen = tx.head.load(Ordering::Acquire);
+                tx.pos + need - tx.head_seen <= tx.mask + 1
+            })?;
         }
         // SAFETY: [pos, pos + need) is free: the consumer has released everything before
         // `head_seen` (Acquire above), and pos + need - head_seen <= capacity, so the
@@ -165,18 +143,11 @@ impl Link for RawRing {
 
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
         let rx = &mut self.rx;
-        let mut spins = 0u32;
-        while rx.tail_seen == rx.pos {
-            rx.tail_seen = rx.tail.load(Ordering::Acquire);
-            if rx.tail_seen != rx.pos {
-                break;
-            }
-            std::hint::spin_loop();
-            spins += 1;
-            if spins == SPINS_PER_CHECK {
-                spins = 0;
-                self.peer.check()?;
-            }
+        if rx.tail_seen == rx.pos {
+            spin_until(&self.peer, || {
+                rx.tail_seen = rx.tail.load(Ordering::Acquire);
+                rx.tail_seen != rx.pos
+            })?;
         }
         let available = rx.tail_seen - rx.pos;
         if available < 4 || available > rx.mask + 1 {
@@ -205,6 +176,22 @@ impl Link for RawRing {
     fn max_frame(&self) -> usize {
         (self.capacity() / 4) as usize
     }
+}
+
+/// Busy-polls until `ready()` (which reloads the other side's counter), checking every
+/// [`SPINS_PER_CHECK`] misses that the peer is still alive.
+#[inline]
+fn spin_until(peer: &PeerWatch, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let mut spins = 0u32;
+    while !ready() {
+        std::hint::spin_loop();
+        spins += 1;
+        if spins == SPINS_PER_CHECK {
+            spins = 0;
+            peer.check().context("waiting on the raw ring")?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies `src` into the ring area at byte position `pos`, wrapping.

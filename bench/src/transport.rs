@@ -1,4 +1,4 @@
-//! The transports under test, behind one [`Link`] trait per side.
+//! The transports under test, each a [`Link`] per side.
 //!
 //! The parent sets a transport up before spawning the child (creating descriptors the
 //! child inherits, or a port it hands down), then finishes it after the spawn (a TCP
@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
-use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
-use shmport::{ChannelOptions, MessageChannel, MessagePort, WaitStrategy};
+use rustix::process::Pid;
+use shmport::{ChannelOptions, MessagePort, WaitStrategy};
+use shmport_bench::job::{Connect, Job, Workload};
+use shmport_bench::link::{Link, PeerWatch, ShmLink};
 
 use crate::raw_ring::{self, RawRing};
 
@@ -24,26 +26,6 @@ use crate::raw_ring::{self, RawRing};
 const FDS_ENV: &str = "SHMPORT_BENCH_FDS";
 /// Environment variable naming the TCP port the child connects to.
 const TCP_PORT_ENV: &str = "SHMPORT_BENCH_TCP_PORT";
-
-/// One side of a connection between the two processes.
-pub trait Link {
-    /// Sends one message of `msg.len()` bytes (waits while the transport is full).
-    fn send(&mut self, msg: &[u8]) -> Result<()>;
-    /// Receives one message into `buf` and returns its length. Message transports
-    /// fail if it does not fit; stream transports read exactly `buf.len()` bytes.
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
-
-    /// The largest message worth sending in one piece when copying a large buffer
-    /// (the `transfer` workload splits the buffer into frames of at most this size).
-    fn max_frame(&self) -> usize {
-        usize::MAX
-    }
-
-    /// The shmport port behind the link, for workloads that post more than bytes.
-    fn shm_port(&self) -> Option<&MessagePort> {
-        None
-    }
-}
 
 /// The transports, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -66,8 +48,11 @@ pub enum Transport {
     RawRing,
 }
 
-impl Transport {
-    pub const ALL: [Transport; 7] = [
+impl Connect for Transport {
+    type Link = AnyLink;
+    type Pending = Pending;
+
+    const ALL: &'static [Transport] = &[
         Transport::Shmport,
         Transport::ShmportBusy,
         Transport::ShmportNorevoke,
@@ -76,8 +61,9 @@ impl Transport {
         Transport::Tcp,
         Transport::RawRing,
     ];
+    const COUNT_SYSCALLS: bool = true;
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Transport::Shmport => "shmport",
             Transport::ShmportBusy => "shmport-busy",
@@ -89,34 +75,34 @@ impl Transport {
         }
     }
 
-    pub fn from_name(name: &str) -> Result<Transport> {
-        Transport::ALL.into_iter().find(|t| t.name() == name).ok_or_else(|| {
-            let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
-            anyhow!("unknown transport {name:?} (known: {})", names.join(", "))
-        })
-    }
-
-    /// Whether the transport never sleeps while it waits (so the sleeping regime does
-    /// not apply, and it needs a CPU of its own per side).
-    pub fn always_spins(self) -> bool {
+    fn always_spins(self) -> bool {
         matches!(self, Transport::ShmportBusy | Transport::RawRing)
     }
 
-    /// Parent side, before the spawn: creates the connection and arranges for `cmd`'s
-    /// child to get its end.
-    pub fn parent_setup(self, ring_capacity: usize, cmd: &mut Command) -> Result<Pending> {
-        Ok(match self {
+    fn applies_to(self, workload: Workload) -> bool {
+        match workload {
+            // Byte messages: revocation changes nothing, so shmport-norevoke would
+            // only repeat shmport.
+            Workload::Rtt | Workload::Stream | Workload::RttSleep => self != Transport::ShmportNorevoke,
+            // shmport moves the buffer; unix and raw-ring are the copying baselines.
+            Workload::Transfer => {
+                matches!(self, Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing)
+            }
+        }
+    }
+
+    fn parent_setup(job: &Job<Transport>, cmd: &mut Command) -> Result<Pending> {
+        let ring_capacity = job.ring_capacity();
+        Ok(match job.transport {
             Transport::Shmport | Transport::ShmportBusy | Transport::ShmportNorevoke => {
                 let mut options = ChannelOptions::new().capacity(ring_capacity);
-                if self == Transport::ShmportBusy {
+                if job.transport == Transport::ShmportBusy {
                     options = options.wait_strategy(WaitStrategy::BusyPoll);
                 }
-                if self == Transport::ShmportNorevoke {
+                if job.transport == Transport::ShmportNorevoke {
                     options = options.revoke_transferred_pages(false);
                 }
-                let channel = MessageChannel::with_options(&options).context("creating the channel")?;
-                channel.port2().transfer_to_child(cmd).context("handing the port to the child")?;
-                Pending::Ready(AnyLink::Shm(ShmLink { port: channel.port1() }))
+                Pending::Ready(AnyLink::Shm(ShmLink::parent(&options, cmd)?))
             }
             Transport::Unix => {
                 let (ours, theirs) = UnixStream::pair().context("socketpair")?;
@@ -145,15 +131,24 @@ impl Transport {
         })
     }
 
-    /// Child side: connects to the parent as [`parent_setup`](Self::parent_setup) arranged.
-    pub fn child_connect(self, ring_capacity: usize) -> Result<AnyLink> {
-        Ok(match self {
-            Transport::Shmport | Transport::ShmportBusy | Transport::ShmportNorevoke => {
-                let port = MessagePort::from_parent().context("taking the port from the parent")?;
-                // Busy-polling and revocation are segment flags that both ends follow,
-                // so the child's port needs no option of its own.
-                AnyLink::Shm(ShmLink { port })
+    fn finish(pending: Pending, child: &mut Child) -> Result<AnyLink> {
+        Ok(match pending {
+            Pending::Ready(link) => link,
+            Pending::Tcp(listener) => {
+                let sock = accept_from(&listener, child, Duration::from_secs(30))?;
+                sock.set_nodelay(true)?;
+                AnyLink::Tcp(StreamLink::new(sock.try_clone()?, sock))
             }
+            Pending::RawRing(fd, capacity) => {
+                let watch = PeerWatch::Child(Pid::from_child(child));
+                AnyLink::RawRing(RawRing::attach(&fd, capacity, 0, watch)?)
+            }
+        })
+    }
+
+    fn child_connect(job: &Job<Transport>) -> Result<AnyLink> {
+        Ok(match job.transport {
+            Transport::Shmport | Transport::ShmportBusy | Transport::ShmportNorevoke => AnyLink::Shm(ShmLink::child()?),
             Transport::Unix => {
                 let [fd] = inherited_fds::<1>()?;
                 let sock = UnixStream::from(fd);
@@ -175,7 +170,7 @@ impl Transport {
             }
             Transport::RawRing => {
                 let [fd] = inherited_fds::<1>()?;
-                AnyLink::RawRing(RawRing::attach(&fd, ring_capacity, 1, PeerWatch::None)?)
+                AnyLink::RawRing(RawRing::attach(&fd, job.ring_capacity(), 1, PeerWatch::None)?)
             }
         })
     }
@@ -192,24 +187,6 @@ pub enum Pending {
     Ready(AnyLink),
     Tcp(TcpListener),
     RawRing(OwnedFd, usize),
-}
-
-impl Pending {
-    /// Finishes the connection once `child` runs.
-    pub fn finish(self, child: &mut Child) -> Result<AnyLink> {
-        Ok(match self {
-            Pending::Ready(link) => link,
-            Pending::Tcp(listener) => {
-                let sock = accept_from(&listener, child, Duration::from_secs(30))?;
-                sock.set_nodelay(true)?;
-                AnyLink::Tcp(StreamLink::new(sock.try_clone()?, sock))
-            }
-            Pending::RawRing(fd, capacity) => {
-                let watch = PeerWatch::Child(Pid::from_child(child));
-                AnyLink::RawRing(RawRing::attach(&fd, capacity, 0, watch)?)
-            }
-        })
-    }
 }
 
 /// Accepts one connection, giving up if the child exits first or after `limit`.
@@ -272,59 +249,6 @@ fn inherited_fds<const N: usize>() -> Result<[OwnedFd; N]> {
         out.push(unsafe { OwnedFd::from_raw_fd(raw) });
     }
     out.try_into().map_err(|_| anyhow!("descriptor count changed"))
-}
-
-/// How a busy-polling end notices that its peer died.
-pub enum PeerWatch {
-    /// Nothing to watch (the child is killed with its parent: `PR_SET_PDEATHSIG`).
-    None,
-    /// The parent watches its child.
-    Child(Pid),
-}
-
-impl PeerWatch {
-    /// Fails if the peer has exited.
-    pub fn check(&self) -> Result<()> {
-        if let PeerWatch::Child(pid) = self {
-            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-            if waitid(WaitId::Pid(*pid), options)?.is_some() {
-                bail!("the child exited while the parent waited on the raw ring");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A shmport port: `post_bytes` / `recv_bytes_with`.
-pub struct ShmLink {
-    port: MessagePort,
-}
-
-impl Link for ShmLink {
-    fn send(&mut self, msg: &[u8]) -> Result<()> {
-        self.port.post_bytes(msg).context("shmport post_bytes")
-    }
-
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let capacity = buf.len();
-        let got = self
-            .port
-            .recv_bytes_with(|bytes| {
-                let n = bytes.len();
-                if n <= capacity {
-                    buf[..n].copy_from_slice(bytes);
-                    Ok(n)
-                } else {
-                    Err(n)
-                }
-            })
-            .context("shmport recv_bytes_with")?;
-        got.map_err(|n| anyhow!("message of {n} bytes does not fit the {capacity}-byte buffer"))
-    }
-
-    fn shm_port(&self) -> Option<&MessagePort> {
-        Some(&self.port)
-    }
 }
 
 /// A byte stream: a message is `write_all` of its bytes, read back with `read_exact`.
@@ -396,6 +320,44 @@ impl Link for AnyLink {
         match self {
             AnyLink::Shm(l) => l.shm_port(),
             _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_argument_round_trips() {
+        let job = Job {
+            workload: Workload::RttSleep,
+            transport: Transport::ShmportBusy,
+            size: 65536,
+            warmup: 3,
+            iters: 40,
+            reps: 2,
+        };
+        let back = Job::<Transport>::from_arg(&job.to_arg()).unwrap();
+        assert_eq!(back.to_arg(), job.to_arg());
+        assert!(Job::<Transport>::from_arg("rtt:unix:4:1:1:1").is_err());
+        assert!(Job::<Transport>::from_arg("rtt:carrier-pigeon:64:1:1:1").is_err());
+        assert!(Job::<Transport>::from_arg("transfer:shmport-busy:4096:1:1:1").is_err());
+        let transfer = Job::<Transport>::from_arg("transfer:shmport-norevoke:1073741824:2:10:1").unwrap();
+        assert_eq!(
+            (transfer.workload, transfer.transport, transfer.size),
+            (Workload::Transfer, Transport::ShmportNorevoke, 1 << 30)
+        );
+    }
+
+    #[test]
+    fn transfer_runs_over_shmport_and_the_copying_baselines_only() {
+        let over = |w: Workload| -> Vec<&str> {
+            Transport::ALL.iter().filter(|t| t.applies_to(w)).map(|t| t.name()).collect()
+        };
+        assert_eq!(over(Workload::Transfer), ["shmport", "shmport-norevoke", "unix", "raw-ring"]);
+        for w in [Workload::Rtt, Workload::Stream, Workload::RttSleep] {
+            assert_eq!(over(w), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring"], "{w}");
         }
     }
 }

@@ -22,8 +22,7 @@ use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
 
-use crate::transport::PeerWatch;
-use crate::workloads::Link;
+use shmport_bench::link::{Link, PeerWatch};
 
 /// Environment variable with the service-name prefix the child opens.
 const KEY_ENV: &str = "SHMPORT_CMP_IOX_KEY";

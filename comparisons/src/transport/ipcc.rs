@@ -13,7 +13,7 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::workloads::Link;
+use shmport_bench::link::Link;
 
 /// Environment variable with the name of the parent's one-shot server.
 const SERVER_ENV: &str = "SHMPORT_CMP_IPC_SERVER";

@@ -2,19 +2,18 @@
 
 mod iox;
 mod ipcc;
-mod shm;
 
-use std::fmt;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
-use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+use anyhow::{Result, anyhow};
+use rustix::process::Pid;
+use shmport::{ChannelOptions, WaitStrategy};
+use shmport_bench::job::{Connect, Job, Workload};
+use shmport_bench::link::{Link, PeerWatch, ShmLink};
 
-use crate::workloads::{Job, Link};
 use iox::{IoxLink, Wait};
 use ipcc::{BytesLink, PendingServer, SerdeLink};
-use shm::ShmLink;
 
 /// How long the parent waits for the child to connect.
 const CONNECT_LIMIT: Duration = Duration::from_secs(30);
@@ -36,8 +35,11 @@ pub enum Transport {
     IpcChannelBytes,
 }
 
-impl Transport {
-    pub const ALL: [Transport; 6] = [
+impl Connect for Transport {
+    type Link = AnyLink;
+    type Pending = Pending;
+
+    const ALL: &'static [Transport] = &[
         Transport::Shmport,
         Transport::ShmportBusy,
         Transport::Iceoryx2Poll,
@@ -46,7 +48,7 @@ impl Transport {
         Transport::IpcChannelBytes,
     ];
 
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Transport::Shmport => "shmport",
             Transport::ShmportBusy => "shmport-busy",
@@ -57,6 +59,60 @@ impl Transport {
         }
     }
 
+    fn always_spins(self) -> bool {
+        matches!(self, Transport::ShmportBusy | Transport::Iceoryx2Poll)
+    }
+
+    /// Byte messages only: `rtt` and `stream`.
+    fn applies_to(self, workload: Workload) -> bool {
+        matches!(workload, Workload::Rtt | Workload::Stream)
+    }
+
+    fn parent_setup(job: &Job<Transport>, cmd: &mut Command) -> Result<Pending> {
+        Ok(match job.transport {
+            Transport::Shmport | Transport::ShmportBusy => {
+                let mut options = ChannelOptions::new().capacity(job.ring_capacity());
+                if job.transport == Transport::ShmportBusy {
+                    options = options.wait_strategy(WaitStrategy::BusyPoll);
+                }
+                Pending::Ready(Box::new(AnyLink::Shm(ShmLink::parent(&options, cmd)?)))
+            }
+            Transport::Iceoryx2Poll | Transport::Iceoryx2Event => Pending::Ready(Box::new(iox_parent(job, cmd)?)),
+            Transport::IpcChannel => Pending::Ipc(SerdeLink::serve(cmd)?),
+            Transport::IpcChannelBytes => Pending::IpcBytes(BytesLink::serve(cmd)?),
+        })
+    }
+
+    fn finish(pending: Pending, child: &mut Child) -> Result<AnyLink> {
+        let peer = || PeerWatch::Child(Pid::from_child(child));
+        Ok(match pending {
+            Pending::Ready(link) => match *link {
+                AnyLink::Iox64(mut link) => {
+                    link.handshake(peer(), CONNECT_LIMIT)?;
+                    AnyLink::Iox64(link)
+                }
+                AnyLink::Iox1K(mut link) => {
+                    link.handshake(peer(), CONNECT_LIMIT)?;
+                    AnyLink::Iox1K(link)
+                }
+                link => link,
+            },
+            Pending::Ipc(server) => AnyLink::Ipc(SerdeLink::parent(server.accept(child, CONNECT_LIMIT)?)),
+            Pending::IpcBytes(server) => AnyLink::IpcBytes(BytesLink::parent(server.accept(child, CONNECT_LIMIT)?)),
+        })
+    }
+
+    fn child_connect(job: &Job<Transport>) -> Result<AnyLink> {
+        Ok(match job.transport {
+            Transport::Shmport | Transport::ShmportBusy => AnyLink::Shm(ShmLink::child()?),
+            Transport::Iceoryx2Poll | Transport::Iceoryx2Event => iox_child(job)?,
+            Transport::IpcChannel => AnyLink::Ipc(SerdeLink::child()?),
+            Transport::IpcChannelBytes => AnyLink::IpcBytes(BytesLink::child()?),
+        })
+    }
+}
+
+impl Transport {
     /// What the report says the transport is.
     pub fn describe(self) -> &'static str {
         match self {
@@ -67,24 +123,6 @@ impl Transport {
             Transport::IpcChannel => "`IpcSender<Vec<u8>>` / `IpcReceiver<Vec<u8>>` (serde)",
             Transport::IpcChannelBytes => "`IpcBytesSender` / `IpcBytesReceiver` (no serde)",
         }
-    }
-
-    pub fn from_name(name: &str) -> Result<Transport> {
-        Transport::ALL.into_iter().find(|t| t.name() == name).ok_or_else(|| {
-            let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
-            anyhow!("unknown transport {name:?} (known: {})", names.join(", "))
-        })
-    }
-
-    /// Whether the transport never sleeps while it waits (so it needs a CPU per side).
-    pub fn always_spins(self) -> bool {
-        matches!(self, Transport::ShmportBusy | Transport::Iceoryx2Poll)
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
     }
 }
 
@@ -133,7 +171,7 @@ fn iox_unsupported(size: usize) -> anyhow::Error {
 }
 
 /// The parent's iceoryx2 link for `job`'s message size.
-fn iox_parent(job: &Job, cmd: &mut Command) -> Result<AnyLink> {
+fn iox_parent(job: &Job<Transport>, cmd: &mut Command) -> Result<AnyLink> {
     let wait = iox_wait(job.transport);
     Ok(match job.size {
         64 => AnyLink::Iox64(IoxLink::parent(wait, cmd)?),
@@ -143,7 +181,7 @@ fn iox_parent(job: &Job, cmd: &mut Command) -> Result<AnyLink> {
 }
 
 /// The child's iceoryx2 link for `job`'s message size.
-fn iox_child(job: &Job) -> Result<AnyLink> {
+fn iox_child(job: &Job<Transport>) -> Result<AnyLink> {
     let wait = iox_wait(job.transport);
     Ok(match job.size {
         64 => AnyLink::Iox64(IoxLink::child(wait)?),
@@ -158,70 +196,4 @@ pub enum Pending {
     Ready(Box<AnyLink>),
     Ipc(PendingServer<ipcc::Serde>),
     IpcBytes(PendingServer<ipcc::Bytes>),
-}
-
-/// Parent side, before the spawn: creates the connection and arranges for `cmd`'s
-/// child to find its end.
-pub fn parent_setup(job: &Job, cmd: &mut Command) -> Result<Pending> {
-    Ok(match job.transport {
-        Transport::Shmport | Transport::ShmportBusy => {
-            Pending::Ready(Box::new(AnyLink::Shm(ShmLink::parent(job.transport == Transport::ShmportBusy, cmd)?)))
-        }
-        Transport::Iceoryx2Poll | Transport::Iceoryx2Event => Pending::Ready(Box::new(iox_parent(job, cmd)?)),
-        Transport::IpcChannel => Pending::Ipc(SerdeLink::serve(cmd)?),
-        Transport::IpcChannelBytes => Pending::IpcBytes(BytesLink::serve(cmd)?),
-    })
-}
-
-impl Pending {
-    /// Finishes the connection once `child` runs.
-    pub fn finish(self, child: &mut Child) -> Result<AnyLink> {
-        let peer = || PeerWatch::Child(Pid::from_child(child));
-        Ok(match self {
-            Pending::Ready(link) => match *link {
-                AnyLink::Iox64(mut link) => {
-                    link.handshake(peer(), CONNECT_LIMIT)?;
-                    AnyLink::Iox64(link)
-                }
-                AnyLink::Iox1K(mut link) => {
-                    link.handshake(peer(), CONNECT_LIMIT)?;
-                    AnyLink::Iox1K(link)
-                }
-                link => link,
-            },
-            Pending::Ipc(server) => AnyLink::Ipc(SerdeLink::parent(server.accept(child, CONNECT_LIMIT)?)),
-            Pending::IpcBytes(server) => AnyLink::IpcBytes(BytesLink::parent(server.accept(child, CONNECT_LIMIT)?)),
-        })
-    }
-}
-
-/// Child side: connects to the parent as [`parent_setup`] arranged.
-pub fn child_connect(job: &Job) -> Result<AnyLink> {
-    Ok(match job.transport {
-        Transport::Shmport | Transport::ShmportBusy => AnyLink::Shm(ShmLink::child()?),
-        Transport::Iceoryx2Poll | Transport::Iceoryx2Event => iox_child(job)?,
-        Transport::IpcChannel => AnyLink::Ipc(SerdeLink::child()?),
-        Transport::IpcChannelBytes => AnyLink::IpcBytes(BytesLink::child()?),
-    })
-}
-
-/// How a waiting end that the transport does not tell of its peer's death notices it.
-pub enum PeerWatch {
-    /// Nothing to watch (the child is killed with its parent: `PR_SET_PDEATHSIG`).
-    None,
-    /// The parent watches its child.
-    Child(Pid),
-}
-
-impl PeerWatch {
-    /// Fails if the peer has exited.
-    pub fn check(&self) -> Result<()> {
-        if let PeerWatch::Child(pid) = self {
-            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-            if waitid(WaitId::Pid(*pid), options)?.is_some() {
-                bail!("the child exited while the parent waited");
-            }
-        }
-        Ok(())
-    }
 }

@@ -1,9 +1,11 @@
-//! Running one measurement: spawning the pinned child, the parent's side under a
-//! watchdog, and reaping the child.
+//! Running the measurements, each between two processes: the parent re-executes its
+//! own binary as the child of every measurement, with the hidden argument
+//! `__child <job>`; the child connects to the transport it names, echoes or drains,
+//! and exits.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,24 +13,88 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use rustix::process::{Pid, Signal, kill_process, set_parent_process_death_signal};
 
-use crate::machine::{self, Pinning};
-use crate::transport;
-use crate::workloads::{self, Figures, Job};
+use crate::cli::Options;
+use crate::job::{self, Connect, Job, Shape, Workload};
+use crate::machine::{self, MachineInfo, Pinning};
+use crate::report::{self, Measurement};
+use crate::stats::Figures;
+use crate::workloads;
 
 /// The hidden first argument that makes the binary a child.
 pub const CHILD_ARG: &str = "__child";
 
+/// The whole program called `program`: the child side if the arguments say so, else
+/// `parent` (which returns `Ok(false)` if a measurement failed).
+pub fn main<T: Connect>(program: &str, parent: impl FnOnce(&[String]) -> Result<bool>) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(CHILD_ARG) {
+        let arg = args.get(1).map_or("", String::as_str);
+        return match child::<T>(arg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{program} child ({arg}): error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match parent(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{program}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The child process: connects as the job says, echoes or drains, exits.
+fn child<T: Connect>(arg: &str) -> Result<()> {
+    let job = Job::<T>::from_arg(arg)?;
+    let mut link = T::child_connect(&job)?;
+    workloads::child(&mut link, &job)
+}
+
+/// Pins this process (as `options` say), describes the machine, then runs every job
+/// of `options` at `shapes(workload)` (see [`job::plan`]), with a progress line each
+/// on stderr.
+pub fn all<T: Connect>(
+    options: &Options<T>,
+    shapes: impl Fn(Workload) -> Vec<Shape>,
+) -> Result<(MachineInfo, Vec<Measurement<T>>)> {
+    let pinning = Pinning::setup(options.pin);
+    let machine = MachineInfo::collect(&pinning);
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let limit = Duration::from_secs(if options.quick { 60 } else { 300 });
+
+    let jobs = job::plan(options, machine.cpus, shapes);
+    let mut results = Vec::with_capacity(jobs.len());
+    for (k, (job, skip)) in jobs.iter().enumerate() {
+        let begin = Instant::now();
+        let (status, figures) = match skip {
+            Some(why) => (why.clone(), None),
+            None => match measure(&exe, job, &pinning, limit) {
+                Ok(figures) => ("ok".to_string(), Some(figures)),
+                Err(e) => (format!("failed: {e:#}"), None),
+            },
+        };
+        let m = Measurement { job: *job, status, elapsed_s: begin.elapsed().as_secs_f64(), figures };
+        eprintln!("{}", report::progress(k + 1, jobs.len(), &m));
+        results.push(m);
+    }
+    Ok((machine, results))
+}
+
 /// Spawns the child of `job`, runs the parent side, and checks the child's exit.
-pub fn job(exe: &Path, job: &Job, pinning: &Pinning, limit: Duration) -> Result<Figures> {
+fn measure<T: Connect>(exe: &Path, job: &Job<T>, pinning: &Pinning, limit: Duration) -> Result<Figures> {
     let mut cmd = Command::new(exe);
     cmd.arg(CHILD_ARG).arg(job.to_arg()).stdin(Stdio::null()).stdout(Stdio::null());
-    let pending = transport::parent_setup(job, &mut cmd)?;
+    let pending = T::parent_setup(job, &mut cmd)?;
     let child_cpu = pinning.child_cpu();
     // SAFETY: runs between fork and exec; sched_setaffinity and prctl are plain
     // syscalls (async-signal-safe), the CPU set lives on the stack, nothing allocates.
     unsafe {
         cmd.pre_exec(move || {
-            // The child dies with the parent, so a spinning child never outlives it.
+            // The child dies with the parent, so a busy-polling child never outlives it.
             set_parent_process_death_signal(Some(Signal::KILL))?;
             if let Some(cpu) = child_cpu {
                 machine::pin(None, cpu)?;
@@ -45,7 +111,7 @@ pub fn job(exe: &Path, job: &Job, pinning: &Pinning, limit: Duration) -> Result<
         if let Some(cpu) = child_cpu {
             machine::check_pinned(pid, cpu)?;
         }
-        let mut link = pending.finish(&mut child)?;
+        let mut link = T::finish(pending, &mut child)?;
         let watchdog = Watchdog::arm(pid, limit);
         let figures = workloads::parent(&mut link, job);
         if watchdog.disarm() {
@@ -70,13 +136,6 @@ pub fn job(exe: &Path, job: &Job, pinning: &Pinning, limit: Duration) -> Result<
     }
 }
 
-/// The child process: connects as the job says, echoes or drains, exits.
-pub fn child(arg: &str) -> Result<()> {
-    let job = Job::from_arg(arg)?;
-    let mut link = transport::child_connect(&job)?;
-    workloads::child(&mut link, &job)
-}
-
 /// Waits at most `limit` for the child to exit, then kills it.
 fn wait_child(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
     let start = Instant::now();
@@ -94,7 +153,7 @@ fn wait_child(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
 }
 
 /// Kills the child if a measurement runs past its limit, so that the parent's
-/// waiting receive fails (every link notices its peer's death) instead of hanging.
+/// blocked receive fails instead of hanging the whole run.
 struct Watchdog {
     cancel: mpsc::Sender<()>,
     thread: JoinHandle<bool>,

@@ -1,0 +1,68 @@
+//! The command-line options every benchmark program takes.
+
+use anyhow::{Context, Result, bail};
+
+use crate::job::{Connect, Workload, by_name};
+
+/// What to run, and how.
+pub struct Options<T> {
+    /// Tiny iteration counts: a smoke test.
+    pub quick: bool,
+    /// In report order, whatever the order asked.
+    pub transports: Vec<T>,
+    /// In report order, whatever the order asked.
+    pub workloads: Vec<Workload>,
+    /// Pin the two processes to two CPUs.
+    pub pin: bool,
+}
+
+impl<T: Connect> Options<T> {
+    /// Parses `--quick`, `--only`, `--workloads` (among `workloads`, the program's),
+    /// `--no-pin` and `-h`/`--help` (prints `usage` and exits). Any other argument goes
+    /// to `extra`, with a way to take its value; `extra` returns whether it knew it.
+    pub fn parse(
+        args: &[String],
+        usage: &str,
+        workloads: &[Workload],
+        mut extra: impl FnMut(&str, &mut dyn FnMut() -> Result<String>) -> Result<bool>,
+    ) -> Result<Options<T>> {
+        let mut options =
+            Options { quick: false, transports: T::ALL.to_vec(), workloads: workloads.to_vec(), pin: true };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().cloned().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--quick" => options.quick = true,
+                "--no-pin" => options.pin = false,
+                "--only" => options.transports = pick(T::ALL, T::name, "transport", &value()?)?,
+                "--workloads" => options.workloads = pick(workloads, Workload::name, "workload", &value()?)?,
+                "-h" | "--help" => {
+                    print!("{usage}");
+                    std::process::exit(0);
+                }
+                other => {
+                    if !extra(other, &mut value)? {
+                        bail!("unknown argument {other:?}\n\n{usage}");
+                    }
+                }
+            }
+        }
+        Ok(options)
+    }
+
+    /// The run's mode, for the report.
+    pub fn mode(&self) -> &'static str {
+        if self.quick { "quick (smoke test: figures are not meaningful)" } else { "full" }
+    }
+}
+
+/// The ones of `all` named in the comma-separated `asked`, in the order of `all`.
+fn pick<X: Copy + PartialEq>(
+    all: &[X],
+    name_of: impl Fn(X) -> &'static str + Copy,
+    what: &str,
+    asked: &str,
+) -> Result<Vec<X>> {
+    let asked: Vec<X> = asked.split(',').map(|name| by_name(all, name_of, what, name)).collect::<Result<_>>()?;
+    Ok(all.iter().copied().filter(|x| asked.contains(x)).collect())
+}

@@ -1,0 +1,160 @@
+//! The markdown report (a header describing the run, one table per workload with
+//! ratios to unix and raw-ring) and the JSON document.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use shmport_bench::job::Workload;
+use shmport_bench::machine::MachineInfo;
+use shmport_bench::report::{Measurement, fmt_gbps, fmt_ns, fmt_rate, fmt_size};
+use shmport_bench::stats::Figures;
+use shmport_bench::workloads::SLEEP_BETWEEN;
+
+use crate::transport::Transport;
+
+#[derive(Serialize)]
+pub struct Document<'a> {
+    pub machine: &'a MachineInfo,
+    pub mode: &'a str,
+    /// Wall-clock seconds of the whole run.
+    pub total_s: f64,
+    pub results: &'a [Measurement<Transport>],
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    match r {
+        // Two significant digits below 0.1 (0.072, 0.00029), so that no ratio shows as 0.
+        Some(r) if r > 0.0 && r < 0.1 => {
+            let decimals = (-r.log10()).floor() as usize + 2;
+            format!("{r:.decimals$}")
+        }
+        Some(r) => format!("{r:.2}"),
+        None => "n/a".into(),
+    }
+}
+
+pub fn header(machine: &MachineInfo, mode: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# shmport-bench\n");
+    let _ = writeln!(
+        s,
+        "- CPU: {} ({} CPUs{})",
+        machine.cpu_model,
+        machine.cpus,
+        if machine.virtualized { ", virtualized" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "- kernel: {} (clocksource {}, Instant::now() ≈ {:.0} ns)",
+        machine.kernel, machine.clocksource, machine.timer_overhead_ns
+    );
+    let _ = writeln!(s, "- rustc: {}", machine.rustc);
+    let _ = writeln!(s, "- revision: {}", machine.git_revision);
+    let _ = writeln!(s, "- date: {}", machine.date);
+    let _ = writeln!(s, "- pinned: {}", machine.pinning);
+    let _ = writeln!(s, "- mode: {mode}");
+    s
+}
+
+/// The markdown table of one workload, with the line that explains its ratios.
+pub fn table(workload: Workload, results: &[Measurement<Transport>]) -> Option<String> {
+    let rows: Vec<&Measurement<Transport>> = results.iter().filter(|m| m.job.workload == workload).collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut sizes: Vec<usize> = rows.iter().map(|m| m.job.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let reference = |transport: Transport, size: usize| {
+        rows.iter().find(|m| m.job.transport == transport && m.job.size == size).and_then(|m| m.key())
+    };
+
+    let mut s = String::new();
+    let latency = workload != Workload::Stream;
+    let _ = match workload {
+        Workload::Rtt => writeln!(s, "## rtt: round trip (send N bytes, peer echoes)\n"),
+        Workload::RttSleep => writeln!(
+            s,
+            "## rtt-sleep: round trip with the receiver asleep (parent sleeps {} ms between round trips)\n",
+            SLEEP_BETWEEN.as_millis()
+        ),
+        Workload::Stream => writeln!(s, "## stream: one-way throughput\n"),
+        Workload::Transfer => writeln!(s, "## transfer: buffer transfer round trip\n"),
+    };
+    if latency {
+        let _ = writeln!(s, "| size | transport | median | p99 | p99.9 | ratio vs unix | ratio vs raw-ring |");
+    } else {
+        let _ =
+            writeln!(s, "| size | transport | msgs/s | GB/s | GB/s (min–max) | ratio vs unix | ratio vs raw-ring |");
+    }
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
+    for &size in &sizes {
+        for m in rows.iter().filter(|m| m.job.size == size) {
+            let ratio = |t: Transport| Some(m.key()? / reference(t, size)?);
+            let (a, b, c) = match &m.figures {
+                Some(Figures::Latency(l)) => (fmt_ns(l.median_ns), fmt_ns(l.p99_ns), fmt_ns(l.p999_ns)),
+                Some(Figures::Throughput(t)) => (
+                    fmt_rate(t.msgs_per_s),
+                    fmt_gbps(t.bytes_per_s),
+                    format!("{}–{}", fmt_gbps(t.bytes_per_s_min), fmt_gbps(t.bytes_per_s_max)),
+                ),
+                None if m.failed() => ("FAILED".into(), String::new(), String::new()),
+                None => ("n/a".into(), "n/a".into(), "n/a".into()),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {a} | {b} | {c} | {} | {} |",
+                fmt_size(size),
+                m.job.transport,
+                fmt_ratio(ratio(Transport::Unix)),
+                fmt_ratio(ratio(Transport::RawRing)),
+            );
+        }
+    }
+    let _ = writeln!(s);
+    if workload == Workload::Transfer {
+        let _ = writeln!(
+            s,
+            "One buffer of N bytes goes to the child and comes back. shmport and shmport-norevoke move it in the \
+             transfer list (its pages change hands, nothing is copied; shmport revokes the sender's view with \
+             mprotect on every transfer, shmport-norevoke does not); unix and raw-ring copy the N bytes each way \
+             into a preallocated buffer. Each side writes and reads the first 8 and the last byte inside the timed \
+             region; both processes touched every page during the warmup.\n"
+        );
+    }
+    if latency {
+        let _ = writeln!(
+            s,
+            "Ratios: this transport's median ÷ the median of unix (or raw-ring) at the same size; below 1 is faster than that transport."
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "Ratios: this transport's throughput ÷ the throughput of unix (or raw-ring) at the same size; above 1 is faster than that transport. GB/s is 10^9 bytes/s of payload."
+        );
+    }
+    let notes: Vec<String> = rows
+        .iter()
+        .filter(|m| m.figures.is_none())
+        .map(|m| format!("- {} {}: {}", m.job.transport, fmt_size(m.job.size), m.status))
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\n{}", notes.join("\n"));
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fmt_ratio;
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(fmt_ratio(Some(1.234)), "1.23");
+        assert_eq!(fmt_ratio(Some(0.0724)), "0.072");
+        assert_eq!(fmt_ratio(Some(0.041)), "0.041");
+        assert_eq!(fmt_ratio(Some(0.00029)), "0.00029");
+        assert_eq!(fmt_ratio(Some(0.0)), "0.00");
+        assert_eq!(fmt_ratio(None), "n/a");
+    }
+}
