@@ -471,3 +471,62 @@ mod loom_tests {
         });
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_micros(100);
+
+    #[test]
+    fn the_adaptive_spin_follows_quick_answers_and_gives_up_on_slow_ones() {
+        let mut e = SpinEstimate::default();
+        for _ in 0..50 {
+            e.record(Duration::from_micros(8), MAX);
+        }
+        let quick = e.spin(MAX);
+        assert!(quick >= Duration::from_micros(25) && quick <= MAX, "{quick:?}");
+        for _ in 0..50 {
+            e.record(Duration::from_millis(2), MAX);
+        }
+        assert_eq!(e.spin(MAX), MIN_SPIN, "a slow peer costs only the minimum spin");
+        // It comes back when the peer speeds up again.
+        for _ in 0..60 {
+            e.record(Duration::from_micros(2), MAX);
+        }
+        assert!(e.spin(MAX) < Duration::from_micros(25));
+        assert!(e.spin(MAX) >= MIN_SPIN);
+    }
+
+    #[test]
+    fn a_sleep_wakes_for_a_notify_and_bounds_itself_otherwise() {
+        let word = AtomicU32::new(0);
+        let parker = Parker::local();
+        let flag = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                flag.store(true, Ordering::Release);
+                notify(&word, &parker);
+            });
+            let mut e = SpinEstimate::default();
+            let got = block_on(&word, &parker, WaitStrategy::default(), &mut e, None, |_| {
+                flag.load(Ordering::Acquire).then_some(())
+            });
+            assert_eq!(got, Some(()));
+        });
+        // With a deadline and nobody to notify, the wait ends at the deadline.
+        let start = Instant::now();
+        let mut e = SpinEstimate::default();
+        let got: Option<()> = block_on(
+            &word,
+            &parker,
+            WaitStrategy::default(),
+            &mut e,
+            Some(Instant::now() + Duration::from_millis(40)),
+            |_| None,
+        );
+        assert_eq!(got, None);
+        assert!(start.elapsed() >= Duration::from_millis(40));
+    }
+}
