@@ -143,6 +143,21 @@ impl ArrayBuffer {
         }
     }
 
+    /// As `detach`, but `None` at once if another thread holds the buffer (reading or
+    /// writing its bytes); also `Some` of an already-detached buffer's state is `None`
+    /// inside: callers compare with what they expected.
+    pub(crate) fn try_detach(&self) -> Option<Option<Detached>> {
+        let mut state = match self.inner.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(match std::mem::replace(&mut *state, State::Detached) {
+            State::Live { chunk, len } => Some(Detached { chunk, len }),
+            State::Detached => None,
+        })
+    }
+
     /// Puts back what `detach` took (a transfer that failed late).
     pub(crate) fn restore(&self, detached: Detached) {
         *self.lock() = State::Live { chunk: detached.chunk, len: detached.len };

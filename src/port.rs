@@ -314,8 +314,9 @@ pub(crate) struct Rx {
     broken: bool,
     /// The error that broke it, until a receiving call reports it.
     pending_error: Option<MessageError>,
-    /// The ring position just after the last record taken.
-    record_end: u64,
+    /// The ring position where the last record taken starts.
+    record_start: u64,
+
     /// The peer was seen gone and the ring drained: `Closed` from now on.
     finished: bool,
     /// When a liveness check last ran, and the peer's index then.
@@ -331,7 +332,8 @@ impl Rx {
             scratch: Vec::new(),
             broken: false,
             pending_error: None,
-            record_end: 0,
+            record_start: 0,
+
             finished: false,
             last_liveness_check: (Instant::now(), 0),
             spin: SpinEstimate::default(),
@@ -396,9 +398,9 @@ impl Rx {
         &self.scratch[..len]
     }
 
-    /// The ring position just after the record `take` returned last.
-    pub(crate) fn record_end(&self) -> u64 {
-        self.record_end
+    /// The ring position where the record `take` returned last starts.
+    pub(crate) fn record_start(&self) -> u64 {
+        self.record_start
     }
 
     /// Gives consumed space back now (and wakes a writer waiting for it).
@@ -442,14 +444,16 @@ impl Rx {
             self.consumer.copy_payload(rec, &mut out[..rec.len]);
         }
         self.consumer.consume(rec);
-        self.record_end = rec.end();
-        // Give space back in batches: when everything known is read (so an idle reader
-        // holds nothing back) or a quarter of the ring has been read. Each release is a
-        // store and a fence; in a stream, one per batch instead of one per message. A
-        // record with attachments is given back only once they are taken (see
-        // `wire::attachments`).
-        let holding = rec.flags & wire::FLAG_ATTACHMENTS != 0;
-        if !holding && (self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4)
+        self.record_start = rec.start();
+        // Space goes back in batches: when everything known is read (so an idle reader
+        // holds nothing back) or a quarter of the ring has been read. A release per
+        // message would make a writer that outpaces this reader re-read `head` for
+        // every message, bouncing its cache line between the cores (measured: twice the
+        // time per 64 B message). A port that must wait to post gives its read space
+        // back first (see `push_waiting`). A record with attachments is given back
+        // only once they are taken (see `wire::attachments`).
+        if rec.flags & wire::FLAG_ATTACHMENTS == 0
+            && (self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4)
         {
             self.release_and_notify();
         }
@@ -619,6 +623,14 @@ impl Port {
                 Err(PostError::Full)
             };
         }
+        // About to wait for the peer to read: give back what this port has read, first.
+        // Otherwise two ports that each read a message and then post to each other
+        // could wait for space the other holds.
+        if let Ok(mut rx) = self.rx.try_lock()
+            && let Some(rx) = rx.as_mut()
+        {
+            rx.release_and_notify();
+        }
         let link = tx.link.clone();
         let mut spin = tx.spin;
         let outcome = wait::block_on(
@@ -668,105 +680,137 @@ impl Port {
     /// Posts a prepared message: writes its record, moves what it transfers, sends
     /// the descriptors, publishes. If the message goes nowhere (a detached source or a
     /// peer that is gone) what it transfers is detached and dropped.
-    pub(crate) fn post_outgoing(&self, outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
-        // The writing halves of this port and of every port the message moves, locked
-        // in address order, so two posts that move each other's ports cannot deadlock,
-        // and no post on a moving port can slip in meanwhile.
+    pub(crate) fn post_outgoing(&self, mut outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
         let moved: Vec<MessagePort> = outgoing.ports().to_vec();
-        let mut order: Vec<&Port> = moved.iter().map(|p| &**p.port()).collect();
-        order.push(self);
-        order.sort_by_key(|p| *p as *const Port as usize);
-        order.dedup_by_key(|p| *p as *const Port as usize);
-        let mut guards = Vec::with_capacity(order.len());
-        for p in &order {
-            match lock_for(&p.tx, mode) {
-                Some(g) => guards.push(g),
-                None => return Err(busy_error(mode)),
+        let mut attempts = 0u32;
+        loop {
+            match self.attempt_outgoing(&mut outgoing, &moved, mode)? {
+                Attempt::Posted => return Ok(()),
+                Attempt::Nowhere => {
+                    // The message goes nowhere: what it moves is detached and dropped.
+                    outgoing.discard();
+                    return Ok(());
+                }
+                Attempt::Busy => {
+                    // A moved port or buffer is in use by another thread, or the socket
+                    // holds too many descriptors in flight: nothing changed; try again
+                    // as the mode allows.
+                    match mode {
+                        Mode::Try => return Err(PostError::Full),
+                        Mode::Until(d) if Instant::now() >= d => return Err(PostError::Timeout),
+                        _ => {}
+                    }
+                    attempts += 1;
+                    if attempts < 16 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
             }
         }
-        let me = order.iter().position(|p| std::ptr::eq(*p, self)).expect("the source is in the list");
-        let Some(tx) = guards[me].as_mut() else {
-            drop(guards);
-            outgoing.discard();
-            return Ok(());
-        };
-        let pushed = self.push_waiting(tx, outgoing.kind, outgoing.flags, &[&outgoing.payload], mode)?;
-        let gone = match pushed {
-            Pushed::Written if outgoing.has_attachments() => self.socket_ready(tx, mode).inspect_err(|_| {
-                tx.producer.rollback();
-            })?,
-            Pushed::Written => false,
-            Pushed::PeerGone => true,
-            Pushed::Detached => false,
-        };
-        if gone || !matches!(pushed, Pushed::Written) {
-            // The message goes nowhere: what it moves is detached and dropped.
-            tx.producer.rollback();
-            tx.settle_in_flight(gone);
-            drop(guards);
-            drop(order);
-            outgoing.discard();
-            return Ok(());
+    }
+
+    /// One try at posting `outgoing`. Waits (as `mode` allows) only for room in the
+    /// ring and the socket, holding only this port's writing half; the moved ports'
+    /// halves and the moved buffers are then taken without waiting (`Busy` if one is
+    /// in use), so a post never blocks other operations on what it moves, and no lock
+    /// order between ports or buffers can deadlock. The descriptors are sent before
+    /// anything is detached: a failed send changes nothing.
+    fn attempt_outgoing(
+        &self,
+        outgoing: &mut Outgoing,
+        moved: &[MessagePort],
+        mode: Mode,
+    ) -> Result<Attempt, PostError> {
+        let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
+        let Some(tx) = guard.as_mut() else { return Ok(Attempt::Nowhere) };
+        let start = tx.producer.position();
+        match self.push_waiting(tx, outgoing.kind, outgoing.flags, &[&outgoing.payload], mode)? {
+            Pushed::Written => {}
+            Pushed::PeerGone => {
+                tx.settle_in_flight(true);
+                return Ok(Attempt::Nowhere);
+            }
+            Pushed::Detached => return Ok(Attempt::Nowhere),
         }
         if !outgoing.has_attachments() {
             tx.publish_and_notify();
-            return Ok(());
+            return Ok(Attempt::Posted);
         }
-        let position = tx.producer.position();
-        // Move the buffers, then the ports (with their writing halves already locked).
-        let detached = match outgoing.take_buffers() {
-            Ok(d) => d,
-            Err(e) => {
-                tx.producer.rollback();
-                return Err(e);
-            }
+        let end = tx.producer.position();
+        let back_out = |tx: &mut Tx, attempt: Result<Attempt, PostError>| {
+            tx.producer.rollback();
+            attempt
         };
-        let slot_of = |port: &MessagePort| order.iter().position(|p| std::ptr::eq(*p, &**port.port())).expect("locked");
-        let mut moving: Vec<(usize, Moving)> = Vec::with_capacity(moved.len());
-        for port in &moved {
-            let slot = slot_of(port);
-            match port.port().detach_for_transfer(&mut guards[slot]) {
-                Some(parts) => moving.push((slot, parts)),
-                None => {
-                    undo_moves(&order, &mut guards, moving);
-                    outgoing.restore_buffers(detached);
-                    guards[me].as_mut().expect("attached").producer.rollback();
-                    return Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort)));
-                }
+        match self.socket_ready(tx, mode) {
+            Ok(false) => {}
+            Ok(true) => {
+                tx.settle_in_flight(true);
+                return back_out(tx, Ok(Attempt::Nowhere));
+            }
+            Err(e) => return back_out(tx, Err(e)),
+        }
+        // The moved ports' writing halves, without waiting.
+        let mut port_guards = Vec::with_capacity(moved.len());
+        for port in moved {
+            match port.port().tx.try_lock() {
+                Ok(g) => port_guards.push(g),
+                Err(std::sync::TryLockError::Poisoned(e)) => port_guards.push(e.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => return back_out(tx, Ok(Attempt::Busy)),
             }
         }
-        let links: Vec<Arc<Link>> = moving.iter().map(|(_, parts)| parts.link.clone()).collect();
-        let sent = outgoing.send(&guards[me].as_ref().expect("attached").link.socket, position, &links);
-        drop(links);
-        if let Err(e) = sent {
-            guards[me].as_mut().expect("attached").producer.rollback();
-            if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
-                // The peer died after the check: as for any message to a gone peer,
-                // what it moves is gone too (the moved ports close as their halves drop).
-                guards[me].as_mut().expect("attached").settle_in_flight(true);
-                for (_, parts) in moving {
-                    close_moving(parts);
-                }
-                drop(detached);
-                return Ok(());
-            }
-            undo_moves(&order, &mut guards, moving);
+        let links: Option<Vec<Arc<Link>>> = moved.iter().map(|p| p.port().link()).collect();
+        let Some(links) = links.filter(|_| port_guards.iter().all(|g| g.is_some())) else {
+            return back_out(tx, Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))));
+        };
+        let detached = match outgoing.take_buffers() {
+            Ok(Some(d)) => d,
+            Ok(None) => return back_out(tx, Ok(Attempt::Busy)),
+            Err(e) => return back_out(tx, Err(e)),
+        };
+        if let Err(e) = outgoing.send(&tx.link.socket, start, &links) {
             outgoing.restore_buffers(detached);
-            return Err(match e.kind() {
-                std::io::ErrorKind::WouldBlock => busy_error(mode),
-                _ => PostError::Transfer(e.to_string()),
-            });
+            if platform::is_peer_gone_error(&e) {
+                tx.settle_in_flight(true);
+                return back_out(tx, Ok(Attempt::Nowhere));
+            }
+            if platform::is_transient_send_error(&e) {
+                return back_out(tx, Ok(Attempt::Busy));
+            }
+            return back_out(tx, Err(PostError::Transfer(e.to_string())));
         }
-        // The descriptors are in flight: our copies of the moved ports close here.
+        drop(links);
+        // Sent: now the ports move (their writing halves are held, so only a close
+        // racing with this post can have detached one meanwhile).
+        let mut moving = Vec::with_capacity(moved.len());
+        for (port, g) in moved.iter().zip(port_guards.iter_mut()) {
+            match port.port().detach_for_transfer(g) {
+                Some(parts) => moving.push(parts),
+                None => {
+                    for (port, (parts, g)) in moved.iter().zip(moving.into_iter().zip(port_guards.iter_mut())) {
+                        port.port().undo_transfer(parts, g);
+                    }
+                    outgoing.restore_buffers(detached);
+                    // The descriptors sent are dropped by the receiver (their tag is stale).
+                    return back_out(
+                        tx,
+                        Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))),
+                    );
+                }
+            }
+        }
+        // Our copies of the moved ports' descriptors close here; the copies in flight
+        // keep the ports alive until the receiver takes them.
         drop(moving);
-        let tx = guards[me].as_mut().expect("attached");
+        drop(port_guards);
         let sent = outgoing.finish(detached, tx.link.segment.revokes());
         tx.publish_and_notify();
         tx.settle_in_flight(false);
         if !sent.is_empty() {
-            tx.in_flight.push_back((position, sent));
+            tx.in_flight.push_back((end, sent));
         }
-        Ok(())
+        Ok(Attempt::Posted)
     }
 
     /// Before a message with descriptors: waits, as `mode` allows, until the socket can
@@ -917,6 +961,7 @@ impl Port {
         if let Some(mut rx) = rx {
             rx.discard_queued();
         }
+        close_buried();
         if let Some(mut tx) = tx {
             let gone = link.peer_gone();
             tx.settle_in_flight(gone);
@@ -940,8 +985,9 @@ impl Port {
         let tx = lock(&self.tx).take();
         let mut rx = lock(&self.rx).take();
         if let Some(rx) = rx.as_mut() {
-            // Whoever takes the port over starts after what we have read.
-            rx.consumer.release();
+            // Whoever takes the port over starts after what we have read (and a writer
+            // waiting for that room hears of it now).
+            rx.release_and_notify();
         }
         Some((link, tx, rx))
     }
@@ -958,8 +1004,9 @@ impl Port {
         let tx = tx.take();
         let mut rx = lock(&self.rx).take();
         if let Some(rx) = rx.as_mut() {
-            // Whoever takes the port over starts after what we have read.
-            rx.consumer.release();
+            // Whoever takes the port over starts after what we have read (and a writer
+            // waiting for that room hears of it now).
+            rx.release_and_notify();
         }
         Some(Moving { link, tx, rx })
     }
@@ -988,6 +1035,31 @@ impl Port {
     }
 }
 
+thread_local! {
+    /// A close on this thread is draining `BURIED`.
+    static CLOSING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Ports found in messages discarded by a close, to be closed in turn.
+    static BURIED: std::cell::RefCell<Vec<MessagePort>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Queues ports of a discarded message to be closed after the current close: a chain
+/// of ports each queued in the next one's channel closes one after the other, not by
+/// recursion (which a peer could make deep enough to overflow the stack).
+pub(crate) fn bury(ports: Vec<MessagePort>) {
+    BURIED.with(|b| b.borrow_mut().extend(ports));
+}
+
+/// Closes the buried ports, unless a close further up this thread's stack does it.
+fn close_buried() {
+    if CLOSING.with(|c| c.replace(true)) {
+        return;
+    }
+    while let Some(port) = BURIED.with(|b| b.borrow_mut().pop()) {
+        drop(port);
+    }
+    CLOSING.with(|c| c.set(false));
+}
+
 /// Wakes whatever thread of this process sleeps on this end's own wait words; the
 /// caller has just changed what they wait for (detached, handlers).
 fn wake_own_words(link: &Link) {
@@ -1011,17 +1083,14 @@ struct Moving {
     rx: Option<Rx>,
 }
 
-/// Puts moving ports back (a transfer that failed after detaching them): each goes
-/// back to the port at its slot of `order`, whose writing half `guards` holds.
-fn undo_moves(order: &[&Port], guards: &mut [MutexGuard<'_, Option<Tx>>], moving: Vec<(usize, Moving)>) {
-    for (slot, parts) in moving {
-        order[slot].undo_transfer(parts, &mut guards[slot]);
-    }
-}
-
-/// A moving port whose message went nowhere: it closes (its peer sees it closed).
-fn close_moving(parts: Moving) {
-    parts.link.mark_closed();
+/// How one try at posting a message with attachments ended.
+enum Attempt {
+    /// Published.
+    Posted,
+    /// The message goes nowhere (the peer is gone, or this port was detached).
+    Nowhere,
+    /// Something it moves is in use, or the socket is saturated: nothing changed.
+    Busy,
 }
 
 /// How `push_waiting` ended without an error.

@@ -321,6 +321,7 @@ pub(crate) struct Record {
     pub(crate) flags: u16,
     pub(crate) len: usize,
     payload_at: u64,
+    start: u64,
     next: u64,
 }
 
@@ -336,9 +337,9 @@ pub(crate) struct Consumer {
 }
 
 impl Record {
-    /// The ring position just after this record.
-    pub(crate) fn end(&self) -> u64 {
-        self.next
+    /// The ring position where this record starts.
+    pub(crate) fn start(&self) -> u64 {
+        self.start
     }
 }
 
@@ -392,6 +393,7 @@ impl Consumer {
             flags,
             len: len as usize,
             payload_at: (offset + HEADER) & mask,
+            start: self.head,
             next: self.head + size,
         }))
     }

@@ -114,7 +114,7 @@ impl Parker {
     /// Whether a writer may replace the sleep-check fence by a compiler fence: the
     /// channel's sleepers issue `membarrier`, and it reaches this process.
     #[inline]
-    fn writer_skips_fence(&self) -> bool {
+    pub(crate) fn writer_skips_fence(&self) -> bool {
         match self {
             #[cfg(not(loom))]
             Parker::Futex { asymmetric } => *asymmetric && asymmetric_available(),
@@ -282,12 +282,16 @@ impl SpinEstimate {
     /// How long to spin now.
     fn spin(&self, max: Duration) -> Duration {
         let average = Duration::from_nanos(self.average_ns);
-        if average * 2 <= max { (average * 4).clamp(MIN_SPIN, max.max(MIN_SPIN)) } else { MIN_SPIN.min(max) }
+        if average.saturating_mul(2) <= max {
+            average.saturating_mul(4).clamp(MIN_SPIN, max.max(MIN_SPIN))
+        } else {
+            MIN_SPIN.min(max)
+        }
     }
 
     /// Learns from a wait that took `waited`.
     fn record(&mut self, waited: Duration, max: Duration) {
-        let sample = waited.min(max * 4).as_nanos() as u64;
+        let sample = waited.min(max.saturating_mul(4)).as_nanos().min(u128::from(u64::MAX / 2)) as u64;
         self.average_ns = self.average_ns - self.average_ns / 8 + sample / 8;
     }
 }

@@ -255,29 +255,40 @@ impl Outgoing {
 
     /// Detaches the buffers, checking each still holds the chunk named in the payload
     /// (another thread may have moved it since). On a mismatch every buffer is put
-    /// back and the post fails as rule 5d says.
-    pub(crate) fn take_buffers(&self) -> Result<Vec<Detached>, PostError> {
+    /// back and the post fails as rule 5d says; `Ok(None)` if a buffer is in use right
+    /// now (its bytes are being read or written), with every buffer put back.
+    pub(crate) fn take_buffers(&self) -> Result<Option<Vec<Detached>>, PostError> {
         let mut detached = Vec::with_capacity(self.buffers.len());
         for (b, expected) in self.buffers.iter().zip(&self.expected) {
-            let d = b.detach();
+            let Some(d) = b.try_detach() else {
+                for (b, d) in self.buffers.iter().zip(detached) {
+                    b.restore(d);
+                }
+                return Ok(None);
+            };
             let matches = d.as_ref().is_some_and(|d| match (&d.chunk, expected) {
                 (Some(c), Some((s, desc))) => Arc::ptr_eq(c.segment(), s) && c.descriptor() == *desc,
                 (None, None) => true,
                 _ => false,
             });
-            let Some(d) = d.filter(|_| matches) else {
+            if !matches {
+                // Moved (or moved and replaced) by another thread since the payload was
+                // written: put back what was taken, this one included.
+                if let Some(d) = d {
+                    b.restore(d);
+                }
                 for (b, d) in self.buffers.iter().zip(detached) {
                     b.restore(d);
                 }
                 return Err(clone_error(DataCloneErrorKind::DetachedBuffer));
-            };
-            detached.push(d);
+            }
+            detached.push(d.expect("matches implies Some"));
         }
-        Ok(detached)
+        Ok(Some(detached))
     }
 
     /// Sends the descriptors (arenas, then each port's segment and socket end) on
-    /// `socket`, tagged with the record's end `position` and this message's nonce.
+    /// `socket`, tagged with the record's start `position` and this message's nonce.
     pub(crate) fn send(&self, socket: &OwnedFd, position: u64, links: &[Arc<Link>]) -> std::io::Result<()> {
         let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = self.arenas.iter().map(|a| a.fd()).collect();
         for l in links {
@@ -289,7 +300,7 @@ impl Outgoing {
 
     /// The descriptors are sent: the moved chunks are now the message's. Returns them,
     /// to be reclaimed if the message is never received.
-    pub(crate) fn finish(mut self, detached: Vec<Detached>, revoke: bool) -> Vec<SentChunk> {
+    pub(crate) fn finish(&mut self, detached: Vec<Detached>, revoke: bool) -> Vec<SentChunk> {
         let mut in_flight: Vec<SentChunk> =
             detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)).collect();
         if let Some(chunk) = self.spill.take() {
@@ -355,8 +366,9 @@ fn send_fds(socket: &OwnedFd, position: u64, nonce: u32, fds: &[std::os::fd::Bor
     Ok(())
 }
 
-/// Receives exactly `n` descriptors sent by `send_fds` for the record ending at
-/// `position` with `nonce`, dropping stale ones left by earlier records. They were
+/// Receives exactly `n` descriptors sent by `send_fds` for the record starting at
+/// `position` with `nonce`, dropping stale ones left by earlier records (or by a try
+/// at this same record that was rolled back). They were
 /// sent before the record was published, so they are already queued: never waits.
 fn recv_fds(socket: &OwnedFd, position: u64, nonce: u32, n: usize) -> Result<Vec<OwnedFd>, &'static str> {
     let mut fds = Vec::with_capacity(n.min(1024));
@@ -561,7 +573,7 @@ fn copy_spilled(chunk: &Chunk, len: usize) -> Result<Vec<u8>, &'static str> {
 /// ring space back (not before: a receiver that dies half way leaves the record unread,
 /// so its sender can still reclaim the chunks it carries).
 fn attachments(rx: &mut Rx, len: usize) -> Result<Incoming, RecvFail> {
-    let received = receive(rx.payload(len), &rx.link().socket, rx.record_end());
+    let received = receive(rx.payload(len), &rx.link().socket, rx.record_start());
     rx.release_now();
     received.map_err(RecvFail::Message)
 }
@@ -631,7 +643,10 @@ pub(crate) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
 /// Gives back what a record that will never be read carries (SEMANTICS 15: a port
 /// closing with messages queued discards them).
 pub(crate) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
-    if flags & FLAG_ATTACHMENTS != 0 {
-        drop(attachments(rx, len));
+    if flags & FLAG_ATTACHMENTS != 0
+        && let Ok(incoming) = attachments(rx, len)
+    {
+        // Closed by the close that discards this record, after it (see `port::bury`).
+        crate::port::bury(incoming.ports);
     }
 }

@@ -465,3 +465,102 @@ fn a_large_byte_message_arrives_as_the_pages_it_was_written_to() {
     assert_eq!(got.byte_length(), 1 << 20);
     assert!(got.with_bytes(|bytes| bytes.iter().all(|&x| x == 0x5A)));
 }
+
+#[test]
+fn a_post_waiting_for_room_does_not_block_the_ports_it_moves() {
+    let _w = common::watchdog("post_waiting_vs_moved_port", Duration::from_secs(60));
+    let a = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(256)).unwrap();
+    while a.port1().try_post_bytes(&[0; 8]).is_ok() {}
+    let moving = MessageChannel::new().unwrap();
+    let (sender, p) = (a.port1(), moving.port1());
+    let p2 = p.clone();
+    let t = std::thread::spawn(move || sender.post_message(Value::Undefined, [p2.into()]));
+    std::thread::sleep(Duration::from_millis(50));
+    // The post above waits for room in `a`; the port it moves stays usable meanwhile.
+    p.post_message("still mine", []).unwrap();
+    assert_eq!(recv(&moving.port2()).data.as_str(), Some("still mine"));
+    p.close();
+    while a.port2().try_recv().is_ok() {}
+    let result = t.join().unwrap();
+    assert!(
+        matches!(result, Err(PostError::DataClone(ref e)) if e.kind() == DataCloneErrorKind::DetachedPort),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn posting_a_copy_of_a_buffer_while_another_thread_moves_it_does_not_deadlock() {
+    let _w = common::watchdog("buffer_lock_vs_port_lock", Duration::from_secs(60));
+    let a = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(1024)).unwrap();
+    for _ in 0..100 {
+        let b = buffer(&[9; 64]);
+        let (b1, b2) = (b.clone(), b.clone());
+        let (s1, s2) = (a.port1(), a.port1());
+        let t1 = std::thread::spawn(move || b1.with_bytes(|bytes| s1.post_bytes(bytes)));
+        let t2 = std::thread::spawn(move || s2.post_message(Value::ArrayBuffer(b2.clone()), [b2.into()]));
+        while !(t1.is_finished() && t2.is_finished()) {
+            while a.port2().try_recv().is_ok() {}
+            std::thread::yield_now();
+        }
+        t1.join().unwrap().unwrap();
+        t2.join().unwrap().unwrap();
+        while a.port2().try_recv().is_ok() {}
+    }
+}
+
+#[test]
+fn two_sides_that_each_read_one_message_then_post_do_not_deadlock() {
+    let _w = common::watchdog("read_then_post", Duration::from_secs(60));
+    let ch = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(1024)).unwrap();
+    let (client, server) = (ch.port1(), ch.port2());
+    client.post_bytes(&[1; 200]).unwrap();
+    client.post_bytes(&[2; 200]).unwrap();
+    let server_side = std::thread::spawn(move || {
+        server.recv_bytes_with(|b| b.len()).unwrap();
+        // Two replies, the second only fitting once the client reads the first.
+        server.post_bytes(&[3; 700]).unwrap();
+        server.post_bytes(&[4; 700]).unwrap();
+        server
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    // Needs the room of the message the server read.
+    client.post_bytes_timeout(&[5; 700], Duration::from_secs(10)).unwrap();
+    assert_eq!(client.recv_bytes_with(|b| b[0]).unwrap(), 3);
+    assert_eq!(client.recv_bytes_with(|b| b[0]).unwrap(), 4);
+    server_side.join().unwrap();
+}
+
+#[test]
+fn closing_a_long_chain_of_queued_ports_does_not_overflow_the_stack() {
+    let _w = common::watchdog("chain_of_ports", Duration::from_secs(120));
+    // Each channel's second port is queued, unread, in the next channel: closing the
+    // head must close them all, without recursing once per link.
+    std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| {
+            let mut head = MessageChannel::new().unwrap();
+            for _ in 0..2000 {
+                let next = MessageChannel::new().unwrap();
+                next.port1().post_message(Value::Undefined, [head.port2().into()]).unwrap();
+                drop(head);
+                head = next;
+            }
+            let last = head.port2();
+            drop(head);
+            last.close();
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+}
+
+#[test]
+fn an_adaptive_wait_with_no_spin_limit_does_not_panic() {
+    let ch = MessageChannel::with_options(
+        &shmport::ChannelOptions::new().wait_strategy(shmport::WaitStrategy::Adaptive { max_spin: Duration::MAX }),
+    )
+    .unwrap();
+    assert!(ch.port2().recv_timeout(Duration::from_millis(20)).unwrap_err().is_timeout());
+    ch.port1().post_message(1, []).unwrap();
+    assert_eq!(recv(&ch.port2()).data.as_f64(), Some(1.0));
+}

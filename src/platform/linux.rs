@@ -299,3 +299,17 @@ pub(crate) fn membarrier_register() -> bool {
 pub(crate) fn membarrier_global() -> bool {
     rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
 }
+
+/// Whether a send failed because the other end of the socket is gone.
+pub(crate) fn is_peer_gone_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+}
+
+/// Whether a send failed for a reason that passes: the queue is full, or this user has
+/// too many descriptors in flight (`ETOOMANYREFS`, counted against `RLIMIT_NOFILE` for
+/// unprivileged users) until the receiver takes some.
+pub(crate) fn is_transient_send_error(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+        || e.raw_os_error()
+            .is_some_and(|code| code == Errno::TOOMANYREFS.raw_os_error() || code == Errno::NOBUFS.raw_os_error())
+}

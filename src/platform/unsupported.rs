@@ -82,3 +82,9 @@ pub(crate) fn membarrier_register() -> bool {
 pub(crate) fn membarrier_global() -> bool {
     false
 }
+pub(crate) fn is_peer_gone_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+}
+pub(crate) fn is_transient_send_error(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
