@@ -14,11 +14,14 @@ pub struct Options<T> {
     pub workloads: Vec<Workload>,
     /// Pin the two processes to two CPUs.
     pub pin: bool,
+    /// Runs of every measurement (at least 1), interleaved: every measurement once,
+    /// then every one again, and so on. Each reported figure is the median of the runs'.
+    pub repeat: usize,
 }
 
 impl<T: Connect> Options<T> {
     /// Parses `--quick`, `--only`, `--workloads` (among `workloads`, the program's),
-    /// `--no-pin` and `-h`/`--help` (prints `usage` and exits). Any other argument goes
+    /// `--repeat`, `--no-pin` and `-h`/`--help` (prints `usage` and exits). Any other argument goes
     /// to `extra`, with a way to take its value; `extra` returns whether it knew it.
     pub fn parse(
         args: &[String],
@@ -27,7 +30,7 @@ impl<T: Connect> Options<T> {
         mut extra: impl FnMut(&str, &mut dyn FnMut() -> Result<String>) -> Result<bool>,
     ) -> Result<Options<T>> {
         let mut options =
-            Options { quick: false, transports: T::ALL.to_vec(), workloads: workloads.to_vec(), pin: true };
+            Options { quick: false, transports: T::ALL.to_vec(), workloads: workloads.to_vec(), pin: true, repeat: 1 };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().cloned().with_context(|| format!("{arg} needs a value"));
@@ -36,6 +39,7 @@ impl<T: Connect> Options<T> {
                 "--no-pin" => options.pin = false,
                 "--only" => options.transports = pick(T::ALL, T::name, "transport", &value()?)?,
                 "--workloads" => options.workloads = pick(workloads, Workload::name, "workload", &value()?)?,
+                "--repeat" => options.repeat = repeat(&value()?)?,
                 "-h" | "--help" => {
                     print!("{usage}");
                     std::process::exit(0);
@@ -56,6 +60,14 @@ impl<T: Connect> Options<T> {
     }
 }
 
+/// The value of `--repeat`: a count of runs, at least 1.
+fn repeat(value: &str) -> Result<usize> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => bail!("--repeat needs a number of runs, at least 1 (got {value:?})"),
+    }
+}
+
 /// The ones of `all` named in the comma-separated `asked`, in the order of `all`.
 fn pick<X: Copy + PartialEq>(
     all: &[X],
@@ -65,4 +77,18 @@ fn pick<X: Copy + PartialEq>(
 ) -> Result<Vec<X>> {
     let asked: Vec<X> = asked.split(',').map(|name| by_name(all, name_of, what, name)).collect::<Result<_>>()?;
     Ok(all.iter().copied().filter(|x| asked.contains(x)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeat;
+
+    #[test]
+    fn repeat_is_a_positive_count() {
+        assert_eq!(repeat("1").unwrap(), 1);
+        assert_eq!(repeat("5").unwrap(), 5);
+        for bad in ["0", "-1", "x", "", "2.5"] {
+            assert!(repeat(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -36,6 +36,9 @@ options:
   --only T[,T..]        transports: shmport, shmport-busy, shmport-norevoke, unix,
                         pipe, tcp, raw-ring
   --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer
+  --repeat N            run every measurement N times, interleaved (all of them
+                        once, then all again, ...), and report for each the median
+                        of its N runs' figures (default 1)
   --json PATH           write every result and the machine description as JSON
   --plot DIR            write rtt-latency.svg, stream-throughput.svg and
                         transfer-latency.svg into DIR
@@ -120,9 +123,9 @@ fn parent_main(args: &[String]) -> Result<bool> {
     let (machine, results) = run::all(&options, |workload| shapes(workload, options.quick))?;
 
     let mode = options.mode();
-    println!("{}", markdown::header(&machine, mode));
+    println!("{}", markdown::header(&machine, mode, options.repeat));
     for workload in Workload::ALL {
-        if let Some(table) = markdown::table(workload, &results) {
+        if let Some(table) = markdown::table(workload, &results, options.repeat) {
             println!("{table}");
         }
     }
@@ -130,7 +133,13 @@ fn parent_main(args: &[String]) -> Result<bool> {
     println!("Total run time: {:.1} s", total.as_secs_f64());
 
     if let Some(path) = &json {
-        let doc = Document { machine: &machine, mode, total_s: total.as_secs_f64(), results: &results };
+        let doc = Document {
+            machine: &machine,
+            mode,
+            total_s: total.as_secs_f64(),
+            repeat: options.repeat,
+            results: &results,
+        };
         let text = serde_json::to_string_pretty(&doc)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());

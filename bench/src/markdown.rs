@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use shmport_bench::job::Workload;
 use shmport_bench::machine::MachineInfo;
-use shmport_bench::report::{Measurement, fmt_gbps, fmt_ns, fmt_rate, fmt_size};
+use shmport_bench::report::{Measurement, fmt_gbps, fmt_ns, fmt_rate, fmt_size, runs_note};
 use shmport_bench::stats::Figures;
 use shmport_bench::workloads::SLEEP_BETWEEN;
 
@@ -18,7 +18,15 @@ pub struct Document<'a> {
     pub mode: &'a str,
     /// Wall-clock seconds of the whole run.
     pub total_s: f64,
+    /// Runs of every measurement (`--repeat`); only if more than one, when each result
+    /// carries its `runs` and its figures are their medians.
+    #[serde(skip_serializing_if = "is_one")]
+    pub repeat: usize,
     pub results: &'a [Measurement<Transport>],
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
@@ -33,7 +41,7 @@ fn fmt_ratio(r: Option<f64>) -> String {
     }
 }
 
-pub fn header(machine: &MachineInfo, mode: &str) -> String {
+pub fn header(machine: &MachineInfo, mode: &str, repeat: usize) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# shmport-bench\n");
     let _ = writeln!(
@@ -53,11 +61,15 @@ pub fn header(machine: &MachineInfo, mode: &str) -> String {
     let _ = writeln!(s, "- date: {}", machine.date);
     let _ = writeln!(s, "- pinned: {}", machine.pinning);
     let _ = writeln!(s, "- mode: {mode}");
+    if repeat > 1 {
+        let _ = writeln!(s, "- runs: {repeat} of every measurement, interleaved; every figure is their median");
+    }
     s
 }
 
-/// The markdown table of one workload, with the line that explains its ratios.
-pub fn table(workload: Workload, results: &[Measurement<Transport>]) -> Option<String> {
+/// The markdown table of one workload, with the line that explains its ratios (and,
+/// if `repeat` > 1, the line that says its figures are medians of that many runs).
+pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usize) -> Option<String> {
     let rows: Vec<&Measurement<Transport>> = results.iter().filter(|m| m.job.workload == workload).collect();
     if rows.is_empty() {
         return None;
@@ -132,6 +144,9 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>]) -> Option<S
             s,
             "Ratios: this transport's throughput ÷ the throughput of unix (or raw-ring) at the same size; above 1 is faster than that transport. GB/s is 10^9 bytes/s of payload."
         );
+    }
+    if let Some(note) = runs_note(repeat, !latency) {
+        let _ = writeln!(s, "\n{note}");
     }
     let notes: Vec<String> = rows
         .iter()

@@ -16,7 +16,7 @@ use rustix::process::{Pid, Signal, kill_process, set_parent_process_death_signal
 use crate::cli::Options;
 use crate::job::{self, Connect, Job, Shape, Workload};
 use crate::machine::{self, MachineInfo, Pinning};
-use crate::report::{self, Measurement};
+use crate::report::{self, Measurement, Run};
 use crate::stats::Figures;
 use crate::workloads;
 
@@ -56,7 +56,10 @@ fn child<T: Connect>(arg: &str) -> Result<()> {
 
 /// Pins this process (as `options` say), describes the machine, then runs every job
 /// of `options` at `shapes(workload)` (see [`job::plan`]), with a progress line each
-/// on stderr.
+/// on stderr. With `options.repeat` > 1, runs them all that many times, interleaved
+/// (every job once, then every job again, ...) so that a slow phase of the machine
+/// hits every transport alike; each job's figures are then the medians of its runs'
+/// (see [`Measurement::from_runs`]).
 pub fn all<T: Connect>(
     options: &Options<T>,
     shapes: impl Fn(Workload) -> Vec<Shape>,
@@ -67,20 +70,24 @@ pub fn all<T: Connect>(
     let limit = Duration::from_secs(if options.quick { 60 } else { 300 });
 
     let jobs = job::plan(options, machine.cpus, shapes);
-    let mut results = Vec::with_capacity(jobs.len());
-    for (k, (job, skip)) in jobs.iter().enumerate() {
-        let begin = Instant::now();
-        let (status, figures) = match skip {
-            Some(why) => (why.clone(), None),
-            None => match measure(&exe, job, &pinning, limit) {
-                Ok(figures) => ("ok".to_string(), Some(figures)),
-                Err(e) => (format!("failed: {e:#}"), None),
-            },
-        };
-        let m = Measurement { job: *job, status, elapsed_s: begin.elapsed().as_secs_f64(), figures };
-        eprintln!("{}", report::progress(k + 1, jobs.len(), &m));
-        results.push(m);
+    let repeat = options.repeat.max(1);
+    let mut runs: Vec<Vec<Run>> = jobs.iter().map(|_| Vec::with_capacity(repeat)).collect();
+    for r in 1..=repeat {
+        for (k, (job, skip)) in jobs.iter().enumerate() {
+            let begin = Instant::now();
+            let (status, figures) = match skip {
+                Some(why) => (why.clone(), None),
+                None => match measure(&exe, job, &pinning, limit) {
+                    Ok(figures) => ("ok".to_string(), Some(figures)),
+                    Err(e) => (format!("failed: {e:#}"), None),
+                },
+            };
+            let run = Run { status, elapsed_s: begin.elapsed().as_secs_f64(), figures };
+            eprintln!("{}", report::progress(k + 1, jobs.len(), (r, repeat), job, &run));
+            runs[k].push(run);
+        }
     }
+    let results = jobs.iter().zip(runs).map(|((job, _), runs)| Measurement::from_runs(*job, runs)).collect();
     Ok((machine, results))
 }
 

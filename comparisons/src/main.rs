@@ -29,6 +29,9 @@ options:
   --only T[,T..]        transports: shmport, shmport-busy, iceoryx2-poll,
                         iceoryx2-event, ipc-channel, ipc-channel-bytes
   --workloads W[,W..]   workloads: rtt, stream
+  --repeat N            run every measurement N times, interleaved (all of them
+                        once, then all again, ...), and report for each the median
+                        of its N runs' figures (default 1)
   --no-pin              do not pin the two processes to two CPUs
   -h, --help            this text
 ";
@@ -59,9 +62,9 @@ fn parent_main(args: &[String]) -> Result<bool> {
     let started = Instant::now();
     let (machine, results) = run::all(&options, |workload| shapes(workload, options.quick))?;
 
-    print!("{}", markdown::header(&machine, options.mode(), &options.transports));
+    print!("{}", markdown::header(&machine, options.mode(), options.repeat, &options.transports));
     for workload in WORKLOADS {
-        if let Some(tables) = markdown::tables(workload, &results) {
+        if let Some(tables) = markdown::tables(workload, &results, options.repeat) {
             print!("{tables}");
         }
     }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use shmport_bench::job::{Connect, Workload};
 use shmport_bench::machine::MachineInfo;
-use shmport_bench::report::{Measurement, fmt_ns, fmt_rate, fmt_size};
+use shmport_bench::report::{Measurement, fmt_ns, fmt_rate, fmt_size, runs_note};
 use shmport_bench::stats::Figures;
 
 use crate::transport::Transport;
@@ -14,7 +14,7 @@ use crate::transport::Transport;
 const VERSIONS: [(&str, &str); 2] =
     [("iceoryx2", env!("CMP_ICEORYX2_VERSION")), ("ipc-channel", env!("CMP_IPC_CHANNEL_VERSION"))];
 
-pub fn header(machine: &MachineInfo, mode: &str, transports: &[Transport]) -> String {
+pub fn header(machine: &MachineInfo, mode: &str, repeat: usize, transports: &[Transport]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# shmport against iceoryx2 and ipc-channel\n");
     let _ = writeln!(s, "| | |\n|---|---|");
@@ -27,7 +27,11 @@ pub fn header(machine: &MachineInfo, mode: &str, transports: &[Transport]) -> St
         let _ = writeln!(s, "| {krate} | {version} |");
     }
     let _ = writeln!(s, "| pinned | {} |", machine.pinning);
-    let _ = writeln!(s, "| mode | {mode} |\n");
+    let _ = writeln!(s, "| mode | {mode} |");
+    if repeat > 1 {
+        let _ = writeln!(s, "| runs | {repeat} of every measurement, interleaved; every figure is their median |");
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "Transports:\n");
     for t in transports {
         let _ = writeln!(s, "- `{}`: {}", t.name(), t.describe());
@@ -35,8 +39,9 @@ pub fn header(machine: &MachineInfo, mode: &str, transports: &[Transport]) -> St
     s
 }
 
-/// The tables of `workload`, one per message size, or `None` if nothing ran.
-pub fn tables(workload: Workload, results: &[Measurement<Transport>]) -> Option<String> {
+/// The tables of `workload`, one per message size, or `None` if nothing ran; under
+/// each, if `repeat` > 1, the line that says its figures are medians of that many runs.
+pub fn tables(workload: Workload, results: &[Measurement<Transport>], repeat: usize) -> Option<String> {
     let rows: Vec<&Measurement<Transport>> = results.iter().filter(|m| m.job.workload == workload).collect();
     let first = rows.first()?;
     let mut sizes: Vec<usize> = rows.iter().map(|m| m.job.size).collect();
@@ -74,6 +79,9 @@ pub fn tables(workload: Workload, results: &[Measurement<Transport>]) -> Option<
         }
         for m in rows {
             let _ = writeln!(s, "{}", row(m, reference));
+        }
+        if let Some(note) = runs_note(repeat, true) {
+            let _ = writeln!(s, "\n{note}");
         }
     }
     Some(s)
