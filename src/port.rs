@@ -32,7 +32,7 @@ use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
 use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, FLAG_NO_REVOKE, Segment};
 use crate::sync::{AtomicU32, Ordering};
 use crate::value::Value;
-use crate::wait::{self, Check, SLICE, SpinEstimate, WaitStrategy};
+use crate::wait::{self, Check, SLICE, SpinEstimate, WaitStrategy, WaitWord};
 use crate::wire::{self, Outgoing};
 
 /// A thread's receive buffer is dropped after a message larger than this (a spilled
@@ -237,12 +237,12 @@ impl Link {
     }
 
     /// The word our consumer sleeps on.
-    fn rx_data_word(&self) -> &AtomicU32 {
+    fn rx_data_word(&self) -> &WaitWord {
         &self.segment.lines(1 - self.end).waits.0.data
     }
 
     /// The word our producer sleeps on.
-    fn tx_space_word(&self) -> &AtomicU32 {
+    fn tx_space_word(&self) -> &WaitWord {
         &self.segment.lines(self.end).waits.0.space
     }
 

@@ -20,7 +20,8 @@
 
 use std::ptr::NonNull;
 
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
+use crate::wait::WaitWord;
 
 /// Bytes of a record header.
 pub(crate) const HEADER: u64 = 8;
@@ -39,9 +40,9 @@ pub(crate) struct Line<T>(pub(crate) T);
 #[repr(C)]
 pub(crate) struct WaitWords {
     /// The consumer sleeps here when the ring is empty.
-    pub(crate) data: AtomicU32,
+    pub(crate) data: WaitWord,
     /// The producer sleeps here when the ring is full.
-    pub(crate) space: AtomicU32,
+    pub(crate) space: WaitWord,
 }
 
 /// The control block of one direction, in shared memory. The data area follows
@@ -473,7 +474,7 @@ pub(crate) mod local {
             let lines = Box::new(RingLines {
                 tail: Line(AtomicU64::new(0)),
                 head: Line(AtomicU64::new(0)),
-                waits: Line(WaitWords { data: AtomicU32::new(0), space: AtomicU32::new(0) }),
+                waits: Line(WaitWords { data: WaitWord::new(), space: WaitWord::new() }),
             });
             let data = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
             LocalRing { lines, data, cap }

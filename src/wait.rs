@@ -19,6 +19,10 @@
 //! fence and one load on a line that is not being written, and makes no syscall.
 //!
 //! Sleeps are always bounded by a *slice* so the caller can notice a dead peer.
+//!
+//! A notifier that wakes a sleeper also stamps the word's `woken_at` with the time, so the
+//! sleeper can tell how long the peer took to answer apart from how long the kernel took
+//! to wake it: the adaptive spin learns from the first (see `WaitStrategy::Adaptive`).
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,40 @@ use crate::sync::{AtomicU32, Condvar, Mutex, Ordering, fence, spin_hint};
 
 /// Set in a wait word while its owner is, or is about to be, asleep on it.
 pub(crate) const WAITING: u32 = 1;
+
+/// One sleeper's place in shared memory.
+#[repr(C)]
+pub(crate) struct WaitWord {
+    /// Bit 0 is `WAITING`, bits 1.. an epoch that every wake-up advances.
+    pub(crate) word: AtomicU32,
+    /// When a notifier last woke the sleeper: the low 32 bits of `monotonic_ns`. Only a
+    /// hint for the adaptive spin; whatever the peer writes here, the spin stays within
+    /// its bounds.
+    woken_at: AtomicU32,
+}
+
+impl WaitWord {
+    /// A word in process memory (shared segments start zeroed, which is the same).
+    #[cfg(any(test, loom, feature = "bench-internals"))]
+    pub(crate) fn new() -> WaitWord {
+        WaitWord { word: AtomicU32::new(0), woken_at: AtomicU32::new(0) }
+    }
+
+    /// The low 32 bits of the shared monotonic clock (ns); 0 under loom.
+    fn now32() -> u32 {
+        #[cfg(not(loom))]
+        return crate::platform::monotonic_ns() as u32;
+        #[cfg(loom)]
+        0
+    }
+
+    /// A wait of `waited` just ended after a wake-up: how long the peer took to answer,
+    /// leaving out how late the kernel woke us (`waited` if the stamp is not credible).
+    fn answered_within(&self, waited: Duration) -> Duration {
+        let late = Duration::from_nanos(u64::from(Self::now32().wrapping_sub(self.woken_at.load(Ordering::Relaxed))));
+        if late <= waited { waited - late } else { waited }
+    }
+}
 
 /// How a sleeper is woken: a futex on a shared word between processes, or a
 /// mutex/condvar pair inside one process (the process-local backend, and loom).
@@ -166,7 +204,7 @@ pub(crate) fn withdraw(word: &AtomicU32) {
 /// Notifier: call after publishing the change a sleeper may be waiting for. One fence
 /// and one load when nobody sleeps. Returns whether a sleeper was woken.
 #[inline]
-pub(crate) fn notify(word: &AtomicU32, parker: &Parker) -> bool {
+pub(crate) fn notify(word: &WaitWord, parker: &Parker) -> bool {
     // SYNC: sleep check. Orders the caller's publish before the WAITING load; pairs with
     // the fence (or the membarrier) in `announce`.
     if parker.writer_skips_fence() {
@@ -198,13 +236,17 @@ pub(crate) mod loom_knobs {
 
 /// Wakes the sleeper on `word` if it announced itself. Callers that did not just
 /// publish through the ring (a close, say) must issue their own SeqCst fence first.
-pub(crate) fn wake_if_waiting(word: &AtomicU32, parker: &Parker) -> bool {
-    let mut w = word.load(Ordering::Relaxed);
+pub(crate) fn wake_if_waiting(word: &WaitWord, parker: &Parker) -> bool {
+    let mut w = word.word.load(Ordering::Relaxed);
+    if w & WAITING == 0 {
+        return false;
+    }
+    word.woken_at.store(WaitWord::now32(), Ordering::Relaxed);
     while w & WAITING != 0 {
         let next = w.wrapping_add(2) & !WAITING;
-        match word.compare_exchange_weak(w, next, Ordering::Relaxed, Ordering::Relaxed) {
+        match word.word.compare_exchange_weak(w, next, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => {
-                parker.unpark(word);
+                parker.unpark(&word.word);
                 return true;
             }
             Err(now) => w = now,
@@ -232,11 +274,15 @@ fn yield_now() {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// The default. Spin while the peer has lately answered quickly, sleep at once when
-    /// it has not: each waiting side keeps an average of how long its recent waits
-    /// took, and spins for up to four times that (at least 5 µs, at most `max_spin`)
-    /// when that average is below half of `max_spin`, else for only 5 µs. Spinning
-    /// yields the core after 5 µs. So a busy exchange stays on the fast path, and an
-    /// idle or slow peer costs a few µs of CPU per wait, not `max_spin`.
+    /// it has not: each waiting side keeps an average of how long the peer took to
+    /// answer its recent waits, and spins for up to four times that (at least 5 µs, at
+    /// most `max_spin`) when that average is below half of `max_spin`, else for only
+    /// 5 µs. Spinning yields the core after 5 µs. So a busy exchange stays on the fast
+    /// path, and an idle or slow peer costs a few µs of CPU per wait, not `max_spin`.
+    /// A wait that ended in a sleep counts until the peer woke it, not until the kernel
+    /// got round to running the sleeper: the wake-up's own latency (tens of µs on a VM)
+    /// would otherwise make a peer that answers in 20 µs look slow, and keep every wait
+    /// asleep.
     Adaptive {
         /// The most a single wait spins before it sleeps.
         max_spin: Duration,
@@ -316,7 +362,7 @@ pub(crate) enum Check {
 /// Waits until `poll` returns `Some`, or `deadline` passes (`None`). `word` is the
 /// caller's wait word; whoever makes `poll` succeed must `notify` it.
 pub(crate) fn block_on<T>(
-    word: &AtomicU32,
+    word: &WaitWord,
     parker: &Parker,
     strategy: WaitStrategy,
     estimate: &mut SpinEstimate,
@@ -341,7 +387,7 @@ pub(crate) fn block_on<T>(
 /// The waiting of `block_on`; also returns about how long it waited (to the last
 /// clock reading: a wait that ends in the first few polls reads no clock at all).
 fn wait_until<T>(
-    word: &AtomicU32,
+    wait_word: &WaitWord,
     parker: &Parker,
     spin_for: Option<Duration>,
     deadline: Option<Instant>,
@@ -387,6 +433,7 @@ fn wait_until<T>(
         }
     }
     // Sleep phase.
+    let word = &wait_word.word;
     let began = start.unwrap_or_else(Instant::now);
     let mut last_slow = Instant::now();
     loop {
@@ -418,8 +465,13 @@ fn wait_until<T>(
             Check::Fast
         };
         if let Some(t) = poll(check) {
+            let woken = word.load(Ordering::Relaxed) != w;
             withdraw(word);
-            return (Some(t), now.duration_since(began));
+            let waited = now.duration_since(began);
+            // Learn how long the peer took, not how long our wake-up took: else a
+            // peer answering just within the spin would look slow once we slept, and
+            // the waits would stay asleep.
+            return (Some(t), if woken { wait_word.answered_within(waited) } else { waited });
         }
     }
 }
@@ -451,7 +503,7 @@ mod loom_tests {
     fn model_publish_and_sleep() {
         loom::model(|| {
             let data = Arc::new(AtomicU64::new(0));
-            let word = Arc::new(AtomicU32::new(0));
+            let word = Arc::new(WaitWord::new());
             let parker = Arc::new(Parker::local());
             let (d, w, p) = (data.clone(), word.clone(), parker.clone());
             let writer = loom::thread::spawn(move || {
@@ -464,12 +516,12 @@ mod loom_tests {
                 if data.load(Ordering::Acquire) == 1 {
                     break;
                 }
-                let (v, _) = announce(&word, &parker);
+                let (v, _) = announce(&word.word, &parker);
                 if data.load(Ordering::Acquire) == 1 {
-                    withdraw(&word);
+                    withdraw(&word.word);
                     break;
                 }
-                parker.park(&word, v, None);
+                parker.park(&word.word, v, None);
             }
             writer.join().unwrap();
         });
@@ -503,8 +555,31 @@ mod tests {
     }
 
     #[test]
+    fn a_woken_sleeper_learns_when_the_peer_answered_not_when_it_woke() {
+        let word = WaitWord::new();
+        let parker = Parker::local();
+        // A wake stamps the word; with nobody waiting, nothing happens.
+        assert!(!wake_if_waiting(&word, &parker));
+        assert_eq!(word.woken_at.load(Ordering::Relaxed), 0);
+        word.word.store(WAITING, Ordering::Relaxed);
+        assert!(wake_if_waiting(&word, &parker));
+        assert_eq!(word.word.load(Ordering::Relaxed), 2, "the epoch moved on and WAITING is clear");
+        let stamped = word.woken_at.load(Ordering::Relaxed);
+        assert!(WaitWord::now32().wrapping_sub(stamped) < 1_000_000_000, "stamped now");
+        // Woken 300 µs ago, after a 1 ms wait: the peer answered within 700 µs.
+        word.woken_at.store(WaitWord::now32().wrapping_sub(300_000), Ordering::Relaxed);
+        let answered = word.answered_within(Duration::from_millis(1));
+        assert!(answered <= Duration::from_micros(700) && answered >= Duration::from_micros(600), "{answered:?}");
+        // A stamp older than the wait, or from the future, is not believed.
+        word.woken_at.store(WaitWord::now32().wrapping_sub(5_000_000), Ordering::Relaxed);
+        assert_eq!(word.answered_within(Duration::from_millis(1)), Duration::from_millis(1));
+        word.woken_at.store(WaitWord::now32().wrapping_add(5_000_000), Ordering::Relaxed);
+        assert_eq!(word.answered_within(Duration::from_millis(1)), Duration::from_millis(1));
+    }
+
+    #[test]
     fn a_sleep_wakes_for_a_notify_and_bounds_itself_otherwise() {
-        let word = AtomicU32::new(0);
+        let word = WaitWord::new();
         let parker = Parker::local();
         let flag = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {

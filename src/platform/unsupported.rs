@@ -47,6 +47,10 @@ pub(crate) fn connect(_name: &[u8]) -> io::Result<OwnedFd> {
 pub(crate) fn parent_pid() -> u32 {
     0
 }
+pub(crate) fn monotonic_ns() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+}
 pub(crate) fn current_pid() -> u32 {
     std::process::id()
 }
