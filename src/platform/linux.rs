@@ -235,6 +235,19 @@ pub(crate) unsafe fn mprotect(ptr: *mut u8, len: usize, open: bool) -> io::Resul
     Ok(())
 }
 
+/// `madvise(MADV_RANDOM)`: marks `len` bytes at `ptr` as read at random. On a memfd
+/// mapping this changes no behaviour (shmem has no readahead); it only gives the range
+/// VMA flags that differ from its neighbours', so the kernel keeps it a mapping of its
+/// own (see `arena`).
+///
+/// # Safety
+/// `ptr..ptr + len` must be page-aligned and lie inside a mapping this process owns.
+pub(crate) unsafe fn advise_random(ptr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller; the advice does not change the contents.
+    unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::Random) }?;
+    Ok(())
+}
+
 /// `kill(pid, 0)`: whether a process with this pid exists (in our pid namespace).
 pub(crate) fn process_exists(pid: u32) -> bool {
     let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {

@@ -62,6 +62,11 @@ pub(crate) fn is_seqpacket_socket(_fd: BorrowedFd<'_>) -> bool {
 pub(crate) unsafe fn mprotect(_ptr: *mut u8, _len: usize, _open: bool) -> io::Result<()> {
     Err(unsupported())
 }
+/// # Safety
+/// As on Linux.
+pub(crate) unsafe fn advise_random(_ptr: *mut u8, _len: usize) -> io::Result<()> {
+    Err(unsupported())
+}
 pub(crate) fn process_exists(_pid: u32) -> bool {
     true
 }
