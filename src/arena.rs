@@ -50,7 +50,7 @@ use memmap2::MmapRaw;
 use crate::platform;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMARENA");
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// The smallest chunk: 4 KiB, or the page size if larger (16 KiB and 64 KiB pages on
 /// some aarch64 systems), so revoking one chunk never touches a neighbour's page.
 fn min_shift() -> u32 {
@@ -64,6 +64,14 @@ const SEGMENT_BYTES: usize = 4 << 20;
 const HEADER_BYTES: usize = 64;
 /// Segments with at most this many chunks map each chunk as a VMA of its own.
 const SEPARATE_VMAS_UP_TO: u32 = 64;
+/// Chunks of at least this size (2 MiB, a PMD on x86-64 and 4 KiB-page aarch64) start
+/// at a multiple of it in their segment and are advised `MADV_HUGEPAGE`.
+const HUGE_SHIFT: u32 = 21;
+
+/// Whether chunks of this class are laid out for huge pages.
+fn huge_class(chunk_shift: u32) -> bool {
+    chunk_shift >= HUGE_SHIFT && platform::page_size() == 4096
+}
 
 const TAG_FREE: u64 = 0;
 const TAG_HELD: u64 = 1;
@@ -129,7 +137,10 @@ impl ArenaSegment {
     fn layout(chunk_shift: u32) -> (u32, usize, usize) {
         let size = 1usize << chunk_shift;
         let count = (SEGMENT_BYTES / size).max(1);
-        let page = platform::page_size().max(4096);
+        // Huge classes put the metadata in a 2 MiB block of its own, so each chunk is
+        // aligned for huge pages (the rest of the block is never touched: a memfd only
+        // uses memory for the pages written).
+        let page = if huge_class(chunk_shift) { 1 << HUGE_SHIFT } else { platform::page_size().max(4096) };
         let meta = (HEADER_BYTES + 8 * count).div_ceil(page) * page;
         (count as u32, meta, meta + count * size)
     }
@@ -210,6 +221,12 @@ impl ArenaSegment {
     /// Gives chunks 0, 2, 4, ... `MADV_RANDOM`, so no two neighbouring chunks (nor chunk
     /// 0 and the metadata) can share a VMA. Only an optimisation: failure is ignored.
     fn separate_chunk_mappings(&self) {
+        if huge_class(self.chunk_shift) {
+            // SAFETY: the chunks, 2 MiB-aligned in the file, inside our mapping.
+            let _ = unsafe {
+                platform::advise_huge(self.chunk_ptr(0).as_ptr(), self.chunk_size() * self.chunk_count as usize)
+            };
+        }
         if self.chunk_count > SEPARATE_VMAS_UP_TO {
             return;
         }
@@ -669,6 +686,20 @@ mod tests {
         assert_eq!(vmas(&small), 3);
         small.set_open(&mut local, 5, true).unwrap();
         assert_eq!(vmas(&small), 1);
+    }
+
+    #[test]
+    fn chunks_of_2_mib_and_up_start_on_a_huge_page_boundary() {
+        if platform::page_size() != 4096 {
+            return;
+        }
+        for shift in [HUGE_SHIFT, 22, 26, 30] {
+            let (count, data_offset, total) = ArenaSegment::layout(shift);
+            assert_eq!(data_offset, 1 << HUGE_SHIFT, "class {shift}");
+            assert_eq!(total, data_offset + ((count as usize) << shift));
+        }
+        // Smaller classes keep their metadata in as few pages as it needs.
+        assert_eq!(ArenaSegment::layout(20).1, 4096);
     }
 
     #[test]

@@ -248,6 +248,19 @@ pub(crate) unsafe fn advise_random(ptr: *mut u8, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// `madvise(MADV_HUGEPAGE)`: asks for huge pages behind `len` bytes at `ptr`. Shared
+/// memory gets them only where the administrator allows it
+/// (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` is `advise`, `within_size` or
+/// `always`); elsewhere this changes nothing.
+///
+/// # Safety
+/// `ptr..ptr + len` must be page-aligned and lie inside a mapping this process owns.
+pub(crate) unsafe fn advise_huge(ptr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller; the advice does not change the contents.
+    unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxHugepage) }?;
+    Ok(())
+}
+
 /// `kill(pid, 0)`: whether a process with this pid exists (in our pid namespace).
 pub(crate) fn process_exists(pid: u32) -> bool {
     let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {

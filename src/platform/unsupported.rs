@@ -67,6 +67,11 @@ pub(crate) unsafe fn mprotect(_ptr: *mut u8, _len: usize, _open: bool) -> io::Re
 pub(crate) unsafe fn advise_random(_ptr: *mut u8, _len: usize) -> io::Result<()> {
     Err(unsupported())
 }
+/// # Safety
+/// As on Linux.
+pub(crate) unsafe fn advise_huge(_ptr: *mut u8, _len: usize) -> io::Result<()> {
+    Err(unsupported())
+}
 pub(crate) fn process_exists(_pid: u32) -> bool {
     true
 }
