@@ -57,6 +57,7 @@ mod diagnostics;
 mod dispatch;
 #[cfg(not(loom))]
 mod error;
+mod lock;
 #[cfg(not(loom))]
 mod platform;
 #[cfg(not(loom))]

@@ -27,6 +27,7 @@ use crate::error::{
     DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvFail, RecvTimeoutError,
     TryRecvError,
 };
+use crate::lock::{HalfGuard, HalfLock};
 use crate::platform;
 use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
 use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, FLAG_NO_REVOKE, Segment};
@@ -526,8 +527,8 @@ pub(crate) struct Port {
     detached: AtomicBool,
     /// The channel end, while attached. Its lock is only ever held briefly.
     link: Mutex<Option<Arc<Link>>>,
-    tx: CachePadded<Mutex<Option<Tx>>>,
-    rx: CachePadded<Mutex<Option<Rx>>>,
+    tx: CachePadded<HalfLock<Option<Tx>>>,
+    rx: CachePadded<HalfLock<Option<Rx>>>,
     strategy: AtomicCell<WaitStrategy>,
     pub(crate) events: Mutex<Events>,
     /// Bumped by every change of the event handlers, so the dispatch thread re-reads
@@ -541,18 +542,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Takes `m` as `mode` allows: at once or not at all (`Try`), or until a deadline.
 /// `None` if the time ran out while another thread held it.
-fn lock_for<T>(m: &Mutex<T>, mode: Mode) -> Option<MutexGuard<'_, T>> {
+fn lock_for<T>(m: &HalfLock<T>, mode: Mode) -> Option<HalfGuard<'_, T>> {
     let deadline = match mode {
-        Mode::Block => return Some(lock(m)),
+        Mode::Block => return Some(m.lock()),
         Mode::Try => None,
         Mode::Until(d) => Some(d),
     };
     let mut spins = 0u32;
     loop {
-        match m.try_lock() {
-            Ok(g) => return Some(g),
-            Err(std::sync::TryLockError::Poisoned(e)) => return Some(e.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => {}
+        if let Some(g) = m.try_lock() {
+            return Some(g);
         }
         let d = deadline?;
         if Instant::now() >= d {
@@ -579,8 +578,8 @@ impl Port {
         let port = Port {
             detached: AtomicBool::new(closed),
             link: Mutex::new((!closed).then(|| link.clone())),
-            tx: CachePadded::new(Mutex::new((!closed).then(|| Tx::new(link.clone(), producer)))),
-            rx: CachePadded::new(Mutex::new((!closed).then(|| Rx::new(link, consumer)))),
+            tx: CachePadded::new(HalfLock::new((!closed).then(|| Tx::new(link.clone(), producer)))),
+            rx: CachePadded::new(HalfLock::new((!closed).then(|| Rx::new(link, consumer)))),
             strategy: AtomicCell::new(strategy),
             events: Mutex::new(Events::default()),
             events_epoch: AtomicU32::new(0),
@@ -626,7 +625,7 @@ impl Port {
         // About to wait for the peer to read: give back what this port has read, first.
         // Otherwise two ports that each read a message and then post to each other
         // could wait for space the other holds.
-        if let Ok(mut rx) = self.rx.try_lock()
+        if let Some(mut rx) = self.rx.try_lock()
             && let Some(rx) = rx.as_mut()
         {
             rx.release_and_notify();
@@ -755,9 +754,8 @@ impl Port {
         let mut port_guards = Vec::with_capacity(moved.len());
         for port in moved {
             match port.port().tx.try_lock() {
-                Ok(g) => port_guards.push(g),
-                Err(std::sync::TryLockError::Poisoned(e)) => port_guards.push(e.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => return back_out(tx, Ok(Attempt::Busy)),
+                Some(g) => port_guards.push(g),
+                None => return back_out(tx, Ok(Attempt::Busy)),
             }
         }
         let links: Option<Vec<Arc<Link>>> = moved.iter().map(|p| p.port().link()).collect();
@@ -872,18 +870,10 @@ impl Port {
                 rx.poll(check)
             }
             Mode::Block | Mode::Until(_) => {
-                let link = rx.link.clone();
-                let mut spin = rx.spin;
-                let found = wait::block_on(
-                    link.rx_data_word(),
-                    link.segment.parker(),
-                    self.strategy(),
-                    &mut spin,
-                    mode.deadline(),
-                    |check| if self.is_detached() { Some(Err(RecvFail::Closed)) } else { rx.poll(check) },
-                );
-                rx.spin = spin;
-                found
+                // The message is usually there already: one look first, without the
+                // waiting machinery (no reference count on the link, no strategy load).
+                let first = if self.is_detached() { Some(Err(RecvFail::Closed)) } else { rx.poll(Check::Fast) };
+                if first.is_some() { first } else { self.wait_for_record(rx, mode) }
             }
         };
         match found {
@@ -894,10 +884,26 @@ impl Port {
         }
     }
 
+    /// Waits for the next record as `mode` allows (`None`: the deadline passed).
+    fn wait_for_record(&self, rx: &mut Rx, mode: Mode) -> Option<Result<Record, RecvFail>> {
+        let link = rx.link.clone();
+        let mut spin = rx.spin;
+        let found = wait::block_on(
+            link.rx_data_word(),
+            link.segment.parker(),
+            self.strategy(),
+            &mut spin,
+            mode.deadline(),
+            |check| if self.is_detached() { Some(Err(RecvFail::Closed)) } else { rx.poll(check) },
+        );
+        rx.spin = spin;
+        found
+    }
+
     /// Blocks until a record is waiting, the peer is gone, the port is detached, or
     /// `keep_waiting` returns false. Used by the dispatch thread; consumes nothing.
     pub(crate) fn wait_readable(&self, keep_waiting: impl Fn() -> bool) -> Readiness {
-        let mut guard = lock(&self.rx);
+        let mut guard = self.rx.lock();
         let Some(rx) = guard.as_mut() else {
             return Readiness::Detached;
         };
@@ -982,8 +988,8 @@ impl Port {
         // Our own threads blocked in recv/post see `detached` and return, releasing
         // the locks taken below.
         wake_own_words(&link);
-        let tx = lock(&self.tx).take();
-        let mut rx = lock(&self.rx).take();
+        let tx = self.tx.lock().take();
+        let mut rx = self.rx.lock().take();
         if let Some(rx) = rx.as_mut() {
             // Whoever takes the port over starts after what we have read (and a writer
             // waiting for that room hears of it now).
@@ -1002,7 +1008,7 @@ impl Port {
         // Threads of ours blocked in recv see `detached` and return, releasing the lock.
         wake_own_words(&link);
         let tx = tx.take();
-        let mut rx = lock(&self.rx).take();
+        let mut rx = self.rx.lock().take();
         if let Some(rx) = rx.as_mut() {
             // Whoever takes the port over starts after what we have read (and a writer
             // waiting for that room hears of it now).
@@ -1015,7 +1021,7 @@ impl Port {
     /// the writing half goes back into `tx`, whose lock the caller holds.
     fn undo_transfer(&self, moving: Moving, tx: &mut Option<Tx>) {
         *tx = moving.tx;
-        *lock(&self.rx) = moving.rx;
+        *self.rx.lock() = moving.rx;
         *lock(&self.link) = Some(moving.link);
         self.detached.store(false, Ordering::SeqCst);
     }

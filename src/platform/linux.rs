@@ -76,6 +76,21 @@ pub(crate) fn monotonic_ns() -> u64 {
     (t.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(t.tv_nsec as u64)
 }
 
+/// `FUTEX_WAIT | FUTEX_PRIVATE_FLAG`: as `futex_wait`, for a word only this process
+/// can see.
+pub(crate) fn futex_wait_private(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| rustix::time::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    let _ = futex::wait(word, futex::Flags::PRIVATE, expected, ts.as_ref());
+}
+
+/// `FUTEX_WAKE | FUTEX_PRIVATE_FLAG` of one waiter.
+pub(crate) fn futex_wake_private(word: &AtomicU32) {
+    let _ = futex::wake(word, futex::Flags::PRIVATE, 1);
+}
+
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: the pair beside every channel.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?)
@@ -325,6 +340,18 @@ pub(crate) fn socket_ready(sock: BorrowedFd<'_>, timeout: Duration) -> SocketRea
 /// `membarrier_global` calls reach this process's threads. Whether it worked.
 pub(crate) fn membarrier_register() -> bool {
     rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterGlobalExpedited).is_ok()
+}
+
+/// `membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED)`: lets this process's
+/// `membarrier_private` calls work. Whether it did.
+pub(crate) fn membarrier_register_private() -> bool {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterPrivateExpedited).is_ok()
+}
+
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`: every running thread of this process
+/// executes a full memory barrier before this returns. Whether it worked.
+pub(crate) fn membarrier_private() -> bool {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::PrivateExpedited).is_ok()
 }
 
 /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`: every running thread of every

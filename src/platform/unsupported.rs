@@ -90,6 +90,12 @@ pub(crate) enum SocketReady {
 pub(crate) fn socket_ready(_sock: BorrowedFd<'_>, _timeout: Duration) -> SocketReady {
     SocketReady::Gone
 }
+pub(crate) fn membarrier_register_private() -> bool {
+    false
+}
+pub(crate) fn membarrier_private() -> bool {
+    false
+}
 pub(crate) fn membarrier_register() -> bool {
     false
 }
