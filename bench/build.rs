@@ -9,7 +9,11 @@ fn main() {
 
     let revision = match run("git", &["rev-parse", "--short", "HEAD"]) {
         Some(hash) => {
-            let dirty = run("git", &["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+            // Only code counts: the result files this program writes (docs/) and the
+            // prose around them do not change what is measured.
+            let code = ["../src", "../benches", "../Cargo.toml", "../Cargo.lock", "."];
+            let args: Vec<&str> = ["status", "--porcelain", "--"].into_iter().chain(code).collect();
+            let dirty = run("git", &args).is_some_and(|s| !s.is_empty());
             if dirty { format!("{hash}-dirty") } else { hash }
         }
         None => "unknown (no git)".into(),
