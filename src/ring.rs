@@ -163,9 +163,12 @@ impl RingRef {
                 // publish.
                 unsafe {
                     std::ptr::copy_nonoverlapping(part.as_ptr(), self.data.as_ptr().add(at), first);
-                    std::ptr::copy_nonoverlapping(part.as_ptr().add(first), self.data.as_ptr(), part.len() - first);
+                    if first < part.len() {
+                        std::ptr::copy_nonoverlapping(part.as_ptr().add(first), self.data.as_ptr(), part.len() - first);
+                    }
                 }
-                at = (at + part.len()) % cap;
+                // `cap` is a power of two.
+                at = (at + part.len()) & (cap - 1);
             }
         }
         #[cfg(loom)]
@@ -196,7 +199,9 @@ impl RingRef {
             // behaviour; only the hostile-peer tests, playing the other process, do it.)
             unsafe {
                 std::ptr::copy_nonoverlapping(self.data.as_ptr().add(at), out.as_mut_ptr(), first);
-                std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.as_mut_ptr().add(first), out.len() - first);
+                if first < out.len() {
+                    std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.as_mut_ptr().add(first), out.len() - first);
+                }
             }
         }
         #[cfg(loom)]

@@ -139,7 +139,7 @@ impl Segment {
             capacity,
             flags,
             memory: Memory::Shared { _map: map, fd },
-            parker: Parker::Futex { asymmetric: flags & FLAG_ASYMMETRIC != 0 },
+            parker: Parker::futex(flags & FLAG_ASYMMETRIC != 0),
         };
         segment.initialise(len);
         Ok(segment)
@@ -195,7 +195,7 @@ impl Segment {
             capacity: 0,
             flags: 0,
             memory: Memory::Shared { _map: map, fd },
-            parker: Parker::Futex { asymmetric: false },
+            parker: Parker::futex(false),
         };
         // Registering before anything uses the channel lets the peer's sleepers'
         // `membarrier` reach this process's writers.
@@ -222,7 +222,7 @@ impl Segment {
         }
         segment.capacity = capacity;
         segment.flags = flags;
-        segment.parker = Parker::Futex { asymmetric: flags & FLAG_ASYMMETRIC != 0 };
+        segment.parker = Parker::futex(flags & FLAG_ASYMMETRIC != 0);
         Ok(segment)
     }
 

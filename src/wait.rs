@@ -75,6 +75,9 @@ pub(crate) enum Parker {
     Futex {
         /// The channel was created to use asymmetric barriers.
         asymmetric: bool,
+        /// `asymmetric`, and this process is registered so that the sleepers'
+        /// `membarrier` reaches it (decided once, when the parker is made).
+        writer_skips: bool,
     },
     /// Thread parking for memory that only this process can see.
     Local(LocalParker),
@@ -89,6 +92,12 @@ pub(crate) struct LocalParker {
 }
 
 impl Parker {
+    /// The futex parker of a shared channel.
+    #[cfg(not(loom))]
+    pub(crate) fn futex(asymmetric: bool) -> Parker {
+        Parker::Futex { asymmetric, writer_skips: asymmetric && asymmetric_available() }
+    }
+
     /// The in-process parker.
     pub(crate) fn local() -> Parker {
         Parker::Local(LocalParker::default())
@@ -155,7 +164,7 @@ impl Parker {
     pub(crate) fn writer_skips_fence(&self) -> bool {
         match self {
             #[cfg(not(loom))]
-            Parker::Futex { asymmetric } => *asymmetric && asymmetric_available(),
+            Parker::Futex { writer_skips, .. } => *writer_skips,
             Parker::Local(_) => false,
         }
     }
@@ -163,7 +172,7 @@ impl Parker {
     fn sleeper_uses_membarrier(&self) -> bool {
         match self {
             #[cfg(not(loom))]
-            Parker::Futex { asymmetric } => *asymmetric,
+            Parker::Futex { asymmetric, .. } => *asymmetric,
             Parker::Local(_) => false,
         }
     }
@@ -236,11 +245,19 @@ pub(crate) mod loom_knobs {
 
 /// Wakes the sleeper on `word` if it announced itself. Callers that did not just
 /// publish through the ring (a close, say) must issue their own SeqCst fence first.
+#[inline]
 pub(crate) fn wake_if_waiting(word: &WaitWord, parker: &Parker) -> bool {
-    let mut w = word.word.load(Ordering::Relaxed);
+    let w = word.word.load(Ordering::Relaxed);
     if w & WAITING == 0 {
         return false;
     }
+    wake_sleeper(word, parker, w)
+}
+
+/// The slow half of `wake_if_waiting`: `w` had WAITING set.
+#[cold]
+#[inline(never)]
+fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
     word.woken_at.store(WaitWord::now32(), Ordering::Relaxed);
     while w & WAITING != 0 {
         let next = w.wrapping_add(2) & !WAITING;
@@ -275,9 +292,9 @@ fn yield_now() {
 pub enum WaitStrategy {
     /// The default. Spin while the peer has lately answered quickly, sleep at once when
     /// it has not: each waiting side keeps an average of how long the peer took to
-    /// answer its recent waits, and spins for up to four times that (at least 5 µs, at
-    /// most `max_spin`) when that average is below half of `max_spin`, else for only
-    /// 5 µs. Spinning yields the core after 5 µs. So a busy exchange stays on the fast
+    /// answer its recent waits, and spins for up to four times that (at least 30 µs,
+    /// to ride out a moment when the peer's core is taken away; at most `max_spin`)
+    /// when that average is below half of `max_spin`, else for only 5 µs. Spinning yields the core after 5 µs. So a busy exchange stays on the fast
     /// path, and an idle or slow peer costs a few µs of CPU per wait, not `max_spin`.
     /// A wait that ended in a sleep counts until the peer woke it, not until the kernel
     /// got round to running the sleeper: the wake-up's own latency (tens of µs on a VM)
@@ -310,6 +327,12 @@ impl Default for WaitStrategy {
 /// The shortest spin of the adaptive strategy.
 const MIN_SPIN: Duration = Duration::from_micros(5);
 
+/// The shortest spin of the adaptive strategy while the peer answers quickly: a longer
+/// wait is then most likely a hiccup (the peer's core taken away for a moment, which
+/// happens every few thousand messages on a VM), and sleeping through it would cost
+/// a `membarrier` and a futex wake-up (25-30 µs on a VM) for a wait of a few µs.
+const HOT_MIN_SPIN: Duration = Duration::from_micros(30);
+
 /// What the adaptive strategy remembers of one waiter's recent waits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SpinEstimate {
@@ -329,7 +352,7 @@ impl SpinEstimate {
     fn spin(&self, max: Duration) -> Duration {
         let average = Duration::from_nanos(self.average_ns);
         if average.saturating_mul(2) <= max {
-            average.saturating_mul(4).clamp(MIN_SPIN, max.max(MIN_SPIN))
+            average.saturating_mul(4).clamp(HOT_MIN_SPIN.min(max), max.max(MIN_SPIN))
         } else {
             MIN_SPIN.min(max)
         }
@@ -546,12 +569,14 @@ mod tests {
             e.record(Duration::from_millis(2), MAX);
         }
         assert_eq!(e.spin(MAX), MIN_SPIN, "a slow peer costs only the minimum spin");
-        // It comes back when the peer speeds up again.
+        // It comes back when the peer speeds up again, and then spins through a
+        // hiccup of a few tens of µs rather than sleep (and pay a wake-up) for it.
         for _ in 0..60 {
             e.record(Duration::from_micros(2), MAX);
         }
-        assert!(e.spin(MAX) < Duration::from_micros(25));
-        assert!(e.spin(MAX) >= MIN_SPIN);
+        assert_eq!(e.spin(MAX), HOT_MIN_SPIN);
+        // A small `max_spin` still bounds it.
+        assert_eq!(e.spin(Duration::from_micros(10)), Duration::from_micros(10));
     }
 
     #[test]
