@@ -39,6 +39,21 @@ use crate::wire::{self, Outgoing};
 /// A thread's receive buffer is dropped after a message larger than this (a spilled
 /// body), so it does not hold on to memory.
 const KEEP_RECV_BUF: usize = 4 << 20;
+/// Messages up to this many bytes are received onto the stack.
+const STACK_RECV: usize = 256;
+
+thread_local! {
+    /// This thread's buffer for receiving messages larger than `STACK_RECV`.
+    static RECV_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Where `recv_bytes_with` put a message's bytes.
+enum Received {
+    /// The first `n` bytes of the stack buffer.
+    Small(usize),
+    /// A range of a taken receive buffer.
+    Large(Vec<u8>, std::ops::Range<usize>),
+}
 
 /// The default bytes of each direction's ring.
 pub const DEFAULT_CAPACITY: usize = 256 * 1024;
@@ -444,6 +459,21 @@ impl Rx {
             }
             self.consumer.copy_payload(rec, &mut out[..rec.len]);
         }
+        self.consumed(rec);
+        if fits { Ok(()) } else { Err(RecvFail::Message(MessageError::new("out of memory for the message"))) }
+    }
+
+    /// Takes a record without attachments of at most `N` bytes into the first
+    /// `rec.len` bytes of `out`.
+    fn take_into_uninit<const N: usize>(&mut self, rec: &Record, out: &mut std::mem::MaybeUninit<[u8; N]>) {
+        assert!(rec.len <= N);
+        // SAFETY: `out` has room for N >= rec.len bytes.
+        unsafe { self.consumer.copy_payload_raw(rec, out.as_mut_ptr().cast::<u8>()) };
+        self.consumed(rec);
+    }
+
+    /// Marks `rec` read, giving its space back in batches.
+    fn consumed(&mut self, rec: &Record) {
         self.consumer.consume(rec);
         self.record_start = rec.start();
         // Space goes back in batches: when everything known is read (so an idle reader
@@ -458,7 +488,6 @@ impl Rx {
         {
             self.release_and_notify();
         }
-        if fits { Ok(()) } else { Err(RecvFail::Message(MessageError::new("out of memory for the message"))) }
     }
 
     /// Swaps the payload buffer with `other` (to hand a spilled body out without copying it).
@@ -1295,37 +1324,40 @@ impl MessagePort {
     }
 
     fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
-        // The bytes are copied straight from the ring into this thread's receive buffer,
-        // and the closure runs on them without the port's lock: it may close, transfer
-        // or receive on this port. A nested call (from inside such a closure) uses a
-        // buffer of its own.
-        thread_local! {
-            static RECV_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        RECV_BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                let result = self.recv_bytes_into(mode, &mut buf, f);
-                if buf.capacity() > KEEP_RECV_BUF {
-                    *buf = Vec::new();
-                }
-                result
+        // The bytes are copied out of the ring (a small message onto the stack, a larger
+        // one into this thread's receive buffer), and the closure runs on the copy
+        // without the port's lock: it may close, transfer or receive on this port.
+        let mut small = std::mem::MaybeUninit::<[u8; STACK_RECV]>::uninit();
+        let got = self.port().recv_record_raw(mode, |rx, rec| {
+            if rec.flags & wire::FLAG_ATTACHMENTS == 0 && rec.len <= STACK_RECV {
+                rx.take_into_uninit(rec, &mut small);
+                return Ok(Received::Small(rec.len));
             }
-            Err(_) => self.recv_bytes_into(mode, &mut Vec::new(), f),
-        })
-    }
-
-    fn recv_bytes_into<R>(&self, mode: Mode, buf: &mut Vec<u8>, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
-        let range = self.port().recv_record_raw(mode, |rx, rec| {
-            if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
-                rx.take_into(rec, buf)?;
-                return Ok(0..rec.len);
-            }
-            rx.take(rec)?;
-            let range = wire::body_of(rx, rec.flags, rec.len)?;
-            rx.swap_scratch(buf);
-            Ok::<_, RecvFail>(range)
+            // Taken out of the thread's cell while in use, so a nested call (from
+            // inside the closure) gets a buffer of its own.
+            let mut buf = RECV_BUF.with(std::cell::Cell::take);
+            let range = if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
+                rx.take_into(rec, &mut buf)?;
+                0..rec.len
+            } else {
+                rx.take(rec)?;
+                let range = wire::body_of(rx, rec.flags, rec.len)?;
+                rx.swap_scratch(&mut buf);
+                range
+            };
+            Ok::<_, RecvFail>(Received::Large(buf, range))
         })??;
-        Ok(f(&buf[range]))
+        match got {
+            // SAFETY: `take_into_uninit` wrote the first `len` bytes.
+            Received::Small(len) => Ok(f(unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len) })),
+            Received::Large(buf, range) => {
+                let result = f(&buf[range]);
+                if buf.capacity() <= KEEP_RECV_BUF {
+                    RECV_BUF.with(|cell| cell.set(buf));
+                }
+                Ok(result)
+            }
+        }
     }
 
     /// Waits for a message posted with [`post_typed`](Self::post_typed) and decodes it

@@ -182,15 +182,19 @@ impl RingRef {
         }
     }
 
-    /// Copies `out.len()` (at most `cap`) payload bytes from `offset` on, wrapping at
-    /// the end, out of the data area.
-    fn read_payload(&self, offset: u64, out: &mut [u8]) {
+    /// Copies `len` (at most `cap`) payload bytes from `offset` on, wrapping at
+    /// the end, out of the data area into `out`.
+    ///
+    /// # Safety
+    /// `out` must be valid for `len` byte writes.
+    unsafe fn read_payload(&self, offset: u64, out: *mut u8, len: usize) {
         #[cfg(not(loom))]
         {
             let cap = self.cap as usize;
             let at = offset as usize;
-            let first = out.len().min(cap - at);
-            // SAFETY: [at, at + first) and [0, len - first) are inside the data area
+            let first = len.min(cap - at);
+            // SAFETY: `out` has room for `len` bytes (the caller's contract);
+            // [at, at + first) and [0, len - first) are inside the data area
             // (len <= cap, checked by the caller), and the protocol gives them to the
             // consumer until `release`. A producer that breaks the protocol and writes
             // them concurrently races with this copy; across processes that only garbles
@@ -198,16 +202,18 @@ impl RingRef {
             // shared bytes is ever formed. (Within one process such a race is undefined
             // behaviour; only the hostile-peer tests, playing the other process, do it.)
             unsafe {
-                std::ptr::copy_nonoverlapping(self.data.as_ptr().add(at), out.as_mut_ptr(), first);
-                if first < out.len() {
-                    std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.as_mut_ptr().add(first), out.len() - first);
+                std::ptr::copy_nonoverlapping(self.data.as_ptr().add(at), out, first);
+                if first < len {
+                    std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.add(first), len - first);
                 }
             }
         }
         #[cfg(loom)]
-        for (i, chunk) in out.chunks_mut(8).enumerate() {
+        for i in 0..len.div_ceil(8) {
             let word = self.header_at((offset + 8 * i as u64) % self.cap).load(Ordering::Relaxed).to_le_bytes();
-            chunk.copy_from_slice(&word[..chunk.len()]);
+            let n = (len - 8 * i).min(8);
+            // SAFETY: `out` has room for `len` bytes (the caller's contract).
+            unsafe { std::ptr::copy_nonoverlapping(word.as_ptr(), out.add(8 * i), n) };
         }
     }
 }
@@ -408,7 +414,18 @@ impl Consumer {
     /// must be exactly `record.len` bytes.
     pub(crate) fn copy_payload(&self, record: &Record, out: &mut [u8]) {
         assert_eq!(out.len(), record.len);
-        self.ring.read_payload(record.payload_at, out);
+        // SAFETY: `out` is `record.len` writable bytes.
+        unsafe { self.ring.read_payload(record.payload_at, out.as_mut_ptr(), out.len()) };
+    }
+
+    /// As `copy_payload`, into `record.len` writable bytes at `out` (which need not be
+    /// initialised).
+    ///
+    /// # Safety
+    /// `out` must be valid for `record.len` byte writes.
+    pub(crate) unsafe fn copy_payload_raw(&self, record: &Record, out: *mut u8) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.ring.read_payload(record.payload_at, out, record.len) };
     }
 
     /// Marks `record` read. The space returns to the producer at `release`.

@@ -429,6 +429,27 @@ fn a_closure_given_to_recv_bytes_with_may_close_its_own_port() {
 }
 
 #[test]
+fn a_closure_given_to_recv_bytes_with_may_receive_again_small_or_large() {
+    let _w = common::watchdog("nested_recv_bytes_with", Duration::from_secs(20));
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    // Small messages arrive on the stack, larger ones in the thread's receive buffer:
+    // every mix of the two, nested, must leave the outer bytes intact.
+    for (outer, inner) in [(10, 20), (10, 3000), (3000, 20), (3000, 5000), (256, 257)] {
+        a.post_bytes(&vec![1u8; outer]).unwrap();
+        a.post_bytes(&vec![2u8; inner]).unwrap();
+        let (got_outer, got_inner) = b
+            .recv_bytes_with(|first| {
+                let second = b.recv_bytes_with(|second| second.to_vec()).unwrap();
+                (first.to_vec(), second)
+            })
+            .unwrap();
+        assert_eq!(got_outer, vec![1u8; outer], "outer {outer} / inner {inner}");
+        assert_eq!(got_inner, vec![2u8; inner], "outer {outer} / inner {inner}");
+    }
+}
+
+#[test]
 fn try_post_does_not_wait_for_a_thread_blocked_in_post() {
     let _w = common::watchdog("try_post_vs_blocked_post", Duration::from_secs(20));
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(64)).unwrap();
