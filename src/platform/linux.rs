@@ -51,14 +51,16 @@ pub(crate) fn mmap_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw>
     MmapOptions::new().len(len).map_raw(&fd)
 }
 
+/// A duration as the kernel's `timespec` (saturating at `i64::MAX` seconds).
+fn timespec(d: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+}
+
 /// `FUTEX_WAIT` on a word that may live in memory shared with other processes (so never
 /// `FUTEX_PRIVATE_FLAG`). Returns when woken, when the word no longer holds `expected`,
 /// on a signal, or after `timeout`; the caller re-checks its condition in every case.
 pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|t| rustix::time::Timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(t.subsec_nanos()),
-    });
+    let ts = timeout.map(timespec);
     // EAGAIN (value changed), ETIMEDOUT and EINTR all mean "go and look again".
     let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
 }
@@ -79,10 +81,7 @@ pub(crate) fn monotonic_ns() -> u64 {
 /// `FUTEX_WAIT | FUTEX_PRIVATE_FLAG`: as `futex_wait`, for a word only this process
 /// can see.
 pub(crate) fn futex_wait_private(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|t| rustix::time::Timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(t.subsec_nanos()),
-    });
+    let ts = timeout.map(timespec);
     let _ = futex::wait(word, futex::Flags::PRIVATE, expected, ts.as_ref());
 }
 
@@ -316,10 +315,7 @@ pub(crate) enum SocketReady {
 /// `poll(POLLOUT | POLLRDHUP)` for up to `timeout` (zero: just look).
 pub(crate) fn socket_ready(sock: BorrowedFd<'_>, timeout: Duration) -> SocketReady {
     let mut fds = [PollFd::from_borrowed_fd(sock, PollFlags::OUT | PollFlags::RDHUP)];
-    let ts = rustix::time::Timespec {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
+    let ts = timespec(timeout);
     match poll(&mut fds, Some(&ts)) {
         Ok(0) => SocketReady::Full,
         Ok(_) => {
