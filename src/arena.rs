@@ -30,9 +30,10 @@
 //! the segment is mapped, so each chunk is a kernel mapping (VMA) of its own: closing
 //! one then changes that VMA's flags instead of splitting its neighbours' mapping in
 //! three and merging it back on reopening, which halves the cost of a small chunk's
-//! mprotect pair. Segments of smaller chunks keep one mapping, so an arena never costs
-//! the process more than 64 VMAs per 4 MiB of chunks (the kernel's default limit is
-//! 65,530 per process).
+//! mprotect pair. Segments of smaller chunks keep one mapping, and the mappings added
+//! this way, over our segments and the peers' we map, stay within a budget of 8,192 per
+//! process (the kernel's default limit is 65,530), so neither a large arena nor a peer
+//! sending buffers from many segments can exhaust them.
 //!
 //! The peer is untrusted: the owner reuses a chunk only if the state word holds exactly
 //! `FREE` and its own records agree it does not hold the chunk, so a forged state word
@@ -64,6 +65,13 @@ const SEGMENT_BYTES: usize = 4 << 20;
 const HEADER_BYTES: usize = 64;
 /// Segments with at most this many chunks map each chunk as a VMA of its own.
 const SEPARATE_VMAS_UP_TO: u32 = 64;
+/// The most kernel mappings all separated segments of this process may add (an eighth
+/// of the kernel's default limit of 65,530), so that neither a large arena nor a peer
+/// sending buffers from many segments can exhaust the process's mappings; segments
+/// mapped beyond it keep one mapping and split it when revoking.
+const SEPARATED_VMA_BUDGET: usize = 8192;
+/// Mappings added by separating chunks, over the live segments of this process.
+static SEPARATED_VMAS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Chunks of at least this size (2 MiB, a PMD on x86-64 and 4 KiB-page aarch64) start
 /// at a multiple of it in their segment and are advised `MADV_HUGEPAGE`.
 const HUGE_SHIFT: u32 = 21;
@@ -127,6 +135,15 @@ pub(crate) struct ArenaSegment {
     chunk_count: u32,
     data_offset: usize,
     local: Mutex<Vec<Local>>,
+    /// Mappings this segment added to `SEPARATED_VMAS`.
+    separated: usize,
+}
+
+impl Drop for ArenaSegment {
+    fn drop(&mut self) {
+        // The mapping goes away with `map`: give its share of the budget back.
+        SEPARATED_VMAS.fetch_sub(self.separated, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,7 +176,9 @@ impl ArenaSegment {
             chunk_count: count,
             data_offset,
             local: Mutex::new(vec![Local { open: true, busy: false, used: false }; count as usize]),
+            separated: 0,
         };
+        let mut segment = segment;
         segment.separate_chunk_mappings();
         let h = segment.header();
         h.magic.store(MAGIC, Ordering::Relaxed);
@@ -189,6 +208,7 @@ impl ArenaSegment {
             chunk_count: 0,
             data_offset: 0,
             local: Mutex::new(Vec::new()),
+            separated: 0,
         };
         let h = segment.header();
         // SYNC: arena initialised.
@@ -220,7 +240,7 @@ impl ArenaSegment {
 
     /// Gives chunks 0, 2, 4, ... `MADV_RANDOM`, so no two neighbouring chunks (nor chunk
     /// 0 and the metadata) can share a VMA. Only an optimisation: failure is ignored.
-    fn separate_chunk_mappings(&self) {
+    fn separate_chunk_mappings(&mut self) {
         if huge_class(self.chunk_shift) {
             // SAFETY: the chunks, 2 MiB-aligned in the file, inside our mapping.
             let _ = unsafe {
@@ -230,6 +250,12 @@ impl ArenaSegment {
         if self.chunk_count > SEPARATE_VMAS_UP_TO {
             return;
         }
+        let added = self.chunk_count as usize;
+        if SEPARATED_VMAS.fetch_add(added, Ordering::Relaxed) + added > SEPARATED_VMA_BUDGET {
+            SEPARATED_VMAS.fetch_sub(added, Ordering::Relaxed);
+            return;
+        }
+        self.separated = added;
         for index in (0..self.chunk_count).step_by(2) {
             // SAFETY: a whole chunk, page-aligned, inside our mapping; the advice
             // changes no contents.
@@ -678,6 +704,13 @@ mod tests {
             segment.set_open(&mut local, index, true).unwrap();
             assert_eq!(vmas(&segment), 5, "reopening chunk {index} merged no mapping");
         }
+        assert_eq!(segment.separated, 4);
+        // Past the process's budget, a segment keeps one mapping (the budget is only
+        // used up here for a moment; other tests may map arenas meanwhile, unharmed).
+        SEPARATED_VMAS.fetch_add(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
+        let over = ArenaSegment::create(20).unwrap();
+        SEPARATED_VMAS.fetch_sub(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
+        assert_eq!((over.separated, vmas(&over)), (0, 1));
         // 4 KiB chunks (1024 per segment) share one VMA; closing one splits it in three.
         let small = ArenaSegment::create(12).unwrap();
         assert_eq!(vmas(&small), 1);

@@ -87,8 +87,8 @@ pub(crate) enum Parker {
 /// sleep happen under the lock, and a wake takes the lock, so none is lost.
 #[derive(Default)]
 pub(crate) struct LocalParker {
-    lock: Mutex<()>,
-    cond: Condvar,
+    pub(crate) lock: Mutex<()>,
+    pub(crate) cond: Condvar,
 }
 
 impl Parker {
@@ -261,7 +261,8 @@ fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
     word.woken_at.store(WaitWord::now32(), Ordering::Relaxed);
     while w & WAITING != 0 {
         let next = w.wrapping_add(2) & !WAITING;
-        match word.word.compare_exchange_weak(w, next, Ordering::Relaxed, Ordering::Relaxed) {
+        // Release: the `woken_at` stamp is visible to a sleeper that sees the new epoch.
+        match word.word.compare_exchange_weak(w, next, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
                 parker.unpark(&word.word);
                 return true;
@@ -488,7 +489,7 @@ fn wait_until<T>(
             Check::Fast
         };
         if let Some(t) = poll(check) {
-            let woken = word.load(Ordering::Relaxed) != w;
+            let woken = word.load(Ordering::Acquire) != w;
             withdraw(word);
             let waited = now.duration_since(began);
             // Learn how long the peer took, not how long our wake-up took: else a
