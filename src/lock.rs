@@ -67,21 +67,35 @@ pub(crate) struct HalfGuard<'a, T> {
 #[cfg(not(loom))]
 static REGISTERED: OnceLock<bool> = OnceLock::new();
 
-/// Whether releasers may leave the fence to the waiters' `membarrier`: only once a
-/// registration has succeeded (`OnceLock::get` is one atomic load).
+/// Whether releasers may leave the fence to the waiters' `membarrier`: set once the
+/// registration succeeded, cleared for good if a `membarrier` call ever fails (a
+/// sandbox that forbids it later, say), after which releasers fence again.
+#[cfg(not(loom))]
+static SKIP_FENCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[inline]
 fn releaser_skips_fence() -> bool {
     #[cfg(not(loom))]
-    return REGISTERED.get() == Some(&true);
+    return SKIP_FENCE.load(Ordering::Relaxed);
     #[cfg(loom)]
     false
+}
+
+/// Registers for `membarrier(PRIVATE_EXPEDITED)` once; whether it worked.
+#[cfg(not(loom))]
+fn registered() -> bool {
+    *REGISTERED.get_or_init(|| {
+        let ok = crate::platform::membarrier_register_private();
+        SKIP_FENCE.store(ok, Ordering::Relaxed);
+        ok
+    })
 }
 
 impl<T> HalfLock<T> {
     pub(crate) fn new(value: T) -> HalfLock<T> {
         // Register now, so that releases skip their fence from the first message on.
         #[cfg(not(loom))]
-        REGISTERED.get_or_init(crate::platform::membarrier_register_private);
+        registered();
         HalfLock {
             state: AtomicU32::new(FREE),
             sleepers: AtomicU32::new(0),
@@ -145,14 +159,13 @@ impl<T> HalfLock<T> {
     /// the release. Returns how long the sleep may be.
     #[cfg(not(loom))]
     fn sleep_check(&self) -> Duration {
-        if *REGISTERED.get_or_init(crate::platform::membarrier_register_private)
-            && crate::platform::membarrier_private()
-        {
+        if registered() && crate::platform::membarrier_private() {
             Duration::from_millis(25)
         } else {
+            // From now on releasers fence; one that read the flag before this store
+            // could still miss us, so sleep only briefly.
+            SKIP_FENCE.store(false, Ordering::Relaxed);
             fence(Ordering::SeqCst);
-            // Releasers skip their fence once registered: if the membarrier itself
-            // failed, one could miss us, so sleep only briefly.
             Duration::from_millis(1)
         }
     }

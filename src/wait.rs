@@ -353,7 +353,7 @@ impl SpinEstimate {
     fn spin(&self, max: Duration) -> Duration {
         let average = Duration::from_nanos(self.average_ns);
         if average.saturating_mul(2) <= max {
-            average.saturating_mul(4).clamp(HOT_MIN_SPIN.min(max), max.max(MIN_SPIN))
+            average.saturating_mul(4).clamp(HOT_MIN_SPIN.min(max), max)
         } else {
             MIN_SPIN.min(max)
         }
