@@ -1,4 +1,5 @@
-//! Every other OS, for now: the crate builds, and every call that would need the OS
+//! Every other OS, for now: the crate builds (CI compiles it on Linux with this file in
+//! place of `linux.rs`, `--cfg shmport_stub`), and every call that would need the OS
 //! returns `ErrorKind::Unsupported`. macOS (POSIX shm + ulock/os_sync_wait_on_address)
 //! is the next port; it must define exactly the names of `linux.rs`.
 
@@ -13,6 +14,32 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
 
 fn unsupported() -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, "shmport supports only Linux so far")
+}
+
+pub(crate) fn memfd_create_sealed(_name: &str, _len: u64) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn sealed_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Err(unsupported())
+}
+pub(crate) fn mmap_shared(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
+    Err(unsupported())
+}
+/// Without a futex, a wait is a short sleep (nothing here ever waits: no channel can
+/// be made).
+pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Duration>) {
+    std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)).min(Duration::from_millis(1)));
+}
+pub(crate) fn futex_wake(_word: &AtomicU32) {}
+pub(crate) fn futex_wait_private(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    futex_wait(word, expected, timeout)
+}
+pub(crate) fn futex_wake_private(_word: &AtomicU32) {}
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Err(unsupported())
+}
+pub(crate) fn peer_hung_up(_sock: BorrowedFd<'_>) -> bool {
+    true
 }
 
 pub(crate) fn send_with_fds(_sock: BorrowedFd<'_>, _bytes: &[u8], _fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -82,6 +109,7 @@ pub(crate) fn page_size() -> usize {
     4096
 }
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // the stub only ever answers `Gone`
 pub(crate) enum SocketReady {
     Writable,
     Full,
