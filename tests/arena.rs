@@ -11,6 +11,10 @@ fn chunks_go_back_to_the_arena_when_buffers_are_dropped_or_received_and_dropped(
     assert_eq!(start.held_here, 0);
     let ch = MessageChannel::new().unwrap();
     let buffers: Vec<ArrayBuffer> = (0..50).map(|i| ArrayBuffer::new(1000 * (i + 1)).unwrap()).collect();
+    // Dirty them, so that reusing a chunk without zeroing it would show below.
+    for b in &buffers {
+        b.with_bytes_mut(|bytes| bytes.fill(0xFF));
+    }
     let held = arena_stats();
     assert_eq!(held.held_here, 50, "{held:?}");
     for b in &buffers {

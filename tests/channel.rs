@@ -435,7 +435,7 @@ fn a_closure_given_to_recv_bytes_with_may_receive_again_small_or_large() {
     let (a, b) = (ch.port1(), ch.port2());
     // Small messages arrive on the stack, larger ones in the thread's receive buffer:
     // every mix of the two, nested, must leave the outer bytes intact.
-    for (outer, inner) in [(10, 20), (10, 3000), (3000, 20), (3000, 5000), (256, 257)] {
+    for (outer, inner) in [(10, 20), (10, 3000), (3000, 20), (3000, 5000), (5000, 3000), (3000, 3000), (256, 257)] {
         a.post_bytes(&vec![1u8; outer]).unwrap();
         a.post_bytes(&vec![2u8; inner]).unwrap();
         let (got_outer, got_inner) = b

@@ -107,7 +107,6 @@ fn s05_checks_run_in_order_a_b_c_d_e() {
     let p1 = ch.port1();
     let stranger = MessageChannel::new().unwrap().port1();
     let detached = buffer(b"d");
-    drop(detached.clone());
     ch.port1().post_message(Value::Undefined, [detached.clone().into()]).unwrap();
     let closed = MessageChannel::new().unwrap().port1();
     closed.close();
@@ -456,7 +455,7 @@ fn a_process_local_port_in_the_transfer_list_is_refused_and_left_working() {
 }
 
 #[test]
-fn a_large_byte_message_arrives_as_the_pages_it_was_written_to() {
+fn a_byte_message_larger_than_the_ring_arrives_whole_as_an_array_buffer() {
     let ch = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(4096)).unwrap();
     let big = vec![0x5Au8; 1 << 20];
     ch.port1().post_bytes(&big).unwrap();
@@ -539,6 +538,7 @@ fn closing_a_long_chain_of_queued_ports_does_not_overflow_the_stack() {
         .stack_size(256 << 10)
         .spawn(|| {
             let mut head = MessageChannel::new().unwrap();
+            let first = head.port1();
             for _ in 0..2000 {
                 let next = MessageChannel::new().unwrap();
                 next.port1().post_message(Value::Undefined, [head.port2().into()]).unwrap();
@@ -548,6 +548,8 @@ fn closing_a_long_chain_of_queued_ports_does_not_overflow_the_stack() {
             let last = head.port2();
             drop(head);
             last.close();
+            // The close reached the far end of the chain.
+            assert!(first.recv_timeout(Duration::from_secs(5)).unwrap_err().is_closed());
         })
         .unwrap()
         .join()

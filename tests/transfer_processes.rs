@@ -25,7 +25,7 @@ fn file_location(address: usize) -> (u64, u64) {
         if (start..end).contains(&address) {
             let offset = u64::from_str_radix(fields[2], 16).unwrap();
             let inode: u64 = fields[4].parse().unwrap();
-            assert!(fields.get(5).is_some_and(|p| p.contains("memfd:shmport")), "not an arena mapping: {line}");
+            assert!(fields.get(5).is_some_and(|p| p.contains("memfd:shmport-arena")), "not an arena mapping: {line}");
             return (inode, offset + (address - start) as u64);
         }
     }
@@ -277,7 +277,11 @@ fn s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop() {
     child.kill().unwrap();
     child.wait().unwrap();
     let port = ch.port1();
+    // The death is seen first: the post below must then go nowhere (not be queued).
+    assert!(port.recv_timeout(WAIT).unwrap_err().is_closed());
+    let in_flight = shmport::arena_stats().in_flight;
     let b = ArrayBuffer::from_slice(b"to nobody").unwrap();
     assert_eq!(port.post_message(Value::ArrayBuffer(b.clone()), [b.clone().into()]), Ok(()));
     assert!(b.is_detached(), "moved into the void, as the web does");
+    assert_eq!(shmport::arena_stats().in_flight, in_flight, "nothing was queued for the dead peer");
 }
