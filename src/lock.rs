@@ -132,9 +132,7 @@ impl<T> HalfLock<T> {
     fn lock_contended(&self) -> HalfGuard<'_, T> {
         for _ in 0..200 {
             spin_hint();
-            if self.state.load(Ordering::Relaxed) == FREE
-                && let Some(guard) = self.try_lock()
-            {
+            if let Some(guard) = self.try_lock() {
                 return guard;
             }
         }
@@ -286,8 +284,12 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(*guard, 0, "the waiter cannot get in while the lock is held");
+        assert_eq!(lock.sleepers.load(Ordering::Relaxed), 1, "the waiter went to sleep");
+        // The release wakes it: it gets in long before its 25 ms sleep would end.
+        let released = std::time::Instant::now();
         drop(guard);
         waiter.join().unwrap();
+        assert!(released.elapsed() < Duration::from_millis(20), "{:?}", released.elapsed());
         assert_eq!(*lock.lock(), 1);
     }
 }

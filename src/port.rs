@@ -441,7 +441,8 @@ impl Rx {
     fn take(&mut self, rec: &Record) -> Result<(), RecvFail> {
         let limit = self.consumer.ring().max_payload();
         if self.scratch.capacity() > 2 * limit {
-            // A spilled body was left here; do not keep it alive.
+            // A large copy was left here (or a big receive buffer swapped in by
+            // `recv_bytes_with`); do not keep it alive.
             self.scratch = Vec::new();
         }
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -734,6 +735,7 @@ impl Port {
                     } else {
                         std::thread::sleep(Duration::from_micros(200));
                     }
+                    outgoing.renew_nonce();
                 }
             }
         }
@@ -965,14 +967,14 @@ impl Port {
     /// leaves `epoch`), then says whether the peer is gone. Does not touch the ring, so
     /// it never competes with `recv` for messages.
     pub(crate) fn watch_peer(&self, epoch: u32) -> bool {
-        platform::futex_wait(&self.events_epoch, epoch, Some(SLICE));
+        platform::futex_wait_private(&self.events_epoch, epoch, Some(SLICE));
         self.link().is_some_and(|link| link.peer_gone())
     }
 
     /// Tells the dispatch thread that the handlers changed.
     pub(crate) fn events_changed(&self) {
         self.events_epoch.fetch_add(1, Ordering::SeqCst);
-        platform::futex_wake(&self.events_epoch);
+        platform::futex_wake_private(&self.events_epoch);
         self.wake_local_waiters();
     }
 

@@ -197,9 +197,6 @@ impl Segment {
             memory: Memory::Shared { _map: map, fd },
             parker: Parker::futex(false),
         };
-        // Registering before anything uses the channel lets the peer's sleepers'
-        // `membarrier` reach this process's writers.
-        crate::wait::asymmetric_available();
         let h = segment.header();
         // SYNC: initialised.
         if h.initialised.load(Ordering::Acquire) != 1 {
@@ -222,6 +219,8 @@ impl Segment {
         }
         segment.capacity = capacity;
         segment.flags = flags;
+        // On an asymmetric channel this registers the process, before anything uses
+        // the channel, so the peer's sleepers' `membarrier` reaches our writers.
         segment.parker = Parker::futex(flags & FLAG_ASYMMETRIC != 0);
         Ok(segment)
     }

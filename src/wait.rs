@@ -609,16 +609,24 @@ mod tests {
         let parker = Parker::local();
         let flag = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(30));
+            let notified = s.spawn(|| {
+                // Once the reader has announced its sleep, publish and wake it.
+                while word.word.load(Ordering::Relaxed) & WAITING == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 flag.store(true, Ordering::Release);
-                notify(&word, &parker);
+                assert!(notify(&word, &parker), "the reader was asleep, and was woken");
+                Instant::now()
             });
             let mut e = SpinEstimate::default();
             let got = block_on(&word, &parker, WaitStrategy::default(), &mut e, None, |_| {
                 flag.load(Ordering::Acquire).then_some(())
             });
+            let woke = Instant::now();
             assert_eq!(got, Some(()));
+            // Woken by the notify, not by the end of its 25 ms slice.
+            let late = woke.saturating_duration_since(notified.join().unwrap());
+            assert!(late < Duration::from_millis(20), "{late:?}");
         });
         // With a deadline and nobody to notify, the wait ends at the deadline.
         let start = Instant::now();

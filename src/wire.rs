@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Each socket message starts with `{u64 position, u32 nonce, u32 count}`: the ring
-//! position just after the record it belongs to, the record's nonce, and how many
+//! position where the record it belongs to starts, the record's nonce (new for each
+//! attempt at posting it), and how many
 //! descriptors it carries. A receiver that could not read an earlier record's
 //! descriptors (out of memory, a malformed table) finds them still queued; the tag lets
 //! it drop them instead of taking them for its own.
@@ -253,6 +254,16 @@ impl Outgoing {
         self.flags & FLAG_ATTACHMENTS != 0
     }
 
+    /// A new nonce for another attempt at posting (the table's fifth word): descriptors
+    /// that a failed attempt left on the socket for the same ring position then no
+    /// longer match, and the receiver drops them.
+    pub(crate) fn renew_nonce(&mut self) {
+        if self.has_attachments() {
+            self.nonce = next_nonce();
+            self.payload[16..20].copy_from_slice(&self.nonce.to_le_bytes());
+        }
+    }
+
     /// Detaches the buffers, checking each still holds the chunk named in the payload
     /// (another thread may have moved it since). On a mismatch every buffer is put
     /// back and the post fails as rule 5d says; `Ok(None)` if a buffer is in use right
@@ -261,9 +272,7 @@ impl Outgoing {
         let mut detached = Vec::with_capacity(self.buffers.len());
         for (b, expected) in self.buffers.iter().zip(&self.expected) {
             let Some(d) = b.try_detach() else {
-                for (b, d) in self.buffers.iter().zip(detached) {
-                    b.restore(d);
-                }
+                self.restore_buffers(detached);
                 return Ok(None);
             };
             let matches = d.as_ref().is_some_and(|d| match (&d.chunk, expected) {
@@ -277,9 +286,7 @@ impl Outgoing {
                 if let Some(d) = d {
                     b.restore(d);
                 }
-                for (b, d) in self.buffers.iter().zip(detached) {
-                    b.restore(d);
-                }
+                self.restore_buffers(detached);
                 return Err(clone_error(DataCloneErrorKind::DetachedBuffer));
             }
             detached.push(d.expect("matches implies Some"));
