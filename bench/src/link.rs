@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail, ensure};
 use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
 use shmport::{ChannelOptions, MessageChannel, MessagePort};
 
@@ -49,6 +49,14 @@ impl ShmLink {
     }
 }
 
+/// Copies a received message into `buf`: the receiving half of every message link.
+#[inline]
+pub fn deliver(msg: &[u8], buf: &mut [u8]) -> Result<usize> {
+    ensure!(msg.len() <= buf.len(), "message of {} bytes does not fit the {}-byte buffer", msg.len(), buf.len());
+    buf[..msg.len()].copy_from_slice(msg);
+    Ok(msg.len())
+}
+
 impl Link for ShmLink {
     #[inline]
     fn send(&mut self, msg: &[u8]) -> Result<()> {
@@ -57,20 +65,7 @@ impl Link for ShmLink {
 
     #[inline]
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
-        let capacity = buf.len();
-        let got = self
-            .port
-            .recv_bytes_with(|bytes| {
-                let n = bytes.len();
-                if n <= capacity {
-                    buf[..n].copy_from_slice(bytes);
-                    Ok(n)
-                } else {
-                    Err(n)
-                }
-            })
-            .context("shmport recv_bytes_with")?;
-        got.map_err(|n| anyhow!("message of {n} bytes does not fit the {capacity}-byte buffer"))
+        self.port.recv_bytes_with(|bytes| deliver(bytes, buf)).context("shmport recv_bytes_with")?
     }
 
     fn shm_port(&self) -> Option<&MessagePort> {

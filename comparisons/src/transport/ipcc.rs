@@ -13,7 +13,7 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use shmport_bench::link::Link;
+use shmport_bench::link::{Link, deliver};
 
 /// Environment variable with the name of the parent's one-shot server.
 const SERVER_ENV: &str = "SHMPORT_CMP_IPC_SERVER";
@@ -64,14 +64,6 @@ fn connect<T: Serialize>(bootstrap: T) -> Result<()> {
     let name = std::env::var(SERVER_ENV).context("the parent named no ipc-channel server")?;
     let to_parent = IpcSender::<T>::connect(name).context("connecting to the ipc-channel one-shot server")?;
     to_parent.send(bootstrap).map_err(|e| anyhow!("sending the ipc-channel bootstrap: {e:?}"))
-}
-
-/// Copies a received message into `buf`.
-#[inline]
-fn deliver(msg: &[u8], buf: &mut [u8]) -> Result<usize> {
-    ensure!(msg.len() <= buf.len(), "message of {} bytes does not fit the {}-byte buffer", msg.len(), buf.len());
-    buf[..msg.len()].copy_from_slice(msg);
-    Ok(msg.len())
 }
 
 /// `IpcSender<Vec<u8>>` / `IpcReceiver<Vec<u8>>`.
