@@ -67,6 +67,11 @@ impl ArrayBuffer {
         Ok(ArrayBuffer::from_parts(chunk, bytes.len()))
     }
 
+    /// A detached buffer (a stand-in while a typed message is checked).
+    pub(crate) fn detached() -> ArrayBuffer {
+        ArrayBuffer { inner: Arc::new(Mutex::new(State::Detached)) }
+    }
+
     /// A buffer over a received chunk (or an empty one).
     pub(crate) fn from_parts(chunk: Option<Chunk>, len: usize) -> ArrayBuffer {
         debug_assert!(chunk.as_ref().map_or(len == 0, |c| len <= c.capacity()));

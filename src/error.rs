@@ -130,26 +130,62 @@ impl PostError {
 }
 
 /// The web's `messageerror`: a message arrived but could not be decoded (SEMANTICS 17).
-/// The message is consumed; the port stays usable where framing allows.
+/// Usually the message is consumed and the port stays usable where framing allows.
+/// `recv_typed` and `recv_pod` leave a message that is not of their type queued
+/// instead ([`MessageError::is_kept`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageError {
     reason: &'static str,
+    /// What the decoder said, where it says more than `reason` (serde's messages).
+    detail: Option<std::sync::Arc<str>>,
+    kept: bool,
 }
 
 impl MessageError {
     pub(crate) fn new(reason: &'static str) -> Self {
-        MessageError { reason }
+        MessageError { reason, detail: None, kept: false }
+    }
+
+    pub(crate) fn with_detail(reason: &'static str, detail: String) -> Self {
+        MessageError { reason, detail: Some(detail.into()), kept: false }
+    }
+
+    /// The same error, for a message that is still queued.
+    pub(crate) fn kept(mut self) -> Self {
+        self.kept = true;
+        self
     }
 
     /// What was wrong with the message.
     pub fn reason(&self) -> &'static str {
         self.reason
     }
+
+    /// More about it, where the decoder said more (for a typed message, serde's
+    /// message, such as "invalid value: integer `7`, expected variant index 0 <= i < 2").
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+
+    /// Whether the message is still the next one in the queue: `recv_typed` and
+    /// `recv_pod` leave a message they cannot read as their type where it was, so
+    /// nothing it carries is lost (read it with `recv`, `recv_bytes_with`, or as
+    /// another type). `false`: the message was consumed.
+    pub fn is_kept(&self) -> bool {
+        self.kept
+    }
 }
 
 impl fmt::Display for MessageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "message could not be decoded: {}", self.reason)
+        write!(f, "message could not be decoded: {}", self.reason)?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        if self.kept {
+            f.write_str(" (it stays queued)")?;
+        }
+        Ok(())
     }
 }
 
@@ -162,7 +198,7 @@ pub enum RecvError {
     /// been received.
     #[error("port closed")]
     Closed,
-    /// The next message could not be decoded; it has been consumed.
+    /// The next message could not be decoded (see [`MessageError::is_kept`]).
     #[error(transparent)]
     MessageError(MessageError),
 }
@@ -202,7 +238,7 @@ macro_rules! recv_helpers {
             pub fn is_closed(&self) -> bool {
                 matches!(self, $t::Closed)
             }
-            /// Whether a message was consumed but could not be decoded.
+            /// Whether a message could not be decoded (see [`MessageError::is_kept`]).
             pub fn is_message_error(&self) -> bool {
                 matches!(self, $t::MessageError(_))
             }

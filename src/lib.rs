@@ -67,6 +67,8 @@ mod ring;
 mod segment;
 mod sync;
 #[cfg(not(loom))]
+mod typed;
+#[cfg(not(loom))]
 mod value;
 mod wait;
 #[cfg(not(loom))]

@@ -32,6 +32,7 @@ use crate::platform;
 use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
 use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, FLAG_NO_REVOKE, Segment};
 use crate::sync::{AtomicU32, Ordering};
+use crate::typed;
 use crate::value::Value;
 use crate::wait::{self, Check, SLICE, SpinEstimate, WaitStrategy, WaitWord};
 use crate::wire::{self, Outgoing};
@@ -45,6 +46,8 @@ const STACK_RECV: usize = 256;
 thread_local! {
     /// This thread's buffer for receiving messages larger than `STACK_RECV`.
     static RECV_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This thread's buffer for serializing typed messages.
+    static SEND_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Where `recv_bytes_with` put a message's bytes.
@@ -473,6 +476,74 @@ impl Rx {
         self.consumed(rec);
     }
 
+    /// Copies `rec`'s payload into the first `rec.len` bytes of `out`, leaving the
+    /// record in the ring.
+    fn copy_out(&self, rec: &Record, out: &mut Vec<u8>) -> Result<(), RecvFail> {
+        if out.len() < rec.len {
+            out.try_reserve(rec.len - out.len())
+                .map_err(|_| RecvFail::Message(MessageError::new("out of memory for the message").kept()))?;
+            out.resize(rec.len, 0);
+        }
+        self.consumer.copy_payload(rec, &mut out[..rec.len]);
+        Ok(())
+    }
+
+    /// Takes `rec` if it is a typed message that decodes as a `T`. Anything else stays
+    /// queued (a kept `MessageError`), except a typed message whose body travelled out
+    /// of line: it can only be decoded once taken, and is consumed if it is not a `T`.
+    fn take_typed<T: serde::de::DeserializeOwned>(&mut self, rec: &Record, buf: &mut Vec<u8>) -> Result<T, RecvFail> {
+        let kept = |e: MessageError| RecvFail::Message(e.kept());
+        if rec.kind != wire::KIND_TYPED {
+            return Err(kept(MessageError::new("the next message was not posted with post_typed")));
+        }
+        self.copy_out(rec, buf)?;
+        let payload = &buf[..rec.len];
+        if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
+            let value = typed::decode::<T>(payload, &[], &[]).map_err(kept)?;
+            self.consumed(rec);
+            return Ok(value);
+        }
+        // The message carries buffers or ports: decide whether its body decodes before
+        // taking them off the socket (a dry run with stand-ins), then decode for real.
+        if let Some((at, buffers, ports)) = wire::inline_body(payload) {
+            typed::decodes_as::<T>(&payload[at..], buffers, ports).map_err(kept)?;
+        }
+        std::mem::swap(&mut self.scratch, buf);
+        self.consumed(rec);
+        let value = wire::decode_typed(self, rec.len);
+        std::mem::swap(&mut self.scratch, buf);
+        value
+    }
+
+    /// Takes `rec` if it is a plain-old-data message of `T`'s size; anything else stays
+    /// queued (except, as for `take_typed`, a message that travelled out of line).
+    fn take_pod<T: bytemuck::AnyBitPattern>(&mut self, rec: &Record) -> Result<T, RecvFail> {
+        let size = size_of::<T>();
+        let wrong_size = || MessageError::new("plain-old-data message has the wrong size");
+        if rec.kind != wire::KIND_POD {
+            return Err(RecvFail::Message(MessageError::new("the next message was not posted with post_pod").kept()));
+        }
+        if rec.flags & wire::FLAG_ATTACHMENTS != 0 {
+            self.take(rec)?;
+            let range = wire::body_of(self, rec.flags, rec.len)?;
+            let body = &self.scratch[range];
+            return if body.len() == size {
+                Ok(bytemuck::pod_read_unaligned(body))
+            } else {
+                Err(RecvFail::Message(wrong_size()))
+            };
+        }
+        if rec.len != size {
+            return Err(RecvFail::Message(wrong_size().kept()));
+        }
+        let mut value = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `value` has room for `size_of::<T>() == rec.len` bytes.
+        unsafe { self.consumer.copy_payload_raw(rec, value.as_mut_ptr().cast::<u8>()) };
+        self.consumed(rec);
+        // SAFETY: every byte of `value` was written, and any bit pattern is a `T`.
+        Ok(unsafe { value.assume_init() })
+    }
+
     /// Marks `rec` read, giving its space back in batches.
     fn consumed(&mut self, rec: &Record) {
         self.consumer.consume(rec);
@@ -615,6 +686,19 @@ impl Port {
             events_epoch: AtomicU32::new(0),
         };
         Ok(Arc::new(port))
+    }
+
+    /// A port that was never attached (a stand-in while a typed message is checked).
+    fn placeholder() -> Arc<Port> {
+        Arc::new(Port {
+            detached: AtomicBool::new(true),
+            link: Mutex::new(None),
+            tx: CachePadded::new(HalfLock::new(None)),
+            rx: CachePadded::new(HalfLock::new(None)),
+            strategy: AtomicCell::new(WaitStrategy::default()),
+            events: Mutex::new(Events::default()),
+            events_epoch: AtomicU32::new(0),
+        })
     }
 
     pub(crate) fn is_detached(&self) -> bool {
@@ -1176,6 +1260,11 @@ impl MessagePort {
         &self.handle.port
     }
 
+    /// A detached port that never had a channel.
+    pub(crate) fn placeholder() -> MessagePort {
+        MessagePort::wrap(Port::placeholder())
+    }
+
     /// Whether two handles are the same port.
     pub fn ptr_eq(&self, other: &MessagePort) -> bool {
         Arc::ptr_eq(&self.handle, &other.handle)
@@ -1223,6 +1312,11 @@ impl MessagePort {
     ) -> Result<(), PostError> {
         let transfer: Vec<Transferable> = transfer.into_iter().collect();
         let outgoing = Outgoing::value(self, &message, &transfer, self.max_inline())?;
+        self.post_prepared(outgoing, mode)
+    }
+
+    /// Posts a checked message, unless it is doomed.
+    fn post_prepared(&self, outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
         if outgoing.doomed {
             // The transfer list holds this port's own peer (SEMANTICS 9): the message
             // is dropped and the channel is lost.
@@ -1242,10 +1336,15 @@ impl MessagePort {
     }
 
     fn post_bytes_mode(&self, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
-        match self.port().post_inline(wire::KIND_BYTES, bytes, mode) {
+        self.post_record(wire::KIND_BYTES, bytes, mode)
+    }
+
+    /// Posts `bytes` as one record of `kind`: inline when they fit, else out of line.
+    fn post_record(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        match self.port().post_inline(kind, bytes, mode) {
             Ok(()) => Ok(()),
             Err(Inline::Failed(e)) => Err(e),
-            Err(Inline::Spill(max)) => self.port().post_outgoing(Outgoing::bytes(bytes, max)?, mode),
+            Err(Inline::Spill(max)) => self.port().post_outgoing(Outgoing::bytes(kind, bytes, max)?, mode),
         }
     }
 
@@ -1267,18 +1366,158 @@ impl MessagePort {
         self.post_bytes_mode(bytes, Mode::timeout(timeout))
     }
 
-    /// Posts a serde-serializable value (postcard encoding); the peer reads it with
-    /// [`recv_typed`](Self::recv_typed) and the same type.
+    // ---- typed and plain-old-data messages ---------------------------------------
+
+    /// Posts a serde value as a typed message; the peer reads it with
+    /// [`recv_typed`](Self::recv_typed) and the same type. Waits while the ring is full.
+    ///
+    /// The value is serialized once, in this thread, into a compact binary format (no
+    /// field names); byte sequences (`Vec<u8>`, `&[u8]`, `serde_bytes`) are copied in
+    /// one piece. A small message costs its serialization plus one copy through the
+    /// ring, with no allocation once the thread's buffer has grown; one larger than
+    /// [`max_message_size`](Self::max_message_size) travels in shared pages (one more
+    /// copy, and a descriptor on the socket). `ArrayBuffer` fields are copied (use
+    /// [`post_typed_with`](Self::post_typed_with) to move them); a `MessagePort` field
+    /// needs `post_typed_with`. Types that need a self-describing format
+    /// (`#[serde(flatten)]`, untagged enums, `serde_json::Value`) cannot be read back.
     pub fn post_typed<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), PostError> {
-        let bytes = postcard::to_stdvec(value)
-            .map_err(|_| PostError::DataClone(DataCloneError::new(DataCloneErrorKind::Uncloneable)))?;
-        self.post_bytes(&bytes)
+        self.post_typed_mode(value, Mode::Block)
+    }
+
+    /// As [`post_typed`](Self::post_typed), but `PostError::Full` at once instead of waiting.
+    pub fn try_post_typed<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), PostError> {
+        self.post_typed_mode(value, Mode::Try)
+    }
+
+    /// As [`post_typed`](Self::post_typed), waiting at most `timeout` for room.
+    pub fn post_typed_timeout<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        self.post_typed_mode(value, Mode::timeout(timeout))
+    }
+
+    /// Posts a serde value whose `ArrayBuffer` and `MessagePort` fields are moved as
+    /// `post_message` moves them: the buffers and ports in `transfer` are detached here
+    /// and arrive, as the very pages and working ports, in the fields of the value
+    /// [`recv_typed`](Self::recv_typed) returns. The checks of SEMANTICS 5 apply in
+    /// their order (a port field not in `transfer` is a `DataCloneError`); a buffer
+    /// field not in `transfer` is copied. Transferred items the value does not
+    /// reference are moved all the same, and dropped by the receiver.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use shmport::{ArrayBuffer, MessageChannel};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Job {
+    ///     id: u32,
+    ///     frame: ArrayBuffer,
+    /// }
+    ///
+    /// let channel = MessageChannel::new()?;
+    /// let frame = ArrayBuffer::from_slice(&[7; 4096])?;
+    /// channel.port1().post_typed_with(&Job { id: 1, frame: frame.clone() }, [frame.clone().into()])?;
+    /// assert!(frame.is_detached());
+    /// let job: Job = channel.port2().recv_typed()?;
+    /// assert_eq!((job.id, job.frame.byte_length()), (1, 4096));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn post_typed_with<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        let transfer: Vec<Transferable> = transfer.into_iter().collect();
+        if transfer.is_empty() {
+            return self.post_typed_mode(value, Mode::Block);
+        }
+        let outgoing = Outgoing::typed(self, value, &transfer, self.max_inline())?;
+        self.post_prepared(outgoing, Mode::Block)
+    }
+
+    fn post_typed_mode<T: serde::Serialize + ?Sized>(&self, value: &T, mode: Mode) -> Result<(), PostError> {
+        // Taken out of the thread's cell while in use, so a value whose serializer posts
+        // (from inside `serialize`) gets a buffer of its own.
+        let mut buf = SEND_BUF.with(std::cell::Cell::take);
+        buf.clear();
+        let posted = typed::encode(value, &[], &[], &mut buf)
+            .map_err(|kind| PostError::DataClone(DataCloneError::new(kind)))
+            .and_then(|()| self.post_record(wire::KIND_TYPED, &buf, mode));
+        if buf.capacity() <= KEEP_RECV_BUF {
+            SEND_BUF.with(|cell| cell.set(buf));
+        }
+        posted
     }
 
     /// Posts a plain-old-data value by its bytes; the peer reads it with
-    /// [`recv_pod`](Self::recv_pod). No allocation.
+    /// [`recv_pod`](Self::recv_pod) and a type of the same size. No allocation.
     pub fn post_pod<T: bytemuck::NoUninit>(&self, value: &T) -> Result<(), PostError> {
-        self.post_bytes(bytemuck::bytes_of(value))
+        self.post_record(wire::KIND_POD, bytemuck::bytes_of(value), Mode::Block)
+    }
+
+    /// As [`post_pod`](Self::post_pod), but `PostError::Full` at once instead of waiting.
+    pub fn try_post_pod<T: bytemuck::NoUninit>(&self, value: &T) -> Result<(), PostError> {
+        self.post_record(wire::KIND_POD, bytemuck::bytes_of(value), Mode::Try)
+    }
+
+    /// Waits for a message posted with [`post_typed`](Self::post_typed) or
+    /// [`post_typed_with`](Self::post_typed_with) and decodes it as `T`, strictly
+    /// (bytes left over are an error).
+    ///
+    /// A message that is not a `T` (another kind of message, or a typed message that
+    /// does not decode as `T`) is a `MessageError` and **stays queued**, with everything
+    /// it carries ([`MessageError::is_kept`]): read it with [`recv`](Self::recv) (a
+    /// typed message arrives there as an `ArrayBuffer` of its bytes), with
+    /// [`recv_bytes_with`](Self::recv_bytes_with), or as another type. The one
+    /// exception is a typed message larger than the ring, whose body travels in shared
+    /// pages: it can only be decoded once taken, so if it is not a `T` it is consumed
+    /// (the buffers it carried are freed, the ports closed) and the error is not kept.
+    /// `T`'s `Deserialize` runs while this port's receiving half is held: it must not
+    /// receive on this port.
+    pub fn recv_typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, RecvError> {
+        self.recv_typed_mode(Mode::Block).map_err(RecvError::from)
+    }
+
+    /// As [`recv_typed`](Self::recv_typed), if a message is waiting.
+    pub fn try_recv_typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, TryRecvError> {
+        self.recv_typed_mode(Mode::Try).map_err(TryRecvError::from)
+    }
+
+    /// As [`recv_typed`](Self::recv_typed), waiting at most `timeout`.
+    pub fn recv_typed_timeout<T: serde::de::DeserializeOwned>(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_typed_mode(Mode::timeout(timeout)).map_err(RecvTimeoutError::from)
+    }
+
+    fn recv_typed_mode<T: serde::de::DeserializeOwned>(&self, mode: Mode) -> Result<T, RecvFail> {
+        let mut buf = RECV_BUF.with(std::cell::Cell::take);
+        let value = self.port().recv_record_raw(mode, |rx, rec| rx.take_typed::<T>(rec, &mut buf));
+        if buf.capacity() <= KEEP_RECV_BUF {
+            RECV_BUF.with(|cell| cell.set(buf));
+        }
+        value?
+    }
+
+    /// Waits for a message posted with [`post_pod`](Self::post_pod). A message of
+    /// another kind or size is a `MessageError` and stays queued, as with
+    /// [`recv_typed`](Self::recv_typed). No allocation.
+    pub fn recv_pod<T: bytemuck::AnyBitPattern>(&self) -> Result<T, RecvError> {
+        self.recv_pod_mode(Mode::Block).map_err(RecvError::from)
+    }
+
+    /// As [`recv_pod`](Self::recv_pod), if a message is waiting.
+    pub fn try_recv_pod<T: bytemuck::AnyBitPattern>(&self) -> Result<T, TryRecvError> {
+        self.recv_pod_mode(Mode::Try).map_err(TryRecvError::from)
+    }
+
+    /// As [`recv_pod`](Self::recv_pod), waiting at most `timeout`.
+    pub fn recv_pod_timeout<T: bytemuck::AnyBitPattern>(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_pod_mode(Mode::timeout(timeout)).map_err(RecvTimeoutError::from)
+    }
+
+    fn recv_pod_mode<T: bytemuck::AnyBitPattern>(&self, mode: Mode) -> Result<T, RecvFail> {
+        self.port().recv_record_raw(mode, |rx, rec| rx.take_pod::<T>(rec))?
     }
 
     // ---- receiving -----------------------------------------------------------
@@ -1360,21 +1599,6 @@ impl MessagePort {
                 Ok(result)
             }
         }
-    }
-
-    /// Waits for a message posted with [`post_typed`](Self::post_typed) and decodes it
-    /// as `T`. A message that is not a `T` is a `MessageError`.
-    pub fn recv_typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, RecvError> {
-        self.recv_bytes_with(|b| postcard::from_bytes::<T>(b))?.map_err(|_| {
-            RecvError::MessageError(MessageError::new("typed message does not decode as the expected type"))
-        })
-    }
-
-    /// Waits for a message posted with [`post_pod`](Self::post_pod). A message of
-    /// another size is a `MessageError`.
-    pub fn recv_pod<T: bytemuck::AnyBitPattern>(&self) -> Result<T, RecvError> {
-        self.recv_bytes_with(|b| (b.len() == size_of::<T>()).then(|| bytemuck::pod_read_unaligned::<T>(b)))?
-            .ok_or_else(|| RecvError::MessageError(MessageError::new("plain-old-data message has the wrong size")))
     }
 
     // ---- events and life cycle --------------------------------------------------

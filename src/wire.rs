@@ -2,8 +2,10 @@
 //!
 //! | kind | body |
 //! |---|---|
-//! | `KIND_BYTES` (2) | the bytes of `post_bytes` / `post_typed` / `post_pod` |
+//! | `KIND_BYTES` (2) | the bytes of `post_bytes` |
 //! | `KIND_VALUE` (3) | the codec's encoding of a `Value` |
+//! | `KIND_TYPED` (4) | a serde value of `post_typed` (the format of `typed`) |
+//! | `KIND_POD` (5) | the bytes of a `post_pod` value |
 //!
 //! (Any other kind is a `messageerror`.)
 //!
@@ -48,6 +50,10 @@ use crate::wait::WaitStrategy;
 pub(crate) const KIND_BYTES: u16 = 2;
 /// A structured-clone message.
 pub(crate) const KIND_VALUE: u16 = 3;
+/// A serde value (`post_typed`).
+pub(crate) const KIND_TYPED: u16 = 4;
+/// A plain-old-data value (`post_pod`).
+pub(crate) const KIND_POD: u16 = 5;
 /// The record starts with an attachment table.
 pub(crate) const FLAG_ATTACHMENTS: u16 = 1;
 
@@ -91,9 +97,10 @@ fn put_u64(out: &mut Vec<u8>, v: u64) {
 }
 
 impl Outgoing {
-    /// Raw bytes: inline when they fit the ring, else spilled into a chunk.
-    pub(crate) fn bytes(body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
-        Outgoing::build(KIND_BYTES, body, Vec::new(), Vec::new(), max_inline)
+    /// Raw bytes of record kind `kind`: inline when they fit the ring, else spilled
+    /// into a chunk.
+    pub(crate) fn bytes(kind: u16, body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
+        Outgoing::build(kind, body, Vec::new(), Vec::new(), max_inline)
     }
 
     /// Runs the checks of SEMANTICS 5 in their order and encodes the message.
@@ -102,6 +109,32 @@ impl Outgoing {
         message: &Value,
         transfer: &[Transferable],
         max_inline: usize,
+    ) -> Result<Outgoing, PostError> {
+        Outgoing::checked(source, transfer, KIND_VALUE, max_inline, |buffers, ports, body| {
+            codec::encode(message, &Transfer { buffers, ports }, body).map_err(|e| e.kind())
+        })
+    }
+
+    /// As `value`, for a serde value (`post_typed_with`).
+    pub(crate) fn typed<T: serde::Serialize + ?Sized>(
+        source: &MessagePort,
+        message: &T,
+        transfer: &[Transferable],
+        max_inline: usize,
+    ) -> Result<Outgoing, PostError> {
+        Outgoing::checked(source, transfer, KIND_TYPED, max_inline, |buffers, ports, body| {
+            crate::typed::encode(message, buffers, ports, body)
+        })
+    }
+
+    /// The checks of SEMANTICS 5 in their order around `encode` (which reports 5c and
+    /// 5d inside the message, and 11), then the record of `kind`.
+    fn checked(
+        source: &MessagePort,
+        transfer: &[Transferable],
+        kind: u16,
+        max_inline: usize,
+        encode: impl FnOnce(&[ArrayBuffer], &[MessagePort], &mut Vec<u8>) -> Result<(), DataCloneErrorKind>,
     ) -> Result<Outgoing, PostError> {
         let mut buffers = Vec::new();
         let mut ports = Vec::new();
@@ -123,27 +156,20 @@ impl Outgoing {
         // 5c and 5d inside the message come from the encoder, which reports the
         // earliest rule when a message breaks several.
         let mut body = Vec::new();
-        let encoded = codec::encode(message, &Transfer { buffers: &buffers, ports: &ports }, &mut body);
-        if let Err(e) = encoded
-            && e.kind() == DataCloneErrorKind::PortNotInTransfer
-        {
-            return Err(PostError::DataClone(e));
+        let encoded = encode(&buffers, &ports, &mut body);
+        if encoded == Err(DataCloneErrorKind::PortNotInTransfer) {
+            return Err(clone_error(DataCloneErrorKind::PortNotInTransfer));
         }
         // 5d: detached buffers, in the message or the transfer list.
-        if buffers.iter().any(ArrayBuffer::is_detached) {
+        if buffers.iter().any(ArrayBuffer::is_detached) || encoded == Err(DataCloneErrorKind::DetachedBuffer) {
             return Err(clone_error(DataCloneErrorKind::DetachedBuffer));
-        }
-        if let Err(e) = encoded
-            && e.kind() == DataCloneErrorKind::DetachedBuffer
-        {
-            return Err(PostError::DataClone(e));
         }
         // 5e: detached ports in the transfer list.
         if ports.iter().any(MessagePort::is_detached) {
             return Err(clone_error(DataCloneErrorKind::DetachedPort));
         }
         // 11: anything else the encoder could not clone.
-        encoded?;
+        encoded.map_err(clone_error)?;
         // A process-local port has no descriptors to send: refused before anything moves.
         if ports.iter().any(|p| p.port().link().is_some_and(|l| l.segment.fd().is_none())) {
             return Err(PostError::Transfer("a process-local port cannot leave its process".into()));
@@ -151,7 +177,7 @@ impl Outgoing {
         let source_channel = source.port().link().map(|l| l.segment.identity());
         let doomed =
             ports.iter().any(|p| p.port().link().is_some_and(|l| Some(l.segment.identity()) == source_channel));
-        let mut out = Outgoing::build(KIND_VALUE, &body, buffers, ports, max_inline)?;
+        let mut out = Outgoing::build(kind, &body, buffers, ports, max_inline)?;
         out.doomed = doomed;
         Ok(out)
     }
@@ -585,10 +611,12 @@ fn attachments(rx: &mut Rx, len: usize) -> Result<Incoming, RecvFail> {
     received.map_err(RecvFail::Message)
 }
 
-/// Turns the record just taken by `rx` into a `MessageEvent`.
+/// Turns the record just taken by `rx` into a `MessageEvent`. A record of bytes (raw,
+/// typed or plain-old-data) arrives as an `ArrayBuffer` of its bytes; one that also
+/// carries buffers (a typed message's) as an array of that buffer and them.
 pub(crate) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Result<MessageEvent, RecvFail> {
     let fail = |reason| RecvFail::Message(MessageError::new(reason));
-    if kind != KIND_BYTES && kind != KIND_VALUE {
+    if !matches!(kind, KIND_BYTES | KIND_VALUE | KIND_TYPED | KIND_POD) {
         if flags & FLAG_ATTACHMENTS != 0 {
             drop(attachments(rx, len));
         }
@@ -596,38 +624,63 @@ pub(crate) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Re
     }
     let Some(incoming) = (flags & FLAG_ATTACHMENTS != 0).then(|| attachments(rx, len)).transpose()? else {
         let body = rx.payload(len);
-        return match kind {
-            KIND_BYTES => {
-                let buffer = ArrayBuffer::from_slice(body).map_err(|_| fail("out of memory for the message"))?;
-                Ok(MessageEvent { data: Value::ArrayBuffer(buffer), ports: Vec::new() })
-            }
-            _ => {
-                Ok(MessageEvent { data: codec::decode(body, &[], &[]).map_err(RecvFail::Message)?, ports: Vec::new() })
-            }
+        let data = match kind {
+            KIND_VALUE => codec::decode(body, &[], &[]).map_err(RecvFail::Message)?,
+            _ => Value::ArrayBuffer(ArrayBuffer::from_slice(body).map_err(|_| fail("out of memory for the message"))?),
         };
+        return Ok(MessageEvent { data, ports: Vec::new() });
     };
     let Incoming { buffers, ports, spilled, body_at } = incoming;
-    match (kind, spilled) {
-        // A large byte message arrives as the very pages it was written to: no copy.
-        (KIND_BYTES, Some((chunk, len))) => {
-            Ok(MessageEvent { data: Value::ArrayBuffer(ArrayBuffer::from_parts(Some(chunk), len)), ports: Vec::new() })
-        }
-        (KIND_BYTES, None) => {
-            let buffer = ArrayBuffer::from_slice(&rx.payload(len)[body_at..])
-                .map_err(|_| fail("out of memory for the message"))?;
-            Ok(MessageEvent { data: Value::ArrayBuffer(buffer), ports: Vec::new() })
-        }
-        (_, Some((chunk, body_len))) => {
-            let body = copy_spilled(&chunk, body_len).map_err(fail)?;
-            drop(chunk);
-            let data = codec::decode(&body, &buffers, &ports).map_err(RecvFail::Message)?;
-            Ok(MessageEvent { data, ports })
-        }
-        (_, None) => {
-            let data = codec::decode(&rx.payload(len)[body_at..], &buffers, &ports).map_err(RecvFail::Message)?;
-            Ok(MessageEvent { data, ports })
-        }
+    if kind == KIND_VALUE {
+        let data = match spilled {
+            Some((chunk, body_len)) => {
+                let body = copy_spilled(&chunk, body_len).map_err(fail)?;
+                drop(chunk);
+                codec::decode(&body, &buffers, &ports)
+            }
+            None => codec::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+        };
+        return Ok(MessageEvent { data: data.map_err(RecvFail::Message)?, ports });
     }
+    let body = match spilled {
+        // A large body arrives as the very pages it was written to: no copy.
+        Some((chunk, len)) => ArrayBuffer::from_parts(Some(chunk), len),
+        None => {
+            ArrayBuffer::from_slice(&rx.payload(len)[body_at..]).map_err(|_| fail("out of memory for the message"))?
+        }
+    };
+    let data = if buffers.is_empty() {
+        Value::ArrayBuffer(body)
+    } else {
+        Value::Array(std::iter::once(body).chain(buffers).map(Value::ArrayBuffer).collect())
+    };
+    Ok(MessageEvent { data, ports })
+}
+
+/// Receives what the typed record just taken by `rx` carries and decodes its value
+/// as a `T`.
+pub(crate) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usize) -> Result<T, RecvFail> {
+    let Incoming { buffers, ports, spilled, body_at } = attachments(rx, len)?;
+    let value = match spilled {
+        Some((chunk, body_len)) => {
+            let body = copy_spilled(&chunk, body_len).map_err(|why| RecvFail::Message(MessageError::new(why)))?;
+            drop(chunk);
+            crate::typed::decode(&body, &buffers, &ports)
+        }
+        None => crate::typed::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+    };
+    value.map_err(RecvFail::Message)
+}
+
+/// Where the body of an attachment record starts in its payload, and how many buffers
+/// and ports it carries; `None` if the body is out of line (or the table is malformed:
+/// receiving it will say so).
+pub(crate) fn inline_body(payload: &[u8]) -> Option<(usize, usize, usize)> {
+    let mut r = Reader { bytes: payload, at: 0 };
+    let (_fds, n_buffers, n_ports, spilled) = (r.u32().ok()?, r.u32().ok()?, r.u32().ok()?, r.u32().ok()?);
+    let entries = (BUFFER_ENTRY as u64) * u64::from(n_buffers) + (PORT_ENTRY as u64) * u64::from(n_ports);
+    let at = TABLE as u64 + entries;
+    (spilled == 0 && at <= payload.len() as u64).then_some((at as usize, n_buffers as usize, n_ports as usize))
 }
 
 /// The body of the record just taken by `rx`, for `recv_bytes_with`: inline bytes, or
