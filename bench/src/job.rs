@@ -22,10 +22,14 @@ pub enum Workload {
     /// Round trips of one buffer: moved by shmport (its pages change hands), copied
     /// by the others.
     Transfer,
+    /// Round trips of a serde struct holding a byte vector (`post_typed` /
+    /// `recv_typed`); the others send the raw bytes.
+    Typed,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [Workload::Rtt, Workload::Stream, Workload::RttSleep, Workload::Transfer];
+    pub const ALL: [Workload; 5] =
+        [Workload::Rtt, Workload::Stream, Workload::RttSleep, Workload::Transfer, Workload::Typed];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,6 +37,7 @@ impl Workload {
             Workload::Stream => "stream",
             Workload::RttSleep => "rtt-sleep",
             Workload::Transfer => "transfer",
+            Workload::Typed => "typed",
         }
     }
 

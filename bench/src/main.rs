@@ -101,6 +101,20 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
                 Some((size, warmup, iters, 1))
             })
             .collect(),
+        Workload::Typed => [64, 64 << 10, 1 << 20]
+            .into_iter()
+            .map(|size| {
+                let iters = match (size, q) {
+                    (..=1024, false) => 50_000,
+                    (..=65536, false) => 10_000,
+                    (_, false) => 1_000,
+                    (..=1024, true) => 500,
+                    (..=65536, true) => 100,
+                    (_, true) => 20,
+                };
+                (size, (iters / 10).max(10), iters, 1)
+            })
+            .collect(),
     }
 }
 

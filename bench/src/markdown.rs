@@ -92,6 +92,7 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
         ),
         Workload::Stream => writeln!(s, "## stream: one-way throughput\n"),
         Workload::Transfer => writeln!(s, "## transfer: buffer transfer round trip\n"),
+        Workload::Typed => writeln!(s, "## typed: round trip of a serde struct holding N bytes\n"),
     };
     if latency {
         let _ = writeln!(s, "| size | transport | median | p99 | p99.9 | ratio vs unix | ratio vs raw-ring |");
@@ -124,6 +125,15 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
         }
     }
     let _ = writeln!(s);
+    if workload == Workload::Typed {
+        let _ = writeln!(
+            s,
+            "shmport posts `struct Frame {{ id: u64, data: Vec<u8> }}` with N bytes of data by `post_typed` and \
+             reads it with `recv_typed` (each side serializes, copies through the ring or shared pages, and \
+             deserializes into a new `Vec`); unix and raw-ring send the N raw bytes, as in rtt: the cost of \
+             moving the bytes without serde.\n"
+        );
+    }
     if workload == Workload::Transfer {
         let _ = writeln!(
             s,

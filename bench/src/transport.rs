@@ -84,6 +84,8 @@ impl Connect for Transport {
             // Byte messages: revocation changes nothing, so shmport-norevoke would
             // only repeat shmport.
             Workload::Rtt | Workload::Stream | Workload::RttSleep => self != Transport::ShmportNorevoke,
+            // shmport serializes; unix and raw-ring move the raw bytes, to compare.
+            Workload::Typed => matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing),
             // shmport moves the buffer; unix and raw-ring are the copying baselines.
             Workload::Transfer => {
                 matches!(self, Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing)
@@ -356,6 +358,7 @@ mod tests {
             Transport::ALL.iter().filter(|t| t.applies_to(w)).map(|t| t.name()).collect()
         };
         assert_eq!(over(Workload::Transfer), ["shmport", "shmport-norevoke", "unix", "raw-ring"]);
+        assert_eq!(over(Workload::Typed), ["shmport", "unix", "raw-ring"]);
         for w in [Workload::Rtt, Workload::Stream, Workload::RttSleep] {
             assert_eq!(over(w), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring"], "{w}");
         }

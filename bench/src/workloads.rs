@@ -3,6 +3,7 @@
 //! that the other side checks.
 
 mod transfer;
+mod typed;
 
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,7 @@ fn measure<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
         Workload::RttSleep => rtt_parent(link, job, Some(SLEEP_BETWEEN)),
         Workload::Stream => stream_parent(link, job),
         Workload::Transfer => transfer::parent(link, job),
+        Workload::Typed => typed::parent(link, job),
     }
 }
 
@@ -92,6 +94,7 @@ pub fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
         Workload::Rtt | Workload::RttSleep => rtt_child(link, job),
         Workload::Stream => stream_child(link, job),
         Workload::Transfer => transfer::child(link, job),
+        Workload::Typed => typed::child(link, job),
     }
 }
 

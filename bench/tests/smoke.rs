@@ -17,15 +17,16 @@ fn quick_run_reports_every_measurement() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for heading in ["## rtt:", "## stream:", "## rtt-sleep:", "## transfer: buffer transfer round trip"] {
+    for heading in ["## rtt:", "## stream:", "## rtt-sleep:", "## transfer: buffer transfer round trip", "## typed:"] {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
     // shmport, unix, pipe, raw-ring × (5 rtt sizes + 3 stream sizes + 1 rtt-sleep size),
     // then shmport, shmport-norevoke, unix, raw-ring × 4 transfer sizes (4 KiB to
-    // 64 MiB: --quick leaves out 1 GiB). shmport-norevoke runs the transfer workload only.
-    assert_eq!(results.len(), 36 + 16);
+    // 64 MiB: --quick leaves out 1 GiB), then shmport, unix, raw-ring × 3 typed sizes.
+    // shmport-norevoke runs the transfer workload only.
+    assert_eq!(results.len(), 36 + 16 + 9);
     for r in results {
         let status = r["status"].as_str().unwrap();
         assert!(status == "ok" || status.starts_with("n/a"), "{r}");

@@ -46,7 +46,7 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
         (Workload::Rtt, true) => vec![(64, 200, 2_000, 1), (1024, 200, 2_000, 1)],
         (Workload::Stream, false) => vec![(64, 50_000, 200_000, 5)],
         (Workload::Stream, true) => vec![(64, 500, 2_000, 3)],
-        (Workload::RttSleep | Workload::Transfer, _) => Vec::new(),
+        (Workload::RttSleep | Workload::Transfer | Workload::Typed, _) => Vec::new(),
     }
 }
 

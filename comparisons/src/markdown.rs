@@ -75,7 +75,7 @@ pub fn tables(workload: Workload, results: &[Measurement<Transport>], repeat: us
                 let _ = writeln!(s, "| transport | msgs/s | min | max | MB/s | msgs/s / shmport's |");
                 let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
             }
-            Workload::RttSleep | Workload::Transfer => return None,
+            Workload::RttSleep | Workload::Transfer | Workload::Typed => return None,
         }
         for m in rows {
             let _ = writeln!(s, "{}", row(m, reference));
