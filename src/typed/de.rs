@@ -42,36 +42,73 @@ impl<'de, 'a, 'c> Deserializer<'de, 'a, 'c> {
         Ok(self.take(1)?[0])
     }
 
-    /// A LEB128 varint of at most `bits` bits (padded encodings are accepted).
-    fn varint(&mut self, bits: u32) -> Result<u128, Error> {
-        let mut v: u128 = 0;
-        let max_bytes = bits.div_ceil(7).max(10);
-        for i in 0..max_bytes {
-            let b = self.byte()?;
-            let (part, shift) = (u128::from(b & 0x7f), 7 * i);
-            if shift >= 128 || (shift > 121 && part >> (128 - shift) != 0) {
-                if part != 0 {
-                    return Err(Error::decode(reason::VARINT));
-                }
-            } else {
-                v |= part << shift;
+    /// A LEB128 varint of at most `bits` (<= 64) bits.
+    #[inline]
+    fn varint(&mut self, bits: u32) -> Result<u64, Error> {
+        // Most integers of a message are below 128: one byte.
+        if let Some(&b) = self.input.get(self.at)
+            && b < 0x80
+        {
+            self.at += 1;
+            return Ok(u64::from(b));
+        }
+        let v = self.varint64_slow()?;
+        if bits < 64 && v >> bits != 0 { Err(Error::decode(reason::VARINT)) } else { Ok(v) }
+    }
+
+    /// As `varint_slow(10)`, in 64 bits.
+    fn varint64_slow(&mut self) -> Result<u64, Error> {
+        let rest = &self.input[self.at..];
+        let mut v = 0u64;
+        for i in 0..10 {
+            let Some(&b) = rest.get(i) else { return Err(Error::decode(reason::TRUNCATED)) };
+            let part = u64::from(b & 0x7f);
+            if i == 9 && part > 1 {
+                return Err(Error::decode(reason::VARINT));
             }
+            v |= part << (7 * i);
             if b & 0x80 == 0 {
-                return if bits < 128 && v >> bits != 0 { Err(Error::decode(reason::VARINT)) } else { Ok(v) };
+                self.at += i + 1;
+                return Ok(v);
             }
         }
         Err(Error::decode(reason::VARINT))
     }
 
+    /// A LEB128 varint of up to 128 bits.
+    fn varint128(&mut self) -> Result<u128, Error> {
+        self.varint_slow(19)
+    }
+
+    /// A varint of at most `most` bytes (padded encodings, see `ser::PADDED_LEN`, are
+    /// accepted), with no bit beyond the 128th.
+    fn varint_slow(&mut self, most: usize) -> Result<u128, Error> {
+        let rest = &self.input[self.at..];
+        let mut v: u128 = 0;
+        for (i, &b) in rest.iter().take(most).enumerate() {
+            let (part, shift) = (u128::from(b & 0x7f), 7 * i as u32);
+            if shift < 128 && (shift <= 121 || part >> (128 - shift) == 0) {
+                v |= part << shift;
+            } else if part != 0 {
+                return Err(Error::decode(reason::VARINT));
+            }
+            if b & 0x80 == 0 {
+                self.at += i + 1;
+                return Ok(v);
+            }
+        }
+        Err(Error::decode(if rest.len() < most { reason::TRUNCATED } else { reason::VARINT }))
+    }
+
     fn signed(&mut self, bits: u32) -> Result<i128, Error> {
-        let v = self.varint(bits)?;
+        let v = if bits > 64 { self.varint128()? } else { u128::from(self.varint(bits)?) };
         Ok((v >> 1) as i128 ^ -((v & 1) as i128))
     }
 
     /// A length of bytes that follow: at most what is left.
     pub(super) fn len(&mut self) -> Result<usize, Error> {
         let n = self.varint(64)?;
-        if n > self.left() as u128 {
+        if n > self.left() as u64 {
             return Err(Error::decode(reason::TRUNCATED));
         }
         Ok(n as usize)
@@ -80,7 +117,7 @@ impl<'de, 'a, 'c> Deserializer<'de, 'a, 'c> {
     /// A count of sequence or map items, charged to the budget.
     fn count(&mut self) -> Result<usize, Error> {
         let n = self.varint(64)?;
-        if n > self.budget as u128 {
+        if n > self.budget as u64 {
             return Err(Error::decode(reason::TOO_MANY_ITEMS));
         }
         self.budget -= n as usize;
@@ -216,7 +253,10 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de, '_, '_> {
         visitor.visit_i8(self.byte()? as i8)
     }
     unsigned!(deserialize_u16: visit_u16 u16, 16; deserialize_u32: visit_u32 u32, 32;
-        deserialize_u64: visit_u64 u64, 64; deserialize_u128: visit_u128 u128, 128);
+        deserialize_u64: visit_u64 u64, 64);
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_u128(self.varint128()?)
+    }
     signed!(deserialize_i16: visit_i16 i16, 16; deserialize_i32: visit_i32 i32, 32;
         deserialize_i64: visit_i64 i64, 64; deserialize_i128: visit_i128 i128, 128);
     fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {

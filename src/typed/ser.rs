@@ -10,7 +10,16 @@ pub(super) struct Serializer<'a, 'c> {
     pub(super) ctx: &'a mut Outbound<'c>,
 }
 
-pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u128) {
+#[inline]
+pub(super) fn put_varint(out: &mut Vec<u8>, v: u128) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        put_varint_slow(out, v);
+    }
+}
+
+fn put_varint_slow(out: &mut Vec<u8>, mut v: u128) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
