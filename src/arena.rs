@@ -341,14 +341,18 @@ impl Chunk {
     pub(crate) fn send(self, revoke: bool) -> SentChunk {
         let me = my_pid();
         let state = self.segment.state(self.index);
-        let _ = state.compare_exchange(
-            pack(self.generation, TAG_HELD, me),
-            pack(self.generation, TAG_SENT, me),
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
         {
+            // The state word and our busy mark change together, under the bookkeeping
+            // lock (see `Drop`): no thread of ours can see the one without the other.
             let mut local = lock(&self.segment.local);
+            // SYNC: chunk transfer. Release: our writes to the pages are visible to the
+            // receiver that takes the chunk (its Acquire load in `receive`).
+            let _ = state.compare_exchange(
+                pack(self.generation, TAG_HELD, me),
+                pack(self.generation, TAG_SENT, me),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
             local[self.index as usize].busy = false;
             if revoke {
                 // A failed mprotect leaves the view open: Rust-level detachment still holds.
@@ -364,15 +368,23 @@ impl Chunk {
 impl Drop for Chunk {
     fn drop(&mut self) {
         let me = my_pid();
+        // Our busy mark is cleared in the same critical section as the state word goes
+        // FREE. The moment it is FREE, its owner may hand the chunk out again and send
+        // it to another thread of this process, whose `receive` takes this lock: it
+        // must never find the chunk FREE-and-resent in shared memory but still busy
+        // here (it would refuse an honest message as naming pages we hold). The mark
+        // cannot be cleared first either: `receive` would then take a chunk this
+        // buffer still holds if a peer forged its state word back to SENT.
+        let mut local = lock(&self.segment.local);
         // SYNC: chunk release. Release: our writes to the pages happen before the owner
-        // hands them out again.
+        // hands them out again (its Acquire load in `take_free`).
         let _ = self.segment.state(self.index).compare_exchange(
             pack(self.generation, TAG_HELD, me),
             pack(self.generation, TAG_FREE, 0),
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
-        lock(&self.segment.local)[self.index as usize].busy = false;
+        local[self.index as usize].busy = false;
     }
 }
 
@@ -676,6 +688,60 @@ mod tests {
         let fd = platform::memfd_create_sealed("not-an-arena", 1 << 20).unwrap();
         let identity = platform::file_identity(fd.as_fd()).unwrap();
         assert_eq!(ArenaSegment::open(fd, identity).err(), Some("not an arena"));
+    }
+
+    /// A segment of 8 KiB chunks that no other test allocates from, and a second
+    /// mapping of it, as a receiving process has.
+    fn private_segment_and_view() -> (Arc<ArenaSegment>, Arc<ArenaSegment>) {
+        let owner = Arc::new(ArenaSegment::create(13).unwrap());
+        let fd = platform::dup_fd(owner.fd()).unwrap();
+        let view = Arc::new(ArenaSegment::open(fd, owner.identity).unwrap());
+        (owner, view)
+    }
+
+    /// The handoff of bug 4: a receiving process drops a buffer; the moment its chunk
+    /// is FREE, the owner may reuse it and send it to another thread of that process.
+    /// That thread's `receive` (which takes the bookkeeping lock) must never find the
+    /// chunk FREE in shared memory while this process still marks it busy.
+    #[test]
+    fn a_dropped_chunk_is_never_free_in_shared_memory_while_still_marked_busy_here() {
+        let (owner, view) = private_segment_and_view();
+        let (chunk, _) = take_free(&owner).unwrap().unwrap();
+        let d = chunk.descriptor();
+        let _sent = chunk.send(false);
+        let received = receive(view.clone(), d).unwrap();
+        // Another thread of the receiving process holds the bookkeeping lock (as its
+        // `receive` would) while this buffer drops.
+        let guard = lock(&view.local);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let dropper = std::thread::spawn({
+            let barrier = barrier.clone();
+            move || {
+                barrier.wait();
+                drop(received);
+            }
+        });
+        barrier.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut freed_while_busy = false;
+        while std::time::Instant::now() < deadline {
+            let (_, tag, _) = unpack(view.state(d.chunk).load(Ordering::Acquire));
+            if tag == TAG_FREE {
+                freed_while_busy = guard[d.chunk as usize].busy;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        drop(guard);
+        dropper.join().unwrap();
+        assert!(!freed_while_busy, "the chunk was FREE in shared memory while still marked busy here");
+        // The owner reuses the chunk and sends it again; another thread takes it.
+        let (again, _) = take_free(&owner).unwrap().unwrap();
+        assert_eq!(again.index, d.chunk);
+        let d2 = again.descriptor();
+        let _sent = again.send(false);
+        let taken = std::thread::spawn(move || receive(view, d2).map(drop)).join().unwrap();
+        assert_eq!(taken, Ok(()));
     }
 
     /// The kernel mappings (VMAs) inside `segment`, from /proc/self/maps.
