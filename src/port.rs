@@ -274,8 +274,8 @@ struct Tx {
     /// Chunks posted and not yet known to be received, with the ring position the
     /// consumer must pass to have read them.
     in_flight: VecDeque<(u64, Vec<SentChunk>)>,
-    /// When a liveness check last ran, and the peer's index then.
-    last_liveness_check: (Instant, u64),
+    /// When the peer's index was seen to move, for non-blocking calls' liveness checks.
+    liveness: Liveness,
     spin: SpinEstimate,
 }
 
@@ -285,7 +285,7 @@ impl Tx {
             link,
             producer,
             in_flight: VecDeque::new(),
-            last_liveness_check: (Instant::now(), 0),
+            liveness: Liveness::new(),
             spin: SpinEstimate::default(),
         }
     }
@@ -293,7 +293,17 @@ impl Tx {
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
     fn liveness_due(&mut self) -> Check {
         let progress = self.producer.seen_head();
-        due(&mut self.last_liveness_check, progress)
+        self.liveness.due(progress)
+    }
+
+    /// After a record was written: if writing it re-read the consumer's `head` and
+    /// found it moved, that is a look at a live peer (the clock is read only then, once
+    /// per refill of the cached `head`, not per message).
+    fn note_progress(&mut self) {
+        let progress = self.producer.seen_head();
+        if progress != self.liveness.seen {
+            self.liveness.saw(progress, Instant::now());
+        }
     }
 
     /// Forgets posted chunks the consumer has read; if the peer is gone, gives back
@@ -335,8 +345,8 @@ pub(crate) struct Rx {
 
     /// The peer was seen gone and the ring drained: `Closed` from now on.
     finished: bool,
-    /// When a liveness check last ran, and the peer's index then.
-    last_liveness_check: (Instant, u64),
+    /// When the peer's index was seen to move, for non-blocking calls' liveness checks.
+    liveness: Liveness,
     spin: SpinEstimate,
 }
 
@@ -351,7 +361,7 @@ impl Rx {
             record_start: 0,
 
             finished: false,
-            last_liveness_check: (Instant::now(), 0),
+            liveness: Liveness::new(),
             spin: SpinEstimate::default(),
         }
     }
@@ -406,7 +416,7 @@ impl Rx {
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
     fn liveness_due(&mut self) -> Check {
         let progress = self.consumer.seen_tail();
-        due(&mut self.last_liveness_check, progress)
+        self.liveness.due(progress)
     }
 
     /// The payload of the record `take` returned last.
@@ -514,18 +524,52 @@ impl Rx {
     }
 }
 
-/// `Slow` if the last slow check is at least a slice old (and restarts the clock).
+/// What a half's non-blocking calls have seen of the peer's index, to decide when they
+/// must make the slow (syscall) liveness check.
 ///
-/// A peer that moved its index since the last check is alive: then the check is
-/// skipped, so a `try_` call beside a working peer never makes a syscall.
-fn due(last: &mut (Instant, u64), progress: u64) -> Check {
-    let now = Instant::now();
-    if now.duration_since(last.0) < SLICE {
-        return Check::Fast;
+/// The check is skipped while the peer visibly made progress within the last slice,
+/// so `try_` calls beside a working peer make no syscall. "Within the last slice"
+/// is what matters: a move is dated to the look *before* the one that saw it (it
+/// happened some time after that look), never to the look that noticed it. Dating it
+/// to the check before (which can be as old as the port) made a reader that read a
+/// little, stopped and died look alive to the first `try_` call after its death.
+#[derive(Clone, Copy)]
+struct Liveness {
+    /// The last slow check (at most one per slice).
+    checked: Instant,
+    /// The last look at the peer's index, and the index then.
+    looked: Instant,
+    seen: u64,
+    /// The peer was alive at this instant or later (it moved its index after it).
+    alive_after: Instant,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        let now = Instant::now();
+        Liveness { checked: now, looked: now, seen: 0, alive_after: now }
     }
-    let moved = progress != last.1;
-    *last = (now, progress);
-    if moved { Check::Fast } else { Check::Slow }
+
+    /// A look at the peer's index at `now`.
+    fn saw(&mut self, progress: u64, now: Instant) {
+        if progress != self.seen {
+            self.seen = progress;
+            self.alive_after = self.looked;
+        }
+        self.looked = now;
+    }
+
+    /// `Slow` if no slow check ran in the last slice and the peer was not seen to make
+    /// progress in it.
+    fn due(&mut self, progress: u64) -> Check {
+        let now = Instant::now();
+        self.saw(progress, now);
+        if now.duration_since(self.checked) < SLICE || now.duration_since(self.alive_after) < SLICE {
+            return Check::Fast;
+        }
+        self.checked = now;
+        Check::Slow
+    }
 }
 
 /// How long a call may wait.
@@ -638,7 +682,10 @@ impl Port {
             return Ok(Pushed::PeerGone);
         }
         match tx.producer.try_push(kind, flags, parts) {
-            Ok(()) => return Ok(Pushed::Written),
+            Ok(()) => {
+                tx.note_progress();
+                return Ok(Pushed::Written);
+            }
             Err(PushError::Full) => {}
             Err(e) => return Err(push_error(e, parts, &tx.producer)),
         }
