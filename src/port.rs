@@ -274,6 +274,8 @@ struct Tx {
     /// Chunks posted and not yet known to be received, with the ring position the
     /// consumer must pass to have read them.
     in_flight: VecDeque<(u64, Vec<SentChunk>)>,
+    /// The consumer's `head` was found corrupt: this direction is broken for good.
+    broken: Option<&'static str>,
     /// When the peer's index was seen to move, for non-blocking calls' liveness checks.
     liveness: Liveness,
     spin: SpinEstimate,
@@ -285,6 +287,7 @@ impl Tx {
             link,
             producer,
             in_flight: VecDeque::new(),
+            broken: None,
             liveness: Liveness::new(),
             spin: SpinEstimate::default(),
         }
@@ -307,19 +310,43 @@ impl Tx {
     }
 
     /// Forgets posted chunks the consumer has read; if the peer is gone, gives back
-    /// those it never will.
+    /// all the others, whatever its `head` says (it will never read them, and a dead
+    /// peer may have left anything there). If the peer is alive but its `head` is
+    /// corrupt, the direction is broken (see `break_off`).
     fn settle_in_flight(&mut self, peer_gone: bool) {
         if self.in_flight.is_empty() {
             return;
         }
-        let Ok(head) = self.producer.consumed() else { return };
-        while self.in_flight.front().is_some_and(|(end, _)| *end <= head) {
-            self.in_flight.pop_front();
-        }
-        if peer_gone {
-            for (_, chunks) in self.in_flight.drain(..) {
-                chunks.iter().for_each(SentChunk::reclaim);
+        if !peer_gone {
+            match self.producer.consumed() {
+                Ok(head) => {
+                    while self.in_flight.front().is_some_and(|(end, _)| *end <= head) {
+                        self.in_flight.pop_front();
+                    }
+                    return;
+                }
+                Err(Corrupt(reason)) => return self.break_off(reason),
             }
+        }
+        self.reclaim_in_flight();
+    }
+
+    /// The consumer's `head` is corrupt: which records it read can no longer be known,
+    /// and the direction is broken for good (every later post fails with `Broken`).
+    /// Every chunk in flight is given back now: one the peer took is `HELD` by it and
+    /// stays so (the give-back only moves `SENT(me)` of the same generation), one it
+    /// did not take can no longer be taken (its receipt fails as stale). A peer that
+    /// broke the ring loses at most messages it had not read; we lose no chunk.
+    fn break_off(&mut self, reason: &'static str) {
+        self.broken = Some(reason);
+        self.reclaim_in_flight();
+    }
+
+    /// Gives back every chunk in flight (`SENT(me) → FREE`; harmless for the ones the
+    /// peer took).
+    fn reclaim_in_flight(&mut self) {
+        for (_, chunks) in self.in_flight.drain(..) {
+            chunks.iter().for_each(SentChunk::reclaim);
         }
     }
 
@@ -670,6 +697,7 @@ impl Port {
     }
 
     /// Writes one record, waiting for space as `mode` allows, without publishing it.
+    /// A corrupt consumer index breaks the direction for good (`Tx::break_off`).
     fn push_waiting(
         &self,
         tx: &mut Tx,
@@ -681,6 +709,25 @@ impl Port {
         if tx.link.peer_closed() {
             return Ok(Pushed::PeerGone);
         }
+        if let Some(reason) = tx.broken {
+            return Err(PostError::Broken(reason));
+        }
+        let pushed = self.push_record(tx, kind, flags, parts, mode);
+        if let Err(PostError::Broken(reason)) = pushed {
+            tx.break_off(reason);
+        }
+        pushed
+    }
+
+    /// The body of `push_waiting`.
+    fn push_record(
+        &self,
+        tx: &mut Tx,
+        kind: u16,
+        flags: u16,
+        parts: &[&[u8]],
+        mode: Mode,
+    ) -> Result<Pushed, PostError> {
         match tx.producer.try_push(kind, flags, parts) {
             Ok(()) => {
                 tx.note_progress();
@@ -882,10 +929,10 @@ impl Port {
         drop(port_guards);
         let sent = outgoing.finish(detached, tx.link.segment.revokes());
         tx.publish_and_notify();
-        tx.settle_in_flight(false);
         if !sent.is_empty() {
             tx.in_flight.push_back((end, sent));
         }
+        tx.settle_in_flight(false);
         Ok(Attempt::Posted)
     }
 
