@@ -1,8 +1,12 @@
 //! Shared pages for `ArrayBuffer`s, and for messages too large for a ring.
 //!
 //! Each process owns an *arena*: memfd segments, one size class per segment (a power of
-//! two from 4 KiB up), each holding `max(1, 4 MiB / size)` chunks. A segment starts
-//! with a metadata page: a header, then one state word per chunk:
+//! two from 4 KiB up), each holding `max(1, 4 MiB / size)` chunks. The memfd's name
+//! says the layout version and the size class (`shmport-arena.3.20`: version 3, 1 MiB
+//! chunks); with the segment's sealed size, that is all a process mapping a peer's
+//! segment trusts about it, because nobody can change either once the segment exists.
+//! A segment starts with a metadata page: 64 reserved bytes, then one state word per
+//! chunk:
 //!
 //! ```text
 //! state = generation (32 bits) | tag (2 bits) | pid (30 bits)
@@ -38,20 +42,28 @@
 //! The peer is untrusted: the owner reuses a chunk only if the state word holds exactly
 //! `FREE` and its own records agree it does not hold the chunk, so a forged state word
 //! can make a chunk leak, never make two live buffers of this process share pages.
+//! Nothing else in the segment is read by anyone: a peer that was given pages of it can
+//! write anywhere in it (the metadata page included), and what it writes must not stop
+//! a third process from mapping the segment (so there is no in-segment header to
+//! validate: the name and the sealed size stand in for it).
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use memmap2::MmapRaw;
 
 use crate::platform;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"SHMARENA");
-const VERSION: u32 = 2;
+/// The memfd name of every arena segment starts with this; the layout version and the
+/// size class follow (see `segment_name`).
+const NAME_PREFIX: &str = "shmport-arena.";
+/// The layout version, in the name. 3: the layout is described by the name and the
+/// sealed size only (2 had an in-segment header, which any receiver could overwrite).
+const VERSION: u32 = 3;
 /// The smallest chunk: 4 KiB, or the page size if larger (16 KiB and 64 KiB pages on
 /// some aarch64 systems), so revoking one chunk never touches a neighbour's page.
 fn min_shift() -> u32 {
@@ -61,7 +73,7 @@ fn min_shift() -> u32 {
 const MAX_SHIFT: u32 = 36;
 /// Segments of small classes hold this many bytes of chunks.
 const SEGMENT_BYTES: usize = 4 << 20;
-/// Header bytes before the state words.
+/// Reserved bytes before the state words (nobody reads them).
 const HEADER_BYTES: usize = 64;
 /// Segments with at most this many chunks map each chunk as a VMA of its own.
 const SEPARATE_VMAS_UP_TO: u32 = 64;
@@ -100,20 +112,29 @@ pub(crate) fn my_pid() -> u32 {
     *PID.get_or_init(platform::current_pid)
 }
 
-/// The first bytes of an arena segment. All atomics: the peer can write them; a
-/// mapper reads them once, validates them and keeps its own copy.
-#[repr(C)]
-struct Header {
-    magic: AtomicU64,
-    version: AtomicU32,
-    chunk_shift: AtomicU32,
-    chunk_count: AtomicU32,
-    initialised: AtomicU32,
-    data_offset: AtomicU64,
-    total_len: AtomicU64,
+/// The memfd name of a segment of chunks of `1 << chunk_shift` bytes.
+fn segment_name(chunk_shift: u32) -> String {
+    format!("{NAME_PREFIX}{VERSION}.{chunk_shift}")
 }
 
-const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_BYTES);
+/// The size class a segment's memfd name declares, if it is an arena segment of this
+/// layout version.
+fn class_from_name(name: &str) -> Result<u32, &'static str> {
+    let rest = name.strip_prefix(NAME_PREFIX).ok_or("not an arena")?;
+    let (version, shift) = rest.split_once('.').ok_or("not an arena")?;
+    if version != VERSION.to_string() {
+        return Err("incompatible arena version");
+    }
+    let shift: u32 = shift.parse().map_err(|_| "not an arena")?;
+    // Only the canonical spelling (no sign, no leading zeros, nothing after it).
+    if segment_name(shift) != name {
+        return Err("not an arena");
+    }
+    if !(min_shift()..=MAX_SHIFT).contains(&shift) {
+        return Err("arena chunk size out of range");
+    }
+    Ok(shift)
+}
 
 /// What this process knows of one chunk, apart from the shared state word.
 #[derive(Clone, Copy, Default)]
@@ -165,7 +186,7 @@ impl ArenaSegment {
     /// A new segment of this process's arena.
     fn create(chunk_shift: u32) -> io::Result<ArenaSegment> {
         let (count, data_offset, total) = Self::layout(chunk_shift);
-        let fd = platform::memfd_create_sealed("shmport-arena", total as u64)?;
+        let fd = platform::memfd_create_sealed(&segment_name(chunk_shift), total as u64)?;
         let map = platform::mmap_shared(fd.as_fd(), total)?;
         let identity = platform::file_identity(fd.as_fd())?;
         let segment = ArenaSegment {
@@ -180,60 +201,31 @@ impl ArenaSegment {
         };
         let mut segment = segment;
         segment.separate_chunk_mappings();
-        let h = segment.header();
-        h.magic.store(MAGIC, Ordering::Relaxed);
-        h.version.store(VERSION, Ordering::Relaxed);
-        h.chunk_shift.store(chunk_shift, Ordering::Relaxed);
-        h.chunk_count.store(count, Ordering::Relaxed);
-        h.data_offset.store(data_offset as u64, Ordering::Relaxed);
-        h.total_len.store(total as u64, Ordering::Relaxed);
-        // SYNC: arena initialised.
-        h.initialised.store(1, Ordering::Release);
         Ok(segment)
     }
 
-    /// Maps a peer's segment, validating its seals, size and header.
+    /// Maps a peer's segment, validating its name, seals and size: facts nobody can
+    /// change once the segment exists. Nothing inside the segment is consulted, since
+    /// every peer that was given pages of it can write there.
     fn open(fd: OwnedFd, identity: (u64, u64)) -> Result<ArenaSegment, &'static str> {
+        let name = platform::memfd_name(fd.as_fd()).map_err(|_| "arena is not a memfd")?;
+        let shift = class_from_name(&name)?;
         let len = platform::sealed_len(fd.as_fd()).map_err(|_| "arena is not a sealed memfd")?;
-        let page = platform::page_size().max(4096) as u64;
-        if len < page || len > (1u64 << MAX_SHIFT) + (1 << 24) {
-            return Err("arena size out of range");
+        let (count, data_offset, total) = Self::layout(shift);
+        if total as u64 != len {
+            return Err("arena size does not match its size class");
         }
-        let map = platform::mmap_shared(fd.as_fd(), len as usize).map_err(|_| "arena cannot be mapped")?;
+        let map = platform::mmap_shared(fd.as_fd(), total).map_err(|_| "arena cannot be mapped")?;
         let mut segment = ArenaSegment {
             map,
             fd,
             identity,
-            chunk_shift: 0,
-            chunk_count: 0,
-            data_offset: 0,
-            local: Mutex::new(Vec::new()),
+            chunk_shift: shift,
+            chunk_count: count,
+            data_offset,
+            local: Mutex::new(vec![Local { open: true, busy: false, used: true }; count as usize]),
             separated: 0,
         };
-        let h = segment.header();
-        // SYNC: arena initialised.
-        if h.initialised.load(Ordering::Acquire) != 1 || h.magic.load(Ordering::Relaxed) != MAGIC {
-            return Err("not an arena");
-        }
-        if h.version.load(Ordering::Relaxed) != VERSION {
-            return Err("incompatible arena version");
-        }
-        let shift = h.chunk_shift.load(Ordering::Relaxed);
-        if !(min_shift()..=MAX_SHIFT).contains(&shift) {
-            return Err("arena chunk size out of range");
-        }
-        let (count, data_offset, total) = Self::layout(shift);
-        if h.chunk_count.load(Ordering::Relaxed) != count
-            || h.data_offset.load(Ordering::Relaxed) != data_offset as u64
-            || h.total_len.load(Ordering::Relaxed) != total as u64
-            || total as u64 != len
-        {
-            return Err("arena header does not match its size");
-        }
-        segment.chunk_shift = shift;
-        segment.chunk_count = count;
-        segment.data_offset = data_offset;
-        segment.local = Mutex::new(vec![Local { open: true, busy: false, used: true }; count as usize]);
         segment.separate_chunk_mappings();
         Ok(segment)
     }
@@ -261,11 +253,6 @@ impl ArenaSegment {
             // changes no contents.
             let _ = unsafe { platform::advise_random(self.chunk_ptr(index).as_ptr(), self.chunk_size()) };
         }
-    }
-
-    fn header(&self) -> &Header {
-        // SAFETY: the mapping is at least one page (checked), and Header is atomics.
-        unsafe { &*self.map.as_mut_ptr().cast::<Header>() }
     }
 
     fn state(&self, index: u32) -> &AtomicU64 {
@@ -341,14 +328,18 @@ impl Chunk {
     pub(crate) fn send(self, revoke: bool) -> SentChunk {
         let me = my_pid();
         let state = self.segment.state(self.index);
-        let _ = state.compare_exchange(
-            pack(self.generation, TAG_HELD, me),
-            pack(self.generation, TAG_SENT, me),
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
         {
+            // The state word and our busy mark change together, under the bookkeeping
+            // lock (see `Drop`): no thread of ours can see the one without the other.
             let mut local = lock(&self.segment.local);
+            // SYNC: chunk transfer. Release: our writes to the pages are visible to the
+            // receiver that takes the chunk (its Acquire load in `receive`).
+            let _ = state.compare_exchange(
+                pack(self.generation, TAG_HELD, me),
+                pack(self.generation, TAG_SENT, me),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
             local[self.index as usize].busy = false;
             if revoke {
                 // A failed mprotect leaves the view open: Rust-level detachment still holds.
@@ -364,15 +355,23 @@ impl Chunk {
 impl Drop for Chunk {
     fn drop(&mut self) {
         let me = my_pid();
+        // Our busy mark is cleared in the same critical section as the state word goes
+        // FREE. The moment it is FREE, its owner may hand the chunk out again and send
+        // it to another thread of this process, whose `receive` takes this lock: it
+        // must never find the chunk FREE-and-resent in shared memory but still busy
+        // here (it would refuse an honest message as naming pages we hold). The mark
+        // cannot be cleared first either: `receive` would then take a chunk this
+        // buffer still holds if a peer forged its state word back to SENT.
+        let mut local = lock(&self.segment.local);
         // SYNC: chunk release. Release: our writes to the pages happen before the owner
-        // hands them out again.
+        // hands them out again (its Acquire load in `take_free`).
         let _ = self.segment.state(self.index).compare_exchange(
             pack(self.generation, TAG_HELD, me),
             pack(self.generation, TAG_FREE, 0),
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
-        lock(&self.segment.local)[self.index as usize].busy = false;
+        local[self.index as usize].busy = false;
     }
 }
 
@@ -676,6 +675,90 @@ mod tests {
         let fd = platform::memfd_create_sealed("not-an-arena", 1 << 20).unwrap();
         let identity = platform::file_identity(fd.as_fd()).unwrap();
         assert_eq!(ArenaSegment::open(fd, identity).err(), Some("not an arena"));
+        // Named as an arena, but of another size than its class has.
+        let fd = platform::memfd_create_sealed(&segment_name(20), 1 << 20).unwrap();
+        let identity = platform::file_identity(fd.as_fd()).unwrap();
+        assert_eq!(ArenaSegment::open(fd, identity).err(), Some("arena size does not match its size class"));
+        // Only the canonical name of a class of this version is an arena.
+        assert_eq!(class_from_name(&segment_name(20)), Ok(20));
+        assert_eq!(class_from_name("shmport-arena.3.020"), Err("not an arena"));
+        assert_eq!(class_from_name("shmport-arena.3.+20"), Err("not an arena"));
+        assert_eq!(class_from_name("shmport-arena.3.20 "), Err("not an arena"));
+        assert_eq!(class_from_name("shmport-arena.2.20"), Err("incompatible arena version"));
+        assert_eq!(class_from_name("shmport-arena.3.99"), Err("arena chunk size out of range"));
+    }
+
+    /// A segment of 8 KiB chunks that no other test allocates from, and a second
+    /// mapping of it, as a receiving process has.
+    fn private_segment_and_view() -> (Arc<ArenaSegment>, Arc<ArenaSegment>) {
+        let owner = Arc::new(ArenaSegment::create(13).unwrap());
+        let fd = platform::dup_fd(owner.fd()).unwrap();
+        let view = Arc::new(ArenaSegment::open(fd, owner.identity).unwrap());
+        (owner, view)
+    }
+
+    /// The handoff of bug 4: a receiving process drops a buffer; the moment its chunk
+    /// is FREE, the owner may reuse it and send it to another thread of that process.
+    /// That thread's `receive` (which takes the bookkeeping lock) must never find the
+    /// chunk FREE in shared memory while this process still marks it busy.
+    #[test]
+    fn a_dropped_chunk_is_never_free_in_shared_memory_while_still_marked_busy_here() {
+        let (owner, view) = private_segment_and_view();
+        let (chunk, _) = take_free(&owner).unwrap().unwrap();
+        let d = chunk.descriptor();
+        let _sent = chunk.send(false);
+        let received = receive(view.clone(), d).unwrap();
+        // Another thread of the receiving process holds the bookkeeping lock (as its
+        // `receive` would) while this buffer drops.
+        let guard = lock(&view.local);
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let dropper = std::thread::spawn({
+            let barrier = barrier.clone();
+            move || {
+                barrier.wait();
+                drop(received);
+            }
+        });
+        barrier.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut freed_while_busy = false;
+        while std::time::Instant::now() < deadline {
+            let (_, tag, _) = unpack(view.state(d.chunk).load(Ordering::Acquire));
+            if tag == TAG_FREE {
+                freed_while_busy = guard[d.chunk as usize].busy;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        drop(guard);
+        dropper.join().unwrap();
+        assert!(!freed_while_busy, "the chunk was FREE in shared memory while still marked busy here");
+        // The owner reuses the chunk and sends it again; another thread takes it.
+        let (again, _) = take_free(&owner).unwrap().unwrap();
+        assert_eq!(again.index, d.chunk);
+        let d2 = again.descriptor();
+        let _sent = again.send(false);
+        let taken = std::thread::spawn(move || receive(view, d2).map(drop)).join().unwrap();
+        assert_eq!(taken, Ok(()));
+    }
+
+    /// Bug 7: a peer that was given pages of a segment writes over its first bytes;
+    /// a third process that maps the segment afterwards still accepts it.
+    #[test]
+    fn a_peer_writing_over_the_start_of_a_segment_does_not_stop_others_mapping_it() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        let (owner, view) = private_segment_and_view();
+        let path = format!("/proc/self/fd/{}", view.fd().as_raw_fd());
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&[0xA5; HEADER_BYTES], 0).unwrap();
+        drop(view);
+        let (chunk, _) = take_free(&owner).unwrap().unwrap();
+        let d = chunk.descriptor();
+        let _sent = chunk.send(false);
+        let fd = platform::dup_fd(owner.fd()).unwrap();
+        let third = Arc::new(ArenaSegment::open(fd, owner.identity).expect("the segment still maps"));
+        receive(third, d).expect("and its chunks can still be received");
     }
 
     /// The kernel mappings (VMAs) inside `segment`, from /proc/self/maps.

@@ -277,8 +277,10 @@ struct Tx {
     /// Chunks posted and not yet known to be received, with the ring position the
     /// consumer must pass to have read them.
     in_flight: VecDeque<(u64, Vec<SentChunk>)>,
-    /// When a liveness check last ran, and the peer's index then.
-    last_liveness_check: (Instant, u64),
+    /// The consumer's `head` was found corrupt: this direction is broken for good.
+    broken: Option<&'static str>,
+    /// When the peer's index was seen to move, for non-blocking calls' liveness checks.
+    liveness: Liveness,
     spin: SpinEstimate,
 }
 
@@ -288,7 +290,8 @@ impl Tx {
             link,
             producer,
             in_flight: VecDeque::new(),
-            last_liveness_check: (Instant::now(), 0),
+            broken: None,
+            liveness: Liveness::new(),
             spin: SpinEstimate::default(),
         }
     }
@@ -296,23 +299,57 @@ impl Tx {
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
     fn liveness_due(&mut self) -> Check {
         let progress = self.producer.seen_head();
-        due(&mut self.last_liveness_check, progress)
+        self.liveness.due(progress)
+    }
+
+    /// After a record was written: if writing it re-read the consumer's `head` and
+    /// found it moved, that is a look at a live peer (the clock is read only then, once
+    /// per refill of the cached `head`, not per message).
+    fn note_progress(&mut self) {
+        let progress = self.producer.seen_head();
+        if progress != self.liveness.seen {
+            self.liveness.saw(progress, Instant::now());
+        }
     }
 
     /// Forgets posted chunks the consumer has read; if the peer is gone, gives back
-    /// those it never will.
+    /// all the others, whatever its `head` says (it will never read them, and a dead
+    /// peer may have left anything there). If the peer is alive but its `head` is
+    /// corrupt, the direction is broken (see `break_off`).
     fn settle_in_flight(&mut self, peer_gone: bool) {
         if self.in_flight.is_empty() {
             return;
         }
-        let Ok(head) = self.producer.consumed() else { return };
-        while self.in_flight.front().is_some_and(|(end, _)| *end <= head) {
-            self.in_flight.pop_front();
-        }
-        if peer_gone {
-            for (_, chunks) in self.in_flight.drain(..) {
-                chunks.iter().for_each(SentChunk::reclaim);
+        if !peer_gone {
+            match self.producer.consumed() {
+                Ok(head) => {
+                    while self.in_flight.front().is_some_and(|(end, _)| *end <= head) {
+                        self.in_flight.pop_front();
+                    }
+                    return;
+                }
+                Err(Corrupt(reason)) => return self.break_off(reason),
             }
+        }
+        self.reclaim_in_flight();
+    }
+
+    /// The consumer's `head` is corrupt: which records it read can no longer be known,
+    /// and the direction is broken for good (every later post fails with `Broken`).
+    /// Every chunk in flight is given back now: one the peer took is `HELD` by it and
+    /// stays so (the give-back only moves `SENT(me)` of the same generation), one it
+    /// did not take can no longer be taken (its receipt fails as stale). A peer that
+    /// broke the ring loses at most messages it had not read; we lose no chunk.
+    fn break_off(&mut self, reason: &'static str) {
+        self.broken = Some(reason);
+        self.reclaim_in_flight();
+    }
+
+    /// Gives back every chunk in flight (`SENT(me) → FREE`; harmless for the ones the
+    /// peer took).
+    fn reclaim_in_flight(&mut self) {
+        for (_, chunks) in self.in_flight.drain(..) {
+            chunks.iter().for_each(SentChunk::reclaim);
         }
     }
 
@@ -338,8 +375,8 @@ pub(crate) struct Rx {
 
     /// The peer was seen gone and the ring drained: `Closed` from now on.
     finished: bool,
-    /// When a liveness check last ran, and the peer's index then.
-    last_liveness_check: (Instant, u64),
+    /// When the peer's index was seen to move, for non-blocking calls' liveness checks.
+    liveness: Liveness,
     spin: SpinEstimate,
 }
 
@@ -354,7 +391,7 @@ impl Rx {
             record_start: 0,
 
             finished: false,
-            last_liveness_check: (Instant::now(), 0),
+            liveness: Liveness::new(),
             spin: SpinEstimate::default(),
         }
     }
@@ -409,7 +446,7 @@ impl Rx {
     /// Whether a slow (syscall) liveness check is due for a non-blocking call.
     fn liveness_due(&mut self) -> Check {
         let progress = self.consumer.seen_tail();
-        due(&mut self.last_liveness_check, progress)
+        self.liveness.due(progress)
     }
 
     /// The payload of the record `take` returned last.
@@ -585,18 +622,52 @@ impl Rx {
     }
 }
 
-/// `Slow` if the last slow check is at least a slice old (and restarts the clock).
+/// What a half's non-blocking calls have seen of the peer's index, to decide when they
+/// must make the slow (syscall) liveness check.
 ///
-/// A peer that moved its index since the last check is alive: then the check is
-/// skipped, so a `try_` call beside a working peer never makes a syscall.
-fn due(last: &mut (Instant, u64), progress: u64) -> Check {
-    let now = Instant::now();
-    if now.duration_since(last.0) < SLICE {
-        return Check::Fast;
+/// The check is skipped while the peer visibly made progress within the last slice,
+/// so `try_` calls beside a working peer make no syscall. "Within the last slice"
+/// is what matters: a move is dated to the look *before* the one that saw it (it
+/// happened some time after that look), never to the look that noticed it. Dating it
+/// to the check before (which can be as old as the port) made a reader that read a
+/// little, stopped and died look alive to the first `try_` call after its death.
+#[derive(Clone, Copy)]
+struct Liveness {
+    /// The last slow check (at most one per slice).
+    checked: Instant,
+    /// The last look at the peer's index, and the index then.
+    looked: Instant,
+    seen: u64,
+    /// The peer was alive at this instant or later (it moved its index after it).
+    alive_after: Instant,
+}
+
+impl Liveness {
+    fn new() -> Liveness {
+        let now = Instant::now();
+        Liveness { checked: now, looked: now, seen: 0, alive_after: now }
     }
-    let moved = progress != last.1;
-    *last = (now, progress);
-    if moved { Check::Fast } else { Check::Slow }
+
+    /// A look at the peer's index at `now`.
+    fn saw(&mut self, progress: u64, now: Instant) {
+        if progress != self.seen {
+            self.seen = progress;
+            self.alive_after = self.looked;
+        }
+        self.looked = now;
+    }
+
+    /// `Slow` if no slow check ran in the last slice and the peer was not seen to make
+    /// progress in it.
+    fn due(&mut self, progress: u64) -> Check {
+        let now = Instant::now();
+        self.saw(progress, now);
+        if now.duration_since(self.checked) < SLICE || now.duration_since(self.alive_after) < SLICE {
+            return Check::Fast;
+        }
+        self.checked = now;
+        Check::Slow
+    }
 }
 
 /// How long a call may wait.
@@ -710,6 +781,7 @@ impl Port {
     }
 
     /// Writes one record, waiting for space as `mode` allows, without publishing it.
+    /// A corrupt consumer index breaks the direction for good (`Tx::break_off`).
     fn push_waiting(
         &self,
         tx: &mut Tx,
@@ -721,8 +793,30 @@ impl Port {
         if tx.link.peer_closed() {
             return Ok(Pushed::PeerGone);
         }
+        if let Some(reason) = tx.broken {
+            return Err(PostError::Broken(reason));
+        }
+        let pushed = self.push_record(tx, kind, flags, parts, mode);
+        if let Err(PostError::Broken(reason)) = pushed {
+            tx.break_off(reason);
+        }
+        pushed
+    }
+
+    /// The body of `push_waiting`.
+    fn push_record(
+        &self,
+        tx: &mut Tx,
+        kind: u16,
+        flags: u16,
+        parts: &[&[u8]],
+        mode: Mode,
+    ) -> Result<Pushed, PostError> {
         match tx.producer.try_push(kind, flags, parts) {
-            Ok(()) => return Ok(Pushed::Written),
+            Ok(()) => {
+                tx.note_progress();
+                return Ok(Pushed::Written);
+            }
             Err(PushError::Full) => {}
             Err(e) => return Err(push_error(e, parts, &tx.producer)),
         }
@@ -919,10 +1013,10 @@ impl Port {
         drop(port_guards);
         let sent = outgoing.finish(detached, tx.link.segment.revokes());
         tx.publish_and_notify();
-        tx.settle_in_flight(false);
         if !sent.is_empty() {
             tx.in_flight.push_back((end, sent));
         }
+        tx.settle_in_flight(false);
         Ok(Attempt::Posted)
     }
 

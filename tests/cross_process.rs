@@ -39,6 +39,22 @@ fn child_entry() {
             // Only a kill ends this process while the parent holds its port.
             std::thread::sleep(Duration::from_secs(3600));
         }
+        "read_20_then_wait" => {
+            let port = MessagePort::from_parent().unwrap();
+            for _ in 0..20 {
+                port.recv_bytes_with(|_| ()).unwrap();
+            }
+            port.post_message("read 20", []).unwrap();
+            // Only a kill ends this process while the parent holds its port.
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "post_20_then_wait" => {
+            let port = MessagePort::from_parent().unwrap();
+            for i in 0..20u8 {
+                port.post_bytes(&[i; 8]).unwrap();
+            }
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         "post_then_exit" => {
             let port = MessagePort::from_parent().unwrap();
             port.post_message("goodbye", []).unwrap();
@@ -381,4 +397,53 @@ fn s10_try_post_to_a_killed_peer_is_a_silent_noop_not_full() {
     std::thread::sleep(Duration::from_millis(30));
     assert_eq!(port.try_post_bytes(&[0; 8]), Ok(()), "once the peer is seen gone, posting is a no-op");
     assert!(port.is_peer_closed());
+}
+
+#[test]
+fn s10_try_post_to_a_reader_killed_long_after_it_last_read_is_a_silent_noop_not_full() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("try_post_reader_killed_later", Duration::from_secs(60));
+    let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
+    let mut child = spawn_role(ENTRY, "read_20_then_wait", &channel.port2());
+    let port = channel.port1();
+    drop(channel);
+    for i in 0..20u8 {
+        port.post_bytes(&[i; 8]).unwrap();
+    }
+    assert_eq!(port.recv_timeout(Duration::from_secs(20)).unwrap().data.as_str(), Some("read 20"));
+    // Blocking (timed) posts fill the ring; no `try_` call looks at the reader meanwhile,
+    // so the last look at its index is as old as the port.
+    let mut filled = 0;
+    while port.post_bytes_timeout(&[0; 8], Duration::from_millis(50)).is_ok() {
+        filled += 1;
+        assert!(filled < 10_000, "the ring fills");
+    }
+    kill_9(&mut child);
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The reader moved its index once, long ago: that says nothing of the last slice.
+    assert_eq!(port.try_post_bytes(&[0; 8]), Ok(()), "a full ring whose reader is dead is a no-op, not Full");
+    assert!(port.is_peer_closed());
+}
+
+#[test]
+fn s16_try_recv_from_a_writer_killed_long_after_it_last_wrote_reports_closed() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("try_recv_writer_killed_later", Duration::from_secs(60));
+    let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
+    let mut child = spawn_role(ENTRY, "post_20_then_wait", &channel.port2());
+    let port = channel.port1();
+    drop(channel);
+    // Blocking receives: no `try_` call looks at the writer's index meanwhile.
+    for i in 0..20u8 {
+        assert_eq!(port.recv_bytes_with(<[u8]>::to_vec).unwrap(), vec![i; 8]);
+    }
+    kill_9(&mut child);
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(port.try_recv().unwrap_err().is_closed(), "the writer died 200 ms ago and its ring is drained");
 }

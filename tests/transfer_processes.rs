@@ -123,6 +123,33 @@ fn child_entry() {
             carrier.post_message("holding", []).unwrap();
             std::thread::sleep(Duration::from_secs(3600));
         }
+        // Given one buffer, writes 8 bytes at offset 0 of the arena segment it lives
+        // in (as any receiver of pages of a segment can), then exits.
+        "vandalise_arena" => {
+            let ev = recv(&carrier);
+            let buffer = ev.data.as_array_buffer().unwrap();
+            let (inode, _) = file_location(buffer.with_bytes(|bytes| bytes.as_ptr() as usize));
+            let fd = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == inode))
+                .expect("the arena's descriptor");
+            let file = std::fs::OpenOptions::new().write(true).open(fd.path()).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, &[0xA5; 8], 0).unwrap();
+            carrier.post_message("vandalised", []).unwrap();
+        }
+        // Receives one buffer and says whether it arrived intact (or why not).
+        "receive_one_buffer" => {
+            let report = match carrier.recv_timeout(WAIT) {
+                Ok(ev) => match ev.data.as_array_buffer() {
+                    Some(b) if b.to_vec() == vec![0x5A; 100_000] => "intact".to_string(),
+                    _ => "wrong contents".to_string(),
+                },
+                Err(e) => format!("{e:?}"),
+            };
+            carrier.post_message(report.as_str(), []).unwrap();
+            assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -284,4 +311,29 @@ fn s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop() {
     assert_eq!(port.post_message(Value::ArrayBuffer(b.clone()), [b.clone().into()]), Ok(()));
     assert!(b.is_detached(), "moved into the void, as the web does");
     assert_eq!(shmport::arena_stats().in_flight, in_flight, "nothing was queued for the dead peer");
+}
+
+#[test]
+fn a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_to_other_processes() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("vandalised_arena", Duration::from_secs(60));
+    // Two buffers of one segment (no other test of this binary uses their size class).
+    let first = ArrayBuffer::new(100_000).unwrap();
+    let second = ArrayBuffer::from_slice(&[0x5A; 100_000]).unwrap();
+    let inode = |b: &ArrayBuffer| file_location(b.with_bytes(|bytes| bytes.as_ptr() as usize)).0;
+    assert_eq!(inode(&first), inode(&second), "both buffers in one arena segment");
+    let ch = MessageChannel::new().unwrap();
+    let vandal = spawn_role(ENTRY, "vandalise_arena", &ch.port2());
+    ch.port1().post_message(Value::ArrayBuffer(first.clone()), [first.into()]).unwrap();
+    assert_eq!(recv(&ch.port1()).data.as_str(), Some("vandalised"));
+    expect_success(vandal);
+    // A process that maps the segment afterwards still takes buffers from it.
+    let ch = MessageChannel::new().unwrap();
+    let honest = spawn_role(ENTRY, "receive_one_buffer", &ch.port2());
+    ch.port1().post_message(Value::ArrayBuffer(second.clone()), [second.into()]).unwrap();
+    assert_eq!(recv(&ch.port1()).data.as_str(), Some("intact"));
+    ch.port1().post_message("bye", []).unwrap();
+    expect_success(honest);
 }

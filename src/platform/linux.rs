@@ -283,6 +283,21 @@ pub(crate) fn process_exists(pid: u32) -> bool {
     !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
 }
 
+/// `readlink("/proc/self/fd/N")`: the name `fd` was given by `memfd_create`. Nobody,
+/// not even its creator, can change a memfd's name afterwards, so it is a fact about a
+/// received segment that no peer can forge after the fact. An error if `fd` is not a
+/// memfd (or `/proc` is not mounted).
+pub(crate) fn memfd_name(fd: BorrowedFd<'_>) -> io::Result<String> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let link = rustix::fs::readlinkat(rustix::fs::CWD, path, Vec::new())?;
+    let link = link.into_string().map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    link.strip_prefix("/memfd:")
+        .and_then(|name| name.strip_suffix(" (deleted)"))
+        .map(str::to_owned)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a memfd"))
+}
+
 /// `fstat`: a descriptor's (device, inode), which names the open file across
 /// processes.
 pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {

@@ -102,6 +102,9 @@ pub(crate) unsafe fn advise_huge(_ptr: *mut u8, _len: usize) -> io::Result<()> {
 pub(crate) fn process_exists(_pid: u32) -> bool {
     true
 }
+pub(crate) fn memfd_name(_fd: BorrowedFd<'_>) -> io::Result<String> {
+    Err(unsupported())
+}
 pub(crate) fn file_identity(_fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     Err(unsupported())
 }
