@@ -150,8 +150,47 @@ fn child_entry() {
             carrier.post_message(report.as_str(), []).unwrap();
             assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
         }
+        // Receives a typed job whose fields hold a buffer and a port, answers on the
+        // port, and sends the buffer back, written to, in a typed message of its own.
+        "typed_job" => {
+            let job: TypedJob = carrier.recv_typed_timeout(WAIT).unwrap();
+            assert_eq!(job.frame.to_vec(), vec![0x11; 64 << 10]);
+            job.frame.with_bytes_mut(|b| b.fill(0x22));
+            job.reply.post_typed(&format!("job {} seen", job.id)).unwrap();
+            let back = TypedJob { id: job.id + 1, frame: job.frame.clone(), reply: job.reply.clone() };
+            carrier.post_typed_with(&back, [job.frame.clone().into(), job.reply.clone().into()]).unwrap();
+            assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
+        }
         other => panic!("unknown role {other}"),
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TypedJob {
+    id: u32,
+    frame: ArrayBuffer,
+    reply: MessagePort,
+}
+
+#[test]
+fn s08_typed_messages_move_buffer_and_port_fields_between_processes() {
+    let _w = watchdog("typed_job", WAIT);
+    let carrier = MessageChannel::new().unwrap();
+    let child = spawn_role(ENTRY, "typed_job", &carrier.port2());
+    let frame = ArrayBuffer::from_slice(&vec![0x11; 64 << 10]).unwrap();
+    let reply = MessageChannel::new().unwrap();
+    let job = TypedJob { id: 41, frame: frame.clone(), reply: reply.port2() };
+    carrier.port1().post_typed_with(&job, [frame.clone().into(), reply.port2().into()]).unwrap();
+    assert!(frame.is_detached() && reply.port2().is_detached());
+    assert_eq!(reply.port1().recv_typed_timeout::<String>(WAIT).unwrap(), "job 41 seen");
+    let back: TypedJob = carrier.port1().recv_typed_timeout(WAIT).unwrap();
+    assert_eq!(back.id, 42);
+    assert_eq!(back.frame.to_vec(), vec![0x22; 64 << 10], "the child's writes came back with the pages");
+    // The port came home too, still entangled with reply.port1().
+    back.reply.post_message("home", []).unwrap();
+    assert_eq!(reply.port1().recv_timeout(WAIT).unwrap().data.as_str(), Some("home"));
+    carrier.port1().post_message("bye", []).unwrap();
+    expect_success(child);
 }
 
 #[test]
