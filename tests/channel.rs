@@ -185,11 +185,27 @@ fn s15_messages_posted_before_close_are_delivered_and_after_go_nowhere() {
 
 #[test]
 fn s15_messages_queued_at_a_closing_port_are_discarded() {
+    // Alone in a process: the arena's counters checked below are process-wide.
+    if !common::isolated("s15_messages_queued_at_a_closing_port_are_discarded") {
+        return;
+    }
     let ch = MessageChannel::new().unwrap();
     let (a, b) = (ch.port1(), ch.port2());
+    let other = MessageChannel::new().unwrap();
+    let buffer = ArrayBuffer::from_slice(&[7; 5000]).unwrap();
     a.post_message("queued", []).unwrap();
+    a.post_message(Value::ArrayBuffer(buffer.clone()), [buffer.clone().into()]).unwrap();
+    a.post_message(Value::Port(other.port2()), [other.port2().into()]).unwrap();
+    assert_eq!(shmport::arena_stats().in_flight, 1, "the buffer's chunk is queued at b");
+    assert!(!other.port1().is_peer_closed(), "the queued port is alive");
     b.close();
     assert!(matches!(b.try_recv(), Err(TryRecvError::Closed)));
+    // Discarded means given back, at once: the buffer's chunk is free again without
+    // its sender doing anything, and the queued port is closed, so its peer sees it.
+    let stats = shmport::arena_stats();
+    assert_eq!((stats.in_flight, stats.held_here, stats.free), (0, 0, stats.chunks), "{stats:?}");
+    assert!(other.port1().is_peer_closed(), "the port queued at the closed port was closed");
+    assert!(other.port1().recv_timeout(WAIT).unwrap_err().is_closed());
 }
 
 #[test]
@@ -338,6 +354,10 @@ fn s19_recv_timeout_and_try_recv_on_an_empty_port() {
 
 #[test]
 fn s19_messages_larger_than_the_ring_travel_out_of_line() {
+    // Alone in a process: the arena's counters checked at the end are process-wide.
+    if !common::isolated("s19_messages_larger_than_the_ring_travel_out_of_line") {
+        return;
+    }
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
     assert_eq!(a.max_message_size(), 1016, "the largest message copied through the ring");

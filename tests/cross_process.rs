@@ -6,16 +6,12 @@ mod common;
 use std::collections::HashSet;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Child;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{expect_success, role, role_command, spawn_role, watchdog};
+use common::{expect_success, role, role_command, role_command_of, spawn_role, watchdog};
 use shmport::{ChannelOptions, Error, Listener, MessageChannel, MessagePort, Value};
 
 const ENTRY: &str = "child_entry";
-
-/// Tests that look at this process's descriptors run one at a time.
-static FD_CHECKS: Mutex<()> = Mutex::new(());
 
 /// The child side of every test in this file, selected by the role variable.
 #[test]
@@ -163,8 +159,12 @@ fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_op
     if role().is_some() {
         return;
     }
+    // Alone in a process: the descriptors counted below are the whole process's, and
+    // the other tests of this binary open and close channels while they run.
+    if !common::isolated("s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_open") {
+        return;
+    }
     let _w = watchdog("s16_peer_killed", Duration::from_secs(60));
-    let _serial = FD_CHECKS.lock().unwrap_or_else(|e| e.into_inner());
     let before = open_inodes();
     let channel = MessageChannel::new().unwrap();
     let during = open_inodes();
@@ -299,21 +299,67 @@ fn rendezvous_refuses_a_peer_of_another_user() {
         return;
     }
     if rustix_uid() != 0 {
-        eprintln!("skipped: switching to another user needs root");
+        eprintln!("rendezvous_refuses_a_peer_of_another_user: skipped: switching to another user needs root");
         return;
     }
     let _w = watchdog("rendezvous_other_user", Duration::from_secs(60));
+    // The other user may not be able to reach this test binary (a checkout under /root
+    // or in a mode-0700 temporary folder): run a copy of it from a folder it can enter.
+    let copy = ReachableCopy::new();
     let path = rendezvous_path("other-user");
     let listener = Listener::bind(&path).unwrap();
-    let mut cmd = role_command(ENTRY, "connect");
-    cmd.env("SHMPORT_TEST_PATH", &path).uid(65534).gid(65534);
-    let mut child = cmd.spawn().unwrap();
+    let mut cmd = role_command_of(&copy.exe, ENTRY, "connect");
+    cmd.env("SHMPORT_TEST_PATH", &path).current_dir(&copy.dir).uid(NOBODY).gid(NOBODY);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Only if even the copy cannot be run by that user (/tmp mounted noexec,
+            // or closed to other users): nothing here can be checked.
+            eprintln!(
+                "rendezvous_refuses_a_peer_of_another_user: skipped: uid {NOBODY} cannot run {}: {e}",
+                copy.exe.display()
+            );
+            return;
+        }
+        Err(e) => panic!("spawn the connector as uid {NOBODY}: {e}"),
+    };
     match listener.accept() {
-        Err(Error::WrongUser { peer, ours }) => assert_eq!((peer, ours), (65534, 0)),
+        Err(Error::WrongUser { peer, ours }) => assert_eq!((peer, ours), (NOBODY, 0)),
         other => panic!("accepted a peer of another user: {other:?}"),
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(3), "the connector refuses the listener too");
+}
+
+/// The uid and gid of `nobody`.
+const NOBODY: u32 = 65534;
+
+/// A copy of this test binary that every user can run: a fresh folder of mode 0755 in
+/// /tmp, holding the binary with mode 0755. Removed when dropped.
+struct ReachableCopy {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl ReachableCopy {
+    fn new() -> ReachableCopy {
+        use std::os::unix::fs::PermissionsExt;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::path::PathBuf::from(format!("/tmp/shmport-test-exe-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        // Set explicitly: the umask may have narrowed what create_dir and copy made.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("cross_process");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ReachableCopy { dir, exe }
+    }
+}
+
+impl Drop for ReachableCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn rustix_uid() -> u32 {
