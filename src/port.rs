@@ -807,7 +807,7 @@ impl Port {
             if platform::is_transient_send_error(&e) {
                 return back_out(tx, Ok(Attempt::Busy));
             }
-            return back_out(tx, Err(PostError::Transfer(e.to_string())));
+            return back_out(tx, Err(PostError::transfer(e)));
         }
         drop(links);
         // Sent: now the ports move (their writing halves are held, so only a close

@@ -44,11 +44,26 @@ fn child_entry() {
             // The variable is still set; the descriptor must not have been inherited.
             let status = role_command(ENTRY, "grandchild").status().unwrap();
             port.post_message(status.success(), []).unwrap();
-            assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)), "only once");
+            match MessagePort::from_parent() {
+                Err(Error::ParentPortUnavailable { reason }) => assert!(reason.contains("already taken"), "{reason}"),
+                other => panic!("a second from_parent: {other:?}"),
+            }
         }
         "grandchild" => {
             assert!(std::env::var(shmport::PARENT_ENV).is_ok());
-            assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)));
+            match MessagePort::from_parent() {
+                Err(e @ Error::ParentPortUnavailable { .. }) => {
+                    assert!(e.to_string().contains("inherited from an ancestor"), "{e}");
+                }
+                other => panic!("a grandchild's from_parent: {other:?}"),
+            }
+        }
+        "bad_parent_env" => {
+            let expected = std::env::var("SHMPORT_TEST_EXPECT").unwrap();
+            match MessagePort::from_parent() {
+                Err(Error::ParentPortUnavailable { reason }) => assert!(reason.contains(&expected), "{reason}"),
+                other => panic!("from_parent with {:?}: {other:?}", std::env::var(shmport::PARENT_ENV)),
+            }
         }
         "listen" => {
             let path = std::env::var("SHMPORT_TEST_PATH").unwrap();
@@ -260,6 +275,56 @@ fn from_parent_without_a_parent_port_is_a_clear_error() {
         return;
     }
     assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)));
+}
+
+#[test]
+fn from_parent_says_why_a_port_named_by_the_variable_cannot_be_taken() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("from_parent_says_why", Duration::from_secs(60));
+    let me = std::process::id();
+    for (value, expected) in [
+        (format!("999,{me}"), "descriptor 999 is not open"),
+        (format!("0,{me}"), "descriptor 0 is not a Unix SEQPACKET socket"),
+        ("7".to_string(), "is not \"<fd>,<parent pid>\""),
+        (format!("-1,{me}"), "is not \"<fd>,<parent pid>\""),
+        (format!("3,{}", me + 1), "inherited from an ancestor"),
+    ] {
+        let child = role_command(ENTRY, "bad_parent_env")
+            .env(shmport::PARENT_ENV, &value)
+            .env("SHMPORT_TEST_EXPECT", expected)
+            .spawn()
+            .unwrap();
+        expect_success(child);
+    }
+}
+
+#[test]
+fn rendezvous_errors_name_the_path_and_keep_the_cause() {
+    if role().is_some() {
+        return;
+    }
+    let path = rendezvous_path("errors");
+    let listener = Listener::bind(&path).unwrap();
+    match Listener::bind(&path) {
+        Err(e @ Error::Rendezvous { action: "listen at", .. }) => {
+            assert!(e.to_string().starts_with(&format!("cannot listen at {path}: ")), "{e}");
+            let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<std::io::Error>()).unwrap();
+            assert_eq!(cause.kind(), std::io::ErrorKind::AddrInUse);
+        }
+        other => panic!("a second bind of {path}: {other:?}"),
+    }
+    drop(listener);
+    let absent = rendezvous_path("nobody-listens");
+    match MessagePort::connect(&absent) {
+        Err(e @ Error::Rendezvous { action: "connect to", .. }) => {
+            assert!(e.to_string().starts_with(&format!("cannot connect to {absent}: ")), "{e}");
+            let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<std::io::Error>()).unwrap();
+            assert_eq!(cause.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        other => panic!("connect to {absent}: {other:?}"),
+    }
 }
 
 #[test]
