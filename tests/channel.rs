@@ -360,13 +360,17 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     }
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
-    assert_eq!(a.max_message_size(), 1016, "the largest message copied through the ring");
+    assert_eq!(a.max_inline_size(), 1016, "the largest message copied through the ring");
+    #[allow(deprecated)]
+    let old_name = a.max_message_size();
+    assert_eq!(old_name, 1016, "the deprecated name is the same limit");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
     let writer = std::thread::spawn({
         let big = big.clone();
         move || {
             a.post_bytes(&big[..1016]).unwrap();
             a.post_bytes(&big[..1017]).unwrap();
+            a.post_bytes(&big).unwrap();
             a.post_bytes(&big).unwrap();
             a.post_message(Value::String("x".repeat(100_000)), []).unwrap();
             a.post_message(Value::Array(vec![Value::ArrayBuffer(ArrayBuffer::from_slice(&big).unwrap())]), []).unwrap();
@@ -375,12 +379,25 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1016]);
     assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1017]);
     assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), big);
+    let spilled = b.recv().unwrap().data;
+    assert_eq!(spilled.as_array_buffer().expect("bytes read with recv are an ArrayBuffer").to_vec(), big);
+    drop(spilled);
     assert_eq!(b.recv().unwrap().data, Value::String("x".repeat(100_000)));
     let Value::Array(items) = b.recv().unwrap().data else { panic!("an array") };
     assert_eq!(items[0].as_array_buffer().unwrap().to_vec(), big, "a copied buffer larger than the ring");
     writer.join().unwrap();
     // The spilled bodies went back to the arena once read.
     assert_eq!(shmport::arena_stats().in_flight, 0);
+}
+
+#[test]
+fn the_default_options_wait_adaptively() {
+    assert_eq!(
+        shmport::WaitStrategy::default(),
+        shmport::WaitStrategy::Adaptive { max_spin: Duration::from_micros(100) }
+    );
+    let options = format!("{:?}", ChannelOptions::new());
+    assert!(options.contains("wait: Adaptive"), "{options}");
 }
 
 #[test]

@@ -112,7 +112,7 @@ fn message(seq: u64, salt: u64, max: usize, out: &mut Vec<u8>) {
 /// Sends `count` messages with salt `send_salt` while receiving `count` with
 /// `recv_salt`, checking each received message byte for byte.
 fn stress(port: &MessagePort, count: u64, send_salt: u64, recv_salt: u64) {
-    let max = port.max_message_size();
+    let max = port.max_inline_size();
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut buf = Vec::new();
