@@ -202,7 +202,7 @@ impl TypedArray {
     /// Whether the view lies inside its buffer and is aligned to its element size.
     pub fn is_valid(&self) -> bool {
         let size = self.kind.element_size();
-        self.byte_offset % size == 0
+        self.byte_offset.is_multiple_of(size)
             && self
                 .length
                 .checked_mul(size)
