@@ -1393,6 +1393,14 @@ impl MessagePort {
     /// arrived earlier are delivered first, once each, in order, on this port's
     /// dispatch thread. `None` stops delivery (messages then wait for the next handler
     /// or for `recv`).
+    ///
+    /// **One OS thread per port.** The first handler set on a port (by this method,
+    /// [`set_onmessageerror`](Self::set_onmessageerror),
+    /// [`set_onclose`](Self::set_onclose) or
+    /// [`add_message_listener`](Self::add_message_listener)) starts a dispatch thread
+    /// for that port alone, which runs until the port is closed or its peer is gone:
+    /// 50 ports with handlers are 50 threads besides the caller's. (A shared dispatcher
+    /// is planned; until then, prefer pulling with `recv` where ports are many.)
     pub fn set_onmessage<F>(&self, handler: Option<F>)
     where
         F: FnMut(MessageEvent) + Send + 'static,
@@ -1412,6 +1420,11 @@ impl MessagePort {
     /// Sets a handler that runs once when the peer is closed, dropped or dies (the
     /// spec's `close` event; SEMANTICS 16). With push delivery running, it runs after
     /// the last message.
+    ///
+    /// It runs on the port's dispatch thread, which this call starts if the port has
+    /// none: **one OS thread per port**, even with no message handler (it sleeps on the
+    /// socket's hang-up). 50 ports with a close handler are 50 threads besides the
+    /// caller's; see [`set_onmessage`](Self::set_onmessage).
     pub fn set_onclose<F>(&self, handler: Option<F>)
     where
         F: FnOnce() + Send + 'static,

@@ -391,6 +391,33 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
 }
 
 #[test]
+fn each_port_with_a_handler_has_a_dispatch_thread_of_its_own() {
+    // Alone in a process: the threads counted are the whole process's. This pins what
+    // the docs of set_onmessage / set_onclose say (one OS thread per port).
+    if !common::isolated("each_port_with_a_handler_has_a_dispatch_thread_of_its_own") {
+        return;
+    }
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let before = threads();
+    let channels: Vec<MessageChannel> = (0..10).map(|_| MessageChannel::new().unwrap()).collect();
+    for ch in &channels {
+        ch.port2().set_onclose(Some(|| {}));
+    }
+    assert_eq!(threads(), before + 10, "one dispatch thread per port with a close handler");
+    channels[0].port2().set_onmessage(Some(|_ev: MessageEvent| {}));
+    assert_eq!(threads(), before + 10, "a second handler on the same port adds no thread");
+    // The threads end when their ports close.
+    for ch in &channels {
+        ch.port2().close();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while threads() != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(threads(), before);
+}
+
+#[test]
 fn the_default_options_wait_adaptively() {
     assert_eq!(
         shmport::WaitStrategy::default(),
