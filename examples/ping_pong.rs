@@ -10,6 +10,9 @@
 //! trip is `post_bytes` + `recv_bytes_with` on both sides: the message is copied into
 //! the shared ring and out again, with no allocation and, while both sides are awake,
 //! no system call.
+//!
+//! The figures depend on the machine (above all on how fast it wakes a sleeping
+//! process and moves a cache line between cores), so the machine is printed with them.
 
 use std::time::{Duration, Instant};
 
@@ -54,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    println!("{rounds} round trips of {size} B (post_bytes + recv_bytes_with, both ways):");
+    println!("{rounds} round trips of {size} B (post_bytes + recv_bytes_with, both ways), on {}:", machine());
     for (label, q) in [("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0)] {
         println!("  {label:>6}  {}", fmt(at(q)));
     }
@@ -77,6 +80,28 @@ fn child() -> Result<(), Box<dyn std::error::Error>> {
         port.post_bytes(&buf)?;
     }
     Ok(())
+}
+
+/// The CPU model (from /proc/cpuinfo) and the number of cores, online and usable by
+/// this process.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_owned())
+        })
+    };
+    // x86 names the model; many arm64 kernels give only the implementer and part.
+    let model = field("model name").or_else(|| field("Hardware")).unwrap_or_else(|| {
+        match (field("CPU implementer"), field("CPU part")) {
+            (Some(implementer), Some(part)) => format!("CPU implementer {implementer}, part {part}"),
+            _ => "an unknown CPU".to_owned(),
+        }
+    });
+    let online = cpuinfo.lines().filter(|line| line.split(':').next().is_some_and(|k| k.trim() == "processor")).count();
+    let usable = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{model}, {online} cores ({usable} usable by this process)")
 }
 
 fn fmt(d: Duration) -> String {

@@ -794,35 +794,58 @@ mod tests {
         let over = ArenaSegment::create(20).unwrap();
         SEPARATED_VMAS.fetch_sub(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
         assert_eq!((over.separated, vmas(&over)), (0, 1));
-        // 4 KiB chunks (1024 per segment) share one VMA; closing one splits it in three.
-        let small = ArenaSegment::create(12).unwrap();
-        assert_eq!(vmas(&small), 1);
+        // The smallest chunks (a page: 1024 per segment with 4 KiB pages) share one VMA;
+        // closing one splits it in three. (With 64 KiB pages the segment has only 64
+        // chunks, so each is a VMA of its own, beside the metadata.)
+        let small = ArenaSegment::create(min_shift()).unwrap();
         let mut local = lock(&small.local).clone();
-        small.set_open(&mut local, 5, false).unwrap();
-        assert_eq!(vmas(&small), 3);
-        small.set_open(&mut local, 5, true).unwrap();
-        assert_eq!(vmas(&small), 1);
+        if small.chunk_count > SEPARATE_VMAS_UP_TO {
+            assert_eq!(vmas(&small), 1);
+            small.set_open(&mut local, 5, false).unwrap();
+            assert_eq!(vmas(&small), 3);
+            small.set_open(&mut local, 5, true).unwrap();
+            assert_eq!(vmas(&small), 1);
+        } else {
+            let separate = 1 + small.chunk_count as usize;
+            assert_eq!(vmas(&small), separate);
+            small.set_open(&mut local, 5, false).unwrap();
+            assert_eq!(vmas(&small), separate);
+        }
     }
 
     #[test]
     fn chunks_of_2_mib_and_up_start_on_a_huge_page_boundary() {
-        if platform::page_size() != 4096 {
-            return;
-        }
+        // With 4 KiB pages, classes of 2 MiB and up are laid out for huge pages; with
+        // larger base pages (16 or 64 KiB on some aarch64 systems) a PMD is not 2 MiB,
+        // so no class is, and chunks start on the first page after the metadata.
+        let page = platform::page_size();
         for shift in [HUGE_SHIFT, 22, 26, 30] {
             let (count, data_offset, total) = ArenaSegment::layout(shift);
-            assert_eq!(data_offset, 1 << HUGE_SHIFT, "class {shift}");
+            if page == 4096 {
+                assert!(huge_class(shift), "class {shift}");
+                assert_eq!(data_offset, 1 << HUGE_SHIFT, "class {shift}");
+            } else {
+                assert!(!huge_class(shift), "class {shift} with {page}-byte pages");
+                assert_eq!(data_offset, page, "class {shift} with {page}-byte pages");
+            }
             assert_eq!(total, data_offset + ((count as usize) << shift));
         }
-        // Smaller classes keep their metadata in as few pages as it needs.
-        assert_eq!(ArenaSegment::layout(20).1, 4096);
+        // Smaller classes keep their metadata in as few pages as it needs: one here.
+        assert!(!huge_class(20));
+        assert_eq!(ArenaSegment::layout(20).1, page.max(4096));
     }
 
     #[test]
     fn size_classes_cover_zero_to_64_gib() {
-        assert_eq!(class_of(0), Some(min_shift()));
-        assert_eq!(class_of(4096), Some(12));
-        assert_eq!(class_of(4097), Some(13));
+        // The smallest class is a page (4 KiB, or the larger base page of the system).
+        let page = platform::page_size().max(4096);
+        let page_shift = page.trailing_zeros();
+        assert_eq!(min_shift(), page_shift);
+        assert_eq!(class_of(0), Some(page_shift));
+        assert_eq!(class_of(1), Some(page_shift));
+        assert_eq!(class_of(page), Some(page_shift));
+        assert_eq!(class_of(page + 1), Some(page_shift + 1));
+        assert_eq!(class_of(2 * page + 1), Some(page_shift + 2));
         assert_eq!(class_of(1 << 30), Some(30));
         assert_eq!(class_of((1 << 36) + 1), None);
     }

@@ -108,22 +108,44 @@ impl MessagePort {
 
     /// The port a parent handed down with [`transfer_to_child`](Self::transfer_to_child).
     /// Succeeds once per process.
+    ///
+    /// [`Error::NoParentPort`] when `SHMPORT_PARENT` is not set;
+    /// [`Error::ParentPortUnavailable`], saying why, when it is set but names no port
+    /// this process can take (inherited from an ancestor, a closed descriptor or one
+    /// that is not a port's socket, malformed, or already taken).
     pub fn from_parent() -> Result<MessagePort, Error> {
-        let value = std::env::var(PARENT_ENV).map_err(|_| Error::NoParentPort)?;
-        let (fd, parent) = value.split_once(',').ok_or(Error::Invalid("malformed SHMPORT_PARENT"))?;
-        let fd: RawFd = fd.parse().map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
-        let parent: u32 = parent.parse().map_err(|_| Error::Invalid("malformed SHMPORT_PARENT"))?;
+        let unavailable = |reason: String| Error::ParentPortUnavailable { reason };
+        let value = match std::env::var(PARENT_ENV) {
+            Ok(value) => value,
+            Err(std::env::VarError::NotPresent) => return Err(Error::NoParentPort),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                return Err(unavailable(format!("{PARENT_ENV}={v:?} is not \"<fd>,<parent pid>\"")));
+            }
+        };
+        let malformed = || unavailable(format!("{PARENT_ENV}={value:?} is not \"<fd>,<parent pid>\""));
+        let (fd, parent) = value.split_once(',').ok_or_else(malformed)?;
+        let fd: RawFd = fd.parse().ok().filter(|&fd| fd >= 0).ok_or_else(malformed)?;
+        let parent: u32 = parent.parse().map_err(|_| malformed())?;
         // A grandchild inherits the variable but not the descriptor: the pid tells.
-        if parent != platform::parent_pid() || fd < 0 {
-            return Err(Error::NoParentPort);
+        let ours = platform::parent_pid();
+        if parent != ours {
+            return Err(unavailable(format!(
+                "it names a port handed to a child of process {parent}, and this process's parent is {ours} (the \
+                 variable was inherited from an ancestor)"
+            )));
         }
         if PARENT_TAKEN.swap(true, Ordering::SeqCst) {
-            return Err(Error::NoParentPort);
+            return Err(unavailable("the port was already taken by an earlier from_parent call".into()));
         }
         // SAFETY: only a borrow, to check what the number refers to before owning it.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if !platform::fcntl_getfd_is_open(borrowed) {
+            PARENT_TAKEN.store(false, Ordering::SeqCst);
+            return Err(unavailable(format!("descriptor {fd} is not open in this process")));
+        }
         if !platform::is_seqpacket_socket(borrowed) {
-            return Err(Error::NoParentPort);
+            PARENT_TAKEN.store(false, Ordering::SeqCst);
+            return Err(unavailable(format!("descriptor {fd} is not a Unix SEQPACKET socket")));
         }
         platform::set_cloexec(borrowed, true)?;
         // SAFETY: the parent passed us this descriptor for exactly this purpose, the
@@ -135,7 +157,12 @@ impl MessagePort {
     /// Connects to a [`Listener`] bound at `path` and returns the port it hands over.
     /// Refuses a listener that runs as another user.
     pub fn connect(path: impl AsRef<Path>) -> Result<MessagePort, Error> {
-        let sock = platform::connect(&rendezvous_name(path.as_ref())?)?;
+        let path = path.as_ref();
+        let sock = platform::connect(&rendezvous_name(path)?).map_err(|source| Error::Rendezvous {
+            action: "connect to",
+            path: path.to_owned(),
+            source,
+        })?;
         check_same_user(sock.as_fd())?;
         recv_handoff(sock.as_fd(), false)
     }
@@ -156,7 +183,12 @@ pub struct Listener {
 impl Listener {
     /// Listens at `path`. Fails if another listener holds it.
     pub fn bind(path: impl AsRef<Path>) -> Result<Listener, Error> {
-        let sock = platform::listen(&rendezvous_name(path.as_ref())?)?;
+        let path = path.as_ref();
+        let sock = platform::listen(&rendezvous_name(path)?).map_err(|source| Error::Rendezvous {
+            action: "listen at",
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Listener { sock, options: ChannelOptions::default() })
     }
 

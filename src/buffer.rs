@@ -1,13 +1,7 @@
-//! `ArrayBuffer`: a byte buffer in shared pages, with the web's identity and detach
-//! semantics.
-//!
-//! Clones are the same buffer (as JS references are). The bytes live in a chunk of this
-//! process's arena (see `arena`), so transferring the buffer hands over the pages
-//! instead of copying them. Transferring detaches every handle: `byte_length()` becomes
-//! 0, and by default the sender's view of the pages is revoked in hardware.
-//!
-//! A buffer that came from another process lives in that process's arena: its owner
-//! can, if hostile, change its bytes at any time. Treat received bytes as input.
+//! `ArrayBuffer`: a byte buffer in shared pages (a chunk of this process's arena, see
+//! `arena`), with the web's identity and detach semantics. The rules users rely on
+//! (identity, copy or move, detaching, what a hostile sender can do to a received
+//! buffer) are documented on the public type, where rustdoc shows them.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +9,63 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::arena::{self, Chunk};
 use crate::error::Error;
 
-/// A handle to a byte buffer in shared memory. See the module docs.
+/// A handle to a byte buffer in shared memory: the web's `ArrayBuffer`.
+///
+/// # Identity
+///
+/// Clones are the same buffer, as JS references are: a write through one handle is
+/// seen through every other, [`ptr_eq`](Self::ptr_eq) and `==` compare identity (two
+/// buffers with equal bytes are not `==`), and a buffer referenced twice in one message
+/// arrives as one buffer referenced twice.
+///
+/// # Copied or moved
+///
+/// A buffer referenced by a message but not in its transfer list is copied (the
+/// sender keeps its own, SEMANTICS 7). A buffer in the transfer list is moved: the
+/// pages themselves are handed to the receiver, at any size, without a copy.
+///
+/// # Detaching
+///
+/// A successful transfer detaches *every* handle of the buffer in the sending process:
+/// [`byte_length`](Self::byte_length) becomes 0, [`is_detached`](Self::is_detached)
+/// true, [`to_vec`](Self::to_vec) and [`with_bytes`](Self::with_bytes) see an empty
+/// slice, and the buffer cannot be transferred again (`DataCloneError`). By default the
+/// sender's view of the pages is also revoked in hardware (`mprotect(PROT_NONE)`), so
+/// even a raw pointer kept by unsafe code faults instead of reading the receiver's
+/// data; [`ChannelOptions::revoke_transferred_pages(false)`](crate::ChannelOptions::revoke_transferred_pages)
+/// keeps detachment at the Rust level only. While a closure given to `with_bytes` or
+/// [`with_bytes_mut`](Self::with_bytes_mut) runs, the buffer is not detached: a post
+/// that moves it waits until the closure returns (a `try_` post reports `Full`, a timed
+/// one `Timeout`), so do not post a buffer from inside its own closure. Dropping the
+/// last handle gives the pages back to their owner's arena.
+///
+/// ```
+/// use shmport::{ArrayBuffer, MessageChannel, Value};
+///
+/// let channel = MessageChannel::new()?;
+/// let buf = ArrayBuffer::from_slice(&[1, 2, 3])?;
+/// let same = buf.clone();
+/// assert!(same == buf && ArrayBuffer::from_slice(&[1, 2, 3])? != buf); // identity, not bytes
+/// channel.port1().post_message(Value::ArrayBuffer(buf.clone()), [buf.clone().into()])?;
+/// assert!(same.is_detached() && same.byte_length() == 0 && same.to_vec().is_empty());
+/// let received = channel.port2().recv()?.data;
+/// assert_eq!(received.as_array_buffer().unwrap().to_vec(), [1, 2, 3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # A buffer received from another process
+///
+/// A received buffer lives in the sender's arena, and the sender (or any process that
+/// maps that arena segment) can still write its pages. An honest sender has given them
+/// up, but a hostile one can change the bytes at any time, even while `with_bytes`
+/// runs, so treat them as untrusted input: copy out what you validate
+/// ([`to_vec`](Self::to_vec)) rather than validating in place and reading again. It
+/// cannot make this process misbehave beyond that: every descriptor of the buffer is
+/// checked on receipt, its length is fixed when it arrives, and pages this process
+/// already holds are never handed out twice. The other way round, a process that
+/// receives one of *your* buffers maps the whole arena segment it lives in (4 MiB for
+/// small buffers), read-write, so it can see and change your other buffers of that
+/// segment too: keep data that must stay private from a peer out of `ArrayBuffer`s.
 #[derive(Clone)]
 pub struct ArrayBuffer {
     inner: Arc<Mutex<State>>,

@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Errors of setup calls: creating channels and buffers, bootstrap, rendezvous.
 #[derive(Debug, thiserror::Error)]
@@ -19,9 +21,30 @@ pub enum Error {
     /// The port was transferred or closed, so it cannot be used for this.
     #[error("port is detached")]
     Detached,
-    /// `MessagePort::from_parent` found no port handed down by a parent process.
+    /// `MessagePort::from_parent`: no port was handed down to this process
+    /// (`SHMPORT_PARENT` is not set).
     #[error("no port was passed to this process (SHMPORT_PARENT is not set)")]
     NoParentPort,
+    /// `MessagePort::from_parent`: `SHMPORT_PARENT` is set, but names no port this
+    /// process can take: it is malformed, it was inherited from an ancestor (it names
+    /// another parent), its descriptor is closed or is not a port's socket, or the port
+    /// was already taken by an earlier call.
+    #[error("the port named by SHMPORT_PARENT cannot be taken: {reason}")]
+    ParentPortUnavailable {
+        /// What is wrong, with the values found.
+        reason: String,
+    },
+    /// `Listener::bind` or `MessagePort::connect` failed at `path` (the cause is kept).
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Rendezvous {
+        /// `"listen at"` or `"connect to"`.
+        action: &'static str,
+        /// The path as given by the caller.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
     /// A rendezvous peer runs as another user.
     #[error("peer runs as uid {peer}, not {ours}")]
     WrongUser {
@@ -90,32 +113,88 @@ impl DataCloneErrorKind {
 
 /// Why `post_message` / `post_bytes` (and their `try_` / timeout variants) failed.
 /// Posting to a port whose peer is gone is *not* an error (SEMANTICS 10).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// A message larger than the ring is not an error: it travels out of line, in shared
+/// pages (SEMANTICS 19).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum PostError {
     /// The message or transfer list failed the structured-clone checks.
-    #[error(transparent)]
-    DataClone(#[from] DataCloneError),
-    /// The encoded message is larger than the ring can ever hold.
-    #[error("message of {len} bytes exceeds the ring's limit of {max} bytes")]
+    DataClone(DataCloneError),
+    /// The message's attachment table (its descriptors of buffers and ports, or the
+    /// number of descriptors it passes) exceeds what one record of this channel can
+    /// carry. The body itself never causes this: a body too large for the ring
+    /// travels out of line.
     TooLarge {
-        /// Encoded size.
+        /// The size found: the attachment table's bytes, or the number of descriptors.
         len: usize,
-        /// The most one record of this channel carries.
+        /// The most this channel allows for it.
         max: usize,
     },
     /// `try_post_*`: the ring is full right now.
-    #[error("ring is full")]
     Full,
     /// `post_*_timeout`: the ring stayed full until the deadline.
-    #[error("timed out waiting for ring space")]
     Timeout,
     /// The peer broke the ring's invariants; the channel is unusable.
-    #[error("channel broken: {0}")]
     Broken(&'static str),
-    /// The OS refused to pass descriptors to the peer.
-    #[error("transfer failed: {0}")]
-    Transfer(String),
+    /// The operating system refused what a transfer needs: passing descriptors to the
+    /// peer, or shared pages for a message sent out of line. The `io::Error` is the
+    /// [`source`](std::error::Error::source). Two such errors compare equal when their
+    /// [`io::ErrorKind`]s and messages are equal.
+    Transfer(Arc<io::Error>),
+}
+
+impl PostError {
+    pub(crate) fn transfer(e: io::Error) -> PostError {
+        PostError::Transfer(Arc::new(e))
+    }
+}
+
+impl PartialEq for PostError {
+    fn eq(&self, other: &Self) -> bool {
+        use PostError::*;
+        match (self, other) {
+            (DataClone(a), DataClone(b)) => a == b,
+            (TooLarge { len: a, max: m }, TooLarge { len: b, max: n }) => (a, m) == (b, n),
+            (Full, Full) | (Timeout, Timeout) => true,
+            (Broken(a), Broken(b)) => a == b,
+            (Transfer(a), Transfer(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PostError {}
+
+impl fmt::Display for PostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PostError::DataClone(e) => fmt::Display::fmt(e, f),
+            PostError::TooLarge { len, max } => {
+                write!(f, "message attachments of {len} exceed the channel's limit of {max}")
+            }
+            PostError::Full => f.write_str("ring is full"),
+            PostError::Timeout => f.write_str("timed out waiting for ring space"),
+            PostError::Broken(why) => write!(f, "channel broken: {why}"),
+            PostError::Transfer(e) => write!(f, "transfer failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PostError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PostError::DataClone(e) => e.source(),
+            PostError::Transfer(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<DataCloneError> for PostError {
+    fn from(e: DataCloneError) -> Self {
+        PostError::DataClone(e)
+    }
 }
 
 impl PostError {

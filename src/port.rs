@@ -77,13 +77,20 @@ impl Default for ChannelOptions {
 }
 
 impl ChannelOptions {
-    /// The defaults: 256 KiB per direction, spin-then-sleep waiting, shared memory.
+    /// The defaults: 256 KiB per direction ([`DEFAULT_CAPACITY`]), waiting by
+    /// [`WaitStrategy::Adaptive`] (`WaitStrategy::default()`: spin while the peer has
+    /// lately answered quickly, then sleep), shared memory, transferred pages revoked.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Bytes of each direction's ring: a power of two from 64 B to 1 GiB. A message
-    /// must fit in one ring (its encoding plus an 8-byte header).
+    /// whose encoding (plus an 8-byte record header) fits in the ring is copied through
+    /// it; a larger one is not refused but travels out of line, in a chunk of shared
+    /// pages that the ring's record names (see [`MessagePort::max_inline_size`]). Bytes
+    /// posted with [`MessagePort::post_bytes`] and read with `recv` arrive as a
+    /// [`Value::ArrayBuffer`]: for a message that went out of line, over that chunk
+    /// itself (no copy); `recv_bytes_with` sees the bytes either way.
     pub fn capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;
         self
@@ -985,7 +992,7 @@ impl Port {
             if platform::is_transient_send_error(&e) {
                 return back_out(tx, Ok(Attempt::Busy));
             }
-            return back_out(tx, Err(PostError::Transfer(e.to_string())));
+            return back_out(tx, Err(PostError::transfer(e)));
         }
         drop(links);
         // Sent: now the ports move (their writing halves are held, so only a close
@@ -1442,10 +1449,13 @@ impl MessagePort {
         }
     }
 
-    /// Posts raw bytes. Up to [`max_message_size`](Self::max_message_size) they are
+    /// Posts raw bytes. Up to [`max_inline_size`](Self::max_inline_size) they are
     /// copied through the ring, with no allocation and no syscall while the peer is
-    /// awake; larger ones travel in shared pages. The peer reads them with
-    /// [`recv_bytes_with`](Self::recv_bytes_with) (or `recv`, as an `ArrayBuffer`).
+    /// awake; larger ones travel out of line, in shared pages (a chunk of this
+    /// process's arena, with its descriptor on the socket). The peer reads them with
+    /// [`recv_bytes_with`](Self::recv_bytes_with), or with `recv`, as a
+    /// [`Value::ArrayBuffer`] (for a message that came out of line, over those pages
+    /// themselves: no copy).
     pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
         self.post_bytes_mode(bytes, Mode::Block)
     }
@@ -1701,6 +1711,14 @@ impl MessagePort {
     /// arrived earlier are delivered first, once each, in order, on this port's
     /// dispatch thread. `None` stops delivery (messages then wait for the next handler
     /// or for `recv`).
+    ///
+    /// **One OS thread per port.** The first handler set on a port (by this method,
+    /// [`set_onmessageerror`](Self::set_onmessageerror),
+    /// [`set_onclose`](Self::set_onclose) or
+    /// [`add_message_listener`](Self::add_message_listener)) starts a dispatch thread
+    /// for that port alone, which runs until the port is closed or its peer is gone:
+    /// 50 ports with handlers are 50 threads besides the caller's. (A shared dispatcher
+    /// is planned; until then, prefer pulling with `recv` where ports are many.)
     pub fn set_onmessage<F>(&self, handler: Option<F>)
     where
         F: FnMut(MessageEvent) + Send + 'static,
@@ -1720,6 +1738,11 @@ impl MessagePort {
     /// Sets a handler that runs once when the peer is closed, dropped or dies (the
     /// spec's `close` event; SEMANTICS 16). With push delivery running, it runs after
     /// the last message.
+    ///
+    /// It runs on the port's dispatch thread, which this call starts if the port has
+    /// none: **one OS thread per port**, even with no message handler (it sleeps on the
+    /// socket's hang-up). 50 ports with a close handler are 50 threads besides the
+    /// caller's; see [`set_onmessage`](Self::set_onmessage).
     pub fn set_onclose<F>(&self, handler: Option<F>)
     where
         F: FnOnce() + Send + 'static,
@@ -1763,10 +1786,23 @@ impl MessagePort {
         self.port().set_strategy(strategy);
     }
 
-    /// The largest message, in encoded bytes, that this port's channel carries (0 once
-    /// detached).
-    pub fn max_message_size(&self) -> usize {
+    /// The inline limit: the largest message, in encoded bytes, that is copied
+    /// through the ring (the ring's capacity minus the 8-byte record header; 0 once
+    /// detached). Larger messages are not refused: they travel out of line, in shared
+    /// pages, at the cost of a descriptor passed on the socket (see
+    /// [`ChannelOptions::capacity`]).
+    pub fn max_inline_size(&self) -> usize {
         self.port().max_message()
+    }
+
+    /// The inline limit; see [`max_inline_size`](Self::max_inline_size). Messages
+    /// larger than this are carried too, out of line, so the old name was wrong.
+    #[deprecated(
+        since = "0.1.0",
+        note = "messages of any size are carried; this is the inline limit: use `max_inline_size`"
+    )]
+    pub fn max_message_size(&self) -> usize {
+        self.max_inline_size()
     }
 }
 

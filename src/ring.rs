@@ -107,7 +107,7 @@ impl RingRef {
     #[cfg(not(loom))]
     pub(crate) unsafe fn new(lines: NonNull<RingLines>, data: NonNull<u8>, cap: u64) -> RingRef {
         debug_assert!(cap.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&cap));
-        debug_assert!(data.as_ptr() as usize % 8 == 0);
+        debug_assert!((data.as_ptr() as usize).is_multiple_of(8));
         RingRef { lines, data, cap }
     }
 
@@ -135,7 +135,7 @@ impl RingRef {
 
     /// The header word at `offset` (8-aligned, `< cap`).
     fn header_at(&self, offset: u64) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset < self.cap);
+        debug_assert!(offset.is_multiple_of(8) && offset < self.cap);
         #[cfg(not(loom))]
         // SAFETY: offset is in bounds and 8-aligned, and AtomicU64 may alias memory
         // that others access atomically or copy.
@@ -262,7 +262,7 @@ impl Producer {
         // SYNC: head release. Acquire: the consumer finished copying out the bytes it
         // released before we overwrite them.
         let head = self.ring.lines().head.0.load(Ordering::Acquire);
-        if head < self.cached_head || head > self.published || head % 8 != 0 {
+        if head < self.cached_head || head > self.published || !head.is_multiple_of(8) {
             return Err(Corrupt("consumer index out of range"));
         }
         self.cached_head = head;
@@ -375,7 +375,8 @@ impl Consumer {
         // SYNC: tail publish. Acquire: pairs with the producer's Release, so the
         // records below the new tail are fully written.
         let tail = self.ring.lines().tail.0.load(Ordering::Acquire);
-        if tail < self.cached_tail || tail % 8 != 0 || tail - self.head > self.ring.cap || tail > MAX_COUNTER {
+        if tail < self.cached_tail || !tail.is_multiple_of(8) || tail - self.head > self.ring.cap || tail > MAX_COUNTER
+        {
             return Err(Corrupt("producer index out of range"));
         }
         self.cached_tail = tail;
@@ -469,7 +470,7 @@ impl Consumer {
 const MAX_COUNTER: u64 = 1 << 62;
 
 fn check_counters(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {
-    if head > tail || tail - head > cap || head % 8 != 0 || tail % 8 != 0 || tail > MAX_COUNTER {
+    if head > tail || tail - head > cap || !head.is_multiple_of(8) || !tail.is_multiple_of(8) || tail > MAX_COUNTER {
         return Err(Corrupt("ring counters out of range"));
     }
     Ok(())

@@ -81,7 +81,7 @@ const _: () = {
     assert!(std::mem::offset_of!(Header, initialised) == 36);
     assert!(std::mem::offset_of!(Header, ends) == 40);
     assert!(DATA_OFFSET == 896);
-    assert!(DATA_OFFSET % 128 == 0);
+    assert!(DATA_OFFSET.is_multiple_of(128));
 };
 
 /// Bytes of a segment whose directions each hold `capacity` bytes.

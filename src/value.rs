@@ -1,14 +1,39 @@
-//! `Value`: what a message carries, modelled on the web's structured-clone values.
-//!
-//! Arrays, objects, maps and sets are trees here: a Rust `Value` cannot express a cycle
-//! or a shared sub-object, so none is sent. Identity *is* kept for the two handle types:
-//! an `ArrayBuffer` or a `MessagePort` referenced twice in one message arrives as one
-//! object referenced twice.
+//! `Value`: what a message carries, modelled on the web's structured-clone values. The
+//! rules (trees with identity for handles, what is copied, moved or refused, how
+//! received values are checked) are documented on the public type.
 
 use crate::buffer::ArrayBuffer;
 use crate::port::MessagePort;
 
-/// A structured-clone value. See the module docs.
+/// A structured-clone value: what [`MessagePort::post_message`] sends and
+/// [`MessageEvent::data`](crate::MessageEvent::data) holds.
+///
+/// # Trees, with identity for handles
+///
+/// Arrays, objects, maps and sets are trees here: a Rust `Value` cannot express a
+/// cycle or a shared sub-object, so none is sent, and a sub-value referenced twice is
+/// sent twice. Identity *is* kept for the two handle types: an [`ArrayBuffer`] or a
+/// [`MessagePort`] referenced twice in one message (directly or through a
+/// [`TypedArray`]) arrives as one object referenced twice. `==` compares those two
+/// handle types by identity, as JS `===` does, and everything else by value.
+///
+/// # Copied, moved, or refused
+///
+/// Everything in a message is copied, except the items of the transfer list, which are
+/// moved: an `ArrayBuffer` in it is detached here and its pages handed over (see
+/// [`ArrayBuffer`]), a `MessagePort` in it is detached here and arrives working in
+/// [`MessageEvent::ports`](crate::MessageEvent::ports). A `Port` value must be in the
+/// transfer list; a detached buffer or port, a value nested deeper than 128 levels, or a
+/// typed-array view outside its buffer is refused with a `DataCloneError` before
+/// anything is sent or detached (SEMANTICS 5 and 11).
+///
+/// # Received values
+///
+/// Decoding never trusts the sender: malformed bytes, an unknown tag, nesting past 128
+/// levels, a length beyond the message, a view outside its buffer or a forged buffer
+/// descriptor become a [`MessageError`](crate::MessageError), never a panic or a large
+/// allocation. Buffers in a received value may still be written by a hostile sender:
+/// see [`ArrayBuffer`].
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Value {
     /// JS `undefined`.
@@ -177,7 +202,7 @@ impl TypedArray {
     /// Whether the view lies inside its buffer and is aligned to its element size.
     pub fn is_valid(&self) -> bool {
         let size = self.kind.element_size();
-        self.byte_offset % size == 0
+        self.byte_offset.is_multiple_of(size)
             && self
                 .length
                 .checked_mul(size)

@@ -428,7 +428,7 @@ fn wait_until<T>(
     let mut yielding = false;
     loop {
         n = n.wrapping_add(1);
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             let now = Instant::now();
             let began = *start.get_or_insert(now);
             if deadline.is_some_and(|d| now >= d) {
@@ -440,7 +440,7 @@ fn wait_until<T>(
             }
             yielding = spin_for.is_some() && spun >= YIELD_AFTER;
             // Only a busy-poll spins long enough to need the slow check here.
-            if spun >= SLICE && n % (64 * 1024) == 0 {
+            if spun >= SLICE && n.is_multiple_of(64 * 1024) {
                 if let Some(t) = poll(Check::Slow) {
                     return (Some(t), spun);
                 }

@@ -172,7 +172,10 @@ impl Outgoing {
         encoded.map_err(clone_error)?;
         // A process-local port has no descriptors to send: refused before anything moves.
         if ports.iter().any(|p| p.port().link().is_some_and(|l| l.segment.fd().is_none())) {
-            return Err(PostError::Transfer("a process-local port cannot leave its process".into()));
+            return Err(PostError::transfer(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a process-local port cannot leave its process",
+            )));
         }
         let source_channel = source.port().link().map(|l| l.segment.identity());
         let doomed =
@@ -210,7 +213,7 @@ impl Outgoing {
         let mut table_len = TABLE + BUFFER_ENTRY * out.buffers.len() + PORT_ENTRY * out.ports.len() + body.len();
         if table_len > max_inline {
             // The body goes out of line, into a chunk of our arena.
-            let (chunk, _) = arena::allocate(body.len()).map_err(|e| PostError::Transfer(e.to_string()))?;
+            let (chunk, _) = arena::allocate(body.len()).map_err(PostError::transfer)?;
             // SAFETY: a chunk we just took, open, at least body.len() bytes.
             unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), chunk.ptr().as_ptr(), body.len()) };
             out.spill = Some(chunk);

@@ -1,5 +1,7 @@
-//! The arena of shared pages, seen through its counters. One test per binary run: the
-//! counters are process-wide.
+//! The arena of shared pages, seen through its counters. The counters are process-wide,
+//! so each test here runs alone in a child process of its own (`common::isolated`).
+
+mod common;
 
 use std::time::Duration;
 
@@ -7,6 +9,9 @@ use shmport::{ArrayBuffer, MessageChannel, Value, arena_stats};
 
 #[test]
 fn chunks_go_back_to_the_arena_when_buffers_are_dropped_or_received_and_dropped() {
+    if !common::isolated("chunks_go_back_to_the_arena_when_buffers_are_dropped_or_received_and_dropped") {
+        return;
+    }
     let start = arena_stats();
     assert_eq!(start.held_here, 0);
     let ch = MessageChannel::new().unwrap();

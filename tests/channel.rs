@@ -185,11 +185,27 @@ fn s15_messages_posted_before_close_are_delivered_and_after_go_nowhere() {
 
 #[test]
 fn s15_messages_queued_at_a_closing_port_are_discarded() {
+    // Alone in a process: the arena's counters checked below are process-wide.
+    if !common::isolated("s15_messages_queued_at_a_closing_port_are_discarded") {
+        return;
+    }
     let ch = MessageChannel::new().unwrap();
     let (a, b) = (ch.port1(), ch.port2());
+    let other = MessageChannel::new().unwrap();
+    let buffer = ArrayBuffer::from_slice(&[7; 5000]).unwrap();
     a.post_message("queued", []).unwrap();
+    a.post_message(Value::ArrayBuffer(buffer.clone()), [buffer.clone().into()]).unwrap();
+    a.post_message(Value::Port(other.port2()), [other.port2().into()]).unwrap();
+    assert_eq!(shmport::arena_stats().in_flight, 1, "the buffer's chunk is queued at b");
+    assert!(!other.port1().is_peer_closed(), "the queued port is alive");
     b.close();
     assert!(matches!(b.try_recv(), Err(TryRecvError::Closed)));
+    // Discarded means given back, at once: the buffer's chunk is free again without
+    // its sender doing anything, and the queued port is closed, so its peer sees it.
+    let stats = shmport::arena_stats();
+    assert_eq!((stats.in_flight, stats.held_here, stats.free), (0, 0, stats.chunks), "{stats:?}");
+    assert!(other.port1().is_peer_closed(), "the port queued at the closed port was closed");
+    assert!(other.port1().recv_timeout(WAIT).unwrap_err().is_closed());
 }
 
 #[test]
@@ -338,15 +354,23 @@ fn s19_recv_timeout_and_try_recv_on_an_empty_port() {
 
 #[test]
 fn s19_messages_larger_than_the_ring_travel_out_of_line() {
+    // Alone in a process: the arena's counters checked at the end are process-wide.
+    if !common::isolated("s19_messages_larger_than_the_ring_travel_out_of_line") {
+        return;
+    }
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
-    assert_eq!(a.max_message_size(), 1016, "the largest message copied through the ring");
+    assert_eq!(a.max_inline_size(), 1016, "the largest message copied through the ring");
+    #[allow(deprecated)]
+    let old_name = a.max_message_size();
+    assert_eq!(old_name, 1016, "the deprecated name is the same limit");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
     let writer = std::thread::spawn({
         let big = big.clone();
         move || {
             a.post_bytes(&big[..1016]).unwrap();
             a.post_bytes(&big[..1017]).unwrap();
+            a.post_bytes(&big).unwrap();
             a.post_bytes(&big).unwrap();
             a.post_message(Value::String("x".repeat(100_000)), []).unwrap();
             a.post_message(Value::Array(vec![Value::ArrayBuffer(ArrayBuffer::from_slice(&big).unwrap())]), []).unwrap();
@@ -355,12 +379,52 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1016]);
     assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1017]);
     assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), big);
+    let spilled = b.recv().unwrap().data;
+    assert_eq!(spilled.as_array_buffer().expect("bytes read with recv are an ArrayBuffer").to_vec(), big);
+    drop(spilled);
     assert_eq!(b.recv().unwrap().data, Value::String("x".repeat(100_000)));
     let Value::Array(items) = b.recv().unwrap().data else { panic!("an array") };
     assert_eq!(items[0].as_array_buffer().unwrap().to_vec(), big, "a copied buffer larger than the ring");
     writer.join().unwrap();
     // The spilled bodies went back to the arena once read.
     assert_eq!(shmport::arena_stats().in_flight, 0);
+}
+
+#[test]
+fn each_port_with_a_handler_has_a_dispatch_thread_of_its_own() {
+    // Alone in a process: the threads counted are the whole process's. This pins what
+    // the docs of set_onmessage / set_onclose say (one OS thread per port).
+    if !common::isolated("each_port_with_a_handler_has_a_dispatch_thread_of_its_own") {
+        return;
+    }
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let before = threads();
+    let channels: Vec<MessageChannel> = (0..10).map(|_| MessageChannel::new().unwrap()).collect();
+    for ch in &channels {
+        ch.port2().set_onclose(Some(|| {}));
+    }
+    assert_eq!(threads(), before + 10, "one dispatch thread per port with a close handler");
+    channels[0].port2().set_onmessage(Some(|_ev: MessageEvent| {}));
+    assert_eq!(threads(), before + 10, "a second handler on the same port adds no thread");
+    // The threads end when their ports close.
+    for ch in &channels {
+        ch.port2().close();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while threads() != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(threads(), before);
+}
+
+#[test]
+fn the_default_options_wait_adaptively() {
+    assert_eq!(
+        shmport::WaitStrategy::default(),
+        shmport::WaitStrategy::Adaptive { max_spin: Duration::from_micros(100) }
+    );
+    let options = format!("{:?}", ChannelOptions::new());
+    assert!(options.contains("wait: Adaptive"), "{options}");
 }
 
 #[test]

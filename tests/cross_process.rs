@@ -6,16 +6,12 @@ mod common;
 use std::collections::HashSet;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Child;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{expect_success, role, role_command, spawn_role, watchdog};
+use common::{expect_success, role, role_command, role_command_of, spawn_role, watchdog};
 use shmport::{ChannelOptions, Error, Listener, MessageChannel, MessagePort, Value};
 
 const ENTRY: &str = "child_entry";
-
-/// Tests that look at this process's descriptors run one at a time.
-static FD_CHECKS: Mutex<()> = Mutex::new(());
 
 /// The child side of every test in this file, selected by the role variable.
 #[test]
@@ -64,11 +60,26 @@ fn child_entry() {
             // The variable is still set; the descriptor must not have been inherited.
             let status = role_command(ENTRY, "grandchild").status().unwrap();
             port.post_message(status.success(), []).unwrap();
-            assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)), "only once");
+            match MessagePort::from_parent() {
+                Err(Error::ParentPortUnavailable { reason }) => assert!(reason.contains("already taken"), "{reason}"),
+                other => panic!("a second from_parent: {other:?}"),
+            }
         }
         "grandchild" => {
             assert!(std::env::var(shmport::PARENT_ENV).is_ok());
-            assert!(matches!(MessagePort::from_parent(), Err(Error::NoParentPort)));
+            match MessagePort::from_parent() {
+                Err(e @ Error::ParentPortUnavailable { .. }) => {
+                    assert!(e.to_string().contains("inherited from an ancestor"), "{e}");
+                }
+                other => panic!("a grandchild's from_parent: {other:?}"),
+            }
+        }
+        "bad_parent_env" => {
+            let expected = std::env::var("SHMPORT_TEST_EXPECT").unwrap();
+            match MessagePort::from_parent() {
+                Err(Error::ParentPortUnavailable { reason }) => assert!(reason.contains(&expected), "{reason}"),
+                other => panic!("from_parent with {:?}: {other:?}", std::env::var(shmport::PARENT_ENV)),
+            }
         }
         "listen" => {
             let path = std::env::var("SHMPORT_TEST_PATH").unwrap();
@@ -117,7 +128,7 @@ fn message(seq: u64, salt: u64, max: usize, out: &mut Vec<u8>) {
 /// Sends `count` messages with salt `send_salt` while receiving `count` with
 /// `recv_salt`, checking each received message byte for byte.
 fn stress(port: &MessagePort, count: u64, send_salt: u64, recv_salt: u64) {
-    let max = port.max_message_size();
+    let max = port.max_inline_size();
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut buf = Vec::new();
@@ -179,8 +190,12 @@ fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_op
     if role().is_some() {
         return;
     }
+    // Alone in a process: the descriptors counted below are the whole process's, and
+    // the other tests of this binary open and close channels while they run.
+    if !common::isolated("s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_open") {
+        return;
+    }
     let _w = watchdog("s16_peer_killed", Duration::from_secs(60));
-    let _serial = FD_CHECKS.lock().unwrap_or_else(|e| e.into_inner());
     let before = open_inodes();
     let channel = MessageChannel::new().unwrap();
     let during = open_inodes();
@@ -279,6 +294,56 @@ fn from_parent_without_a_parent_port_is_a_clear_error() {
 }
 
 #[test]
+fn from_parent_says_why_a_port_named_by_the_variable_cannot_be_taken() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("from_parent_says_why", Duration::from_secs(60));
+    let me = std::process::id();
+    for (value, expected) in [
+        (format!("999,{me}"), "descriptor 999 is not open"),
+        (format!("0,{me}"), "descriptor 0 is not a Unix SEQPACKET socket"),
+        ("7".to_string(), "is not \"<fd>,<parent pid>\""),
+        (format!("-1,{me}"), "is not \"<fd>,<parent pid>\""),
+        (format!("3,{}", me + 1), "inherited from an ancestor"),
+    ] {
+        let child = role_command(ENTRY, "bad_parent_env")
+            .env(shmport::PARENT_ENV, &value)
+            .env("SHMPORT_TEST_EXPECT", expected)
+            .spawn()
+            .unwrap();
+        expect_success(child);
+    }
+}
+
+#[test]
+fn rendezvous_errors_name_the_path_and_keep_the_cause() {
+    if role().is_some() {
+        return;
+    }
+    let path = rendezvous_path("errors");
+    let listener = Listener::bind(&path).unwrap();
+    match Listener::bind(&path) {
+        Err(e @ Error::Rendezvous { action: "listen at", .. }) => {
+            assert!(e.to_string().starts_with(&format!("cannot listen at {path}: ")), "{e}");
+            let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<std::io::Error>()).unwrap();
+            assert_eq!(cause.kind(), std::io::ErrorKind::AddrInUse);
+        }
+        other => panic!("a second bind of {path}: {other:?}"),
+    }
+    drop(listener);
+    let absent = rendezvous_path("nobody-listens");
+    match MessagePort::connect(&absent) {
+        Err(e @ Error::Rendezvous { action: "connect to", .. }) => {
+            assert!(e.to_string().starts_with(&format!("cannot connect to {absent}: ")), "{e}");
+            let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<std::io::Error>()).unwrap();
+            assert_eq!(cause.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        other => panic!("connect to {absent}: {other:?}"),
+    }
+}
+
+#[test]
 fn an_unspawned_command_drops_the_port_and_the_peer_sees_it_closed() {
     let channel = MessageChannel::new().unwrap();
     let mut cmd = std::process::Command::new("true");
@@ -315,21 +380,67 @@ fn rendezvous_refuses_a_peer_of_another_user() {
         return;
     }
     if rustix_uid() != 0 {
-        eprintln!("skipped: switching to another user needs root");
+        eprintln!("rendezvous_refuses_a_peer_of_another_user: skipped: switching to another user needs root");
         return;
     }
     let _w = watchdog("rendezvous_other_user", Duration::from_secs(60));
+    // The other user may not be able to reach this test binary (a checkout under /root
+    // or in a mode-0700 temporary folder): run a copy of it from a folder it can enter.
+    let copy = ReachableCopy::new();
     let path = rendezvous_path("other-user");
     let listener = Listener::bind(&path).unwrap();
-    let mut cmd = role_command(ENTRY, "connect");
-    cmd.env("SHMPORT_TEST_PATH", &path).uid(65534).gid(65534);
-    let mut child = cmd.spawn().unwrap();
+    let mut cmd = role_command_of(&copy.exe, ENTRY, "connect");
+    cmd.env("SHMPORT_TEST_PATH", &path).current_dir(&copy.dir).uid(NOBODY).gid(NOBODY);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Only if even the copy cannot be run by that user (/tmp mounted noexec,
+            // or closed to other users): nothing here can be checked.
+            eprintln!(
+                "rendezvous_refuses_a_peer_of_another_user: skipped: uid {NOBODY} cannot run {}: {e}",
+                copy.exe.display()
+            );
+            return;
+        }
+        Err(e) => panic!("spawn the connector as uid {NOBODY}: {e}"),
+    };
     match listener.accept() {
-        Err(Error::WrongUser { peer, ours }) => assert_eq!((peer, ours), (65534, 0)),
+        Err(Error::WrongUser { peer, ours }) => assert_eq!((peer, ours), (NOBODY, 0)),
         other => panic!("accepted a peer of another user: {other:?}"),
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(3), "the connector refuses the listener too");
+}
+
+/// The uid and gid of `nobody`.
+const NOBODY: u32 = 65534;
+
+/// A copy of this test binary that every user can run: a fresh folder of mode 0755 in
+/// /tmp, holding the binary with mode 0755. Removed when dropped.
+struct ReachableCopy {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl ReachableCopy {
+    fn new() -> ReachableCopy {
+        use std::os::unix::fs::PermissionsExt;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::path::PathBuf::from(format!("/tmp/shmport-test-exe-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        // Set explicitly: the umask may have narrowed what create_dir and copy made.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("cross_process");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ReachableCopy { dir, exe }
+    }
+}
+
+impl Drop for ReachableCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn rustix_uid() -> u32 {

@@ -50,7 +50,7 @@ fn channel_and_mapping(capacity: usize) -> (MessageChannel, MmapMut) {
 }
 
 fn word(map: &MmapMut, offset: usize) -> &AtomicU64 {
-    assert!(offset % 8 == 0 && offset + 8 <= map.len());
+    assert!(offset.is_multiple_of(8) && offset + 8 <= map.len());
     // SAFETY: in bounds and 8-aligned (mmap is page-aligned); AtomicU64 may alias
     // memory that other parties access atomically.
     unsafe { &*(map.as_ptr().add(offset) as *const AtomicU64) }

@@ -165,6 +165,11 @@ pub(crate) fn recv_with_fds(
     Ok(Some(msg.bytes))
 }
 
+/// `fcntl(F_GETFD)` succeeds: `fd` is an open descriptor of this process.
+pub(crate) fn fcntl_getfd_is_open(fd: BorrowedFd<'_>) -> bool {
+    rustix::io::fcntl_getfd(fd).is_ok()
+}
+
 /// `fcntl(F_SETFD)`: set or clear close-on-exec. Async-signal-safe (used between fork
 /// and exec).
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {

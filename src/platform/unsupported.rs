@@ -84,6 +84,9 @@ pub(crate) fn current_pid() -> u32 {
 pub(crate) fn is_seqpacket_socket(_fd: BorrowedFd<'_>) -> bool {
     false
 }
+pub(crate) fn fcntl_getfd_is_open(_fd: BorrowedFd<'_>) -> bool {
+    false
+}
 /// # Safety
 /// As on Linux.
 pub(crate) unsafe fn mprotect(_ptr: *mut u8, _len: usize, _open: bool) -> io::Result<()> {

@@ -19,7 +19,12 @@ pub fn role() -> Option<String> {
 /// A `Command` that re-runs this test binary's `entry` test (which dispatches on the
 /// role) as `role`.
 pub fn role_command(entry: &str, role: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    role_command_of(&std::env::current_exe().expect("current_exe"), entry, role)
+}
+
+/// As [`role_command`], running `exe` (a copy of this test binary).
+pub fn role_command_of(exe: &std::path::Path, entry: &str, role: &str) -> Command {
+    let mut cmd = Command::new(exe);
     cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"]).env(ROLE_ENV, role).stdin(Stdio::null());
     cmd
 }
@@ -60,4 +65,34 @@ impl Drop for Watchdog {
 pub fn expect_success(mut child: Child) {
     let status = child.wait().expect("wait for child");
     assert!(status.success(), "child failed: {status:?}");
+}
+
+/// The environment variable that tells a re-run test binary which test runs alone in it.
+pub const ISOLATED_ENV: &str = "SHMPORT_TEST_ISOLATED";
+
+/// Runs the test `name` alone, in a child process of its own, for tests that compare
+/// process-wide counters (the arena's chunks, open descriptors) which the other tests
+/// of the same binary change while they run in parallel.
+///
+/// Returns `true` in that child, where the caller runs the test's body; in the test
+/// harness's own process it runs the child, asserts that the test passed there, and
+/// returns `false` (the caller then returns).
+pub fn isolated(name: &str) -> bool {
+    if std::env::var(ISOLATED_ENV).is_ok_and(|n| n == name) {
+        return true;
+    }
+    let output = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(ISOLATED_ENV, name)
+        .env_remove(ROLE_ENV)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the test in a child process");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "`{name}`, run alone in a child process, failed: {:?}", output.status);
+    // A misspelt name would run no test at all, and pass.
+    assert!(stdout.contains("1 passed"), "`{name}` did not run in the child process");
+    false
 }
