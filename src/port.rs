@@ -1479,7 +1479,7 @@ impl MessagePort {
     /// field names); byte sequences (`Vec<u8>`, `&[u8]`, `serde_bytes`) are copied in
     /// one piece. A small message costs its serialization plus one copy through the
     /// ring, with no allocation once the thread's buffer has grown; one larger than
-    /// [`max_message_size`](Self::max_message_size) travels in shared pages (one more
+    /// [`max_inline_size`](Self::max_inline_size) travels in shared pages (one more
     /// copy, and a descriptor on the socket). `ArrayBuffer` fields are copied (use
     /// [`post_typed_with`](Self::post_typed_with) to move them); a `MessagePort` field
     /// needs `post_typed_with`. Types that need a self-describing format
