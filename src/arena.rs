@@ -485,6 +485,15 @@ fn class_of(len: usize) -> Option<u32> {
     (shift <= MAX_SHIFT && len <= 1usize << MAX_SHIFT).then_some(shift)
 }
 
+/// The bytes of shared memory a buffer of `len` bytes takes (its chunk; 0 when empty):
+/// what a decoder charges a message for each buffer it copies.
+pub(crate) fn footprint(len: usize) -> usize {
+    match len {
+        0 => 0,
+        _ => class_of(len).map_or(usize::MAX, |shift| 1 << shift),
+    }
+}
+
 /// A chunk of at least `len` bytes, held by this process, its view open. Returns the
 /// chunk and whether its bytes are known to be zero.
 pub(crate) fn allocate(len: usize) -> io::Result<(Chunk, bool)> {

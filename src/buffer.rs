@@ -117,11 +117,6 @@ impl ArrayBuffer {
         Ok(ArrayBuffer::from_parts(chunk, bytes.len()))
     }
 
-    /// A detached buffer (a stand-in while a typed message is checked).
-    pub(crate) fn detached() -> ArrayBuffer {
-        ArrayBuffer { inner: Arc::new(Mutex::new(State::Detached)) }
-    }
-
     /// A buffer over a received chunk (or an empty one).
     pub(crate) fn from_parts(chunk: Option<Chunk>, len: usize) -> ArrayBuffer {
         debug_assert!(chunk.as_ref().map_or(len == 0, |c| len <= c.capacity()));
@@ -221,6 +216,30 @@ impl ArrayBuffer {
     /// An address that identifies this buffer, for duplicate checks.
     pub(crate) fn identity(&self) -> usize {
         Arc::as_ptr(&self.inner) as *const () as usize
+    }
+}
+
+/// What the buffers a decoder copies out of one message may take beyond their bytes:
+/// each takes a whole chunk (4 KiB at least), so without a bound a message of N bytes
+/// could pin about 1,400·N bytes of shared memory in one-byte buffers.
+pub(crate) struct CopyBudget {
+    slack: usize,
+}
+
+impl CopyBudget {
+    /// Chunks may exceed the bytes copied into them by this much per message (4,096
+    /// small buffers).
+    const SLACK: usize = 16 << 20;
+
+    pub(crate) fn new() -> CopyBudget {
+        CopyBudget { slack: CopyBudget::SLACK }
+    }
+
+    /// A copy of `bytes` in a new buffer, if the message's budget allows it.
+    pub(crate) fn copy(&mut self, bytes: &[u8]) -> Result<ArrayBuffer, &'static str> {
+        let waste = arena::footprint(bytes.len()).saturating_sub(bytes.len());
+        self.slack = self.slack.checked_sub(waste).ok_or("message copies more small buffers than it may")?;
+        ArrayBuffer::from_slice(bytes).map_err(|_| "out of memory for a copied buffer")
     }
 }
 

@@ -43,7 +43,7 @@
 
 use std::collections::HashMap;
 
-use crate::buffer::ArrayBuffer;
+use crate::buffer::{ArrayBuffer, CopyBudget};
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError};
 use crate::port::MessagePort;
 use crate::value::{BigInt, TypedArray, TypedArrayKind, Value};
@@ -354,7 +354,6 @@ mod reason {
     pub(super) const KIND: &str = "unknown typed-array kind";
     pub(super) const NOT_A_BUFFER: &str = "typed array without a buffer";
     pub(super) const VIEW: &str = "typed-array view outside its buffer";
-    pub(super) const ALLOC: &str = "cannot allocate buffer";
 }
 
 /// Decodes one message. `buffers` are the received transferred buffers (same order as
@@ -450,11 +449,14 @@ struct Decoder<'a> {
     /// it has bytes, so only a lying one runs out (and then grows its vectors as
     /// elements actually arrive).
     reserve_budget: usize,
+    /// Bounds the shared memory the buffers copied out of the message may take.
+    copies: CopyBudget,
 }
 
 impl<'a> Decoder<'a> {
     fn new(bytes: &'a [u8], moved: &'a [ArrayBuffer], ports: &'a [MessagePort]) -> Self {
-        Decoder { input: Reader { bytes }, moved, ports, buffers: Vec::new(), reserve_budget: bytes.len() }
+        let copies = CopyBudget::new();
+        Decoder { input: Reader { bytes }, moved, ports, buffers: Vec::new(), reserve_budget: bytes.len(), copies }
     }
 
     /// Decodes the next value, which sits inside `depth` containers.
@@ -547,7 +549,8 @@ impl<'a> Decoder<'a> {
                 return seen.cloned().ok_or(MessageError::new(reason::BUFFER_ID));
             }
             tag::BUFFER_COPY => {
-                ArrayBuffer::from_slice(self.input.bytes()?).map_err(|_| MessageError::new(reason::ALLOC))?
+                let bytes = self.input.bytes()?;
+                self.copies.copy(bytes).map_err(MessageError::new)?
             }
             tag::BUFFER_MOVED => {
                 let index = self.input.index(reason::BUFFER_INDEX)?;

@@ -532,53 +532,55 @@ impl Rx {
         Ok(())
     }
 
-    /// Takes `rec` if it is a typed message that decodes as a `T`. Anything else stays
-    /// queued (a kept `MessageError`), except a typed message whose body travelled out
-    /// of line: it can only be decoded once taken, and is consumed if it is not a `T`.
+    /// Takes `rec` if it is a typed message that decodes as a `T`; a message of another
+    /// kind stays queued (a kept `MessageError`), and so does a typed message whose
+    /// body is in the ring and which carries nothing else (it is decoded from a copy).
+    /// A typed message that carries buffers or ports, or whose body travelled out of
+    /// line, is taken before it is decoded (its descriptors come off the socket), so if
+    /// it is not a `T` it is consumed: its buffers go back to their owner and its ports
+    /// close.
     fn take_typed<T: serde::de::DeserializeOwned>(&mut self, rec: &Record, buf: &mut Vec<u8>) -> Result<T, RecvFail> {
-        let kept = |e: MessageError| RecvFail::Message(e.kept());
         if rec.kind != wire::KIND_TYPED {
-            return Err(kept(MessageError::new("the next message was not posted with post_typed")));
+            return Err(RecvFail::Message(MessageError::new("the next message was not posted with post_typed").kept()));
         }
-        self.copy_out(rec, buf)?;
-        let payload = &buf[..rec.len];
         if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
-            let value = typed::decode::<T>(payload, &[], &[]).map_err(kept)?;
+            self.copy_out(rec, buf)?;
+            let value = typed::decode::<T>(&buf[..rec.len], &[], &[]).map_err(|e| RecvFail::Message(e.kept()))?;
             self.consumed(rec);
             return Ok(value);
         }
-        // The message carries buffers or ports: decide whether its body decodes before
-        // taking them off the socket (a dry run with stand-ins), then decode for real.
-        if let Some((at, buffers, ports)) = wire::inline_body(payload) {
-            typed::decodes_as::<T>(&payload[at..], buffers, ports).map_err(kept)?;
-        }
-        std::mem::swap(&mut self.scratch, buf);
-        self.consumed(rec);
-        let value = wire::decode_typed(self, rec.len);
-        std::mem::swap(&mut self.scratch, buf);
-        value
+        self.take(rec)?;
+        wire::decode_typed(self, rec.len)
     }
 
     /// Takes `rec` if it is a plain-old-data message of `T`'s size; anything else stays
-    /// queued (except, as for `take_typed`, a message that travelled out of line).
+    /// queued (a kept `MessageError`).
     fn take_pod<T: bytemuck::AnyBitPattern>(&mut self, rec: &Record) -> Result<T, RecvFail> {
         let size = size_of::<T>();
-        let wrong_size = || MessageError::new("plain-old-data message has the wrong size");
+        let refuse = |why| Err(RecvFail::Message(MessageError::new(why).kept()));
         if rec.kind != wire::KIND_POD {
-            return Err(RecvFail::Message(MessageError::new("the next message was not posted with post_pod").kept()));
+            return refuse("the next message was not posted with post_pod");
         }
         if rec.flags & wire::FLAG_ATTACHMENTS != 0 {
+            // A value larger than the ring: its size is in the table, read before the
+            // body is taken (and copied).
+            let mut table = [0u8; wire::TABLE_WITH_SPILL];
+            let n = table.len().min(rec.len);
+            self.consumer.copy_payload(rec, &mut table[..n]);
+            if wire::spilled_len(&table[..n]) != Some(size as u64) {
+                return refuse("plain-old-data message has the wrong size");
+            }
             self.take(rec)?;
             let range = wire::body_of(self, rec.flags, rec.len)?;
             let body = &self.scratch[range];
             return if body.len() == size {
                 Ok(bytemuck::pod_read_unaligned(body))
             } else {
-                Err(RecvFail::Message(wrong_size()))
+                Err(RecvFail::Message(MessageError::new("plain-old-data message has the wrong size")))
             };
         }
         if rec.len != size {
-            return Err(RecvFail::Message(wrong_size().kept()));
+            return refuse("plain-old-data message has the wrong size");
         }
         let mut value = std::mem::MaybeUninit::<T>::uninit();
         // SAFETY: `value` has room for `size_of::<T>() == rec.len` bytes.
@@ -764,19 +766,6 @@ impl Port {
             events_epoch: AtomicU32::new(0),
         };
         Ok(Arc::new(port))
-    }
-
-    /// A port that was never attached (a stand-in while a typed message is checked).
-    fn placeholder() -> Arc<Port> {
-        Arc::new(Port {
-            detached: AtomicBool::new(true),
-            link: Mutex::new(None),
-            tx: CachePadded::new(HalfLock::new(None)),
-            rx: CachePadded::new(HalfLock::new(None)),
-            strategy: AtomicCell::new(WaitStrategy::default()),
-            events: Mutex::new(Events::default()),
-            events_epoch: AtomicU32::new(0),
-        })
     }
 
     pub(crate) fn is_detached(&self) -> bool {
@@ -1361,11 +1350,6 @@ impl MessagePort {
         &self.handle.port
     }
 
-    /// A detached port that never had a channel.
-    pub(crate) fn placeholder() -> MessagePort {
-        MessagePort::wrap(Port::placeholder())
-    }
-
     /// Whether two handles are the same port.
     pub fn ptr_eq(&self, other: &MessagePort) -> bool {
         Arc::ptr_eq(&self.handle, &other.handle)
@@ -1482,8 +1466,8 @@ impl MessagePort {
     /// [`max_inline_size`](Self::max_inline_size) travels in shared pages (one more
     /// copy, and a descriptor on the socket). `ArrayBuffer` fields are copied (use
     /// [`post_typed_with`](Self::post_typed_with) to move them); a `MessagePort` field
-    /// needs `post_typed_with`. Types that need a self-describing format
-    /// (`#[serde(flatten)]`, untagged enums, `serde_json::Value`) cannot be read back.
+    /// needs `post_typed_with`. What types can be read back: see
+    /// [`recv_typed`](Self::recv_typed).
     pub fn post_typed<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<(), PostError> {
         self.post_typed_mode(value, Mode::Block)
     }
@@ -1533,12 +1517,41 @@ impl MessagePort {
         value: &T,
         transfer: impl IntoIterator<Item = Transferable>,
     ) -> Result<(), PostError> {
+        self.post_typed_with_mode(value, transfer, Mode::Block)
+    }
+
+    /// As [`post_typed_with`](Self::post_typed_with), but `PostError::Full` at once
+    /// instead of waiting (nothing is moved then).
+    pub fn try_post_typed_with<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post_typed_with_mode(value, transfer, Mode::Try)
+    }
+
+    /// As [`post_typed_with`](Self::post_typed_with), waiting at most `timeout` for room.
+    pub fn post_typed_with_timeout<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        self.post_typed_with_mode(value, transfer, Mode::timeout(timeout))
+    }
+
+    fn post_typed_with_mode<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+        transfer: impl IntoIterator<Item = Transferable>,
+        mode: Mode,
+    ) -> Result<(), PostError> {
         let transfer: Vec<Transferable> = transfer.into_iter().collect();
         if transfer.is_empty() {
-            return self.post_typed_mode(value, Mode::Block);
+            return self.post_typed_mode(value, mode);
         }
         let outgoing = Outgoing::typed(self, value, &transfer, self.max_inline())?;
-        self.post_prepared(outgoing, Mode::Block)
+        self.post_prepared(outgoing, mode)
     }
 
     fn post_typed_mode<T: serde::Serialize + ?Sized>(&self, value: &T, mode: Mode) -> Result<(), PostError> {
@@ -1566,20 +1579,32 @@ impl MessagePort {
         self.post_record(wire::KIND_POD, bytemuck::bytes_of(value), Mode::Try)
     }
 
+    /// As [`post_pod`](Self::post_pod), waiting at most `timeout` for room.
+    pub fn post_pod_timeout<T: bytemuck::NoUninit>(&self, value: &T, timeout: Duration) -> Result<(), PostError> {
+        self.post_record(wire::KIND_POD, bytemuck::bytes_of(value), Mode::timeout(timeout))
+    }
+
     /// Waits for a message posted with [`post_typed`](Self::post_typed) or
     /// [`post_typed_with`](Self::post_typed_with) and decodes it as `T`, strictly
     /// (bytes left over are an error).
     ///
-    /// A message that is not a `T` (another kind of message, or a typed message that
-    /// does not decode as `T`) is a `MessageError` and **stays queued**, with everything
-    /// it carries ([`MessageError::is_kept`]): read it with [`recv`](Self::recv) (a
-    /// typed message arrives there as an `ArrayBuffer` of its bytes), with
-    /// [`recv_bytes_with`](Self::recv_bytes_with), or as another type. The one
-    /// exception is a typed message larger than the ring, whose body travels in shared
-    /// pages: it can only be decoded once taken, so if it is not a `T` it is consumed
-    /// (the buffers it carried are freed, the ports closed) and the error is not kept.
-    /// `T`'s `Deserialize` runs while this port's receiving half is held: it must not
-    /// receive on this port.
+    /// A message of another kind (posted with `post_message`, `post_bytes`,
+    /// `post_pod`) is a `MessageError` and **stays queued**, with everything it carries
+    /// ([`MessageError::is_kept`]): read it with [`recv`](Self::recv) (where a typed
+    /// message arrives as an `ArrayBuffer` of its bytes) or
+    /// [`recv_bytes_with`](Self::recv_bytes_with). So does a typed message that is not a
+    /// `T`, when it carries nothing but its body and fits the ring: it is decoded from a
+    /// copy, and can then be read as another type. A typed message that carries buffers
+    /// or ports, or is larger than the ring (its body travels in shared pages), must be
+    /// taken to be decoded: if it is not a `T` it is consumed (not kept), its buffers
+    /// go back to their owner and its ports close. To read several types from one port,
+    /// post one enum of them.
+    ///
+    /// The format has no field names (as bincode and postcard): a `T` that skips
+    /// fields when serializing (`#[serde(skip_serializing_if)]`) or that needs a
+    /// self-describing format (`#[serde(flatten)]`, untagged enums) cannot be read
+    /// back. `T`'s `Deserialize` runs while this port's receiving half is held: it must
+    /// not receive on this port.
     pub fn recv_typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, RecvError> {
         self.recv_typed_mode(Mode::Block).map_err(RecvError::from)
     }

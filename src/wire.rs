@@ -675,15 +675,18 @@ pub(crate) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usi
     value.map_err(RecvFail::Message)
 }
 
-/// Where the body of an attachment record starts in its payload, and how many buffers
-/// and ports it carries; `None` if the body is out of line (or the table is malformed:
-/// receiving it will say so).
-pub(crate) fn inline_body(payload: &[u8]) -> Option<(usize, usize, usize)> {
-    let mut r = Reader { bytes: payload, at: 0 };
-    let (_fds, n_buffers, n_ports, spilled) = (r.u32().ok()?, r.u32().ok()?, r.u32().ok()?, r.u32().ok()?);
-    let entries = (BUFFER_ENTRY as u64) * u64::from(n_buffers) + (PORT_ENTRY as u64) * u64::from(n_ports);
-    let at = TABLE as u64 + entries;
-    (spilled == 0 && at <= payload.len() as u64).then_some((at as usize, n_buffers as usize, n_ports as usize))
+/// The bytes of an attachment table with a spilled body's entry.
+pub(crate) const TABLE_WITH_SPILL: usize = TABLE + BUFFER_ENTRY;
+
+/// The length of the body that an attachment record (whose first bytes are `table`)
+/// carries out of line; `None` if its body is inline or the table is malformed.
+pub(crate) fn spilled_len(table: &[u8]) -> Option<u64> {
+    let mut r = Reader { bytes: table, at: 12 };
+    if r.u32().ok()? != 1 {
+        return None;
+    }
+    r.at = TABLE;
+    Some(read_buffer_entry(&mut r).ok()?.len)
 }
 
 /// The body of the record just taken by `rx`, for `recv_bytes_with`: inline bytes, or

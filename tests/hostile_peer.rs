@@ -12,13 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
-use shmport::{ChannelOptions, MessageChannel, MessagePort, PostError, RecvTimeoutError, Value};
+use shmport::{ArrayBuffer, ChannelOptions, MessageChannel, MessagePort, PostError, RecvTimeoutError, Value};
 
 const HEADER: usize = 128;
 const LINES: usize = 384;
 const DATA: usize = HEADER + 2 * LINES;
 const KIND_BYTES: u64 = 2;
 const KIND_VALUE: u64 = 3;
+const KIND_TYPED: u64 = 4;
+const KIND_POD: u64 = 5;
 
 static MAPPING: Mutex<()> = Mutex::new(());
 
@@ -126,6 +128,49 @@ fn s17_undecodable_messages_are_message_errors_and_the_port_goes_on() {
     }
     assert_eq!(recv(&port).unwrap().as_array_buffer().unwrap().to_vec(), b"after");
     assert_eq!(recv(&port).unwrap(), Value::String("hi".into()));
+    assert!(matches!(port.try_recv(), Err(shmport::TryRecvError::Empty)));
+}
+
+#[test]
+fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let mut peer = ForgedWriter::new(&map, 4096);
+    let table = |fds: u32, buffers: u32, ports: u32, spilled: u32| {
+        [fds, buffers, ports, spilled, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+    };
+    // Typed bodies that name a buffer and a port they do not carry.
+    peer.push(KIND_TYPED, &[1, 0]); // (ArrayBuffer,) with BUFFER_MOVED 0, no table
+    peer.push(KIND_TYPED, &[0]); // (MessagePort,) index 0, no table
+    // Attachment tables under a typed and a pod record: descriptors never sent, a
+    // spilled body whose entry is cut off, a pod whose spilled length lies.
+    peer.push_with_flags(KIND_TYPED, 1, &table(2, 1, 0, 0));
+    peer.push_with_flags(KIND_TYPED, 1, &table(0, 0, 0, 1));
+    let mut lying_pod = table(1, 0, 0, 1);
+    lying_pod.extend([0u32, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
+    lying_pod.extend(8u64.to_le_bytes());
+    peer.push_with_flags(KIND_POD, 1, &lying_pod);
+    peer.push_with_flags(KIND_POD, 1, &[1, 2, 3]);
+    peer.push(KIND_TYPED, &[5]);
+
+    fn is_error<T>(r: Result<T, shmport::RecvError>) -> bool {
+        matches!(r, Err(shmport::RecvError::MessageError(_)))
+    }
+    // The first two name what they do not carry: refused by recv_typed and kept.
+    assert!(is_error(port.recv_typed::<(ArrayBuffer,)>()));
+    assert_eq!(port.recv_bytes_with(<[u8]>::to_vec).unwrap(), [1, 0]);
+    assert!(is_error(port.recv_typed::<(MessagePort,)>()));
+    assert_eq!(port.recv_bytes_with(<[u8]>::to_vec).unwrap(), [0]);
+    // The tables: taken and refused (their descriptors are missing).
+    assert!(is_error(port.recv_typed::<u8>()));
+    assert!(is_error(port.recv_typed::<u8>()));
+    // A pod of 8 bytes whose descriptor is missing: refused once taken.
+    assert!(is_error(port.recv_pod::<u64>()));
+    // A pod table too short to say its length: kept for a pod of any size; recv drops it.
+    assert!(is_error(port.recv_pod::<u64>()));
+    assert!(matches!(recv(&port), Err(RecvTimeoutError::MessageError(_))));
+    assert_eq!(port.recv_typed::<u8>().unwrap(), 5);
     assert!(matches!(port.try_recv(), Err(shmport::TryRecvError::Empty)));
 }
 

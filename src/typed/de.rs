@@ -298,18 +298,18 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de, '_, '_> {
     fn deserialize_newtype_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, Error> {
         if name == MAGIC_BUFFER {
             let buffer = self.buffer()?;
-            return super::hand_over(super::Slot::Buffer(buffer), || visitor.visit_unit());
+            return super::hand_over(&super::INCOMING, super::Slot::Buffer(buffer), || visitor.visit_unit());
         }
         if name == MAGIC_PORT {
             let port = self.port()?;
-            return super::hand_over(super::Slot::Port(port), || visitor.visit_unit());
+            return super::hand_over(&super::INCOMING, super::Slot::Port(port), || visitor.visit_unit());
         }
         self.nested(|de| visitor.visit_newtype_struct(de))
     }
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         // `Vec<u8>` (and `Box<[u8]>`, built from one): one copy instead of a call per
         // byte, which is what serde's `Vec<T>` visitor would make.
-        if let Some(make) = is_byte_vec::<V::Value>() {
+        if let Some(make) = is_byte_vec::<V>() {
             let bytes = self.bytes()?;
             return Ok(make(bytes.to_vec()));
         }

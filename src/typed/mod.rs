@@ -35,7 +35,7 @@ use std::fmt;
 use serde::de::{Deserialize, Visitor};
 use serde::ser::Serialize;
 
-use crate::buffer::ArrayBuffer;
+use crate::buffer::{ArrayBuffer, CopyBudget};
 use crate::error::{DataCloneErrorKind, MessageError};
 use crate::port::MessagePort;
 
@@ -66,7 +66,6 @@ mod reason {
     pub(super) const BUFFER_TAG: &str = "typed message has an unknown ArrayBuffer tag";
     pub(super) const BUFFER_INDEX: &str = "typed message names a buffer it does not carry";
     pub(super) const PORT_INDEX: &str = "typed message names a port it does not carry";
-    pub(super) const NO_MEMORY: &str = "out of memory for a buffer of a typed message";
 }
 
 /// What went wrong inside serde calls.
@@ -124,21 +123,59 @@ enum Slot {
     Port(MessagePort),
 }
 
+type SlotKey = std::thread::LocalKey<Cell<Option<Slot>>>;
+
 thread_local! {
-    static SLOT: Cell<Option<Slot>> = const { Cell::new(None) };
+    /// A handle whose `Serialize` impl runs: taken by our serializer.
+    static OUTGOING: Cell<Option<Slot>> = const { Cell::new(None) };
+    /// A handle our deserializer decoded: taken by the `Deserialize` impl's visitor.
+    static INCOMING: Cell<Option<Slot>> = const { Cell::new(None) };
 }
 
-/// Puts `slot` where the serde impl of `ArrayBuffer` / `MessagePort` will take it,
-/// runs `f`, and clears the slot again whatever `f` did.
-fn hand_over<R>(slot: Slot, f: impl FnOnce() -> R) -> R {
-    SLOT.set(Some(slot));
-    let r = f();
-    SLOT.set(None);
-    r
+/// Puts `slot` in `key` for the duration of `f`, and clears it afterwards whatever `f`
+/// did (also when it panics), so no handle outlives the call that passed it.
+fn hand_over<R>(key: &'static SlotKey, slot: Slot, f: impl FnOnce() -> R) -> R {
+    struct Clear(&'static SlotKey);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            // Dropped outside the cell: a handle's drop may itself run serde-free code
+            // that touches the slots (closing a port), never this cell's borrow.
+            drop(self.0.take());
+        }
+    }
+    key.set(Some(slot));
+    let _clear = Clear(key);
+    f()
 }
 
-fn take_slot() -> Option<Slot> {
-    SLOT.take()
+/// The type id of serde's own visitor for `Vec<u8>`: the visitor whose sequence the
+/// decoder may read in one copy (a custom visitor of the same value type must see its
+/// items one by one). `None` if serde's `Vec<u8>` no longer asks for a sequence.
+fn serde_byte_vec_visitor() -> Option<std::any::TypeId> {
+    static ID: std::sync::OnceLock<Option<std::any::TypeId>> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        thread_local! {
+            static SEEN: Cell<Option<std::any::TypeId>> = const { Cell::new(None) };
+        }
+        struct Probe;
+        impl<'de> serde::Deserializer<'de> for Probe {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("probe"))
+            }
+            fn deserialize_seq<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                SEEN.set(Some(typeid::of::<V>()));
+                Err(serde::de::Error::custom("probe"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+                option unit unit_struct newtype_struct tuple tuple_struct map struct enum identifier
+                ignored_any
+            }
+        }
+        let _ = Vec::<u8>::deserialize(Probe);
+        SEEN.take()
+    })
 }
 
 /// The transfer list while a value is serialized, and what the value broke.
@@ -160,7 +197,9 @@ impl Outbound<'_> {
     }
 
     fn buffer(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        let Some(Slot::Buffer(buffer)) = take_slot() else { return Err(Error::Clone(DataCloneErrorKind::Uncloneable)) };
+        let Some(Slot::Buffer(buffer)) = OUTGOING.take() else {
+            return Err(Error::Clone(DataCloneErrorKind::Uncloneable));
+        };
         if let Some(i) = self.buffers.iter().position(|b| b.ptr_eq(&buffer)) {
             out.push(BUFFER_MOVED);
             ser::put_varint(out, i as u128);
@@ -181,7 +220,7 @@ impl Outbound<'_> {
     }
 
     fn port(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        let Some(Slot::Port(port)) = take_slot() else { return Err(Error::Clone(DataCloneErrorKind::Uncloneable)) };
+        let Some(Slot::Port(port)) = OUTGOING.take() else { return Err(Error::Clone(DataCloneErrorKind::Uncloneable)) };
         match self.ports.iter().position(|p| p.ptr_eq(&port)) {
             Some(i) => ser::put_varint(out, i as u128),
             None => self.note(DataCloneErrorKind::PortNotInTransfer),
@@ -195,23 +234,16 @@ pub(super) struct Inbound<'c> {
     buffers: &'c [ArrayBuffer],
     ports: &'c [MessagePort],
     copies: Vec<ArrayBuffer>,
-    /// Count only: every item decodes to a detached stand-in (a dry run that decides
-    /// whether the value decodes before anything is taken from the socket).
-    dry: Option<(usize, usize)>,
+    budget: CopyBudget,
 }
 
 impl de::Deserializer<'_, '_, '_> {
     /// An `ArrayBuffer` field (see the module docs).
     fn buffer(&mut self) -> Result<ArrayBuffer, Error> {
-        let dry = self.ctx.dry.is_some();
-        let n_buffers = self.ctx.dry.map_or(self.ctx.buffers.len(), |(b, _)| b);
         match self.take(1)?[0] {
             BUFFER_MOVED => {
                 let i = self.index()?;
-                if i >= n_buffers {
-                    return Err(Error::decode(reason::BUFFER_INDEX));
-                }
-                Ok(if dry { ArrayBuffer::detached() } else { self.ctx.buffers[i].clone() })
+                self.ctx.buffers.get(i).cloned().ok_or(Error::decode(reason::BUFFER_INDEX))
             }
             BUFFER_SAME => {
                 let i = self.index()?;
@@ -219,11 +251,7 @@ impl de::Deserializer<'_, '_, '_> {
             }
             BUFFER_COPY => {
                 let bytes = self.bytes()?;
-                let copy = if dry {
-                    ArrayBuffer::detached()
-                } else {
-                    ArrayBuffer::from_slice(bytes).map_err(|_| Error::decode(reason::NO_MEMORY))?
-                };
+                let copy = self.ctx.budget.copy(bytes).map_err(Error::decode)?;
                 self.ctx.copies.push(copy.clone());
                 Ok(copy)
             }
@@ -233,12 +261,8 @@ impl de::Deserializer<'_, '_, '_> {
 
     /// A `MessagePort` field.
     fn port(&mut self) -> Result<MessagePort, Error> {
-        let n_ports = self.ctx.dry.map_or(self.ctx.ports.len(), |(_, p)| p);
         let i = self.index()?;
-        if i >= n_ports {
-            return Err(Error::decode(reason::PORT_INDEX));
-        }
-        Ok(if self.ctx.dry.is_some() { MessagePort::placeholder() } else { self.ctx.ports[i].clone() })
+        self.ctx.ports.get(i).cloned().ok_or(Error::decode(reason::PORT_INDEX))
     }
 }
 
@@ -266,21 +290,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     buffers: &[ArrayBuffer],
     ports: &[MessagePort],
 ) -> Result<T, MessageError> {
-    decode_with(body, Inbound { buffers, ports, copies: Vec::new(), dry: None })
-}
-
-/// Whether `body` decodes as a `T`, given how many buffers and ports its message
-/// carries (nothing is taken or allocated in shared memory).
-pub(crate) fn decodes_as<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    n_buffers: usize,
-    n_ports: usize,
-) -> Result<(), MessageError> {
-    decode_with::<T>(body, Inbound { buffers: &[], ports: &[], copies: Vec::new(), dry: Some((n_buffers, n_ports)) })
-        .map(drop)
-}
-
-fn decode_with<T: serde::de::DeserializeOwned>(body: &[u8], mut ctx: Inbound<'_>) -> Result<T, MessageError> {
+    let mut ctx = Inbound { buffers, ports, copies: Vec::new(), budget: CopyBudget::new() };
     let mut de = de::Deserializer::new(body, &mut ctx);
     let value = T::deserialize(&mut de)?;
     if de.at != body.len() {
@@ -302,9 +312,11 @@ fn is_bytes_iter<I>(iter: &I) -> Option<&[u8]> {
     Some(iter.as_slice())
 }
 
-/// A way to make a `T` from a `Vec<u8>`, if `T` is `Vec<u8>`.
-fn is_byte_vec<T>() -> Option<fn(Vec<u8>) -> T> {
-    (typeid::of::<T>() == typeid::of::<Vec<u8>>()).then_some(cast_byte_vec::<T>)
+/// A way to make `V`'s value from a `Vec<u8>`, if `V` is serde's own visitor for
+/// `Vec<u8>` (then reading the sequence in one copy is exactly what it would build).
+fn is_byte_vec<'de, V: Visitor<'de>>() -> Option<fn(Vec<u8>) -> V::Value> {
+    let ours = serde_byte_vec_visitor()? == typeid::of::<V>();
+    (ours && typeid::of::<V::Value>() == typeid::of::<Vec<u8>>()).then_some(cast_byte_vec::<V::Value>)
 }
 
 fn cast_byte_vec<T>(bytes: Vec<u8>) -> T {
@@ -330,7 +342,7 @@ impl Serialize for BytesOf<'_> {
 /// (the web's structured clone). Other serde formats see its bytes.
 impl Serialize for ArrayBuffer {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        hand_over(Slot::Buffer(self.clone()), || s.serialize_newtype_struct(MAGIC_BUFFER, &BytesOf(self)))
+        hand_over(&OUTGOING, Slot::Buffer(self.clone()), || s.serialize_newtype_struct(MAGIC_BUFFER, &BytesOf(self)))
     }
 }
 
@@ -351,7 +363,7 @@ impl<'de> Visitor<'de> for BufferVisitor {
 
     /// Our format hands the buffer over in the slot.
     fn visit_unit<E: serde::de::Error>(self) -> Result<ArrayBuffer, E> {
-        match take_slot() {
+        match INCOMING.take() {
             Some(Slot::Buffer(b)) => Ok(b),
             _ => Err(E::custom("expected an ArrayBuffer")),
         }
@@ -386,7 +398,7 @@ impl Serialize for PortOutsideTyped {
 /// In a typed message, a port must be in the transfer list (rule 5c) and moves.
 impl Serialize for MessagePort {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        hand_over(Slot::Port(self.clone()), || s.serialize_newtype_struct(MAGIC_PORT, &PortOutsideTyped))
+        hand_over(&OUTGOING, Slot::Port(self.clone()), || s.serialize_newtype_struct(MAGIC_PORT, &PortOutsideTyped))
     }
 }
 
@@ -406,7 +418,7 @@ impl<'de> Visitor<'de> for PortVisitor {
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<MessagePort, E> {
-        match take_slot() {
+        match INCOMING.take() {
             Some(Slot::Port(p)) => Ok(p),
             _ => Err(E::custom("expected a MessagePort")),
         }
@@ -483,6 +495,27 @@ mod tests {
         assert_eq!(d, [1, 2, 3]);
         let b: Box<[u8]> = super::decode(&fast, &[], &[]).unwrap();
         assert_eq!(&*b, [1, 2, 3]);
+    }
+
+    #[test]
+    fn serde_s_own_byte_vector_visitor_is_recognised() {
+        // Else every Vec<u8> would be read a byte at a time (correct, but slow).
+        assert!(super::serde_byte_vec_visitor().is_some());
+    }
+
+    #[test]
+    fn a_sequence_that_writes_other_than_it_declared_is_refused() {
+        struct Liar;
+        impl Serialize for Liar {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(Some(3))?;
+                seq.serialize_element(&1u8)?;
+                seq.end()
+            }
+        }
+        let mut out = Vec::new();
+        assert!(super::encode(&Liar, &[], &[], &mut out).is_err());
     }
 
     #[test]

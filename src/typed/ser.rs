@@ -3,6 +3,7 @@
 use serde::ser::{self, Serialize};
 
 use super::{Error, MAGIC_BUFFER, MAGIC_PORT, Outbound, is_bytes_iter};
+use crate::error::DataCloneErrorKind;
 
 /// Writes one value into `out`.
 pub(super) struct Serializer<'a, 'c> {
@@ -50,11 +51,16 @@ impl Serializer<'_, '_> {
     }
 }
 
-/// A sequence or map being written: counts its items when its length was not given.
+/// A sequence or map being written: counts its items, to patch the length in when it
+/// was not given, or to check it when it was (a `Serialize` impl may declare a length
+/// and write another number of items).
 pub(super) struct Compound<'s, 'a, 'c> {
     ser: &'s mut Serializer<'a, 'c>,
-    /// Where a padded length waits to be patched, and the items written so far.
-    patch: Option<(usize, usize)>,
+    /// Where a padded length waits to be patched (`None`: the length was written).
+    patch: Option<usize>,
+    /// The length written, for a sequence or map (`None` for tuples and structs).
+    declared: Option<usize>,
+    items: usize,
 }
 
 impl<'s, 'a, 'c> Compound<'s, 'a, 'c> {
@@ -62,27 +68,34 @@ impl<'s, 'a, 'c> Compound<'s, 'a, 'c> {
         match len {
             Some(n) => {
                 ser.len(n);
-                Compound { ser, patch: None }
+                Compound { ser, patch: None, declared: Some(n), items: 0 }
             }
             None => {
                 let at = ser.out.len();
                 ser.out.extend_from_slice(&[0x80; PADDED_LEN - 1]);
                 ser.out.push(0);
-                Compound { ser, patch: Some((at, 0)) }
+                Compound { ser, patch: Some(at), declared: None, items: 0 }
             }
         }
     }
 
+    /// Fields of a tuple or struct: no length on the wire.
+    fn fields(ser: &'s mut Serializer<'a, 'c>) -> Self {
+        Compound { ser, patch: None, declared: None, items: 0 }
+    }
+
     fn item<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        if let Some((_, n)) = &mut self.patch {
-            *n += 1;
-        }
+        self.items += 1;
         value.serialize(&mut *self.ser)
     }
 
     fn end(self) -> Result<(), Error> {
-        if let Some((at, n)) = self.patch {
-            let mut v = n as u64;
+        if self.declared.is_some_and(|n| n != self.items) {
+            // The receiver would read the items after these as part of this sequence.
+            return Err(Error::Clone(DataCloneErrorKind::Uncloneable));
+        }
+        if let Some(at) = self.patch {
+            let mut v = self.items as u64;
             for (i, byte) in self.ser.out[at..at + PADDED_LEN].iter_mut().enumerate() {
                 let more = if i + 1 < PADDED_LEN { 0x80 } else { 0 };
                 *byte = (v as u8 & 0x7f) | more;
@@ -199,10 +212,10 @@ impl<'s, 'a, 'c> ser::Serializer for &'s mut Serializer<'a, 'c> {
         Ok(Compound::new(self, len))
     }
     fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Error> {
-        Ok(Compound { ser: self, patch: None })
+        Ok(Compound::fields(self))
     }
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeTupleStruct, Error> {
-        Ok(Compound { ser: self, patch: None })
+        Ok(Compound::fields(self))
     }
     fn serialize_tuple_variant(
         self,
@@ -212,13 +225,13 @@ impl<'s, 'a, 'c> ser::Serializer for &'s mut Serializer<'a, 'c> {
         _: usize,
     ) -> Result<Self::SerializeTupleVariant, Error> {
         self.variant(index);
-        Ok(Compound { ser: self, patch: None })
+        Ok(Compound::fields(self))
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, Error> {
         Ok(Compound::new(self, len))
     }
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Error> {
-        Ok(Compound { ser: self, patch: None })
+        Ok(Compound::fields(self))
     }
     fn serialize_struct_variant(
         self,
@@ -228,7 +241,7 @@ impl<'s, 'a, 'c> ser::Serializer for &'s mut Serializer<'a, 'c> {
         _: usize,
     ) -> Result<Self::SerializeStructVariant, Error> {
         self.variant(index);
-        Ok(Compound { ser: self, patch: None })
+        Ok(Compound::fields(self))
     }
 
     /// `Vec<u8>`, `[u8]` and `&[u8]` come here with a slice iterator: one copy instead
