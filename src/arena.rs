@@ -208,7 +208,13 @@ impl ArenaSegment {
     /// change once the segment exists. Nothing inside the segment is consulted, since
     /// every peer that was given pages of it can write there.
     fn open(fd: OwnedFd, identity: (u64, u64)) -> Result<ArenaSegment, &'static str> {
-        let name = platform::memfd_name(fd.as_fd()).map_err(|_| "arena is not a memfd")?;
+        // The name is read through /proc/self/fd: without /proc (some sandboxes) no
+        // peer's buffer can be received. The sizes of several classes coincide, so
+        // the size alone cannot stand in for the name.
+        let name = platform::memfd_name(fd.as_fd()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => "arena is not a memfd",
+            _ => "cannot read the arena's memfd name (is /proc mounted?)",
+        })?;
         let shift = class_from_name(&name)?;
         let len = platform::sealed_len(fd.as_fd()).map_err(|_| "arena is not a sealed memfd")?;
         let (count, data_offset, total) = Self::layout(shift);
