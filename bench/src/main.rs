@@ -46,23 +46,28 @@ options:
   -h, --help            this text
 ";
 
+/// Round trips at each of `sizes`: fewer for larger messages and in quick mode.
+fn round_trips(sizes: &[usize], q: bool) -> Vec<Shape> {
+    sizes
+        .iter()
+        .map(|&size| {
+            let iters = match (size, q) {
+                (..=1024, false) => 50_000,
+                (..=65536, false) => 10_000,
+                (_, false) => 1_000,
+                (..=1024, true) => 500,
+                (..=65536, true) => 100,
+                (_, true) => 20,
+            };
+            (size, (iters / 10).max(10), iters, 1)
+        })
+        .collect()
+}
+
 /// The sizes and counts of `workload`'s measurements, in quick mode if `q`.
 fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
     match workload {
-        Workload::Rtt => [8, 64, 1024, 64 << 10, 1 << 20]
-            .into_iter()
-            .map(|size| {
-                let iters = match (size, q) {
-                    (..=1024, false) => 50_000,
-                    (..=65536, false) => 10_000,
-                    (_, false) => 1_000,
-                    (..=1024, true) => 500,
-                    (..=65536, true) => 100,
-                    (_, true) => 20,
-                };
-                (size, (iters / 10).max(10), iters, 1)
-            })
-            .collect(),
+        Workload::Rtt => round_trips(&[8, 64, 1024, 64 << 10, 1 << 20], q),
         Workload::Stream => [64, 64 << 10, 1 << 20]
             .into_iter()
             .map(|size| {
@@ -101,20 +106,7 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
                 Some((size, warmup, iters, 1))
             })
             .collect(),
-        Workload::Typed => [64, 64 << 10, 1 << 20]
-            .into_iter()
-            .map(|size| {
-                let iters = match (size, q) {
-                    (..=1024, false) => 50_000,
-                    (..=65536, false) => 10_000,
-                    (_, false) => 1_000,
-                    (..=1024, true) => 500,
-                    (..=65536, true) => 100,
-                    (_, true) => 20,
-                };
-                (size, (iters / 10).max(10), iters, 1)
-            })
-            .collect(),
+        Workload::Typed => round_trips(&[64, 64 << 10, 1 << 20], q),
     }
 }
 
