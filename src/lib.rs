@@ -44,42 +44,23 @@
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
 #[cfg(not(loom))]
-mod arena;
-#[cfg(not(loom))]
-mod bootstrap;
-#[cfg(not(loom))]
-mod buffer;
-#[cfg(not(loom))]
-mod codec;
+mod channel;
 #[cfg(not(loom))]
 mod diagnostics;
 #[cfg(not(loom))]
-mod dispatch;
-#[cfg(not(loom))]
 mod error;
-mod lock;
 #[cfg(not(loom))]
 mod platform;
-#[cfg(not(loom))]
-mod port;
-mod ring;
-#[cfg(not(loom))]
-mod segment;
-mod sync;
-#[cfg(not(loom))]
-mod typed;
+mod shm;
 #[cfg(not(loom))]
 mod value;
-mod wait;
 #[cfg(not(loom))]
 mod wire;
 
 #[cfg(not(loom))]
-pub use arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats};
+pub use channel::bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
-pub use bootstrap::{Listener, PARENT_ENV};
-#[cfg(not(loom))]
-pub use buffer::ArrayBuffer;
+pub use channel::port::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable};
 #[cfg(not(loom))]
 pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]
@@ -87,18 +68,20 @@ pub use error::{
     DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvTimeoutError, TryRecvError,
 };
 #[cfg(not(loom))]
-pub use port::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable};
+pub use shm::arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats};
+pub use shm::wait::WaitStrategy;
+#[cfg(not(loom))]
+pub use value::buffer::ArrayBuffer;
 #[cfg(not(loom))]
 pub use value::{BigInt, TypedArray, TypedArrayKind, Value};
-pub use wait::WaitStrategy;
 
 /// Thin wrappers over internal layers for the criterion benches (`--features
 /// bench-internals`). Not part of the API: may change at any time.
 #[cfg(all(feature = "bench-internals", not(loom)))]
 #[doc(hidden)]
 pub mod __bench {
-    use crate::ring::local::LocalRing;
-    use crate::ring::{Consumer, Producer};
+    use crate::shm::ring::local::LocalRing;
+    use crate::shm::ring::{Consumer, Producer};
 
     /// A ring in process memory with both halves.
     pub struct Ring {
@@ -137,12 +120,13 @@ pub mod __bench {
     /// Encodes `value` (no transfer list) into `out`.
     pub fn encode(value: &crate::Value, out: &mut Vec<u8>) {
         out.clear();
-        crate::codec::encode(value, &crate::codec::Transfer { buffers: &[], ports: &[] }, out).expect("encodable");
+        crate::value::codec::encode(value, &crate::value::codec::Transfer { buffers: &[], ports: &[] }, out)
+            .expect("encodable");
     }
 
     /// Decodes bytes made by `encode`.
     pub fn decode(bytes: &[u8]) -> crate::Value {
-        crate::codec::decode(bytes, &[], &[]).expect("decodable")
+        crate::value::codec::decode(bytes, &[], &[]).expect("decodable")
     }
 }
 

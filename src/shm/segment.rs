@@ -31,9 +31,9 @@ use std::ptr::NonNull;
 use memmap2::MmapRaw;
 
 use crate::platform;
-use crate::ring::{self, RingLines, RingRef};
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
-use crate::wait::Parker;
+use crate::shm::ring::{self, RingLines, RingRef};
+use crate::shm::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::shm::wait::Parker;
 
 /// "SHMPORT" + a format byte.
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
@@ -126,7 +126,7 @@ unsafe impl Sync for Segment {}
 impl Segment {
     /// A new memfd segment, sealed, with both ends open and both rings empty.
     pub(crate) fn create_shared(capacity: u64, flags: u32) -> io::Result<Segment> {
-        let flags = if crate::wait::asymmetric_available() { flags | FLAG_ASYMMETRIC } else { flags };
+        let flags = if crate::shm::wait::asymmetric_available() { flags | FLAG_ASYMMETRIC } else { flags };
         check_capacity(capacity).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let len = segment_len(capacity);
         let fd = platform::memfd_create_sealed("shmport-channel", len)?;

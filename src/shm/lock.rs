@@ -31,8 +31,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 #[cfg(not(loom))]
-use crate::sync::fence;
-use crate::sync::{AtomicU32, Ordering, spin_hint};
+use crate::shm::sync::fence;
+use crate::shm::sync::{AtomicU32, Ordering, spin_hint};
 
 const FREE: u32 = 0;
 const HELD: u32 = 1;
@@ -45,7 +45,7 @@ pub(crate) struct HalfLock<T> {
     value: UnsafeCell<T>,
     /// Under loom, the futex: a mutex and condition variable around the state check.
     #[cfg(loom)]
-    futex: crate::wait::LocalParker,
+    futex: crate::shm::wait::LocalParker,
 }
 
 // SAFETY: the lock hands out access to `value` to one thread at a time (the state word
@@ -101,7 +101,7 @@ impl<T> HalfLock<T> {
             sleepers: AtomicU32::new(0),
             value: UnsafeCell::new(value),
             #[cfg(loom)]
-            futex: crate::wait::LocalParker::default(),
+            futex: crate::shm::wait::LocalParker::default(),
         }
     }
 
@@ -170,7 +170,7 @@ impl<T> HalfLock<T> {
 
     #[cfg(loom)]
     fn sleep_check(&self) {
-        crate::wait::sleep_check_fence();
+        crate::shm::wait::sleep_check_fence();
     }
 
     #[cfg(not(loom))]
@@ -202,7 +202,7 @@ impl<T> HalfLock<T> {
             #[cfg(not(loom))]
             fence(Ordering::SeqCst);
             #[cfg(loom)]
-            crate::wait::sleep_check_fence();
+            crate::shm::wait::sleep_check_fence();
         }
         if self.sleepers.load(Ordering::Relaxed) != 0 {
             self.wake();
@@ -322,7 +322,7 @@ mod loom_tests {
     #[ignore = "aborts the test binary when it succeeds (see above)"]
     #[should_panic]
     fn without_fences_loom_finds_the_lost_wakeup() {
-        crate::wait::loom_knobs::SKIP_FENCE.with(|s| s.set(true));
+        crate::shm::wait::loom_knobs::SKIP_FENCE.with(|s| s.set(true));
         model_sleeper();
     }
 

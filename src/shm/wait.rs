@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sync::{AtomicU32, Condvar, Mutex, Ordering, fence, spin_hint};
+use crate::shm::sync::{AtomicU32, Condvar, Mutex, Ordering, fence, spin_hint};
 
 /// Set in a wait word while its owner is, or is about to be, asleep on it.
 pub(crate) const WAITING: u32 = 1;

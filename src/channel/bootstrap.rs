@@ -19,11 +19,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::channel::port::{ChannelOptions, Link, MessageChannel, MessagePort, Port};
 use crate::error::Error;
 use crate::platform;
-use crate::port::{ChannelOptions, Link, MessageChannel, MessagePort, Port};
-use crate::segment::Segment;
-use crate::wait::WaitStrategy;
+use crate::shm::segment::Segment;
+use crate::shm::wait::WaitStrategy;
 
 /// The header of a handoff: magic, then the end index.
 const HANDOFF_MAGIC: [u8; 8] = *b"SHMPORT\x02";
@@ -63,8 +63,8 @@ pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Me
     let socket = fds.pop().expect("two fds");
     let segment_fd = fds.pop().expect("two fds");
     let segment = Segment::open_shared(segment_fd).map_err(|e| match e {
-        crate::segment::OpenError::Io(e) => Error::Io(e),
-        crate::segment::OpenError::Invalid(why) => Error::Invalid(why),
+        crate::shm::segment::OpenError::Io(e) => Error::Io(e),
+        crate::shm::segment::OpenError::Invalid(why) => Error::Invalid(why),
     })?;
     let port = Port::attach(Arc::new(segment), end, socket, WaitStrategy::default()).map_err(Error::Invalid)?;
     Ok(MessagePort::wrap(port))

@@ -20,8 +20,8 @@
 
 use std::ptr::NonNull;
 
-use crate::sync::{AtomicU64, Ordering};
-use crate::wait::WaitWord;
+use crate::shm::sync::{AtomicU64, Ordering};
+use crate::shm::wait::WaitWord;
 
 /// Bytes of a record header.
 pub(crate) const HEADER: u64 = 8;

@@ -36,15 +36,15 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::arena::{self, ArenaSegment, Chunk, Descriptor, SentChunk};
-use crate::buffer::{ArrayBuffer, Detached};
-use crate::codec::{self, Transfer};
+use crate::channel::port::{Link, MessageEvent, MessagePort, Port, Rx, Transferable};
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError, PostError, RecvFail};
 use crate::platform;
-use crate::port::{Link, MessageEvent, MessagePort, Port, Rx, Transferable};
-use crate::segment::Segment;
+use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor, SentChunk};
+use crate::shm::segment::Segment;
+use crate::shm::wait::WaitStrategy;
 use crate::value::Value;
-use crate::wait::WaitStrategy;
+use crate::value::buffer::{ArrayBuffer, Detached};
+use crate::value::codec::{self, Transfer};
 
 /// Raw bytes.
 pub(crate) const KIND_BYTES: u16 = 2;
@@ -123,7 +123,7 @@ impl Outgoing {
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
         Outgoing::checked(source, transfer, KIND_TYPED, max_inline, |buffers, ports, body| {
-            crate::typed::encode(message, buffers, ports, body)
+            crate::value::typed::encode(message, buffers, ports, body)
         })
     }
 
@@ -386,7 +386,7 @@ fn has_duplicates(ids: impl Iterator<Item = usize>) -> bool {
 /// A process-wide sequence, mixed with the pid, for message nonces.
 fn next_nonce() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ crate::arena::my_pid().wrapping_mul(0x9E37_79B9)
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) ^ crate::shm::arena::my_pid().wrapping_mul(0x9E37_79B9)
 }
 
 /// Sends `fds` on `socket` without waiting, in as many SEQPACKET messages as the
@@ -576,8 +576,8 @@ fn build(
             return Err("malformed port descriptor");
         }
         let segment = Segment::open_shared(segment_fd).map_err(|e| match e {
-            crate::segment::OpenError::Invalid(why) => why,
-            crate::segment::OpenError::Io(_) => "transferred port's segment cannot be mapped",
+            crate::shm::segment::OpenError::Invalid(why) => why,
+            crate::shm::segment::OpenError::Io(_) => "transferred port's segment cannot be mapped",
         })?;
         let port = Port::attach(Arc::new(segment), end as usize, socket, WaitStrategy::default())?;
         ports.push(MessagePort::wrap(port));
@@ -668,9 +668,9 @@ pub(crate) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usi
         Some((chunk, body_len)) => {
             let body = copy_spilled(&chunk, body_len).map_err(|why| RecvFail::Message(MessageError::new(why)))?;
             drop(chunk);
-            crate::typed::decode(&body, &buffers, &ports)
+            crate::value::typed::decode(&body, &buffers, &ports)
         }
-        None => crate::typed::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+        None => crate::value::typed::decode(&rx.payload(len)[body_at..], &buffers, &ports),
     };
     value.map_err(RecvFail::Message)
 }
@@ -713,6 +713,6 @@ pub(crate) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
         && let Ok(incoming) = attachments(rx, len)
     {
         // Closed by the close that discards this record, after it (see `port::bury`).
-        crate::port::bury(incoming.ports);
+        crate::channel::port::bury(incoming.ports);
     }
 }

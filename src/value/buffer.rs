@@ -6,8 +6,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::arena::{self, Chunk};
 use crate::error::Error;
+use crate::shm::arena::{self, Chunk};
 
 /// A handle to a byte buffer in shared memory: the web's `ArrayBuffer`.
 ///

@@ -20,21 +20,21 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::CachePadded;
 use crossbeam_utils::atomic::AtomicCell;
 
-use crate::arena::SentChunk;
-use crate::buffer::ArrayBuffer;
-use crate::dispatch::{self, Events};
+use crate::channel::dispatch::{self, Events};
 use crate::error::{
     DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvFail, RecvTimeoutError,
     TryRecvError,
 };
-use crate::lock::{HalfGuard, HalfLock};
 use crate::platform;
-use crate::ring::{Consumer, Corrupt, Producer, PushError, Record};
-use crate::segment::{END_CLOSED, FLAG_BUSY_POLL, FLAG_NO_REVOKE, Segment};
-use crate::sync::{AtomicU32, Ordering};
-use crate::typed;
+use crate::shm::arena::SentChunk;
+use crate::shm::lock::{HalfGuard, HalfLock};
+use crate::shm::ring::{Consumer, Corrupt, Producer, PushError, Record};
+use crate::shm::segment::{END_CLOSED, FLAG_BUSY_POLL, FLAG_NO_REVOKE, Segment};
+use crate::shm::sync::{AtomicU32, Ordering};
+use crate::shm::wait::{self, Check, SLICE, SpinEstimate, WaitStrategy, WaitWord};
 use crate::value::Value;
-use crate::wait::{self, Check, SLICE, SpinEstimate, WaitStrategy, WaitWord};
+use crate::value::buffer::ArrayBuffer;
+use crate::value::typed;
 use crate::wire::{self, Outgoing};
 
 /// A thread's receive buffer is dropped after a message larger than this (a spilled

@@ -2,8 +2,12 @@
 //! rules (trees with identity for handles, what is copied, moved or refused, how
 //! received values are checked) are documented on the public type.
 
-use crate::buffer::ArrayBuffer;
-use crate::port::MessagePort;
+pub(crate) mod buffer;
+pub(crate) mod codec;
+pub(crate) mod typed;
+
+use crate::channel::port::MessagePort;
+use crate::value::buffer::ArrayBuffer;
 
 /// A structured-clone value: what [`MessagePort::post_message`] sends and
 /// [`MessageEvent::data`](crate::MessageEvent::data) holds.

@@ -35,12 +35,12 @@ use std::fmt;
 use serde::de::{Deserialize, Visitor};
 use serde::ser::Serialize;
 
-use crate::buffer::{ArrayBuffer, CopyBudget};
+use crate::channel::port::MessagePort;
 use crate::error::{DataCloneErrorKind, MessageError};
-use crate::port::MessagePort;
+use crate::value::buffer::{ArrayBuffer, CopyBudget};
 
 /// The deepest a typed value may nest when decoded (as the structured-clone codec).
-pub(crate) const MAX_DEPTH: usize = crate::codec::MAX_DEPTH;
+pub(crate) const MAX_DEPTH: usize = crate::value::codec::MAX_DEPTH;
 
 /// The newtype names the serde impls of `ArrayBuffer` and `MessagePort` use.
 const MAGIC_BUFFER: &str = "\0shmport::ArrayBuffer";

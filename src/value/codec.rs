@@ -43,9 +43,9 @@
 
 use std::collections::HashMap;
 
-use crate::buffer::{ArrayBuffer, CopyBudget};
+use crate::channel::port::MessagePort;
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError};
-use crate::port::MessagePort;
+use crate::value::buffer::{ArrayBuffer, CopyBudget};
 use crate::value::{BigInt, TypedArray, TypedArrayKind, Value};
 
 /// The deepest nesting of arrays, objects, maps, sets and typed arrays a message may hold.
@@ -598,9 +598,11 @@ mod tests {
 
     /// A real, unconnected port (its peer is dropped at once).
     fn dummy_port() -> MessagePort {
-        crate::port::MessageChannel::with_options(&crate::port::ChannelOptions::new().process_local(true))
-            .unwrap()
-            .port1()
+        crate::channel::port::MessageChannel::with_options(
+            &crate::channel::port::ChannelOptions::new().process_local(true),
+        )
+        .unwrap()
+        .port1()
     }
 
     // ---- helpers ------------------------------------------------------------------------

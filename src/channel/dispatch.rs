@@ -14,8 +14,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::channel::port::{MessageEvent, Port, Readiness};
 use crate::error::{MessageError, RecvFail};
-use crate::port::{MessageEvent, Port, Readiness};
 
 pub(crate) type MessageHandler = Box<dyn FnMut(MessageEvent) + Send>;
 pub(crate) type ErrorHandler = Box<dyn FnMut(MessageError) + Send>;
@@ -154,7 +154,7 @@ fn call<T>(handler: &Shared<Box<dyn FnMut(T) + Send>>, arg: T) {
 
 /// Takes the next message and hands it to the handlers.
 fn deliver_one(port: &Port) {
-    match port.recv_record(crate::port::Mode::Try, crate::wire::decode_event) {
+    match port.recv_record(crate::channel::port::Mode::Try, crate::wire::decode_event) {
         Ok(Ok(event)) => {
             let (onmessage, listeners) = {
                 let events = lock(&port.events);
