@@ -60,7 +60,7 @@ mod wire;
 #[cfg(not(loom))]
 pub use channel::bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
-pub use channel::port::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable};
+pub use channel::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable};
 #[cfg(not(loom))]
 pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::channel::port::{ChannelOptions, Link, MessageChannel, MessagePort, Port};
+use crate::channel::{ChannelOptions, Link, MessageChannel, MessagePort, Port};
 use crate::error::Error;
 use crate::platform;
 use crate::shm::segment::Segment;

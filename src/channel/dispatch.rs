@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::channel::port::{MessageEvent, Port, Readiness};
+use crate::channel::{MessageEvent, Port, Readiness};
 use crate::error::{MessageError, RecvFail};
 
 pub(crate) type MessageHandler = Box<dyn FnMut(MessageEvent) + Send>;
@@ -154,7 +154,7 @@ fn call<T>(handler: &Shared<Box<dyn FnMut(T) + Send>>, arg: T) {
 
 /// Takes the next message and hands it to the handlers.
 fn deliver_one(port: &Port) {
-    match port.recv_record(crate::channel::port::Mode::Try, crate::wire::decode_event) {
+    match port.recv_record(crate::channel::Mode::Try, crate::wire::decode_event) {
         Ok(Ok(event)) => {
             let (onmessage, listeners) = {
                 let events = lock(&port.events);

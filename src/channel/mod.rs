@@ -1,6 +1,44 @@
 //! The channel: `MessageChannel`, `MessagePort` and its API, the port object with its
 //! tx and rx halves, event dispatch, and how ports reach other processes (bootstrap).
 
+mod api;
 pub(crate) mod bootstrap;
 pub(crate) mod dispatch;
-pub(crate) mod port;
+mod link;
+mod options;
+mod port;
+mod rx;
+mod transfer;
+mod tx;
+mod typed_api;
+
+use std::time::{Duration, Instant};
+
+pub use api::{MessageEvent, MessagePort, Transferable};
+pub(crate) use link::Link;
+pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};
+pub(crate) use port::{Port, Readiness, bury};
+pub(crate) use rx::Rx;
+
+/// How long a call may wait.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode {
+    /// Wait as long as it takes.
+    Block,
+    /// Do not wait.
+    Try,
+    /// Wait until this instant.
+    Until(Instant),
+}
+
+impl Mode {
+    fn timeout(t: Duration) -> Mode {
+        Instant::now().checked_add(t).map_or(Mode::Block, Mode::Until)
+    }
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Mode::Until(d) => Some(d),
+            _ => None,
+        }
+    }
+}

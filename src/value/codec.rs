@@ -43,7 +43,7 @@
 
 use std::collections::HashMap;
 
-use crate::channel::port::MessagePort;
+use crate::channel::MessagePort;
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError};
 use crate::value::buffer::{ArrayBuffer, CopyBudget};
 use crate::value::{BigInt, TypedArray, TypedArrayKind, Value};
@@ -598,11 +598,9 @@ mod tests {
 
     /// A real, unconnected port (its peer is dropped at once).
     fn dummy_port() -> MessagePort {
-        crate::channel::port::MessageChannel::with_options(
-            &crate::channel::port::ChannelOptions::new().process_local(true),
-        )
-        .unwrap()
-        .port1()
+        crate::channel::MessageChannel::with_options(&crate::channel::ChannelOptions::new().process_local(true))
+            .unwrap()
+            .port1()
     }
 
     // ---- helpers ------------------------------------------------------------------------

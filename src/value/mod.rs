@@ -6,7 +6,7 @@ pub(crate) mod buffer;
 pub(crate) mod codec;
 pub(crate) mod typed;
 
-use crate::channel::port::MessagePort;
+use crate::channel::MessagePort;
 use crate::value::buffer::ArrayBuffer;
 
 /// A structured-clone value: what [`MessagePort::post_message`] sends and

@@ -36,7 +36,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::channel::port::{Link, MessageEvent, MessagePort, Port, Rx, Transferable};
+use crate::channel::{Link, MessageEvent, MessagePort, Port, Rx, Transferable};
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError, PostError, RecvFail};
 use crate::platform;
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor, SentChunk};
@@ -713,6 +713,6 @@ pub(crate) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
         && let Ok(incoming) = attachments(rx, len)
     {
         // Closed by the close that discards this record, after it (see `port::bury`).
-        crate::channel::port::bury(incoming.ports);
+        crate::channel::bury(incoming.ports);
     }
 }

@@ -35,7 +35,7 @@ use std::fmt;
 use serde::de::{Deserialize, Visitor};
 use serde::ser::Serialize;
 
-use crate::channel::port::MessagePort;
+use crate::channel::MessagePort;
 use crate::error::{DataCloneErrorKind, MessageError};
 use crate::value::buffer::{ArrayBuffer, CopyBudget};
 

@@ -1,0 +1,398 @@
+//! `MessagePort`'s public API: posting, receiving, event handlers and life cycle
+//! (typed and plain-old-data messages are in `typed_api`), and `MessageEvent`,
+//! `Transferable`.
+//!
+//! A port is `Arc<Handle>` → `Arc<Port>`. Every clone of a `MessagePort` shares the one
+//! `Handle`; when the last clone goes, the handle closes the port (SEMANTICS 16). The
+//! dispatch thread of `set_onmessage` holds the `Port`, never the `Handle`, so it does
+//! not keep a port alive that its users have dropped.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Mode;
+use super::port::{Inline, Port};
+use crate::channel::dispatch::{self};
+use crate::error::{MessageError, PostError, RecvError, RecvFail, RecvTimeoutError, TryRecvError};
+use crate::shm::wait::WaitStrategy;
+use crate::value::Value;
+use crate::value::buffer::ArrayBuffer;
+use crate::wire::{self, Outgoing};
+
+/// A thread's receive buffer is dropped after a message larger than this (a spilled
+/// body), so it does not hold on to memory.
+pub(super) const KEEP_RECV_BUF: usize = 4 << 20;
+/// Messages up to this many bytes are received onto the stack.
+pub(super) const STACK_RECV: usize = 256;
+
+thread_local! {
+    /// This thread's buffer for receiving messages larger than `STACK_RECV`.
+    pub(super) static RECV_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This thread's buffer for serializing typed messages.
+    pub(super) static SEND_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Where `recv_bytes_with` put a message's bytes.
+pub(super) enum Received {
+    /// The first `n` bytes of the stack buffer.
+    Small(usize),
+    /// A range of a taken receive buffer.
+    Large(Vec<u8>, std::ops::Range<usize>),
+}
+
+/// A received message: the cloned value and the ports that came with it, in
+/// transfer-list order (SEMANTICS 18).
+#[derive(Debug)]
+pub struct MessageEvent {
+    /// The message.
+    pub data: Value,
+    /// The transferred ports.
+    pub ports: Vec<MessagePort>,
+}
+
+/// Something that can be in a transfer list.
+#[derive(Clone, Debug)]
+pub enum Transferable {
+    /// A buffer: moved, not copied.
+    ArrayBuffer(ArrayBuffer),
+    /// A port: moved, with its place in its channel.
+    Port(MessagePort),
+}
+
+impl From<ArrayBuffer> for Transferable {
+    fn from(b: ArrayBuffer) -> Self {
+        Transferable::ArrayBuffer(b)
+    }
+}
+
+impl From<MessagePort> for Transferable {
+    fn from(p: MessagePort) -> Self {
+        Transferable::Port(p)
+    }
+}
+
+/// One end of a channel. Clones are the same port (SEMANTICS 2).
+#[derive(Clone)]
+pub struct MessagePort {
+    handle: Arc<Handle>,
+}
+
+/// The single user-facing owner of a `Port`; dropping the last clone closes it.
+pub(super) struct Handle {
+    port: Arc<Port>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.port.close();
+    }
+}
+
+impl MessagePort {
+    pub(crate) fn wrap(port: Arc<Port>) -> MessagePort {
+        MessagePort { handle: Arc::new(Handle { port }) }
+    }
+
+    pub(crate) fn port(&self) -> &Arc<Port> {
+        &self.handle.port
+    }
+
+    /// Whether two handles are the same port.
+    pub fn ptr_eq(&self, other: &MessagePort) -> bool {
+        Arc::ptr_eq(&self.handle, &other.handle)
+    }
+
+    // ---- posting -------------------------------------------------------------
+
+    /// Posts `message` to the peer, moving the items of `transfer` (SEMANTICS 5-11).
+    /// Waits while the ring is full (SEMANTICS 19). Posting on a detached port, or to
+    /// a peer that is gone, is a silent no-op after the checks.
+    pub fn post_message(
+        &self,
+        message: impl Into<Value>,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post_message_mode(message.into(), transfer, Mode::Block)
+    }
+
+    /// As [`post_message`](Self::post_message), but fails with `PostError::Full` at once
+    /// when the ring has no room.
+    pub fn try_post_message(
+        &self,
+        message: impl Into<Value>,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        self.post_message_mode(message.into(), transfer, Mode::Try)
+    }
+
+    /// As [`post_message`](Self::post_message), but fails with `PostError::Timeout`
+    /// when the ring stays full for `timeout`.
+    pub fn post_message_timeout(
+        &self,
+        message: impl Into<Value>,
+        transfer: impl IntoIterator<Item = Transferable>,
+        timeout: Duration,
+    ) -> Result<(), PostError> {
+        self.post_message_mode(message.into(), transfer, Mode::timeout(timeout))
+    }
+
+    pub(super) fn post_message_mode(
+        &self,
+        message: Value,
+        transfer: impl IntoIterator<Item = Transferable>,
+        mode: Mode,
+    ) -> Result<(), PostError> {
+        let transfer: Vec<Transferable> = transfer.into_iter().collect();
+        let outgoing = Outgoing::value(self, &message, &transfer, self.max_inline())?;
+        self.post_prepared(outgoing, mode)
+    }
+
+    /// Posts a checked message, unless it is doomed.
+    pub(super) fn post_prepared(&self, outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
+        if outgoing.doomed {
+            // The transfer list holds this port's own peer (SEMANTICS 9): the message
+            // is dropped and the channel is lost.
+            outgoing.discard();
+            self.close();
+            return Ok(());
+        }
+        self.port().post_outgoing(outgoing, mode)
+    }
+
+    /// The largest record body copied through the ring; larger ones spill to pages.
+    pub(super) fn max_inline(&self) -> usize {
+        match self.port().max_message() {
+            0 => usize::MAX, // detached: the message goes nowhere anyway
+            n => n,
+        }
+    }
+
+    pub(super) fn post_bytes_mode(&self, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        self.post_record(wire::KIND_BYTES, bytes, mode)
+    }
+
+    /// Posts `bytes` as one record of `kind`: inline when they fit, else out of line.
+    pub(super) fn post_record(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        match self.port().post_inline(kind, bytes, mode) {
+            Ok(()) => Ok(()),
+            Err(Inline::Failed(e)) => Err(e),
+            Err(Inline::Spill(max)) => self.port().post_outgoing(Outgoing::bytes(kind, bytes, max)?, mode),
+        }
+    }
+
+    /// Posts raw bytes. Up to [`max_inline_size`](Self::max_inline_size) they are
+    /// copied through the ring, with no allocation and no syscall while the peer is
+    /// awake; larger ones travel out of line, in shared pages (a chunk of this
+    /// process's arena, with its descriptor on the socket). The peer reads them with
+    /// [`recv_bytes_with`](Self::recv_bytes_with), or with `recv`, as a
+    /// [`Value::ArrayBuffer`] (for a message that came out of line, over those pages
+    /// themselves: no copy).
+    pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.post_bytes_mode(bytes, Mode::Block)
+    }
+
+    /// As [`post_bytes`](Self::post_bytes), but `PostError::Full` at once instead of waiting.
+    pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
+        self.post_bytes_mode(bytes, Mode::Try)
+    }
+
+    /// As [`post_bytes`](Self::post_bytes), waiting at most `timeout` for room.
+    pub fn post_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), PostError> {
+        self.post_bytes_mode(bytes, Mode::timeout(timeout))
+    }
+
+    // ---- receiving -----------------------------------------------------------
+
+    /// Waits for the next message (whether or not the port was started, SEMANTICS 14).
+    /// `Err(RecvError::Closed)` once the port is closed, or its peer is gone and every
+    /// message it sent has been received.
+    pub fn recv(&self) -> Result<MessageEvent, RecvError> {
+        self.recv_event(Mode::Block).map_err(RecvError::from)
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&self) -> Result<MessageEvent, TryRecvError> {
+        self.recv_event(Mode::Try).map_err(TryRecvError::from)
+    }
+
+    /// Waits at most `timeout` for the next message.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<MessageEvent, RecvTimeoutError> {
+        self.recv_event(Mode::timeout(timeout)).map_err(RecvTimeoutError::from)
+    }
+
+    pub(super) fn recv_event(&self, mode: Mode) -> Result<MessageEvent, RecvFail> {
+        self.port().recv_record(mode, wire::decode_event)?
+    }
+
+    /// Waits for the next message and runs `f` on its bytes, without allocating. The
+    /// bytes are a copy in this process (never shared memory the peer can still
+    /// write). For a message posted with `post_message` they are its wire encoding.
+    pub fn recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        self.recv_bytes_mode(Mode::Block, f).map_err(RecvError::from)
+    }
+
+    /// As [`recv_bytes_with`](Self::recv_bytes_with), if a message is waiting.
+    pub fn try_recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
+        self.recv_bytes_mode(Mode::Try, f).map_err(TryRecvError::from)
+    }
+
+    /// As [`recv_bytes_with`](Self::recv_bytes_with), waiting at most `timeout`.
+    pub fn recv_bytes_timeout_with<R>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RecvTimeoutError> {
+        self.recv_bytes_mode(Mode::timeout(timeout), f).map_err(RecvTimeoutError::from)
+    }
+
+    pub(super) fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
+        // The bytes are copied out of the ring (a small message onto the stack, a larger
+        // one into this thread's receive buffer), and the closure runs on the copy
+        // without the port's lock: it may close, transfer or receive on this port.
+        let mut small = std::mem::MaybeUninit::<[u8; STACK_RECV]>::uninit();
+        let got = self.port().recv_record_raw(mode, |rx, rec| {
+            if rec.flags & wire::FLAG_ATTACHMENTS == 0 && rec.len <= STACK_RECV {
+                rx.take_into_uninit(rec, &mut small);
+                return Ok(Received::Small(rec.len));
+            }
+            // Taken out of the thread's cell while in use, so a nested call (from
+            // inside the closure) gets a buffer of its own.
+            let mut buf = RECV_BUF.with(std::cell::Cell::take);
+            let range = if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
+                rx.take_into(rec, &mut buf)?;
+                0..rec.len
+            } else {
+                rx.take(rec)?;
+                let range = wire::body_of(rx, rec.flags, rec.len)?;
+                rx.swap_scratch(&mut buf);
+                range
+            };
+            Ok::<_, RecvFail>(Received::Large(buf, range))
+        })??;
+        match got {
+            // SAFETY: `take_into_uninit` wrote the first `len` bytes.
+            Received::Small(len) => Ok(f(unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len) })),
+            Received::Large(buf, range) => {
+                let result = f(&buf[range]);
+                if buf.capacity() <= KEEP_RECV_BUF {
+                    RECV_BUF.with(|cell| cell.set(buf));
+                }
+                Ok(result)
+            }
+        }
+    }
+
+    // ---- events and life cycle --------------------------------------------------
+
+    /// Sets the message handler and starts the port (SEMANTICS 14): messages that
+    /// arrived earlier are delivered first, once each, in order, on this port's
+    /// dispatch thread. `None` stops delivery (messages then wait for the next handler
+    /// or for `recv`).
+    ///
+    /// **One OS thread per port.** The first handler set on a port (by this method,
+    /// [`set_onmessageerror`](Self::set_onmessageerror),
+    /// [`set_onclose`](Self::set_onclose) or
+    /// [`add_message_listener`](Self::add_message_listener)) starts a dispatch thread
+    /// for that port alone, which runs until the port is closed or its peer is gone:
+    /// 50 ports with handlers are 50 threads besides the caller's. (A shared dispatcher
+    /// is planned; until then, prefer pulling with `recv` where ports are many.)
+    pub fn set_onmessage<F>(&self, handler: Option<F>)
+    where
+        F: FnMut(MessageEvent) + Send + 'static,
+    {
+        dispatch::set_onmessage(self.port(), handler.map(|h| Box::new(h) as dispatch::MessageHandler));
+    }
+
+    /// Sets the handler of messages that arrive but cannot be decoded (the web's
+    /// `messageerror`). Without one, such messages are dropped by push delivery.
+    pub fn set_onmessageerror<F>(&self, handler: Option<F>)
+    where
+        F: FnMut(MessageError) + Send + 'static,
+    {
+        dispatch::set_onmessageerror(self.port(), handler.map(|h| Box::new(h) as dispatch::ErrorHandler));
+    }
+
+    /// Sets a handler that runs once when the peer is closed, dropped or dies (the
+    /// spec's `close` event; SEMANTICS 16). With push delivery running, it runs after
+    /// the last message.
+    ///
+    /// It runs on the port's dispatch thread, which this call starts if the port has
+    /// none: **one OS thread per port**, even with no message handler (it sleeps on the
+    /// socket's hang-up). 50 ports with a close handler are 50 threads besides the
+    /// caller's; see [`set_onmessage`](Self::set_onmessage).
+    pub fn set_onclose<F>(&self, handler: Option<F>)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        dispatch::set_onclose(self.port(), handler.map(|h| Box::new(h) as dispatch::CloseHandler));
+    }
+
+    /// Registers a message handler without starting the port (the web's
+    /// `addEventListener("message", ..)`): nothing is delivered until [`start`](Self::start).
+    pub fn add_message_listener<F>(&self, handler: F)
+    where
+        F: FnMut(MessageEvent) + Send + 'static,
+    {
+        dispatch::add_message_listener(self.port(), Box::new(handler));
+    }
+
+    /// Starts push delivery to the message handler. Idempotent.
+    pub fn start(&self) {
+        dispatch::start(self.port());
+    }
+
+    /// Closes the port: never fails, idempotent (SEMANTICS 15). Messages it posted are
+    /// still delivered; anything queued for it is discarded; the peer sees it closed.
+    pub fn close(&self) {
+        self.port().close();
+    }
+
+    /// Whether the port was closed or transferred away.
+    pub fn is_detached(&self) -> bool {
+        self.port().is_detached()
+    }
+
+    /// Whether the peer is closed, dropped or dead (messages it sent may still be
+    /// waiting here). True for a detached port.
+    pub fn is_peer_closed(&self) -> bool {
+        self.port().is_peer_closed()
+    }
+
+    /// Changes how this port's blocking calls wait. Ignored on a busy-poll channel.
+    pub fn set_wait_strategy(&self, strategy: WaitStrategy) {
+        self.port().set_strategy(strategy);
+    }
+
+    /// The inline limit: the largest message, in encoded bytes, that is copied
+    /// through the ring (the ring's capacity minus the 8-byte record header; 0 once
+    /// detached). Larger messages are not refused: they travel out of line, in shared
+    /// pages, at the cost of a descriptor passed on the socket (see
+    /// [`ChannelOptions::capacity`]).
+    pub fn max_inline_size(&self) -> usize {
+        self.port().max_message()
+    }
+
+    /// The inline limit; see [`max_inline_size`](Self::max_inline_size). Messages
+    /// larger than this are carried too, out of line, so the old name was wrong.
+    #[deprecated(
+        since = "0.1.0",
+        note = "messages of any size are carried; this is the inline limit: use `max_inline_size`"
+    )]
+    pub fn max_message_size(&self) -> usize {
+        self.max_inline_size()
+    }
+}
+
+impl PartialEq for MessagePort {
+    /// Identity: the same port.
+    fn eq(&self, other: &Self) -> bool {
+        self.ptr_eq(other)
+    }
+}
+
+impl fmt::Debug for MessagePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessagePort({:p}{})", Arc::as_ptr(&self.handle), if self.is_detached() { ", detached" } else { "" })
+    }
+}

@@ -1,0 +1,226 @@
+//! Posting a message that moves buffers or ports: the attempt loop, which writes the
+//! record, sends the descriptors, then detaches what moves, and undoes it all if a
+//! step fails.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Mode;
+use super::api::MessagePort;
+use super::link::{Link, wake_own_words};
+use super::port::{Port, Pushed, busy_error, lock, lock_for};
+use super::rx::Rx;
+use super::tx::Tx;
+use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
+use crate::platform;
+use crate::shm::sync::Ordering;
+use crate::shm::wait::SLICE;
+use crate::wire::Outgoing;
+
+impl Port {
+    /// Posts a prepared message: writes its record, moves what it transfers, sends
+    /// the descriptors, publishes. If the message goes nowhere (a detached source or a
+    /// peer that is gone) what it transfers is detached and dropped.
+    pub(crate) fn post_outgoing(&self, mut outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
+        let moved: Vec<MessagePort> = outgoing.ports().to_vec();
+        let mut attempts = 0u32;
+        loop {
+            match self.attempt_outgoing(&mut outgoing, &moved, mode)? {
+                Attempt::Posted => return Ok(()),
+                Attempt::Nowhere => {
+                    // The message goes nowhere: what it moves is detached and dropped.
+                    outgoing.discard();
+                    return Ok(());
+                }
+                Attempt::Busy => {
+                    // A moved port or buffer is in use by another thread, or the socket
+                    // holds too many descriptors in flight: nothing changed; try again
+                    // as the mode allows.
+                    match mode {
+                        Mode::Try => return Err(PostError::Full),
+                        Mode::Until(d) if Instant::now() >= d => return Err(PostError::Timeout),
+                        _ => {}
+                    }
+                    attempts += 1;
+                    if attempts < 16 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    outgoing.renew_nonce();
+                }
+            }
+        }
+    }
+
+    /// One try at posting `outgoing`. Waits (as `mode` allows) only for room in the
+    /// ring and the socket, holding only this port's writing half; the moved ports'
+    /// halves and the moved buffers are then taken without waiting (`Busy` if one is
+    /// in use), so a post never blocks other operations on what it moves, and no lock
+    /// order between ports or buffers can deadlock. The descriptors are sent before
+    /// anything is detached: a failed send changes nothing.
+    pub(super) fn attempt_outgoing(
+        &self,
+        outgoing: &mut Outgoing,
+        moved: &[MessagePort],
+        mode: Mode,
+    ) -> Result<Attempt, PostError> {
+        let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
+        let Some(tx) = guard.as_mut() else { return Ok(Attempt::Nowhere) };
+        let start = tx.producer.position();
+        match self.push_waiting(tx, outgoing.kind, outgoing.flags, &[&outgoing.payload], mode)? {
+            Pushed::Written => {}
+            Pushed::PeerGone => {
+                tx.settle_in_flight(true);
+                return Ok(Attempt::Nowhere);
+            }
+            Pushed::Detached => return Ok(Attempt::Nowhere),
+        }
+        if !outgoing.has_attachments() {
+            tx.publish_and_notify();
+            return Ok(Attempt::Posted);
+        }
+        let end = tx.producer.position();
+        let back_out = |tx: &mut Tx, attempt: Result<Attempt, PostError>| {
+            tx.producer.rollback();
+            attempt
+        };
+        match self.socket_ready(tx, mode) {
+            Ok(false) => {}
+            Ok(true) => {
+                tx.settle_in_flight(true);
+                return back_out(tx, Ok(Attempt::Nowhere));
+            }
+            Err(e) => return back_out(tx, Err(e)),
+        }
+        // The moved ports' writing halves, without waiting.
+        let mut port_guards = Vec::with_capacity(moved.len());
+        for port in moved {
+            match port.port().tx.try_lock() {
+                Some(g) => port_guards.push(g),
+                None => return back_out(tx, Ok(Attempt::Busy)),
+            }
+        }
+        let links: Option<Vec<Arc<Link>>> = moved.iter().map(|p| p.port().link()).collect();
+        let Some(links) = links.filter(|_| port_guards.iter().all(|g| g.is_some())) else {
+            return back_out(tx, Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))));
+        };
+        let detached = match outgoing.take_buffers() {
+            Ok(Some(d)) => d,
+            Ok(None) => return back_out(tx, Ok(Attempt::Busy)),
+            Err(e) => return back_out(tx, Err(e)),
+        };
+        if let Err(e) = outgoing.send(&tx.link.socket, start, &links) {
+            outgoing.restore_buffers(detached);
+            if platform::is_peer_gone_error(&e) {
+                tx.settle_in_flight(true);
+                return back_out(tx, Ok(Attempt::Nowhere));
+            }
+            if platform::is_transient_send_error(&e) {
+                return back_out(tx, Ok(Attempt::Busy));
+            }
+            return back_out(tx, Err(PostError::transfer(e)));
+        }
+        drop(links);
+        // Sent: now the ports move (their writing halves are held, so only a close
+        // racing with this post can have detached one meanwhile).
+        let mut moving = Vec::with_capacity(moved.len());
+        for (port, g) in moved.iter().zip(port_guards.iter_mut()) {
+            match port.port().detach_for_transfer(g) {
+                Some(parts) => moving.push(parts),
+                None => {
+                    for (port, (parts, g)) in moved.iter().zip(moving.into_iter().zip(port_guards.iter_mut())) {
+                        port.port().undo_transfer(parts, g);
+                    }
+                    outgoing.restore_buffers(detached);
+                    // The descriptors sent are dropped by the receiver (their tag is stale).
+                    return back_out(
+                        tx,
+                        Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))),
+                    );
+                }
+            }
+        }
+        // Our copies of the moved ports' descriptors close here; the copies in flight
+        // keep the ports alive until the receiver takes them.
+        drop(moving);
+        drop(port_guards);
+        let sent = outgoing.finish(detached, tx.link.segment.revokes());
+        tx.publish_and_notify();
+        if !sent.is_empty() {
+            tx.in_flight.push_back((end, sent));
+        }
+        tx.settle_in_flight(false);
+        Ok(Attempt::Posted)
+    }
+
+    /// Before a message with descriptors: waits, as `mode` allows, until the socket can
+    /// take them. `Ok(true)`: the peer is gone.
+    pub(super) fn socket_ready(&self, tx: &Tx, mode: Mode) -> Result<bool, PostError> {
+        loop {
+            match platform::socket_ready(tx.link.socket.as_fd(), Duration::ZERO) {
+                platform::SocketReady::Gone => return Ok(true),
+                platform::SocketReady::Writable => return Ok(false),
+                platform::SocketReady::Full => {}
+            }
+            let slice = match mode {
+                Mode::Try => return Err(PostError::Full),
+                Mode::Block => SLICE,
+                Mode::Until(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(SLICE),
+                    _ => return Err(PostError::Timeout),
+                },
+            };
+            if self.is_detached() {
+                return Ok(false);
+            }
+            let _ = platform::socket_ready(tx.link.socket.as_fd(), slice);
+        }
+    }
+
+    /// Detaches the port to move it, taking its writing half from `tx` (whose lock the
+    /// caller holds). `None` if it was detached already.
+    pub(super) fn detach_for_transfer(&self, tx: &mut Option<Tx>) -> Option<Moving> {
+        if self.detached.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        let link = lock(&self.link).take()?;
+        // Threads of ours blocked in recv see `detached` and return, releasing the lock.
+        wake_own_words(&link);
+        let tx = tx.take();
+        let mut rx = self.rx.lock().take();
+        if let Some(rx) = rx.as_mut() {
+            // Whoever takes the port over starts after what we have read (and a writer
+            // waiting for that room hears of it now).
+            rx.release_and_notify();
+        }
+        Some(Moving { link, tx, rx })
+    }
+
+    /// Puts back what `detach_for_transfer` took (the descriptors could not be sent);
+    /// the writing half goes back into `tx`, whose lock the caller holds.
+    pub(super) fn undo_transfer(&self, moving: Moving, tx: &mut Option<Tx>) {
+        *tx = moving.tx;
+        *self.rx.lock() = moving.rx;
+        *lock(&self.link) = Some(moving.link);
+        self.detached.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A port on its way out: the halves `detach_for_transfer` took.
+pub(super) struct Moving {
+    pub(super) link: Arc<Link>,
+    pub(super) tx: Option<Tx>,
+    pub(super) rx: Option<Rx>,
+}
+
+/// How one try at posting a message with attachments ended.
+pub(super) enum Attempt {
+    /// Published.
+    Posted,
+    /// The message goes nowhere (the peer is gone, or this port was detached).
+    Nowhere,
+    /// Something it moves is in use, or the socket is saturated: nothing changed.
+    Busy,
+}
