@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Mode;
+use super::incoming;
+use super::outgoing::Outgoing;
 use super::port::{Inline, Port};
 use crate::channel::dispatch::{self};
 use crate::error::{MessageError, PostError, RecvError, RecvFail, RecvTimeoutError, TryRecvError};
 use crate::shm::wait::WaitStrategy;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
-use crate::wire::{self, Outgoing};
+use crate::wire;
 
 /// A thread's receive buffer is dropped after a message larger than this (a spilled
 /// body), so it does not hold on to memory.
@@ -222,7 +224,7 @@ impl MessagePort {
     }
 
     pub(super) fn recv_event(&self, mode: Mode) -> Result<MessageEvent, RecvFail> {
-        self.port().recv_record(mode, wire::decode_event)?
+        self.port().recv_record(mode, incoming::decode_event)?
     }
 
     /// Waits for the next message and runs `f` on its bytes, without allocating. The
@@ -264,7 +266,7 @@ impl MessagePort {
                 0..rec.len
             } else {
                 rx.take(rec)?;
-                let range = wire::body_of(rx, rec.flags, rec.len)?;
+                let range = incoming::body_of(rx, rec.flags, rec.len)?;
                 rx.swap_scratch(&mut buf);
                 range
             };

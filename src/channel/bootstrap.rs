@@ -16,14 +16,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::channel::{ChannelOptions, Link, MessageChannel, MessagePort, Port};
+use crate::channel::{ChannelOptions, Link, MessageChannel, MessagePort, port_from_fds};
 use crate::error::Error;
 use crate::platform;
-use crate::shm::segment::Segment;
-use crate::shm::wait::WaitStrategy;
+use crate::shm::segment::OpenError;
 
 /// The header of a handoff: magic, then the end index.
 const HANDOFF_MAGIC: [u8; 8] = *b"SHMPORT\x02";
@@ -59,15 +57,13 @@ pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Me
     if n != HANDOFF_LEN || header[..8] != HANDOFF_MAGIC || header[8] > 1 || fds.len() != 2 {
         return Err(Error::Invalid("malformed port handoff"));
     }
-    let end = usize::from(header[8]);
+    let end = u32::from(header[8]);
     let socket = fds.pop().expect("two fds");
     let segment_fd = fds.pop().expect("two fds");
-    let segment = Segment::open_shared(segment_fd).map_err(|e| match e {
-        crate::shm::segment::OpenError::Io(e) => Error::Io(e),
-        crate::shm::segment::OpenError::Invalid(why) => Error::Invalid(why),
-    })?;
-    let port = Port::attach(Arc::new(segment), end, socket, WaitStrategy::default()).map_err(Error::Invalid)?;
-    Ok(MessagePort::wrap(port))
+    port_from_fds(segment_fd, socket, end).map_err(|e| match e {
+        OpenError::Io(e) => Error::Io(e),
+        OpenError::Invalid(why) => Error::Invalid(why),
+    })
 }
 
 /// Only one `from_parent` may take the inherited descriptor.

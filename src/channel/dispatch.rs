@@ -154,7 +154,7 @@ fn call<T>(handler: &Shared<Box<dyn FnMut(T) + Send>>, arg: T) {
 
 /// Takes the next message and hands it to the handlers.
 fn deliver_one(port: &Port) {
-    match port.recv_record(crate::channel::Mode::Try, crate::wire::decode_event) {
+    match port.recv_record(crate::channel::Mode::Try, crate::channel::incoming::decode_event) {
         Ok(Ok(event)) => {
             let (onmessage, listeners) = {
                 let events = lock(&port.events);

@@ -4,8 +4,10 @@
 mod api;
 pub(crate) mod bootstrap;
 pub(crate) mod dispatch;
+mod incoming;
 mod link;
 mod options;
+mod outgoing;
 mod port;
 mod rx;
 mod transfer;
@@ -17,8 +19,7 @@ use std::time::{Duration, Instant};
 pub use api::{MessageEvent, MessagePort, Transferable};
 pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};
-pub(crate) use port::{Port, Readiness, bury};
-pub(crate) use rx::Rx;
+pub(crate) use port::{Port, Readiness, port_from_fds};
 
 /// How long a call may wait.
 #[derive(Clone, Copy)]

@@ -2,7 +2,7 @@
 //! locks (a thread blocked in `recv` never blocks `post_message`): attaching, writing
 //! a record, receiving, waiting, closing and detaching.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use crate::error::{PostError, RecvFail};
 use crate::platform;
 use crate::shm::lock::{HalfGuard, HalfLock};
 use crate::shm::ring::{Consumer, Producer, PushError, Record};
-use crate::shm::segment::{END_CLOSED, Segment};
+use crate::shm::segment::{END_CLOSED, OpenError, Segment};
 use crate::shm::sync::{AtomicU32, Ordering};
 use crate::shm::wait::{self, Check, SLICE, WaitStrategy};
 
@@ -63,6 +63,23 @@ pub(super) fn lock_for<T>(m: &HalfLock<T>, mode: Mode) -> Option<HalfGuard<'_, T
         spins += 1;
         if spins < 64 { std::thread::yield_now() } else { std::thread::sleep(Duration::from_micros(100)) }
     }
+}
+
+/// The one way a port arrives from another process (in a message, from a parent, at a
+/// rendezvous): its channel's segment memfd, its socket end, and which end it is, all
+/// checked before anything is used (the end, the socket's type, and everything
+/// `Segment::open_shared` checks).
+pub(crate) fn port_from_fds(segment: OwnedFd, socket: OwnedFd, end: u32) -> Result<MessagePort, OpenError> {
+    if end > 1 {
+        return Err(OpenError::Invalid("a port's end is neither 0 nor 1"));
+    }
+    if !platform::is_seqpacket_socket(socket.as_fd()) {
+        return Err(OpenError::Invalid("a port's socket is not a Unix SEQPACKET socket"));
+    }
+    let segment = Segment::open_shared(segment)?;
+    let port =
+        Port::attach(Arc::new(segment), end as usize, socket, WaitStrategy::default()).map_err(OpenError::Invalid)?;
+    Ok(MessagePort::wrap(port))
 }
 
 impl Port {

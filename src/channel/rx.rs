@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
+use super::incoming;
 use super::link::{Link, Liveness};
 use crate::error::{MessageError, RecvFail};
 use crate::shm::ring::{Consumer, Corrupt, Record};
 use crate::shm::wait::{self, Check, SpinEstimate};
 use crate::value::typed;
-use crate::wire::{self};
+use crate::wire;
 
 /// The reading side of a port.
 pub(crate) struct Rx {
@@ -196,7 +197,7 @@ impl Rx {
             return Ok(value);
         }
         self.take(rec)?;
-        wire::decode_typed(self, rec.len)
+        incoming::decode_typed(self, rec.len)
     }
 
     /// Takes `rec` if it is a plain-old-data message of `T`'s size; anything else stays
@@ -217,7 +218,7 @@ impl Rx {
                 return refuse("plain-old-data message has the wrong size");
             }
             self.take(rec)?;
-            let range = wire::body_of(self, rec.flags, rec.len)?;
+            let range = incoming::body_of(self, rec.flags, rec.len)?;
             let body = &self.scratch[range];
             return if body.len() == size {
                 Ok(bytemuck::pod_read_unaligned(body))
@@ -246,7 +247,7 @@ impl Rx {
         // every message, bouncing its cache line between the cores (measured: twice the
         // time per 64 B message). A port that must wait to post gives its read space
         // back first (see `push_waiting`). A record with attachments is given back
-        // only once they are taken (see `wire::attachments`).
+        // only once they are taken (see `incoming::attachments`).
         if rec.flags & wire::FLAG_ATTACHMENTS == 0
             && (self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4)
         {
@@ -267,7 +268,7 @@ impl Rx {
             match self.consumer.peek() {
                 Ok(Some(rec)) => {
                     if self.take(&rec).is_ok() {
-                        wire::discard_record(self, rec.flags, rec.len);
+                        incoming::discard_record(self, rec.flags, rec.len);
                     }
                 }
                 _ => break,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::Mode;
 use super::api::MessagePort;
 use super::link::{Link, wake_own_words};
+use super::outgoing::Outgoing;
 use super::port::{Port, Pushed, busy_error, lock, lock_for};
 use super::rx::Rx;
 use super::tx::Tx;
@@ -16,7 +17,6 @@ use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::platform;
 use crate::shm::sync::Ordering;
 use crate::shm::wait::SLICE;
-use crate::wire::Outgoing;
 
 impl Port {
     /// Posts a prepared message: writes its record, moves what it transfers, sends
@@ -48,7 +48,7 @@ impl Port {
                     } else {
                         std::thread::sleep(Duration::from_micros(200));
                     }
-                    outgoing.renew_nonce();
+                    outgoing.record.renew_nonce();
                 }
             }
         }
@@ -69,7 +69,7 @@ impl Port {
         let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
         let Some(tx) = guard.as_mut() else { return Ok(Attempt::Nowhere) };
         let start = tx.producer.position();
-        match self.push_waiting(tx, outgoing.kind, outgoing.flags, &[&outgoing.payload], mode)? {
+        match self.push_waiting(tx, outgoing.record.kind, outgoing.record.flags, &[&outgoing.record.payload], mode)? {
             Pushed::Written => {}
             Pushed::PeerGone => {
                 tx.settle_in_flight(true);
@@ -77,7 +77,7 @@ impl Port {
             }
             Pushed::Detached => return Ok(Attempt::Nowhere),
         }
-        if !outgoing.has_attachments() {
+        if !outgoing.record.has_attachments() {
             tx.publish_and_notify();
             return Ok(Attempt::Posted);
         }
@@ -111,7 +111,7 @@ impl Port {
             Ok(None) => return back_out(tx, Ok(Attempt::Busy)),
             Err(e) => return back_out(tx, Err(e)),
         };
-        if let Err(e) = outgoing.send(&tx.link.socket, start, &links) {
+        if let Err(e) = outgoing.send(tx.link.socket.as_fd(), start, &links) {
             outgoing.restore_buffers(detached);
             if platform::is_peer_gone_error(&e) {
                 tx.settle_in_flight(true);

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use super::Mode;
 use super::api::{KEEP_RECV_BUF, MessagePort, RECV_BUF, SEND_BUF, Transferable};
+use super::outgoing::Outgoing;
 use crate::error::{DataCloneError, PostError, RecvError, RecvFail, RecvTimeoutError, TryRecvError};
 use crate::value::typed;
-use crate::wire::{self, Outgoing};
+use crate::wire;
 
 impl MessagePort {
     // ---- typed and plain-old-data messages ---------------------------------------

@@ -1,0 +1,146 @@
+//! A received record turned into what the API returns: a `MessageEvent`, a typed
+//! value, or the bytes for `recv_bytes_with`; and what a discarded record carries,
+//! given back. The record's table is read by `wire`; here its parts become buffers and
+//! ports.
+
+use std::os::fd::AsFd;
+
+use super::api::{MessageEvent, MessagePort};
+use super::port::{bury, port_from_fds};
+use super::rx::Rx;
+use crate::error::{MessageError, RecvFail};
+use crate::shm::arena::Chunk;
+use crate::shm::segment::OpenError;
+use crate::value::Value;
+use crate::value::buffer::ArrayBuffer;
+use crate::value::{codec, typed};
+use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND_VALUE, Parts};
+
+/// A received message's transferred items and body, taken from its record.
+struct Incoming {
+    buffers: Vec<ArrayBuffer>,
+    ports: Vec<MessagePort>,
+    /// The body's chunk and length, when it came out of line (else the body is the
+    /// tail of the payload).
+    spilled: Option<(Chunk, usize)>,
+    /// Where the inline body starts in the payload.
+    body_at: usize,
+}
+
+/// Buffers and ports from the parts `wire` read. If a port is refused, everything
+/// made so far drops (buffers go back to their owner, ports close) and so do the
+/// remaining descriptors.
+fn adopt(parts: Parts) -> Result<Incoming, &'static str> {
+    let Parts { buffers, ports: port_fds, spilled, body_at } = parts;
+    let buffers = buffers.into_iter().map(|(chunk, len)| ArrayBuffer::from_parts(chunk, len)).collect();
+    let mut ports = Vec::with_capacity(port_fds.len());
+    for p in port_fds {
+        let port = port_from_fds(p.segment, p.socket, p.end).map_err(|e| match e {
+            OpenError::Invalid(why) => why,
+            OpenError::Io(_) => "transferred port's segment cannot be mapped",
+        })?;
+        ports.push(port);
+    }
+    Ok(Incoming { buffers, ports, spilled, body_at })
+}
+
+/// Takes the attachments of the record just taken by `rx`, then gives the record's
+/// ring space back (not before: a receiver that dies half way leaves the record unread,
+/// so its sender can still reclaim the chunks it carries).
+fn attachments(rx: &mut Rx, len: usize) -> Result<Incoming, RecvFail> {
+    let received = wire::receive(rx.payload(len), rx.link().socket.as_fd(), rx.record_start()).and_then(adopt);
+    rx.release_now();
+    received.map_err(|why| RecvFail::Message(MessageError::new(why)))
+}
+
+fn fail(reason: &'static str) -> RecvFail {
+    RecvFail::Message(MessageError::new(reason))
+}
+
+/// Turns the record just taken by `rx` into a `MessageEvent`. A record of bytes (raw,
+/// typed or plain-old-data) arrives as an `ArrayBuffer` of its bytes; one that also
+/// carries buffers (a typed message's) as an array of that buffer and them.
+pub(crate) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Result<MessageEvent, RecvFail> {
+    if !matches!(kind, KIND_BYTES | KIND_VALUE | KIND_TYPED | KIND_POD) {
+        if flags & FLAG_ATTACHMENTS != 0 {
+            drop(attachments(rx, len));
+        }
+        return Err(fail("unknown record kind"));
+    }
+    let Some(incoming) = (flags & FLAG_ATTACHMENTS != 0).then(|| attachments(rx, len)).transpose()? else {
+        let body = rx.payload(len);
+        let data = match kind {
+            KIND_VALUE => codec::decode(body, &[], &[]).map_err(RecvFail::Message)?,
+            _ => Value::ArrayBuffer(ArrayBuffer::from_slice(body).map_err(|_| fail("out of memory for the message"))?),
+        };
+        return Ok(MessageEvent { data, ports: Vec::new() });
+    };
+    let Incoming { buffers, ports, spilled, body_at } = incoming;
+    if kind == KIND_VALUE {
+        let data = match spilled {
+            Some((chunk, body_len)) => {
+                let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
+                drop(chunk);
+                codec::decode(&body, &buffers, &ports)
+            }
+            None => codec::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+        };
+        return Ok(MessageEvent { data: data.map_err(RecvFail::Message)?, ports });
+    }
+    let body = match spilled {
+        // A large body arrives as the very pages it was written to: no copy.
+        Some((chunk, len)) => ArrayBuffer::from_parts(Some(chunk), len),
+        None => {
+            ArrayBuffer::from_slice(&rx.payload(len)[body_at..]).map_err(|_| fail("out of memory for the message"))?
+        }
+    };
+    let data = if buffers.is_empty() {
+        Value::ArrayBuffer(body)
+    } else {
+        Value::Array(std::iter::once(body).chain(buffers).map(Value::ArrayBuffer).collect())
+    };
+    Ok(MessageEvent { data, ports })
+}
+
+/// Receives what the typed record just taken by `rx` carries and decodes its value
+/// as a `T`.
+pub(crate) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usize) -> Result<T, RecvFail> {
+    let Incoming { buffers, ports, spilled, body_at } = attachments(rx, len)?;
+    let value = match spilled {
+        Some((chunk, body_len)) => {
+            let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
+            drop(chunk);
+            typed::decode(&body, &buffers, &ports)
+        }
+        None => typed::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+    };
+    value.map_err(RecvFail::Message)
+}
+
+/// The body of the record just taken by `rx`, for `recv_bytes_with`: inline bytes, or
+/// a spilled body copied into `rx`'s buffer. Transferred items are dropped (a buffer
+/// goes back to its owner, a port is closed).
+pub(crate) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::Range<usize>, RecvFail> {
+    if flags & FLAG_ATTACHMENTS == 0 {
+        return Ok(0..len);
+    }
+    let incoming = attachments(rx, len)?;
+    match incoming.spilled {
+        Some((chunk, body_len)) => {
+            let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
+            Ok(rx.replace_payload(body))
+        }
+        None => Ok(incoming.body_at..len),
+    }
+}
+
+/// Gives back what a record that will never be read carries (SEMANTICS 15: a port
+/// closing with messages queued discards them).
+pub(crate) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
+    if flags & FLAG_ATTACHMENTS != 0
+        && let Ok(incoming) = attachments(rx, len)
+    {
+        // Closed by the close that discards this record, after it (see `port::bury`).
+        bury(incoming.ports);
+    }
+}

@@ -1,0 +1,229 @@
+//! A message on its way out: the transfer-list checks of SEMANTICS 5 (which all pass
+//! before anything is detached) and the "doomed" case of rule 9, the record `wire`
+//! frames for it, and the buffers and ports it moves, detached only once its
+//! descriptors are sent (see `transfer`).
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use super::api::{MessagePort, Transferable};
+use super::link::Link;
+use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
+use crate::shm::arena::{ArenaSegment, Descriptor, SentChunk};
+use crate::value::Value;
+use crate::value::buffer::{ArrayBuffer, Detached};
+use crate::value::codec::{self, Transfer};
+use crate::value::typed;
+use crate::wire::{self, Framed, OutBuffer};
+
+/// A message ready to be written: its record, and what it moves.
+pub(crate) struct Outgoing {
+    pub(super) record: Framed,
+    buffers: Vec<ArrayBuffer>,
+    /// What `buffers` held when the record was framed, to check when they are detached.
+    expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>>,
+    ports: Vec<MessagePort>,
+    /// The transfer list names the source port's own peer (rule 9).
+    pub(super) doomed: bool,
+}
+
+fn clone_error(kind: DataCloneErrorKind) -> PostError {
+    PostError::DataClone(DataCloneError::new(kind))
+}
+
+impl Outgoing {
+    /// Raw bytes of record kind `kind`: inline when they fit the ring, else spilled
+    /// into a chunk.
+    pub(crate) fn bytes(kind: u16, body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
+        Outgoing::build(kind, body, Vec::new(), Vec::new(), max_inline)
+    }
+
+    /// Runs the checks of SEMANTICS 5 in their order and encodes the message.
+    pub(crate) fn value(
+        source: &MessagePort,
+        message: &Value,
+        transfer: &[Transferable],
+        max_inline: usize,
+    ) -> Result<Outgoing, PostError> {
+        Outgoing::checked(source, transfer, wire::KIND_VALUE, max_inline, |buffers, ports, body| {
+            codec::encode(message, &Transfer { buffers, ports }, body).map_err(|e| e.kind())
+        })
+    }
+
+    /// As `value`, for a serde value (`post_typed_with`).
+    pub(crate) fn typed<T: serde::Serialize + ?Sized>(
+        source: &MessagePort,
+        message: &T,
+        transfer: &[Transferable],
+        max_inline: usize,
+    ) -> Result<Outgoing, PostError> {
+        Outgoing::checked(source, transfer, wire::KIND_TYPED, max_inline, |buffers, ports, body| {
+            typed::encode(message, buffers, ports, body)
+        })
+    }
+
+    /// The checks of SEMANTICS 5 in their order around `encode` (which reports 5c and
+    /// 5d inside the message, and 11), then the record of `kind`.
+    fn checked(
+        source: &MessagePort,
+        transfer: &[Transferable],
+        kind: u16,
+        max_inline: usize,
+        encode: impl FnOnce(&[ArrayBuffer], &[MessagePort], &mut Vec<u8>) -> Result<(), DataCloneErrorKind>,
+    ) -> Result<Outgoing, PostError> {
+        let mut buffers = Vec::new();
+        let mut ports = Vec::new();
+        for item in transfer {
+            match item {
+                Transferable::ArrayBuffer(b) => buffers.push(b.clone()),
+                Transferable::Port(p) => ports.push(p.clone()),
+            }
+        }
+        // 5a: the source port itself.
+        if ports.iter().any(|p| p.ptr_eq(source)) {
+            return Err(clone_error(DataCloneErrorKind::SourcePortInTransfer));
+        }
+        // 5b: duplicates.
+        if has_duplicates(buffers.iter().map(ArrayBuffer::identity)) || has_duplicates(ports.iter().map(port_identity))
+        {
+            return Err(clone_error(DataCloneErrorKind::DuplicateInTransfer));
+        }
+        // 5c and 5d inside the message come from the encoder, which reports the
+        // earliest rule when a message breaks several.
+        let mut body = Vec::new();
+        let encoded = encode(&buffers, &ports, &mut body);
+        if encoded == Err(DataCloneErrorKind::PortNotInTransfer) {
+            return Err(clone_error(DataCloneErrorKind::PortNotInTransfer));
+        }
+        // 5d: detached buffers, in the message or the transfer list.
+        if buffers.iter().any(ArrayBuffer::is_detached) || encoded == Err(DataCloneErrorKind::DetachedBuffer) {
+            return Err(clone_error(DataCloneErrorKind::DetachedBuffer));
+        }
+        // 5e: detached ports in the transfer list.
+        if ports.iter().any(MessagePort::is_detached) {
+            return Err(clone_error(DataCloneErrorKind::DetachedPort));
+        }
+        // 11: anything else the encoder could not clone.
+        encoded.map_err(clone_error)?;
+        // A process-local port has no descriptors to send: refused before anything moves.
+        if ports.iter().any(|p| p.port().link().is_some_and(|l| l.segment.fd().is_none())) {
+            return Err(PostError::transfer(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a process-local port cannot leave its process",
+            )));
+        }
+        let source_channel = source.port().link().map(|l| l.segment.identity());
+        let doomed =
+            ports.iter().any(|p| p.port().link().is_some_and(|l| Some(l.segment.identity()) == source_channel));
+        let mut out = Outgoing::build(kind, &body, buffers, ports, max_inline)?;
+        out.doomed = doomed;
+        Ok(out)
+    }
+
+    /// Frames the record, naming each buffer's chunk as it is now (checked again when
+    /// the buffers are detached, in `take_buffers`).
+    fn build(
+        kind: u16,
+        body: &[u8],
+        buffers: Vec<ArrayBuffer>,
+        ports: Vec<MessagePort>,
+        max_inline: usize,
+    ) -> Result<Outgoing, PostError> {
+        let expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>> = buffers
+            .iter()
+            .map(|b| b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor()))))
+            .collect();
+        let entries: Vec<OutBuffer> = buffers
+            .iter()
+            .zip(&expected)
+            .map(|(b, chunk)| OutBuffer { chunk: chunk.clone(), len: b.byte_length() })
+            .collect();
+        let ends: Vec<u32> = ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect();
+        let record = Framed::new(kind, body, &entries, &ends, max_inline)?;
+        Ok(Outgoing { record, buffers, expected, ports, doomed: false })
+    }
+
+    /// The ports this message moves.
+    pub(crate) fn ports(&self) -> &[MessagePort] {
+        &self.ports
+    }
+
+    /// Detaches the buffers, checking each still holds the chunk named in the record
+    /// (another thread may have moved it since). On a mismatch every buffer is put
+    /// back and the post fails as rule 5d says; `Ok(None)` if a buffer is in use right
+    /// now (its bytes are being read or written), with every buffer put back.
+    pub(crate) fn take_buffers(&self) -> Result<Option<Vec<Detached>>, PostError> {
+        let mut detached = Vec::with_capacity(self.buffers.len());
+        for (b, expected) in self.buffers.iter().zip(&self.expected) {
+            let Some(d) = b.try_detach() else {
+                self.restore_buffers(detached);
+                return Ok(None);
+            };
+            let matches = d.as_ref().is_some_and(|d| match (&d.chunk, expected) {
+                (Some(c), Some((s, desc))) => Arc::ptr_eq(c.segment(), s) && c.descriptor() == *desc,
+                (None, None) => true,
+                _ => false,
+            });
+            if !matches {
+                // Moved (or moved and replaced) by another thread since the record was
+                // framed: put back what was taken, this one included.
+                if let Some(d) = d {
+                    b.restore(d);
+                }
+                self.restore_buffers(detached);
+                return Err(clone_error(DataCloneErrorKind::DetachedBuffer));
+            }
+            detached.push(d.expect("matches implies Some"));
+        }
+        Ok(Some(detached))
+    }
+
+    /// Sends the record's descriptors on `socket`: the arenas, then, for each moved
+    /// port (`links`, in the order of `ports()`), its segment and socket end.
+    pub(crate) fn send(&self, socket: BorrowedFd<'_>, position: u64, links: &[Arc<Link>]) -> std::io::Result<()> {
+        let ports: Vec<(BorrowedFd<'_>, BorrowedFd<'_>)> = links
+            .iter()
+            .map(|l| (l.segment.fd().expect("process-local ports are refused before this"), l.socket.as_fd()))
+            .collect();
+        self.record.send(socket, position, &ports)
+    }
+
+    /// The descriptors are sent: the moved chunks are now the message's. Returns them,
+    /// to be reclaimed if the message is never received.
+    pub(crate) fn finish(&mut self, detached: Vec<Detached>, revoke: bool) -> Vec<SentChunk> {
+        let mut in_flight: Vec<SentChunk> =
+            detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)).collect();
+        if let Some(chunk) = self.record.take_spill() {
+            in_flight.push(chunk.send(false));
+        }
+        in_flight
+    }
+
+    /// Puts the buffers back (a post that failed after `take_buffers`).
+    pub(crate) fn restore_buffers(&self, detached: Vec<Detached>) {
+        for (b, d) in self.buffers.iter().zip(detached) {
+            b.restore(d);
+        }
+    }
+
+    /// The message goes nowhere (the peer is gone, the source is detached, or the
+    /// message is doomed): what it transfers is detached and dropped, as on the web.
+    pub(crate) fn discard(self) {
+        for b in &self.buffers {
+            drop(b.detach());
+        }
+        for p in &self.ports {
+            p.close();
+        }
+    }
+}
+
+fn port_identity(p: &MessagePort) -> usize {
+    Arc::as_ptr(p.port()) as usize
+}
+
+fn has_duplicates(ids: impl Iterator<Item = usize>) -> bool {
+    let mut ids: Vec<usize> = ids.collect();
+    ids.sort_unstable();
+    ids.windows(2).any(|w| w[0] == w[1])
+}
