@@ -15,6 +15,7 @@ use super::rx::Rx;
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::platform;
+use crate::shm::arena::SentChunk;
 use crate::shm::sync::Ordering;
 use crate::shm::wait::SLICE;
 
@@ -82,45 +83,66 @@ impl Port {
             return Ok(Attempt::Posted);
         }
         let end = tx.producer.position();
-        let back_out = |tx: &mut Tx, attempt: Result<Attempt, PostError>| {
-            tx.producer.rollback();
-            attempt
-        };
-        match self.socket_ready(tx, mode) {
-            Ok(false) => {}
-            Ok(true) => {
-                tx.settle_in_flight(true);
-                return back_out(tx, Ok(Attempt::Nowhere));
+        match self.move_attachments(tx, outgoing, moved, start, mode) {
+            Ok(Moved::Sent(sent)) => {
+                tx.publish_and_notify();
+                if !sent.is_empty() {
+                    tx.in_flight.push_back((end, sent));
+                }
+                tx.settle_in_flight(false);
+                Ok(Attempt::Posted)
             }
-            Err(e) => return back_out(tx, Err(e)),
+            Ok(Moved::Not(attempt)) => {
+                tx.producer.rollback();
+                Ok(attempt)
+            }
+            Err(e) => {
+                tx.producer.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// For a record written (not published) at `start`: waits for the socket, takes
+    /// the moved ports' writing halves and the buffers without waiting, sends the
+    /// descriptors, then detaches what moves. Anything but `Sent` has changed nothing
+    /// (the caller rolls the record back).
+    fn move_attachments(
+        &self,
+        tx: &mut Tx,
+        outgoing: &mut Outgoing,
+        moved: &[MessagePort],
+        start: u64,
+        mode: Mode,
+    ) -> Result<Moved, PostError> {
+        let detached_port = || PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort));
+        if self.socket_ready(tx, mode)? {
+            tx.settle_in_flight(true);
+            return Ok(Moved::Not(Attempt::Nowhere));
         }
         // The moved ports' writing halves, without waiting.
         let mut port_guards = Vec::with_capacity(moved.len());
         for port in moved {
             match port.port().tx.try_lock() {
                 Some(g) => port_guards.push(g),
-                None => return back_out(tx, Ok(Attempt::Busy)),
+                None => return Ok(Moved::Not(Attempt::Busy)),
             }
         }
         let links: Option<Vec<Arc<Link>>> = moved.iter().map(|p| p.port().link()).collect();
         let Some(links) = links.filter(|_| port_guards.iter().all(|g| g.is_some())) else {
-            return back_out(tx, Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))));
+            return Err(detached_port());
         };
-        let detached = match outgoing.take_buffers() {
-            Ok(Some(d)) => d,
-            Ok(None) => return back_out(tx, Ok(Attempt::Busy)),
-            Err(e) => return back_out(tx, Err(e)),
-        };
+        let Some(detached) = outgoing.take_buffers()? else { return Ok(Moved::Not(Attempt::Busy)) };
         if let Err(e) = outgoing.send(tx.link.socket.as_fd(), start, &links) {
             outgoing.restore_buffers(detached);
             if platform::is_peer_gone_error(&e) {
                 tx.settle_in_flight(true);
-                return back_out(tx, Ok(Attempt::Nowhere));
+                return Ok(Moved::Not(Attempt::Nowhere));
             }
             if platform::is_transient_send_error(&e) {
-                return back_out(tx, Ok(Attempt::Busy));
+                return Ok(Moved::Not(Attempt::Busy));
             }
-            return back_out(tx, Err(PostError::transfer(e)));
+            return Err(PostError::transfer(e));
         }
         drop(links);
         // Sent: now the ports move (their writing halves are held, so only a close
@@ -135,10 +157,7 @@ impl Port {
                     }
                     outgoing.restore_buffers(detached);
                     // The descriptors sent are dropped by the receiver (their tag is stale).
-                    return back_out(
-                        tx,
-                        Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))),
-                    );
+                    return Err(detached_port());
                 }
             }
         }
@@ -146,13 +165,7 @@ impl Port {
         // keep the ports alive until the receiver takes them.
         drop(moving);
         drop(port_guards);
-        let sent = outgoing.finish(detached, tx.link.segment.revokes());
-        tx.publish_and_notify();
-        if !sent.is_empty() {
-            tx.in_flight.push_back((end, sent));
-        }
-        tx.settle_in_flight(false);
-        Ok(Attempt::Posted)
+        Ok(Moved::Sent(outgoing.finish(detached, tx.link.segment.revokes())))
     }
 
     /// Before a message with descriptors: waits, as `mode` allows, until the socket can
@@ -213,6 +226,14 @@ pub(super) struct Moving {
     pub(super) link: Arc<Link>,
     pub(super) tx: Option<Tx>,
     pub(super) rx: Option<Rx>,
+}
+
+/// How `move_attachments` ended.
+enum Moved {
+    /// Everything moved: publish the record; these chunks are in flight.
+    Sent(Vec<SentChunk>),
+    /// Nothing changed; the attempt ends so.
+    Not(Attempt),
 }
 
 /// How one try at posting a message with attachments ended.

@@ -408,8 +408,10 @@ pub(crate) fn block_on<T>(
     result
 }
 
-/// The waiting of `block_on`; also returns about how long it waited (to the last
-/// clock reading: a wait that ends in the first few polls reads no clock at all).
+/// The waiting of `block_on`: a spin phase, then (unless the spin found what it
+/// waits for, or the deadline passed) a sleep phase. Also returns about how long it
+/// waited (to the last clock reading: a wait that ends in the first few polls reads no
+/// clock at all).
 fn wait_until<T>(
     wait_word: &WaitWord,
     parker: &Parker,
@@ -417,11 +419,31 @@ fn wait_until<T>(
     deadline: Option<Instant>,
     poll: &mut impl FnMut(Check) -> Option<T>,
 ) -> (Option<T>, Duration) {
-    // Spin phase. Reading the clock (vDSO, no syscall) every 64 polls keeps it cheap;
-    // the first reading starts the clock. With a bounded spin, the spin turns into
-    // `sched_yield` after `YIELD_AFTER`, so a waiter never starves the thread it waits
-    // for when threads outnumber cores (a pure spin there can keep both cores busy
-    // waiting while the producers queue).
+    match spin(spin_for, deadline, poll) {
+        Spun::Done(found, spun) => (found, spun),
+        Spun::Sleep(began) => sleep(wait_word, parker, began, deadline, poll),
+    }
+}
+
+/// How the spin phase ended.
+enum Spun<T> {
+    /// Found (or the deadline passed: `None`), after spinning this long.
+    Done(Option<T>, Duration),
+    /// The spin is over: sleep, counting the wait from this instant.
+    Sleep(Instant),
+}
+
+/// The spin phase. Reading the clock (vDSO, no syscall) every 64 polls keeps it cheap;
+/// the first reading starts the clock. With a bounded spin, the spin turns into
+/// `sched_yield` after `YIELD_AFTER`, so a waiter never starves the thread it waits
+/// for when threads outnumber cores (a pure spin there can keep both cores busy
+/// waiting while the producers queue). `spin_for` `None` (busy-poll) spins forever.
+#[inline]
+fn spin<T>(
+    spin_for: Option<Duration>,
+    deadline: Option<Instant>,
+    poll: &mut impl FnMut(Check) -> Option<T>,
+) -> Spun<T> {
     let mut start: Option<Instant> = None;
     let mut spun = Duration::ZERO;
     let mut n: u32 = 0;
@@ -432,23 +454,23 @@ fn wait_until<T>(
             let now = Instant::now();
             let began = *start.get_or_insert(now);
             if deadline.is_some_and(|d| now >= d) {
-                return (poll(Check::Slow), spun);
+                return Spun::Done(poll(Check::Slow), spun);
             }
             spun = now.duration_since(began);
             if spin_for.is_some_and(|s| spun >= s) {
-                break;
+                return Spun::Sleep(began);
             }
             yielding = spin_for.is_some() && spun >= YIELD_AFTER;
             // Only a busy-poll spins long enough to need the slow check here.
             if spun >= SLICE && n.is_multiple_of(64 * 1024) {
                 if let Some(t) = poll(Check::Slow) {
-                    return (Some(t), spun);
+                    return Spun::Done(Some(t), spun);
                 }
                 continue;
             }
         }
         if let Some(t) = poll(Check::Fast) {
-            return (Some(t), spun);
+            return Spun::Done(Some(t), spun);
         }
         if yielding {
             yield_now();
@@ -456,9 +478,17 @@ fn wait_until<T>(
             spin_hint();
         }
     }
-    // Sleep phase.
+}
+
+/// The sleep phase: announce, re-check, park, until found or past the deadline.
+fn sleep<T>(
+    wait_word: &WaitWord,
+    parker: &Parker,
+    began: Instant,
+    deadline: Option<Instant>,
+    poll: &mut impl FnMut(Check) -> Option<T>,
+) -> (Option<T>, Duration) {
     let word = &wait_word.word;
-    let began = start.unwrap_or_else(Instant::now);
     let mut last_slow = Instant::now();
     loop {
         let (w, degraded) = announce(word, parker);
