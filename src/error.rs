@@ -121,14 +121,15 @@ impl DataCloneErrorKind {
 pub enum PostError {
     /// The message or transfer list failed the structured-clone checks.
     DataClone(DataCloneError),
-    /// The message's attachment table (its descriptors of buffers and ports, or the
-    /// number of descriptors it passes) exceeds what one record of this channel can
-    /// carry. The body itself never causes this: a body too large for the ring
-    /// travels out of line.
+    /// The message needs more than one message may take of a limited resource:
+    /// `kind` says which, and so in what unit `len` and `max` count. The body itself
+    /// never causes this: a body too large for the ring travels out of line.
     TooLarge {
-        /// The size found: the attachment table's bytes, or the number of descriptors.
+        /// What was too large.
+        kind: TooLargeKind,
+        /// How much the message needs, in the unit of `kind`.
         len: usize,
-        /// The most this channel allows for it.
+        /// The most allowed, in the unit of `kind`.
         max: usize,
     },
     /// `try_post_*`: the ring is full right now.
@@ -144,6 +145,21 @@ pub enum PostError {
     Transfer(Arc<io::Error>),
 }
 
+/// What a [`PostError::TooLarge`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TooLargeKind {
+    /// Bytes of the message's record in the ring, against the most one record of this
+    /// channel holds ([`MessagePort::max_inline_size`](crate::MessagePort::max_inline_size)).
+    /// A body that does not fit goes out of line, but the record's table of the
+    /// buffers and ports the message transfers (24 bytes a buffer, 8 a port) does not.
+    RecordBytes,
+    /// File descriptors the message passes on the socket (one per shared-memory
+    /// segment holding its buffers or its out-of-line body, two per port), against
+    /// the most one message may pass.
+    Descriptors,
+}
+
 impl PostError {
     pub(crate) fn transfer(e: io::Error) -> PostError {
         PostError::Transfer(Arc::new(e))
@@ -155,7 +171,7 @@ impl PartialEq for PostError {
         use PostError::*;
         match (self, other) {
             (DataClone(a), DataClone(b)) => a == b,
-            (TooLarge { len: a, max: m }, TooLarge { len: b, max: n }) => (a, m) == (b, n),
+            (TooLarge { kind: k, len: a, max: m }, TooLarge { kind: l, len: b, max: n }) => (k, a, m) == (l, b, n),
             (Full, Full) | (Timeout, Timeout) => true,
             (Broken(a), Broken(b)) => a == b,
             (Transfer(a), Transfer(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
@@ -170,8 +186,13 @@ impl fmt::Display for PostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PostError::DataClone(e) => fmt::Display::fmt(e, f),
-            PostError::TooLarge { len, max } => {
-                write!(f, "message attachments of {len} exceed the channel's limit of {max}")
+            PostError::TooLarge { kind: TooLargeKind::RecordBytes, len, max } => write!(
+                f,
+                "message needs a record of {len} bytes in the ring, and this channel's records hold at most {max} \
+                 bytes (the table of the buffers and ports it transfers cannot go out of line)"
+            ),
+            PostError::TooLarge { kind: TooLargeKind::Descriptors, len, max } => {
+                write!(f, "message passes {len} file descriptors, and at most {max} may go with one message")
             }
             PostError::Full => f.write_str("ring is full"),
             PostError::Timeout => f.write_str("timed out waiting for ring space"),
@@ -377,5 +398,23 @@ impl From<RecvFail> for RecvTimeoutError {
             RecvFail::Closed => RecvTimeoutError::Closed,
             RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_large_says_what_it_counts_in_which_unit() {
+        let bytes = PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: 1248, max: 1016 }.to_string();
+        assert!(bytes.contains("record of 1248 bytes") && bytes.contains("at most 1016 bytes"), "{bytes}");
+        let fds = PostError::TooLarge { kind: TooLargeKind::Descriptors, len: 70_000, max: 65_536 }.to_string();
+        assert!(fds.contains("70000 file descriptors") && fds.contains("at most 65536"), "{fds}");
+        assert!(!fds.contains("bytes"), "{fds}");
+        assert_ne!(
+            PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: 9, max: 8 },
+            PostError::TooLarge { kind: TooLargeKind::Descriptors, len: 9, max: 8 },
+        );
     }
 }

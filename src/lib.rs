@@ -84,7 +84,8 @@ pub use buffer::ArrayBuffer;
 pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]
 pub use error::{
-    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvTimeoutError, TryRecvError,
+    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvTimeoutError, TooLargeKind,
+    TryRecvError,
 };
 #[cfg(not(loom))]
 pub use port::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable};

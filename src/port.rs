@@ -25,7 +25,7 @@ use crate::buffer::ArrayBuffer;
 use crate::dispatch::{self, Events};
 use crate::error::{
     DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvFail, RecvTimeoutError,
-    TryRecvError,
+    TooLargeKind, TryRecvError,
 };
 use crate::lock::{HalfGuard, HalfLock};
 use crate::platform;
@@ -1333,9 +1333,11 @@ fn busy_error(mode: Mode) -> PostError {
 
 fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
     match e {
-        PushError::TooLarge => {
-            PostError::TooLarge { len: parts.iter().map(|p| p.len()).sum(), max: producer.ring().max_payload() }
-        }
+        PushError::TooLarge => PostError::TooLarge {
+            kind: TooLargeKind::RecordBytes,
+            len: parts.iter().map(|p| p.len()).sum(),
+            max: producer.ring().max_payload(),
+        },
         PushError::Corrupt(c) => PostError::Broken(c.0),
         PushError::Full => PostError::Full,
     }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use crate::arena::{self, ArenaSegment, Chunk, Descriptor, SentChunk};
 use crate::buffer::{ArrayBuffer, Detached};
 use crate::codec::{self, Transfer};
-use crate::error::{DataCloneError, DataCloneErrorKind, MessageError, PostError, RecvFail};
+use crate::error::{DataCloneError, DataCloneErrorKind, MessageError, PostError, RecvFail, TooLargeKind};
 use crate::platform;
 use crate::port::{Link, MessageEvent, MessagePort, Port, Rx, Transferable};
 use crate::segment::Segment;
@@ -219,7 +219,7 @@ impl Outgoing {
             out.spill = Some(chunk);
             table_len = TABLE + BUFFER_ENTRY * (1 + out.buffers.len()) + PORT_ENTRY * out.ports.len();
             if table_len > max_inline {
-                return Err(PostError::TooLarge { len: table_len, max: max_inline });
+                return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
             }
         }
         // Descriptors of the buffers as they are now; `commit` checks they did not change.
@@ -237,7 +237,7 @@ impl Outgoing {
         let port_fd_base = out.arenas.len() as u32;
         let n_fds = out.arenas.len() + 2 * out.ports.len();
         if n_fds > MAX_FDS {
-            return Err(PostError::TooLarge { len: n_fds, max: MAX_FDS });
+            return Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len: n_fds, max: MAX_FDS });
         }
         let p = &mut out.payload;
         p.reserve(table_len);
