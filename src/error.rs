@@ -1,4 +1,11 @@
 //! One error type per operation, named as `std::sync::mpsc` names them.
+//!
+//! An error's `Display` says what failed, and only that; a cause (an `io::Error`) is
+//! its [`source`](std::error::Error::source), never repeated in the text, as the Rust
+//! API guidelines ask (C-GOOD-ERR). A reporter that walks the chain (anyhow's and
+//! eyre's `{:#}` or `{:?}`) then prints each cause once. A variant that only wraps
+//! another error ([`Error::Io`], [`PostError::DataClone`]) is transparent: the
+//! wrapped error's text and source are its own.
 
 use std::fmt;
 use std::io;
@@ -9,8 +16,9 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The operating system refused (the cause is kept).
-    #[error("{0}")]
+    /// The operating system refused. Transparent: its text and source are the
+    /// `io::Error`'s.
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// Shared memory or a handshake received from a peer failed validation.
     #[error("invalid data from peer: {0}")]
@@ -35,7 +43,7 @@ pub enum Error {
         reason: String,
     },
     /// `Listener::bind` or `MessagePort::connect` failed at `path` (the cause is kept).
-    #[error("cannot {action} {}: {source}", .path.display())]
+    #[error("cannot {action} {}", .path.display())]
     Rendezvous {
         /// `"listen at"` or `"connect to"`.
         action: &'static str,
@@ -197,7 +205,7 @@ impl fmt::Display for PostError {
             PostError::Full => f.write_str("ring is full"),
             PostError::Timeout => f.write_str("timed out waiting for ring space"),
             PostError::Broken(why) => write!(f, "channel broken: {why}"),
-            PostError::Transfer(e) => write!(f, "transfer failed: {e}"),
+            PostError::Transfer(_) => f.write_str("transfer failed"),
         }
     }
 }
@@ -404,6 +412,51 @@ impl From<RecvFail> for RecvTimeoutError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every error in `e`'s chain whose cause is in its text as well as in `source()`.
+    fn printed_twice(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut twice = Vec::new();
+        let mut level = Some(e);
+        while let Some(e) = level {
+            if let Some(cause) = e.source()
+                && e.to_string().contains(&cause.to_string())
+            {
+                twice.push(format!("{e:?}"));
+            }
+            level = e.source();
+        }
+        twice
+    }
+
+    #[test]
+    fn no_error_prints_its_cause_in_its_text_and_as_its_source() {
+        let os = || io::Error::from_raw_os_error(111);
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(Error::Io(os())),
+            Box::new(Error::Io(io::Error::other(Error::Rendezvous {
+                action: "connect to",
+                path: "/x".into(),
+                source: os(),
+            }))),
+            Box::new(Error::Rendezvous { action: "connect to", path: "/x".into(), source: os() }),
+            Box::new(PostError::transfer(os())),
+            Box::new(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::TooDeep))),
+            Box::new(crate::segment::OpenError::Io(os())),
+        ];
+        for e in &errors {
+            assert_eq!(printed_twice(&**e), Vec::<String>::new(), "{e}");
+            assert!(!e.to_string().is_empty());
+        }
+        // The causes are still reachable.
+        let e = Error::Rendezvous { action: "connect to", path: "/x".into(), source: os() };
+        assert_eq!(e.to_string(), "cannot connect to /x");
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<io::Error>()).unwrap();
+        assert_eq!(cause.raw_os_error(), Some(111));
+        let e = PostError::transfer(os());
+        assert_eq!(e.to_string(), "transfer failed");
+        assert!(std::error::Error::source(&e).is_some_and(|c| c.downcast_ref::<io::Error>().is_some()));
+        assert_eq!(Error::Io(os()).to_string(), os().to_string(), "transparent");
+    }
 
     #[test]
     fn too_large_says_what_it_counts_in_which_unit() {
