@@ -14,7 +14,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,15 +156,14 @@ impl MessagePort {
 
     /// Connects to a [`Listener`] bound at `path` and returns the port it hands over.
     /// Refuses a listener that runs as another user.
+    ///
+    /// Every error names `path`: [`Error::WrongUser`], or [`Error::Rendezvous`] with
+    /// the cause as its source.
     pub fn connect(path: impl AsRef<Path>) -> Result<MessagePort, Error> {
-        let path = path.as_ref();
-        let sock = platform::connect(&rendezvous_name(path)?).map_err(|source| Error::Rendezvous {
-            action: "connect to",
-            path: path.to_owned(),
-            source,
-        })?;
-        check_same_user(sock.as_fd())?;
-        recv_handoff(sock.as_fd(), false)
+        let at = At { action: "connect to", path: path.as_ref() };
+        let sock = platform::connect(&at.name()?).map_err(|e| at.io(e))?;
+        at.check_same_user(sock.as_fd())?;
+        recv_handoff(sock.as_fd(), false).map_err(|e| at.error(e))
     }
 }
 
@@ -177,19 +176,19 @@ impl MessagePort {
 #[derive(Debug)]
 pub struct Listener {
     sock: OwnedFd,
+    /// The path as given to `bind`, for `accept`'s errors.
+    path: PathBuf,
     options: ChannelOptions,
 }
 
 impl Listener {
     /// Listens at `path`. Fails if another listener holds it.
+    ///
+    /// Every error is [`Error::Rendezvous`], naming `path`.
     pub fn bind(path: impl AsRef<Path>) -> Result<Listener, Error> {
-        let path = path.as_ref();
-        let sock = platform::listen(&rendezvous_name(path)?).map_err(|source| Error::Rendezvous {
-            action: "listen at",
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Listener { sock, options: ChannelOptions::default() })
+        let at = At { action: "listen at", path: path.as_ref() };
+        let sock = platform::listen(&at.name()?).map_err(|e| at.io(e))?;
+        Ok(Listener { sock, path: at.path.to_owned(), options: ChannelOptions::default() })
     }
 
     /// The options of the channels `accept` creates.
@@ -198,34 +197,73 @@ impl Listener {
     }
 
     /// Waits for a peer, checks it runs as this user, and returns this side's port.
+    ///
+    /// Every error names the path: [`Error::WrongUser`], or [`Error::Rendezvous`]
+    /// with the cause as its source.
     pub fn accept(&self) -> Result<MessagePort, Error> {
-        let conn = platform::accept(self.sock.as_fd())?;
-        check_same_user(conn.as_fd())?;
-        let channel = MessageChannel::with_options(&self.options)?;
+        let at = At { action: "accept at", path: &self.path };
+        let conn = platform::accept(self.sock.as_fd()).map_err(|e| at.io(e))?;
+        at.check_same_user(conn.as_fd())?;
+        let channel = MessageChannel::with_options(&self.options).map_err(|e| at.error(e))?;
         let theirs = channel.port2();
-        let link = theirs.port().detach().ok_or(Error::Detached)?;
-        send_handoff(conn.as_fd(), &link)?;
+        let link = theirs.port().detach().ok_or(Error::Detached).map_err(|e| at.error(e))?;
+        send_handoff(conn.as_fd(), &link).map_err(|e| at.error(e))?;
         Ok(channel.port1())
     }
 }
 
-fn check_same_user(sock: BorrowedFd<'_>) -> Result<(), Error> {
-    let peer = platform::peer_uid(sock)?;
-    let ours = platform::current_uid();
-    if peer != ours {
-        return Err(Error::WrongUser { peer, ours });
-    }
-    Ok(())
+/// One rendezvous call at a path: every error it returns names the path.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    /// `"listen at"`, `"connect to"` or `"accept at"`.
+    action: &'static str,
+    /// The path as the caller gave it.
+    path: &'a Path,
 }
 
-/// The abstract socket name of a rendezvous path.
-fn rendezvous_name(path: &Path) -> Result<Vec<u8>, Error> {
-    use std::os::unix::ffi::OsStrExt;
-    let absolute = std::path::absolute(path)?;
-    let mut name = b"shmport:".to_vec();
-    name.extend_from_slice(absolute.as_os_str().as_bytes());
-    if name.len() > 107 {
-        return Err(Error::InvalidOptions("rendezvous path is too long (at most 99 bytes once absolute)"));
+impl At<'_> {
+    /// `Error::Rendezvous`, with `source` as its cause.
+    fn io(self, source: std::io::Error) -> Error {
+        Error::Rendezvous { action: self.action, path: self.path.to_owned(), source }
     }
-    Ok(name)
+
+    /// `e` as an error naming the path: an OS error is the cause as it is; any other
+    /// error is wrapped in an `io::Error` (of kind `InvalidData` for a peer's invalid
+    /// handoff, `InvalidInput` for invalid options) whose inner error it stays.
+    fn error(self, e: Error) -> Error {
+        use std::io::{Error as IoError, ErrorKind};
+        let source = match e {
+            Error::Io(e) => e,
+            e @ (Error::Rendezvous { .. } | Error::WrongUser { .. }) => return e,
+            e @ Error::Invalid(_) => IoError::new(ErrorKind::InvalidData, e),
+            e @ Error::InvalidOptions(_) => IoError::new(ErrorKind::InvalidInput, e),
+            e => IoError::other(e),
+        };
+        self.io(source)
+    }
+
+    /// The abstract socket name of the path.
+    fn name(self) -> Result<Vec<u8>, Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let absolute = std::path::absolute(self.path).map_err(|e| self.io(e))?;
+        let mut name = b"shmport:".to_vec();
+        name.extend_from_slice(absolute.as_os_str().as_bytes());
+        if name.len() > 107 {
+            return Err(self.io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path is too long for a rendezvous (at most 99 bytes once absolute)",
+            )));
+        }
+        Ok(name)
+    }
+
+    /// Refuses a peer that runs as another user.
+    fn check_same_user(self, sock: BorrowedFd<'_>) -> Result<(), Error> {
+        let peer = platform::peer_uid(sock).map_err(|e| self.io(e))?;
+        let ours = platform::current_uid();
+        if peer != ours {
+            return Err(Error::WrongUser { action: self.action, path: self.path.to_owned(), peer, ours });
+        }
+        Ok(())
+    }
 }

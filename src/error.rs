@@ -42,20 +42,29 @@ pub enum Error {
         /// What is wrong, with the values found.
         reason: String,
     },
-    /// `Listener::bind` or `MessagePort::connect` failed at `path` (the cause is kept).
+    /// `Listener::bind`, `Listener::accept` or `MessagePort::connect` failed at `path`:
+    /// every error of theirs but [`WrongUser`](Error::WrongUser) is this one.
     #[error("cannot {action} {}", .path.display())]
     Rendezvous {
-        /// `"listen at"` or `"connect to"`.
+        /// `"listen at"`, `"accept at"` or `"connect to"`.
         action: &'static str,
-        /// The path as given by the caller.
+        /// The path as given by the caller (to `bind`, for `accept`).
         path: PathBuf,
-        /// What the operating system said.
+        /// Why: what the operating system said; or, of kind `InvalidData`, what was
+        /// wrong with the port the peer handed over; or, of kind `InvalidInput`, that
+        /// the path is too long or (for `accept`) the channel options are invalid. A
+        /// cause that is one of this crate's errors is the `io::Error`'s inner error
+        /// ([`io::Error::get_ref`]).
         #[source]
         source: io::Error,
     },
-    /// A rendezvous peer runs as another user.
-    #[error("peer runs as uid {peer}, not {ours}")]
+    /// A rendezvous peer at `path` runs as another user.
+    #[error("cannot {action} {}: the peer runs as uid {peer}, not {ours}", .path.display())]
     WrongUser {
+        /// `"accept at"` or `"connect to"`.
+        action: &'static str,
+        /// The path as given by the caller (to `bind`, for `accept`).
+        path: PathBuf,
         /// The peer's uid, as the kernel reports it.
         peer: u32,
         /// This process's uid.
@@ -456,6 +465,12 @@ mod tests {
         assert_eq!(e.to_string(), "transfer failed");
         assert!(std::error::Error::source(&e).is_some_and(|c| c.downcast_ref::<io::Error>().is_some()));
         assert_eq!(Error::Io(os()).to_string(), os().to_string(), "transparent");
+    }
+
+    #[test]
+    fn a_wrong_user_names_the_path() {
+        let e = Error::WrongUser { action: "accept at", path: "/tmp/a.sock".into(), peer: 65534, ours: 0 };
+        assert_eq!(e.to_string(), "cannot accept at /tmp/a.sock: the peer runs as uid 65534, not 0");
     }
 
     #[test]

@@ -405,7 +405,7 @@ fn rendezvous_refuses_a_peer_of_another_user() {
         Err(e) => panic!("spawn the connector as uid {NOBODY}: {e}"),
     };
     match listener.accept() {
-        Err(Error::WrongUser { peer, ours }) => assert_eq!((peer, ours), (NOBODY, 0)),
+        Err(Error::WrongUser { peer, ours, .. }) => assert_eq!((peer, ours), (NOBODY, 0)),
         other => panic!("accepted a peer of another user: {other:?}"),
     }
     let status = child.wait().unwrap();
