@@ -12,15 +12,14 @@
 //! the parent, and the peer would then never see the child die). It inherits one end
 //! of a fresh socketpair, with the handoff already waiting in it.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::Error;
-use crate::platform;
+use crate::platform::{self, Inherited};
 use crate::port::{ChannelOptions, Link, MessageChannel, MessagePort, Port};
 use crate::segment::Segment;
 use crate::wait::WaitStrategy;
@@ -70,8 +69,12 @@ pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Me
     Ok(MessagePort::wrap(port))
 }
 
-/// Only one `from_parent` may take the inherited descriptor.
-static PARENT_TAKEN: AtomicBool = AtomicBool::new(false);
+/// What the first `from_parent` call to reach the inherited descriptor made of it,
+/// as the reason every later call gives; `None` until one does. Never reset: after that
+/// call the number is not looked at again, whatever it found, because a descriptor
+/// taken and closed, or found closed, leaves a number that may name another file of
+/// this process by the next call.
+static PARENT_CLAIM: Mutex<Option<String>> = Mutex::new(None);
 
 impl MessagePort {
     /// Hands this port to the child that `cmd` will spawn; the child calls
@@ -113,6 +116,12 @@ impl MessagePort {
     /// [`Error::ParentPortUnavailable`], saying why, when it is set but names no port
     /// this process can take (inherited from an ancestor, a closed descriptor or one
     /// that is not a port's socket, malformed, or already taken).
+    ///
+    /// The first call that gets as far as the descriptor decides: every later call is
+    /// `ParentPortUnavailable`, saying what the first one found, and never looks at
+    /// the number again (once the first call has closed the descriptor, or found it
+    /// closed, the number may name another file of this process). The number is
+    /// checked through `/proc/self/fd`; without `/proc` it is not taken.
     pub fn from_parent() -> Result<MessagePort, Error> {
         let unavailable = |reason: String| Error::ParentPortUnavailable { reason };
         let value = match std::env::var(PARENT_ENV) {
@@ -134,24 +143,25 @@ impl MessagePort {
                  variable was inherited from an ancestor)"
             )));
         }
-        if PARENT_TAKEN.swap(true, Ordering::SeqCst) {
-            return Err(unavailable("the port was already taken by an earlier from_parent call".into()));
+        let mut claim = PARENT_CLAIM.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(first) = claim.as_deref() {
+            return Err(unavailable(first.to_owned()));
         }
-        // SAFETY: only a borrow, to check what the number refers to before owning it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        if !platform::fcntl_getfd_is_open(borrowed) {
-            PARENT_TAKEN.store(false, Ordering::SeqCst);
-            return Err(unavailable(format!("descriptor {fd} is not open in this process")));
-        }
-        if !platform::is_seqpacket_socket(borrowed) {
-            PARENT_TAKEN.store(false, Ordering::SeqCst);
-            return Err(unavailable(format!("descriptor {fd} is not a Unix SEQPACKET socket")));
-        }
-        platform::set_cloexec(borrowed, true)?;
-        // SAFETY: the parent passed us this descriptor for exactly this purpose, the
-        // pid check shows we are that child, and PARENT_TAKEN makes this the only owner.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        recv_handoff(sock.as_fd(), true)
+        // Claimed before the number is looked at: even a panic below leaves it claimed.
+        *claim = Some(format!("an earlier from_parent call panicked while taking descriptor {fd}"));
+        let taken = take_parent_port(fd);
+        *claim = Some(match &taken {
+            Ok(_) => "the port was already taken by an earlier from_parent call".to_owned(),
+            Err(Error::ParentPortUnavailable { reason }) => format!(
+                "an earlier from_parent call found that {reason}, and the number is not looked at again (it may \
+                 name another file by now)"
+            ),
+            Err(e) => format!(
+                "an earlier from_parent call failed to take the port from descriptor {fd} ({e}), and the number \
+                 is not looked at again (it may name another file by now)"
+            ),
+        });
+        taken
     }
 
     /// Connects to a [`Listener`] bound at `path` and returns the port it hands over.
@@ -165,6 +175,28 @@ impl MessagePort {
         at.check_same_user(sock.as_fd())?;
         recv_handoff(sock.as_fd(), false).map_err(|e| at.error(e))
     }
+}
+
+/// The body of `from_parent` once it holds the claim: takes descriptor `fd` if it is
+/// a port's socket, and receives the port waiting in it.
+fn take_parent_port(fd: RawFd) -> Result<MessagePort, Error> {
+    let unavailable = |reason: String| Error::ParentPortUnavailable { reason };
+    // SAFETY: the parent passed this number to this process for `from_parent` (the pid
+    // check showed this is the child it was passed to), and PARENT_CLAIM makes this
+    // the one call that ever acts on it: if it is open, nothing else in this process
+    // owns it. Code that closes it and opens another file under the number before
+    // calling `from_parent` breaks that, as closing fd 0 and reusing the number breaks
+    // std's `stdin`; the checks below (a Unix SEQPACKET socket, then a well-formed
+    // handoff in it) are what can still be checked.
+    let sock = unsafe { platform::take_inherited_socket(fd) }.map_err(|found| match found {
+        Inherited::NotOpen => unavailable(format!("descriptor {fd} is not open in this process")),
+        Inherited::NotSeqpacket(what) => {
+            unavailable(format!("descriptor {fd} is not a Unix SEQPACKET socket (it is {what})"))
+        }
+        Inherited::Unchecked(e) => unavailable(format!("descriptor {fd} cannot be checked: {e}")),
+    })?;
+    platform::set_cloexec(sock.as_fd(), true)?;
+    recv_handoff(sock.as_fd(), true)
 }
 
 /// Where unrelated processes meet: each `accept` creates a channel, keeps one port and
