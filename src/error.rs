@@ -1,4 +1,11 @@
 //! One error type per operation, named as `std::sync::mpsc` names them.
+//!
+//! An error's `Display` says what failed, and only that; a cause (an `io::Error`) is
+//! its [`source`](std::error::Error::source), never repeated in the text, as the Rust
+//! API guidelines ask (C-GOOD-ERR). A reporter that walks the chain (anyhow's and
+//! eyre's `{:#}` or `{:?}`) then prints each cause once. A variant that only wraps
+//! another error ([`Error::Io`], [`PostError::DataClone`]) is transparent: the
+//! wrapped error's text and source are its own.
 
 use std::fmt;
 use std::io;
@@ -9,8 +16,9 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The operating system refused (the cause is kept).
-    #[error("{0}")]
+    /// The operating system refused. Transparent: its text and source are the
+    /// `io::Error`'s.
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// Shared memory or a handshake received from a peer failed validation.
     #[error("invalid data from peer: {0}")]
@@ -27,27 +35,37 @@ pub enum Error {
     NoParentPort,
     /// `MessagePort::from_parent`: `SHMPORT_PARENT` is set, but names no port this
     /// process can take: it is malformed, it was inherited from an ancestor (it names
-    /// another parent), its descriptor is closed or is not a port's socket, or the port
-    /// was already taken by an earlier call.
+    /// another parent), its descriptor is closed or is not a port's socket, or an
+    /// earlier call already took the port or found the descriptor unusable (the
+    /// reason then says what that call found).
     #[error("the port named by SHMPORT_PARENT cannot be taken: {reason}")]
     ParentPortUnavailable {
         /// What is wrong, with the values found.
         reason: String,
     },
-    /// `Listener::bind` or `MessagePort::connect` failed at `path` (the cause is kept).
-    #[error("cannot {action} {}: {source}", .path.display())]
+    /// `Listener::bind`, `Listener::accept` or `MessagePort::connect` failed at `path`:
+    /// every error of theirs but [`WrongUser`](Error::WrongUser) is this one.
+    #[error("cannot {action} {}", .path.display())]
     Rendezvous {
-        /// `"listen at"` or `"connect to"`.
+        /// `"listen at"`, `"accept at"` or `"connect to"`.
         action: &'static str,
-        /// The path as given by the caller.
+        /// The path as given by the caller (to `bind`, for `accept`).
         path: PathBuf,
-        /// What the operating system said.
+        /// Why: what the operating system said; or, of kind `InvalidData`, what was
+        /// wrong with the port the peer handed over; or, of kind `InvalidInput`, that
+        /// the path is too long or (for `accept`) the channel options are invalid. A
+        /// cause that is one of this crate's errors is the `io::Error`'s inner error
+        /// ([`io::Error::get_ref`]).
         #[source]
         source: io::Error,
     },
-    /// A rendezvous peer runs as another user.
-    #[error("peer runs as uid {peer}, not {ours}")]
+    /// A rendezvous peer at `path` runs as another user.
+    #[error("cannot {action} {}: the peer runs as uid {peer}, not {ours}", .path.display())]
     WrongUser {
+        /// `"accept at"` or `"connect to"`.
+        action: &'static str,
+        /// The path as given by the caller (to `bind`, for `accept`).
+        path: PathBuf,
         /// The peer's uid, as the kernel reports it.
         peer: u32,
         /// This process's uid.
@@ -121,14 +139,15 @@ impl DataCloneErrorKind {
 pub enum PostError {
     /// The message or transfer list failed the structured-clone checks.
     DataClone(DataCloneError),
-    /// The message's attachment table (its descriptors of buffers and ports, or the
-    /// number of descriptors it passes) exceeds what one record of this channel can
-    /// carry. The body itself never causes this: a body too large for the ring
-    /// travels out of line.
+    /// The message needs more than one message may take of a limited resource:
+    /// `kind` says which, and so in what unit `len` and `max` count. The body itself
+    /// never causes this: a body too large for the ring travels out of line.
     TooLarge {
-        /// The size found: the attachment table's bytes, or the number of descriptors.
+        /// What was too large.
+        kind: TooLargeKind,
+        /// How much the message needs, in the unit of `kind`.
         len: usize,
-        /// The most this channel allows for it.
+        /// The most allowed, in the unit of `kind`.
         max: usize,
     },
     /// `try_post_*`: the ring is full right now.
@@ -144,6 +163,21 @@ pub enum PostError {
     Transfer(Arc<io::Error>),
 }
 
+/// What a [`PostError::TooLarge`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TooLargeKind {
+    /// Bytes of the message's record in the ring, against the most one record of this
+    /// channel holds ([`MessagePort::max_inline_size`](crate::MessagePort::max_inline_size)).
+    /// A body that does not fit goes out of line, but the record's table of the
+    /// buffers and ports the message transfers (24 bytes a buffer, 8 a port) does not.
+    RecordBytes,
+    /// File descriptors the message passes on the socket (one per shared-memory
+    /// segment holding its buffers or its out-of-line body, two per port), against
+    /// the most one message may pass.
+    Descriptors,
+}
+
 impl PostError {
     pub(crate) fn transfer(e: io::Error) -> PostError {
         PostError::Transfer(Arc::new(e))
@@ -155,7 +189,7 @@ impl PartialEq for PostError {
         use PostError::*;
         match (self, other) {
             (DataClone(a), DataClone(b)) => a == b,
-            (TooLarge { len: a, max: m }, TooLarge { len: b, max: n }) => (a, m) == (b, n),
+            (TooLarge { kind: k, len: a, max: m }, TooLarge { kind: l, len: b, max: n }) => (k, a, m) == (l, b, n),
             (Full, Full) | (Timeout, Timeout) => true,
             (Broken(a), Broken(b)) => a == b,
             (Transfer(a), Transfer(b)) => a.kind() == b.kind() && a.to_string() == b.to_string(),
@@ -170,13 +204,18 @@ impl fmt::Display for PostError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PostError::DataClone(e) => fmt::Display::fmt(e, f),
-            PostError::TooLarge { len, max } => {
-                write!(f, "message attachments of {len} exceed the channel's limit of {max}")
+            PostError::TooLarge { kind: TooLargeKind::RecordBytes, len, max } => write!(
+                f,
+                "message needs a record of {len} bytes in the ring, and this channel's records hold at most {max} \
+                 bytes (the table of the buffers and ports it transfers cannot go out of line)"
+            ),
+            PostError::TooLarge { kind: TooLargeKind::Descriptors, len, max } => {
+                write!(f, "message passes {len} file descriptors, and at most {max} may go with one message")
             }
             PostError::Full => f.write_str("ring is full"),
             PostError::Timeout => f.write_str("timed out waiting for ring space"),
             PostError::Broken(why) => write!(f, "channel broken: {why}"),
-            PostError::Transfer(e) => write!(f, "transfer failed: {e}"),
+            PostError::Transfer(_) => f.write_str("transfer failed"),
         }
     }
 }
@@ -377,5 +416,74 @@ impl From<RecvFail> for RecvTimeoutError {
             RecvFail::Closed => RecvTimeoutError::Closed,
             RecvFail::Empty | RecvFail::Timeout => RecvTimeoutError::Timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error in `e`'s chain whose cause is in its text as well as in `source()`.
+    fn printed_twice(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut twice = Vec::new();
+        let mut level = Some(e);
+        while let Some(e) = level {
+            if let Some(cause) = e.source()
+                && e.to_string().contains(&cause.to_string())
+            {
+                twice.push(format!("{e:?}"));
+            }
+            level = e.source();
+        }
+        twice
+    }
+
+    #[test]
+    fn no_error_prints_its_cause_in_its_text_and_as_its_source() {
+        let os = || io::Error::from_raw_os_error(111);
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(Error::Io(os())),
+            Box::new(Error::Io(io::Error::other(Error::Rendezvous {
+                action: "connect to",
+                path: "/x".into(),
+                source: os(),
+            }))),
+            Box::new(Error::Rendezvous { action: "connect to", path: "/x".into(), source: os() }),
+            Box::new(PostError::transfer(os())),
+            Box::new(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::TooDeep))),
+            Box::new(crate::shm::segment::OpenError::Io(os())),
+        ];
+        for e in &errors {
+            assert_eq!(printed_twice(&**e), Vec::<String>::new(), "{e}");
+            assert!(!e.to_string().is_empty());
+        }
+        // The causes are still reachable.
+        let e = Error::Rendezvous { action: "connect to", path: "/x".into(), source: os() };
+        assert_eq!(e.to_string(), "cannot connect to /x");
+        let cause = std::error::Error::source(&e).and_then(|c| c.downcast_ref::<io::Error>()).unwrap();
+        assert_eq!(cause.raw_os_error(), Some(111));
+        let e = PostError::transfer(os());
+        assert_eq!(e.to_string(), "transfer failed");
+        assert!(std::error::Error::source(&e).is_some_and(|c| c.downcast_ref::<io::Error>().is_some()));
+        assert_eq!(Error::Io(os()).to_string(), os().to_string(), "transparent");
+    }
+
+    #[test]
+    fn a_wrong_user_names_the_path() {
+        let e = Error::WrongUser { action: "accept at", path: "/tmp/a.sock".into(), peer: 65534, ours: 0 };
+        assert_eq!(e.to_string(), "cannot accept at /tmp/a.sock: the peer runs as uid 65534, not 0");
+    }
+
+    #[test]
+    fn too_large_says_what_it_counts_in_which_unit() {
+        let bytes = PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: 1248, max: 1016 }.to_string();
+        assert!(bytes.contains("record of 1248 bytes") && bytes.contains("at most 1016 bytes"), "{bytes}");
+        let fds = PostError::TooLarge { kind: TooLargeKind::Descriptors, len: 70_000, max: 65_536 }.to_string();
+        assert!(fds.contains("70000 file descriptors") && fds.contains("at most 65536"), "{fds}");
+        assert!(!fds.contains("bytes"), "{fds}");
+        assert_ne!(
+            PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: 9, max: 8 },
+            PostError::TooLarge { kind: TooLargeKind::Descriptors, len: 9, max: 8 },
+        );
     }
 }

@@ -65,7 +65,8 @@ pub use channel::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent
 pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]
 pub use error::{
-    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvTimeoutError, TryRecvError,
+    DataCloneError, DataCloneErrorKind, Error, MessageError, PostError, RecvError, RecvTimeoutError, TooLargeKind,
+    TryRecvError,
 };
 #[cfg(not(loom))]
 pub use shm::arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats};

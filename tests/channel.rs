@@ -361,9 +361,6 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
     assert_eq!(a.max_inline_size(), 1016, "the largest message copied through the ring");
-    #[allow(deprecated)]
-    let old_name = a.max_message_size();
-    assert_eq!(old_name, 1016, "the deprecated name is the same limit");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
     let writer = std::thread::spawn({
         let big = big.clone();

@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use shmport::{
-    ArrayBuffer, DataCloneErrorKind, MessageChannel, MessageEvent, MessagePort, PostError, Transferable, TypedArray,
-    TypedArrayKind, Value,
+    ArrayBuffer, DataCloneErrorKind, MessageChannel, MessageEvent, MessagePort, PostError, TooLargeKind, Transferable,
+    TypedArray, TypedArrayKind, Value,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -264,6 +264,27 @@ fn s08_one_hundred_ports_in_one_message_all_work() {
     }
 }
 
+#[test]
+fn a_transfer_table_larger_than_a_record_is_too_large_in_bytes_and_moves_nothing() {
+    // 50 buffers take 50 table entries of 24 bytes: more than a 1 KiB ring's record.
+    let ch = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(1024)).unwrap();
+    let buffers: Vec<ArrayBuffer> = (0..50u8).map(|i| buffer(&[i])).collect();
+    let transfer: Vec<Transferable> = buffers.iter().map(|b| b.clone().into()).collect();
+    let err = ch.port1().post_message(Value::Undefined, transfer).unwrap_err();
+    match err {
+        PostError::TooLarge { kind: TooLargeKind::RecordBytes, len, max } => {
+            assert_eq!(max, ch.port1().max_inline_size(), "the limit is a record's size");
+            assert!(len > max, "{len} > {max}");
+        }
+        ref other => panic!("expected TooLarge in record bytes, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains("record of") && text.contains(" bytes") && !text.contains("descriptors"), "{text}");
+    assert!(buffers.iter().all(|b| !b.is_detached()), "nothing moved");
+    ch.port1().post_message(1, []).unwrap();
+    assert_eq!(recv(&ch.port2()).data.as_f64(), Some(1.0), "the port still works");
+}
+
 // ---- rule 9: the doomed case ---------------------------------------------------------
 
 #[test]
@@ -452,7 +473,8 @@ fn a_process_local_port_in_the_transfer_list_is_refused_and_left_working() {
     // The cause is kept: the io::Error is the source, and the message says what happened.
     let cause = std::error::Error::source(&err).and_then(|e| e.downcast_ref::<std::io::Error>()).expect("io cause");
     assert_eq!(cause.kind(), std::io::ErrorKind::Unsupported);
-    assert_eq!(err.to_string(), "transfer failed: a process-local port cannot leave its process");
+    assert_eq!(err.to_string(), "transfer failed", "the cause is the source, not repeated in the text");
+    assert_eq!(cause.to_string(), "a process-local port cannot leave its process");
     assert_eq!(err.clone(), err, "clones compare equal (by kind and message)");
     assert_ne!(err, PostError::Full);
     assert!(!b.is_detached() && !local.port2().is_detached());

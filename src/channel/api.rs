@@ -374,16 +374,6 @@ impl MessagePort {
     pub fn max_inline_size(&self) -> usize {
         self.port().max_message()
     }
-
-    /// The inline limit; see [`max_inline_size`](Self::max_inline_size). Messages
-    /// larger than this are carried too, out of line, so the old name was wrong.
-    #[deprecated(
-        since = "0.1.0",
-        note = "messages of any size are carried; this is the inline limit: use `max_inline_size`"
-    )]
-    pub fn max_message_size(&self) -> usize {
-        self.max_inline_size()
-    }
 }
 
 impl PartialEq for MessagePort {

@@ -12,15 +12,15 @@
 //! the parent, and the peer would then never see the child die). It inherits one end
 //! of a fresh socketpair, with the handoff already waiting in it.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use crate::channel::{ChannelOptions, Link, MessageChannel, MessagePort, port_from_fds};
 use crate::error::Error;
-use crate::platform;
+use crate::platform::{self, Inherited};
 use crate::shm::segment::OpenError;
 
 /// The header of a handoff: magic, then the end index.
@@ -66,8 +66,12 @@ pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Me
     })
 }
 
-/// Only one `from_parent` may take the inherited descriptor.
-static PARENT_TAKEN: AtomicBool = AtomicBool::new(false);
+/// What the first `from_parent` call to reach the inherited descriptor made of it,
+/// as the reason every later call gives; `None` until one does. Never reset: after that
+/// call the number is not looked at again, whatever it found, because a descriptor
+/// taken and closed, or found closed, leaves a number that may name another file of
+/// this process by the next call.
+static PARENT_CLAIM: Mutex<Option<String>> = Mutex::new(None);
 
 impl MessagePort {
     /// Hands this port to the child that `cmd` will spawn; the child calls
@@ -109,6 +113,12 @@ impl MessagePort {
     /// [`Error::ParentPortUnavailable`], saying why, when it is set but names no port
     /// this process can take (inherited from an ancestor, a closed descriptor or one
     /// that is not a port's socket, malformed, or already taken).
+    ///
+    /// The first call that gets as far as the descriptor decides: every later call is
+    /// `ParentPortUnavailable`, saying what the first one found, and never looks at
+    /// the number again (once the first call has closed the descriptor, or found it
+    /// closed, the number may name another file of this process). The number is
+    /// checked through `/proc/self/fd`; without `/proc` it is not taken.
     pub fn from_parent() -> Result<MessagePort, Error> {
         let unavailable = |reason: String| Error::ParentPortUnavailable { reason };
         let value = match std::env::var(PARENT_ENV) {
@@ -130,38 +140,60 @@ impl MessagePort {
                  variable was inherited from an ancestor)"
             )));
         }
-        if PARENT_TAKEN.swap(true, Ordering::SeqCst) {
-            return Err(unavailable("the port was already taken by an earlier from_parent call".into()));
+        let mut claim = PARENT_CLAIM.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(first) = claim.as_deref() {
+            return Err(unavailable(first.to_owned()));
         }
-        // SAFETY: only a borrow, to check what the number refers to before owning it.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        if !platform::fcntl_getfd_is_open(borrowed) {
-            PARENT_TAKEN.store(false, Ordering::SeqCst);
-            return Err(unavailable(format!("descriptor {fd} is not open in this process")));
-        }
-        if !platform::is_seqpacket_socket(borrowed) {
-            PARENT_TAKEN.store(false, Ordering::SeqCst);
-            return Err(unavailable(format!("descriptor {fd} is not a Unix SEQPACKET socket")));
-        }
-        platform::set_cloexec(borrowed, true)?;
-        // SAFETY: the parent passed us this descriptor for exactly this purpose, the
-        // pid check shows we are that child, and PARENT_TAKEN makes this the only owner.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-        recv_handoff(sock.as_fd(), true)
+        // Claimed before the number is looked at: even a panic below leaves it claimed.
+        *claim = Some(format!("an earlier from_parent call panicked while taking descriptor {fd}"));
+        let taken = take_parent_port(fd);
+        *claim = Some(match &taken {
+            Ok(_) => "the port was already taken by an earlier from_parent call".to_owned(),
+            Err(Error::ParentPortUnavailable { reason }) => format!(
+                "an earlier from_parent call found that {reason}, and the number is not looked at again (it may \
+                 name another file by now)"
+            ),
+            Err(e) => format!(
+                "an earlier from_parent call failed to take the port from descriptor {fd} ({e}), and the number \
+                 is not looked at again (it may name another file by now)"
+            ),
+        });
+        taken
     }
 
     /// Connects to a [`Listener`] bound at `path` and returns the port it hands over.
     /// Refuses a listener that runs as another user.
+    ///
+    /// Every error names `path`: [`Error::WrongUser`], or [`Error::Rendezvous`] with
+    /// the cause as its source.
     pub fn connect(path: impl AsRef<Path>) -> Result<MessagePort, Error> {
-        let path = path.as_ref();
-        let sock = platform::connect(&rendezvous_name(path)?).map_err(|source| Error::Rendezvous {
-            action: "connect to",
-            path: path.to_owned(),
-            source,
-        })?;
-        check_same_user(sock.as_fd())?;
-        recv_handoff(sock.as_fd(), false)
+        let at = At { action: "connect to", path: path.as_ref() };
+        let sock = platform::connect(&at.name()?).map_err(|e| at.io(e))?;
+        at.check_same_user(sock.as_fd())?;
+        recv_handoff(sock.as_fd(), false).map_err(|e| at.error(e))
     }
+}
+
+/// The body of `from_parent` once it holds the claim: takes descriptor `fd` if it is
+/// a port's socket, and receives the port waiting in it.
+fn take_parent_port(fd: RawFd) -> Result<MessagePort, Error> {
+    let unavailable = |reason: String| Error::ParentPortUnavailable { reason };
+    // SAFETY: the parent passed this number to this process for `from_parent` (the pid
+    // check showed this is the child it was passed to), and PARENT_CLAIM makes this
+    // the one call that ever acts on it: if it is open, nothing else in this process
+    // owns it. Code that closes it and opens another file under the number before
+    // calling `from_parent` breaks that, as closing fd 0 and reusing the number breaks
+    // std's `stdin`; the checks below (a Unix SEQPACKET socket, then a well-formed
+    // handoff in it) are what can still be checked.
+    let sock = unsafe { platform::take_inherited_socket(fd) }.map_err(|found| match found {
+        Inherited::NotOpen => unavailable(format!("descriptor {fd} is not open in this process")),
+        Inherited::NotSeqpacket(what) => {
+            unavailable(format!("descriptor {fd} is not a Unix SEQPACKET socket (it is {what})"))
+        }
+        Inherited::Unchecked(e) => unavailable(format!("descriptor {fd} cannot be checked: {e}")),
+    })?;
+    platform::set_cloexec(sock.as_fd(), true)?;
+    recv_handoff(sock.as_fd(), true)
 }
 
 /// Where unrelated processes meet: each `accept` creates a channel, keeps one port and
@@ -173,19 +205,19 @@ impl MessagePort {
 #[derive(Debug)]
 pub struct Listener {
     sock: OwnedFd,
+    /// The path as given to `bind`, for `accept`'s errors.
+    path: PathBuf,
     options: ChannelOptions,
 }
 
 impl Listener {
     /// Listens at `path`. Fails if another listener holds it.
+    ///
+    /// Every error is [`Error::Rendezvous`], naming `path`.
     pub fn bind(path: impl AsRef<Path>) -> Result<Listener, Error> {
-        let path = path.as_ref();
-        let sock = platform::listen(&rendezvous_name(path)?).map_err(|source| Error::Rendezvous {
-            action: "listen at",
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Listener { sock, options: ChannelOptions::default() })
+        let at = At { action: "listen at", path: path.as_ref() };
+        let sock = platform::listen(&at.name()?).map_err(|e| at.io(e))?;
+        Ok(Listener { sock, path: at.path.to_owned(), options: ChannelOptions::default() })
     }
 
     /// The options of the channels `accept` creates.
@@ -194,34 +226,73 @@ impl Listener {
     }
 
     /// Waits for a peer, checks it runs as this user, and returns this side's port.
+    ///
+    /// Every error names the path: [`Error::WrongUser`], or [`Error::Rendezvous`]
+    /// with the cause as its source.
     pub fn accept(&self) -> Result<MessagePort, Error> {
-        let conn = platform::accept(self.sock.as_fd())?;
-        check_same_user(conn.as_fd())?;
-        let channel = MessageChannel::with_options(&self.options)?;
+        let at = At { action: "accept at", path: &self.path };
+        let conn = platform::accept(self.sock.as_fd()).map_err(|e| at.io(e))?;
+        at.check_same_user(conn.as_fd())?;
+        let channel = MessageChannel::with_options(&self.options).map_err(|e| at.error(e))?;
         let theirs = channel.port2();
-        let link = theirs.port().detach().ok_or(Error::Detached)?;
-        send_handoff(conn.as_fd(), &link)?;
+        let link = theirs.port().detach().ok_or(Error::Detached).map_err(|e| at.error(e))?;
+        send_handoff(conn.as_fd(), &link).map_err(|e| at.error(e))?;
         Ok(channel.port1())
     }
 }
 
-fn check_same_user(sock: BorrowedFd<'_>) -> Result<(), Error> {
-    let peer = platform::peer_uid(sock)?;
-    let ours = platform::current_uid();
-    if peer != ours {
-        return Err(Error::WrongUser { peer, ours });
-    }
-    Ok(())
+/// One rendezvous call at a path: every error it returns names the path.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    /// `"listen at"`, `"connect to"` or `"accept at"`.
+    action: &'static str,
+    /// The path as the caller gave it.
+    path: &'a Path,
 }
 
-/// The abstract socket name of a rendezvous path.
-fn rendezvous_name(path: &Path) -> Result<Vec<u8>, Error> {
-    use std::os::unix::ffi::OsStrExt;
-    let absolute = std::path::absolute(path)?;
-    let mut name = b"shmport:".to_vec();
-    name.extend_from_slice(absolute.as_os_str().as_bytes());
-    if name.len() > 107 {
-        return Err(Error::InvalidOptions("rendezvous path is too long (at most 99 bytes once absolute)"));
+impl At<'_> {
+    /// `Error::Rendezvous`, with `source` as its cause.
+    fn io(self, source: std::io::Error) -> Error {
+        Error::Rendezvous { action: self.action, path: self.path.to_owned(), source }
     }
-    Ok(name)
+
+    /// `e` as an error naming the path: an OS error is the cause as it is; any other
+    /// error is wrapped in an `io::Error` (of kind `InvalidData` for a peer's invalid
+    /// handoff, `InvalidInput` for invalid options) whose inner error it stays.
+    fn error(self, e: Error) -> Error {
+        use std::io::{Error as IoError, ErrorKind};
+        let source = match e {
+            Error::Io(e) => e,
+            e @ (Error::Rendezvous { .. } | Error::WrongUser { .. }) => return e,
+            e @ Error::Invalid(_) => IoError::new(ErrorKind::InvalidData, e),
+            e @ Error::InvalidOptions(_) => IoError::new(ErrorKind::InvalidInput, e),
+            e => IoError::other(e),
+        };
+        self.io(source)
+    }
+
+    /// The abstract socket name of the path.
+    fn name(self) -> Result<Vec<u8>, Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let absolute = std::path::absolute(self.path).map_err(|e| self.io(e))?;
+        let mut name = b"shmport:".to_vec();
+        name.extend_from_slice(absolute.as_os_str().as_bytes());
+        if name.len() > 107 {
+            return Err(self.io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path is too long for a rendezvous (at most 99 bytes once absolute)",
+            )));
+        }
+        Ok(name)
+    }
+
+    /// Refuses a peer that runs as another user.
+    fn check_same_user(self, sock: BorrowedFd<'_>) -> Result<(), Error> {
+        let peer = platform::peer_uid(sock).map_err(|e| self.io(e))?;
+        let ours = platform::current_uid();
+        if peer != ours {
+            return Err(Error::WrongUser { action: self.action, path: self.path.to_owned(), peer, ours });
+        }
+        Ok(())
+    }
 }

@@ -16,7 +16,7 @@ use super::link::{Link, wake_own_words};
 use super::rx::Rx;
 use super::tx::Tx;
 use crate::channel::dispatch::Events;
-use crate::error::{PostError, RecvFail};
+use crate::error::{PostError, RecvFail, TooLargeKind};
 use crate::platform;
 use crate::shm::lock::{HalfGuard, HalfLock};
 use crate::shm::ring::{Consumer, Producer, PushError, Record};
@@ -459,9 +459,11 @@ pub(super) fn busy_error(mode: Mode) -> PostError {
 
 pub(super) fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
     match e {
-        PushError::TooLarge => {
-            PostError::TooLarge { len: parts.iter().map(|p| p.len()).sum(), max: producer.ring().max_payload() }
-        }
+        PushError::TooLarge => PostError::TooLarge {
+            kind: TooLargeKind::RecordBytes,
+            len: parts.iter().map(|p| p.len()).sum(),
+            max: producer.ring().max_payload(),
+        },
         PushError::Corrupt(c) => PostError::Broken(c.0),
         PushError::Full => PostError::Full,
     }

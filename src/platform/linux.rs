@@ -5,7 +5,7 @@
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ use rustix::net::{
     SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 use rustix::thread::futex;
+
+use super::Inherited;
 
 /// The most file descriptors one socket message carries (the kernel's SCM_MAX_FD is 253).
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
@@ -165,11 +167,6 @@ pub(crate) fn recv_with_fds(
     Ok(Some(msg.bytes))
 }
 
-/// `fcntl(F_GETFD)` succeeds: `fd` is an open descriptor of this process.
-pub(crate) fn fcntl_getfd_is_open(fd: BorrowedFd<'_>) -> bool {
-    rustix::io::fcntl_getfd(fd).is_ok()
-}
-
 /// `fcntl(F_SETFD)`: set or clear close-on-exec. Async-signal-safe (used between fork
 /// and exec).
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
@@ -198,6 +195,48 @@ pub(crate) fn current_pid() -> u32 {
 pub(crate) fn is_seqpacket_socket(fd: BorrowedFd<'_>) -> bool {
     rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::SEQPACKET)
         && rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+}
+
+/// `readlink("/proc/self/fd/N")`, then `getsockopt(SO_TYPE, SO_DOMAIN)`: takes the
+/// descriptor numbered `fd`, which this process was told about (by number, not as a
+/// descriptor), if it is an open `AF_UNIX` `SOCK_SEQPACKET` socket.
+///
+/// Whether the number is open is read from `/proc/self/fd`, a path: a `BorrowedFd` of a
+/// number that is not open is what I/O safety forbids, so none is made until the number
+/// is known to be open. Without `/proc` the number cannot be checked, and is not taken.
+///
+/// # Safety
+/// If `fd` is open, nothing else in this process owns it, or will use or close it
+/// while this runs: the caller is the one claimant of a number handed to this
+/// process for it (see `bootstrap`'s `from_parent`).
+pub(crate) unsafe fn take_inherited_socket(fd: RawFd) -> Result<OwnedFd, Inherited> {
+    if fd < 0 {
+        return Err(Inherited::NotOpen);
+    }
+    let link = match rustix::fs::readlinkat(rustix::fs::CWD, format!("/proc/self/fd/{fd}"), Vec::new()) {
+        Ok(link) => link.to_string_lossy().into_owned(),
+        Err(Errno::NOENT) if rustix::fs::stat("/proc/self/fd").is_ok() => return Err(Inherited::NotOpen),
+        Err(Errno::NOENT) => {
+            return Err(Inherited::Unchecked(io::Error::new(
+                io::ErrorKind::NotFound,
+                "/proc/self/fd cannot be read (is /proc mounted?)",
+            )));
+        }
+        Err(e) => return Err(Inherited::Unchecked(e.into())),
+    };
+    if !link.starts_with("socket:[") {
+        return Err(Inherited::NotSeqpacket(link));
+    }
+    // SAFETY: `fd` is open: /proc/self/fd just listed it. By the caller's contract
+    // nothing else in this process owns it, so nothing closes it while this borrow
+    // lives (to the end of this function, for two getsockopt calls).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    if !is_seqpacket_socket(borrowed) {
+        return Err(Inherited::NotSeqpacket(format!("{link}, a socket of another type or family")));
+    }
+    // SAFETY: open and a SEQPACKET socket, as just checked; by the caller's contract
+    // nothing else in this process owns it, so this is its one owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `getuid()`.

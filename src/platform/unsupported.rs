@@ -4,11 +4,13 @@
 //! is the next port; it must define exactly the names of `linux.rs`.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use memmap2::MmapRaw;
+
+use super::Inherited;
 
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
 
@@ -84,8 +86,10 @@ pub(crate) fn current_pid() -> u32 {
 pub(crate) fn is_seqpacket_socket(_fd: BorrowedFd<'_>) -> bool {
     false
 }
-pub(crate) fn fcntl_getfd_is_open(_fd: BorrowedFd<'_>) -> bool {
-    false
+/// # Safety
+/// As on Linux.
+pub(crate) unsafe fn take_inherited_socket(_fd: RawFd) -> Result<OwnedFd, Inherited> {
+    Err(Inherited::Unchecked(unsupported()))
 }
 /// # Safety
 /// As on Linux.

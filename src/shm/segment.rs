@@ -78,7 +78,7 @@ fn segment_len(capacity: u64) -> u64 {
 /// Why a received segment was refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("invalid segment: {0}")]
     Invalid(&'static str),

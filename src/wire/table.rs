@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::fds::{next_nonce, recv_fds, send_fds};
 use super::{FLAG_ATTACHMENTS, MAX_FDS};
-use crate::error::PostError;
+use crate::error::{PostError, TooLargeKind};
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
 
 const TABLE: usize = 24;
@@ -74,7 +74,7 @@ impl Framed {
             out.spill = Some(chunk);
             table_len = TABLE + BUFFER_ENTRY * (1 + buffers.len()) + PORT_ENTRY * port_ends.len();
             if table_len > max_inline {
-                return Err(PostError::TooLarge { len: table_len, max: max_inline });
+                return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
             }
         }
         let entries: Vec<(Option<(u32, Descriptor)>, usize)> = buffers
@@ -86,7 +86,7 @@ impl Framed {
         let port_fd_base = out.arenas.len() as u32;
         let n_fds = out.arenas.len() + 2 * port_ends.len();
         if n_fds > MAX_FDS {
-            return Err(PostError::TooLarge { len: n_fds, max: MAX_FDS });
+            return Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len: n_fds, max: MAX_FDS });
         }
         let p = &mut out.payload;
         p.reserve(table_len);
