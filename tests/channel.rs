@@ -362,6 +362,34 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     let (a, b) = (ch.port1(), ch.port2());
     assert_eq!(a.max_inline_size(), 1016, "the largest message copied through the ring");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+    // Read with `recv`, a spilled body arrives as its chunk itself, not a copy. Nothing
+    // else in this process uses the arena, so after the post no chunk is free: a copy
+    // would have to add a chunk (or leave the arena). Instead the chunk that was in
+    // flight is held here while the buffer lives, no chunk is added, the buffer's bytes
+    // are in an arena segment's pages, and the chunk is free once the buffer is dropped.
+    a.post_bytes(&big).unwrap();
+    let posted = shmport::arena_stats();
+    assert_eq!((posted.in_flight, posted.free), (1, 0), "the spilled body alone is in the arena: {posted:?}");
+    let spilled = b.recv().unwrap().data;
+    let buffer = spilled.as_array_buffer().expect("bytes read with recv are an ArrayBuffer");
+    let held = shmport::arena_stats();
+    assert_eq!(
+        (held.chunks, held.in_flight, held.held_here, held.free),
+        (posted.chunks, 0, posted.held_here + 1, 0),
+        "the buffer is not the chunk that was in flight: {posted:?} -> {held:?}"
+    );
+    let address = buffer.with_bytes(|bytes| {
+        assert_eq!(bytes, &big[..]);
+        bytes.as_ptr() as usize
+    });
+    common::file_location(address); // panics unless the bytes are in an arena memfd
+    drop(spilled);
+    let dropped = shmport::arena_stats();
+    assert_eq!(
+        (dropped.chunks, dropped.held_here, dropped.free),
+        (posted.chunks, posted.held_here, 1),
+        "the chunk is free again: {held:?} -> {dropped:?}"
+    );
     let writer = std::thread::spawn({
         let big = big.clone();
         move || {

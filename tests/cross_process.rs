@@ -380,7 +380,7 @@ fn rendezvous_refuses_a_peer_of_another_user() {
         return;
     }
     if rustix_uid() != 0 {
-        eprintln!("rendezvous_refuses_a_peer_of_another_user: skipped: switching to another user needs root");
+        common::skip("switching to another user needs root");
         return;
     }
     let _w = watchdog("rendezvous_other_user", Duration::from_secs(60));
@@ -396,10 +396,7 @@ fn rendezvous_refuses_a_peer_of_another_user() {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             // Only if even the copy cannot be run by that user (/tmp mounted noexec,
             // or closed to other users): nothing here can be checked.
-            eprintln!(
-                "rendezvous_refuses_a_peer_of_another_user: skipped: uid {NOBODY} cannot run {}: {e}",
-                copy.exe.display()
-            );
+            common::skip(format_args!("uid {NOBODY} cannot run {}: {e}", copy.exe.display()));
             return;
         }
         Err(e) => panic!("spawn the connector as uid {NOBODY}: {e}"),

@@ -1,13 +1,15 @@
 //! A peer that writes anything into the shared segment (SEMANTICS 17, and the
 //! "corrupt ring" test of the core issue). The test maps the channel's memfd a second
-//! time, through /proc/self/fd, and writes into it as a hostile process would.
+//! time, through /proc/self/fd, and writes into it as a hostile process would. It finds
+//! that memfd as the one its channel's creation added, so each test here runs alone in
+//! a child process (`common::isolated`): other tests creating channels beside it would
+//! add theirs.
 //!
 //! The offsets below restate the segment layout of `src/segment.rs` (a layout change
 //! bumps the segment version and must update them).
 
 mod common;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,10 +24,7 @@ const KIND_VALUE: u64 = 3;
 const KIND_TYPED: u64 = 4;
 const KIND_POD: u64 = 5;
 
-static MAPPING: Mutex<()> = Mutex::new(());
-
-/// The channel memfds open here, by inode (fd numbers get reused as other tests close
-/// and open channels).
+/// The channel memfds open here, by inode (fd numbers may be reused).
 fn memfds() -> std::collections::HashMap<u64, std::path::PathBuf> {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -38,12 +37,17 @@ fn memfds() -> std::collections::HashMap<u64, std::path::PathBuf> {
 }
 
 /// A channel and a second, independent mapping of its segment.
+///
+/// The segment is found as the one channel memfd that creating the channel added to
+/// this process's descriptors; that holds only if nothing else creates a channel
+/// meanwhile, so every test that calls this runs alone in a process of its own
+/// (`common::isolated`), and creates its channels one at a time.
 fn channel_and_mapping(capacity: usize) -> (MessageChannel, MmapMut) {
-    let _serial = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(common::is_isolated(), "a test that maps a channel's memfd must run alone: common::isolated");
     let before = memfds();
     let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(capacity)).unwrap();
     let new: Vec<_> = memfds().into_iter().filter(|(ino, _)| !before.contains_key(ino)).map(|(_, p)| p).collect();
-    assert_eq!(new.len(), 1);
+    assert_eq!(new.len(), 1, "creating one channel added one channel memfd");
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&new[0]).unwrap();
     // SAFETY: the mapping is only accessed through atomics and volatile-free byte
     // writes below, as a hostile process would; the library must cope with anything.
@@ -103,6 +107,9 @@ fn recv(port: &MessagePort) -> Result<Value, RecvTimeoutError> {
 
 #[test]
 fn s17_undecodable_messages_are_message_errors_and_the_port_goes_on() {
+    if !common::isolated("s17_undecodable_messages_are_message_errors_and_the_port_goes_on") {
+        return;
+    }
     let (channel, map) = channel_and_mapping(4096);
     let _parked = park_port(&channel.port1());
     let port = channel.port2();
@@ -133,6 +140,9 @@ fn s17_undecodable_messages_are_message_errors_and_the_port_goes_on() {
 
 #[test]
 fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
+    if !common::isolated("s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on") {
+        return;
+    }
     let (channel, map) = channel_and_mapping(4096);
     let _parked = park_port(&channel.port1());
     let port = channel.port2();
@@ -176,6 +186,9 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
 
 #[test]
 fn s17_message_errors_reach_the_onmessageerror_handler() {
+    if !common::isolated("s17_message_errors_reach_the_onmessageerror_handler") {
+        return;
+    }
     let (channel, map) = channel_and_mapping(4096);
     let _parked = park_port(&channel.port1());
     let port = channel.port2();
@@ -193,6 +206,9 @@ fn s17_message_errors_reach_the_onmessageerror_handler() {
 
 #[test]
 fn s17_broken_framing_is_reported_then_the_port_is_closed_not_hung() {
+    if !common::isolated("s17_broken_framing_is_reported_then_the_port_is_closed_not_hung") {
+        return;
+    }
     let (channel, map) = channel_and_mapping(4096);
     let _parked = park_port(&channel.port1());
     let port = channel.port2();
@@ -212,6 +228,9 @@ fn s17_broken_framing_is_reported_then_the_port_is_closed_not_hung() {
 
 #[test]
 fn a_producer_facing_a_corrupt_consumer_index_gets_an_error_not_a_hang() {
+    if !common::isolated("a_producer_facing_a_corrupt_consumer_index_gets_an_error_not_a_hang") {
+        return;
+    }
     let (channel, map) = channel_and_mapping(256);
     let port = channel.port1();
     while port.try_post_bytes(&[0; 8]).is_ok() {}
@@ -225,6 +244,9 @@ fn a_producer_facing_a_corrupt_consumer_index_gets_an_error_not_a_hang() {
 /// neither side panics or hangs.
 #[test]
 fn corrupt_ring_while_a_reader_runs_gives_errors_never_a_panic_or_a_hang() {
+    if !common::isolated("corrupt_ring_while_a_reader_runs_gives_errors_never_a_panic_or_a_hang") {
+        return;
+    }
     let _w = common::watchdog("corrupt_ring_while_a_reader_runs", Duration::from_secs(120));
     const CAP: usize = 1024;
     let mut total_errors = 0;
@@ -300,6 +322,9 @@ fn corrupt_ring_while_a_reader_runs_gives_errors_never_a_panic_or_a_hang() {
 
 #[test]
 fn s17_broken_framing_reaches_onmessageerror_before_the_close_event() {
+    if !common::isolated("s17_broken_framing_reaches_onmessageerror_before_the_close_event") {
+        return;
+    }
     let (channel, map) = channel_and_mapping(4096);
     let _parked = park_port(&channel.port1());
     let port = channel.port2();
@@ -318,6 +343,9 @@ fn s17_broken_framing_reaches_onmessageerror_before_the_close_event() {
 
 #[test]
 fn a_port_whose_counters_are_near_overflow_is_refused_when_it_arrives() {
+    if !common::isolated("a_port_whose_counters_are_near_overflow_is_refused_when_it_arrives") {
+        return;
+    }
     let (channel, map) = channel_and_mapping(4096);
     let victim = channel.port2();
     // Both counters of both directions at the very top of the u64 range.
@@ -325,11 +353,7 @@ fn a_port_whose_counters_are_near_overflow_is_refused_when_it_arrives() {
         word(&map, HEADER + dir * LINES).store(u64::MAX - 7, Ordering::Release);
         word(&map, HEADER + dir * LINES + 128).store(u64::MAX - 7, Ordering::Release);
     }
-    let carrier = {
-        // Channels of this file are created one at a time (see `channel_and_mapping`).
-        let _serial = MAPPING.lock().unwrap_or_else(|e| e.into_inner());
-        MessageChannel::new().unwrap()
-    };
+    let carrier = MessageChannel::new().unwrap();
     carrier.port1().post_message(Value::Undefined, [victim.into()]).unwrap();
     match carrier.port2().recv_timeout(Duration::from_secs(5)) {
         Err(RecvTimeoutError::MessageError(e)) => assert!(e.reason().contains("out of range"), "{e}"),

@@ -11,7 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmport::{ChannelOptions, Diagnostics, MessageChannel, PostError, TryRecvError, diagnostics};
@@ -74,6 +74,15 @@ fn assert_no_hot_path_syscall(before: Diagnostics, after: Diagnostics, elapsed: 
     );
 }
 
+/// A pause in a spin-wait: a spin, and a `yield_now` every 256th time.
+fn pause(spins: u64) {
+    if spins.is_multiple_of(256) {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
 #[test]
 fn try_post_and_try_recv_allocate_nothing_and_make_no_syscall() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,31 +142,51 @@ fn post_bytes_to_an_awake_reader_and_recv_bytes_with_of_queued_messages_make_no_
     let (a, b) = (ch.port1(), ch.port2());
     a.post_bytes(&[0; 64]).unwrap();
     b.recv_bytes_with(|_| ()).unwrap();
-    // Blocking post with the reader spinning: no wake-up is needed, none is made.
+    // Blocking posts to an awake reader: one that has seen the ring empty and goes on
+    // polling it with `try_recv_bytes_with`, so it never announced itself as a sleeper.
+    // The writer's wake-up check must then find nobody to wake: no futex call. Each
+    // message is posted only once the reader has received every earlier one and then
+    // seen the ring empty (`empty_after` says how many it had received when it last
+    // did), so every post meets a reader that is waiting for it, awake. Both sides let
+    // the other have the core now and then (a loaded machine may run both on one); a
+    // `yield_now` of the test's own is not one of the library's calls counted here.
+    const AWAKE: u32 = 2_000;
+    let empty_after = AtomicU32::new(u32::MAX);
     let before = diagnostics();
     let started = Instant::now();
-    let done = AtomicBool::new(false);
-    let writer_allocs = std::thread::scope(|s| {
-        s.spawn(|| {
-            let mut got = 0;
-            while got < 10_000 {
-                if b.try_recv_bytes_with(|_| ()).is_ok() {
-                    got += 1;
+    let (writer_allocs, empties) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let (mut got, mut empties) = (0u32, 0u64);
+            while got < AWAKE {
+                match b.try_recv_bytes_with(|bytes| u32::from_le_bytes(bytes.try_into().unwrap())) {
+                    Ok(i) => {
+                        assert_eq!(i, got, "messages arrive once each, in order");
+                        got += 1;
+                    }
+                    Err(TryRecvError::Empty) => {
+                        empties += 1;
+                        empty_after.store(got, Ordering::Release);
+                        pause(empties);
+                    }
+                    Err(e) => panic!("{e}"),
                 }
             }
-            done.store(true, Ordering::Release);
+            empties
         });
         let start = allocations();
-        for i in 0..10_000u32 {
+        for i in 0..AWAKE {
+            let mut spins = 0u64;
+            while empty_after.load(Ordering::Acquire) != i {
+                spins += 1;
+                pause(spins);
+            }
             a.post_bytes(&i.to_le_bytes()).unwrap();
         }
-        while !done.load(Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-        allocations() - start
+        (allocations() - start, reader.join().unwrap())
     });
     let (after, elapsed) = (diagnostics(), started.elapsed());
     assert_eq!(writer_allocs, 0);
+    assert!(empties >= u64::from(AWAKE), "the reader saw the ring empty before each of the {AWAKE} posts");
     // Only the reader makes `try_` calls; the blocking posts never find the ring full.
     assert_no_hot_path_syscall(before, after, elapsed, 1);
     // Blocking receive of messages already queued: no wait, no syscall, no allocation.

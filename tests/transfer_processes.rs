@@ -7,30 +7,13 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use common::{expect_success, role, spawn_role, watchdog};
+use common::{expect_success, file_location, role, spawn_role, watchdog};
 use shmport::{ArrayBuffer, ChannelOptions, MessageChannel, MessagePort, Value};
 
 const ENTRY: &str = "child_entry";
 const WAIT: Duration = Duration::from_secs(30);
 const RELAYED: u32 = 20_000;
 const BIG: usize = 256 << 20;
-
-/// Where `address` lies in a shared file mapping: (inode, offset in the file).
-fn file_location(address: usize) -> (u64, u64) {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (start, end) = fields[0].split_once('-').unwrap();
-        let (start, end) = (usize::from_str_radix(start, 16).unwrap(), usize::from_str_radix(end, 16).unwrap());
-        if (start..end).contains(&address) {
-            let offset = u64::from_str_radix(fields[2], 16).unwrap();
-            let inode: u64 = fields[4].parse().unwrap();
-            assert!(fields.get(5).is_some_and(|p| p.contains("memfd:shmport-arena")), "not an arena mapping: {line}");
-            return (inode, offset + (address - start) as u64);
-        }
-    }
-    panic!("address {address:#x} is not mapped");
-}
 
 fn recv(port: &MessagePort) -> shmport::MessageEvent {
     port.recv_timeout(WAIT).expect("a message")

@@ -2,6 +2,7 @@
 //! process in a named role, and a watchdog that ends a hung test.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -25,7 +26,10 @@ pub fn role_command(entry: &str, role: &str) -> Command {
 /// As [`role_command`], running `exe` (a copy of this test binary).
 pub fn role_command_of(exe: &std::path::Path, entry: &str, role: &str) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"]).env(ROLE_ENV, role).stdin(Stdio::null());
+    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(ROLE_ENV, role)
+        .env_remove(ISOLATED_ENV)
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -46,7 +50,8 @@ pub fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            eprintln!("watchdog: test `{name}` still running after {limit:?}; aborting");
+            // Past libtest's capture: the exit below would drop a captured message.
+            let _ = writeln!(std::io::stderr(), "watchdog: test `{name}` still running after {limit:?}; aborting");
             std::process::exit(101);
         }
     });
@@ -71,14 +76,26 @@ pub fn expect_success(mut child: Child) {
 pub const ISOLATED_ENV: &str = "SHMPORT_TEST_ISOLATED";
 
 /// Runs the test `name` alone, in a child process of its own, for tests that compare
-/// process-wide counters (the arena's chunks, open descriptors) which the other tests
-/// of the same binary change while they run in parallel.
+/// process-wide counters (the arena's chunks, open descriptors, threads) which the
+/// other tests of the same binary change while they run in parallel.
+///
+/// `name` is the calling test's own name, as libtest names its thread (for a test at
+/// the top of an integration test file, the function's name): anything else fails
+/// here, in the harness's process and in the child. The child runs this binary
+/// filtered to exactly that test, which must run there and pass.
 ///
 /// Returns `true` in that child, where the caller runs the test's body; in the test
 /// harness's own process it runs the child, asserts that the test passed there, and
 /// returns `false` (the caller then returns).
 pub fn isolated(name: &str) -> bool {
-    if std::env::var(ISOLATED_ENV).is_ok_and(|n| n == name) {
+    let here = std::thread::current();
+    assert_eq!(
+        here.name(),
+        Some(name),
+        "common::isolated must be given the calling test's own name (its thread's name)"
+    );
+    if let Ok(isolated) = std::env::var(ISOLATED_ENV) {
+        assert_eq!(isolated, name, "this child process was started to run `{isolated}` alone");
         return true;
     }
     let output = Command::new(std::env::current_exe().expect("current_exe"))
@@ -89,10 +106,60 @@ pub fn isolated(name: &str) -> bool {
         .output()
         .expect("run the test in a child process");
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
     print!("{stdout}");
-    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    for line in stderr.lines() {
+        if line.starts_with(&format!("{name}{SKIPPED}")) {
+            // The child said it skipped: that must reach the user here too.
+            let _ = writeln!(std::io::stderr(), "{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
     assert!(output.status.success(), "`{name}`, run alone in a child process, failed: {:?}", output.status);
-    // A misspelt name would run no test at all, and pass.
-    assert!(stdout.contains("1 passed"), "`{name}` did not run in the child process");
+    // Exactly one test ran there, and passed (a filter that matched none, or more than
+    // one, would say otherwise). The child's own summary is its last: before it come
+    // those of any role processes it ran, which share its stdout.
+    let summary = stdout.lines().rfind(|line| line.starts_with("test result: "));
+    assert!(
+        summary.is_some_and(|line| line.starts_with("test result: ok. 1 passed;")),
+        "`{name}` did not run, alone, in the child process: its summary is {summary:?}"
+    );
     false
+}
+
+/// Whether this process is the child that [`isolated`] started for a test.
+pub fn is_isolated() -> bool {
+    std::env::var(ISOLATED_ENV).is_ok_and(|n| std::thread::current().name() == Some(n.as_str()))
+}
+
+/// What every skip message starts with, after the test's name.
+const SKIPPED: &str = ": skipped: ";
+
+/// Says that the calling test checks nothing on this machine, and why: written
+/// straight to the process's stderr, past libtest's capture (which would keep an
+/// `eprintln!` of a passing test from the user), as `<test name>: skipped: <reason>`.
+/// The caller returns right after.
+pub fn skip(reason: impl std::fmt::Display) {
+    let here = std::thread::current();
+    let name = here.name().unwrap_or("<unnamed thread>");
+    let _ = writeln!(std::io::stderr(), "{name}{SKIPPED}{reason}");
+}
+
+/// Where `address` lies in this process's mappings: (inode, offset in the file) of an
+/// arena segment's memfd; panics if it is not in one (heap memory, say).
+pub fn file_location(address: usize) -> (u64, u64) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (start, end) = fields[0].split_once('-').unwrap();
+        let (start, end) = (usize::from_str_radix(start, 16).unwrap(), usize::from_str_radix(end, 16).unwrap());
+        if (start..end).contains(&address) {
+            let offset = u64::from_str_radix(fields[2], 16).unwrap();
+            let inode: u64 = fields[4].parse().unwrap();
+            assert!(fields.get(5).is_some_and(|p| p.contains("memfd:shmport-arena")), "not an arena mapping: {line}");
+            return (inode, offset + (address - start) as u64);
+        }
+    }
+    panic!("address {address:#x} is not mapped");
 }
