@@ -129,6 +129,11 @@ impl Outgoing {
         ports: Vec<MessagePort>,
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
+        if buffers.is_empty() && ports.is_empty() {
+            // The common case, without the bookkeeping of what moves.
+            let record = Framed::new(kind, body, &[], &[], max_inline)?;
+            return Ok(Outgoing { record, buffers, expected: Vec::new(), ports, doomed: false });
+        }
         let expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>> = buffers
             .iter()
             .map(|b| b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor()))))

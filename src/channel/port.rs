@@ -206,6 +206,7 @@ impl Port {
     /// detached port or a closed peer makes this a silent no-op.
     /// Returns `Err(Spill(max))` without doing anything if the bytes are larger than
     /// a record of this ring can be: the caller sends them out of line.
+    #[inline]
     pub(crate) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), Inline> {
         let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(Inline::Failed(busy_error(mode))) };
         let Some(tx) = guard.as_mut() else { return Ok(()) };
@@ -221,6 +222,7 @@ impl Port {
 
     /// Waits for the next record as `mode` allows and hands its kind and payload to
     /// `f` (a copy in process memory; the ring space is already free).
+    #[inline]
     pub(crate) fn recv_record<R>(
         &self,
         mode: Mode,
@@ -234,6 +236,7 @@ impl Port {
 
     /// As `recv_record`, but `f` takes the record out of the ring itself (`Rx::take` or
     /// `Rx::take_into`).
+    #[inline]
     pub(crate) fn recv_record_raw<R>(&self, mode: Mode, f: impl FnOnce(&mut Rx, &Record) -> R) -> Result<R, RecvFail> {
         // A `try_` call never waits for the lock, a timed call waits at most until its
         // deadline: whoever holds it (a blocked `recv`, the dispatch thread) takes the

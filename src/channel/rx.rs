@@ -142,6 +142,7 @@ impl Rx {
     }
 
     /// As `take`, into `out` (whose first `rec.len` bytes receive the payload).
+    #[inline]
     pub(super) fn take_into(&mut self, rec: &Record, out: &mut Vec<u8>) -> Result<(), RecvFail> {
         let fits = out.len() >= rec.len || out.try_reserve(rec.len - out.len()).is_ok();
         if fits {
@@ -156,6 +157,7 @@ impl Rx {
 
     /// Takes a record without attachments of at most `N` bytes into the first
     /// `rec.len` bytes of `out`.
+    #[inline]
     pub(super) fn take_into_uninit<const N: usize>(&mut self, rec: &Record, out: &mut std::mem::MaybeUninit<[u8; N]>) {
         assert!(rec.len <= N);
         // SAFETY: `out` has room for N >= rec.len bytes.
@@ -238,6 +240,7 @@ impl Rx {
     }
 
     /// Marks `rec` read, giving its space back in batches.
+    #[inline]
     pub(super) fn consumed(&mut self, rec: &Record) {
         self.consumer.consume(rec);
         self.record_start = rec.start();

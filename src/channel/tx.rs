@@ -44,6 +44,7 @@ impl Tx {
     /// After a record was written: if writing it re-read the consumer's `head` and
     /// found it moved, that is a look at a live peer (the clock is read only then, once
     /// per refill of the cached `head`, not per message).
+    #[inline]
     pub(super) fn note_progress(&mut self) {
         let progress = self.producer.seen_head();
         if progress != self.liveness.seen {
@@ -92,6 +93,7 @@ impl Tx {
         }
     }
 
+    #[inline]
     pub(super) fn publish_and_notify(&mut self) {
         if self.producer.publish() && !self.link.busy_poll() {
             wait::notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker());
