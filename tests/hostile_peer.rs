@@ -5,7 +5,7 @@
 //! a child process (`common::isolated`): other tests creating channels beside it would
 //! add theirs.
 //!
-//! The offsets below restate the segment layout of `src/segment.rs` (a layout change
+//! The offsets below restate the segment layout of `src/shm/segment.rs` (a layout change
 //! bumps the segment version and must update them).
 
 mod common;

@@ -3,7 +3,7 @@
 //!
 //! The arena's counters are process-wide: this binary holds only these tests, and they
 //! run one at a time (the child role runs in a process of its own).
-//! The offsets below restate the segment layout of `src/segment.rs`, as
+//! The offsets below restate the segment layout of `src/shm/segment.rs`, as
 //! `tests/hostile_peer.rs` does.
 
 mod common;

@@ -370,7 +370,7 @@ impl MessagePort {
     /// through the ring (the ring's capacity minus the 8-byte record header; 0 once
     /// detached). Larger messages are not refused: they travel out of line, in shared
     /// pages, at the cost of a descriptor passed on the socket (see
-    /// [`ChannelOptions::capacity`]).
+    /// [`ChannelOptions::capacity`](crate::ChannelOptions::capacity)).
     pub fn max_inline_size(&self) -> usize {
         self.port().max_message()
     }

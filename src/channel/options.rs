@@ -41,7 +41,7 @@ impl ChannelOptions {
     /// it; a larger one is not refused but travels out of line, in a chunk of shared
     /// pages that the ring's record names (see [`MessagePort::max_inline_size`]). Bytes
     /// posted with [`MessagePort::post_bytes`] and read with `recv` arrive as a
-    /// [`Value::ArrayBuffer`]: for a message that went out of line, over that chunk
+    /// [`Value::ArrayBuffer`](crate::Value::ArrayBuffer): for a message that went out of line, over that chunk
     /// itself (no copy); `recv_bytes_with` sees the bytes either way.
     pub fn capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;

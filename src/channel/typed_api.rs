@@ -146,7 +146,7 @@ impl MessagePort {
     ///
     /// A message of another kind (posted with `post_message`, `post_bytes`,
     /// `post_pod`) is a `MessageError` and **stays queued**, with everything it carries
-    /// ([`MessageError::is_kept`]): read it with [`recv`](Self::recv) (where a typed
+    /// ([`MessageError::is_kept`](crate::MessageError::is_kept)): read it with [`recv`](Self::recv) (where a typed
     /// message arrives as an `ArrayBuffer` of its bytes) or
     /// [`recv_bytes_with`](Self::recv_bytes_with). So does a typed message that is not a
     /// `T`, when it carries nothing but its body and fits the ring: it is decoded from a

@@ -66,12 +66,10 @@ impl Framed {
         }
         out.flags = FLAG_ATTACHMENTS;
         let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + PORT_ENTRY * port_ends.len() + body.len();
-        if table_len > max_inline {
-            // The body goes out of line, into a chunk of our arena.
-            let (chunk, _) = arena::allocate(body.len()).map_err(PostError::transfer)?;
-            // SAFETY: a chunk we just took, open, at least body.len() bytes.
-            unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), chunk.ptr().as_ptr(), body.len()) };
-            out.spill = Some(chunk);
+        let spills = table_len > max_inline;
+        if spills {
+            // The body goes out of line, into a chunk of our arena, and the table gets
+            // an entry for it.
             table_len = TABLE + BUFFER_ENTRY * (1 + buffers.len()) + PORT_ENTRY * port_ends.len();
             if table_len > max_inline {
                 return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
@@ -81,13 +79,32 @@ impl Framed {
             .iter()
             .map(|b| (b.chunk.as_ref().map(|(segment, d)| (out.arena_index(segment), *d)), b.len))
             .collect();
-        let spill_entry = out.spill.as_ref().map(|c| (c.segment().clone(), c.descriptor()));
-        let spill_entry = spill_entry.map(|(segment, d)| (out.arena_index(&segment), d));
+        // Checked before a chunk is taken for the body (which may add one descriptor),
+        // and again after.
+        let too_many = |arenas: usize| {
+            let n_fds = arenas + 2 * port_ends.len();
+            (n_fds > MAX_FDS).then_some(PostError::TooLarge {
+                kind: TooLargeKind::Descriptors,
+                len: n_fds,
+                max: MAX_FDS,
+            })
+        };
+        if let Some(e) = too_many(out.arenas.len()) {
+            return Err(e);
+        }
+        let mut spill_entry = None;
+        if spills {
+            let (chunk, _) = arena::allocate(body.len()).map_err(PostError::transfer)?;
+            // SAFETY: a chunk we just took, open, at least body.len() bytes.
+            unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), chunk.ptr().as_ptr(), body.len()) };
+            spill_entry = Some((out.arena_index(chunk.segment()), chunk.descriptor()));
+            out.spill = Some(chunk);
+        }
+        if let Some(e) = too_many(out.arenas.len()) {
+            return Err(e);
+        }
         let port_fd_base = out.arenas.len() as u32;
         let n_fds = out.arenas.len() + 2 * port_ends.len();
-        if n_fds > MAX_FDS {
-            return Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len: n_fds, max: MAX_FDS });
-        }
         let p = &mut out.payload;
         p.reserve(table_len);
         put_u32(p, n_fds as u32);
@@ -348,4 +365,38 @@ pub(crate) fn spilled_len(table: &[u8]) -> Option<u64> {
     }
     r.at = TABLE;
     Some(read_buffer_entry(&mut r).ok()?.len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::KIND_BYTES;
+
+    #[test]
+    fn too_many_descriptors_are_refused_as_descriptors() {
+        let ends = vec![0u32; MAX_FDS / 2 + 1];
+        match Framed::new(KIND_BYTES, b"", &[], &ends, usize::MAX) {
+            Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len, max }) => {
+                assert_eq!((len, max), (2 * ends.len(), MAX_FDS));
+            }
+            other => panic!("expected TooLarge(Descriptors), got {:?}", other.map(|_| ())),
+        }
+        // One port fewer fits.
+        assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], usize::MAX).is_ok());
+    }
+
+    #[test]
+    fn a_table_too_large_for_the_ring_is_refused_in_bytes() {
+        // 100 port entries cannot fit a 256-byte record even with the body out of line;
+        // the refusal is in bytes, against the ring.
+        let ends = vec![0u32; 100];
+        let body = vec![0u8; 1 << 20];
+        match Framed::new(KIND_BYTES, &body, &[], &ends, 256) {
+            Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len, max }) => {
+                assert_eq!(max, 256);
+                assert_eq!(len, TABLE + BUFFER_ENTRY + PORT_ENTRY * 100);
+            }
+            other => panic!("expected TooLarge(RecordBytes), got {:?}", other.map(|_| ())),
+        }
+    }
 }
