@@ -1,5 +1,6 @@
-//! shmport-bench: the same workloads over shmport, Unix sockets, pipes, TCP loopback
-//! and a raw shared-memory ring, each between two real processes pinned to two CPUs.
+//! shmport-bench: the same workloads over shmport, Unix sockets, pipes, TCP loopback,
+//! a raw shared-memory ring and a one-slot ping-pong, each between two real processes
+//! pinned to two CPUs.
 //!
 //! The parent re-executes its own binary as the child of every measurement, with the
 //! hidden argument `__child <job>`; the child connects to the transport it names,
@@ -10,6 +11,7 @@
 mod markdown;
 mod plot;
 mod raw_ring;
+mod raw_slot;
 mod transport;
 
 use std::path::PathBuf;
@@ -28,14 +30,15 @@ const USAGE: &str = "\
 usage: shmport-bench [options]
 
 Runs round-trip latency, one-way throughput and sleeping-receiver latency over
-shmport, shmport-busy, unix, pipe, tcp and raw-ring, and buffer-transfer round
-trips over shmport, shmport-norevoke, unix and raw-ring, each between two processes.
+shmport, shmport-busy, unix, pipe, tcp and raw-ring (round trips over raw-slot too,
+the one-slot ping-pong), and buffer-transfer round trips over shmport,
+shmport-norevoke, unix and raw-ring, each between two processes.
 
 options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)
   --only T[,T..]        transports: shmport, shmport-busy, shmport-norevoke, unix,
-                        pipe, tcp, raw-ring
-  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer
+                        pipe, tcp, raw-ring, raw-slot
+  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
                         of its N runs' figures (default 1)

@@ -8,7 +8,7 @@ fn quick_run_reports_every_measurement() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("results.json");
     let out = Command::new(env!("CARGO_BIN_EXE_shmport-bench"))
-        .args(["--quick", "--only", "shmport,shmport-norevoke,unix,pipe,raw-ring", "--json"])
+        .args(["--quick", "--only", "shmport,shmport-norevoke,unix,pipe,raw-ring,raw-slot", "--json"])
         .arg(&json)
         .arg("--plot")
         .arg(&dir)
@@ -22,11 +22,12 @@ fn quick_run_reports_every_measurement() {
     }
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
-    // shmport, unix, pipe, raw-ring × (5 rtt sizes + 3 stream sizes + 1 rtt-sleep size),
-    // then shmport, shmport-norevoke, unix, raw-ring × 4 transfer sizes (4 KiB to
-    // 64 MiB: --quick leaves out 1 GiB), then shmport, unix, raw-ring × 3 typed sizes.
-    // shmport-norevoke runs the transfer workload only.
-    assert_eq!(results.len(), 36 + 16 + 9);
+    // shmport, unix, pipe, raw-ring × (5 rtt sizes + 3 stream sizes + 1 rtt-sleep size)
+    // and raw-slot × 5 rtt sizes, then shmport, shmport-norevoke, unix, raw-ring × 4
+    // transfer sizes (4 KiB to 64 MiB: --quick leaves out 1 GiB), then shmport, unix,
+    // raw-ring, raw-slot × 3 typed sizes. shmport-norevoke runs the transfer workload
+    // only, raw-slot (which takes turns) the round trips of rtt and typed only.
+    assert_eq!(results.len(), 36 + 5 + 16 + 12);
     for r in results {
         let status = r["status"].as_str().unwrap();
         assert!(status == "ok" || status.starts_with("n/a"), "{r}");
@@ -43,6 +44,14 @@ fn quick_run_reports_every_measurement() {
         assert!(median > 0.0, "{r}");
     }
     assert!(results.iter().all(|r| r["transport"] != "shmport-norevoke" || r["workload"] == "transfer"));
+    let slot: Vec<_> = results.iter().filter(|r| r["transport"] == "raw-slot").collect();
+    assert_eq!(slot.len(), 5 + 3);
+    assert!(slot.iter().all(|r| r["workload"] == "rtt" || r["workload"] == "typed"), "{slot:?}");
+    // Every rtt and typed row has a ratio vs raw-slot, the other tables none.
+    for (section, with_slot) in [("## rtt:", true), ("## stream:", false), ("## typed:", true)] {
+        let table = stdout.split(section).nth(1).unwrap().split("\n## ").next().unwrap();
+        assert_eq!(table.contains("| ratio vs raw-ring | ratio vs raw-slot |"), with_slot, "{section}\n{table}");
+    }
     assert!(dir.join("rtt-latency.svg").exists());
     assert!(dir.join("stream-throughput.svg").exists());
     assert!(dir.join("transfer-latency.svg").exists());
