@@ -4,10 +4,12 @@
 //!
 //! The parent re-executes its own binary as the child of every measurement, with the
 //! hidden argument `__child <job>`; the child connects to the transport it names,
-//! echoes or drains, and exits. The workloads, the runner and the machine description
-//! are the `shmport_bench` library's; the transports, the report and the charts are
-//! this program's.
+//! echoes or drains, and exits. `--instructions` counts instructions per operation
+//! instead (see [`instructions`]), re-executing the binary under callgrind. The
+//! workloads, the runner and the machine description are the `shmport_bench`
+//! library's; the transports, the report and the charts are this program's.
 
+mod instructions;
 mod markdown;
 mod plot;
 mod raw_ring;
@@ -46,6 +48,10 @@ options:
   --plot DIR            write rtt-latency.svg, stream-throughput.svg and
                         transfer-latency.svg into DIR
   --no-pin              do not pin the two processes to two CPUs
+  --instructions        instead of timing, count the instructions of a 64 B post +
+                        receive (bytes, typed, string) in one process with valgrind's
+                        callgrind (with --quick: fewer iterations); see
+                        --instructions --help
   -h, --help            this text
 ";
 
@@ -114,11 +120,19 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(instructions::LOOP_ARG) {
+        return instructions::loop_main(&args.collect::<Vec<_>>());
+    }
     run::main::<Transport>("shmport-bench", parent_main)
 }
 
-/// Runs everything; `Ok(false)` if a measurement failed.
+/// Runs everything (or, with `--instructions`, counts instructions); `Ok(false)` if a
+/// measurement failed.
 fn parent_main(args: &[String]) -> Result<bool> {
+    if args.iter().any(|a| a == "--instructions") {
+        return instructions::main(args);
+    }
     let (mut json, mut charts) = (None::<PathBuf>, None::<PathBuf>);
     let options = Options::<Transport>::parse(args, USAGE, &Workload::ALL, |flag, value| {
         match flag {
