@@ -21,11 +21,19 @@ fn main() {
     println!("cargo:rustc-env=BENCH_GIT_REVISION={revision}");
 
     // Re-run when the revision or the sources change (the dirty flag follows edits).
-    if let Some(git_dir) = run("git", &["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={git_dir}/HEAD");
-        println!("cargo:rerun-if-changed={git_dir}/index");
-        if let Some(head_ref) = run("git", &["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={git_dir}/{head_ref}");
+    // `--git-path` finds each file where git keeps it: in a linked worktree HEAD and the
+    // index are the worktree's, the branch refs the main repository's. A path that does
+    // not exist (a packed ref) would make cargo rebuild every time, so only existing
+    // ones are named.
+    let mut watch = vec!["HEAD".to_string(), "index".to_string(), "packed-refs".to_string()];
+    if let Some(head_ref) = run("git", &["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(head_ref);
+    }
+    for name in watch {
+        if let Some(path) = run("git", &["rev-parse", "--git-path", &name])
+            && std::path::Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
         }
     }
     println!("cargo:rerun-if-changed=../src");

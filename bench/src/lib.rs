@@ -5,8 +5,8 @@
 //! A program implements [`job::Connect`] for its transports, and hands its options
 //! and the sizes and counts of its jobs to [`run::all`] from [`run::main`]; it
 //! formats the results its own way. The `shmport-bench` binary (shmport against Unix
-//! sockets, pipes, TCP and a raw ring) is one such program; `comparisons/` (shmport
-//! against iceoryx2 and ipc-channel) is another.
+//! sockets, pipes, TCP, a raw ring and a one-slot ping-pong) is one such program;
+//! `comparisons/` (shmport against iceoryx2 and ipc-channel) is another.
 
 pub mod cli;
 pub mod job;

@@ -1,15 +1,19 @@
-//! shmport-bench: the same workloads over shmport, Unix sockets, pipes, TCP loopback
-//! and a raw shared-memory ring, each between two real processes pinned to two CPUs.
+//! shmport-bench: the same workloads over shmport, Unix sockets, pipes, TCP loopback,
+//! a raw shared-memory ring and a one-slot ping-pong, each between two real processes
+//! pinned to two CPUs.
 //!
 //! The parent re-executes its own binary as the child of every measurement, with the
 //! hidden argument `__child <job>`; the child connects to the transport it names,
-//! echoes or drains, and exits. The workloads, the runner and the machine description
-//! are the `shmport_bench` library's; the transports, the report and the charts are
-//! this program's.
+//! echoes or drains, and exits. `--instructions` counts instructions per operation
+//! instead (see [`instructions`]), re-executing the binary under callgrind. The
+//! workloads, the runner and the machine description are the `shmport_bench`
+//! library's; the transports, the report and the charts are this program's.
 
+mod instructions;
 mod markdown;
 mod plot;
 mod raw_ring;
+mod raw_slot;
 mod transport;
 
 use std::path::PathBuf;
@@ -28,14 +32,15 @@ const USAGE: &str = "\
 usage: shmport-bench [options]
 
 Runs round-trip latency, one-way throughput and sleeping-receiver latency over
-shmport, shmport-busy, unix, pipe, tcp and raw-ring, and buffer-transfer round
-trips over shmport, shmport-norevoke, unix and raw-ring, each between two processes.
+shmport, shmport-busy, unix, pipe, tcp and raw-ring (round trips over raw-slot too,
+the one-slot ping-pong), and buffer-transfer round trips over shmport,
+shmport-norevoke, unix and raw-ring, each between two processes.
 
 options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)
   --only T[,T..]        transports: shmport, shmport-busy, shmport-norevoke, unix,
-                        pipe, tcp, raw-ring
-  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer
+                        pipe, tcp, raw-ring, raw-slot
+  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
                         of its N runs' figures (default 1)
@@ -43,6 +48,10 @@ options:
   --plot DIR            write rtt-latency.svg, stream-throughput.svg and
                         transfer-latency.svg into DIR
   --no-pin              do not pin the two processes to two CPUs
+  --instructions        instead of timing, count the instructions of a 64 B post +
+                        receive (bytes, typed, string) in one process with valgrind's
+                        callgrind (with --quick: fewer iterations); see
+                        --instructions --help
   -h, --help            this text
 ";
 
@@ -111,11 +120,19 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
 }
 
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(instructions::LOOP_ARG) {
+        return instructions::loop_main(&args.collect::<Vec<_>>());
+    }
     run::main::<Transport>("shmport-bench", parent_main)
 }
 
-/// Runs everything; `Ok(false)` if a measurement failed.
+/// Runs everything (or, with `--instructions`, counts instructions); `Ok(false)` if a
+/// measurement failed.
 fn parent_main(args: &[String]) -> Result<bool> {
+    if args.iter().any(|a| a == "--instructions") {
+        return instructions::main(args);
+    }
     let (mut json, mut charts) = (None::<PathBuf>, None::<PathBuf>);
     let options = Options::<Transport>::parse(args, USAGE, &Workload::ALL, |flag, value| {
         match flag {

@@ -1,10 +1,10 @@
 //! The markdown report (a header describing the run, one table per workload with
-//! ratios to unix and raw-ring) and the JSON document.
+//! ratios to unix and raw-ring, and to raw-slot where it runs) and the JSON document.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use shmport_bench::job::Workload;
+use shmport_bench::job::{Connect, Workload};
 use shmport_bench::machine::MachineInfo;
 use shmport_bench::report::{Measurement, fmt_gbps, fmt_ns, fmt_rate, fmt_size, runs_note};
 use shmport_bench::stats::Figures;
@@ -83,6 +83,9 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
 
     let mut s = String::new();
     let latency = workload != Workload::Stream;
+    // The one-slot ping-pong runs round trips only: a column where it has rows.
+    let slot = Transport::RawSlot.applies_to(workload);
+    let slot_head = if slot { " ratio vs raw-slot |" } else { "" };
     let _ = match workload {
         Workload::Rtt => writeln!(s, "## rtt: round trip (send N bytes, peer echoes)\n"),
         Workload::RttSleep => writeln!(
@@ -95,12 +98,15 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
         Workload::Typed => writeln!(s, "## typed: round trip of a serde struct holding N bytes\n"),
     };
     if latency {
-        let _ = writeln!(s, "| size | transport | median | p99 | p99.9 | ratio vs unix | ratio vs raw-ring |");
-    } else {
         let _ =
-            writeln!(s, "| size | transport | msgs/s | GB/s | GB/s (min–max) | ratio vs unix | ratio vs raw-ring |");
+            writeln!(s, "| size | transport | median | p99 | p99.9 | ratio vs unix | ratio vs raw-ring |{slot_head}");
+    } else {
+        let _ = writeln!(
+            s,
+            "| size | transport | msgs/s | GB/s | GB/s (min–max) | ratio vs unix | ratio vs raw-ring |{slot_head}"
+        );
     }
-    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|{}", if slot { "---:|" } else { "" });
     for &size in &sizes {
         for m in rows.iter().filter(|m| m.job.size == size) {
             let ratio = |t: Transport| Some(m.key()? / reference(t, size)?);
@@ -114,9 +120,10 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
                 None if m.failed() => ("FAILED".into(), String::new(), String::new()),
                 None => ("n/a".into(), "n/a".into(), "n/a".into()),
             };
+            let slot_cell = if slot { format!(" {} |", fmt_ratio(ratio(Transport::RawSlot))) } else { String::new() };
             let _ = writeln!(
                 s,
-                "| {} | {} | {a} | {b} | {c} | {} | {} |",
+                "| {} | {} | {a} | {b} | {c} | {} | {} |{slot_cell}",
                 fmt_size(size),
                 m.job.transport,
                 fmt_ratio(ratio(Transport::Unix)),
@@ -130,8 +137,17 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
             s,
             "shmport posts `struct Frame {{ id: u64, data: Vec<u8> }}` with N bytes of data by `post_typed` and \
              reads it with `recv_typed` (each side serializes, copies through the ring or shared pages, and \
-             deserializes into a new `Vec`); unix and raw-ring send the N raw bytes, as in rtt: the cost of \
-             moving the bytes without serde.\n"
+             deserializes into a new `Vec`); unix, raw-ring and raw-slot send the N raw bytes, as in rtt: the \
+             cost of moving the bytes without serde.\n"
+        );
+    }
+    if slot {
+        let _ = writeln!(
+            s,
+            "raw-slot is the limit: one slot per direction holding a sequence word and the N bytes, the writer \
+             storing the word last (Release), the reader spinning on it (Acquire) and copying the bytes out; the \
+             two sides take turns, so no other line moves. Beyond a cache line the slot is one N-byte buffer \
+             behind the word: the figure is then copying N bytes in and out, as raw-ring does.\n"
         );
     }
     if workload == Workload::Transfer {
@@ -147,7 +163,8 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
     if latency {
         let _ = writeln!(
             s,
-            "Ratios: this transport's median ÷ the median of unix (or raw-ring) at the same size; below 1 is faster than that transport."
+            "Ratios: this transport's median ÷ the median of unix (or raw-ring{}) at the same size; below 1 is faster than that transport.",
+            if slot { ", or raw-slot" } else { "" }
         );
     } else {
         let _ = writeln!(

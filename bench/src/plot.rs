@@ -80,6 +80,7 @@ fn color(transport: Transport) -> RGBColor {
         Transport::Pipe => RGBColor(44, 160, 44),
         Transport::Tcp => RGBColor(148, 103, 189),
         Transport::RawRing => RGBColor(40, 40, 40),
+        Transport::RawSlot => RGBColor(140, 140, 140),
     }
 }
 

@@ -21,6 +21,7 @@ use shmport_bench::job::{Connect, Job, Workload};
 use shmport_bench::link::{Link, PeerWatch, ShmLink};
 
 use crate::raw_ring::{self, RawRing};
+use crate::raw_slot::{self, RawSlot};
 
 /// Environment variable naming the descriptors a child inherits, comma-separated.
 const FDS_ENV: &str = "SHMPORT_BENCH_FDS";
@@ -46,6 +47,9 @@ pub enum Transport {
     Tcp,
     /// The bench's own minimal SPSC ring in a memfd, busy-polling.
     RawRing,
+    /// The bench's one-slot ping-pong in a memfd (a sequence word and the payload per
+    /// direction), busy-polling: the limit of a round trip (`rtt` and `typed` only).
+    RawSlot,
 }
 
 impl Connect for Transport {
@@ -60,6 +64,7 @@ impl Connect for Transport {
         Transport::Pipe,
         Transport::Tcp,
         Transport::RawRing,
+        Transport::RawSlot,
     ];
     const COUNT_SYSCALLS: bool = true;
 
@@ -72,20 +77,25 @@ impl Connect for Transport {
             Transport::Pipe => "pipe",
             Transport::Tcp => "tcp",
             Transport::RawRing => "raw-ring",
+            Transport::RawSlot => "raw-slot",
         }
     }
 
     fn always_spins(self) -> bool {
-        matches!(self, Transport::ShmportBusy | Transport::RawRing)
+        matches!(self, Transport::ShmportBusy | Transport::RawRing | Transport::RawSlot)
     }
 
     fn applies_to(self, workload: Workload) -> bool {
         match workload {
             // Byte messages: revocation changes nothing, so shmport-norevoke would
-            // only repeat shmport.
-            Workload::Rtt | Workload::Stream | Workload::RttSleep => self != Transport::ShmportNorevoke,
-            // shmport serializes; unix and raw-ring move the raw bytes, to compare.
-            Workload::Typed => matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing),
+            // only repeat shmport. The slot takes turns, so it runs round trips only
+            // (and a sleeping receiver does not apply to it: it always spins).
+            Workload::Rtt => self != Transport::ShmportNorevoke,
+            Workload::Stream | Workload::RttSleep => !matches!(self, Transport::ShmportNorevoke | Transport::RawSlot),
+            // shmport serializes; unix, raw-ring and raw-slot move the raw bytes, to compare.
+            Workload::Typed => {
+                matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing | Transport::RawSlot)
+            }
             // shmport moves the buffer; unix and raw-ring are the copying baselines.
             Workload::Transfer => {
                 matches!(self, Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing)
@@ -130,6 +140,12 @@ impl Connect for Transport {
                 inherit(cmd, vec![fd]);
                 Pending::RawRing(ours, ring_capacity)
             }
+            Transport::RawSlot => {
+                let fd = raw_slot::create(job.size)?;
+                let ours = fd.try_clone().context("dup of the raw slot memfd")?;
+                inherit(cmd, vec![fd]);
+                Pending::RawSlot(ours, job.size)
+            }
         })
     }
 
@@ -144,6 +160,10 @@ impl Connect for Transport {
             Pending::RawRing(fd, capacity) => {
                 let watch = PeerWatch::Child(Pid::from_child(child));
                 AnyLink::RawRing(RawRing::attach(&fd, capacity, 0, watch)?)
+            }
+            Pending::RawSlot(fd, capacity) => {
+                let watch = PeerWatch::Child(Pid::from_child(child));
+                AnyLink::RawSlot(RawSlot::attach(&fd, capacity, 0, watch)?)
             }
         })
     }
@@ -174,6 +194,10 @@ impl Connect for Transport {
                 let [fd] = inherited_fds::<1>()?;
                 AnyLink::RawRing(RawRing::attach(&fd, job.ring_capacity(), 1, PeerWatch::None)?)
             }
+            Transport::RawSlot => {
+                let [fd] = inherited_fds::<1>()?;
+                AnyLink::RawSlot(RawSlot::attach(&fd, job.size, 1, PeerWatch::None)?)
+            }
         })
     }
 }
@@ -189,6 +213,7 @@ pub enum Pending {
     Ready(AnyLink),
     Tcp(TcpListener),
     RawRing(OwnedFd, usize),
+    RawSlot(OwnedFd, usize),
 }
 
 /// Accepts one connection, giving up if the child exits first or after `limit`.
@@ -283,6 +308,7 @@ pub enum AnyLink {
     Pipe(StreamLink<PipeReader, PipeWriter>),
     Tcp(StreamLink<TcpStream, TcpStream>),
     RawRing(RawRing),
+    RawSlot(RawSlot),
 }
 
 impl Link for AnyLink {
@@ -294,6 +320,7 @@ impl Link for AnyLink {
             AnyLink::Pipe(l) => l.send(msg),
             AnyLink::Tcp(l) => l.send(msg),
             AnyLink::RawRing(l) => l.send(msg),
+            AnyLink::RawSlot(l) => l.send(msg),
         }
     }
 
@@ -305,6 +332,7 @@ impl Link for AnyLink {
             AnyLink::Pipe(l) => l.recv(buf),
             AnyLink::Tcp(l) => l.recv(buf),
             AnyLink::RawRing(l) => l.recv(buf),
+            AnyLink::RawSlot(l) => l.recv(buf),
         }
     }
 
@@ -315,6 +343,7 @@ impl Link for AnyLink {
             AnyLink::Pipe(l) => l.max_frame(),
             AnyLink::Tcp(l) => l.max_frame(),
             AnyLink::RawRing(l) => l.max_frame(),
+            AnyLink::RawSlot(l) => l.max_frame(),
         }
     }
 
@@ -353,13 +382,14 @@ mod tests {
     }
 
     #[test]
-    fn transfer_runs_over_shmport_and_the_copying_baselines_only() {
+    fn each_workload_runs_over_the_transports_it_applies_to() {
         let over = |w: Workload| -> Vec<&str> {
             Transport::ALL.iter().filter(|t| t.applies_to(w)).map(|t| t.name()).collect()
         };
         assert_eq!(over(Workload::Transfer), ["shmport", "shmport-norevoke", "unix", "raw-ring"]);
-        assert_eq!(over(Workload::Typed), ["shmport", "unix", "raw-ring"]);
-        for w in [Workload::Rtt, Workload::Stream, Workload::RttSleep] {
+        assert_eq!(over(Workload::Typed), ["shmport", "unix", "raw-ring", "raw-slot"]);
+        assert_eq!(over(Workload::Rtt), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring", "raw-slot"]);
+        for w in [Workload::Stream, Workload::RttSleep] {
             assert_eq!(over(w), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring"], "{w}");
         }
     }
