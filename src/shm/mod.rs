@@ -2,7 +2,7 @@
 //! wait words and the half locks inside it, and the arena of transferable pages.
 //!
 //! Under `--cfg loom` only the layers with loom models are built (sync, ring, wait,
-//! lock).
+//! lock, and the arena's chunk state machine, `arena::state`).
 //!
 //! # Safety: the shared-memory invariants
 //!
@@ -21,7 +21,6 @@
 //!    a length; values that configure the layout (capacity, flags) are read once, at
 //!    `open`, and kept in process memory.
 
-#[cfg(not(loom))]
 pub(crate) mod arena;
 pub(crate) mod lock;
 pub(crate) mod ring;
