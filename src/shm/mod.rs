@@ -22,6 +22,8 @@
 //!    `open`, and kept in process memory.
 
 pub(crate) mod arena;
+#[cfg(not(loom))]
+pub(crate) mod backend;
 pub(crate) mod lock;
 pub(crate) mod ring;
 #[cfg(not(loom))]

@@ -48,6 +48,10 @@
 //! validate: the name and the sealed size stand in for it).
 
 //!
+//! With the process-memory backend (`crate::shm::backend`: test support) a segment is
+//! a zeroed heap block of the same layout instead, named on a channel's socket by a
+//! token descriptor (see `segment`), and its views are never protected.
+//!
 //! Files: `state` (the state word and its transitions, with SYNC tags and loom models;
 //! the only part built under `--cfg loom`), `segment` (one mapped segment: layout,
 //! name, views), `chunk` (the chunks this process holds, sends, receives and gives

@@ -11,6 +11,7 @@ use super::chunk::{Chunk, take_free};
 use super::segment::{ArenaSegment, MAX_SHIFT, lock, min_shift};
 use super::state::{self, Seen};
 use crate::platform;
+use crate::shm::backend::{self, Backend};
 use crate::shm::sync::{Mutex, MutexGuard};
 
 /// This process's id, read once (fork without exec is not supported).
@@ -22,7 +23,8 @@ pub(crate) fn my_pid() -> u32 {
 /// Counts of this process's own arena, for diagnostics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ArenaStats {
-    /// Segments (memfds) in this process's arena.
+    /// Segments (memfds; heap blocks if the process keeps its buffers in process
+    /// memory) in this process's arena.
     pub segments: usize,
     /// Chunks in them.
     pub chunks: usize,
@@ -81,7 +83,10 @@ pub(crate) fn allocate(len: usize) -> io::Result<(Chunk, bool)> {
             break;
         }
     }
-    let segment = Arc::new(ArenaSegment::create(shift)?);
+    let segment = Arc::new(match backend::current() {
+        Backend::Memfd => ArenaSegment::create(shift)?,
+        Backend::Heap => ArenaSegment::create_heap(shift)?,
+    });
     arena.by_identity.insert(segment.identity, Arc::downgrade(&segment));
     arena.classes[shift as usize].push(segment.clone());
     take_free(&segment).expect("a new segment has free chunks")

@@ -1,6 +1,9 @@
 //! One arena segment mapped in this process (one of ours, or a peer's): its layout,
-//! its name, its state words and chunks, and this process's views of the chunks.
+//! its name, its state words and chunks, and this process's views of the chunks. A
+//! segment is a memfd mapped shared, or, for the process-memory backend
+//! (`crate::shm::backend`), a heap block of the same layout.
 
+use std::alloc::Layout;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -77,10 +80,22 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a segment's bytes are.
+enum Memory {
+    /// A memfd mapped shared (ours, or a peer's); the fd travels with its buffers.
+    Shared { _map: MmapRaw, fd: OwnedFd },
+    /// A zeroed heap block. `token` stands for it where a descriptor is sent on a
+    /// channel's socket (always a process-local channel: see `backend`): one end of a
+    /// socketpair whose other end is closed, never read or written, whose inode is
+    /// unique while the segment lives, so the receiver finds the segment by identity
+    /// as it finds a memfd it has mapped already.
+    Heap { layout: Layout, token: OwnedFd },
+}
+
 /// One arena segment mapped in this process: one of ours, or a peer's.
 pub(crate) struct ArenaSegment {
-    pub(super) map: MmapRaw,
-    fd: OwnedFd,
+    base: NonNull<u8>,
+    memory: Memory,
     pub(super) identity: (u64, u64),
     pub(super) chunk_shift: u32,
     pub(super) chunk_count: u32,
@@ -91,11 +106,23 @@ pub(crate) struct ArenaSegment {
     pub(super) separated: usize,
 }
 
+// SAFETY: the segment is memory built for concurrent access: its state words are only
+// accessed as atomics, its chunks only by the holder the state machine names
+// (invariants 1-3 of `crate::shm`); the pointer stays valid while the segment lives.
+unsafe impl Send for ArenaSegment {}
+// SAFETY: as above.
+unsafe impl Sync for ArenaSegment {}
+
 impl Drop for ArenaSegment {
     fn drop(&mut self) {
-        // The mapping goes away with `map`: give its share of the budget back.
+        // A mapping goes away with `memory`: give its share of the budget back.
         // Relaxed: a process-local count, not ordering anything.
         SEPARATED_VMAS.fetch_sub(self.separated, Ordering::Relaxed);
+        if let Memory::Heap { layout, .. } = self.memory {
+            // SAFETY: allocated in `create_heap` with exactly this layout; no chunk of
+            // the segment is alive (each holds an `Arc` of it).
+            unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
+        }
     }
 }
 
@@ -111,24 +138,46 @@ impl ArenaSegment {
         (count as u32, meta, meta + count * size)
     }
 
-    /// A new segment of this process's arena.
-    pub(super) fn create(chunk_shift: u32) -> io::Result<ArenaSegment> {
-        let (count, data_offset, total) = Self::layout(chunk_shift);
-        let fd = platform::memfd_create_sealed(&segment_name(chunk_shift), total as u64)?;
-        let map = platform::mmap_shared(fd.as_fd(), total)?;
-        let identity = platform::file_identity(fd.as_fd())?;
+    /// A segment of chunks of `1 << chunk_shift` bytes at `base`, every chunk's view
+    /// open; `used`: whether its chunks may hold bytes already (a peer's).
+    fn new(memory: Memory, base: NonNull<u8>, identity: (u64, u64), chunk_shift: u32, used: bool) -> ArenaSegment {
+        let (count, data_offset, _) = Self::layout(chunk_shift);
+        let local = vec![Local { open: true, busy: false, used }; count as usize];
         let mut segment = ArenaSegment {
-            map,
-            fd,
+            base,
+            memory,
             identity,
             chunk_shift,
             chunk_count: count,
             data_offset,
-            local: Mutex::new(vec![Local { open: true, busy: false, used: false }; count as usize]),
+            local: Mutex::new(local),
             separated: 0,
         };
         segment.separate_chunk_mappings();
-        Ok(segment)
+        segment
+    }
+
+    /// A new memfd segment of this process's arena.
+    pub(super) fn create(chunk_shift: u32) -> io::Result<ArenaSegment> {
+        let (_, _, total) = Self::layout(chunk_shift);
+        let fd = platform::memfd_create_sealed(&segment_name(chunk_shift), total as u64)?;
+        let map = platform::mmap_shared(fd.as_fd(), total)?;
+        let identity = platform::file_identity(fd.as_fd())?;
+        let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
+        Ok(ArenaSegment::new(Memory::Shared { _map: map, fd }, base, identity, chunk_shift, false))
+    }
+
+    /// A new heap segment of this process's arena (the process-memory backend).
+    pub(super) fn create_heap(chunk_shift: u32) -> io::Result<ArenaSegment> {
+        let (_, _, total) = Self::layout(chunk_shift);
+        let align = platform::page_size().max(4096);
+        let layout = Layout::from_size_align(total, align).map_err(io::Error::other)?;
+        let (token, _peer) = platform::socketpair()?;
+        let identity = platform::file_identity(token.as_fd())?;
+        // SAFETY: the layout has a non-zero size (at least one page of metadata).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(ArenaSegment::new(Memory::Heap { layout, token }, base, identity, chunk_shift, false))
     }
 
     /// Maps a peer's segment, validating its name, seals and size: facts nobody can
@@ -144,28 +193,21 @@ impl ArenaSegment {
         })?;
         let shift = class_from_name(&name)?;
         let len = platform::sealed_len(fd.as_fd()).map_err(|_| "arena is not a sealed memfd")?;
-        let (count, data_offset, total) = Self::layout(shift);
+        let (_, _, total) = Self::layout(shift);
         if total as u64 != len {
             return Err("arena size does not match its size class");
         }
         let map = platform::mmap_shared(fd.as_fd(), total).map_err(|_| "arena cannot be mapped")?;
-        let mut segment = ArenaSegment {
-            map,
-            fd,
-            identity,
-            chunk_shift: shift,
-            chunk_count: count,
-            data_offset,
-            local: Mutex::new(vec![Local { open: true, busy: false, used: true }; count as usize]),
-            separated: 0,
-        };
-        segment.separate_chunk_mappings();
-        Ok(segment)
+        let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
+        Ok(ArenaSegment::new(Memory::Shared { _map: map, fd }, base, identity, shift, true))
     }
 
     /// Gives chunks 0, 2, 4, ... `MADV_RANDOM`, so no two neighbouring chunks (nor chunk
     /// 0 and the metadata) can share a VMA. Only an optimisation: failure is ignored.
     fn separate_chunk_mappings(&mut self) {
+        if self.is_heap() {
+            return;
+        }
         if huge_class(self.chunk_shift) {
             // SAFETY: the chunks, 2 MiB-aligned in the file, inside our mapping.
             let _ = unsafe {
@@ -195,7 +237,7 @@ impl ArenaSegment {
         assert!(index < self.chunk_count);
         // SAFETY: the state words lie inside the metadata pages (layout()), 8-aligned,
         // and are only accessed as atomics (invariant 3 of `crate::shm`).
-        unsafe { &*self.map.as_mut_ptr().add(HEADER_BYTES + 8 * index as usize).cast::<AtomicU64>() }
+        unsafe { self.base.add(HEADER_BYTES + 8 * index as usize).cast::<AtomicU64>().as_ref() }
     }
 
     pub(crate) fn chunk_size(&self) -> usize {
@@ -206,14 +248,18 @@ impl ArenaSegment {
         assert!(index < self.chunk_count);
         // SAFETY: the chunk lies inside the mapping (layout() was checked against the
         // mapping's length).
-        let p = unsafe { self.map.as_mut_ptr().add(self.data_offset + (index as usize) * self.chunk_size()) };
-        NonNull::new(p).expect("mapping is not null")
+        unsafe { self.base.add(self.data_offset + (index as usize) * self.chunk_size()) }
     }
 
-    /// Opens or closes this process's view of a chunk (no syscall if unchanged).
+    /// Opens or closes this process's view of a chunk (no syscall if unchanged). A heap
+    /// segment's views only change in the bookkeeping: its pages are never protected.
     pub(super) fn set_open(&self, local: &mut [Local], index: u32, open: bool) -> io::Result<()> {
         let entry = &mut local[index as usize];
         if entry.open == open {
+            return Ok(());
+        }
+        if self.is_heap() {
+            entry.open = open;
             return Ok(());
         }
         // SAFETY: a whole chunk, page-aligned, inside our mapping; when closing, the
@@ -223,7 +269,23 @@ impl ArenaSegment {
         Ok(())
     }
 
+    /// The descriptor that names the segment on a channel's socket: the memfd, or a
+    /// heap segment's token.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        match &self.memory {
+            Memory::Shared { fd, .. } => fd.as_fd(),
+            Memory::Heap { token, .. } => token.as_fd(),
+        }
+    }
+
+    /// Whether the segment is a heap block (the process-memory backend).
+    pub(crate) fn is_heap(&self) -> bool {
+        matches!(self.memory, Memory::Heap { .. })
+    }
+
+    /// The first byte of the segment (for tests that look at its mappings).
+    #[cfg(test)]
+    pub(super) fn base(&self) -> *const u8 {
+        self.base.as_ptr()
     }
 }
