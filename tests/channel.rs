@@ -1,5 +1,10 @@
 //! SEMANTICS rules 1-4, 10, 14-16, 18 and 19 inside one process (both ports here).
 //! Cross-process behaviour is in `cross_process.rs`.
+//!
+//! `channel_heap.rs` runs these tests again with every channel and buffer in process
+//! memory: so channels come from `common::channel` / `common::channel_with`, and a test
+//! creates its first channel before its first buffer. Ports cannot be transferred there
+//! (`common::ports_move`); the parts that transfer one run here only.
 
 mod common;
 
@@ -20,7 +25,7 @@ fn text(ev: &MessageEvent) -> &str {
 
 #[test]
 fn s01_port1_and_port2_are_the_same_ports_every_time_and_entangled() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     assert!(ch.port1().ptr_eq(&ch.port1()));
     assert!(ch.port2().ptr_eq(&ch.port2()));
     assert!(!ch.port1().ptr_eq(&ch.port2()));
@@ -32,7 +37,7 @@ fn s01_port1_and_port2_are_the_same_ports_every_time_and_entangled() {
 
 #[test]
 fn s02_clones_of_a_port_are_the_same_port() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let a = ch.port1();
     let a2 = a.clone();
     assert!(a.ptr_eq(&a2));
@@ -48,7 +53,7 @@ fn s02_clones_of_a_port_are_the_same_port() {
 
 #[test]
 fn s03_messages_go_to_the_peer_never_to_the_sender_in_order() {
-    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().capacity(4096));
     let (a, b) = (ch.port1(), ch.port2());
     let mut got = Vec::new();
     for i in 0..2000 {
@@ -69,7 +74,7 @@ fn s03_messages_go_to_the_peer_never_to_the_sender_in_order() {
 
 #[test]
 fn s03_fifo_across_threads_with_bytes() {
-    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().capacity(1024));
     let (a, b) = (ch.port1(), ch.port2());
     let writer = std::thread::spawn(move || {
         for i in 0u32..100_000 {
@@ -85,7 +90,7 @@ fn s03_fifo_across_threads_with_bytes() {
 
 #[test]
 fn s04_unread_messages_are_kept_until_read() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     for i in 0..100 {
         a.post_message(format!("m{i}"), []).unwrap();
@@ -102,7 +107,7 @@ fn s04_unread_messages_are_kept_until_read() {
 
 #[test]
 fn s10_posting_to_a_closed_peer_is_a_silent_noop_that_still_checks() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     b.close();
     a.post_message("into the void", []).unwrap();
@@ -120,14 +125,14 @@ fn s10_posting_to_a_closed_peer_is_a_silent_noop_that_still_checks() {
 
 #[test]
 fn s14_recv_reads_without_start() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     ch.port1().post_message("pulled", []).unwrap();
     assert_eq!(text(&ch.port2().try_recv().unwrap_or_else(|_| ch.port2().recv_timeout(WAIT).unwrap())), "pulled");
 }
 
 #[test]
 fn s14_onmessage_starts_the_port_and_delivers_earlier_messages_once_in_order() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     for i in 0..50 {
         a.post_message(i, []).unwrap();
@@ -144,7 +149,7 @@ fn s14_onmessage_starts_the_port_and_delivers_earlier_messages_once_in_order() {
 
 #[test]
 fn s14_listener_without_start_receives_nothing_until_start() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     let (tx, rx) = mpsc::channel();
     b.add_message_listener(move |ev: MessageEvent| tx.send(text(&ev).to_owned()).unwrap());
@@ -160,7 +165,7 @@ fn s14_listener_without_start_receives_nothing_until_start() {
 
 #[test]
 fn s15_close_never_fails_is_idempotent_and_detaches() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let a = ch.port1();
     a.close();
     a.close();
@@ -172,7 +177,7 @@ fn s15_close_never_fails_is_idempotent_and_detaches() {
 
 #[test]
 fn s15_messages_posted_before_close_are_delivered_and_after_go_nowhere() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     a.post_message("before", []).unwrap();
     a.close();
@@ -189,13 +194,15 @@ fn s15_messages_queued_at_a_closing_port_are_discarded() {
     if !common::isolated("s15_messages_queued_at_a_closing_port_are_discarded") {
         return;
     }
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
-    let other = MessageChannel::new().unwrap();
+    let other = common::channel();
     let buffer = ArrayBuffer::from_slice(&[7; 5000]).unwrap();
     a.post_message("queued", []).unwrap();
     a.post_message(Value::ArrayBuffer(buffer.clone()), [buffer.clone().into()]).unwrap();
-    a.post_message(Value::Port(other.port2()), [other.port2().into()]).unwrap();
+    if common::ports_move() {
+        a.post_message(Value::Port(other.port2()), [other.port2().into()]).unwrap();
+    }
     assert_eq!(shmport::arena_stats().in_flight, 1, "the buffer's chunk is queued at b");
     assert!(!other.port1().is_peer_closed(), "the queued port is alive");
     b.close();
@@ -204,14 +211,16 @@ fn s15_messages_queued_at_a_closing_port_are_discarded() {
     // its sender doing anything, and the queued port is closed, so its peer sees it.
     let stats = shmport::arena_stats();
     assert_eq!((stats.in_flight, stats.held_here, stats.free), (0, 0, stats.chunks), "{stats:?}");
-    assert!(other.port1().is_peer_closed(), "the port queued at the closed port was closed");
-    assert!(other.port1().recv_timeout(WAIT).unwrap_err().is_closed());
+    if common::ports_move() {
+        assert!(other.port1().is_peer_closed(), "the port queued at the closed port was closed");
+        assert!(other.port1().recv_timeout(WAIT).unwrap_err().is_closed());
+    }
 }
 
 #[test]
 fn s15_a_closed_port_cannot_be_transferred() {
-    let ch = MessageChannel::new().unwrap();
-    let other = MessageChannel::new().unwrap();
+    let ch = common::channel();
+    let other = common::channel();
     let p = other.port1();
     p.close();
     let err = ch.port1().post_message(Value::Port(p.clone()), [p.into()]).unwrap_err();
@@ -220,7 +229,7 @@ fn s15_a_closed_port_cannot_be_transferred() {
 
 #[test]
 fn s16_dropping_the_last_handle_closes_the_port() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     drop(ch);
     let a2 = a.clone();
@@ -235,7 +244,7 @@ fn s16_dropping_the_last_handle_closes_the_port() {
 #[test]
 fn s16_blocked_recv_wakes_when_the_peer_closes() {
     let _w = common::watchdog("s16_blocked_recv_wakes_when_the_peer_closes", Duration::from_secs(20));
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     drop(ch);
     let reader = std::thread::spawn(move || b.recv());
@@ -247,7 +256,7 @@ fn s16_blocked_recv_wakes_when_the_peer_closes() {
 #[test]
 fn s16_blocked_recv_wakes_when_its_own_port_closes() {
     let _w = common::watchdog("s16_blocked_recv_wakes_when_its_own_port_closes", Duration::from_secs(20));
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let b = ch.port2();
     let b2 = b.clone();
     let reader = std::thread::spawn(move || b2.recv());
@@ -258,7 +267,7 @@ fn s16_blocked_recv_wakes_when_its_own_port_closes() {
 
 #[test]
 fn s16_close_handler_runs_once_after_the_last_message() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     drop(ch);
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -286,7 +295,7 @@ fn s16_close_handler_runs_once_after_the_last_message() {
 
 #[test]
 fn s16_close_handler_without_push_delivery_leaves_messages_to_recv() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     drop(ch);
     let (tx, rx) = mpsc::channel();
@@ -300,7 +309,7 @@ fn s16_close_handler_without_push_delivery_leaves_messages_to_recv() {
 
 #[test]
 fn s18_message_event_carries_data_and_ports() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     ch.port1().post_message(Value::Array(vec![1.into(), "two".into()]), []).unwrap();
     let MessageEvent { data, ports } = ch.port2().recv_timeout(WAIT).unwrap();
     assert_eq!(data, Value::Array(vec![Value::Number(1.0), Value::String("two".into())]));
@@ -309,7 +318,7 @@ fn s18_message_event_carries_data_and_ports() {
 
 #[test]
 fn s19_post_waits_for_space_and_try_post_reports_full() {
-    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(256)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().capacity(256));
     let (a, b) = (ch.port1(), ch.port2());
     // 16-byte records: 8 header + 8 payload.
     let mut sent = 0u64;
@@ -336,7 +345,7 @@ fn s19_post_waits_for_space_and_try_post_reports_full() {
 #[test]
 fn s19_a_full_ring_does_not_block_forever_when_the_reader_closes() {
     let _w = common::watchdog("s19_full_ring_reader_closes", Duration::from_secs(20));
-    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(64)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().capacity(64));
     let (a, b) = (ch.port1(), ch.port2());
     while a.try_post_bytes(&[1; 8]).is_ok() {}
     let writer = std::thread::spawn(move || a.post_bytes(&[2; 8]));
@@ -347,7 +356,7 @@ fn s19_a_full_ring_does_not_block_forever_when_the_reader_closes() {
 
 #[test]
 fn s19_recv_timeout_and_try_recv_on_an_empty_port() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     assert!(matches!(ch.port2().try_recv(), Err(TryRecvError::Empty)));
     assert!(matches!(ch.port2().recv_timeout(Duration::from_millis(20)), Err(RecvTimeoutError::Timeout)));
 }
@@ -358,7 +367,7 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     if !common::isolated("s19_messages_larger_than_the_ring_travel_out_of_line") {
         return;
     }
-    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(1024)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().capacity(1024));
     let (a, b) = (ch.port1(), ch.port2());
     assert_eq!(a.max_inline_size(), 1016, "the largest message copied through the ring");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
@@ -382,7 +391,9 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
         assert_eq!(bytes, &big[..]);
         bytes.as_ptr() as usize
     });
-    common::file_location(address); // panics unless the bytes are in an arena memfd
+    if !common::in_process_memory() {
+        common::file_location(address); // panics unless the bytes are in an arena memfd
+    }
     drop(spilled);
     let dropped = shmport::arena_stats();
     assert_eq!(
@@ -424,7 +435,7 @@ fn each_port_with_a_handler_has_a_dispatch_thread_of_its_own() {
     }
     let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
     let before = threads();
-    let channels: Vec<MessageChannel> = (0..10).map(|_| MessageChannel::new().unwrap()).collect();
+    let channels: Vec<MessageChannel> = (0..10).map(|_| common::channel()).collect();
     for ch in &channels {
         ch.port2().set_onclose(Some(|| {}));
     }
@@ -454,7 +465,7 @@ fn the_default_options_wait_adaptively() {
 
 #[test]
 fn process_local_channels_behave_the_same() {
-    let ch = MessageChannel::with_options(&ChannelOptions::new().process_local(true).capacity(128)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().process_local(true).capacity(128));
     let (a, b) = (ch.port1(), ch.port2());
     drop(ch);
     let writer = std::thread::spawn(move || {
@@ -468,7 +479,7 @@ fn process_local_channels_behave_the_same() {
     writer.join().unwrap();
     assert!(b.recv_timeout(WAIT).unwrap_err().is_closed());
     // A process-local port cannot leave its process.
-    let ch = MessageChannel::with_options(&ChannelOptions::new().process_local(true)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().process_local(true));
     let mut cmd = std::process::Command::new("true");
     assert!(ch.port2().transfer_to_child(&mut cmd).is_err());
     assert!(!ch.port2().is_detached(), "a failed transfer leaves the port as it was");
@@ -488,7 +499,7 @@ fn typed_and_pod_messages_round_trip() {
         x: f32,
         y: f32,
     }
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let frame = Frame { id: 7, name: "seven".into(), samples: vec![0.5, -1.0] };
     ch.port1().post_typed(&frame).unwrap();
     assert_eq!(ch.port2().recv_typed::<Frame>().unwrap(), frame);
@@ -510,7 +521,7 @@ fn typed_and_pod_messages_round_trip() {
 #[test]
 fn a_closure_given_to_recv_bytes_with_may_close_its_own_port() {
     let _w = common::watchdog("closure_closes_its_port", Duration::from_secs(20));
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let b = ch.port2();
     ch.port1().post_bytes(b"x").unwrap();
     let len = b.recv_bytes_with(|bytes| {
@@ -524,7 +535,7 @@ fn a_closure_given_to_recv_bytes_with_may_close_its_own_port() {
 #[test]
 fn a_closure_given_to_recv_bytes_with_may_receive_again_small_or_large() {
     let _w = common::watchdog("nested_recv_bytes_with", Duration::from_secs(20));
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (a, b) = (ch.port1(), ch.port2());
     // Small messages arrive on the stack, larger ones in the thread's receive buffer:
     // every mix of the two, nested, must leave the outer bytes intact.
@@ -545,7 +556,7 @@ fn a_closure_given_to_recv_bytes_with_may_receive_again_small_or_large() {
 #[test]
 fn try_post_does_not_wait_for_a_thread_blocked_in_post() {
     let _w = common::watchdog("try_post_vs_blocked_post", Duration::from_secs(20));
-    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(64)).unwrap();
+    let ch = common::channel_with(ChannelOptions::new().capacity(64));
     let a = ch.port1();
     while a.try_post_bytes(&[0; 8]).is_ok() {}
     let blocked = a.clone();
@@ -563,7 +574,7 @@ fn try_post_does_not_wait_for_a_thread_blocked_in_post() {
 #[test]
 fn recv_timeout_returns_while_the_dispatch_thread_waits() {
     let _w = common::watchdog("recv_timeout_vs_dispatch", Duration::from_secs(20));
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let b = ch.port2();
     b.set_onmessage(Some(|_ev: MessageEvent| {}));
     std::thread::sleep(Duration::from_millis(20));
@@ -573,7 +584,7 @@ fn recv_timeout_returns_while_the_dispatch_thread_waits() {
 
 #[test]
 fn a_panicking_handler_does_not_stop_delivery() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let (tx, rx) = mpsc::channel();
     ch.port2().set_onmessage(Some(move |ev: MessageEvent| {
         let n = ev.data.as_f64().unwrap();
@@ -591,7 +602,7 @@ fn a_panicking_handler_does_not_stop_delivery() {
 
 #[test]
 fn a_handler_that_owns_its_port_is_released_when_the_peer_closes() {
-    let ch = MessageChannel::new().unwrap();
+    let ch = common::channel();
     let b = ch.port2();
     let weak_probe = Arc::new(());
     let probe = weak_probe.clone();
@@ -614,10 +625,56 @@ fn a_handler_that_owns_its_port_is_released_when_the_peer_closes() {
 
 #[test]
 fn a_command_carries_one_port() {
-    let ch = MessageChannel::new().unwrap();
-    let other = MessageChannel::new().unwrap();
+    let ch = common::channel();
+    let other = common::channel();
     let mut cmd = std::process::Command::new("true");
+    if !common::ports_move() {
+        // In process memory no port can leave: refused, and the port stays usable.
+        assert!(ch.port2().transfer_to_child(&mut cmd).is_err());
+        assert!(!ch.port2().is_detached());
+        return;
+    }
     ch.port2().transfer_to_child(&mut cmd).unwrap();
     assert!(other.port2().transfer_to_child(&mut cmd).is_err());
     assert!(!other.port2().is_detached());
+}
+
+/// The memfds this process has open (`/proc/self/fd` links to `/memfd:...`).
+fn memfds_open() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("/memfd:"))
+        .count()
+}
+
+#[test]
+fn channels_and_buffers_live_where_this_binary_says() {
+    let ch = common::channel();
+    let buffer = ArrayBuffer::from_slice(&[5; 5000]).unwrap();
+    ch.port1().post_message(Value::ArrayBuffer(buffer.clone()), [buffer.into()]).unwrap();
+    let received = ch.port2().recv_timeout(WAIT).unwrap().data;
+    assert_eq!(received.as_array_buffer().unwrap().to_vec(), [5; 5000]);
+    // Other tests of this binary run meanwhile, but on the same backend: in process
+    // memory nothing ever opens a memfd; with shared memory the buffer above has one.
+    if common::in_process_memory() {
+        assert_eq!(memfds_open(), 0, "a process-memory binary opened a memfd");
+    } else {
+        assert!(memfds_open() >= 2, "the channel's segment and the buffer's arena are memfds");
+    }
+}
+
+#[test]
+fn the_backend_is_chosen_once_for_the_whole_process() {
+    let _ch = common::channel();
+    if common::in_process_memory() {
+        assert!(shmport::__process_memory_only(), "asking again is harmless");
+        // Only process-local channels exist: a shared-memory one is refused, saying why.
+        let refused = MessageChannel::new().unwrap_err();
+        assert!(refused.to_string().contains("process memory"), "{refused}");
+    } else {
+        // Too late once shared memory is in use: refused, and nothing changed.
+        assert!(!shmport::__process_memory_only());
+        MessageChannel::new().unwrap();
+    }
 }

@@ -2,7 +2,7 @@
 //! wait words and the half locks inside it, and the arena of transferable pages.
 //!
 //! Under `--cfg loom` only the layers with loom models are built (sync, ring, wait,
-//! lock).
+//! lock, and the arena's chunk state machine, `arena::state`).
 //!
 //! # Safety: the shared-memory invariants
 //!
@@ -16,13 +16,57 @@
 //!    `len` can fault.
 //! 3. Memory the peer can write is only accessed through atomics (`AtomicU32`,
 //!    `AtomicU64`, which may alias concurrent access) or copied out with raw-pointer
-//!    copies. No `&T`/`&[u8]` of a non-atomic type is ever formed over it.
+//!    copies. No `&T`/`&[u8]` of a non-atomic type is ever formed over it, with one
+//!    exception, below: the bytes of an `ArrayBuffer` given to the caller's closure.
 //! 4. Every value read from shared memory is validated before it is used as an index or
 //!    a length; values that configure the layout (capacity, flags) are read once, at
 //!    `open`, and kept in process memory.
+//!
+//! # The exception to invariant 3: `ArrayBuffer::with_bytes` and `with_bytes_mut`
+//!
+//! A buffer is its chunk's pages, and the point of the two closures is to read and
+//! write them in place, without a copy; so they form a `&[u8]` / `&mut [u8]` over the
+//! chunk for the closure's duration. The crate itself never does: it reads a buffer's
+//! bytes only with raw-pointer copies (`ArrayBuffer::to_vec` and `append_to`, the
+//! encoders, the copy of a spilled body), and uses none of them as an index or length.
+//!
+//! Who else can write a chunk's pages while this process holds it:
+//!
+//! - *Process memory* (the heap backend, `backend`): nobody. The pages are ours alone.
+//! - *A chunk of our own arena*: every process that was ever sent a chunk of the same
+//!   memfd segment maps the whole segment read-write, and keeps the memfd. An honest one
+//!   writes only chunks it holds; a hostile one can write any chunk of the segment,
+//!   ours included, whether or not that chunk was ever sent. The pages are exclusively
+//!   ours only if no chunk of their segment ever went to another process.
+//! - *A received chunk*: it lives in the sender's arena, so the sender and every other
+//!   process that maps that segment can write it. Revocation (the default) closes the
+//!   sender's own view of the chunk (`PROT_NONE`), so an honest sender's stale pointer
+//!   faults instead of writing; it does not bind a hostile sender, which can
+//!   `mprotect` its mapping back, map the memfd again, or `pwrite` it. Without
+//!   revocation, even the honest sender's view stays open.
+//!
+//! What such a writer can do: change any byte at any moment, also while a closure runs.
+//! To Rust that is a data race on non-atomic memory, undefined behaviour in the
+//! abstract machine; in practice the compiler assumes the bytes do not change while the
+//! slice lives, so two reads of one byte may disagree, and anything checked in place (a
+//! length field, `str::from_utf8`, a checksum) may be false by the time it is used.
+//! What it cannot do: make an access of this process leave the buffer or fault. The
+//! slice's length is the buffer's, kept in process memory and checked against the chunk
+//! size at receipt; the segment's size is sealed (invariant 2; a hole punched in the
+//! memfd reads back as zeros, it does not fault); and the chunk state machine never
+//! gives one chunk to two live buffers of this process, whatever the state words say.
+//!
+//! We keep the closures safe, as std keeps safe the file APIs that can open
+//! `/proc/self/mem` ("Rust's safety guarantees only cover what the program itself can
+//! do", `std::os::unix::io`): the writer is always another process that was handed the
+//! pages, never code of this process. memmap2 draws the line the other way (its
+//! file-backed maps are `unsafe` to create because the file may be modified in or out
+//! of process), as does `shared_memory` (`Shmem::as_slice` is `unsafe`). A caller that
+//! faces untrusted peers copies out first (`to_vec`) and validates the copy.
 
-#[cfg(not(loom))]
 pub(crate) mod arena;
+#[cfg(not(loom))]
+pub(crate) mod backend;
 pub(crate) mod lock;
 pub(crate) mod ring;
 #[cfg(not(loom))]

@@ -114,6 +114,7 @@ impl Segment {
     pub(crate) fn create_shared(capacity: u64, flags: u32) -> io::Result<Segment> {
         let flags = if crate::shm::wait::asymmetric_available() { flags | FLAG_ASYMMETRIC } else { flags };
         check_capacity(capacity).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        crate::shm::backend::require_memfd()?;
         let len = segment_len(capacity);
         let fd = platform::memfd_create_sealed("shmport-channel", len)?;
         let map = platform::mmap_shared(fd.as_fd(), len as usize)?;
@@ -166,6 +167,7 @@ impl Segment {
     /// Maps a segment received from another process, validating everything it will
     /// rely on: seals, size, magic, version, layout, capacity and flags.
     pub(crate) fn open_shared(fd: OwnedFd) -> Result<Segment, OpenError> {
+        crate::shm::backend::require_memfd()?;
         let len = platform::sealed_len(fd.as_fd())?;
         if len < DATA_OFFSET as u64 || len > segment_len(ring::MAX_CAPACITY) {
             return Err(OpenError::Invalid("size out of range"));

@@ -66,6 +66,11 @@ use crate::shm::arena::{self, Chunk};
 /// receives one of *your* buffers maps the whole arena segment it lives in (4 MiB for
 /// small buffers), read-write, so it can see and change your other buffers of that
 /// segment too: keep data that must stay private from a peer out of `ArrayBuffer`s.
+///
+/// [`with_bytes`](Self::with_bytes) and [`with_bytes_mut`](Self::with_bytes_mut) say
+/// exactly when the pages are this process's alone and what another holder of them
+/// can and cannot do; [`to_vec`](Self::to_vec) copies without ever forming a slice
+/// over them.
 #[derive(Clone)]
 pub struct ArrayBuffer {
     inner: Arc<Mutex<State>>,
@@ -140,32 +145,91 @@ impl ArrayBuffer {
         matches!(*self.lock(), State::Detached)
     }
 
-    /// A copy of the bytes (empty once detached).
+    /// A copy of the bytes (empty once detached). The copy is made with a raw-pointer
+    /// copy, never through a slice over the shared pages, so it is the way to read a
+    /// buffer that another process may be writing: validate the copy, not the pages.
     pub fn to_vec(&self) -> Vec<u8> {
-        self.with_bytes(<[u8]>::to_vec)
+        let mut out = Vec::new();
+        self.append_to(&mut out, |_, _| {});
+        out
     }
 
-    /// Runs `f` on the bytes (an empty slice once detached). The buffer cannot be
-    /// transferred while `f` runs.
+    /// Appends `prefix(out, length)` and then a copy of the bytes to `out` (length 0 and
+    /// no bytes once detached), under one lock, so the length written is the length
+    /// copied; the copy is a raw-pointer copy (invariant 3 of `crate::shm`: no slice
+    /// over memory a peer can write).
+    pub(crate) fn append_to(&self, out: &mut Vec<u8>, prefix: impl FnOnce(&mut Vec<u8>, usize)) {
+        let state = self.lock();
+        let State::Live { chunk: Some(chunk), len } = &*state else {
+            return prefix(out, 0);
+        };
+        prefix(out, *len);
+        out.reserve(*len);
+        // SAFETY: the chunk is held by this buffer, its view is open, `len` is within it
+        // (checked at receipt), and the lock keeps it from being transferred; the bytes
+        // are copied into spare capacity of `out`, never borrowed as a slice, and all
+        // `len` of them are initialised before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), out.as_mut_ptr().add(out.len()), *len);
+            out.set_len(out.len() + *len);
+        }
+    }
+
+    /// Runs `f` on the bytes, in place (an empty slice once detached). The buffer
+    /// cannot be transferred while `f` runs.
+    ///
+    /// # Who else can write these bytes
+    ///
+    /// The slice is over the buffer's pages, and the pages are not always this
+    /// process's alone (this is the one exception to the crate's rule of no slice over
+    /// memory another process can write; `crate::shm` states it with the invariants):
+    ///
+    /// - In a buffer created here and never posted, the bytes are ours unless another
+    ///   process was sent a buffer from the same arena segment (4 MiB for small
+    ///   buffers): it maps the whole segment, and a hostile one can write any of it.
+    /// - In a buffer received from another process, the sender and every process that
+    ///   maps the sender's segment can write them. Revoking the transferred pages (the
+    ///   default, [`ChannelOptions::revoke_transferred_pages`](crate::ChannelOptions::revoke_transferred_pages))
+    ///   closes the sender's own view of them, so an honest sender's stale pointer
+    ///   faults; a hostile sender still holds the memfd and can reopen its view or
+    ///   write the file.
+    ///
+    /// Such a writer can change any byte while `f` runs. That is a data race (to Rust,
+    /// undefined behaviour; in practice two reads of one byte may disagree, and what
+    /// `f` checked in place, a length or `str::from_utf8`, may be false when it is
+    /// used), so with untrusted peers copy the bytes out with [`to_vec`](Self::to_vec)
+    /// and check the copy. It cannot make `f` read or write outside the buffer, or
+    /// fault: the slice's length lives in this process, and the segment's size is
+    /// sealed.
     pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         let state = self.lock();
         match &*state {
             State::Live { chunk: Some(chunk), len } => {
                 // SAFETY: the chunk is held by this buffer, its view is open, `len` is
-                // within it, and the lock keeps it from being transferred meanwhile.
+                // within it, and the lock keeps it from being transferred meanwhile. No
+                // code of this process writes it meanwhile; another process that maps
+                // the segment can: the documented exception to invariant 3 of
+                // `crate::shm`.
                 f(unsafe { std::slice::from_raw_parts(chunk.ptr().as_ptr(), *len) })
             }
             _ => f(&[]),
         }
     }
 
-    /// Runs `f` on the bytes, mutably (an empty slice once detached).
+    /// Runs `f` on the bytes, mutably and in place (an empty slice once detached). The
+    /// buffer cannot be transferred while `f` runs.
+    ///
+    /// The same processes as for [`with_bytes`](Self::with_bytes) may read and write
+    /// the bytes meanwhile: they can see what `f` writes before it returns, and
+    /// overwrite it; within this process the slice is the only reference to them.
     pub fn with_bytes_mut<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
         let mut state = self.lock();
         match &mut *state {
             State::Live { chunk: Some(chunk), len } => {
                 // SAFETY: as in `with_bytes`; the lock makes this the only reference
-                // this process forms to the bytes while `f` runs.
+                // this process forms to the bytes while `f` runs (another process that
+                // maps the segment may still access them: the documented exception to
+                // invariant 3 of `crate::shm`).
                 f(unsafe { std::slice::from_raw_parts_mut(chunk.ptr().as_ptr(), *len) })
             }
             _ => f(&mut []),
@@ -256,5 +320,43 @@ impl fmt::Debug for ArrayBuffer {
             State::Live { len, .. } => write!(f, "ArrayBuffer({len} bytes)"),
             State::Detached => write!(f, "ArrayBuffer(detached)"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_to_writes_the_length_it_copies_and_nothing_once_detached() {
+        let b = ArrayBuffer::from_slice(&[1, 2, 3]).unwrap();
+        let mut out = vec![0xEE];
+        b.append_to(&mut out, |out, len| out.push(len as u8));
+        assert_eq!(out, [0xEE, 3, 1, 2, 3]);
+        assert_eq!(b.to_vec(), [1, 2, 3]);
+        b.detach().unwrap();
+        let mut out = Vec::new();
+        b.append_to(&mut out, |out, len| out.push(len as u8));
+        assert_eq!(out, [0], "a detached buffer is an empty one");
+        assert!(b.to_vec().is_empty());
+    }
+
+    /// What another holder of the pages can do (the exception to invariant 3 of
+    /// `crate::shm`): change the bytes between two reads, not the length either read
+    /// sees. A raw pointer kept into the chunk stands for another process's mapping.
+    #[test]
+    fn another_holder_of_the_pages_changes_the_bytes_not_the_length() {
+        let b = ArrayBuffer::from_slice(&[1; 100]).unwrap();
+        let (pages, capacity) = b.with_chunk(|c| c.map(|c| (c.ptr().as_ptr(), c.capacity()))).unwrap();
+        // SAFETY: no reference to the bytes is alive (no closure runs); the writes stay
+        // inside the chunk, which this buffer holds.
+        unsafe {
+            std::ptr::write_bytes(pages, 2, 50);
+            std::ptr::write_bytes(pages.add(100), 3, capacity - 100);
+        }
+        let seen = b.to_vec();
+        assert_eq!(seen.len(), 100, "the length lives in process memory");
+        assert_eq!((seen[0], seen[49], seen[50], seen[99]), (2, 2, 1, 1), "the bytes are the pages' as they are now");
+        assert_eq!(b.with_bytes(<[u8]>::len), 100, "nothing past the length is reachable");
     }
 }

@@ -220,7 +220,8 @@ impl<'a> Encoder<'a> {
             }
             None => {
                 self.out.push(tag::BUFFER_COPY);
-                buffer.with_bytes(|bytes| write_bytes(self.out, bytes));
+                // Length, then a raw copy of the bytes (never a slice over the pages).
+                buffer.append_to(self.out, |out, len| write_varint(out, len as u64));
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: re-running this test binary as a child
-//! process in a named role, and a watchdog that ends a hung test.
+//! Helpers shared by the integration tests: the channels of a test binary on the
+//! backend it runs against, re-running this test binary as a child process in a named
+//! role, and a watchdog that ends a hung test.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -7,7 +8,40 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use shmport::MessagePort;
+use shmport::{ChannelOptions, MessageChannel, MessagePort};
+
+/// Whether this test binary keeps its channels and buffers in process memory: a binary
+/// whose name ends in `_heap` (`channel_heap.rs`, which runs the tests of `channel.rs`
+/// again) does; every other one uses memfds.
+pub fn in_process_memory() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_heap")
+}
+
+/// A channel with the default options, on this binary's backend (see [`channel_with`]).
+pub fn channel() -> MessageChannel {
+    channel_with(ChannelOptions::new())
+}
+
+/// A channel with `options`, on this binary's backend: as given (memfd-backed unless the
+/// options say process-local), or, in a binary that runs in process memory, made
+/// process-local, after switching the whole process to process memory. Tests of such a
+/// binary create their first channel before their first buffer, so that the switch
+/// comes before anything allocates.
+pub fn channel_with(options: ChannelOptions) -> MessageChannel {
+    let options = if in_process_memory() {
+        assert!(shmport::__process_memory_only(), "something used shared memory before the first channel");
+        options.process_local(true)
+    } else {
+        options
+    };
+    MessageChannel::with_options(&options).expect("a channel")
+}
+
+/// Whether ports can be transferred in this binary (not in process memory: a
+/// process-local port cannot leave its channel's process, so it cannot be posted).
+pub fn ports_move() -> bool {
+    !in_process_memory()
+}
 
 /// The environment variable that tells a re-run test binary which role to play.
 pub const ROLE_ENV: &str = "SHMPORT_TEST_ROLE";
@@ -87,13 +121,17 @@ pub const ISOLATED_ENV: &str = "SHMPORT_TEST_ISOLATED";
 /// Returns `true` in that child, where the caller runs the test's body; in the test
 /// harness's own process it runs the child, asserts that the test passed there, and
 /// returns `false` (the caller then returns).
+///
+/// A test inside a module gives its name without the module path (the tests of
+/// `channel.rs` are `channel::...` in `channel_heap.rs`): the full name, its thread's,
+/// is what the child is given.
 pub fn isolated(name: &str) -> bool {
     let here = std::thread::current();
-    assert_eq!(
-        here.name(),
-        Some(name),
-        "common::isolated must be given the calling test's own name (its thread's name)"
-    );
+    // The test's full name: `name` itself, or `name` inside a module.
+    let full = here.name().filter(|t| t.strip_suffix(name).is_some_and(|m| m.is_empty() || m.ends_with("::")));
+    let name = full.unwrap_or_else(|| {
+        panic!("common::isolated must be given the calling test's own name (its thread's name), not `{name}`")
+    });
     if let Ok(isolated) = std::env::var(ISOLATED_ENV) {
         assert_eq!(isolated, name, "this child process was started to run `{isolated}` alone");
         return true;

@@ -210,10 +210,8 @@ impl Outbound<'_> {
             self.note(DataCloneErrorKind::DetachedBuffer);
         } else {
             out.push(BUFFER_COPY);
-            buffer.with_bytes(|bytes| {
-                ser::put_varint(out, bytes.len() as u128);
-                out.extend_from_slice(bytes);
-            });
+            // Length, then a raw copy of the bytes (never a slice over the pages).
+            buffer.append_to(out, |out, len| ser::put_varint(out, len as u128));
             self.copies.push(buffer);
         }
         Ok(())
@@ -334,7 +332,8 @@ struct BytesOf<'a>(&'a ArrayBuffer);
 
 impl Serialize for BytesOf<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.with_bytes(|bytes| s.serialize_bytes(bytes))
+        // A copy, not a slice over the pages, which another process may be writing.
+        s.serialize_bytes(&self.0.to_vec())
     }
 }
 

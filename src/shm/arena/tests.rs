@@ -1,0 +1,297 @@
+//! Unit tests of the arena: descriptors, forged state words, reclaim, segments refused,
+//! the bookkeeping hand-over, mappings (VMAs) and size classes.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use super::chunk::take_free;
+use super::process::class_of;
+use super::segment::*;
+use super::state::{TAG_FREE, TAG_HELD, TAG_SENT, pack, unpack};
+use super::*;
+use crate::platform;
+use crate::shm::sync::Ordering;
+
+/// A segment of 8 KiB chunks on the heap that no other test allocates from.
+fn heap_segment() -> Arc<ArenaSegment> {
+    Arc::new(ArenaSegment::create_heap(13).unwrap())
+}
+
+/// A chunk of a private heap segment, posted (SENT). The segment stands for the
+/// receiving process's view too: the state machine is the same for one mapping or two.
+fn sent_chunk() -> (SentChunk, Arc<ArenaSegment>, Descriptor) {
+    let segment = heap_segment();
+    let (chunk, _) = take_free(&segment).unwrap().unwrap();
+    let descriptor = chunk.descriptor();
+    (chunk.send(false), segment, descriptor)
+}
+
+#[test]
+fn the_crates_unit_tests_allocate_from_the_heap() {
+    let (chunk, _) = allocate(5000).unwrap();
+    assert!(chunk.segment().is_heap(), "unit tests run on the process-memory backend");
+    // The token that names the segment on a socket finds the same segment again, as
+    // a process-local channel's receiver finds it.
+    let token = platform::dup_fd(chunk.segment().fd()).unwrap();
+    assert!(Arc::ptr_eq(&segment_for(token).unwrap(), chunk.segment()));
+    // A descriptor of anything else is no arena.
+    let (other, _peer) = platform::socketpair().unwrap();
+    assert_eq!(segment_for(other).err(), Some("arena is not a memfd"));
+}
+
+#[test]
+fn a_heap_segment_hands_out_reuses_and_transfers_chunks() {
+    let segment = heap_segment();
+    let mut taken = Vec::new();
+    while let Some(found) = take_free(&segment) {
+        let (chunk, zeroed) = found.unwrap();
+        assert!(zeroed, "a new heap block is zeroed");
+        taken.push(chunk);
+    }
+    assert_eq!(taken.len(), segment.chunk_count as usize, "every chunk once, none twice");
+    let chunk = taken.pop().unwrap();
+    // SAFETY: a chunk we hold, open, 8 KiB.
+    unsafe { std::ptr::write_bytes(chunk.ptr().as_ptr(), 0xA7, chunk.capacity()) };
+    let d = chunk.descriptor();
+    // Sent with revocation asked for: a heap chunk is never protected (only marked),
+    // so the receiver (and, in Rust-level detachment only, nobody else) reads it.
+    let sent = chunk.send(true);
+    assert!(!lock(&segment.local)[d.chunk as usize].open);
+    let received = receive(segment.clone(), d).unwrap();
+    // SAFETY: received, so ours; its view is open again.
+    assert_eq!(unsafe { *received.ptr().as_ptr().add(8191) }, 0xA7);
+    drop(sent);
+    drop(received);
+    // Back to FREE; taken again as a new generation, not known to be zero.
+    let (again, zeroed) = take_free(&segment).unwrap().unwrap();
+    assert_eq!((again.descriptor().chunk, again.descriptor().generation, zeroed), (d.chunk, d.generation + 1, false));
+    // SAFETY: ours again; the page was never protected.
+    assert_eq!(unsafe { *again.ptr().as_ptr() }, 0xA7);
+}
+
+#[test]
+fn a_forged_stale_or_out_of_range_descriptor_is_rejected() {
+    let (_sent, view, d) = sent_chunk();
+    let stale = Descriptor { generation: d.generation.wrapping_sub(1), ..d };
+    assert_eq!(receive(view.clone(), stale).err(), Some("stale or forged buffer descriptor"));
+    let out = Descriptor { chunk: view.chunk_count, ..d };
+    assert_eq!(receive(view.clone(), out).err(), Some("buffer descriptor out of range"));
+    let chunk = receive(view.clone(), d).expect("the real descriptor");
+    // Taken once: the same descriptor again is refused.
+    assert!(receive(view.clone(), d).is_err());
+    drop(chunk);
+    // Given back: FREE, and no longer receivable.
+    assert!(receive(view, d).is_err());
+}
+
+#[test]
+fn a_chunk_this_process_holds_is_never_received_a_second_time() {
+    let segment = heap_segment();
+    let (chunk, _) = take_free(&segment).unwrap().unwrap();
+    let d = chunk.descriptor();
+    // A hostile peer marks the chunk we hold as sent and names it in a message.
+    segment.state(d.chunk).store(pack(d.generation, TAG_SENT, 4242), Ordering::Release);
+    assert_eq!(receive(segment.clone(), d).err(), Some("buffer descriptor names pages this process already holds"));
+    // Received once, then forged back to SENT: the second receipt is refused too.
+    drop(chunk);
+    let (sent, view, d) = sent_chunk();
+    let first = receive(view.clone(), d).unwrap();
+    view.state(d.chunk).store(pack(d.generation, TAG_SENT, 4242), Ordering::Release);
+    assert_eq!(receive(view.clone(), d).err(), Some("buffer descriptor names pages this process already holds"));
+    drop(first);
+    drop(sent);
+}
+
+#[test]
+fn a_chunk_held_by_a_dead_process_is_reclaimed() {
+    let (chunk, _) = allocate(3 << 20).unwrap();
+    let (segment, index, generation) = (chunk.segment().clone(), chunk.index, chunk.generation);
+    std::mem::forget(chunk);
+    // No process has a pid this large (pid_max is at most 2^22).
+    let ghost = (1 << 30) - 1;
+    segment.state(index).store(pack(generation, TAG_HELD, ghost), Ordering::Release);
+    assert!(reclaim() >= 1);
+    let (_, tag, _) = unpack(segment.state(index).load(Ordering::Acquire));
+    assert_eq!(tag, TAG_FREE);
+    lock(&segment.local)[index as usize].busy = false;
+}
+
+#[test]
+fn a_segment_that_is_not_a_sealed_arena_is_refused() {
+    let fd = platform::memfd_create_sealed("not-an-arena", 1 << 20).unwrap();
+    let identity = platform::file_identity(fd.as_fd()).unwrap();
+    assert_eq!(ArenaSegment::open(fd, identity).err(), Some("not an arena"));
+    // Named as an arena, but of another size than its class has.
+    let fd = platform::memfd_create_sealed(&segment_name(20), 1 << 20).unwrap();
+    let identity = platform::file_identity(fd.as_fd()).unwrap();
+    assert_eq!(ArenaSegment::open(fd, identity).err(), Some("arena size does not match its size class"));
+    // Only the canonical name of a class of this version is an arena.
+    assert_eq!(class_from_name(&segment_name(20)), Ok(20));
+    assert_eq!(class_from_name("shmport-arena.3.020"), Err("not an arena"));
+    assert_eq!(class_from_name("shmport-arena.3.+20"), Err("not an arena"));
+    assert_eq!(class_from_name("shmport-arena.3.20 "), Err("not an arena"));
+    assert_eq!(class_from_name("shmport-arena.2.20"), Err("incompatible arena version"));
+    assert_eq!(class_from_name("shmport-arena.3.99"), Err("arena chunk size out of range"));
+}
+
+/// A segment of 8 KiB chunks that no other test allocates from, and a second
+/// mapping of it, as a receiving process has.
+fn private_segment_and_view() -> (Arc<ArenaSegment>, Arc<ArenaSegment>) {
+    let owner = Arc::new(ArenaSegment::create(13).unwrap());
+    let fd = platform::dup_fd(owner.fd()).unwrap();
+    let view = Arc::new(ArenaSegment::open(fd, owner.identity).unwrap());
+    (owner, view)
+}
+
+/// The handoff of bug 4: a receiving process drops a buffer; the moment its chunk
+/// is FREE, the owner may reuse it and send it to another thread of that process.
+/// That thread's `receive` (which takes the bookkeeping lock) must never find the
+/// chunk FREE in shared memory while this process still marks it busy.
+#[test]
+fn a_dropped_chunk_is_never_free_in_shared_memory_while_still_marked_busy_here() {
+    let (owner, view) = private_segment_and_view();
+    let (chunk, _) = take_free(&owner).unwrap().unwrap();
+    let d = chunk.descriptor();
+    let _sent = chunk.send(false);
+    let received = receive(view.clone(), d).unwrap();
+    // Another thread of the receiving process holds the bookkeeping lock (as its
+    // `receive` would) while this buffer drops.
+    let guard = lock(&view.local);
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let dropper = std::thread::spawn({
+        let barrier = barrier.clone();
+        move || {
+            barrier.wait();
+            drop(received);
+        }
+    });
+    barrier.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    let mut freed_while_busy = false;
+    while std::time::Instant::now() < deadline {
+        let (_, tag, _) = unpack(view.state(d.chunk).load(Ordering::Acquire));
+        if tag == TAG_FREE {
+            freed_while_busy = guard[d.chunk as usize].busy;
+            break;
+        }
+        std::thread::yield_now();
+    }
+    drop(guard);
+    dropper.join().unwrap();
+    assert!(!freed_while_busy, "the chunk was FREE in shared memory while still marked busy here");
+    // The owner reuses the chunk and sends it again; another thread takes it.
+    let (again, _) = take_free(&owner).unwrap().unwrap();
+    assert_eq!(again.index, d.chunk);
+    let d2 = again.descriptor();
+    let _sent = again.send(false);
+    let taken = std::thread::spawn(move || receive(view, d2).map(drop)).join().unwrap();
+    assert_eq!(taken, Ok(()));
+}
+
+/// Bug 7: a peer that was given pages of a segment writes over its first bytes;
+/// a third process that maps the segment afterwards still accepts it.
+#[test]
+fn a_peer_writing_over_the_start_of_a_segment_does_not_stop_others_mapping_it() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let (owner, view) = private_segment_and_view();
+    let path = format!("/proc/self/fd/{}", view.fd().as_raw_fd());
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&[0xA5; HEADER_BYTES], 0).unwrap();
+    drop(view);
+    let (chunk, _) = take_free(&owner).unwrap().unwrap();
+    let d = chunk.descriptor();
+    let _sent = chunk.send(false);
+    let fd = platform::dup_fd(owner.fd()).unwrap();
+    let third = Arc::new(ArenaSegment::open(fd, owner.identity).expect("the segment still maps"));
+    receive(third, d).expect("and its chunks can still be received");
+}
+
+/// The kernel mappings (VMAs) inside `segment`, from /proc/self/maps.
+fn vmas(segment: &ArenaSegment) -> usize {
+    let start = segment.base() as usize;
+    let end = start + ArenaSegment::layout(segment.chunk_shift).2;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter_map(|line| line.split_once(' ')?.0.split_once('-'))
+        .filter_map(|(a, b)| Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?)))
+        .filter(|&(a, b)| a >= start && b <= end)
+        .count()
+}
+
+#[test]
+fn closing_a_large_chunk_changes_its_own_mapping_and_splits_none() {
+    // 1 MiB chunks: four per segment, each a VMA of its own beside the metadata.
+    let segment = ArenaSegment::create(20).unwrap();
+    assert_eq!(vmas(&segment), 5);
+    let mut local = lock(&segment.local).clone();
+    for index in [1, 2, 0] {
+        segment.set_open(&mut local, index, false).unwrap();
+        assert_eq!(vmas(&segment), 5, "closing chunk {index} split no mapping");
+    }
+    for index in [2, 0, 1] {
+        segment.set_open(&mut local, index, true).unwrap();
+        assert_eq!(vmas(&segment), 5, "reopening chunk {index} merged no mapping");
+    }
+    assert_eq!(segment.separated, 4);
+    // Past the process's budget, a segment keeps one mapping (the budget is only
+    // used up here for a moment; other tests may map arenas meanwhile, unharmed).
+    SEPARATED_VMAS.fetch_add(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
+    let over = ArenaSegment::create(20).unwrap();
+    SEPARATED_VMAS.fetch_sub(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
+    assert_eq!((over.separated, vmas(&over)), (0, 1));
+    // The smallest chunks (a page: 1024 per segment with 4 KiB pages) share one VMA;
+    // closing one splits it in three. (With 64 KiB pages the segment has only 64
+    // chunks, so each is a VMA of its own, beside the metadata.)
+    let small = ArenaSegment::create(min_shift()).unwrap();
+    let mut local = lock(&small.local).clone();
+    if small.chunk_count > SEPARATE_VMAS_UP_TO {
+        assert_eq!(vmas(&small), 1);
+        small.set_open(&mut local, 5, false).unwrap();
+        assert_eq!(vmas(&small), 3);
+        small.set_open(&mut local, 5, true).unwrap();
+        assert_eq!(vmas(&small), 1);
+    } else {
+        let separate = 1 + small.chunk_count as usize;
+        assert_eq!(vmas(&small), separate);
+        small.set_open(&mut local, 5, false).unwrap();
+        assert_eq!(vmas(&small), separate);
+    }
+}
+
+#[test]
+fn chunks_of_2_mib_and_up_start_on_a_huge_page_boundary() {
+    // With 4 KiB pages, classes of 2 MiB and up are laid out for huge pages; with
+    // larger base pages (16 or 64 KiB on some aarch64 systems) a PMD is not 2 MiB,
+    // so no class is, and chunks start on the first page after the metadata.
+    let page = platform::page_size();
+    for shift in [HUGE_SHIFT, 22, 26, 30] {
+        let (count, data_offset, total) = ArenaSegment::layout(shift);
+        if page == 4096 {
+            assert!(huge_class(shift), "class {shift}");
+            assert_eq!(data_offset, 1 << HUGE_SHIFT, "class {shift}");
+        } else {
+            assert!(!huge_class(shift), "class {shift} with {page}-byte pages");
+            assert_eq!(data_offset, page, "class {shift} with {page}-byte pages");
+        }
+        assert_eq!(total, data_offset + ((count as usize) << shift));
+    }
+    // Smaller classes keep their metadata in as few pages as it needs: one here.
+    assert!(!huge_class(20));
+    assert_eq!(ArenaSegment::layout(20).1, page.max(4096));
+}
+
+#[test]
+fn size_classes_cover_zero_to_64_gib() {
+    // The smallest class is a page (4 KiB, or the larger base page of the system).
+    let page = platform::page_size().max(4096);
+    let page_shift = page.trailing_zeros();
+    assert_eq!(min_shift(), page_shift);
+    assert_eq!(class_of(0), Some(page_shift));
+    assert_eq!(class_of(1), Some(page_shift));
+    assert_eq!(class_of(page), Some(page_shift));
+    assert_eq!(class_of(page + 1), Some(page_shift + 1));
+    assert_eq!(class_of(2 * page + 1), Some(page_shift + 2));
+    assert_eq!(class_of(1 << 30), Some(30));
+    assert_eq!(class_of((1 << 36) + 1), None);
+}
