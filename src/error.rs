@@ -35,9 +35,10 @@ pub enum Error {
     NoParentPort,
     /// `MessagePort::from_parent`: `SHMPORT_PARENT` is set, but names no port this
     /// process can take: it is malformed, it was inherited from an ancestor (it names
-    /// another parent), its descriptor is closed or is not a port's socket, or an
-    /// earlier call already took the port or found the descriptor unusable (the
-    /// reason then says what that call found).
+    /// another parent), its descriptor is closed or is not the socket a parent hands
+    /// down (such a descriptor is left open), no port is waiting in it (the command
+    /// was spawned twice), or an earlier call already took the port or found the
+    /// descriptor unusable (the reason then says what that call found).
     #[error("the port named by SHMPORT_PARENT cannot be taken: {reason}")]
     ParentPortUnavailable {
         /// What is wrong, with the values found.

@@ -43,24 +43,46 @@ pub(crate) fn send_handoff(sock: BorrowedFd<'_>, link: &Link) -> Result<(), Erro
     Ok(())
 }
 
+/// Whether `bytes` are a handoff's header.
+fn is_handoff_header(bytes: &[u8]) -> bool {
+    bytes.len() == HANDOFF_LEN && bytes[..8] == HANDOFF_MAGIC && bytes[8] <= 1
+}
+
+/// What a handoff socket held.
+enum Handoff {
+    /// A port, attached.
+    Port(MessagePort),
+    /// Nothing: the sender hung up, and no handoff was left.
+    HungUp,
+    /// Nothing yet (only when not waiting).
+    Empty,
+}
+
 /// Receives one handoff from `sock` and attaches the port it carries.
 pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<MessagePort, Error> {
+    match recv_any_handoff(sock, nonblocking)? {
+        Handoff::Port(port) => Ok(port),
+        Handoff::HungUp => Err(Error::Invalid("the sender hung up before handing over a port")),
+        Handoff::Empty => Err(Error::Invalid("no port is waiting on the handoff socket")),
+    }
+}
+
+/// As `recv_handoff`, saying apart the two ways of finding no port.
+fn recv_any_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Handoff, Error> {
     let mut header = [0u8; 32];
     let mut fds = Vec::new();
     let n = match platform::recv_with_fds(sock, &mut header, &mut fds, nonblocking)? {
-        Some(0) => {
-            return Err(Error::Invalid("the sender hung up before handing over a port"));
-        }
+        Some(0) => return Ok(Handoff::HungUp),
         Some(n) => n,
-        None => return Err(Error::Invalid("no port is waiting on the handoff socket")),
+        None => return Ok(Handoff::Empty),
     };
-    if n != HANDOFF_LEN || header[..8] != HANDOFF_MAGIC || header[8] > 1 || fds.len() != 2 {
+    if !is_handoff_header(&header[..n]) || fds.len() != 2 {
         return Err(Error::Invalid("malformed port handoff"));
     }
     let end = u32::from(header[8]);
     let socket = fds.pop().expect("two fds");
     let segment_fd = fds.pop().expect("two fds");
-    port_from_fds(segment_fd, socket, end).map_err(|e| match e {
+    port_from_fds(segment_fd, socket, end).map(Handoff::Port).map_err(|e| match e {
         OpenError::Io(e) => Error::Io(e),
         OpenError::Invalid(why) => Error::Invalid(why),
     })
@@ -80,6 +102,10 @@ impl MessagePort {
     ///
     /// Only the child gets the descriptor (close-on-exec is cleared in the child
     /// alone, and `from_parent` sets it again), so grandchildren inherit nothing.
+    ///
+    /// Spawn `cmd` once: a port goes to one child. A second child spawned from it
+    /// inherits the same, by then empty, socket, and its `from_parent` is
+    /// [`Error::ParentPortUnavailable`] ("no port is waiting on descriptor N").
     pub fn transfer_to_child(&self, cmd: &mut Command) -> Result<(), Error> {
         if cmd.get_envs().any(|(key, _)| key == PARENT_ENV) {
             return Err(Error::InvalidOptions("this command already carries a port (one per child)"));
@@ -111,14 +137,20 @@ impl MessagePort {
     ///
     /// [`Error::NoParentPort`] when `SHMPORT_PARENT` is not set;
     /// [`Error::ParentPortUnavailable`], saying why, when it is set but names no port
-    /// this process can take (inherited from an ancestor, a closed descriptor or one
-    /// that is not a port's socket, malformed, or already taken).
+    /// this process can take (inherited from an ancestor, malformed, already taken, a
+    /// closed descriptor, or one that is not the socket `transfer_to_child` leaves in
+    /// a child: not a socketpair's end that this process's parent made, or with no
+    /// port waiting in it, as when the command was spawned twice).
     ///
-    /// The first call that gets as far as the descriptor decides: every later call is
-    /// `ParentPortUnavailable`, saying what the first one found, and never looks at
-    /// the number again (once the first call has closed the descriptor, or found it
-    /// closed, the number may name another file of this process). The number is
-    /// checked through `/proc/self/fd`; without `/proc` it is not taken.
+    /// The variable proves nothing about the descriptor, so the number is taken only
+    /// once it is known to be such a socket, with a handoff waiting in it; a
+    /// descriptor that is not is left open and untouched (some other part of this
+    /// process may own it: a `Listener`'s socket, a port's). The first call that gets
+    /// as far as the descriptor decides: every later call is `ParentPortUnavailable`,
+    /// saying what the first one found, and never looks at the number again (once the
+    /// first call has closed the descriptor, or found it closed, the number may name
+    /// another file of this process). The number is checked through `/proc/self/fd`;
+    /// without `/proc` it is not taken.
     pub fn from_parent() -> Result<MessagePort, Error> {
         let unavailable = |reason: String| Error::ParentPortUnavailable { reason };
         let value = match std::env::var(PARENT_ENV) {
@@ -134,6 +166,12 @@ impl MessagePort {
         let parent: u32 = parent.parse().map_err(|_| malformed())?;
         // A grandchild inherits the variable but not the descriptor: the pid tells.
         let ours = platform::parent_pid();
+        if ours == 0 {
+            return Err(unavailable(format!(
+                "it names a port handed to a child of process {parent}, and this process's parent is not visible \
+                 to it (outside its pid namespace)"
+            )));
+        }
         if parent != ours {
             return Err(unavailable(format!(
                 "it names a port handed to a child of process {parent}, and this process's parent is {ours} (the \
@@ -146,7 +184,7 @@ impl MessagePort {
         }
         // Claimed before the number is looked at: even a panic below leaves it claimed.
         *claim = Some(format!("an earlier from_parent call panicked while taking descriptor {fd}"));
-        let taken = take_parent_port(fd);
+        let taken = take_parent_port(fd, parent);
         *claim = Some(match &taken {
             Ok(_) => "the port was already taken by an earlier from_parent call".to_owned(),
             Err(Error::ParentPortUnavailable { reason }) => format!(
@@ -175,25 +213,69 @@ impl MessagePort {
 }
 
 /// The body of `from_parent` once it holds the claim: takes descriptor `fd` if it is
-/// a port's socket, and receives the port waiting in it.
-fn take_parent_port(fd: RawFd) -> Result<MessagePort, Error> {
-    let unavailable = |reason: String| Error::ParentPortUnavailable { reason };
-    // SAFETY: the parent passed this number to this process for `from_parent` (the pid
-    // check showed this is the child it was passed to), and PARENT_CLAIM makes this
-    // the one call that ever acts on it: if it is open, nothing else in this process
-    // owns it. Code that closes it and opens another file under the number before
-    // calling `from_parent` breaks that, as closing fd 0 and reusing the number breaks
-    // std's `stdin`; the checks below (a Unix SEQPACKET socket, then a well-formed
-    // handoff in it) are what can still be checked.
-    let sock = unsafe { platform::take_inherited_socket(fd) }.map_err(|found| match found {
-        Inherited::NotOpen => unavailable(format!("descriptor {fd} is not open in this process")),
-        Inherited::NotSeqpacket(what) => {
-            unavailable(format!("descriptor {fd} is not a Unix SEQPACKET socket (it is {what})"))
-        }
-        Inherited::Unchecked(e) => unavailable(format!("descriptor {fd} cannot be checked: {e}")),
-    })?;
+/// the socket `transfer_to_child` left in this child of process `parent` (this
+/// process's parent, as checked), and receives the port waiting in it.
+fn take_parent_port(fd: RawFd, parent: u32) -> Result<MessagePort, Error> {
+    // SAFETY: `take_inherited_socket` asks that nothing else in this process close
+    // the number while it runs, and that nothing else own a descriptor that passes
+    // its checks. The variable proves neither: anyone can set it, naming our parent,
+    // and a number that names a descriptor another part of this process owns (a
+    // `Listener`'s socket, a port's). So the descriptor is only borrowed, for queries
+    // that change nothing, until it is known to be what a parent leaves in a child:
+    // one end of a socketpair (connected, to an unnamed peer) made by our parent (its
+    // SO_PEERCRED pid, fixed when the pair was made; a pair this process made carries
+    // our own), not listening, with a handoff waiting in it. That is the descriptor
+    // the parent handed down for this call, and PARENT_CLAIM makes this the one call
+    // that ever acts on it: nothing else here owns it, unless something took that
+    // inherited number for itself (as closing fd 0 and reusing the number breaks
+    // std's `stdin`). A descriptor owned elsewhere fails a check and is left open.
+    // Only its owner closing it at this very moment, in another thread, could change
+    // what the number names under the borrow: the queries would then read another
+    // file, or fail, and change nothing either way.
+    let sock = unsafe { platform::take_inherited_socket(fd, parent, is_handoff_header) }
+        .map_err(|found| refusal(fd, parent, found))?;
     platform::set_cloexec(sock.as_fd(), true)?;
-    recv_handoff(sock.as_fd(), true)
+    // The handoff was waiting a moment ago; another child spawned from the same
+    // command shares the socket, and may have taken it since.
+    match recv_any_handoff(sock.as_fd(), true)? {
+        Handoff::Port(port) => Ok(port),
+        Handoff::HungUp | Handoff::Empty => Err(Error::ParentPortUnavailable { reason: nothing_waiting(fd) }),
+    }
+}
+
+/// Why `take_parent_port` refused descriptor `fd`, which is not the socket a parent
+/// (process `parent`) leaves in a child: what `take_inherited_socket` found there.
+fn refusal(fd: RawFd, parent: u32, found: Inherited) -> Error {
+    let reason = match found {
+        Inherited::NotOpen => format!("descriptor {fd} is not open in this process"),
+        Inherited::NotSeqpacket(what) => format!("descriptor {fd} is not a Unix SEQPACKET socket (it is {what})"),
+        Inherited::Listening => format!("descriptor {fd} is a listening socket (a Listener's?), not a port's"),
+        Inherited::NotConnected => format!("descriptor {fd} is a socket connected to nothing, not a port's"),
+        Inherited::ConnectedTo(peer) => {
+            format!(
+                "descriptor {fd} is a socket connected to {peer}, not one end of the socketpair a parent hands down"
+            )
+        }
+        Inherited::MadeBy(pid) => {
+            let who = if pid == platform::current_pid() { " (this process)" } else { "" };
+            format!(
+                "descriptor {fd} is one end of a socketpair made by process {pid}{who}, not by this process's parent \
+                 {parent}"
+            )
+        }
+        Inherited::NothingWaiting => nothing_waiting(fd),
+        Inherited::SomethingElseWaiting(len) => format!(
+            "descriptor {fd} holds a message that is not a port's handoff (its first {len} bytes are not a handoff's \
+             header)"
+        ),
+        Inherited::Unchecked(e) => format!("descriptor {fd} cannot be checked: {e}"),
+    };
+    Error::ParentPortUnavailable { reason }
+}
+
+/// The reason `from_parent` gives when no port is waiting on descriptor `fd`.
+fn nothing_waiting(fd: RawFd) -> String {
+    format!("no port is waiting on descriptor {fd}: was the command spawned twice? a port goes to one child")
 }
 
 /// Where unrelated processes meet: each `accept` creates a channel, keeps one port and

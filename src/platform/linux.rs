@@ -197,19 +197,32 @@ pub(crate) fn is_seqpacket_socket(fd: BorrowedFd<'_>) -> bool {
         && rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
 }
 
-/// `readlink("/proc/self/fd/N")`, then `getsockopt(SO_TYPE, SO_DOMAIN)`: takes the
-/// descriptor numbered `fd`, which this process was told about (by number, not as a
-/// descriptor), if it is an open `AF_UNIX` `SOCK_SEQPACKET` socket.
+/// Takes the descriptor numbered `fd`, which this process was told about (by number,
+/// not as a descriptor), if it is what a parent hands a child: an `AF_UNIX`
+/// `SOCK_SEQPACKET` socket, not listening, one end of a socketpair (connected, to an
+/// unnamed peer) that process `creator` made, with a message waiting in it whose
+/// first bytes `is_expected` accepts. Anything else is left as it was, open or not:
+/// it is not this caller's.
 ///
-/// Whether the number is open is read from `/proc/self/fd`, a path: a `BorrowedFd` of a
-/// number that is not open is what I/O safety forbids, so none is made until the number
-/// is known to be open. Without `/proc` the number cannot be checked, and is not taken.
+/// Whether the number is open is read from `/proc/self/fd` (`readlink`), a path: a
+/// `BorrowedFd` of a number that is not open is what I/O safety forbids, so none is
+/// made until the number is known to be open. Without `/proc` the number cannot be
+/// checked, and is not taken. Then the number is only borrowed, for queries that
+/// neither change nor close what it names (`getsockopt` of `SO_TYPE`, `SO_DOMAIN`,
+/// `SO_ACCEPTCONN` and `SO_PEERCRED`, `getpeername`, and `recv(MSG_PEEK |
+/// MSG_DONTWAIT)` without a control buffer, which leaves the message and the
+/// descriptors it carries in the queue), and is owned only once every check passed.
 ///
 /// # Safety
-/// If `fd` is open, nothing else in this process owns it, or will use or close it
-/// while this runs: the caller is the one claimant of a number handed to this
-/// process for it (see `bootstrap`'s `from_parent`).
-pub(crate) unsafe fn take_inherited_socket(fd: RawFd) -> Result<OwnedFd, Inherited> {
+/// While this runs, nothing else in this process closes a descriptor numbered `fd`;
+/// and if the descriptor passes the checks, nothing else in this process owns it,
+/// or will use or close it: the caller is the one claimant of a number handed to
+/// this process for it (see `bootstrap`'s `from_parent`).
+pub(crate) unsafe fn take_inherited_socket(
+    fd: RawFd,
+    creator: u32,
+    is_expected: impl Fn(&[u8]) -> bool,
+) -> Result<OwnedFd, Inherited> {
     if fd < 0 {
         return Err(Inherited::NotOpen);
     }
@@ -228,15 +241,91 @@ pub(crate) unsafe fn take_inherited_socket(fd: RawFd) -> Result<OwnedFd, Inherit
         return Err(Inherited::NotSeqpacket(link));
     }
     // SAFETY: `fd` is open: /proc/self/fd just listed it. By the caller's contract
-    // nothing else in this process owns it, so nothing closes it while this borrow
-    // lives (to the end of this function, for two getsockopt calls).
+    // nothing else in this process closes it while this borrow lives (to the end of
+    // `check_inherited_socket`, whose queries change nothing).
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    if !is_seqpacket_socket(borrowed) {
+    check_inherited_socket(borrowed, &link, creator, is_expected)?;
+    // SAFETY: open, and the socketpair end `creator` made with the expected message
+    // waiting, as just checked; by the caller's contract nothing else in this process
+    // owns such a descriptor, so this is its one owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A bound Unix socket's address as one writes it: its path, or `@` and its
+/// abstract name.
+fn unix_address(addr: &SocketAddrUnix) -> String {
+    if let Some(path) = addr.path_bytes() {
+        String::from_utf8_lossy(path).into_owned()
+    } else if let Some(name) = addr.abstract_name() {
+        format!("@{}", String::from_utf8_lossy(name))
+    } else {
+        "an unnamed socket".to_owned()
+    }
+}
+
+/// The checks of `take_inherited_socket` once the number is known to be open (`link`
+/// is what `/proc/self/fd` calls it). Only looks: nothing in the socket changes.
+fn check_inherited_socket(
+    sock: BorrowedFd<'_>,
+    link: &str,
+    creator: u32,
+    is_expected: impl Fn(&[u8]) -> bool,
+) -> Result<(), Inherited> {
+    use rustix::net::sockopt;
+    if !is_seqpacket_socket(sock) {
         return Err(Inherited::NotSeqpacket(format!("{link}, a socket of another type or family")));
     }
-    // SAFETY: open and a SEQPACKET socket, as just checked; by the caller's contract
-    // nothing else in this process owns it, so this is its one owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    if sockopt::socket_acceptconn(sock).map_err(|e| Inherited::Unchecked(e.into()))? {
+        return Err(Inherited::Listening);
+    }
+    // A socketpair's end is connected, to an unnamed socket; a socket connected by
+    // `connect` has a bound peer (Linux listens only on a bound Unix socket). The
+    // kernel gives an unnamed address as `sun_family` alone (an unsigned short),
+    // told by its length: rustix 1.1.6 reads that back as the abstract name "", which
+    // a socket can also be bound to.
+    match rustix::net::getpeername(sock) {
+        Err(Errno::NOTCONN) => return Err(Inherited::NotConnected),
+        Err(e) => return Err(Inherited::Unchecked(e.into())),
+        Ok(None) => {}
+        Ok(Some(addr)) if addr.addr_len() as usize <= std::mem::size_of::<u16>() => {}
+        Ok(Some(addr)) => match SocketAddrUnix::try_from(addr) {
+            Ok(unix) => return Err(Inherited::ConnectedTo(unix_address(&unix))),
+            Err(e) => return Err(Inherited::Unchecked(e.into())),
+        },
+    }
+    // The credentials of a socketpair's ends are those of the process that called
+    // socketpair(2), fixed then (unix(7), SO_PEERCRED), whoever holds them later.
+    // The socket is connected (just checked), so the kernel has credentials for it;
+    // their pid reads as 0 only when that process is outside this one's pid
+    // namespace. (rustix 1.1.6's `UCred` holds the pid as a `NonZero`, so such a
+    // socket's credentials cannot be represented: seen as an error, in practice.)
+    let cred = sockopt::socket_peercred(sock).map_err(|e| {
+        Inherited::Unchecked(io::Error::new(e.kind(), format!("its credentials (SO_PEERCRED) cannot be read: {e}")))
+    })?;
+    let made_by = cred.pid.as_raw_nonzero().get() as u32;
+    if made_by != creator {
+        return Err(Inherited::MadeBy(made_by));
+    }
+    // Peeked without a control buffer: the descriptors the message carries stay in it
+    // (the kernel drops its peeked copies, flagging MSG_CTRUNC).
+    let mut head = [0u8; 64];
+    let n = loop {
+        match rustix::net::recv(sock, &mut head[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((_, n)) => break n,
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Err(Inherited::NothingWaiting),
+            Err(e) => return Err(Inherited::Unchecked(e.into())),
+        }
+    };
+    // 0: the other end hung up with nothing left in the queue (or an empty message,
+    // which is not what any sender here sends).
+    if n == 0 {
+        return Err(Inherited::NothingWaiting);
+    }
+    if !is_expected(&head[..n.min(head.len())]) {
+        return Err(Inherited::SomethingElseWaiting(n));
+    }
+    Ok(())
 }
 
 /// `getuid()`.
@@ -428,4 +517,80 @@ pub(crate) fn is_transient_send_error(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
         || e.raw_os_error()
             .is_some_and(|code| code == Errno::TOOMANYREFS.raw_os_error() || code == Errno::NOBUFS.raw_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// A handoff-like header, for `is_expected`.
+    const HEADER: &[u8] = b"HEADER";
+
+    fn is_header(bytes: &[u8]) -> bool {
+        bytes == HEADER
+    }
+
+    /// What `check_inherited_socket` makes of `sock`, expecting this process as the
+    /// pair's maker.
+    fn check(sock: BorrowedFd<'_>) -> Result<(), Inherited> {
+        check_inherited_socket(sock, "socket:[test]", current_pid(), is_header)
+    }
+
+    #[test]
+    fn a_socketpairs_ends_carry_the_credentials_of_the_process_that_made_it() {
+        let (a, b) = socketpair().unwrap();
+        for end in [&a, &b] {
+            let cred = rustix::net::sockopt::socket_peercred(end).unwrap();
+            assert_eq!(cred.pid, rustix::process::getpid());
+            assert_eq!(cred.uid, rustix::process::getuid());
+            assert_eq!(cred.gid, rustix::process::getgid());
+        }
+        // Still so once the other end is gone: they are the maker's, not a holder's.
+        drop(b);
+        assert_eq!(rustix::net::sockopt::socket_peercred(&a).unwrap().pid, rustix::process::getpid());
+    }
+
+    #[test]
+    fn an_inherited_socket_is_checked_without_being_changed() {
+        let name = format!("shmport-platform-test-{}", current_pid()).into_bytes();
+        let listener = listen(&name).unwrap();
+        assert!(matches!(check(listener.as_fd()), Err(Inherited::Listening)));
+        let connected = connect(&name).unwrap();
+        match check(connected.as_fd()) {
+            Err(Inherited::ConnectedTo(peer)) => assert_eq!(peer, format!("@shmport-platform-test-{}", current_pid())),
+            other => panic!("{other:?}"),
+        }
+        let loose =
+            rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+        assert!(matches!(check(loose.as_fd()), Err(Inherited::NotConnected)));
+        let (stream, _other) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+        assert!(matches!(check(stream.as_fd()), Err(Inherited::NotSeqpacket(_))));
+
+        let (ours, theirs) = socketpair().unwrap();
+        let made_by = check_inherited_socket(theirs.as_fd(), "socket:[test]", current_pid() + 1, is_header);
+        assert!(matches!(made_by, Err(Inherited::MadeBy(pid)) if pid == current_pid()), "{made_by:?}");
+        assert!(matches!(check(theirs.as_fd()), Err(Inherited::NothingWaiting)));
+        send_with_fds(ours.as_fd(), b"something else", &[]).unwrap();
+        assert!(matches!(check(theirs.as_fd()), Err(Inherited::SomethingElseWaiting(14))));
+        let mut buf = [0u8; 64];
+        recv_with_fds(theirs.as_fd(), &mut buf, &mut Vec::new(), true).unwrap();
+
+        // The expected message passes, and peeking at it took neither it nor the
+        // descriptors it carries.
+        let (x, y) = socketpair().unwrap();
+        send_with_fds(ours.as_fd(), HEADER, &[x.as_fd(), y.as_fd()]).unwrap();
+        check(theirs.as_fd()).unwrap();
+        check(theirs.as_fd()).unwrap();
+        let mut fds = Vec::new();
+        assert_eq!(recv_with_fds(theirs.as_fd(), &mut buf, &mut fds, true).unwrap(), Some(HEADER.len()));
+        assert_eq!(fds.len(), 2);
+        assert_eq!(file_identity(fds[0].as_fd()).unwrap(), file_identity(x.as_fd()).unwrap());
+
+        // The other end gone, nothing left: as good as empty.
+        drop(ours);
+        assert!(matches!(check(theirs.as_fd()), Err(Inherited::NothingWaiting)));
+    }
 }

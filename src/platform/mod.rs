@@ -12,7 +12,8 @@ mod os;
 
 pub(crate) use os::*;
 
-/// What [`os::take_inherited_socket`] found at a descriptor number it was told about.
+/// What [`os::take_inherited_socket`] found at a descriptor number it was told about,
+/// when that is not the socket a parent hands down (it is then left as it was).
 #[derive(Debug)]
 #[cfg_attr(any(not(target_os = "linux"), shmport_stub), allow(dead_code))] // the stub only says Unchecked
 pub(crate) enum Inherited {
@@ -21,6 +22,22 @@ pub(crate) enum Inherited {
     /// It is open, but is not an `AF_UNIX` `SOCK_SEQPACKET` socket: what it is, as
     /// `/proc/self/fd` names it (`/dev/null`, `pipe:[1234]`, `socket:[5678]`).
     NotSeqpacket(String),
-    /// The number could not be checked (`/proc/self/fd` cannot be read).
+    /// A listening socket (`SO_ACCEPTCONN`), as a `Listener`'s.
+    Listening,
+    /// A socket connected to nothing.
+    NotConnected,
+    /// A socket connected to a bound one (by `connect`), not one end of a socketpair:
+    /// the address of its peer.
+    ConnectedTo(String),
+    /// One end of a socketpair made by another process than the one expected: the
+    /// pid of the process that made it (`SO_PEERCRED`).
+    MadeBy(u32),
+    /// Nothing is waiting in it (or the other end hung up, and nothing was left).
+    NothingWaiting,
+    /// A message is waiting in it that is not what was expected: its length in bytes
+    /// (at most the peek's buffer).
+    SomethingElseWaiting(usize),
+    /// The number could not be checked (`/proc/self/fd` cannot be read, or a socket
+    /// query failed).
     Unchecked(std::io::Error),
 }

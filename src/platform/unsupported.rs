@@ -88,7 +88,11 @@ pub(crate) fn is_seqpacket_socket(_fd: BorrowedFd<'_>) -> bool {
 }
 /// # Safety
 /// As on Linux.
-pub(crate) unsafe fn take_inherited_socket(_fd: RawFd) -> Result<OwnedFd, Inherited> {
+pub(crate) unsafe fn take_inherited_socket(
+    _fd: RawFd,
+    _creator: u32,
+    _is_expected: impl Fn(&[u8]) -> bool,
+) -> Result<OwnedFd, Inherited> {
     Err(Inherited::Unchecked(unsupported()))
 }
 /// # Safety
