@@ -174,10 +174,47 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> io::Result<()> {
     Ok(rustix::io::fcntl_setfd(fd, flags)?)
 }
 
+/// The credentials the kernel recorded for the other end of a connected Unix socket
+/// (`SO_PEERCRED`): at connect time, or for a socketpair those of the process that
+/// made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerCred {
+    /// 0 when that process is outside this one's pid namespace.
+    pub(crate) pid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// `getsockopt(SO_PEERCRED)`, through libc: rustix 1.1's `socket_peercred` reads the
+/// pid into a `NonZero`, which is undefined behaviour when the kernel reports pid 0
+/// (a peer in another pid namespace, as in containers).
+pub(crate) fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `sock` is a live descriptor (borrowed); `cred` and `len` are valid for
+    // writes of the sizes given, and `ucred` is plain integers (any value is valid).
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "SO_PEERCRED returned a short ucred"));
+    }
+    Ok(PeerCred { pid: cred.pid as u32, uid: cred.uid, gid: cred.gid })
+}
+
 /// The user id of the process at the other end of a connected Unix socket, as the
 /// kernel recorded it at connect time (`SO_PEERCRED`).
 pub(crate) fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
-    Ok(rustix::net::sockopt::socket_peercred(sock)?.uid.as_raw())
+    Ok(peer_cred(sock)?.uid)
 }
 
 /// `getppid()`, or 0 when the parent is not visible.
@@ -297,12 +334,11 @@ fn check_inherited_socket(
     // socketpair(2), fixed then (unix(7), SO_PEERCRED), whoever holds them later.
     // The socket is connected (just checked), so the kernel has credentials for it;
     // their pid reads as 0 only when that process is outside this one's pid
-    // namespace. (rustix 1.1.6's `UCred` holds the pid as a `NonZero`, so such a
-    // socket's credentials cannot be represented: seen as an error, in practice.)
-    let cred = sockopt::socket_peercred(sock).map_err(|e| {
+    // namespace (and is then refused: it is not our parent, whose pid is visible).
+    let cred = peer_cred(sock).map_err(|e| {
         Inherited::Unchecked(io::Error::new(e.kind(), format!("its credentials (SO_PEERCRED) cannot be read: {e}")))
     })?;
-    let made_by = cred.pid.as_raw_nonzero().get() as u32;
+    let made_by = cred.pid;
     if made_by != creator {
         return Err(Inherited::MadeBy(made_by));
     }
@@ -542,14 +578,14 @@ mod tests {
     fn a_socketpairs_ends_carry_the_credentials_of_the_process_that_made_it() {
         let (a, b) = socketpair().unwrap();
         for end in [&a, &b] {
-            let cred = rustix::net::sockopt::socket_peercred(end).unwrap();
-            assert_eq!(cred.pid, rustix::process::getpid());
-            assert_eq!(cred.uid, rustix::process::getuid());
-            assert_eq!(cred.gid, rustix::process::getgid());
+            let cred = peer_cred(end.as_fd()).unwrap();
+            assert_eq!(cred.pid, current_pid());
+            assert_eq!(cred.uid, rustix::process::getuid().as_raw());
+            assert_eq!(cred.gid, rustix::process::getgid().as_raw());
         }
         // Still so once the other end is gone: they are the maker's, not a holder's.
         drop(b);
-        assert_eq!(rustix::net::sockopt::socket_peercred(&a).unwrap().pid, rustix::process::getpid());
+        assert_eq!(peer_cred(a.as_fd()).unwrap().pid, current_pid());
     }
 
     #[test]
