@@ -320,12 +320,13 @@ fn s18_message_event_carries_data_and_ports() {
 fn s19_post_waits_for_space_and_try_post_reports_full() {
     let ch = common::channel_with(ChannelOptions::new().capacity(256));
     let (a, b) = (ch.port1(), ch.port2());
-    // 16-byte records: 8 header + 8 payload.
+    // 16-byte records: 8 header + 8 payload; the ring keeps the 8-byte header slot
+    // after the last record empty.
     let mut sent = 0u64;
     while a.try_post_bytes(&sent.to_le_bytes()).is_ok() {
         sent += 1;
     }
-    assert_eq!(sent, 16, "a 256-byte ring holds sixteen 16-byte records");
+    assert_eq!(sent, 15, "a 256-byte ring holds fifteen 16-byte records and an empty slot");
     assert_eq!(a.try_post_bytes(&[0; 8]), Err(PostError::Full));
     assert_eq!(a.post_bytes_timeout(&[0; 8], Duration::from_millis(30)), Err(PostError::Timeout));
     // A blocking post waits until the reader makes room, then succeeds.
@@ -369,7 +370,7 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     }
     let ch = common::channel_with(ChannelOptions::new().capacity(1024));
     let (a, b) = (ch.port1(), ch.port2());
-    assert_eq!(a.max_inline_size(), 1016, "the largest message copied through the ring");
+    assert_eq!(a.max_inline_size(), 1008, "the largest message copied through the ring");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
     // Read with `recv`, a spilled body arrives as its chunk itself, not a copy. Nothing
     // else in this process uses the arena, so after the post no chunk is free: a copy
@@ -404,16 +405,16 @@ fn s19_messages_larger_than_the_ring_travel_out_of_line() {
     let writer = std::thread::spawn({
         let big = big.clone();
         move || {
-            a.post_bytes(&big[..1016]).unwrap();
-            a.post_bytes(&big[..1017]).unwrap();
+            a.post_bytes(&big[..1008]).unwrap();
+            a.post_bytes(&big[..1009]).unwrap();
             a.post_bytes(&big).unwrap();
             a.post_bytes(&big).unwrap();
             a.post_message(Value::String("x".repeat(100_000)), []).unwrap();
             a.post_message(Value::Array(vec![Value::ArrayBuffer(ArrayBuffer::from_slice(&big).unwrap())]), []).unwrap();
         }
     });
-    assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1016]);
-    assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1017]);
+    assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1008]);
+    assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), &big[..1009]);
     assert_eq!(b.recv_bytes_with(<[u8]>::to_vec).unwrap(), big);
     let spilled = b.recv().unwrap().data;
     assert_eq!(spilled.as_array_buffer().expect("bytes read with recv are an ArrayBuffer").to_vec(), big);

@@ -82,13 +82,16 @@ impl<'m> ForgedWriter<'m> {
     fn push_with_flags(&mut self, kind: u64, flags: u64, payload: &[u8]) {
         let offset = (self.tail as usize) % self.cap;
         let size = 8 + payload.len().div_ceil(8) * 8;
-        assert!(offset + size <= self.cap, "keep forged records away from the wrap");
-        word(self.map, DATA + offset).store(payload.len() as u64 | (kind << 32) | (flags << 48), Ordering::Relaxed);
+        assert!(offset + size + 8 <= self.cap, "keep forged records away from the wrap");
         for (i, chunk) in payload.chunks(8).enumerate() {
             let mut w = [0u8; 8];
             w[..chunk.len()].copy_from_slice(chunk);
             word(self.map, DATA + offset + 8 + 8 * i).store(u64::from_le_bytes(w), Ordering::Relaxed);
         }
+        // As the ring's producer does: the slot after the record empty, then the
+        // header, last, with Release (it is the publication).
+        word(self.map, DATA + offset + size).store(0, Ordering::Relaxed);
+        word(self.map, DATA + offset).store(payload.len() as u64 | (kind << 32) | (flags << 48), Ordering::Release);
         self.tail += size as u64;
         word(self.map, HEADER).store(self.tail, Ordering::Release);
     }
@@ -212,18 +215,24 @@ fn s17_broken_framing_is_reported_then_the_port_is_closed_not_hung() {
     let (channel, map) = channel_and_mapping(4096);
     let _parked = park_port(&channel.port1());
     let port = channel.port2();
-    // A tail beyond head + capacity cannot be trusted.
-    word(&map, HEADER).store(1 << 40, Ordering::Release);
+    // A record that claims more bytes than any record of this ring can hold.
+    word(&map, DATA).store(5000 | (KIND_BYTES << 32), Ordering::Release);
     assert!(matches!(recv(&port), Err(RecvTimeoutError::MessageError(_))));
     assert!(matches!(recv(&port), Err(RecvTimeoutError::Closed)));
-    // A record that claims more bytes than were published.
+    // A header without a kind.
     let (channel, map) = channel_and_mapping(4096);
     let _parked = park_port(&channel.port1());
     let port = channel.port2();
-    word(&map, DATA).store(4000 | (KIND_BYTES << 32), Ordering::Relaxed);
-    word(&map, HEADER).store(16, Ordering::Release);
+    word(&map, DATA).store(16, Ordering::Release);
     assert!(matches!(recv(&port), Err(RecvTimeoutError::MessageError(_))));
     assert!(matches!(recv(&port), Err(RecvTimeoutError::Closed)));
+    // A forged tail: the consumer finds records by their headers, so it changes
+    // nothing for the reader (the port stays usable and empty).
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    word(&map, HEADER).store(1 << 40, Ordering::Release);
+    assert!(matches!(port.try_recv(), Err(shmport::TryRecvError::Empty)));
 }
 
 #[test]
@@ -334,7 +343,8 @@ fn s17_broken_framing_reaches_onmessageerror_before_the_close_event() {
     port.set_onclose(Some(move || tx.send("close").unwrap()));
     port.set_onmessage(Some(|_ev: shmport::MessageEvent| {}));
     std::thread::sleep(Duration::from_millis(20));
-    word(&map, HEADER).store(1 << 40, Ordering::Release);
+    // A header no record of this ring can have breaks the framing.
+    word(&map, DATA).store(5000 | (KIND_BYTES << 32), Ordering::Release);
     // Wake the dispatch thread as a writer would.
     word(&map, HEADER + 256).store(2, Ordering::Release);
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "error");

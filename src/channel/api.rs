@@ -367,8 +367,8 @@ impl MessagePort {
     }
 
     /// The inline limit: the largest message, in encoded bytes, that is copied
-    /// through the ring (the ring's capacity minus the 8-byte record header; 0 once
-    /// detached). Larger messages are not refused: they travel out of line, in shared
+    /// through the ring (the ring's capacity minus 16 bytes: the record's header and
+    /// the empty header slot that follows it; 0 once detached). Larger messages are not refused: they travel out of line, in shared
     /// pages, at the cost of a descriptor passed on the socket (see
     /// [`ChannelOptions::capacity`](crate::ChannelOptions::capacity)).
     pub fn max_inline_size(&self) -> usize {
