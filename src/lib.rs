@@ -75,16 +75,17 @@ pub use shm::arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats}
 /// from now on this process keeps every channel and every buffer in process memory, so
 /// a test binary can run the tests of the shared-memory backend without a memfd.
 /// Returns `false`, and changes nothing, if the process already used shared memory (a
-/// first buffer or channel fixes the choice); call it before anything else.
+/// first buffer or shared segment fixes the choice); call it before anything else.
 ///
 /// Afterwards only process-local channels exist (`ChannelOptions::process_local`;
 /// creating any other channel, or taking a port from a parent or a rendezvous, fails
 /// with `Unsupported`), so ports cannot be transferred, and transferred buffers are
 /// detached at the Rust level only. It is hidden because it is process-global (a
 /// library that called it would decide for every other user of the crate in the
-/// process) and because nothing but tests needs it: `docs/ARCHITECTURE.md` says why
+/// process) and because nothing but tests needs it (it exists only with the
+/// `test-support` feature, which this crate's own tests turn on): `docs/ARCHITECTURE.md` says why
 /// the choice is one per process.
-#[cfg(not(loom))]
+#[cfg(all(feature = "test-support", not(loom)))]
 #[doc(hidden)]
 pub fn __process_memory_only() -> bool {
     shm::backend::choose_heap()

@@ -471,3 +471,44 @@ pub(super) fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> 
         PushError::Full => PostError::Full,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment descriptor and a socket end, as a received port's table names them
+    /// (the segment is never opened: the checks before it refuse).
+    fn fds() -> (OwnedFd, OwnedFd) {
+        let (segment, _) = platform::socketpair().unwrap();
+        let (socket, _) = platform::socketpair().unwrap();
+        (segment, socket)
+    }
+
+    fn refusal(result: Result<MessagePort, OpenError>) -> &'static str {
+        match result {
+            Err(OpenError::Invalid(why)) => why,
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ()).map_err(|e| e.to_string())),
+        }
+    }
+
+    #[test]
+    fn a_port_whose_end_is_not_0_or_1_is_refused() {
+        let (segment, socket) = fds();
+        assert_eq!(refusal(port_from_fds(segment, socket, 2)), "a port's end is neither 0 nor 1");
+    }
+
+    #[test]
+    fn a_port_whose_socket_is_not_a_seqpacket_socket_is_refused() {
+        let (segment, _) = fds();
+        let (stream, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let why = refusal(port_from_fds(segment, OwnedFd::from(stream), 0));
+        assert_eq!(why, "a port's socket is not a Unix SEQPACKET socket");
+    }
+
+    #[test]
+    fn a_port_whose_segment_is_not_a_channel_segment_is_refused() {
+        // Past the end and socket checks, the segment's own: a socket is no memfd.
+        let (segment, socket) = fds();
+        assert!(port_from_fds(segment, socket, 1).is_err());
+    }
+}

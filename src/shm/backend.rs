@@ -41,7 +41,8 @@ pub(crate) fn current() -> Backend {
 }
 
 /// Chooses the heap for the rest of the process's life. Whether the heap is now the
-/// backend: `false` if memfds were chosen already (by a first channel or buffer).
+/// backend: `false` if memfds were chosen already (by a first buffer or shared segment).
+#[cfg(feature = "test-support")]
 pub(crate) fn choose_heap() -> bool {
     let _ = CHOSEN.set(Backend::Heap);
     current() == Backend::Heap

@@ -572,7 +572,8 @@ pub(crate) mod local {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(test)]
+#[cfg(not(loom))]
 mod tests {
     use super::local::LocalRing;
     use super::*;

@@ -25,7 +25,8 @@
 //!
 //! Chunks held by a process that died are reclaimed by their owner (`reclaim`, also run
 //! before the arena grows): `HELD(pid)` with no such process becomes FREE. Chunks in
-//! flight to a process that died are reclaimed by their sender (see `port`).
+//! flight to a process that died are reclaimed by their sender (see `channel/tx.rs`,
+//! `settle_in_flight`).
 //!
 //! Hardware revocation: when a buffer is transferred, the sender's view of its pages is
 //! closed with `mprotect(PROT_NONE)`; the receiver's view is opened. Each process tracks
@@ -75,5 +76,6 @@ pub(crate) use process::{allocate, footprint, my_pid, segment_for};
 #[cfg(not(loom))]
 pub(crate) use segment::ArenaSegment;
 
-#[cfg(all(test, not(loom)))]
+#[cfg(test)]
+#[cfg(not(loom))]
 mod tests;

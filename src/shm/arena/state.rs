@@ -255,7 +255,8 @@ pub(crate) mod loom_knobs {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(test)]
+#[cfg(loom)]
 mod loom_tests {
     use super::*;
     use loom::cell::UnsafeCell;
