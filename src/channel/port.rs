@@ -138,7 +138,9 @@ impl Port {
         pushed
     }
 
-    /// The body of `push_waiting`.
+    /// The body of `push_waiting`: the first try, the `try_` case, then the wait. It is
+    /// one function (62 lines) because the wait's closure re-runs the first try with
+    /// the same borrowed state; split, the three parts would pass the same six values.
     pub(super) fn push_record(
         &self,
         tx: &mut Tx,
