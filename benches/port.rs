@@ -8,11 +8,14 @@
 //! - `ping_pong_64B_threads/{spin,sleep}`: a round trip between two threads, with the
 //!   default spin-then-sleep strategy and with spinning disabled (every wait is a futex
 //!   sleep and wake).
+//! - `buffer_reuse/{new,new_for_overwrite}/<size>`: a buffer taken and dropped, so each
+//!   one reuses the chunk the last one gave back: `new` zeroes it, `new_for_overwrite`
+//!   (only this process ever wrote it) does not.
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use shmport::{MessageChannel, Value, WaitStrategy};
+use shmport::{ArrayBuffer, MessageChannel, Value, WaitStrategy};
 
 fn same_thread(c: &mut Criterion) {
     let channel = MessageChannel::new().unwrap();
@@ -70,5 +73,19 @@ fn ping_pong(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, same_thread, ping_pong);
+fn buffer_reuse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("buffer_reuse");
+    group.sample_size(20);
+    for (size, len) in [("64KiB", 64 << 10), ("1MiB", 1 << 20), ("16MiB", 16 << 20)] {
+        // Warm: the chunk exists and its pages are populated.
+        ArrayBuffer::new(len).unwrap().with_bytes_mut(|bytes| bytes.fill(1));
+        group.bench_function(format!("new/{size}"), |bench| bench.iter(|| ArrayBuffer::new(len).unwrap()));
+        group.bench_function(format!("new_for_overwrite/{size}"), |bench| {
+            bench.iter(|| ArrayBuffer::new_for_overwrite(len).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, same_thread, ping_pong, buffer_reuse);
 criterion_main!(benches);

@@ -3,9 +3,18 @@
 //! the transfer list. The consumer reads the frame in place and drops it, which gives
 //! the pages back to the producer's arena for the next frame.
 //!
+//! The producer overwrites every frame whole, so it takes them with
+//! `ArrayBuffer::new_for_overwrite`: a chunk the consumer only read comes back holding
+//! the producer's own earlier frame, and is reused without being zeroed first. A third
+//! argument compares: `new` zeroes every frame (`ArrayBuffer::new`), and
+//! `consumer-writes` has the consumer write into each frame, so the chunks come back
+//! holding another process's bytes and `new_for_overwrite` zeroes them.
+//!
 //! ```text
 //! cargo run --release --example transfer_buffer          # 50 frames of 64 MiB
 //! cargo run --release --example transfer_buffer -- 200 16
+//! cargo run --release --example transfer_buffer -- 50 64 new
+//! cargo run --release --example transfer_buffer -- 50 64 consumer-writes
 //! ```
 
 use std::time::Instant;
@@ -16,15 +25,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let first = args.next();
     if first.as_deref() == Some("--consumer") {
-        return consumer();
+        return consumer(args.next().as_deref() == Some("--write"));
     }
     let frames: u32 = first.map_or(Ok(50), |a| a.parse())?;
     let mib: usize = args.next().map_or(Ok(64), |a| a.parse())?;
     let frame_len = mib << 20;
+    let mode = args.next().unwrap_or_default();
+    let (zeroed, consumer_writes) = match mode.as_str() {
+        "" => (false, false),
+        "new" => (true, false),
+        "consumer-writes" => (false, true),
+        other => return Err(format!("unknown mode {other:?}: `new` or `consumer-writes`").into()),
+    };
 
     let channel = MessageChannel::new()?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("--consumer");
+    if consumer_writes {
+        cmd.arg("--write");
+    }
     channel.port2().transfer_to_child(&mut cmd)?;
     let mut child = cmd.spawn()?;
     let port = channel.port1();
@@ -33,9 +52,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut allocating, mut filling) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
     for n in 0..frames {
         // A new frame: once the consumer has given earlier frames back, their chunks
-        // can serve it (`new` zeroes them again); the arena's counts below tell.
+        // can serve it (the arena's counts below tell). `new_for_overwrite` hands such a
+        // chunk out as it is if only this process wrote it (the consumer just read it),
+        // and zeroes it if the consumer wrote it; `new` always zeroes it.
         let t = Instant::now();
-        let frame = ArrayBuffer::new(frame_len)?;
+        let frame = if zeroed { ArrayBuffer::new(frame_len)? } else { ArrayBuffer::new_for_overwrite(frame_len)? };
         allocating += t.elapsed();
         let t = Instant::now();
         frame.with_bytes_mut(|bytes| bytes.fill(n as u8));
@@ -54,9 +75,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     child.wait()?;
 
     let total = f64::from(frames) * frame_len as f64;
-    println!("{frames} frames of {mib} MiB moved to another process in {elapsed:.2?}");
+    let how = match (zeroed, consumer_writes) {
+        (true, _) => "ArrayBuffer::new, every reused chunk zeroed",
+        (false, false) => "ArrayBuffer::new_for_overwrite, chunks the consumer only read reused as they are",
+        (false, true) => {
+            "ArrayBuffer::new_for_overwrite, the consumer writes each frame so every reused chunk is zeroed"
+        }
+    };
+    println!("{frames} frames of {mib} MiB moved to another process in {elapsed:.2?} ({how})");
     println!(
-        "  {:.1} frames/s, {:.1} GB/s of frames; of that, allocating (and zeroing) the frames took {allocating:.2?} and \
+        "  {:.1} frames/s, {:.1} GB/s of frames; of that, allocating the frames took {allocating:.2?} and \
          filling them {filling:.2?}; the rest is the transfer and the consumer's check (no copy of the bytes)",
         f64::from(frames) / elapsed.as_secs_f64(),
         total / elapsed.as_secs_f64() / 1e9,
@@ -76,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn consumer() -> Result<(), Box<dyn std::error::Error>> {
+fn consumer(write: bool) -> Result<(), Box<dyn std::error::Error>> {
     let port = MessagePort::from_parent()?;
     while let Ok(ev) = port.recv() {
         let Value::Array(items) = ev.data else { continue };
@@ -85,6 +113,11 @@ fn consumer() -> Result<(), Box<dyn std::error::Error>> {
         // Read in place: these are the producer's pages, not a copy.
         let ok = frame.with_bytes(|bytes| bytes[0] == n as u8 && bytes[bytes.len() - 1] == n as u8);
         assert!(ok, "frame {n} arrived intact");
+        if write {
+            // One byte is enough: the pages now hold this process's bytes, and the
+            // producer must zero them before `new_for_overwrite` hands them out again.
+            frame.with_bytes_mut(|bytes| bytes[0] = 0xFF);
+        }
         drop(items); // the pages go back to the producer's arena
         port.post_message(n, [])?;
     }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Error;
-use crate::shm::arena::{self, Chunk};
+use crate::shm::arena::{self, Chunk, Fill};
 
 /// A handle to a byte buffer in shared memory: the web's `ArrayBuffer`.
 ///
@@ -92,18 +92,78 @@ pub(crate) struct Detached {
 
 impl ArrayBuffer {
     /// A zeroed buffer of `len` bytes, in shared memory.
+    ///
+    /// Its pages are often those of an earlier buffer, given back, and zeroing them
+    /// costs about as much as writing them once. For a buffer you will overwrite
+    /// whole, [`new_for_overwrite`](Self::new_for_overwrite) skips it.
     pub fn new(len: usize) -> Result<ArrayBuffer, Error> {
+        ArrayBuffer::allocate(len, Fill::Zero)
+    }
+
+    /// A buffer of `len` bytes for the caller to overwrite whole, without zeroing it
+    /// first: its bytes are what its pages last held, and that is zeros or bytes this
+    /// process wrote itself, never bytes written by another process.
+    ///
+    /// ```
+    /// use shmport::ArrayBuffer;
+    ///
+    /// let frame = ArrayBuffer::new_for_overwrite(1 << 20)?;
+    /// frame.with_bytes_mut(|bytes| bytes.fill(0x2A)); // every byte, before anything reads one
+    /// assert_eq!(frame.byte_length(), 1 << 20);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # What the bytes may be
+    ///
+    /// The buffer takes a chunk of this process's arena, often one an earlier buffer
+    /// gave back. Its bytes are then:
+    ///
+    /// - zeros, if the chunk was never used;
+    /// - otherwise, bytes this process wrote into an earlier buffer of the same size
+    ///   class (through [`with_bytes_mut`](Self::with_bytes_mut) or
+    ///   [`from_slice`](Self::from_slice), a message body it posted that was too large
+    ///   for the ring, a copy of a buffer it decoded from a received message): data it
+    ///   had, wherever that data came from;
+    /// - never bytes another process wrote. A chunk that was moved to another process
+    ///   and came back is zeroed whole before this constructor hands it out if that
+    ///   process wrote it (called `with_bytes_mut` on it, even to read), died holding
+    ///   it, or passed it to a process that did. A chunk a peer only read comes back
+    ///   holding what this process wrote, and is reused as it is.
+    ///
+    /// They are initialised memory, so reading them is safe, only meaningless. Write
+    /// every byte before the buffer is read or posted: what you leave, a receiver of the
+    /// buffer sees, and that may be this process's earlier data.
+    ///
+    /// # How the arena knows who wrote a chunk
+    ///
+    /// A chunk's state word, which every transfer changes, carries an "owner's bytes
+    /// only" bit: a process holding a chunk of another's arena clears it when it writes,
+    /// and the bit travels on with the chunk when that process posts or drops the
+    /// buffer. Every process running this crate keeps the bit so. A hostile one could
+    /// set it after writing, but gains nothing by it: a process that was sent pages of a
+    /// segment can write every chunk of it at any time (see [A buffer received from
+    /// another process](#a-buffer-received-from-another-process)), including a chunk
+    /// [`new`](Self::new) has just zeroed. With such peers no buffer's bytes are
+    /// guaranteed, zeroed or not, and the rule above holds for peers that write only the
+    /// pages they hold, as every other guarantee of the crate about buffers does.
+    ///
+    /// # Why a constructor, and this name
+    ///
+    /// A `filled_with(len, |bytes| ...)` would give its closure the same stale bytes
+    /// and could not check that it wrote them all: it would be this constructor and
+    /// `with_bytes_mut` in one call. The name is C++'s `make_unique_for_overwrite`
+    /// (storage the caller overwrites, not value-initialised); Rust's
+    /// `Box::new_uninit` returns a `MaybeUninit` because its bytes are uninitialised,
+    /// and these are not, so this constructor is safe and returns a plain buffer.
+    pub fn new_for_overwrite(len: usize) -> Result<ArrayBuffer, Error> {
+        ArrayBuffer::allocate(len, Fill::Stale)
+    }
+
+    /// A buffer of `len` bytes ready for `fill` (the arena clears what it must).
+    fn allocate(len: usize, fill: Fill) -> Result<ArrayBuffer, Error> {
         let chunk = match len {
             0 => None,
-            _ => {
-                let (chunk, zeroed) = arena::allocate(len)?;
-                if !zeroed {
-                    // SAFETY: the chunk is ours and open, at least `len` bytes long, and
-                    // no other reference to it exists yet.
-                    unsafe { std::ptr::write_bytes(chunk.ptr().as_ptr(), 0, len) };
-                }
-                Some(chunk)
-            }
+            _ => Some(arena::allocate(len, fill)?),
         };
         Ok(ArrayBuffer::from_parts(chunk, len))
     }
@@ -113,8 +173,9 @@ impl ArrayBuffer {
         let chunk = match bytes.len() {
             0 => None,
             len => {
-                let (chunk, _) = arena::allocate(len)?;
-                // SAFETY: as in `new`; the source is a distinct, live slice.
+                let chunk = arena::allocate(len, Fill::Copy)?;
+                // SAFETY: the chunk is ours and open, at least `len` bytes long, and no
+                // other reference to it exists yet; the source is a distinct, live slice.
                 unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunk.ptr().as_ptr(), len) };
                 Some(chunk)
             }
@@ -222,10 +283,16 @@ impl ArrayBuffer {
     /// The same processes as for [`with_bytes`](Self::with_bytes) may read and write
     /// the bytes meanwhile: they can see what `f` writes before it returns, and
     /// overwrite it; within this process the slice is the only reference to them.
+    ///
+    /// On a buffer received from another process, this marks the pages as written
+    /// here, so their owner zeroes them before it reuses them for a buffer of
+    /// [`new_for_overwrite`](Self::new_for_overwrite): read received buffers with
+    /// [`with_bytes`](Self::with_bytes) to let it skip that.
     pub fn with_bytes_mut<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> R {
         let mut state = self.lock();
         match &mut *state {
             State::Live { chunk: Some(chunk), len } => {
+                chunk.note_write();
                 // SAFETY: as in `with_bytes`; the lock makes this the only reference
                 // this process forms to the bytes while `f` runs (another process that
                 // maps the segment may still access them: the documented exception to
@@ -358,5 +425,26 @@ mod tests {
         assert_eq!(seen.len(), 100, "the length lives in process memory");
         assert_eq!((seen[0], seen[49], seen[50], seen[99]), (2, 2, 1, 1), "the bytes are the pages' as they are now");
         assert_eq!(b.with_bytes(<[u8]>::len), 100, "nothing past the length is reachable");
+    }
+
+    #[test]
+    fn new_for_overwrite_gives_a_buffer_of_the_length_asked_that_behaves_as_any() {
+        let empty = ArrayBuffer::new_for_overwrite(0).unwrap();
+        assert_eq!((empty.byte_length(), empty.to_vec().len()), (0, 0));
+        for len in [1, 4096, 5000, 1 << 20] {
+            let b = ArrayBuffer::new_for_overwrite(len).unwrap();
+            assert_eq!((b.byte_length(), b.with_bytes(<[u8]>::len)), (len, len));
+            b.with_bytes_mut(|bytes| bytes.fill(7));
+            assert_eq!(b.to_vec(), vec![7; len]);
+        }
+        // Moved through a channel (process-local: unit tests keep to process memory),
+        // it arrives with its bytes.
+        let channel = crate::MessageChannel::with_options(&crate::ChannelOptions::new().process_local(true)).unwrap();
+        let b = ArrayBuffer::new_for_overwrite(3000).unwrap();
+        b.with_bytes_mut(|bytes| bytes.fill(9));
+        channel.port1().post_message(crate::Value::ArrayBuffer(b.clone()), [b.clone().into()]).unwrap();
+        assert!(b.is_detached());
+        let got = channel.port2().recv().unwrap().data;
+        assert_eq!(got.as_array_buffer().unwrap().to_vec(), vec![9; 3000]);
     }
 }

@@ -94,7 +94,7 @@ impl Framed {
         }
         let mut spill_entry = None;
         if spills {
-            let (chunk, _) = arena::allocate(body.len()).map_err(PostError::transfer)?;
+            let chunk = arena::allocate(body.len(), arena::Fill::Copy).map_err(PostError::transfer)?;
             // SAFETY: a chunk we just took, open, at least body.len() bytes.
             unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), chunk.ptr().as_ptr(), body.len()) };
             spill_entry = Some((out.arena_index(chunk.segment()), chunk.descriptor()));

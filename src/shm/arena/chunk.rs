@@ -17,6 +17,10 @@ pub(crate) struct Chunk {
     segment: Arc<ArenaSegment>,
     pub(super) index: u32,
     pub(super) generation: u32,
+    /// No process but the segment's owner wrote the pages since the owner last cleared
+    /// them, as far as this process knows: the `own` bit this chunk is sent or freed
+    /// with (see `state`).
+    pub(super) own: bool,
 }
 
 /// How a chunk is named in a message.
@@ -43,6 +47,13 @@ impl Chunk {
         Descriptor { chunk: self.index, generation: self.generation }
     }
 
+    /// This process is about to write the pages: if it is not the segment's owner, the
+    /// chunk now holds another process's bytes as far as the owner is concerned, and is
+    /// sent or freed saying so.
+    pub(crate) fn note_write(&mut self) {
+        self.own &= self.segment.ours;
+    }
+
     /// Marks the chunk as posted (`HELD(me) → SENT(me)`); with `revoke`, closes this
     /// process's view of its pages. The chunk now belongs to the message.
     pub(crate) fn send(self, revoke: bool) -> SentChunk {
@@ -50,13 +61,15 @@ impl Chunk {
             // The state word and our busy mark change together, under the bookkeeping
             // lock (see `Drop`): no thread of ours can see the one without the other.
             let mut local = lock(&self.segment.local);
-            state::send(self.segment.state(self.index), &mut local[self.index as usize], my_pid(), self.generation);
+            let word = self.segment.state(self.index);
+            state::send(word, &mut local[self.index as usize], my_pid(), self.generation, self.own);
             if revoke {
                 // A failed mprotect leaves the view open: Rust-level detachment still holds.
                 let _ = self.segment.set_open(&mut local, self.index, false);
             }
         }
-        let sent = SentChunk { segment: self.segment.clone(), index: self.index, generation: self.generation };
+        let sent =
+            SentChunk { segment: self.segment.clone(), index: self.index, generation: self.generation, own: self.own };
         std::mem::forget(self);
         sent
     }
@@ -73,7 +86,7 @@ impl Drop for Chunk {
         // buffer still holds if a peer forged its state word back to SENT.
         let mut local = lock(&self.segment.local);
         let word = self.segment.state(self.index);
-        state::release_held(word, &mut local[self.index as usize], my_pid(), self.generation);
+        state::release_held(word, &mut local[self.index as usize], my_pid(), self.generation, self.own);
     }
 }
 
@@ -83,13 +96,14 @@ pub(crate) struct SentChunk {
     segment: Arc<ArenaSegment>,
     index: u32,
     generation: u32,
+    own: bool,
 }
 
 impl SentChunk {
     /// The message carrying the chunk can no longer be received: give it back
     /// (`SENT(me) → FREE`). Harmless if the receiver got it after all.
     pub(crate) fn reclaim(&self) {
-        state::reclaim_sent(self.segment.state(self.index), my_pid(), self.generation);
+        state::reclaim_sent(self.segment.state(self.index), my_pid(), self.generation, self.own);
     }
 }
 
@@ -105,13 +119,13 @@ pub(crate) fn receive(segment: Arc<ArenaSegment>, descriptor: Descriptor) -> Res
     // live buffers of this process never share pages.
     let mut local = lock(&segment.local);
     let word = segment.state(index);
-    state::receive(word, &mut local[index as usize], me, generation)?;
+    let own = state::receive(word, &mut local[index as usize], me, generation)?;
     if segment.set_open(&mut local, index, true).is_err() {
-        state::unreceive(word, &mut local[index as usize], me, generation);
+        state::unreceive(word, &mut local[index as usize], me, generation, own);
         return Err("cannot open the received pages");
     }
     drop(local);
-    Ok(Chunk { segment, index, generation })
+    Ok(Chunk { segment, index, generation, own })
 }
 
 /// Gives back a chunk named by a message that could not be received (its record was
@@ -122,22 +136,40 @@ pub(crate) fn give_back(segment: &ArenaSegment, descriptor: Descriptor) {
     }
 }
 
+/// What the bytes of a chunk just taken may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Contents {
+    /// Zeros: the chunk was never handed out (a new memfd or heap block reads as zero).
+    Zero,
+    /// Bytes only this process (the owner) wrote: every holder since the owner last
+    /// cleared the chunk was this process, or another that did not write it.
+    Own,
+    /// Maybe another process's bytes: a holder that wrote it, a holder that died, or a
+    /// word that says nothing better.
+    Foreign,
+}
+
 /// Takes the first chunk of `segment` that is FREE in shared memory and idle here.
-/// Returns the chunk and whether its bytes are known to be zero.
-pub(super) fn take_free(segment: &Arc<ArenaSegment>) -> Option<io::Result<(Chunk, bool)>> {
+/// Returns the chunk (its `own` mark as its contents say) and what its bytes may hold.
+pub(super) fn take_free(segment: &Arc<ArenaSegment>) -> Option<io::Result<(Chunk, Contents)>> {
     let me = my_pid();
     let mut local = lock(&segment.local);
     for index in 0..segment.chunk_count {
         let word = segment.state(index);
-        let Some(generation) = state::take(word, &mut local[index as usize], me) else { continue };
+        let Some((generation, own)) = state::take(word, &mut local[index as usize], me) else { continue };
         if let Err(e) = segment.set_open(&mut local, index, true) {
-            state::untake(word, &mut local[index as usize], me, generation);
+            state::untake(word, &mut local[index as usize], me, generation, own);
             return Some(Err(e));
         }
         let entry = &mut local[index as usize];
-        let zeroed = !entry.used;
+        let contents = match (entry.used, own) {
+            (false, _) => Contents::Zero,
+            (true, true) => Contents::Own,
+            (true, false) => Contents::Foreign,
+        };
         entry.used = true;
-        return Some(Ok((Chunk { segment: segment.clone(), index, generation }, zeroed)));
+        let own = contents != Contents::Foreign;
+        return Some(Ok((Chunk { segment: segment.clone(), index, generation, own }, contents)));
     }
     None
 }

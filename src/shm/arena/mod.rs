@@ -2,17 +2,19 @@
 //!
 //! Each process owns an *arena*: memfd segments, one size class per segment (a power of
 //! two from 4 KiB up), each holding `max(1, 4 MiB / size)` chunks. The memfd's name
-//! says the layout version and the size class (`shmport-arena.3.20`: version 3, 1 MiB
+//! says the layout version and the size class (`shmport-arena.4.20`: version 4, 1 MiB
 //! chunks); with the segment's sealed size, that is all a process mapping a peer's
 //! segment trusts about it, because nobody can change either once the segment exists.
 //! A segment starts with a metadata page: 64 reserved bytes, then one state word per
 //! chunk (the state machine of `state`, drawn there):
 //!
 //! ```text
-//! state = generation (32 bits) | tag (2 bits) | pid (30 bits)
+//! state = generation (32 bits) | tag (2 bits) | own (1 bit) | pid (29 bits)
 //! tag:  FREE       nobody holds the chunk; its owner may hand it out again
 //!       HELD(pid)  process `pid` holds it as a live ArrayBuffer
 //!       SENT(pid)  `pid` posted it; it is in a ring, not yet received
+//! own:  in FREE and SENT: no process but the owner wrote the chunk since the owner
+//!       last cleared it
 //! ```
 //!
 //! Every allocation bumps the generation. A transfer sends the descriptor
@@ -22,6 +24,14 @@
 //! or out-of-range descriptor fails that check and is rejected. A dropped buffer goes
 //! back by `HELD(me) → FREE`, in whichever process drops it; the owner finds FREE
 //! chunks when it allocates.
+//!
+//! Zeroing: a chunk never handed out is zero (a new memfd). A reused one holds what its
+//! last holders wrote, and `allocate` clears what its caller needs (`Fill`): the first
+//! `len` bytes for `ArrayBuffer::new`, nothing for a copy, and for
+//! `ArrayBuffer::new_for_overwrite` nothing if the `own` bit is set, the whole chunk if
+//! it is not. A holder that is not the owner clears the bit when it writes the pages
+//! (`Chunk::note_write`, from `with_bytes_mut`) and every transition carries it on, so
+//! a chunk a peer only read comes back with it set; the owner's own writes keep it.
 //!
 //! Chunks held by a process that died are reclaimed by their owner (`reclaim`, also run
 //! before the arena grows): `HELD(pid)` with no such process becomes FREE. Chunks in
@@ -72,7 +82,7 @@ pub(crate) use chunk::{Chunk, Descriptor, SentChunk, give_back, receive};
 #[cfg(not(loom))]
 pub use process::{ArenaStats, reclaim, stats};
 #[cfg(not(loom))]
-pub(crate) use process::{allocate, footprint, my_pid, segment_for};
+pub(crate) use process::{Fill, allocate, footprint, my_pid, segment_for};
 #[cfg(not(loom))]
 pub(crate) use segment::ArenaSegment;
 

@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, OnceLock, Weak};
 
-use super::chunk::{Chunk, take_free};
+use super::chunk::{Chunk, Contents, take_free};
 use super::segment::{ArenaSegment, MAX_SHIFT, lock, min_shift};
 use super::state::{self, Seen};
 use crate::platform;
@@ -68,9 +68,62 @@ pub(crate) fn footprint(len: usize) -> usize {
     }
 }
 
-/// A chunk of at least `len` bytes, held by this process, its view open. Returns the
-/// chunk and whether its bytes are known to be zero.
-pub(crate) fn allocate(len: usize) -> io::Result<(Chunk, bool)> {
+/// What the caller of `allocate` does with the first `len` bytes of the chunk before
+/// anything reads them. `allocate` clears what it must for that, and no more, so that
+/// no buffer ever shows another process's bytes (`Contents`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Nothing: they must read as zero (`ArrayBuffer::new`).
+    Zero,
+    /// Copies `len` bytes over them before anything can read the chunk
+    /// (`ArrayBuffer::from_slice`, a spilled body).
+    Copy,
+    /// Gives them to a caller who means to overwrite them but may read them first: they
+    /// may hold this process's own earlier bytes, never another process's
+    /// (`ArrayBuffer::new_for_overwrite`).
+    Stale,
+}
+
+/// A chunk of at least `len` bytes, held by this process, its view open, its first
+/// `len` bytes ready for `fill`:
+///
+/// | contents | `Zero`               | `Copy`     | `Stale`              |
+/// |----------|----------------------|------------|----------------------|
+/// | `Zero`   | as is                | as is      | as is                |
+/// | `Own`    | `len` bytes zeroed   | as is      | as is                |
+/// | `Foreign`| `len` bytes zeroed   | as is      | whole chunk zeroed   |
+///
+/// A foreign chunk is marked own again once every byte of it is zeroed or copied over
+/// (`len` is its capacity, or `Stale` zeroed it whole): until then the rest of it may
+/// hold another process's bytes, and a later `Stale` buffer must not show them.
+pub(crate) fn allocate(len: usize, fill: Fill) -> io::Result<Chunk> {
+    let (mut chunk, contents) = take_chunk(len)?;
+    prepare(&mut chunk, contents, len, fill);
+    Ok(chunk)
+}
+
+/// Clears what `allocate` says for a chunk just taken, and marks it own if no byte of
+/// another process is left in it.
+pub(super) fn prepare(chunk: &mut Chunk, contents: Contents, len: usize, fill: Fill) {
+    let capacity = chunk.capacity();
+    assert!(len <= capacity);
+    let zero = match (contents, fill) {
+        (Contents::Zero, _) | (Contents::Own | Contents::Foreign, Fill::Copy) | (Contents::Own, Fill::Stale) => 0,
+        (Contents::Own | Contents::Foreign, Fill::Zero) => len,
+        (Contents::Foreign, Fill::Stale) => capacity,
+    };
+    if zero > 0 {
+        // SAFETY: the chunk is ours and open, `zero` is at most its capacity, and no
+        // other reference to it exists yet.
+        unsafe { std::ptr::write_bytes(chunk.ptr().as_ptr(), 0, zero) };
+    }
+    if contents == Contents::Foreign {
+        chunk.own = zero == capacity || len == capacity;
+    }
+}
+
+/// A chunk of at least `len` bytes, and what its bytes may hold.
+fn take_chunk(len: usize) -> io::Result<(Chunk, Contents)> {
     let shift = class_of(len).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
     let mut arena = arena();
     for pass in 0..2 {

@@ -19,7 +19,9 @@ use crate::shm::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 const NAME_PREFIX: &str = "shmport-arena.";
 /// The layout version, in the name. 3: the layout is described by the name and the
 /// sealed size only (2 had an in-segment header, which any receiver could overwrite).
-const VERSION: u32 = 3;
+/// 4: FREE and SENT state words carry the `own` bit (`state::OWN_BYTES`); an owner of
+/// version 3 would never reuse a chunk a later process freed with it set.
+const VERSION: u32 = 4;
 /// The smallest chunk: 4 KiB, or the page size if larger (16 KiB and 64 KiB pages on
 /// some aarch64 systems), so revoking one chunk never touches a neighbour's page.
 pub(super) fn min_shift() -> u32 {
@@ -102,6 +104,8 @@ pub(crate) struct ArenaSegment {
     data_offset: usize,
     /// This process's marks of each chunk; the bookkeeping lock of the segment.
     pub(super) local: Mutex<Vec<Local>>,
+    /// The segment is this process's (created here), not a peer's.
+    pub(super) ours: bool,
     /// Mappings this segment added to `SEPARATED_VMAS`.
     pub(super) separated: usize,
 }
@@ -139,7 +143,8 @@ impl ArenaSegment {
     }
 
     /// A segment of chunks of `1 << chunk_shift` bytes at `base`, every chunk's view
-    /// open; `used`: whether its chunks may hold bytes already (a peer's).
+    /// open; `used`: whether its chunks may hold bytes already (a peer's segment; ours
+    /// are new).
     fn new(memory: Memory, base: NonNull<u8>, identity: (u64, u64), chunk_shift: u32, used: bool) -> ArenaSegment {
         let (count, data_offset, _) = Self::layout(chunk_shift);
         let local = vec![Local { open: true, busy: false, used }; count as usize];
@@ -151,6 +156,7 @@ impl ArenaSegment {
             chunk_count: count,
             data_offset,
             local: Mutex::new(local),
+            ours: !used,
             separated: 0,
         };
         segment.separate_chunk_mappings();

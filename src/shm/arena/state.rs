@@ -4,7 +4,7 @@
 //! runs (this file is the only part of the arena built under `--cfg loom`).
 //!
 //! ```text
-//! state = generation (32 bits) | tag (2 bits) | pid (30 bits)
+//! state = generation (32 bits) | tag (2 bits) | own (1 bit) | pid (29 bits)
 //!
 //!            take (owner)                 send                 receive (any process)
 //!   FREE(g) ─────────────▶ HELD(me, g+1) ──────▶ SENT(me, g+1) ─────────▶ HELD(them, g+1)
@@ -29,6 +29,17 @@
 //! visible to the receiver) and `SYNC: chunk release` (the Release of whoever frees a
 //! chunk, the owner's Acquire in `take`: the last holder's accesses happen before the
 //! next holder's).
+//!
+//! The `own` bit of a FREE or SENT word (`OWN_BYTES`) says what the chunk's bytes may
+//! hold: set, nothing that a process other than the segment's owner wrote since the
+//! owner last cleared them; clear, maybe another process's bytes. It rides along every
+//! transition: `send` and `release_held` write what their holder knows (its `Chunk`
+//! keeps it, and a holder that is not the owner clears it when it writes the pages),
+//! `receive` and `take` read it, `give_back`, `reclaim_sent` and `unreceive` keep it,
+//! and `reclaim_dead` clears it (a dead holder may have written anything). Only the
+//! owner acts on it, and only to skip zeroing a chunk for a buffer its caller will
+//! overwrite (`ArrayBuffer::new_for_overwrite`); a peer that forges the bit gains
+//! nothing it does not have already, since it can write those pages at any time.
 
 use crate::shm::sync::{AtomicU64, Ordering};
 
@@ -38,7 +49,11 @@ pub(crate) const TAG_FREE: u64 = 0;
 pub(crate) const TAG_HELD: u64 = 1;
 /// A process (the pid) posted it; it is in a ring, not yet received.
 pub(crate) const TAG_SENT: u64 = 2;
-const PID_MASK: u64 = (1 << 30) - 1;
+/// In a FREE or SENT word: no process but the segment's owner wrote the chunk's bytes
+/// since the owner last cleared them (the module docs). Never set in a HELD word.
+pub(crate) const OWN_BYTES: u64 = 1 << 29;
+/// Pids are below 2^22 on Linux (`PID_MAX_LIMIT`), so 29 bits hold any.
+const PID_MASK: u64 = OWN_BYTES - 1;
 
 /// A state word.
 pub(crate) fn pack(generation: u32, tag: u64, pid: u32) -> u64 {
@@ -48,6 +63,16 @@ pub(crate) fn pack(generation: u32, tag: u64, pid: u32) -> u64 {
 /// `(generation, tag, pid)` of any word (tag 3 is no state: a forged word).
 pub(crate) fn unpack(word: u64) -> (u32, u64, u32) {
     ((word >> 32) as u32, (word >> 30) & 3, (word & PID_MASK) as u32)
+}
+
+/// A FREE or SENT word with its `own` bit.
+pub(crate) fn pack_own(generation: u32, tag: u64, pid: u32, own: bool) -> u64 {
+    pack(generation, tag, pid) | if own { OWN_BYTES } else { 0 }
+}
+
+/// The `own` bit of a word.
+pub(crate) fn own_bit(word: u64) -> bool {
+    word & OWN_BYTES != 0
 }
 
 /// What this process knows of one chunk, apart from the shared state word.
@@ -91,15 +116,17 @@ fn busy_here(local: &Local) -> bool {
 }
 
 /// The owner hands the chunk out: `FREE(g) → HELD(me, g + 1)`, only from exactly that
-/// word (pid 0) and only if no buffer of ours holds it. Returns the new generation.
-pub(crate) fn take(word: &AtomicU64, local: &mut Local, me: u32) -> Option<u32> {
+/// word (pid 0, either `own` bit) and only if no buffer of ours holds it. Returns the
+/// new generation and the word's `own` bit.
+pub(crate) fn take(word: &AtomicU64, local: &mut Local, me: u32) -> Option<(u32, bool)> {
     if busy_here(local) {
         return None;
     }
     // Relaxed: only a filter; the compare-and-swap below is what synchronises.
     let current = word.load(Ordering::Relaxed);
     let (generation, _, _) = unpack(current);
-    if current != pack(generation, TAG_FREE, 0) {
+    let own = own_bit(current);
+    if current != pack_own(generation, TAG_FREE, 0, own) {
         return None;
     }
     let next = generation.wrapping_add(1);
@@ -107,61 +134,78 @@ pub(crate) fn take(word: &AtomicU64, local: &mut Local, me: u32) -> Option<u32> 
     // before ours (pairs with the Release of `release`, `reclaim_sent`, `give_back`).
     word.compare_exchange(current, pack(next, TAG_HELD, me), acquire(), Ordering::Relaxed).ok()?;
     local.busy = true;
-    Some(next)
+    Some((next, own))
 }
 
 /// Undoes a `take` whose pages could not be opened: `HELD(me, g) → FREE(g - 1)`, the
-/// word it was taken from.
-pub(crate) fn untake(word: &AtomicU64, local: &mut Local, me: u32, generation: u32) {
+/// word it was taken from (`own` as `take` returned it).
+pub(crate) fn untake(word: &AtomicU64, local: &mut Local, me: u32, generation: u32, own: bool) {
     // Relaxed: nobody touched the pages since `take`.
     let _ = word.compare_exchange(
         pack(generation, TAG_HELD, me),
-        pack(generation.wrapping_sub(1), TAG_FREE, 0),
+        pack_own(generation.wrapping_sub(1), TAG_FREE, 0, own),
         Ordering::Relaxed,
         Ordering::Relaxed,
     );
     local.busy = false;
 }
 
-/// The holder posts the chunk: `HELD(me, g) → SENT(me, g)`; the chunk now belongs to
-/// the message, not to a buffer of ours. Whether the word was as expected (if a peer
-/// forged it, the receiver will refuse the chunk as stale).
-pub(crate) fn send(word: &AtomicU64, local: &mut Local, me: u32, generation: u32) -> bool {
+/// The holder posts the chunk: `HELD(me, g) → SENT(me, g)` with the holder's `own`
+/// bit; the chunk now belongs to the message, not to a buffer of ours. Whether the word
+/// was as expected (if a peer forged it, the receiver will refuse the chunk as stale).
+pub(crate) fn send(word: &AtomicU64, local: &mut Local, me: u32, generation: u32, own: bool) -> bool {
     // SYNC: chunk transfer. Release: our writes to the pages are visible to the
     // receiver that takes the chunk (pairs with the Acquire in `receive`).
     let sent = word
-        .compare_exchange(pack(generation, TAG_HELD, me), pack(generation, TAG_SENT, me), release(), Ordering::Relaxed)
+        .compare_exchange(
+            pack(generation, TAG_HELD, me),
+            pack_own(generation, TAG_SENT, me, own),
+            release(),
+            Ordering::Relaxed,
+        )
         .is_ok();
     local.busy = false;
     sent
 }
 
-/// The holder drops its buffer: `HELD(me, g) → FREE(g)`. The busy mark is cleared in
-/// the same critical section (see `Chunk`'s `Drop`). Whether the word was as expected.
-pub(crate) fn release_held(word: &AtomicU64, local: &mut Local, me: u32, generation: u32) -> bool {
+/// The holder drops its buffer: `HELD(me, g) → FREE(g)` with the holder's `own` bit.
+/// The busy mark is cleared in the same critical section (see `Chunk`'s `Drop`).
+/// Whether the word was as expected.
+pub(crate) fn release_held(word: &AtomicU64, local: &mut Local, me: u32, generation: u32, own: bool) -> bool {
     // SYNC: chunk release. Release: our accesses to the pages happen before the next
     // holder's (pairs with the Acquire in `take`).
     let freed = word
-        .compare_exchange(pack(generation, TAG_HELD, me), pack(generation, TAG_FREE, 0), release(), Ordering::Relaxed)
+        .compare_exchange(
+            pack(generation, TAG_HELD, me),
+            pack_own(generation, TAG_FREE, 0, own),
+            release(),
+            Ordering::Relaxed,
+        )
         .is_ok();
     local.busy = false;
     freed
 }
 
 /// The sender gives back a chunk whose message can no longer be received:
-/// `SENT(me, g) → FREE(g)`. Harmless if a receiver took it first (then the word is
-/// `HELD(them)` and stays so). Whether this call freed it.
-pub(crate) fn reclaim_sent(word: &AtomicU64, me: u32, generation: u32) -> bool {
+/// `SENT(me, g) → FREE(g)`, keeping the `own` bit it sent with. Harmless if a receiver
+/// took it first (then the word is `HELD(them)` and stays so). Whether this call freed
+/// it.
+pub(crate) fn reclaim_sent(word: &AtomicU64, me: u32, generation: u32, own: bool) -> bool {
     // SYNC: chunk release. Release: our writes before the send happen before the next
     // holder's accesses (pairs with the Acquire in `take`).
-    word.compare_exchange(pack(generation, TAG_SENT, me), pack(generation, TAG_FREE, 0), release(), Ordering::Relaxed)
-        .is_ok()
+    word.compare_exchange(
+        pack_own(generation, TAG_SENT, me, own),
+        pack_own(generation, TAG_FREE, 0, own),
+        release(),
+        Ordering::Relaxed,
+    )
+    .is_ok()
 }
 
 /// A receiver takes the chunk a descriptor names: `SENT(any, g) → HELD(me, g)`. Refused
 /// if a buffer of ours holds it already (whatever the word says), or if the word is not
-/// `SENT` with the descriptor's generation.
-pub(crate) fn receive(word: &AtomicU64, local: &mut Local, me: u32, generation: u32) -> Result<(), &'static str> {
+/// `SENT` with the descriptor's generation. Returns the word's `own` bit.
+pub(crate) fn receive(word: &AtomicU64, local: &mut Local, me: u32, generation: u32) -> Result<bool, &'static str> {
     if busy_here(local) {
         return Err("buffer descriptor names pages this process already holds");
     }
@@ -176,16 +220,17 @@ pub(crate) fn receive(word: &AtomicU64, local: &mut Local, me: u32, generation: 
     word.compare_exchange(current, pack(generation, TAG_HELD, me), acquire(), Ordering::Relaxed)
         .map_err(|_| "buffer descriptor raced with another receiver")?;
     local.busy = true;
-    Ok(())
+    Ok(own_bit(current))
 }
 
-/// Undoes a `receive` whose pages could not be opened: `HELD(me, g) → FREE(g)` (the
-/// record was read, so the sender will not reclaim the chunk: it goes to its owner).
-pub(crate) fn unreceive(word: &AtomicU64, local: &mut Local, me: u32, generation: u32) {
+/// Undoes a `receive` whose pages could not be opened: `HELD(me, g) → FREE(g)` with the
+/// `own` bit it was received with (the record was read, so the sender will not reclaim
+/// the chunk: it goes to its owner).
+pub(crate) fn unreceive(word: &AtomicU64, local: &mut Local, me: u32, generation: u32, own: bool) {
     // SYNC: chunk release (as `release_held`; we did not touch the pages).
     let _ = word.compare_exchange(
         pack(generation, TAG_HELD, me),
-        pack(generation, TAG_FREE, 0),
+        pack_own(generation, TAG_FREE, 0, own),
         release(),
         Ordering::Relaxed,
     );
@@ -193,7 +238,7 @@ pub(crate) fn unreceive(word: &AtomicU64, local: &mut Local, me: u32, generation
 }
 
 /// A receiver gives back a chunk named by a record it read but could not receive:
-/// `SENT(any, g) → FREE(g)`. Whether this call freed it.
+/// `SENT(any, g) → FREE(g)`, keeping the `own` bit. Whether this call freed it.
 pub(crate) fn give_back(word: &AtomicU64, generation: u32) -> bool {
     // Relaxed: only a filter; the compare-and-swap below publishes.
     let current = word.load(Ordering::Relaxed);
@@ -205,12 +250,13 @@ pub(crate) fn give_back(word: &AtomicU64, generation: u32) -> bool {
     // writes, which our compare-and-swap read (a read-modify-write continues the
     // sender's release sequence), happen before the next holder's (pairs with the
     // Acquire in `take`).
-    word.compare_exchange(current, pack(generation, TAG_FREE, 0), release(), Ordering::Relaxed).is_ok()
+    let free = pack_own(generation, TAG_FREE, 0, own_bit(current));
+    word.compare_exchange(current, free, release(), Ordering::Relaxed).is_ok()
 }
 
 /// The owner frees a chunk held by a process that is gone: `HELD(pid, g) → FREE(g)`
-/// for a pid that is neither ours nor 0 and that `alive` says no longer exists.
-/// Whether this call freed it.
+/// for a pid that is neither ours nor 0 and that `alive` says no longer exists, the
+/// `own` bit clear (whatever it wrote is in the pages). Whether this call freed it.
 pub(crate) fn reclaim_dead(word: &AtomicU64, me: u32, alive: impl FnOnce(u32) -> bool) -> bool {
     // Relaxed: only a filter.
     let current = word.load(Ordering::Relaxed);
@@ -311,7 +357,8 @@ mod loom_tests {
 
     /// Take, write, send; receive, read: the receiver sees the bytes the sender wrote
     /// before it sent (SYNC: chunk transfer), then drops the buffer, and the owner's
-    /// next take sees the receiver's writes (SYNC: chunk release).
+    /// next take sees the receiver's writes (SYNC: chunk release), and the `own` bit
+    /// the receiver cleared because it wrote them.
     fn transfer_and_return() {
         loom::model(|| {
             let chunk = Chunk::new(pack(0, TAG_FREE, 0));
@@ -319,7 +366,8 @@ mod loom_tests {
             let receiver = loom::thread::spawn(move || {
                 loop {
                     let mut local = c.peer.lock().unwrap();
-                    if receive(&c.word, &mut local, PEER, 1).is_ok() {
+                    if let Ok(own) = receive(&c.word, &mut local, PEER, 1) {
+                        assert!(own, "sent with the owner's bytes only");
                         break;
                     }
                     drop(local);
@@ -327,14 +375,15 @@ mod loom_tests {
                 }
                 assert_eq!(c.read_page(), 7, "the sender's bytes");
                 c.write_page(8);
-                assert!(release_held(&c.word, &mut c.peer.lock().unwrap(), PEER, 1));
+                assert!(release_held(&c.word, &mut c.peer.lock().unwrap(), PEER, 1, false));
             });
-            let generation = take(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER).unwrap();
+            let (generation, own) = take(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER).unwrap();
+            assert!(!own, "a word of zeros does not say whose bytes the chunk holds");
             chunk.write_page(7);
-            assert!(send(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER, generation));
+            assert!(send(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER, generation, true));
             receiver.join().unwrap();
-            // Back to the owner, as a new generation.
-            assert_eq!(take(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER), Some(2));
+            // Back to the owner, as a new generation, holding another process's bytes.
+            assert_eq!(take(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER), Some((2, false)));
             assert_eq!(chunk.read_page(), 8, "the receiver's bytes");
         });
     }
@@ -360,15 +409,15 @@ mod loom_tests {
     #[test]
     fn give_back_races_reclaim_and_exactly_one_wins() {
         loom::model(|| {
-            let chunk = Chunk::new(pack(5, TAG_SENT, OWNER));
+            let chunk = Chunk::new(pack_own(5, TAG_SENT, OWNER, true));
             let c = chunk.clone();
             let receiver = loom::thread::spawn(move || give_back(&c.word, 5));
-            let reclaimed = reclaim_sent(&chunk.word, OWNER, 5);
+            let reclaimed = reclaim_sent(&chunk.word, OWNER, 5, true);
             let given_back = receiver.join().unwrap();
             assert!(reclaimed ^ given_back, "exactly one frees it: {reclaimed} {given_back}");
-            assert_eq!(chunk.word.load(Ordering::Relaxed), pack(5, TAG_FREE, 0));
+            assert_eq!(chunk.word.load(Ordering::Relaxed), pack_own(5, TAG_FREE, 0, true), "the own bit kept");
             let mut local = chunk.owner.lock().unwrap();
-            assert_eq!(take(&chunk.word, &mut local, OWNER), Some(6));
+            assert_eq!(take(&chunk.word, &mut local, OWNER), Some((6, true)));
             assert_eq!(take(&chunk.word, &mut local, OWNER), None, "handed out once");
         });
     }
@@ -384,15 +433,15 @@ mod loom_tests {
                 let received = receive(&c.word, &mut c.peer.lock().unwrap(), PEER, 5).is_ok();
                 if received {
                     c.use_pages(2);
-                    release_held(&c.word, &mut c.peer.lock().unwrap(), PEER, 5);
+                    release_held(&c.word, &mut c.peer.lock().unwrap(), PEER, 5, false);
                 }
                 received
             });
-            let reclaimed = reclaim_sent(&chunk.word, OWNER, 5);
+            let reclaimed = reclaim_sent(&chunk.word, OWNER, 5, false);
             let retaken = take(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER);
-            if let Some(generation) = retaken {
+            if let Some((generation, _)) = retaken {
                 chunk.use_pages(1);
-                release_held(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER, generation);
+                release_held(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER, generation, true);
             }
             let received = receiver.join().unwrap();
             assert!(!(received && reclaimed), "the receiver took it, or the sender got it back");
@@ -402,7 +451,7 @@ mod loom_tests {
 
     /// A holder that died: two threads of the owner reclaim it at once (allocation and
     /// `reclaim_arena`), then each tries to take it. It comes back once, and is handed
-    /// out once.
+    /// out once, as holding another process's bytes.
     #[test]
     fn a_dead_holders_chunk_is_reclaimed_and_handed_out_once() {
         loom::model(|| {
@@ -418,7 +467,8 @@ mod loom_tests {
                             r.fetch_add(1, Ordering::Relaxed);
                         }
                         let taken = take(&c.word, &mut c.owner.lock().unwrap(), OWNER);
-                        if taken.is_some() {
+                        if let Some((_, own)) = taken {
+                            assert!(!own, "what a dead holder left is not the owner's bytes");
                             t.fetch_add(1, Ordering::Relaxed);
                             c.use_pages(1);
                         }
@@ -458,18 +508,18 @@ mod loom_tests {
                 let mut local = c.owner.lock().unwrap();
                 let got = match take(&c.word, &mut local, OWNER) {
                     Some(generation) => Some(generation),
-                    None => receive(&c.word, &mut local, OWNER, 1).ok().map(|()| 1),
+                    None => receive(&c.word, &mut local, OWNER, 1).ok().map(|_| (1, false)),
                 };
                 drop(local);
-                if let Some(generation) = got {
+                if let Some((generation, _)) = got {
                     c.use_pages(2);
-                    release_held(&c.word, &mut c.owner.lock().unwrap(), OWNER, generation);
+                    release_held(&c.word, &mut c.owner.lock().unwrap(), OWNER, generation, true);
                 }
             });
             let taken = take(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER);
-            if let Some(generation) = taken {
+            if let Some((generation, _)) = taken {
                 chunk.use_pages(1);
-                release_held(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER, generation);
+                release_held(&chunk.word, &mut chunk.owner.lock().unwrap(), OWNER, generation, true);
             }
             hostile.join().unwrap();
             other.join().unwrap();

@@ -4,7 +4,7 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use super::chunk::take_free;
+use super::chunk::{Contents, take_free};
 use super::process::class_of;
 use super::segment::*;
 use super::state::{TAG_FREE, TAG_HELD, TAG_SENT, pack, unpack};
@@ -28,7 +28,7 @@ fn sent_chunk() -> (SentChunk, Arc<ArenaSegment>, Descriptor) {
 
 #[test]
 fn the_crates_unit_tests_allocate_from_the_heap() {
-    let (chunk, _) = allocate(5000).unwrap();
+    let chunk = allocate(5000, Fill::Zero).unwrap();
     assert!(chunk.segment().is_heap(), "unit tests run on the process-memory backend");
     // The token that names the segment on a socket finds the same segment again, as
     // a process-local channel's receiver finds it.
@@ -44,8 +44,8 @@ fn a_heap_segment_hands_out_reuses_and_transfers_chunks() {
     let segment = heap_segment();
     let mut taken = Vec::new();
     while let Some(found) = take_free(&segment) {
-        let (chunk, zeroed) = found.unwrap();
-        assert!(zeroed, "a new heap block is zeroed");
+        let (chunk, contents) = found.unwrap();
+        assert_eq!(contents, Contents::Zero, "a new heap block is zeroed");
         taken.push(chunk);
     }
     assert_eq!(taken.len(), segment.chunk_count as usize, "every chunk once, none twice");
@@ -62,9 +62,11 @@ fn a_heap_segment_hands_out_reuses_and_transfers_chunks() {
     assert_eq!(unsafe { *received.ptr().as_ptr().add(8191) }, 0xA7);
     drop(sent);
     drop(received);
-    // Back to FREE; taken again as a new generation, not known to be zero.
-    let (again, zeroed) = take_free(&segment).unwrap().unwrap();
-    assert_eq!((again.descriptor().chunk, again.descriptor().generation, zeroed), (d.chunk, d.generation + 1, false));
+    // Back to FREE; taken again as a new generation, not known to be zero, but holding
+    // only this process's bytes.
+    let (again, contents) = take_free(&segment).unwrap().unwrap();
+    assert_eq!((again.descriptor().chunk, again.descriptor().generation), (d.chunk, d.generation + 1));
+    assert_eq!(contents, Contents::Own);
     // SAFETY: ours again; the page was never protected.
     assert_eq!(unsafe { *again.ptr().as_ptr() }, 0xA7);
 }
@@ -104,7 +106,7 @@ fn a_chunk_this_process_holds_is_never_received_a_second_time() {
 
 #[test]
 fn a_chunk_held_by_a_dead_process_is_reclaimed() {
-    let (chunk, _) = allocate(3 << 20).unwrap();
+    let chunk = allocate(3 << 20, Fill::Zero).unwrap();
     let (segment, index, generation) = (chunk.segment().clone(), chunk.index, chunk.generation);
     std::mem::forget(chunk);
     // No process has a pid this large (pid_max is at most 2^22).
@@ -127,11 +129,12 @@ fn a_segment_that_is_not_a_sealed_arena_is_refused() {
     assert_eq!(ArenaSegment::open(fd, identity).err(), Some("arena size does not match its size class"));
     // Only the canonical name of a class of this version is an arena.
     assert_eq!(class_from_name(&segment_name(20)), Ok(20));
-    assert_eq!(class_from_name("shmport-arena.3.020"), Err("not an arena"));
-    assert_eq!(class_from_name("shmport-arena.3.+20"), Err("not an arena"));
-    assert_eq!(class_from_name("shmport-arena.3.20 "), Err("not an arena"));
-    assert_eq!(class_from_name("shmport-arena.2.20"), Err("incompatible arena version"));
-    assert_eq!(class_from_name("shmport-arena.3.99"), Err("arena chunk size out of range"));
+    assert_eq!(segment_name(20), "shmport-arena.4.20");
+    assert_eq!(class_from_name("shmport-arena.4.020"), Err("not an arena"));
+    assert_eq!(class_from_name("shmport-arena.4.+20"), Err("not an arena"));
+    assert_eq!(class_from_name("shmport-arena.4.20 "), Err("not an arena"));
+    assert_eq!(class_from_name("shmport-arena.3.20"), Err("incompatible arena version"));
+    assert_eq!(class_from_name("shmport-arena.4.99"), Err("arena chunk size out of range"));
 }
 
 /// A segment of 8 KiB chunks that no other test allocates from, and a second
@@ -294,4 +297,138 @@ fn size_classes_cover_zero_to_64_gib() {
     assert_eq!(class_of(2 * page + 1), Some(page_shift + 2));
     assert_eq!(class_of(1 << 30), Some(30));
     assert_eq!(class_of((1 << 36) + 1), None);
+}
+
+/// Fills a chunk's whole capacity with `byte`.
+fn fill(chunk: &Chunk, byte: u8) {
+    // SAFETY: a chunk the test holds, open, `capacity` bytes.
+    unsafe { std::ptr::write_bytes(chunk.ptr().as_ptr(), byte, chunk.capacity()) };
+}
+
+/// The bytes of a chunk's whole capacity.
+fn bytes(chunk: &Chunk) -> Vec<u8> {
+    let mut out = vec![0; chunk.capacity()];
+    // SAFETY: a chunk the test holds, open, `capacity` bytes; copied out, no slice.
+    unsafe { std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), out.as_mut_ptr(), out.len()) };
+    out
+}
+
+/// Sends the owner's chunk to the view (another process's mapping of the segment),
+/// which takes it, writes it if `write`, and drops it. Returns what the owner's next
+/// take finds.
+fn round_trip(owner: &Arc<ArenaSegment>, chunk: Chunk, write: bool) -> (Chunk, Contents) {
+    let view = Arc::new(ArenaSegment::open(platform::dup_fd(owner.fd()).unwrap(), owner.identity).unwrap());
+    let d = chunk.descriptor();
+    let _sent = chunk.send(false);
+    let mut received = receive(view, d).unwrap();
+    if write {
+        received.note_write();
+        fill(&received, 0xBB);
+    }
+    drop(received);
+    take_free(owner).unwrap().unwrap()
+}
+
+#[test]
+fn a_chunk_comes_back_as_the_owners_bytes_only_if_no_other_process_wrote_it() {
+    let (owner, _) = private_segment_and_view();
+    let (chunk, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!(contents, Contents::Zero);
+    fill(&chunk, 0xAA);
+    // Read elsewhere, dropped: the owner's bytes, as they left.
+    let (chunk, contents) = round_trip(&owner, chunk, false);
+    assert_eq!(contents, Contents::Own);
+    assert!(bytes(&chunk).iter().all(|&b| b == 0xAA));
+    // Written elsewhere: another process's bytes.
+    let (chunk, contents) = round_trip(&owner, chunk, true);
+    assert_eq!(contents, Contents::Foreign);
+    // The owner's own writes never clear the bit.
+    let mut chunk = chunk;
+    chunk.own = true;
+    chunk.note_write();
+    assert!(chunk.own, "the owner writing its own chunk");
+    // Freed by the owner, reclaimed by its sender or given back by a receiver: the bit
+    // stays as it was; reclaimed from a dead holder: cleared.
+    drop(chunk);
+    let (chunk, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!(contents, Contents::Own);
+    let d = chunk.descriptor();
+    chunk.send(false).reclaim();
+    let (chunk, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!((chunk.index, contents), (d.chunk, Contents::Own));
+    let d = chunk.descriptor();
+    let _sent = chunk.send(false);
+    give_back(&owner, d);
+    let (chunk, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!((chunk.index, contents), (d.chunk, Contents::Own));
+    let (index, generation) = (chunk.index, chunk.generation);
+    std::mem::forget(chunk);
+    owner.state(index).store(pack(generation, TAG_HELD, (1 << 29) - 1), Ordering::Release);
+    lock(&owner.local)[index as usize].busy = false;
+    assert!(super::state::reclaim_dead(owner.state(index), my_pid(), |_| false));
+    let (chunk, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!((chunk.index, contents), (index, Contents::Foreign));
+}
+
+#[test]
+fn a_chunk_written_by_a_process_it_was_passed_on_to_comes_back_foreign() {
+    // Owner → A (reads) → B (writes) → A → owner: the bit travels in the SENT words.
+    let (owner, _) = private_segment_and_view();
+    let (chunk, _) = take_free(&owner).unwrap().unwrap();
+    let a = Arc::new(ArenaSegment::open(platform::dup_fd(owner.fd()).unwrap(), owner.identity).unwrap());
+    let b = Arc::new(ArenaSegment::open(platform::dup_fd(owner.fd()).unwrap(), owner.identity).unwrap());
+    let d = chunk.descriptor();
+    let _sent = chunk.send(false);
+    let at_a = receive(a.clone(), d).unwrap();
+    let _sent = at_a.send(false);
+    let mut at_b = receive(b, d).unwrap();
+    at_b.note_write();
+    let _sent = at_b.send(false);
+    let back_at_a = receive(a, d).unwrap();
+    let _sent = back_at_a.send(false);
+    let home = receive(owner.clone(), d).unwrap();
+    assert!(!home.own, "B's write is remembered after two more hops");
+    drop(home);
+    let (_, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!(contents, Contents::Foreign);
+}
+
+#[test]
+fn allocation_clears_exactly_what_its_fill_needs() {
+    let (owner, _) = private_segment_and_view();
+    let capacity = 1 << 13;
+    let part = 5000;
+    // A foreign chunk (a peer wrote 0xBB all over it).
+    let foreign = |owner: &Arc<ArenaSegment>| {
+        let (chunk, _) = take_free(owner).unwrap().unwrap();
+        let (chunk, contents) = round_trip(owner, chunk, true);
+        assert_eq!(contents, Contents::Foreign);
+        chunk
+    };
+    // Stale: zeroed whole, and own from then on.
+    let mut chunk = foreign(&owner);
+    process::prepare(&mut chunk, Contents::Foreign, part, Fill::Stale);
+    assert!(bytes(&chunk).iter().all(|&b| b == 0) && chunk.own);
+    drop(chunk);
+    // Zero, part of it: the part zeroed, the rest still the peer's, so still foreign.
+    let mut chunk = foreign(&owner);
+    process::prepare(&mut chunk, Contents::Foreign, part, Fill::Zero);
+    let all = bytes(&chunk);
+    assert!(all[..part].iter().all(|&b| b == 0) && all[part..].iter().all(|&b| b == 0xBB) && !chunk.own);
+    drop(chunk);
+    let (mut chunk, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!(contents, Contents::Foreign, "a tail of another process's bytes keeps the chunk foreign");
+    // Copy over all of it: own (the caller writes every byte).
+    process::prepare(&mut chunk, Contents::Foreign, capacity, Fill::Copy);
+    assert!(chunk.own);
+    fill(&chunk, 0xCC);
+    drop(chunk);
+    // Own bytes: Stale and Copy leave them, Zero zeroes its part only.
+    let (mut chunk, contents) = take_free(&owner).unwrap().unwrap();
+    assert_eq!(contents, Contents::Own);
+    process::prepare(&mut chunk, contents, part, Fill::Stale);
+    assert!(bytes(&chunk).iter().all(|&b| b == 0xCC) && chunk.own);
+    process::prepare(&mut chunk, contents, part, Fill::Zero);
+    let all = bytes(&chunk);
+    assert!(all[..part].iter().all(|&b| b == 0) && all[part..].iter().all(|&b| b == 0xCC));
 }
