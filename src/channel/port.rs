@@ -370,6 +370,13 @@ impl Port {
     }
 
     pub(super) fn detach_parts(&self) -> Option<(Arc<Link>, Option<Tx>, Option<Rx>)> {
+        self.detach_with(|| self.tx.lock().take()).map(|h| (h.link, h.tx, h.rx))
+    }
+
+    /// Marks the port detached (once: `None` if it was already), wakes its own blocked
+    /// threads, and takes its link and halves, the writing half by `take_tx` (which
+    /// locks it, or takes it from a guard the caller holds).
+    pub(super) fn detach_with(&self, take_tx: impl FnOnce() -> Option<Tx>) -> Option<Halves> {
         if self.detached.swap(true, Ordering::SeqCst) {
             return None;
         }
@@ -377,14 +384,14 @@ impl Port {
         // Our own threads blocked in recv/post see `detached` and return, releasing
         // the locks taken below.
         wake_own_words(&link);
-        let tx = self.tx.lock().take();
+        let tx = take_tx();
         let mut rx = self.rx.lock().take();
         if let Some(rx) = rx.as_mut() {
             // Whoever takes the port over starts after what we have read (and a writer
             // waiting for that room hears of it now).
             rx.release_and_notify();
         }
-        Some((link, tx, rx))
+        Some(Halves { link, tx, rx })
     }
 
     pub(crate) fn is_peer_closed(&self) -> bool {
@@ -425,6 +432,13 @@ pub(super) fn close_buried() {
         drop(port);
     }
     CLOSING.with(|c| c.set(false));
+}
+
+/// What a detached port gave up: its link and its two halves.
+pub(super) struct Halves {
+    pub(super) link: Arc<Link>,
+    pub(super) tx: Option<Tx>,
+    pub(super) rx: Option<Rx>,
 }
 
 /// Why `post_inline` did not post.

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::Mode;
 use super::api::MessagePort;
-use super::link::{Link, wake_own_words};
+use super::link::Link;
 use super::outgoing::Outgoing;
-use super::port::{Port, Pushed, busy_error, lock, lock_for};
-use super::rx::Rx;
+use super::port::{Halves, Port, Pushed, busy_error, lock, lock_for};
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::platform;
@@ -84,7 +83,7 @@ impl Port {
         }
         let end = tx.producer.position();
         match self.move_attachments(tx, outgoing, moved, start, mode) {
-            Ok(Moved::Sent(sent)) => {
+            Ok(MoveOutcome::Sent(sent)) => {
                 tx.publish_and_notify();
                 if !sent.is_empty() {
                     tx.in_flight.push_back((end, sent));
@@ -92,7 +91,7 @@ impl Port {
                 tx.settle_in_flight(false);
                 Ok(Attempt::Posted)
             }
-            Ok(Moved::Not(attempt)) => {
+            Ok(MoveOutcome::Not(attempt)) => {
                 tx.producer.rollback();
                 Ok(attempt)
             }
@@ -114,33 +113,33 @@ impl Port {
         moved: &[MessagePort],
         start: u64,
         mode: Mode,
-    ) -> Result<Moved, PostError> {
+    ) -> Result<MoveOutcome, PostError> {
         let detached_port = || PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort));
         if self.socket_ready(tx, mode)? {
             tx.settle_in_flight(true);
-            return Ok(Moved::Not(Attempt::Nowhere));
+            return Ok(MoveOutcome::Not(Attempt::Nowhere));
         }
         // The moved ports' writing halves, without waiting.
         let mut port_guards = Vec::with_capacity(moved.len());
         for port in moved {
             match port.port().tx.try_lock() {
                 Some(g) => port_guards.push(g),
-                None => return Ok(Moved::Not(Attempt::Busy)),
+                None => return Ok(MoveOutcome::Not(Attempt::Busy)),
             }
         }
         let links: Option<Vec<Arc<Link>>> = moved.iter().map(|p| p.port().link()).collect();
         let Some(links) = links.filter(|_| port_guards.iter().all(|g| g.is_some())) else {
             return Err(detached_port());
         };
-        let Some(detached) = outgoing.take_buffers()? else { return Ok(Moved::Not(Attempt::Busy)) };
+        let Some(detached) = outgoing.take_buffers()? else { return Ok(MoveOutcome::Not(Attempt::Busy)) };
         if let Err(e) = outgoing.send(tx.link.socket.as_fd(), start, &links) {
             outgoing.restore_buffers(detached);
             if platform::is_peer_gone_error(&e) {
                 tx.settle_in_flight(true);
-                return Ok(Moved::Not(Attempt::Nowhere));
+                return Ok(MoveOutcome::Not(Attempt::Nowhere));
             }
             if platform::is_transient_send_error(&e) {
-                return Ok(Moved::Not(Attempt::Busy));
+                return Ok(MoveOutcome::Not(Attempt::Busy));
             }
             return Err(PostError::transfer(e));
         }
@@ -150,10 +149,10 @@ impl Port {
         let mut moving = Vec::with_capacity(moved.len());
         for (port, g) in moved.iter().zip(port_guards.iter_mut()) {
             match port.port().detach_for_transfer(g) {
-                Some(parts) => moving.push(parts),
+                Some(halves) => moving.push(halves),
                 None => {
-                    for (port, (parts, g)) in moved.iter().zip(moving.into_iter().zip(port_guards.iter_mut())) {
-                        port.port().undo_transfer(parts, g);
+                    for (port, (halves, g)) in moved.iter().zip(moving.into_iter().zip(port_guards.iter_mut())) {
+                        port.port().undo_transfer(halves, g);
                     }
                     outgoing.restore_buffers(detached);
                     // The descriptors sent are dropped by the receiver (their tag is stale).
@@ -165,7 +164,7 @@ impl Port {
         // keep the ports alive until the receiver takes them.
         drop(moving);
         drop(port_guards);
-        Ok(Moved::Sent(outgoing.finish(detached, tx.link.segment.revokes())))
+        Ok(MoveOutcome::Sent(outgoing.finish(detached, tx.link.segment.revokes())))
     }
 
     /// Before a message with descriptors: waits, as `mode` allows, until the socket can
@@ -194,26 +193,13 @@ impl Port {
 
     /// Detaches the port to move it, taking its writing half from `tx` (whose lock the
     /// caller holds). `None` if it was detached already.
-    pub(super) fn detach_for_transfer(&self, tx: &mut Option<Tx>) -> Option<Moving> {
-        if self.detached.swap(true, Ordering::SeqCst) {
-            return None;
-        }
-        let link = lock(&self.link).take()?;
-        // Threads of ours blocked in recv see `detached` and return, releasing the lock.
-        wake_own_words(&link);
-        let tx = tx.take();
-        let mut rx = self.rx.lock().take();
-        if let Some(rx) = rx.as_mut() {
-            // Whoever takes the port over starts after what we have read (and a writer
-            // waiting for that room hears of it now).
-            rx.release_and_notify();
-        }
-        Some(Moving { link, tx, rx })
+    pub(super) fn detach_for_transfer(&self, tx: &mut Option<Tx>) -> Option<Halves> {
+        self.detach_with(|| tx.take())
     }
 
     /// Puts back what `detach_for_transfer` took (the descriptors could not be sent);
     /// the writing half goes back into `tx`, whose lock the caller holds.
-    pub(super) fn undo_transfer(&self, moving: Moving, tx: &mut Option<Tx>) {
+    pub(super) fn undo_transfer(&self, moving: Halves, tx: &mut Option<Tx>) {
         *tx = moving.tx;
         *self.rx.lock() = moving.rx;
         *lock(&self.link) = Some(moving.link);
@@ -221,15 +207,8 @@ impl Port {
     }
 }
 
-/// A port on its way out: the halves `detach_for_transfer` took.
-pub(super) struct Moving {
-    pub(super) link: Arc<Link>,
-    pub(super) tx: Option<Tx>,
-    pub(super) rx: Option<Rx>,
-}
-
 /// How `move_attachments` ended.
-enum Moved {
+enum MoveOutcome {
     /// Everything moved: publish the record; these chunks are in flight.
     Sent(Vec<SentChunk>),
     /// Nothing changed; the attempt ends so.
