@@ -139,7 +139,7 @@ impl MessagePort {
         self.post_message_mode(message.into(), transfer, Mode::timeout(timeout))
     }
 
-    pub(super) fn post_message_mode(
+    fn post_message_mode(
         &self,
         message: Value,
         transfer: impl IntoIterator<Item = Transferable>,
@@ -170,7 +170,7 @@ impl MessagePort {
         }
     }
 
-    pub(super) fn post_bytes_mode(&self, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+    fn post_bytes_mode(&self, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
         self.post_record(wire::KIND_BYTES, bytes, mode)
     }
 
@@ -223,7 +223,7 @@ impl MessagePort {
         self.recv_event(Mode::timeout(timeout)).map_err(RecvTimeoutError::from)
     }
 
-    pub(super) fn recv_event(&self, mode: Mode) -> Result<MessageEvent, RecvFail> {
+    fn recv_event(&self, mode: Mode) -> Result<MessageEvent, RecvFail> {
         self.port().recv_record(mode, incoming::decode_event)?
     }
 
@@ -248,7 +248,7 @@ impl MessagePort {
         self.recv_bytes_mode(Mode::timeout(timeout), f).map_err(RecvTimeoutError::from)
     }
 
-    pub(super) fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
+    fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
         // The bytes are copied out of the ring (a small message onto the stack, a larger
         // one into this thread's receive buffer), and the closure runs on the copy
         // without the port's lock: it may close, transfer or receive on this port.

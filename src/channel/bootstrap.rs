@@ -31,7 +31,7 @@ const HANDOFF_LEN: usize = 9;
 pub const PARENT_ENV: &str = "SHMPORT_PARENT";
 
 /// Sends the port on `link` over `sock`. The caller has detached the port.
-pub(crate) fn send_handoff(sock: BorrowedFd<'_>, link: &Link) -> Result<(), Error> {
+fn send_handoff(sock: BorrowedFd<'_>, link: &Link) -> Result<(), Error> {
     let segment_fd = link.segment.fd().ok_or(Error::Io(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "a process-local port cannot leave its process",
@@ -59,7 +59,7 @@ enum Handoff {
 }
 
 /// Receives one handoff from `sock` and attaches the port it carries.
-pub(crate) fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<MessagePort, Error> {
+fn recv_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<MessagePort, Error> {
     match recv_any_handoff(sock, nonblocking)? {
         Handoff::Port(port) => Ok(port),
         Handoff::HungUp => Err(Error::Invalid("the sender hung up before handing over a port")),

@@ -92,15 +92,15 @@ pub(crate) fn set_onmessage(port: &Arc<Port>, handler: Option<MessageHandler>) {
     });
 }
 
-pub(crate) fn add_message_listener(port: &Arc<Port>, handler: MessageHandler) {
+pub(super) fn add_message_listener(port: &Arc<Port>, handler: MessageHandler) {
     update(port, |e| e.listeners.push(Arc::new(Mutex::new(handler))));
 }
 
-pub(crate) fn set_onmessageerror(port: &Arc<Port>, handler: Option<ErrorHandler>) {
+pub(super) fn set_onmessageerror(port: &Arc<Port>, handler: Option<ErrorHandler>) {
     update(port, |e| e.onmessageerror = handler.map(|h| Arc::new(Mutex::new(h))));
 }
 
-pub(crate) fn set_onclose(port: &Arc<Port>, handler: Option<CloseHandler>) {
+pub(super) fn set_onclose(port: &Arc<Port>, handler: Option<CloseHandler>) {
     update(port, |e| e.onclose = handler);
 }
 

@@ -60,7 +60,7 @@ fn fail(reason: &'static str) -> RecvFail {
 /// Turns the record just taken by `rx` into a `MessageEvent`. A record of bytes (raw,
 /// typed or plain-old-data) arrives as an `ArrayBuffer` of its bytes; one that also
 /// carries buffers (a typed message's) as an array of that buffer and them.
-pub(crate) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Result<MessageEvent, RecvFail> {
+pub(super) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Result<MessageEvent, RecvFail> {
     if !matches!(kind, KIND_BYTES | KIND_VALUE | KIND_TYPED | KIND_POD) {
         if flags & FLAG_ATTACHMENTS != 0 {
             drop(attachments(rx, len));
@@ -104,7 +104,7 @@ pub(crate) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Re
 
 /// Receives what the typed record just taken by `rx` carries and decodes its value
 /// as a `T`.
-pub(crate) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usize) -> Result<T, RecvFail> {
+pub(super) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usize) -> Result<T, RecvFail> {
     let Incoming { buffers, ports, spilled, body_at } = attachments(rx, len)?;
     let value = match spilled {
         Some((chunk, body_len)) => {
@@ -120,7 +120,7 @@ pub(crate) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usi
 /// The body of the record just taken by `rx`, for `recv_bytes_with`: inline bytes, or
 /// a spilled body copied into `rx`'s buffer. Transferred items are dropped (a buffer
 /// goes back to its owner, a port is closed).
-pub(crate) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::Range<usize>, RecvFail> {
+pub(super) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::Range<usize>, RecvFail> {
     if flags & FLAG_ATTACHMENTS == 0 {
         return Ok(0..len);
     }
@@ -136,7 +136,7 @@ pub(crate) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
 
 /// Gives back what a record that will never be read carries (SEMANTICS 15: a port
 /// closing with messages queued discards them).
-pub(crate) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
+pub(super) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {
     if flags & FLAG_ATTACHMENTS != 0
         && let Ok(incoming) = attachments(rx, len)
     {

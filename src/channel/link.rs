@@ -19,7 +19,7 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(super) fn peer_state(&self) -> &AtomicU32 {
+    fn peer_state(&self) -> &AtomicU32 {
         self.segment.end_state(1 - self.end)
     }
 

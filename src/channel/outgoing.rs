@@ -157,7 +157,7 @@ impl Outgoing {
     /// (another thread may have moved it since). On a mismatch every buffer is put
     /// back and the post fails as rule 5d says; `Ok(None)` if a buffer is in use right
     /// now (its bytes are being read or written), with every buffer put back.
-    pub(crate) fn take_buffers(&self) -> Result<Option<Vec<Detached>>, PostError> {
+    pub(super) fn take_buffers(&self) -> Result<Option<Vec<Detached>>, PostError> {
         let mut detached = Vec::with_capacity(self.buffers.len());
         for (b, expected) in self.buffers.iter().zip(&self.expected) {
             let Some(d) = b.try_detach() else {
@@ -195,7 +195,7 @@ impl Outgoing {
 
     /// The descriptors are sent: the moved chunks are now the message's. Returns them,
     /// to be reclaimed if the message is never received.
-    pub(crate) fn finish(&mut self, detached: Vec<Detached>, revoke: bool) -> Vec<SentChunk> {
+    pub(super) fn finish(&mut self, detached: Vec<Detached>, revoke: bool) -> Vec<SentChunk> {
         let mut in_flight: Vec<SentChunk> =
             detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)).collect();
         if let Some(chunk) = self.record.take_spill() {
@@ -205,7 +205,7 @@ impl Outgoing {
     }
 
     /// Puts the buffers back (a post that failed after `take_buffers`).
-    pub(crate) fn restore_buffers(&self, detached: Vec<Detached>) {
+    pub(super) fn restore_buffers(&self, detached: Vec<Detached>) {
         for (b, d) in self.buffers.iter().zip(detached) {
             b.restore(d);
         }
@@ -213,7 +213,7 @@ impl Outgoing {
 
     /// The message goes nowhere (the peer is gone, the source is detached, or the
     /// message is doomed): what it transfers is detached and dropped, as on the web.
-    pub(crate) fn discard(self) {
+    pub(super) fn discard(self) {
         for b in &self.buffers {
             drop(b.detach());
         }

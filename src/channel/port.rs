@@ -141,7 +141,7 @@ impl Port {
     /// The body of `push_waiting`: the first try, the `try_` case, then the wait. It is
     /// one function (62 lines) because the wait's closure re-runs the first try with
     /// the same borrowed state; split, the three parts would pass the same six values.
-    pub(super) fn push_record(
+    fn push_record(
         &self,
         tx: &mut Tx,
         kind: u16,
@@ -209,7 +209,7 @@ impl Port {
     /// Returns `Err(Spill(max))` without doing anything if the bytes are larger than
     /// a record of this ring can be: the caller sends them out of line.
     #[inline]
-    pub(crate) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), Inline> {
+    pub(super) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), Inline> {
         let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(Inline::Failed(busy_error(mode))) };
         let Some(tx) = guard.as_mut() else { return Ok(()) };
         let max = tx.producer.ring().max_payload();
@@ -225,7 +225,7 @@ impl Port {
     /// Waits for the next record as `mode` allows and hands its kind and payload to
     /// `f` (a copy in process memory; the ring space is already free).
     #[inline]
-    pub(crate) fn recv_record<R>(
+    pub(super) fn recv_record<R>(
         &self,
         mode: Mode,
         f: impl FnOnce(&mut Rx, u16, u16, usize) -> R,
@@ -239,7 +239,7 @@ impl Port {
     /// As `recv_record`, but `f` takes the record out of the ring itself (`Rx::take` or
     /// `Rx::take_into`).
     #[inline]
-    pub(crate) fn recv_record_raw<R>(&self, mode: Mode, f: impl FnOnce(&mut Rx, &Record) -> R) -> Result<R, RecvFail> {
+    pub(super) fn recv_record_raw<R>(&self, mode: Mode, f: impl FnOnce(&mut Rx, &Record) -> R) -> Result<R, RecvFail> {
         // A `try_` call never waits for the lock, a timed call waits at most until its
         // deadline: whoever holds it (a blocked `recv`, the dispatch thread) takes the
         // next message anyway.
@@ -274,7 +274,7 @@ impl Port {
     }
 
     /// Waits for the next record as `mode` allows (`None`: the deadline passed).
-    pub(super) fn wait_for_record(&self, rx: &mut Rx, mode: Mode) -> Option<Result<Record, RecvFail>> {
+    fn wait_for_record(&self, rx: &mut Rx, mode: Mode) -> Option<Result<Record, RecvFail>> {
         let link = rx.link.clone();
         let mut spin = rx.spin;
         let found = wait::block_on(
@@ -291,7 +291,7 @@ impl Port {
 
     /// Blocks until a record is waiting, the peer is gone, the port is detached, or
     /// `keep_waiting` returns false. Used by the dispatch thread; consumes nothing.
-    pub(crate) fn wait_readable(&self, keep_waiting: impl Fn() -> bool) -> Readiness {
+    pub(super) fn wait_readable(&self, keep_waiting: impl Fn() -> bool) -> Readiness {
         let mut guard = self.rx.lock();
         let Some(rx) = guard.as_mut() else {
             return Readiness::Detached;
@@ -324,13 +324,13 @@ impl Port {
     /// Sleeps for at most one slice, or until the handlers change (`events_epoch`
     /// leaves `epoch`), then says whether the peer is gone. Does not touch the ring, so
     /// it never competes with `recv` for messages.
-    pub(crate) fn watch_peer(&self, epoch: u32) -> bool {
+    pub(super) fn watch_peer(&self, epoch: u32) -> bool {
         platform::futex_wait_private(&self.events_epoch, epoch, Some(SLICE));
         self.link().is_some_and(|link| link.peer_gone())
     }
 
     /// Tells the dispatch thread that the handlers changed.
-    pub(crate) fn events_changed(&self) {
+    pub(super) fn events_changed(&self) {
         self.events_epoch.fetch_add(1, Ordering::SeqCst);
         platform::futex_wake_private(&self.events_epoch);
         self.wake_local_waiters();
@@ -342,7 +342,7 @@ impl Port {
     }
 
     /// Wakes this port's own threads sleeping in `recv` or `post` so they re-check.
-    pub(crate) fn wake_local_waiters(&self) {
+    fn wake_local_waiters(&self) {
         if let Some(link) = self.link() {
             wake_own_words(&link);
         }
@@ -369,7 +369,7 @@ impl Port {
         self.detach_parts().map(|(link, _, _)| link)
     }
 
-    pub(super) fn detach_parts(&self) -> Option<(Arc<Link>, Option<Tx>, Option<Rx>)> {
+    fn detach_parts(&self) -> Option<(Arc<Link>, Option<Tx>, Option<Rx>)> {
         self.detach_with(|| self.tx.lock().take()).map(|h| (h.link, h.tx, h.rx))
     }
 
@@ -394,17 +394,17 @@ impl Port {
         Some(Halves { link, tx, rx })
     }
 
-    pub(crate) fn is_peer_closed(&self) -> bool {
+    pub(super) fn is_peer_closed(&self) -> bool {
         self.link().is_none_or(|l| l.peer_gone())
     }
 
-    pub(crate) fn set_strategy(&self, strategy: WaitStrategy) {
+    pub(super) fn set_strategy(&self, strategy: WaitStrategy) {
         let busy = self.link().is_some_and(|l| l.busy_poll());
         self.strategy.store(if busy { WaitStrategy::BusyPoll } else { strategy });
     }
 
     /// Capacity of one record's payload on this port's channel.
-    pub(crate) fn max_message(&self) -> usize {
+    pub(super) fn max_message(&self) -> usize {
         self.link().map_or(0, |l| l.segment.ring(l.end).max_payload())
     }
 }
@@ -424,7 +424,7 @@ pub(crate) fn bury(ports: Vec<MessagePort>) {
 }
 
 /// Closes the buried ports, unless a close further up this thread's stack does it.
-pub(super) fn close_buried() {
+fn close_buried() {
     if CLOSING.with(|c| c.replace(true)) {
         return;
     }
@@ -476,7 +476,7 @@ pub(super) fn busy_error(mode: Mode) -> PostError {
     }
 }
 
-pub(super) fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
+fn push_error(e: PushError, parts: &[&[u8]], producer: &Producer) -> PostError {
     match e {
         PushError::TooLarge => PostError::TooLarge {
             kind: TooLargeKind::RecordBytes,

@@ -105,12 +105,12 @@ impl Rx {
     }
 
     /// The ring position where the record `take` returned last starts.
-    pub(crate) fn record_start(&self) -> u64 {
+    pub(super) fn record_start(&self) -> u64 {
         self.record_start
     }
 
     /// Gives consumed space back now (and wakes a writer waiting for it).
-    pub(crate) fn release_now(&mut self) {
+    pub(super) fn release_now(&mut self) {
         self.release_and_notify();
     }
 
@@ -120,7 +120,7 @@ impl Rx {
     }
 
     /// Makes `body` (a spilled message, copied out of its chunk) the current payload.
-    pub(crate) fn replace_payload(&mut self, body: Vec<u8>) -> std::ops::Range<usize> {
+    pub(super) fn replace_payload(&mut self, body: Vec<u8>) -> std::ops::Range<usize> {
         let len = body.len();
         self.scratch = body;
         0..len
@@ -167,7 +167,7 @@ impl Rx {
 
     /// Copies `rec`'s payload into the first `rec.len` bytes of `out`, leaving the
     /// record in the ring.
-    pub(super) fn copy_out(&self, rec: &Record, out: &mut Vec<u8>) -> Result<(), RecvFail> {
+    fn copy_out(&self, rec: &Record, out: &mut Vec<u8>) -> Result<(), RecvFail> {
         if out.len() < rec.len {
             out.try_reserve(rec.len - out.len())
                 .map_err(|_| RecvFail::Message(MessageError::new("out of memory for the message").kept()))?;

@@ -22,7 +22,7 @@ impl Port {
     /// Posts a prepared message: writes its record, moves what it transfers, sends
     /// the descriptors, publishes. If the message goes nowhere (a detached source or a
     /// peer that is gone) what it transfers is detached and dropped.
-    pub(crate) fn post_outgoing(&self, mut outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
+    pub(super) fn post_outgoing(&self, mut outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
         let moved: Vec<MessagePort> = outgoing.ports().to_vec();
         let mut attempts = 0u32;
         loop {
@@ -60,7 +60,7 @@ impl Port {
     /// in use), so a post never blocks other operations on what it moves, and no lock
     /// order between ports or buffers can deadlock. The descriptors are sent before
     /// anything is detached: a failed send changes nothing.
-    pub(super) fn attempt_outgoing(
+    fn attempt_outgoing(
         &self,
         outgoing: &mut Outgoing,
         moved: &[MessagePort],
@@ -193,13 +193,13 @@ impl Port {
 
     /// Detaches the port to move it, taking its writing half from `tx` (whose lock the
     /// caller holds). `None` if it was detached already.
-    pub(super) fn detach_for_transfer(&self, tx: &mut Option<Tx>) -> Option<Halves> {
+    fn detach_for_transfer(&self, tx: &mut Option<Tx>) -> Option<Halves> {
         self.detach_with(|| tx.take())
     }
 
     /// Puts back what `detach_for_transfer` took (the descriptors could not be sent);
     /// the writing half goes back into `tx`, whose lock the caller holds.
-    pub(super) fn undo_transfer(&self, moving: Halves, tx: &mut Option<Tx>) {
+    fn undo_transfer(&self, moving: Halves, tx: &mut Option<Tx>) {
         *tx = moving.tx;
         *self.rx.lock() = moving.rx;
         *lock(&self.link) = Some(moving.link);

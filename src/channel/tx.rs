@@ -87,7 +87,7 @@ impl Tx {
 
     /// Gives back every chunk in flight (`SENT(me) → FREE`; harmless for the ones the
     /// peer took).
-    pub(super) fn reclaim_in_flight(&mut self) {
+    fn reclaim_in_flight(&mut self) {
         for (_, chunks) in self.in_flight.drain(..) {
             chunks.iter().for_each(SentChunk::reclaim);
         }
