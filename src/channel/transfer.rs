@@ -16,6 +16,7 @@ use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::platform;
 use crate::shm::arena::SentChunk;
+use crate::shm::lock::HalfGuard;
 use crate::shm::sync::Ordering;
 use crate::shm::wait::SLICE;
 
@@ -69,6 +70,7 @@ impl Port {
     ) -> Result<Attempt, PostError> {
         let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
         let Some(tx) = guard.as_mut() else { return Ok(Attempt::Nowhere) };
+        outgoing.bind(tx)?;
         let start = tx.producer.position();
         match self.push_waiting(tx, outgoing.record.kind, outgoing.record.flags, &[&outgoing.record.payload], mode)? {
             Pushed::Written => {}
@@ -86,6 +88,7 @@ impl Port {
         match self.move_attachments(tx, outgoing, moved, start, mode) {
             Ok(Moved::Sent(sent)) => {
                 tx.publish_and_notify();
+                outgoing.record.commit(&mut tx.arenas);
                 if !sent.is_empty() {
                     tx.in_flight.push_back((end, sent));
                 }
@@ -116,7 +119,8 @@ impl Port {
         mode: Mode,
     ) -> Result<Moved, PostError> {
         let detached_port = || PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort));
-        if self.socket_ready(tx, mode)? {
+        // A record whose arenas the peer knows and that moves no port sends nothing.
+        if outgoing.record.fd_count() > 0 && self.socket_ready(tx, mode)? {
             tx.settle_in_flight(true);
             return Ok(Moved::Not(Attempt::Nowhere));
         }
@@ -152,15 +156,22 @@ impl Port {
             match port.port().detach_for_transfer(g) {
                 Some(parts) => moving.push(parts),
                 None => {
-                    for (port, (parts, g)) in moved.iter().zip(moving.into_iter().zip(port_guards.iter_mut())) {
-                        port.port().undo_transfer(parts, g);
-                    }
+                    undo_transfers(moved, moving, &mut port_guards);
                     outgoing.restore_buffers(detached);
                     // The descriptors sent are dropped by the receiver (their tag is stale).
                     return Err(detached_port());
                 }
             }
         }
+        let moved_links: Vec<Arc<Link>> = moving.iter().map(|m| m.link.clone()).collect();
+        if !outgoing.handovers_hold(&moved_links) {
+            // A thread of ours reading from a moved port learnt an arena after its map
+            // was sent: try again with the map as it is now.
+            undo_transfers(moved, moving, &mut port_guards);
+            outgoing.restore_buffers(detached);
+            return Ok(Moved::Not(Attempt::Busy));
+        }
+        drop(moved_links);
         // Our copies of the moved ports' descriptors close here; the copies in flight
         // keep the ports alive until the receiver takes them.
         drop(moving);
@@ -218,6 +229,14 @@ impl Port {
         *self.rx.lock() = moving.rx;
         *lock(&self.link) = Some(moving.link);
         self.detached.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Puts back the ports `moving` took (the first of `moved`), each into its writing
+/// half's guard.
+fn undo_transfers(moved: &[MessagePort], moving: Vec<Moving>, guards: &mut [HalfGuard<'_, Option<Tx>>]) {
+    for (port, (parts, g)) in moved.iter().zip(moving.into_iter().zip(guards.iter_mut())) {
+        port.port().undo_transfer(parts, g);
     }
 }
 

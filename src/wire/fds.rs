@@ -32,6 +32,7 @@ pub(super) fn send_fds(
         header[8..12].copy_from_slice(&nonce.to_le_bytes());
         header[12..].copy_from_slice(&(group.len() as u32).to_le_bytes());
         platform::send_with_fds(socket, &header, group)?;
+        crate::diagnostics::count_descriptor_message(group.len());
     }
     Ok(())
 }
