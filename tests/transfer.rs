@@ -594,3 +594,93 @@ fn an_adaptive_wait_with_no_spin_limit_does_not_panic() {
     ch.port1().post_message(1, []).unwrap();
     assert_eq!(recv(&ch.port2()).data.as_f64(), Some(1.0));
 }
+
+// ---- an arena's descriptor crosses once per channel end --------------------------
+
+fn post_buffer(from: &MessagePort, bytes: &[u8]) {
+    let b = buffer(bytes);
+    from.post_message(Value::ArrayBuffer(b.clone()), [b.into()]).unwrap();
+}
+
+fn recv_bytes(port: &MessagePort) -> Vec<u8> {
+    recv(port).data.as_array_buffer().expect("a buffer").to_vec()
+}
+
+/// (descriptor messages, descriptors) sent by this process so far.
+fn descriptors_sent() -> (u64, u64) {
+    let d = shmport::diagnostics();
+    (d.descriptor_messages, d.descriptors_sent)
+}
+
+/// What `post` cost in descriptor messages and descriptors.
+fn descriptors_of(post: impl FnOnce()) -> (u64, u64) {
+    let before = descriptors_sent();
+    post();
+    let after = descriptors_sent();
+    (after.0 - before.0, after.1 - before.1)
+}
+
+#[test]
+fn an_arena_s_descriptor_crosses_once_per_channel_end() {
+    if !common::isolated("an_arena_s_descriptor_crosses_once_per_channel_end") {
+        return;
+    }
+    let ch = MessageChannel::new().unwrap();
+    let (p1, p2) = (ch.port1(), ch.port2());
+    // The first buffer of an arena carries its descriptor; the next ones name it by id.
+    let mut costs = Vec::new();
+    for i in 0..4u8 {
+        costs.push(descriptors_of(|| post_buffer(&p1, &[i; 4096])));
+        assert_eq!(recv_bytes(&p2), vec![i; 4096]);
+    }
+    assert_eq!(costs, [(1, 1), (0, 0), (0, 0), (0, 0)]);
+    // The other direction's end is told on its own, once.
+    let mut costs = Vec::new();
+    for i in 0..3u8 {
+        let b = buffer(&[i; 4096]);
+        post_buffer(&p1, &[i; 4096]);
+        let got = recv(&p2).data.as_array_buffer().unwrap().clone();
+        costs.push(descriptors_of(|| p2.post_message(Value::ArrayBuffer(got.clone()), [got.into()]).unwrap()));
+        assert_eq!(recv_bytes(&p1), b.to_vec());
+    }
+    assert_eq!(costs, [(1, 1), (0, 0), (0, 0)]);
+    // Another size class is another arena: once too. So is the chunk a body too large
+    // for the ring spills into.
+    assert_eq!(descriptors_of(|| post_buffer(&p1, &[9; 20_000])), (1, 1));
+    assert_eq!(descriptors_of(|| post_buffer(&p1, &[8; 20_000])), (0, 0));
+    let big = vec![7u8; 1 << 20];
+    assert_eq!(descriptors_of(|| p1.post_bytes(&big).unwrap()), (1, 1));
+    assert_eq!(descriptors_of(|| p1.post_bytes(&big).unwrap()), (0, 0));
+    assert_eq!(recv_bytes(&p2), vec![9; 20_000]);
+    assert_eq!(recv_bytes(&p2), vec![8; 20_000]);
+    for _ in 0..2 {
+        assert_eq!(p2.recv_bytes_with(|b| b == big.as_slice()).unwrap(), true);
+    }
+    // A new channel's ends know nothing yet.
+    let other = MessageChannel::new().unwrap();
+    assert_eq!(descriptors_of(|| post_buffer(&other.port1(), &[1; 4096])), (1, 1));
+    assert_eq!(recv_bytes(&other.port2()), vec![1; 4096]);
+}
+
+#[test]
+fn a_port_that_moves_keeps_the_arenas_its_end_was_told_of() {
+    let (data, carrier) = (MessageChannel::new().unwrap(), MessageChannel::new().unwrap());
+    let (sender, receiver) = (data.port1(), data.port2());
+    post_buffer(&sender, &[0; 4096]);
+    assert_eq!(recv_bytes(&receiver), vec![0; 4096]);
+    // Named by id from here on: before, while and after the receiving port moves, twice.
+    post_buffer(&sender, &[1; 4096]);
+    carrier.port1().post_message(Value::Undefined, [receiver.into()]).unwrap();
+    post_buffer(&sender, &[2; 4096]);
+    let moved = recv(&carrier.port2()).ports.remove(0);
+    post_buffer(&sender, &[3; 4096]);
+    carrier.port2().post_message(Value::Undefined, [moved.into()]).unwrap();
+    post_buffer(&sender, &[4; 4096]);
+    let moved = recv(&carrier.port1()).ports.remove(0);
+    for i in 1..=4u8 {
+        assert_eq!(recv_bytes(&moved), vec![i; 4096], "buffer {i}");
+    }
+    // The moved port learns new arenas where it is now.
+    post_buffer(&sender, &[5; 30_000]);
+    assert_eq!(recv_bytes(&moved), vec![5; 30_000]);
+}
