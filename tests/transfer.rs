@@ -684,3 +684,39 @@ fn a_port_that_moves_keeps_the_arenas_its_end_was_told_of() {
     post_buffer(&sender, &[5; 30_000]);
     assert_eq!(recv_bytes(&moved), vec![5; 30_000]);
 }
+
+#[test]
+fn an_attempt_that_is_rolled_back_introduces_no_arena() {
+    if !common::isolated("an_attempt_that_is_rolled_back_introduces_no_arena") {
+        return;
+    }
+    let _w = common::watchdog("rolled_back_introduction", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let (p1, p2) = (ch.port1(), ch.port2());
+    // A port whose writing half a thread holds, blocked in a post to its full ring.
+    let other = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(64)).unwrap();
+    let busy = other.port1();
+    while busy.try_post_bytes(&[0; 8]).is_ok() {}
+    let blocked = {
+        let busy = busy.clone();
+        std::thread::spawn(move || busy.post_bytes(&[1; 8]).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // The post writes its record, which introduces the buffer's arena, then finds the
+    // moved port busy: the attempt is rolled back, and nothing is sent.
+    let b = buffer(&[3; 4096]);
+    let mut tried = None;
+    let cost = descriptors_of(|| {
+        tried = Some(p1.try_post_message(Value::ArrayBuffer(b.clone()), [b.clone().into(), busy.clone().into()]))
+    });
+    assert_eq!(tried, Some(Err(PostError::Full)));
+    assert_eq!(cost, (0, 0));
+    assert!(!b.is_detached() && !busy.is_detached());
+    while other.port2().try_recv().is_ok() {}
+    blocked.join().unwrap();
+    // So the next post still introduces the arena, and what follows names it by id.
+    assert_eq!(descriptors_of(|| p1.post_message(Value::ArrayBuffer(b.clone()), [b.clone().into()]).unwrap()), (1, 1));
+    assert_eq!(descriptors_of(|| post_buffer(&p1, &[4; 4096])), (0, 0));
+    assert_eq!(recv_bytes(&p2), vec![3; 4096]);
+    assert_eq!(recv_bytes(&p2), vec![4; 4096]);
+}
