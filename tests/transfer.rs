@@ -720,3 +720,45 @@ fn an_attempt_that_is_rolled_back_introduces_no_arena() {
     assert_eq!(recv_bytes(&p2), vec![3; 4096]);
     assert_eq!(recv_bytes(&p2), vec![4; 4096]);
 }
+
+#[test]
+fn a_port_moved_while_a_thread_of_ours_reads_it_takes_along_the_arenas_learnt_meanwhile() {
+    let _w = common::watchdog("moved_while_read", Duration::from_secs(240));
+    // Buffers of ten size classes: each channel end learns ten arenas, while a thread
+    // reads them and the port moves under it; whatever it learnt before it stopped
+    // reading must reach the port's new holder.
+    let sizes: Vec<usize> = (12..22).map(|shift| 1 << shift).collect();
+    let carrier = MessageChannel::new().unwrap();
+    for round in 0..300u32 {
+        let data = MessageChannel::new().unwrap();
+        let (sender, port) = (data.port1(), data.port2());
+        let reader = {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    match port.recv_timeout(WAIT) {
+                        Ok(ev) => got.push(ev.data.as_array_buffer().expect("a buffer").with_bytes(|b| b[0])),
+                        Err(e) if e.is_closed() => return got,
+                        Err(e) => panic!("round {round}: {e:?}"),
+                    }
+                }
+            })
+        };
+        let n = 2 * sizes.len() as u8;
+        for tag in 0..n {
+            let b = ArrayBuffer::new(sizes[tag as usize % sizes.len()]).unwrap();
+            b.with_bytes_mut(|bytes| bytes[0] = tag);
+            sender.post_message(Value::ArrayBuffer(b.clone()), [b.into()]).unwrap();
+            if tag == (round % u32::from(n)) as u8 {
+                carrier.port1().post_message(Value::Undefined, [port.clone().into()]).unwrap();
+            }
+        }
+        let mut got = reader.join().unwrap();
+        let moved = recv(&carrier.port2()).ports.remove(0);
+        while got.len() < usize::from(n) {
+            got.push(recv(&moved).data.as_array_buffer().expect("a buffer").with_bytes(|b| b[0]));
+        }
+        assert_eq!(got, (0..n).collect::<Vec<u8>>(), "round {round}: every buffer once, in order");
+    }
+}
