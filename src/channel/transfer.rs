@@ -149,32 +149,10 @@ impl Port {
             return Err(PostError::transfer(e));
         }
         drop(links);
-        // Sent: now the ports move (their writing halves are held, so only a close
-        // racing with this post can have detached one meanwhile).
-        let mut moving = Vec::with_capacity(moved.len());
-        for (port, g) in moved.iter().zip(port_guards.iter_mut()) {
-            match port.port().detach_for_transfer(g) {
-                Some(parts) => moving.push(parts),
-                None => {
-                    undo_transfers(moved, moving, &mut port_guards);
-                    outgoing.restore_buffers(detached);
-                    // The descriptors sent are dropped by the receiver (their tag is stale).
-                    return Err(detached_port());
-                }
-            }
-        }
-        let moved_links: Vec<Arc<Link>> = moving.iter().map(|m| m.link.clone()).collect();
-        if !outgoing.handovers_hold(&moved_links) {
-            // A thread of ours reading from a moved port learnt an arena after its map
-            // was sent: try again with the map as it is now.
-            undo_transfers(moved, moving, &mut port_guards);
+        if let Err(not) = detach_moved(outgoing, moved, &mut port_guards) {
             outgoing.restore_buffers(detached);
-            return Ok(Moved::Not(Attempt::Busy));
+            return not.map(Moved::Not);
         }
-        drop(moved_links);
-        // Our copies of the moved ports' descriptors close here; the copies in flight
-        // keep the ports alive until the receiver takes them.
-        drop(moving);
         drop(port_guards);
         Ok(Moved::Sent(outgoing.finish(detached, tx.link.segment.revokes())))
     }
@@ -230,6 +208,38 @@ impl Port {
         *lock(&self.link) = Some(moving.link);
         self.detached.store(false, Ordering::SeqCst);
     }
+}
+
+/// Once the descriptors are sent: detaches the moved ports (their writing halves are
+/// held in `guards`, so only a close racing with this post can have detached one
+/// meanwhile) and checks that the maps of known arenas sent are still theirs. On
+/// failure every port is put back (the descriptors sent are dropped by the receiver:
+/// their tag is stale), and the error says how the attempt ends: `Ok(Busy)`, to try
+/// again, when a thread of ours reading from a moved port learnt an arena after its map
+/// was sent.
+fn detach_moved(
+    outgoing: &Outgoing,
+    moved: &[MessagePort],
+    guards: &mut [HalfGuard<'_, Option<Tx>>],
+) -> Result<(), Result<Attempt, PostError>> {
+    let mut moving = Vec::with_capacity(moved.len());
+    for (port, g) in moved.iter().zip(guards.iter_mut()) {
+        match port.port().detach_for_transfer(g) {
+            Some(parts) => moving.push(parts),
+            None => {
+                undo_transfers(moved, moving, guards);
+                return Err(Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))));
+            }
+        }
+    }
+    let links: Vec<Arc<Link>> = moving.iter().map(|m| m.link.clone()).collect();
+    if !outgoing.handovers_hold(&links) {
+        undo_transfers(moved, moving, guards);
+        return Err(Ok(Attempt::Busy));
+    }
+    // Our copies of the moved ports' descriptors close here; the copies in flight keep
+    // the ports alive until the receiver takes them.
+    Ok(())
 }
 
 /// Puts back the ports `moving` took (the first of `moved`), each into its writing

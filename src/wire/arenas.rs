@@ -92,6 +92,7 @@ impl SentArenas {
 }
 
 /// What a receiving end knows: id → segment, for one generation.
+#[derive(Default)]
 pub(crate) struct KnownArenas {
     generation: u32,
     slots: Vec<Option<Arc<ArenaSegment>>>,
@@ -101,12 +102,6 @@ pub(crate) struct KnownArenas {
     /// A table named an id this end does not know, or introduced an arena it could not
     /// map: the sender must be asked for a new generation.
     out_of_step: bool,
-}
-
-impl Default for KnownArenas {
-    fn default() -> KnownArenas {
-        KnownArenas { generation: 0, slots: Vec::new(), changes: 0, out_of_step: false }
-    }
 }
 
 impl KnownArenas {
