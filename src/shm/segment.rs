@@ -25,7 +25,7 @@ use crate::shm::wait::Parker;
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// Bumped on any change of the layout or the record format. 4: the arena generation
 /// words (`Header::arena_generations`), and attachment tables that name an arena by an
-/// id its receiver was told once (see `crate::wire`).
+/// id its receiver was told once (see the wire layer's `arenas`).
 const VERSION: u32 = 4;
 /// Changes whenever a size or offset below changes, so that two builds that disagree
 /// on the layout refuse each other even at the same version.
@@ -62,7 +62,7 @@ struct Header {
     initialised: AtomicU32,
     ends: [AtomicU32; 2],
     /// One word per direction: the arena generation its sender's arena ids belong to
-    /// (see `crate::wire`). The sender starts a new generation when it finds the word
+    /// (see the wire layer's `arenas`). The sender starts a new generation when it finds the word
     /// changed; the receiver bumps it to ask for one. Only a hint: whatever it holds
     /// costs at most descriptors sent again.
     arena_generations: [AtomicU32; 2],
