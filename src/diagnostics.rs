@@ -8,6 +8,8 @@ static FUTEX_WAITS: AtomicU64 = AtomicU64::new(0);
 static FUTEX_WAKES: AtomicU64 = AtomicU64::new(0);
 static YIELDS: AtomicU64 = AtomicU64::new(0);
 static LIVENESS_POLLS: AtomicU64 = AtomicU64::new(0);
+static DESCRIPTOR_MESSAGES: AtomicU64 = AtomicU64::new(0);
+static DESCRIPTORS_SENT: AtomicU64 = AtomicU64::new(0);
 
 /// Counts of system calls made by this process's ports since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,12 +22,18 @@ pub struct Diagnostics {
     pub yields: u64,
     /// `poll` calls checking whether a peer hung up.
     pub liveness_polls: u64,
+    /// `sendmsg` calls carrying a message's descriptors (arenas, transferred ports) on
+    /// a channel's socket.
+    pub descriptor_messages: u64,
+    /// Descriptors those calls carried. An arena's descriptor is sent once per channel
+    /// end (again only if the receiving end asks for it), not with every buffer.
+    pub descriptors_sent: u64,
 }
 
 impl Diagnostics {
     /// Every counted system call.
     pub fn syscalls(&self) -> u64 {
-        self.futex_waits + self.futex_wakes + self.yields + self.liveness_polls
+        self.futex_waits + self.futex_wakes + self.yields + self.liveness_polls + self.descriptor_messages
     }
 }
 
@@ -36,6 +44,8 @@ pub fn diagnostics() -> Diagnostics {
         futex_wakes: FUTEX_WAKES.load(Ordering::Relaxed),
         yields: YIELDS.load(Ordering::Relaxed),
         liveness_polls: LIVENESS_POLLS.load(Ordering::Relaxed),
+        descriptor_messages: DESCRIPTOR_MESSAGES.load(Ordering::Relaxed),
+        descriptors_sent: DESCRIPTORS_SENT.load(Ordering::Relaxed),
     }
 }
 
@@ -53,4 +63,9 @@ pub(crate) fn count_yield() {
 
 pub(crate) fn count_liveness_poll() {
     LIVENESS_POLLS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn count_descriptor_message(descriptors: usize) {
+    DESCRIPTOR_MESSAGES.fetch_add(1, Ordering::Relaxed);
+    DESCRIPTORS_SENT.fetch_add(descriptors as u64, Ordering::Relaxed);
 }

@@ -5,8 +5,9 @@
 //! a child process (`common::isolated`): other tests creating channels beside it would
 //! add theirs.
 //!
-//! The offsets below restate the segment layout of `src/shm/segment.rs` (a layout change
-//! bumps the segment version and must update them).
+//! The offsets below restate the segment layout of `src/shm/segment.rs` and the
+//! attachment table of `src/wire/mod.rs` (a layout change bumps the segment version and
+//! must update them).
 
 mod common;
 
@@ -372,4 +373,105 @@ fn a_port_whose_counters_are_near_overflow_is_refused_when_it_arrives() {
     // The carrier goes on.
     carrier.port1().post_message("next", []).unwrap();
     assert_eq!(carrier.port2().recv_timeout(Duration::from_secs(5)).unwrap().data.as_str(), Some("next"));
+}
+
+/// The two arena generation words (direction 0's low, direction 1's high), in the
+/// segment's header after the two end states.
+const ARENA_GENERATIONS: usize = 48;
+
+/// A buffer entry of an attachment table that names its arena by `id` only.
+fn entry_by_id(id: u32, chunk: u32, generation: u32, len: u64) -> Vec<u8> {
+    let mut e: Vec<u8> = [u32::MAX, chunk, generation, id].iter().flat_map(|v| v.to_le_bytes()).collect();
+    e.extend(len.to_le_bytes());
+    e
+}
+
+#[test]
+fn a_table_naming_an_arena_id_the_port_was_not_told_of_is_a_message_error_and_asks_for_a_new_generation() {
+    if !common::isolated(
+        "a_table_naming_an_arena_id_the_port_was_not_told_of_is_a_message_error_and_asks_for_a_new_generation",
+    ) {
+        return;
+    }
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let mut peer = ForgedWriter::new(&map, 4096);
+    let table = |buffers: u32, generation: u32| {
+        [0, buffers, 0, 0, 0, generation].iter().flat_map(|v: &u32| v.to_le_bytes()).collect::<Vec<u8>>()
+    };
+    let asked = || word(&map, ARENA_GENERATIONS).load(Ordering::Relaxed) as u32;
+    let before = asked();
+    // Ids never introduced (in range, and out of it), with no descriptor at all.
+    for (id, generation) in [(0, 0), (3, 7), (31, 7), (32, 7), (u32::MAX - 1, 9)] {
+        let mut record = table(1, generation);
+        record.extend(entry_by_id(id, 0, 1, 16));
+        record.extend(b"body");
+        peer.push_with_flags(KIND_VALUE, 1, &record);
+    }
+    peer.push(KIND_BYTES, b"after");
+    for _ in 0..5 {
+        match recv(&port) {
+            Err(RecvTimeoutError::MessageError(e)) => {
+                let text = e.to_string();
+                assert!(text.contains("arena"), "{text}");
+            }
+            other => panic!("expected a MessageError, got {other:?}"),
+        }
+    }
+    assert_eq!(recv(&port).unwrap().as_array_buffer().unwrap().to_vec(), b"after");
+    // Each refusal asked the sender (through direction 0's word) to start over.
+    assert_eq!(asked().wrapping_sub(before), 5);
+    assert!(matches!(port.try_recv(), Err(shmport::TryRecvError::Empty)));
+}
+
+#[test]
+fn a_forged_arena_generation_costs_only_descriptors_sent_again() {
+    if !common::isolated("a_forged_arena_generation_costs_only_descriptors_sent_again") {
+        return;
+    }
+    let (channel, map) = channel_and_mapping(1 << 16);
+    let (p1, p2) = (channel.port1(), channel.port2());
+    let words = word(&map, ARENA_GENERATIONS);
+    let sent = || shmport::diagnostics().descriptors_sent;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut resent = 0;
+    for round in 0..300u32 {
+        // Two buffers of two size classes (two arenas), tagged with the round.
+        let (a, b) = (ArrayBuffer::from_slice(&[round as u8; 4096]).unwrap(), ArrayBuffer::new(9000).unwrap());
+        b.with_bytes_mut(|bytes| bytes[..4].copy_from_slice(&round.to_le_bytes()));
+        // The hostile side writes anything into both words, before or after the post
+        // (then the record in the ring was written in the generation before).
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let forge_first = round % 3 == 0;
+        if forge_first {
+            words.store(x, Ordering::Relaxed);
+        }
+        let before = sent();
+        let message = Value::Array(vec![Value::ArrayBuffer(a.clone()), Value::ArrayBuffer(b.clone())]);
+        p1.post_message(message, [a.into(), b.into()]).unwrap();
+        let cost = sent() - before;
+        assert!(cost <= 2, "at most each arena's descriptor again, round {round}: {cost}");
+        resent += cost;
+        if round % 3 == 1 {
+            words.store(x, Ordering::Relaxed);
+        }
+        let got = recv(&p2).unwrap();
+        let Value::Array(items) = got else { panic!("an array, round {round}: {got:?}") };
+        assert_eq!(items[0].as_array_buffer().unwrap().to_vec(), vec![round as u8; 4096]);
+        let second = items[1].as_array_buffer().unwrap();
+        assert_eq!(second.byte_length(), 9000);
+        assert_eq!(second.with_bytes(|bytes| bytes[..4].to_vec()), round.to_le_bytes());
+    }
+    assert!(resent >= 2 * 100, "every forged word made the sender start over: {resent}");
+    // Left alone, the word costs nothing more.
+    let before = sent();
+    for round in 0..20u8 {
+        let a = ArrayBuffer::from_slice(&[round; 4096]).unwrap();
+        p1.post_message(Value::ArrayBuffer(a.clone()), [a.into()]).unwrap();
+        assert_eq!(recv(&p2).unwrap().as_array_buffer().unwrap().to_vec(), vec![round; 4096]);
+    }
+    assert_eq!(sent() - before, 0, "known arenas are named by id");
 }

@@ -418,7 +418,8 @@ fn many_unread_transfers_give_full_not_a_hang_and_drain_in_order() {
     let _w = common::watchdog("many_unread_transfers", Duration::from_secs(120));
     let ch = MessageChannel::with_options(&shmport::ChannelOptions::new().capacity(1 << 20)).unwrap();
     let mut posted = 0u32;
-    // Far more buffers than the socket beside the channel queues descriptors for.
+    // Far more buffers than the ring has room for (their arena's descriptor crosses the
+    // socket only with the first).
     loop {
         let b = buffer(&posted.to_le_bytes());
         match ch.port1().try_post_message(Value::ArrayBuffer(b.clone()), [b.clone().into()]) {

@@ -19,6 +19,17 @@ fn recv(port: &MessagePort) -> shmport::MessageEvent {
     port.recv_timeout(WAIT).expect("a message")
 }
 
+/// The bytes of the buffer the next message is.
+fn tagged_bytes(port: &MessagePort) -> Vec<u8> {
+    recv(port).data.as_array_buffer().expect("a buffer").to_vec()
+}
+
+/// Posts a 4 KiB buffer of `tag` bytes, transferred.
+fn post_tagged(port: &MessagePort, tag: u8) {
+    let b = ArrayBuffer::from_slice(&[tag; 4096]).unwrap();
+    port.post_message(Value::ArrayBuffer(b.clone()), [b.into()]).unwrap();
+}
+
 #[test]
 fn child_entry() {
     let Some(role) = role() else { return };
@@ -142,6 +153,26 @@ fn child_entry() {
             job.reply.post_typed(&format!("job {} seen", job.id)).unwrap();
             let back = TypedJob { id: job.id + 1, frame: job.frame.clone(), reply: job.reply.clone() };
             carrier.post_typed_with(&back, [job.frame.clone().into(), job.reply.clone().into()]).unwrap();
+            assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
+        }
+        // Its carrier learnt the parent's 4 KiB arena before it was handed down, and so
+        // did the port that arrives through it: both read the buffers the parent names
+        // by id. Then it sends buffers back on the moved port: its own sending half
+        // introduces the arena once.
+        "arenas_after_moves" => {
+            for tag in 0..2 {
+                assert_eq!(tagged_bytes(&carrier), vec![tag; 4096], "through the handed-down carrier");
+            }
+            let moved = recv(&carrier).ports.remove(0);
+            for tag in 10..14 {
+                assert_eq!(tagged_bytes(&moved), vec![tag; 4096], "through the moved port");
+            }
+            let before = shmport::diagnostics().descriptors_sent;
+            for tag in 20..23 {
+                let b = ArrayBuffer::from_slice(&[tag; 4096]).unwrap();
+                moved.post_message(Value::ArrayBuffer(b.clone()), [b.into()]).unwrap();
+            }
+            assert_eq!(shmport::diagnostics().descriptors_sent - before, 1, "the arena's descriptor, once");
             assert_eq!(recv(&carrier).data.as_str(), Some("bye"));
         }
         other => panic!("unknown role {other}"),
@@ -366,4 +397,43 @@ fn a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_
     assert_eq!(recv(&ch.port1()).data.as_str(), Some("intact"));
     ch.port1().post_message("bye", []).unwrap();
     expect_success(honest);
+}
+
+#[test]
+fn arena_ids_still_name_the_arena_after_the_receiving_port_moves_to_another_process() {
+    if role().is_some() {
+        return;
+    }
+    // Alone in a process: the descriptor counters compared below are process-wide.
+    if !common::isolated("arena_ids_still_name_the_arena_after_the_receiving_port_moves_to_another_process") {
+        return;
+    }
+    let _w = watchdog("arenas_after_moves", Duration::from_secs(60));
+    let sent = || shmport::diagnostics().descriptors_sent;
+    // Both receiving ports learn this process's 4 KiB arena here first.
+    let (carrier, data) = (MessageChannel::new().unwrap(), MessageChannel::new().unwrap());
+    let (sender, receiver) = (data.port1(), data.port2());
+    for (from, to) in [(carrier.port1(), carrier.port2()), (sender.clone(), receiver.clone())] {
+        post_tagged(&from, 0xEE);
+        assert_eq!(tagged_bytes(&to), vec![0xEE; 4096]);
+    }
+    let before = sent();
+    // Queued for the carrier's end, by id, then the end is handed to a child.
+    post_tagged(&carrier.port1(), 0);
+    post_tagged(&carrier.port1(), 1);
+    let child = spawn_role(ENTRY, "arenas_after_moves", &carrier.port2());
+    post_tagged(&sender, 10);
+    post_tagged(&sender, 11);
+    assert_eq!(sent() - before, 0, "buffers of an arena the receiving end knows are named by id");
+    // The receiving port moves in a message; its peer goes on naming the arena by id.
+    carrier.port1().post_message(Value::Undefined, [receiver.into()]).unwrap();
+    let before = sent();
+    post_tagged(&sender, 12);
+    post_tagged(&sender, 13);
+    assert_eq!(sent() - before, 0, "still by id while and after the port moves");
+    for tag in 20..23 {
+        assert_eq!(tagged_bytes(&sender), vec![tag; 4096], "from the child's sending half");
+    }
+    carrier.port1().post_message("bye", []).unwrap();
+    expect_success(child);
 }

@@ -18,14 +18,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 
+use crate::channel::incoming::take_over_arenas;
 use crate::channel::{ChannelOptions, Link, MessageChannel, MessagePort, port_from_fds};
 use crate::error::Error;
 use crate::platform::{self, Inherited};
 use crate::shm::segment::OpenError;
+use crate::wire::KnownArenas;
 
-/// The header of a handoff: magic, then the end index.
-const HANDOFF_MAGIC: [u8; 8] = *b"SHMPORT\x02";
-const HANDOFF_LEN: usize = 9;
+/// The header of a handoff: magic, the end index, then the arena generation and mask
+/// of the arenas the end knows (see `wire::KnownArenas`), whose descriptors follow the
+/// segment's and the socket's, in increasing id order.
+const HANDOFF_MAGIC: [u8; 8] = *b"SHMPORT\x03";
+const HANDOFF_LEN: usize = 17;
 
 /// The environment variable naming the inherited socket: `"<fd>,<parent pid>"`.
 pub const PARENT_ENV: &str = "SHMPORT_PARENT";
@@ -36,10 +40,16 @@ fn send_handoff(sock: BorrowedFd<'_>, link: &Link) -> Result<(), Error> {
         std::io::ErrorKind::Unsupported,
         "a process-local port cannot leave its process",
     )))?;
+    // The port is detached: its reading half is gone, and the map is final.
+    let arenas = link.arenas().handover();
     let mut header = [0u8; HANDOFF_LEN];
     header[..8].copy_from_slice(&HANDOFF_MAGIC);
     header[8] = link.end as u8;
-    platform::send_with_fds(sock, &header, &[segment_fd, link.socket.as_fd()])?;
+    header[9..13].copy_from_slice(&arenas.generation.to_le_bytes());
+    header[13..].copy_from_slice(&arenas.mask.to_le_bytes());
+    let mut fds = vec![segment_fd, link.socket.as_fd()];
+    fds.extend(arenas.fds());
+    platform::send_with_fds(sock, &header, &fds)?;
     Ok(())
 }
 
@@ -76,16 +86,20 @@ fn recv_any_handoff(sock: BorrowedFd<'_>, nonblocking: bool) -> Result<Handoff, 
         Some(n) => n,
         None => return Ok(Handoff::Empty),
     };
-    if !is_handoff_header(&header[..n]) || fds.len() != 2 {
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    if !is_handoff_header(&header[..n]) || fds.len() != 2 + word(13).count_ones() as usize {
         return Err(Error::Invalid("malformed port handoff"));
     }
     let end = u32::from(header[8]);
+    let arena_fds = fds.split_off(2);
     let socket = fds.pop().expect("two fds");
     let segment_fd = fds.pop().expect("two fds");
-    port_from_fds(segment_fd, socket, end).map(Handoff::Port).map_err(|e| match e {
+    let port = port_from_fds(segment_fd, socket, end).map_err(|e| match e {
         OpenError::Io(e) => Error::Io(e),
         OpenError::Invalid(why) => Error::Invalid(why),
-    })
+    })?;
+    take_over_arenas(&port, KnownArenas::adopt(word(9), word(13), arena_fds));
+    Ok(Handoff::Port(port))
 }
 
 /// What the first `from_parent` call to reach the inherited descriptor made of it,

@@ -14,7 +14,7 @@ use crate::shm::segment::OpenError;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
 use crate::value::{codec, typed};
-use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND_VALUE, Parts};
+use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND_VALUE, KnownArenas, Parts};
 
 /// A received message's transferred items and body, taken from its record.
 struct Incoming {
@@ -39,16 +39,36 @@ fn adopt(parts: Parts) -> Result<Incoming, &'static str> {
             OpenError::Invalid(why) => why,
             OpenError::Io(_) => "transferred port's segment cannot be mapped",
         })?;
+        take_over_arenas(&port, p.arenas);
         ports.push(port);
     }
     Ok(Incoming { buffers, ports, spilled, body_at })
 }
 
+/// A port that arrived here takes over the arenas its end knew where it came from, so
+/// the records its peer wrote with their ids read the same here.
+pub(crate) fn take_over_arenas(port: &MessagePort, arenas: KnownArenas) {
+    if let Some(link) = port.port().link() {
+        *link.arenas() = arenas;
+    }
+}
+
 /// Takes the attachments of the record just taken by `rx`, then gives the record's
 /// ring space back (not before: a receiver that dies half way leaves the record unread,
-/// so its sender can still reclaim the chunks it carries).
+/// so its sender can still reclaim the chunks it carries). If the table named an arena
+/// this end does not know (or introduced one it could not map), the sender is asked
+/// for a new arena generation.
 fn attachments(rx: &mut Rx, len: usize) -> Result<Incoming, RecvFail> {
-    let received = wire::receive(rx.payload(len), rx.link().socket.as_fd(), rx.record_start()).and_then(adopt);
+    let link = rx.link();
+    let received = {
+        let mut known = link.arenas();
+        let parts = wire::receive(rx.payload(len), link.socket.as_fd(), rx.record_start(), &mut known);
+        if known.take_out_of_step() {
+            link.ask_for_arenas_again();
+        }
+        parts
+    };
+    let received = received.and_then(adopt);
     rx.release_now();
     received.map_err(|why| RecvFail::Message(MessageError::new(why)))
 }

@@ -2,23 +2,49 @@
 //! check, by a syscall, that its peer is still alive (`Liveness`).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::platform;
 use crate::shm::segment::{END_CLOSED, Segment};
 use crate::shm::sync::{AtomicU32, Ordering};
 use crate::shm::wait::{self, Check, SLICE, WaitWord};
+use crate::wire::KnownArenas;
 
-/// What a port shares with its channel: the segment, which end it is, and its end of
-/// the socketpair.
+/// What a port shares with its channel: the segment, which end it is, its end of the
+/// socketpair, and the arenas the end was told of.
 pub(crate) struct Link {
     pub(crate) segment: Arc<Segment>,
     pub(crate) end: usize,
     pub(crate) socket: OwnedFd,
+    /// The arenas the peer introduced to this end (see `wire::KnownArenas`): here, not
+    /// in the reading half, so a transfer of the port can read it while a thread of
+    /// ours is blocked in `recv` holding that half. Taken after the reading half's lock,
+    /// never before it.
+    pub(crate) arenas: Mutex<KnownArenas>,
 }
 
 impl Link {
+    pub(crate) fn new(segment: Arc<Segment>, end: usize, socket: OwnedFd) -> Link {
+        Link { segment, end, socket, arenas: Mutex::new(KnownArenas::default()) }
+    }
+
+    /// The arenas this end knows.
+    pub(crate) fn arenas(&self) -> MutexGuard<'_, KnownArenas> {
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the peer's sending half for a new arena generation (see `wire::KnownArenas`).
+    pub(crate) fn ask_for_arenas_again(&self) {
+        // Relaxed: a hint the sender reads before its next table; it orders nothing.
+        self.segment.arena_generation(1 - self.end).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The arena generation word of this end's own sending direction.
+    pub(crate) fn arena_generation(&self) -> &AtomicU32 {
+        self.segment.arena_generation(self.end)
+    }
+
     fn peer_state(&self) -> &AtomicU32 {
         self.segment.end_state(1 - self.end)
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::api::{MessagePort, Transferable};
 use super::link::Link;
+use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::shm::arena::{ArenaSegment, Descriptor, SentChunk};
 use crate::value::Value;
@@ -23,6 +24,8 @@ pub(crate) struct Outgoing {
     /// What `buffers` held when the record was framed, to check when they are detached.
     expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>>,
     ports: Vec<MessagePort>,
+    /// The moved ports' links when the attempt read their maps (see `bind`).
+    links: Vec<Option<Arc<Link>>>,
     /// The transfer list names the source port's own peer (rule 9).
     pub(super) doomed: bool,
 }
@@ -132,7 +135,7 @@ impl Outgoing {
         if buffers.is_empty() && ports.is_empty() {
             // The common case, without the bookkeeping of what moves.
             let record = Framed::new(kind, body, &[], &[], max_inline)?;
-            return Ok(Outgoing { record, buffers, expected: Vec::new(), ports, doomed: false });
+            return Ok(Outgoing { record, buffers, expected: Vec::new(), ports, links: Vec::new(), doomed: false });
         }
         let expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>> = buffers
             .iter()
@@ -145,7 +148,7 @@ impl Outgoing {
             .collect();
         let ends: Vec<u32> = ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect();
         let record = Framed::new(kind, body, &entries, &ends, max_inline)?;
-        Ok(Outgoing { record, buffers, expected, ports, doomed: false })
+        Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), doomed: false })
     }
 
     /// The ports this message moves.
@@ -183,8 +186,34 @@ impl Outgoing {
         Ok(Some(detached))
     }
 
+    /// For one attempt, with the writing half `tx` locked: names the arenas by the ids
+    /// the peer end knows (in the generation of the writer's direction, see
+    /// `wire::SentArenas`), and takes each moved port's map of known arenas along. The
+    /// moved ports' links are the ones their maps were read from (checked again once
+    /// they are detached, in `handovers_hold`).
+    pub(super) fn bind(&mut self, tx: &mut Tx) -> Result<(), PostError> {
+        if !self.record.has_attachments() {
+            return Ok(());
+        }
+        let generation = tx.arenas.refresh(tx.link.arena_generation());
+        self.links = self.ports.iter().map(|p| p.port().link()).collect();
+        let handovers = self.links.iter().map(|l| l.as_ref().map(|l| l.arenas().handover()).unwrap_or_default());
+        self.record.bind(&tx.arenas, generation, handovers.collect())
+    }
+
+    /// Once the moved ports are detached: whether each one's map of known arenas is
+    /// still the one sent (a thread of ours reading from a moved port may have learnt
+    /// an arena since; then the attempt is undone and made again).
+    pub(super) fn handovers_hold(&self, moved: &[Arc<Link>]) -> bool {
+        let sent = self.record.handovers();
+        moved.len() == self.links.len()
+            && moved.iter().zip(&self.links).zip(sent).all(|((link, read), handover)| {
+                read.as_ref().is_some_and(|read| Arc::ptr_eq(link, read)) && link.arenas().unchanged_since(handover)
+            })
+    }
+
     /// Sends the record's descriptors on `socket`: the arenas, then, for each moved
-    /// port (`links`, in the order of `ports()`), its segment and socket end.
+    /// port (`links`, in the order of `ports()`), its segment, socket end and map.
     pub(crate) fn send(&self, socket: BorrowedFd<'_>, position: u64, links: &[Arc<Link>]) -> std::io::Result<()> {
         let ports: Vec<(BorrowedFd<'_>, BorrowedFd<'_>)> = links
             .iter()

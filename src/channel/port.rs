@@ -94,7 +94,7 @@ impl Port {
         let consumer = Consumer::attach(segment.ring(1 - end)).map_err(|c| c.0)?;
         let strategy = if segment.busy_poll() { WaitStrategy::BusyPoll } else { strategy };
         let closed = segment.end_state(end).load(Ordering::Acquire) == END_CLOSED;
-        let link = Arc::new(Link { segment, end, socket });
+        let link = Arc::new(Link::new(segment, end, socket));
         let port = Port {
             detached: AtomicBool::new(closed),
             link: Mutex::new((!closed).then(|| link.clone())),

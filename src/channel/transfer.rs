@@ -15,6 +15,7 @@ use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::platform;
 use crate::shm::arena::SentChunk;
+use crate::shm::lock::HalfGuard;
 use crate::shm::sync::Ordering;
 use crate::shm::wait::SLICE;
 
@@ -68,6 +69,7 @@ impl Port {
     ) -> Result<Attempt, PostError> {
         let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(busy_error(mode)) };
         let Some(tx) = guard.as_mut() else { return Ok(Attempt::Nowhere) };
+        outgoing.bind(tx)?;
         let start = tx.producer.position();
         match self.push_waiting(tx, outgoing.record.kind, outgoing.record.flags, &[&outgoing.record.payload], mode)? {
             Pushed::Written => {}
@@ -85,6 +87,7 @@ impl Port {
         match self.move_attachments(tx, outgoing, moved, start, mode) {
             Ok(MoveOutcome::Sent(sent)) => {
                 tx.publish_and_notify();
+                outgoing.record.commit(&mut tx.arenas);
                 if !sent.is_empty() {
                     tx.in_flight.push_back((end, sent));
                 }
@@ -115,7 +118,8 @@ impl Port {
         mode: Mode,
     ) -> Result<MoveOutcome, PostError> {
         let detached_port = || PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort));
-        if self.socket_ready(tx, mode)? {
+        // A record whose arenas the peer knows and that moves no port sends nothing.
+        if outgoing.record.fd_count() > 0 && self.socket_ready(tx, mode)? {
             tx.settle_in_flight(true);
             return Ok(MoveOutcome::Not(Attempt::Nowhere));
         }
@@ -144,25 +148,10 @@ impl Port {
             return Err(PostError::transfer(e));
         }
         drop(links);
-        // Sent: now the ports move (their writing halves are held, so only a close
-        // racing with this post can have detached one meanwhile).
-        let mut moving = Vec::with_capacity(moved.len());
-        for (port, g) in moved.iter().zip(port_guards.iter_mut()) {
-            match port.port().detach_for_transfer(g) {
-                Some(halves) => moving.push(halves),
-                None => {
-                    for (port, (halves, g)) in moved.iter().zip(moving.into_iter().zip(port_guards.iter_mut())) {
-                        port.port().undo_transfer(halves, g);
-                    }
-                    outgoing.restore_buffers(detached);
-                    // The descriptors sent are dropped by the receiver (their tag is stale).
-                    return Err(detached_port());
-                }
-            }
+        if let Err(not) = detach_moved(outgoing, moved, &mut port_guards) {
+            outgoing.restore_buffers(detached);
+            return not.map(MoveOutcome::Not);
         }
-        // Our copies of the moved ports' descriptors close here; the copies in flight
-        // keep the ports alive until the receiver takes them.
-        drop(moving);
         drop(port_guards);
         Ok(MoveOutcome::Sent(outgoing.finish(detached, tx.link.segment.revokes())))
     }
@@ -204,6 +193,46 @@ impl Port {
         *self.rx.lock() = moving.rx;
         *lock(&self.link) = Some(moving.link);
         self.detached.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Once the descriptors are sent: detaches the moved ports (their writing halves are
+/// held in `guards`, so only a close racing with this post can have detached one
+/// meanwhile) and checks that the maps of known arenas sent are still theirs. On
+/// failure every port is put back (the descriptors sent are dropped by the receiver:
+/// their tag is stale), and the error says how the attempt ends: `Ok(Busy)`, to try
+/// again, when a thread of ours reading from a moved port learnt an arena after its map
+/// was sent.
+fn detach_moved(
+    outgoing: &Outgoing,
+    moved: &[MessagePort],
+    guards: &mut [HalfGuard<'_, Option<Tx>>],
+) -> Result<(), Result<Attempt, PostError>> {
+    let mut moving = Vec::with_capacity(moved.len());
+    for (port, g) in moved.iter().zip(guards.iter_mut()) {
+        match port.port().detach_for_transfer(g) {
+            Some(halves) => moving.push(halves),
+            None => {
+                undo_transfers(moved, moving, guards);
+                return Err(Err(PostError::DataClone(DataCloneError::new(DataCloneErrorKind::DetachedPort))));
+            }
+        }
+    }
+    let links: Vec<Arc<Link>> = moving.iter().map(|m| m.link.clone()).collect();
+    if !outgoing.handovers_hold(&links) {
+        undo_transfers(moved, moving, guards);
+        return Err(Ok(Attempt::Busy));
+    }
+    // Our copies of the moved ports' descriptors close here; the copies in flight keep
+    // the ports alive until the receiver takes them.
+    Ok(())
+}
+
+/// Puts back the ports `moving` took (the first of `moved`), each into its writing
+/// half's guard.
+fn undo_transfers(moved: &[MessagePort], moving: Vec<Halves>, guards: &mut [HalfGuard<'_, Option<Tx>>]) {
+    for (port, (halves, g)) in moved.iter().zip(moving.into_iter().zip(guards.iter_mut())) {
+        port.port().undo_transfer(halves, g);
     }
 }
 

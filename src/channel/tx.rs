@@ -8,6 +8,7 @@ use super::link::{Link, Liveness};
 use crate::shm::arena::SentChunk;
 use crate::shm::ring::{Corrupt, Producer};
 use crate::shm::wait::{self, Check, SpinEstimate};
+use crate::wire::SentArenas;
 
 /// The writing side of a port.
 pub(super) struct Tx {
@@ -21,6 +22,8 @@ pub(super) struct Tx {
     /// When the peer's index was seen to move, for non-blocking calls' liveness checks.
     pub(super) liveness: Liveness,
     pub(super) spin: SpinEstimate,
+    /// The arenas introduced to the peer end (see `wire::SentArenas`).
+    pub(super) arenas: SentArenas,
 }
 
 impl Tx {
@@ -32,6 +35,7 @@ impl Tx {
             broken: None,
             liveness: Liveness::new(),
             spin: SpinEstimate::default(),
+            arenas: SentArenas::new(),
         }
     }
 

@@ -23,9 +23,11 @@ use crate::shm::wait::Parker;
 
 /// "SHMPORT" + a format byte.
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
-/// Bumped on any change of the layout or the record format (4: a record is published by
-/// its header, and the slot after it is zeroed first).
-const VERSION: u32 = 4;
+/// Bumped on any change of the layout or the record format. 4: a record is published
+/// by its header, and the slot after it is zeroed first. 5: the arena generation words
+/// (`Header::arena_generations`), and attachment tables that name an arena by an id its
+/// receiver was told once (see the wire layer's `arenas`).
+const VERSION: u32 = 5;
 /// Changes whenever a size or offset below changes, so that two builds that disagree
 /// on the layout refuse each other even at the same version.
 const LAYOUT: u32 = (HEADER_SIZE as u32) ^ ((LINES_SIZE as u32) << 12) ^ 0x5a00_0000;
@@ -60,6 +62,11 @@ struct Header {
     /// Stored last, with Release, when the rest is written.
     initialised: AtomicU32,
     ends: [AtomicU32; 2],
+    /// One word per direction: the arena generation its sender's arena ids belong to
+    /// (see the wire layer's `arenas`). The sender starts a new generation when it finds the word
+    /// changed; the receiver bumps it to ask for one. Only a hint: whatever it holds
+    /// costs at most descriptors sent again.
+    arena_generations: [AtomicU32; 2],
 }
 
 const _: () = {
@@ -67,6 +74,7 @@ const _: () = {
     assert!(std::mem::offset_of!(Header, total_len) == 16);
     assert!(std::mem::offset_of!(Header, initialised) == 36);
     assert!(std::mem::offset_of!(Header, ends) == 40);
+    assert!(std::mem::offset_of!(Header, arena_generations) == 48);
     assert!(DATA_OFFSET == 896);
     assert!(DATA_OFFSET.is_multiple_of(128));
 };
@@ -242,6 +250,11 @@ impl Segment {
     /// The state word of end `end` (0 while open, `END_CLOSED` after).
     pub(crate) fn end_state(&self, end: usize) -> &AtomicU32 {
         &self.header().ends[end]
+    }
+
+    /// The arena generation word of direction `dir` (0 or 1): see `Header`.
+    pub(crate) fn arena_generation(&self, dir: usize) -> &AtomicU32 {
+        &self.header().arena_generations[dir]
     }
 
     pub(crate) fn parker(&self) -> &Parker {

@@ -4,7 +4,9 @@
 //! record it belongs to starts, the record's nonce (new for each attempt at posting
 //! it), and how many descriptors it carries. A receiver that could not read an earlier
 //! record's descriptors (out of memory, a malformed table) finds them still queued; the
-//! tag lets it drop them instead of taking them for its own.
+//! tag lets it drop them instead of taking them for its own. It finds them when it next
+//! reads a record that carries descriptors: a record whose arenas are known by id and
+//! that moves no port does not touch the socket.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
@@ -32,6 +34,7 @@ pub(super) fn send_fds(
         header[8..12].copy_from_slice(&nonce.to_le_bytes());
         header[12..].copy_from_slice(&(group.len() as u32).to_le_bytes());
         platform::send_with_fds(socket, &header, group)?;
+        crate::diagnostics::count_descriptor_message(group.len());
     }
     Ok(())
 }

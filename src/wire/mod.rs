@@ -10,18 +10,27 @@
 //! (Any other kind is a `messageerror`.)
 //!
 //! A record with `FLAG_ATTACHMENTS` starts with an attachment table; the descriptors it
-//! names (arena memfds, and each transferred port's segment memfd and socket end) were
-//! sent on the channel's socket, as SCM_RIGHTS, just before the record was published,
-//! so the receiver finds them in the same order as the records:
+//! names (arena memfds, and each transferred port's segment memfd, socket end and known
+//! arenas) were sent on the channel's socket, as SCM_RIGHTS, just before the record was
+//! published, so the receiver finds them in the same order as the records:
 //!
 //! ```text
 //! u32 fds, u32 buffers, u32 ports, u32 spilled (0: body inline, 1: body in a chunk),
-//! u32 nonce, u32 0
-//! [spilled body: buffer descriptor]             if spilled
-//! buffers × {u32 fd, u32 chunk, u32 generation, u32 0, u64 len}   (fd u32::MAX: empty)
-//! ports × {u32 fd (segment; socket is fd + 1), u32 end}
+//! u32 nonce, u32 arena generation (of the ids below)
+//! [spilled body: buffer entry]                  if spilled
+//! buffers × {u32 fd, u32 chunk, u32 generation, u32 arena id, u64 len}
+//! ports × {u32 fd, u32 end, u32 arena generation, u32 arena mask}
 //! body, if inline
 //! ```
+//!
+//! A buffer entry names its arena by a descriptor of this record (`fd`), by an id the
+//! receiving end was told before (`fd` = `u32::MAX`), or both: the descriptor, and the id
+//! it has from now on (an *introduction*). `u32::MAX` in both: an empty buffer. Ids are
+//! `0..32` and belong to the table's arena generation (see [`arenas`]: each arena's
+//! descriptor crosses once per channel end). A port entry's descriptors are its
+//! segment (`fd`), its socket (`fd + 1`), then one arena descriptor per bit set in the
+//! mask, in increasing id order: the arenas its end knew, in that generation, which its
+//! new holder takes over.
 //!
 //! Each socket message is tagged with the record's ring position and a nonce (see
 //! [`fds`]).
@@ -30,9 +39,11 @@
 //! what `channel` gives it ([`Framed::new`]) and hands back what a received table names
 //! ([`Parts`]); `channel` turns those into buffers and ports.
 
+mod arenas;
 mod fds;
 mod table;
 
+pub(crate) use arenas::{KnownArenas, SentArenas};
 pub(crate) use table::{Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, receive, spilled_len};
 
 /// Raw bytes.

@@ -3,6 +3,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use super::arenas::{Handover, KnownArenas, MAX_ARENAS, NO_ID, SentArenas};
 use super::fds::{next_nonce, recv_fds, send_fds};
 use super::{FLAG_ATTACHMENTS, MAX_FDS};
 use crate::error::{PostError, TooLargeKind};
@@ -10,7 +11,7 @@ use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
 
 const TABLE: usize = 24;
 const BUFFER_ENTRY: usize = 24;
-const PORT_ENTRY: usize = 8;
+const PORT_ENTRY: usize = 16;
 const NO_FD: u32 = u32::MAX;
 
 /// The bytes of an attachment table with a spilled body's entry.
@@ -29,13 +30,24 @@ pub(crate) struct Framed {
     pub(crate) kind: u16,
     pub(crate) flags: u16,
     pub(crate) payload: Vec<u8>,
-    /// The arena segments the table's buffer entries name, in descriptor order.
+    /// The arena segments the table's buffer entries name, each once.
     arenas: Vec<Arc<ArenaSegment>>,
+    /// For each buffer entry, in table order (the spilled body's first), the index of
+    /// its arena in `arenas` (`None`: an empty buffer).
+    entry_arenas: Vec<Option<usize>>,
+    /// How many port entries the table has.
+    n_ports: usize,
     /// The chunk a body too large for the ring was written to.
     spill: Option<Chunk>,
     /// Tags this record's socket messages, so a receiver that finds stale ones (left
     /// by a record it could not read) can tell them from its own.
     nonce: u32,
+    /// What `bind` decided for this attempt: the arenas whose descriptors are sent (as
+    /// indices into `arenas`, in descriptor order), the moved ports' maps, and the ids
+    /// the record introduces.
+    sending: Vec<usize>,
+    handovers: Vec<Handover>,
+    introduces: Option<(u32, usize, Vec<Arc<ArenaSegment>>)>,
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -46,11 +58,23 @@ fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
+fn set_u32(out: &mut [u8], at: usize, v: u32) {
+    out[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn too_many_fds(n_fds: usize) -> Result<(), PostError> {
+    match n_fds > MAX_FDS {
+        true => Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len: n_fds, max: MAX_FDS }),
+        false => Ok(()),
+    }
+}
+
 impl Framed {
     /// A record of `kind` with `body`: inline and without a table when it moves
     /// nothing and fits `max_inline`; else a table naming `buffers` and one port entry
     /// per item of `port_ends` (the channel end each moved port owns), with the body
-    /// inline or, when the whole would not fit the ring, spilled into a chunk.
+    /// inline or, when the whole would not fit the ring, spilled into a chunk. The
+    /// table names every arena by its descriptor until `bind` says otherwise.
     pub(crate) fn new(
         kind: u16,
         body: &[u8],
@@ -58,8 +82,19 @@ impl Framed {
         port_ends: &[u32],
         max_inline: usize,
     ) -> Result<Framed, PostError> {
-        let mut out =
-            Framed { kind, flags: 0, payload: Vec::new(), arenas: Vec::new(), spill: None, nonce: next_nonce() };
+        let mut out = Framed {
+            kind,
+            flags: 0,
+            payload: Vec::new(),
+            arenas: Vec::new(),
+            entry_arenas: Vec::new(),
+            n_ports: port_ends.len(),
+            spill: None,
+            nonce: next_nonce(),
+            sending: Vec::new(),
+            handovers: Vec::new(),
+            introduces: None,
+        };
         if buffers.is_empty() && port_ends.is_empty() && body.len() <= max_inline {
             out.payload = body.to_vec();
             return Ok(out);
@@ -75,23 +110,13 @@ impl Framed {
                 return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
             }
         }
-        let entries: Vec<(Option<(u32, Descriptor)>, usize)> = buffers
+        let entries: Vec<(Option<(usize, Descriptor)>, usize)> = buffers
             .iter()
             .map(|b| (b.chunk.as_ref().map(|(segment, d)| (out.arena_index(segment), *d)), b.len))
             .collect();
         // Checked before a chunk is taken for the body (which may add one descriptor),
-        // and again after.
-        let too_many = |arenas: usize| {
-            let n_fds = arenas + 2 * port_ends.len();
-            (n_fds > MAX_FDS).then_some(PostError::TooLarge {
-                kind: TooLargeKind::Descriptors,
-                len: n_fds,
-                max: MAX_FDS,
-            })
-        };
-        if let Some(e) = too_many(out.arenas.len()) {
-            return Err(e);
-        }
+        // and again after (and by `bind`, with the moved ports' maps).
+        too_many_fds(out.arenas.len() + 2 * port_ends.len())?;
         let mut spill_entry = None;
         if spills {
             let chunk = arena::allocate(body.len(), arena::Fill::Copy).map_err(PostError::transfer)?;
@@ -100,48 +125,136 @@ impl Framed {
             spill_entry = Some((out.arena_index(chunk.segment()), chunk.descriptor()));
             out.spill = Some(chunk);
         }
-        if let Some(e) = too_many(out.arenas.len()) {
-            return Err(e);
-        }
-        let port_fd_base = out.arenas.len() as u32;
-        let n_fds = out.arenas.len() + 2 * port_ends.len();
-        let p = &mut out.payload;
-        p.reserve(table_len);
-        put_u32(p, n_fds as u32);
-        put_u32(p, entries.len() as u32);
-        put_u32(p, port_ends.len() as u32);
-        put_u32(p, u32::from(spill_entry.is_some()));
-        put_u32(p, out.nonce);
-        put_u32(p, 0);
-        if let Some((fd, d)) = spill_entry {
-            put_buffer(p, Some((fd, d)), body.len());
-        }
-        for (entry, len) in entries {
-            put_buffer(p, entry, len);
-        }
-        for (i, end) in port_ends.iter().enumerate() {
-            put_u32(p, port_fd_base + 2 * i as u32);
-            put_u32(p, *end);
-        }
+        too_many_fds(out.arenas.len() + 2 * port_ends.len())?;
+        out.write_table(table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends);
         if out.spill.is_none() {
-            p.extend_from_slice(body);
+            out.payload.extend_from_slice(body);
         }
         Ok(out)
     }
 
-    fn arena_index(&mut self, segment: &Arc<ArenaSegment>) -> u32 {
+    /// Writes the table, each arena named by its descriptor (`bind` rewrites those words).
+    fn write_table(
+        &mut self,
+        table_len: usize,
+        spill_entry: Option<((usize, Descriptor), usize)>,
+        entries: Vec<(Option<(usize, Descriptor)>, usize)>,
+        port_ends: &[u32],
+    ) {
+        let port_fd_base = self.arenas.len() as u32;
+        let n_fds = self.arenas.len() + 2 * port_ends.len();
+        let n_buffers = entries.len() as u32;
+        let all = spill_entry.map(|(e, len)| (Some(e), len)).into_iter().chain(entries);
+        // Until `bind`: every arena by its descriptor, no maps.
+        self.sending = (0..self.arenas.len()).collect();
+        let p = &mut self.payload;
+        p.reserve(table_len);
+        put_u32(p, n_fds as u32);
+        put_u32(p, n_buffers);
+        put_u32(p, port_ends.len() as u32);
+        put_u32(p, u32::from(spill_entry.is_some()));
+        put_u32(p, self.nonce);
+        put_u32(p, 0);
+        for (entry, len) in all {
+            put_buffer(p, entry.map(|(i, d)| (i as u32, d)), len);
+            self.entry_arenas.push(entry.map(|(i, _)| i));
+        }
+        for (i, end) in port_ends.iter().enumerate() {
+            put_u32(p, port_fd_base + 2 * i as u32);
+            put_u32(p, *end);
+            put_u32(p, 0);
+            put_u32(p, 0);
+        }
+    }
+
+    fn arena_index(&mut self, segment: &Arc<ArenaSegment>) -> usize {
         match self.arenas.iter().position(|a| Arc::ptr_eq(a, segment)) {
-            Some(i) => i as u32,
+            Some(i) => i,
             None => {
                 self.arenas.push(segment.clone());
-                (self.arenas.len() - 1) as u32
+                self.arenas.len() - 1
             }
         }
     }
 
-    /// Whether the record carries descriptors for the socket.
+    /// Whether the record carries an attachment table.
     pub(crate) fn has_attachments(&self) -> bool {
         self.flags & FLAG_ATTACHMENTS != 0
+    }
+
+    /// How many descriptors this attempt sends on the socket (none for a record whose
+    /// arenas the receiver knows and that moves no port).
+    pub(crate) fn fd_count(&self) -> usize {
+        match self.has_attachments() {
+            true => u32::from_le_bytes(self.payload[..4].try_into().expect("4 bytes")) as usize,
+            false => 0,
+        }
+    }
+
+    /// Decides, for this attempt, how the table names each arena: by the id the
+    /// receiver knows it by (in `sent`, of `generation`), or by its descriptor, with a
+    /// new id while `sent` has room; and writes each moved port's map (`handovers`, in
+    /// the order of the port entries) into its entry. Nothing is recorded in `sent`
+    /// until `commit`, once the record is published.
+    pub(crate) fn bind(
+        &mut self,
+        sent: &SentArenas,
+        generation: u32,
+        handovers: Vec<Handover>,
+    ) -> Result<(), PostError> {
+        assert_eq!(handovers.len(), self.n_ports);
+        let mut names = vec![(NO_FD, NO_ID); self.arenas.len()];
+        let (mut sending, mut introduced) = (Vec::new(), Vec::new());
+        for (i, segment) in self.arenas.iter().enumerate() {
+            if let Some(id) = sent.id_of(segment) {
+                names[i].1 = id;
+                continue;
+            }
+            names[i].0 = sending.len() as u32;
+            sending.push(i);
+            if sent.len() + introduced.len() < MAX_ARENAS {
+                names[i].1 = (sent.len() + introduced.len()) as u32;
+                introduced.push(segment.clone());
+            }
+        }
+        let mut n_fds = sending.len();
+        for h in &handovers {
+            n_fds += 2 + h.segments.len();
+        }
+        too_many_fds(n_fds)?;
+        let p = &mut self.payload;
+        for (j, arena) in self.entry_arenas.iter().enumerate() {
+            if let Some(i) = arena {
+                set_u32(p, TABLE + BUFFER_ENTRY * j, names[*i].0);
+                set_u32(p, TABLE + BUFFER_ENTRY * j + 12, names[*i].1);
+            }
+        }
+        let ports_at = TABLE + BUFFER_ENTRY * self.entry_arenas.len();
+        let mut fd = sending.len();
+        for (k, h) in handovers.iter().enumerate() {
+            set_u32(p, ports_at + PORT_ENTRY * k, fd as u32);
+            set_u32(p, ports_at + PORT_ENTRY * k + 8, h.generation);
+            set_u32(p, ports_at + PORT_ENTRY * k + 12, h.mask);
+            fd += 2 + h.segments.len();
+        }
+        set_u32(p, 0, n_fds as u32);
+        set_u32(p, 20, generation);
+        self.sending = sending;
+        self.handovers = handovers;
+        self.introduces = Some((generation, sent.len(), introduced));
+        Ok(())
+    }
+
+    /// The record is published: the arenas it introduced are known to the receiver.
+    pub(crate) fn commit(&mut self, sent: &mut SentArenas) {
+        if let Some((generation, first, introduced)) = self.introduces.take() {
+            sent.commit(generation, first, introduced);
+        }
+    }
+
+    /// The moved ports' maps this attempt sends, in port order.
+    pub(crate) fn handovers(&self) -> &[Handover] {
+        &self.handovers
     }
 
     /// A new nonce for another attempt at posting (the table's fifth word): descriptors
@@ -154,19 +267,21 @@ impl Framed {
         }
     }
 
-    /// Sends the descriptors (the arenas, then each moved port's segment and socket
-    /// end, in `ports`' order, which is `port_ends`' order) on `socket`, tagged with
-    /// the record's start `position` and this record's nonce.
+    /// Sends the descriptors (the arenas named by descriptor, then each moved port's
+    /// segment, socket end and map, in `ports`' order, which is `port_ends`' order) on
+    /// `socket`, tagged with the record's start `position` and this record's nonce.
     pub(crate) fn send(
         &self,
         socket: BorrowedFd<'_>,
         position: u64,
         ports: &[(BorrowedFd<'_>, BorrowedFd<'_>)],
     ) -> std::io::Result<()> {
-        let mut fds: Vec<BorrowedFd<'_>> = self.arenas.iter().map(|a| a.fd()).collect();
-        for (segment, socket) in ports {
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(self.fd_count());
+        fds.extend(self.sending.iter().map(|&i| self.arenas[i].fd()));
+        for (k, (segment, socket)) in ports.iter().enumerate() {
             fds.push(*segment);
             fds.push(*socket);
+            fds.extend(self.handovers.get(k).into_iter().flat_map(Handover::fds));
         }
         send_fds(socket, position, self.nonce, &fds)
     }
@@ -182,7 +297,7 @@ fn put_buffer(p: &mut Vec<u8>, entry: Option<(u32, Descriptor)>, len: usize) {
     put_u32(p, fd);
     put_u32(p, chunk);
     put_u32(p, generation);
-    put_u32(p, 0);
+    put_u32(p, NO_ID);
     put_u64(p, len as u64);
 }
 
@@ -192,6 +307,8 @@ pub(crate) struct PortFds {
     pub(crate) socket: OwnedFd,
     /// The channel end the port owns (the table's word; checked by whoever adopts it).
     pub(crate) end: u32,
+    /// The arenas the port's end knew, as its new holder takes them over.
+    pub(crate) arenas: KnownArenas,
 }
 
 /// What a received record's table names, taken from the socket and the arenas.
@@ -227,6 +344,7 @@ impl Reader<'_> {
 struct BufferEntry {
     fd: u32,
     descriptor: Descriptor,
+    id: u32,
     len: u64,
 }
 
@@ -234,60 +352,84 @@ fn read_buffer_entry(r: &mut Reader<'_>) -> Result<BufferEntry, &'static str> {
     let fd = r.u32()?;
     let chunk = r.u32()?;
     let generation = r.u32()?;
-    let _reserved = r.u32()?;
+    let id = r.u32()?;
     let len = r.u64()?;
-    Ok(BufferEntry { fd, descriptor: Descriptor { chunk, generation }, len })
+    Ok(BufferEntry { fd, descriptor: Descriptor { chunk, generation }, id, len })
 }
 
-/// Reads the attachment table of `payload`, takes the descriptors from `socket`, and
-/// the chunks its buffer entries name. Whatever fails, every descriptor received is
-/// closed and every chunk taken is given back.
-pub(crate) fn receive(payload: &[u8], socket: BorrowedFd<'_>, position: u64) -> Result<Parts, &'static str> {
-    let mut r = Reader { bytes: payload, at: 0 };
-    let (n_fds, n_buffers, n_ports, spilled, nonce, _reserved) =
-        (r.u32()? as usize, r.u32()? as usize, r.u32()? as usize, r.u32()?, r.u32()?, r.u32()?);
-    if n_fds > MAX_FDS || spilled > 1 {
-        return Err("attachment table out of range");
-    }
-    // The descriptors come first, whatever the rest says, to stay in step with the socket.
-    let fds = recv_fds(socket, position, nonce, n_fds)?;
-    let entries_len = BUFFER_ENTRY * (n_buffers + spilled as usize) + PORT_ENTRY * n_ports;
-    if n_buffers > payload.len() || n_ports > payload.len() || TABLE + entries_len > payload.len() {
-        return Err("attachment table longer than the message");
-    }
-    parts(&mut r, fds, n_buffers, n_ports, spilled == 1)
+struct PortEntry {
+    fd: u32,
+    end: u32,
+    generation: u32,
+    mask: u32,
 }
 
-/// The entries of the table after its header, with the descriptors that came for it.
-fn parts(
-    r: &mut Reader<'_>,
-    fds: Vec<OwnedFd>,
+/// The header of an attachment table.
+struct Header {
+    n_fds: usize,
     n_buffers: usize,
     n_ports: usize,
     spilled: bool,
+    nonce: u32,
+    generation: u32,
+}
+
+/// Reads the attachment table of `payload`, takes the descriptors from `socket`, and
+/// the chunks its buffer entries name, finding arenas named by id in `known` (and
+/// adding the ones the table introduces). Whatever fails, every descriptor received is
+/// closed and every chunk of an arena that could be identified and not taken is given
+/// back. (A chunk of an arena named by an unknown id cannot be given back: it stays
+/// `SENT` by its sender, which reclaims it if the peer goes away or breaks the ring,
+/// else when it exits; `known` then asks the sender for a new generation.)
+pub(crate) fn receive(
+    payload: &[u8],
+    socket: BorrowedFd<'_>,
+    position: u64,
+    known: &mut KnownArenas,
 ) -> Result<Parts, &'static str> {
-    let spill_entry = if spilled { Some(read_buffer_entry(r)?) } else { None };
-    let mut buffer_entries = Vec::with_capacity(n_buffers);
-    for _ in 0..n_buffers {
+    let mut r = Reader { bytes: payload, at: 0 };
+    let h = Header {
+        n_fds: r.u32()? as usize,
+        n_buffers: r.u32()? as usize,
+        n_ports: r.u32()? as usize,
+        spilled: match r.u32()? {
+            0 => false,
+            1 => true,
+            _ => return Err("attachment table out of range"),
+        },
+        nonce: r.u32()?,
+        generation: r.u32()?,
+    };
+    if h.n_fds > MAX_FDS {
+        return Err("attachment table out of range");
+    }
+    // The descriptors come first, whatever the rest says, to stay in step with the socket.
+    let fds = recv_fds(socket, position, h.nonce, h.n_fds).inspect_err(|_| known.lost_introductions())?;
+    let entries_len = BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled)) + PORT_ENTRY * h.n_ports;
+    if h.n_buffers > payload.len() || h.n_ports > payload.len() || TABLE + entries_len > payload.len() {
+        known.lost_introductions();
+        return Err("attachment table longer than the message");
+    }
+    parts(&mut r, fds, &h, known)
+}
+
+/// The entries of the table after its header, with the descriptors that came for it.
+fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownArenas) -> Result<Parts, &'static str> {
+    let spill_entry = if h.spilled { Some(read_buffer_entry(r)?) } else { None };
+    let mut buffer_entries = Vec::with_capacity(h.n_buffers);
+    for _ in 0..h.n_buffers {
         buffer_entries.push(read_buffer_entry(r)?);
     }
-    let mut port_entries = Vec::with_capacity(n_ports);
-    for _ in 0..n_ports {
-        port_entries.push((r.u32()?, r.u32()?));
+    let mut port_entries = Vec::with_capacity(h.n_ports);
+    for _ in 0..h.n_ports {
+        port_entries.push(PortEntry { fd: r.u32()?, end: r.u32()?, generation: r.u32()?, mask: r.u32()? });
     }
     let body_at = r.at;
-    // Each descriptor is used once: arenas (possibly by several buffers) or port pairs.
+    // Each descriptor is used once: by an arena (possibly named by several buffers) or
+    // by a port.
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-    let mut arenas: Vec<Option<Arc<ArenaSegment>>> = (0..fds.len()).map(|_| None).collect();
     let all_entries: Vec<&BufferEntry> = spill_entry.iter().chain(&buffer_entries).collect();
-    for e in &all_entries {
-        let i = e.fd as usize;
-        if e.fd == NO_FD || arenas.get(i).is_some_and(Option::is_some) {
-            continue;
-        }
-        let fd = fds.get_mut(i).and_then(Option::take).ok_or("buffer names a missing descriptor")?;
-        arenas[i] = Some(arena::segment_for(fd)?);
-    }
+    let arenas = resolve_arenas(&all_entries, &mut fds, h.generation, known);
     let mut taken = take_chunks(&all_entries, &arenas)?.into_iter();
     let spilled = match spill_entry {
         Some(e) => Some((taken.next().flatten().ok_or("spilled body without pages")?, e.len as usize)),
@@ -295,37 +437,90 @@ fn parts(
     };
     let buffers = buffer_entries.iter().zip(taken).map(|(e, chunk)| (chunk, e.len as usize)).collect();
     let mut ports = Vec::with_capacity(port_entries.len());
-    for (fd, end) in port_entries {
-        let i = fd as usize;
-        let segment = fds.get_mut(i).and_then(Option::take).ok_or("port names a missing descriptor")?;
-        let socket = fds.get_mut(i + 1).and_then(Option::take).ok_or("port names a missing descriptor")?;
-        ports.push(PortFds { segment, socket, end });
+    for e in port_entries {
+        ports.push(port_fds(&mut fds, &e)?);
     }
     Ok(Parts { buffers, ports, spilled, body_at })
 }
 
+/// A port entry's descriptors: its segment, its socket, then one per arena of its map.
+fn port_fds(fds: &mut [Option<OwnedFd>], e: &PortEntry) -> Result<PortFds, &'static str> {
+    let mut take = |i: usize| fds.get_mut(i).and_then(Option::take).ok_or("port names a missing descriptor");
+    let i = e.fd as usize;
+    let segment = take(i)?;
+    let socket = take(i + 1)?;
+    let mut arena_fds = Vec::with_capacity(e.mask.count_ones() as usize);
+    for k in 0..e.mask.count_ones() as usize {
+        arena_fds.push(take(i + 2 + k)?);
+    }
+    Ok(PortFds { segment, socket, end: e.end, arenas: KnownArenas::adopt(e.generation, e.mask, arena_fds) })
+}
+
+/// The arena of each entry: `Ok(None)` for an empty buffer; the segment of the
+/// descriptor it names (learnt as its id when it has one), or of the id it names in
+/// `known`, in the table's `generation`.
+fn resolve_arenas(
+    entries: &[&BufferEntry],
+    fds: &mut [Option<OwnedFd>],
+    generation: u32,
+    known: &mut KnownArenas,
+) -> Vec<Result<Option<Arc<ArenaSegment>>, &'static str>> {
+    if entries.iter().any(|e| e.id != NO_ID) {
+        known.enter(generation);
+    }
+    // The segment of each descriptor index, once mapped.
+    let mut by_fd: Vec<(u32, Result<Arc<ArenaSegment>, &'static str>)> = Vec::new();
+    let mut resolved = Vec::with_capacity(entries.len());
+    for e in entries {
+        let segment = match (e.fd, e.id) {
+            (NO_FD, NO_ID) => {
+                resolved.push(Ok(None));
+                continue;
+            }
+            (NO_FD, id) => known.get(id),
+            (fd, id) => {
+                let segment = match by_fd.iter().find(|(i, _)| *i == fd) {
+                    Some((_, segment)) => segment.clone(),
+                    None => {
+                        let fd_taken = fds.get_mut(fd as usize).and_then(Option::take);
+                        let segment = fd_taken.ok_or("buffer names a missing descriptor").and_then(arena::segment_for);
+                        by_fd.push((fd, segment.clone()));
+                        segment
+                    }
+                };
+                match id {
+                    NO_ID => segment,
+                    id => known.learn(id, segment.as_ref().ok().cloned()).and(segment),
+                }
+            }
+        };
+        resolved.push(segment.map(Some));
+    }
+    resolved
+}
+
 /// Takes the chunk of every entry from its arena segment. If one fails, the chunks not
-/// taken yet go back to their owner (the record is read, so their sender will not
-/// reclaim them), and the ones taken go back when they drop.
+/// taken yet whose arena is known go back to their owner (the record is read, so their
+/// sender will not reclaim them), and the ones taken go back when they drop.
 fn take_chunks(
     entries: &[&BufferEntry],
-    arenas: &[Option<Arc<ArenaSegment>>],
+    arenas: &[Result<Option<Arc<ArenaSegment>>, &'static str>],
 ) -> Result<Vec<Option<Chunk>>, &'static str> {
-    let segment_of = |e: &BufferEntry| arenas.get(e.fd as usize).and_then(Option::as_ref);
     let mut taken: Vec<Option<Chunk>> = Vec::with_capacity(entries.len());
-    for e in entries {
-        let chunk = match (e.fd, segment_of(e)) {
-            (NO_FD, _) if e.len == 0 => Ok(None),
-            (NO_FD, _) => Err("non-empty buffer without pages"),
-            (_, Some(segment)) if e.len > segment.chunk_size() as u64 => Err("buffer longer than its chunk"),
-            (_, Some(segment)) => arena::receive(segment.clone(), e.descriptor).map(Some),
-            (_, None) => Err("buffer names a missing descriptor"),
+    for (e, arena) in entries.iter().zip(arenas) {
+        let chunk = match arena {
+            Err(why) => Err(*why),
+            Ok(None) if e.len == 0 => Ok(None),
+            Ok(None) => Err("non-empty buffer without pages"),
+            Ok(Some(segment)) if e.len > segment.chunk_size() as u64 => Err("buffer longer than its chunk"),
+            Ok(Some(segment)) => arena::receive(segment.clone(), e.descriptor).map(Some),
         };
         match chunk {
             Ok(c) => taken.push(c),
             Err(why) => {
-                for e in &entries[taken.len()..] {
-                    if let Some(segment) = segment_of(e) {
+                let rest = entries.iter().zip(arenas).skip(taken.len());
+                for (e, arena) in rest {
+                    if let Ok(Some(segment)) = arena {
                         arena::give_back(segment, e.descriptor);
                     }
                 }

@@ -18,8 +18,9 @@
 //! ```
 //!
 //! Every allocation bumps the generation. A transfer sends the descriptor
-//! `{arena fd, chunk, generation, len}`; the receiver maps the arena (once per process,
-//! looked up by the memfd's inode), and takes the chunk by a compare-and-swap from
+//! `{arena, chunk, generation, len}` (the arena by its memfd the first time per channel
+//! end, then by an id: see the wire layer); the receiver maps the arena (once per
+//! process, looked up by the memfd's inode), and takes the chunk by a compare-and-swap from
 //! exactly `SENT(sender, generation)` to `HELD(receiver, generation)`. A forged, stale
 //! or out-of-range descriptor fails that check and is rejected. A dropped buffer goes
 //! back by `HELD(me) → FREE`, in whichever process drops it; the owner finds FREE
