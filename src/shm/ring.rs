@@ -5,8 +5,16 @@
 //! bytes padded to 8. The header never straddles the end of the data area (both are
 //! multiples of 8); the payload may wrap to offset 0. Payloads are always copied in and
 //! out, so a wrapped payload costs a second `memcpy` and nothing else, and every record
-//! up to the ring's size fits whatever the offset (no padding records: a record never
-//! waits for the consumer to skip padding, and an empty ring is never "full").
+//! up to the ring's size fits whatever the offset (a record pushed with `try_push`
+//! never waits for the consumer to skip padding, and an empty ring is never "full").
+//!
+//! The one exception is a record whose payload must lie in one piece, to be filled in
+//! place (a write chunk, `Producer::try_reserve` in `chunk`): when it would wrap, the
+//! producer first writes a padding record ([`KIND_PAD`]) from the offset to the end of
+//! the data area and places the record at offset 0. The consumer skips padding
+//! records without reporting them; one that does not end exactly at the end of the
+//! data area, or that starts at offset 0 (a producer never needs one there), is
+//! [`Corrupt`].
 //!
 //! `head` (consumer) and `tail` (producer) are 64-bit byte counters that only grow;
 //! `counter & (cap - 1)` is the offset. Each side keeps the other's counter cached in
@@ -23,12 +31,19 @@ use std::ptr::NonNull;
 use crate::shm::sync::{AtomicU64, Ordering};
 use crate::shm::wait::WaitWord;
 
+mod chunk;
+
+pub(crate) use chunk::Reserved;
+
 /// Bytes of a record header.
 pub(crate) const HEADER: u64 = 8;
 /// The smallest data area (so the loom model can reach the wrap with few records).
 pub(crate) const MIN_CAPACITY: u64 = 64;
 /// The largest data area of one direction.
 pub(crate) const MAX_CAPACITY: u64 = 1 << 30;
+/// The kind of a padding record: the space from its start to the end of the data area,
+/// skipped by the consumer (see the module docs). Never seen above this layer.
+pub(crate) const KIND_PAD: u16 = u16::MAX;
 
 /// One cache-line pair, so two indices written by different cores never share a line
 /// (128 bytes: adjacent-line prefetch pairs lines on x86).
@@ -383,32 +398,52 @@ impl Consumer {
         Ok(tail != self.head)
     }
 
-    /// The next record; `None` when the ring is empty.
+    /// The next record; `None` when the ring is empty. A padding record is skipped
+    /// (consumed, given back at the next `release`); at most one lies in the way,
+    /// since the record after it starts at offset 0, where padding is corrupt.
     pub(crate) fn peek(&mut self) -> Result<Option<Record>, Corrupt> {
-        if self.head == self.cached_tail && !self.refresh()? {
-            return Ok(None);
+        loop {
+            if self.head == self.cached_tail && !self.refresh()? {
+                return Ok(None);
+            }
+            let mask = self.ring.cap - 1;
+            let offset = self.head & mask;
+            let word = self.ring.header_at(offset).load(Ordering::Relaxed);
+            let len = u64::from(word as u32);
+            let kind = (word >> 32) as u16;
+            let flags = (word >> 48) as u16;
+            let size = HEADER + padded(len);
+            if size > self.cached_tail - self.head {
+                return Err(Corrupt("record length out of range"));
+            }
+            if kind == 0 {
+                return Err(Corrupt("record without a kind"));
+            }
+            if kind == KIND_PAD {
+                self.skip_padding(offset, size)?;
+                continue;
+            }
+            return Ok(Some(Record {
+                kind,
+                flags,
+                len: len as usize,
+                payload_at: (offset + HEADER) & mask,
+                start: self.head,
+                next: self.head + size,
+            }));
         }
-        let mask = self.ring.cap - 1;
-        let offset = self.head & mask;
-        let word = self.ring.header_at(offset).load(Ordering::Relaxed);
-        let len = u64::from(word as u32);
-        let kind = (word >> 32) as u16;
-        let flags = (word >> 48) as u16;
-        let size = HEADER + padded(len);
-        if size > self.cached_tail - self.head {
-            return Err(Corrupt("record length out of range"));
+    }
+
+    /// Consumes the padding record of `size` bytes at `offset` (already bounded by the
+    /// published tail), which must reach exactly the end of the data area and not
+    /// start at its beginning.
+    #[cold]
+    fn skip_padding(&mut self, offset: u64, size: u64) -> Result<(), Corrupt> {
+        if offset == 0 || offset + size != self.ring.cap {
+            return Err(Corrupt("padding record does not end at the end of the ring"));
         }
-        if kind == 0 {
-            return Err(Corrupt("record without a kind"));
-        }
-        Ok(Some(Record {
-            kind,
-            flags,
-            len: len as usize,
-            payload_at: (offset + HEADER) & mask,
-            start: self.head,
-            next: self.head + size,
-        }))
+        self.head += size;
+        Ok(())
     }
 
     /// Copies the payload of `record` (the one `peek` just returned) into `out`, which

@@ -23,8 +23,10 @@ use crate::shm::wait::Parker;
 
 /// "SHMPORT" + a format byte.
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
-/// Bumped on any change of the layout or the record format.
-const VERSION: u32 = 3;
+/// Bumped on any change of the layout or the record format. 4: padding records
+/// (`ring::KIND_PAD`, written before a write chunk that would wrap), which a consumer
+/// of version 3 would report as messages of an unknown kind.
+const VERSION: u32 = 4;
 /// Changes whenever a size or offset below changes, so that two builds that disagree
 /// on the layout refuse each other even at the same version.
 const LAYOUT: u32 = (HEADER_SIZE as u32) ^ ((LINES_SIZE as u32) << 12) ^ 0x5a00_0000;
