@@ -246,17 +246,18 @@ mod loom_tests {
     use super::super::{Consumer, Producer, PushError};
     use loom::sync::Arc;
 
-    /// Reservations across the wrap: one behind padding published with it, and one
-    /// larger than the offset, whose padding is published alone and must be skipped
-    /// before the record fits. The consumer sees every record whole and in order, and
-    /// never the padding. (Without the skip in `Consumer::peek` the padding arrives as
-    /// a record and the model fails.)
+    /// A reservation across the wrap: padding, then the record at offset 0. Depending
+    /// on when the consumer frees the first record, the padding is published with the
+    /// record, or alone (the record does not fit yet: `Full`) and skipped before the
+    /// record fits. The consumer sees both records whole and in order, and never the
+    /// padding. (Without the skip in `Consumer::peek` the padding arrives as a record
+    /// and the model fails.)
     #[test]
     fn reserved_records_behind_padding_across_the_wrap() {
         loom::model(|| {
-            // Payloads 16, 40, 16 in a 64-byte ring: records at 0; 24 -> padding 40 alone,
-            // then 0; 48 -> padding 16 with the record at 0.
-            const LENS: [usize; 3] = [16, 40, 16];
+            // In a 64-byte ring: a record of 56 bytes at 0; then one of 16, which does
+            // not fit in the 8 before the end: padding of 8, the record at 64.
+            const LENS: [usize; 2] = [48, 8];
             let ring = Arc::new(LocalRing::new(64));
             let r2 = ring.clone();
             let producer = loom::thread::spawn(move || {
