@@ -167,10 +167,33 @@ fn dropping_both_halves_closes_the_end_and_one_half_alone_keeps_it_open() {
     // Both gone: the peer sees the end closed, the queued messages are discarded and
     // the port one of them carried is closed.
     drop(reader);
+    // Closed at once: the end is marked closed in shared memory (the socket's hang-up,
+    // which the peer checks at most once per 25 ms, is not what tells it).
+    assert!(peer.try_recv().unwrap_err().is_closed());
     assert!(peer.recv_timeout(Duration::from_secs(5)).unwrap_err().is_closed());
     assert!(peer.is_peer_closed());
     peer.post_bytes(b"to a closed end").unwrap();
     assert!(carried.port1().recv_timeout(Duration::from_secs(5)).unwrap_err().is_closed());
+}
+
+#[test]
+fn dropping_both_halves_gives_back_at_once_the_buffers_queued_for_them() {
+    // Alone in a process: the arena's counts are the whole process's.
+    if !common::isolated("dropping_both_halves_gives_back_at_once_the_buffers_queued_for_them") {
+        return;
+    }
+    let channel = MessageChannel::new().unwrap();
+    let peer = channel.port2();
+    let (writer, reader) = channel.port1().split().unwrap();
+    let buffer = ArrayBuffer::from_slice(&[7; 5000]).unwrap();
+    peer.post_message(Value::ArrayBuffer(buffer.clone()), [buffer.into()]).unwrap();
+    assert_eq!(shmport::arena_stats().in_flight, 1, "the buffer's chunk is queued for the reader");
+    drop(reader);
+    assert_eq!(shmport::arena_stats().in_flight, 1, "still queued while the writer keeps the end open");
+    drop(writer);
+    // Discarded means given back, at once: free again without its sender doing anything.
+    let stats = shmport::arena_stats();
+    assert_eq!((stats.in_flight, stats.held_here, stats.free), (0, 0, stats.chunks), "{stats:?}");
 }
 
 #[test]
@@ -179,6 +202,8 @@ fn a_lone_writer_goes_on_posting_after_its_reader_is_dropped() {
     let peer = channel.port2();
     let (mut writer, reader) = channel.port1().split().unwrap();
     drop(reader);
+    assert!(peer.try_recv().unwrap_err().is_empty(), "the end is open");
+    assert!(!peer.is_peer_closed());
     for i in 0..1_000u32 {
         writer.post_pod(&i).unwrap();
         assert_eq!(peer.recv_pod::<u32>().unwrap(), i);

@@ -220,10 +220,11 @@ mod tests {
         let ring = LocalRing::new(128);
         let view = ring.view();
         let mut p = Producer::attach(view).unwrap();
-        // Padding at offset 0 (a producer never needs it there).
-        p.try_push(2, 0, &[&[0u8; 8]]).unwrap();
+        // Padding at offset 0 (a producer never needs it there), even one that ends
+        // at the end of the data area.
+        p.try_push(2, 0, &[&[0u8; 120]]).unwrap();
         p.publish();
-        view.header_at(0).store(pack(8, KIND_PAD, 0), Ordering::Relaxed);
+        view.header_at(0).store(pack(120, KIND_PAD, 0), Ordering::Relaxed);
         let mut c = Consumer::attach(view).unwrap();
         assert_eq!(c.peek(), Err(Corrupt("padding record does not end at the end of the ring")));
         // Padding that stops short of the end.
