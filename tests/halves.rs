@@ -229,6 +229,7 @@ fn a_closed_peer_is_closed_after_draining_and_posts_to_it_go_nowhere() {
         writer.try_post_bytes(&[0; 64]).unwrap();
         // A chunk for a gone peer is process memory, and its commit sends nothing.
         let mut chunk = writer.write_chunk(200).unwrap();
+        assert!((chunk.as_ptr() as usize).is_multiple_of(8), "aligned as the ring's chunks are");
         chunk.fill(7);
         chunk.commit();
     }
@@ -265,6 +266,7 @@ fn write_chunks_are_filled_in_place_and_one_that_would_wrap_starts_the_ring_behi
     let (mut writer, _reader) = channel.port1().split().unwrap();
     let mut chunk = writer.try_write_chunk(16).unwrap();
     let start = chunk.as_ptr() as usize; // offset 8 of the data area: the first payload
+    assert!(start.is_multiple_of(8), "chunks are 8-byte aligned");
     chunk.copy_from_slice(&[1; 16]);
     chunk.commit();
     assert_eq!(next(&peer).unwrap(), [1; 16]);

@@ -31,8 +31,9 @@ use crate::wire::{KIND_BYTES, KIND_POD};
 pub struct PortWriter {
     tx: ManuallyDrop<Tx>,
     strategy: WaitStrategy,
-    /// Where write chunks go once the peer is gone (grown then, only).
-    sink: Vec<u8>,
+    /// Where write chunks go once the peer is gone (grown then, only); of `u64`s, so
+    /// that its chunks are 8-byte aligned as the ring's are.
+    sink: Vec<u64>,
     ends: Arc<Ends>,
     _not_sync: PhantomData<Cell<()>>,
 }
@@ -268,8 +269,8 @@ impl PortWriter {
     /// A chunk in process memory, for a peer that is gone.
     #[cold]
     fn sink_chunk(&mut self, len: usize) -> WriteChunk<'_> {
-        if self.sink.len() < len {
-            self.sink.resize(len, 0);
+        if self.sink.len() < len.div_ceil(8) {
+            self.sink.resize(len.div_ceil(8), 0);
         }
         WriteChunk { place: Place::Sink(len), writer: self }
     }
@@ -312,6 +313,10 @@ enum Place {
 /// [`PortWriter::try_write_chunk`] / [`write_chunk`](PortWriter::write_chunk). Derefs
 /// to its bytes (`&mut [u8]`); [`commit`](Self::commit) sends it, dropping it sends
 /// nothing (and leaves the ring as it was).
+///
+/// The bytes start at an 8-byte aligned address (every record's payload does), so
+/// they can be viewed as a slice of `f32`, `u64` and the like (`bytemuck::cast_slice_mut`)
+/// when the length allows.
 ///
 /// Its bytes are shared memory of the channel: a peer that breaks the protocol (a
 /// hostile process mapping the segment) can change them while the chunk is filled,
@@ -359,7 +364,7 @@ impl Deref for WriteChunk<'_> {
             // process from writing there. A hostile peer can: this is the exception to
             // invariant 3 stated for write chunks in `shm`.
             Place::Ring(reserved, at) => unsafe { std::slice::from_raw_parts(at.as_ptr(), reserved.len()) },
-            Place::Sink(len) => &self.writer.sink[..len],
+            Place::Sink(len) => &bytemuck::cast_slice(&self.writer.sink)[..len],
         }
     }
 }
@@ -369,7 +374,7 @@ impl DerefMut for WriteChunk<'_> {
         match self.place {
             // SAFETY: as in `deref`; `&mut self` makes this the only slice of the chunk.
             Place::Ring(reserved, at) => unsafe { std::slice::from_raw_parts_mut(at.as_ptr(), reserved.len()) },
-            Place::Sink(len) => &mut self.writer.sink[..len],
+            Place::Sink(len) => &mut bytemuck::cast_slice_mut(&mut self.writer.sink)[..len],
         }
     }
 }
