@@ -355,6 +355,28 @@ fn an_uncommitted_chunk_is_never_seen_and_leaves_the_ring_as_it_was() {
 }
 
 #[test]
+fn a_chunk_leaked_with_forget_is_never_seen_either() {
+    // A chunk's header is written by `commit`; a leaked one leaves at most the padding
+    // written for it, which goes out with the next record and is skipped.
+    let channel = small_channel(256);
+    let peer = channel.port2();
+    let (mut writer, _reader) = channel.port1().split().unwrap();
+    let mut chunk = writer.try_write_chunk(100).unwrap();
+    chunk.fill(9);
+    std::mem::forget(chunk);
+    writer.try_post_bytes(&[1; 150]).unwrap(); // records end at 8 + 152 = 160
+    assert_eq!(next(&peer).unwrap(), [1; 150]);
+    let mut chunk = writer.try_write_chunk(100).unwrap(); // behind padding, at the start
+    chunk.fill(8);
+    std::mem::forget(chunk);
+    let mut chunk = writer.try_write_chunk(10).unwrap();
+    chunk.fill(7);
+    chunk.commit();
+    assert_eq!(next(&peer).unwrap(), [7; 10]);
+    assert!(peer.try_recv().unwrap_err().is_empty());
+}
+
+#[test]
 fn more_than_a_record_holds_is_too_large_for_the_halves() {
     let channel = small_channel(256);
     let peer = channel.port2();

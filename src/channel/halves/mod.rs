@@ -83,7 +83,7 @@ impl MessagePort {
     /// is gone stay queued until the writer goes too (the peer's posts then wait, or
     /// fail with `Full`, once the ring is full). A peer that closes or dies is reported
     /// as to a port: the reader gets `Closed` after the last message, a blocked reader
-    /// within 25 ms of a death; posts to it are silent no-ops (SEMANTICS 10 and 16).
+    /// within a sleep slice (25 ms) of a death; posts to it are silent no-ops (SEMANTICS 10 and 16).
     ///
     /// **Giving back read space.** The reader gives the space of messages it read
     /// back to the writer in batches, when it has read everything published or a

@@ -312,7 +312,8 @@ enum Place {
 /// A message being written in place, in the ring: from
 /// [`PortWriter::try_write_chunk`] / [`write_chunk`](PortWriter::write_chunk). Derefs
 /// to its bytes (`&mut [u8]`); [`commit`](Self::commit) sends it, dropping it sends
-/// nothing (and leaves the ring as it was).
+/// nothing (and leaves the ring as it was), and so does leaking it (`mem::forget`: its
+/// record's header is written only by `commit`).
 ///
 /// The bytes start at an 8-byte aligned address (every record's payload does), so
 /// they can be viewed as a slice of `f32`, `u64` and the like (`bytemuck::cast_slice_mut`)
