@@ -24,6 +24,11 @@
 //! [`MessagePort::recv_timeout`]) or push ([`MessagePort::set_onmessage`]). Posting
 //! waits while the ring is full; `try_` and `_timeout` variants do not.
 //!
+//! For realtime threads, [`MessagePort::split`] turns a port into a [`PortWriter`] and
+//! a [`PortReader`], one for each thread, with no lock at all; the writer fills
+//! messages in place in the ring ([`WriteChunk`]). Its rustdoc says which calls are
+//! realtime-safe.
+//!
 //! ```
 //! use std::time::Duration;
 //! use shmport::{ChannelOptions, MessageChannel, PostError};
@@ -60,7 +65,10 @@ mod wire;
 #[cfg(not(loom))]
 pub use channel::bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
-pub use channel::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, Transferable};
+pub use channel::{
+    ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, PortReader, PortWriter, Transferable,
+    WriteChunk,
+};
 #[cfg(not(loom))]
 pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]

@@ -1,9 +1,11 @@
 //! The channel: `MessageChannel`, `MessagePort` and its API, the port object with its
-//! tx and rx halves, event dispatch, and how ports reach other processes (bootstrap).
+//! tx and rx halves, the exclusive halves of a split port (`halves`), event dispatch,
+//! and how ports reach other processes (bootstrap).
 
 mod api;
 pub(crate) mod bootstrap;
 pub(crate) mod dispatch;
+mod halves;
 mod incoming;
 mod link;
 mod options;
@@ -17,6 +19,7 @@ mod typed_api;
 use std::time::{Duration, Instant};
 
 pub use api::{MessageEvent, MessagePort, Transferable};
+pub use halves::{PortReader, PortWriter, WriteChunk};
 pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};
 pub(crate) use port::{Port, Readiness, port_from_fds};

@@ -369,7 +369,7 @@ impl Port {
         self.detach_parts().map(|(link, _, _)| link)
     }
 
-    fn detach_parts(&self) -> Option<(Arc<Link>, Option<Tx>, Option<Rx>)> {
+    pub(super) fn detach_parts(&self) -> Option<(Arc<Link>, Option<Tx>, Option<Rx>)> {
         self.detach_with(|| self.tx.lock().take()).map(|h| (h.link, h.tx, h.rx))
     }
 
@@ -424,7 +424,7 @@ pub(crate) fn bury(ports: Vec<MessagePort>) {
 }
 
 /// Closes the buried ports, unless a close further up this thread's stack does it.
-fn close_buried() {
+pub(super) fn close_buried() {
     if CLOSING.with(|c| c.replace(true)) {
         return;
     }

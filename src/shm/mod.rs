@@ -16,8 +16,9 @@
 //!    `len` can fault.
 //! 3. Memory the peer can write is only accessed through atomics (`AtomicU32`,
 //!    `AtomicU64`, which may alias concurrent access) or copied out with raw-pointer
-//!    copies. No `&T`/`&[u8]` of a non-atomic type is ever formed over it, with one
-//!    exception, below: the bytes of an `ArrayBuffer` given to the caller's closure.
+//!    copies. No `&T`/`&[u8]` of a non-atomic type is ever formed over it, with two
+//!    exceptions, below: the bytes of an `ArrayBuffer` given to the caller's closure,
+//!    and the bytes of a `WriteChunk` being filled in the ring.
 //! 4. Every value read from shared memory is validated before it is used as an index or
 //!    a length; values that configure the layout (capacity, flags) are read once, at
 //!    `open`, and kept in process memory.
@@ -63,6 +64,20 @@
 //! file-backed maps are `unsafe` to create because the file may be modified in or out
 //! of process), as does `shared_memory` (`Shmem::as_slice` is `unsafe`). A caller that
 //! faces untrusted peers copies out first (`to_vec`) and validates the copy.
+//!
+//! # The second exception: `WriteChunk`
+//!
+//! A write chunk (`PortWriter::write_chunk`) is the payload of a record reserved in
+//! the producer's ring and not yet published; it derefs to a `&mut [u8]` over those
+//! bytes of the data area so the caller fills them in place. An honest consumer never
+//! reads them before the record is published (nor writes the data area at all), and
+//! the chunk borrows its writer mutably, so nothing else of this process touches them.
+//! The peer's process maps the segment read-write, though, so a hostile peer can write
+//! them while the slice lives, with the consequences described above for buffers:
+//! bytes that change under the caller, never an access outside the reservation (its
+//! length is in process memory and lies inside the data area, whose size is sealed).
+//! What the caller reads back from a chunk is as trustworthy as what it would read
+//! from a message of that peer. The bytes start as whatever the ring held there.
 
 pub(crate) mod arena;
 #[cfg(not(loom))]

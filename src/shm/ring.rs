@@ -5,8 +5,16 @@
 //! bytes padded to 8. The header never straddles the end of the data area (both are
 //! multiples of 8); the payload may wrap to offset 0. Payloads are always copied in and
 //! out, so a wrapped payload costs a second `memcpy` and nothing else, and every record
-//! up to the ring's size fits whatever the offset (no padding records: a record never
-//! waits for the consumer to skip padding, and an empty ring is never "full").
+//! up to the ring's size fits whatever the offset (a record pushed with `try_push`
+//! never waits for the consumer to skip padding, and an empty ring is never "full").
+//!
+//! The one exception is a record whose payload must lie in one piece, to be filled in
+//! place (a write chunk, `Producer::try_reserve` in `chunk`): when it would wrap, the
+//! producer first writes a padding record ([`KIND_PAD`]) from the offset to the end of
+//! the data area and places the record at offset 0. The consumer skips padding
+//! records without reporting them; one that does not end exactly at the end of the
+//! data area, or that starts at offset 0 (a producer never needs one there), is
+//! [`Corrupt`].
 //!
 //! **The header is the publication.** A header word of 0 is "nothing here yet". The
 //! producer writes a record's payload, then a 0 in the header slot that follows it
@@ -42,12 +50,19 @@ use std::ptr::NonNull;
 use crate::shm::sync::{AtomicU64, Ordering};
 use crate::shm::wait::WaitWord;
 
+mod chunk;
+
+pub(crate) use chunk::Reserved;
+
 /// Bytes of a record header.
 pub(crate) const HEADER: u64 = 8;
 /// The smallest data area (so the loom model can reach the wrap with few records).
 pub(crate) const MIN_CAPACITY: u64 = 64;
 /// The largest data area of one direction.
 pub(crate) const MAX_CAPACITY: u64 = 1 << 30;
+/// The kind of a padding record: the space from its start to the end of the data area,
+/// skipped by the consumer (see the module docs). Never seen above this layer.
+pub(crate) const KIND_PAD: u16 = u16::MAX;
 
 /// One cache-line pair, so two indices written by different cores never share a line
 /// (128 bytes: adjacent-line prefetch pairs lines on x86).
@@ -339,16 +354,21 @@ impl Producer {
         self.ring.write_payload((offset + HEADER) & mask, parts);
         // The slot after the record reads "nothing here" until a record is written there.
         self.ring.header_at((offset + size) & mask).store(0, Ordering::Relaxed);
-        let header = pack(len as u32, kind, flags);
-        if self.tail == self.published {
-            // The first unpublished record: its header is the publication.
-            self.pending = Some(header);
-        } else {
-            // Behind a held-back header: the consumer cannot reach it before `publish`.
-            self.ring.header_at(offset).store(header, Ordering::Relaxed);
-        }
+        self.put_header(offset, pack(len as u32, kind, flags));
         self.tail += size;
         Ok(())
+    }
+
+    /// Writes the header of the record at `self.tail` (offset `offset`), whose payload
+    /// and following empty slot are written: held back if it is the first unpublished
+    /// record (its header is then the publication), else stored at once, behind the
+    /// held-back one, which the consumer cannot pass before `publish`.
+    fn put_header(&mut self, offset: u64, header: u64) {
+        if self.tail == self.published {
+            self.pending = Some(header);
+        } else {
+            self.ring.header_at(offset).store(header, Ordering::Relaxed);
+        }
     }
 
     /// Forgets the records written since the last `publish` (the caller could not
@@ -432,36 +452,56 @@ impl Consumer {
         &self.ring
     }
 
-    /// The next record; `None` when the ring is empty.
+    /// The next record; `None` when the ring is empty. A padding record is skipped
+    /// (consumed, given back at the next `release`); at most one lies in the way,
+    /// since the record after it starts at offset 0, where padding is corrupt.
     pub(crate) fn peek(&mut self) -> Result<Option<Record>, Corrupt> {
-        let mask = self.ring.cap - 1;
-        let offset = self.head & mask;
-        // SYNC: header publish. Acquire: pairs with the producer's Release of this
-        // header, so the record's payload (and the empty slot after it) is written.
-        let word = self.ring.header_at(offset).load(observe_order());
-        if word == 0 {
-            return Ok(None);
+        loop {
+            let mask = self.ring.cap - 1;
+            let offset = self.head & mask;
+            // SYNC: header publish. Acquire: pairs with the producer's Release of this
+            // header, so the record's payload (and the empty slot after it) is written.
+            let word = self.ring.header_at(offset).load(observe_order());
+            if word == 0 {
+                return Ok(None);
+            }
+            let len = u64::from(word as u32);
+            let kind = (word >> 32) as u16;
+            let flags = (word >> 48) as u16;
+            if len > self.ring.max_payload() as u64 {
+                return Err(Corrupt("record length out of range"));
+            }
+            if kind == 0 {
+                return Err(Corrupt("record without a kind"));
+            }
+            if self.head > MAX_COUNTER {
+                return Err(Corrupt("ring position out of range"));
+            }
+            let size = HEADER + padded(len);
+            if kind == KIND_PAD {
+                self.skip_padding(offset, size)?;
+                continue;
+            }
+            return Ok(Some(Record {
+                kind,
+                flags,
+                len: len as usize,
+                payload_at: (offset + HEADER) & mask,
+                start: self.head,
+                next: self.head + size,
+            }));
         }
-        let len = u64::from(word as u32);
-        let kind = (word >> 32) as u16;
-        let flags = (word >> 48) as u16;
-        if len > self.ring.max_payload() as u64 {
-            return Err(Corrupt("record length out of range"));
+    }
+
+    /// Consumes the padding record of `size` bytes at `offset`, which must reach
+    /// exactly the end of the data area and not start at its beginning.
+    #[cold]
+    fn skip_padding(&mut self, offset: u64, size: u64) -> Result<(), Corrupt> {
+        if offset == 0 || offset + size != self.ring.cap {
+            return Err(Corrupt("padding record does not end at the end of the ring"));
         }
-        if kind == 0 {
-            return Err(Corrupt("record without a kind"));
-        }
-        if self.head > MAX_COUNTER {
-            return Err(Corrupt("ring position out of range"));
-        }
-        Ok(Some(Record {
-            kind,
-            flags,
-            len: len as usize,
-            payload_at: (offset + HEADER) & mask,
-            start: self.head,
-            next: self.head + HEADER + padded(len),
-        }))
+        self.head += size;
+        Ok(())
     }
 
     /// Copies the payload of `record` (the one `peek` just returned) into `out`, which

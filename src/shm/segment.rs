@@ -26,8 +26,10 @@ const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// Bumped on any change of the layout or the record format. 4: a record is published
 /// by its header, and the slot after it is zeroed first. 5: the arena generation words
 /// (`Header::arena_generations`), and attachment tables that name an arena by an id its
-/// receiver was told once (see the wire layer's `arenas`).
-const VERSION: u32 = 5;
+/// receiver was told once (see the wire layer's `arenas`). 6: padding records
+/// (`ring::KIND_PAD`, written before a write chunk that would wrap), which an earlier
+/// consumer would report as messages of an unknown kind.
+const VERSION: u32 = 6;
 /// Changes whenever a size or offset below changes, so that two builds that disagree
 /// on the layout refuse each other even at the same version.
 const LAYOUT: u32 = (HEADER_SIZE as u32) ^ ((LINES_SIZE as u32) << 12) ^ 0x5a00_0000;
