@@ -377,6 +377,26 @@ fn a_chunk_leaked_with_forget_is_never_seen_either() {
 }
 
 #[test]
+fn a_blocking_post_after_a_leaked_chunk_is_not_held_up_by_its_padding() {
+    // A chunk leaked behind new padding leaves that padding written, not published:
+    // a blocking post that needs the room the padding holds must publish it (so the
+    // reader skips it) rather than wait forever on an empty, fully read ring.
+    let channel = small_channel(256);
+    let peer = channel.port2();
+    let (mut writer, _reader) = channel.port1().split().unwrap();
+    writer.try_post_bytes(&[1; 150]).unwrap();
+    assert_eq!(next(&peer).unwrap(), [1; 150]);
+    std::mem::forget(writer.try_write_chunk(100).unwrap()); // behind padding
+    let poster = std::thread::spawn(move || {
+        let posted = writer.post_bytes_timeout(&[2; 200], Duration::from_secs(5));
+        (writer, posted)
+    });
+    assert_eq!(next(&peer).unwrap(), [2; 200]);
+    let (_writer, posted) = poster.join().unwrap();
+    assert_eq!(posted, Ok(()));
+}
+
+#[test]
 fn more_than_a_record_holds_is_too_large_for_the_halves() {
     let channel = small_channel(256);
     let peer = channel.port2();

@@ -170,6 +170,9 @@ impl PortWriter {
     #[cold]
     #[inline(never)]
     fn post_when_room(&mut self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        // A write chunk leaked with `mem::forget` may have left its padding written and
+        // not published; the reader must skip it before the room it holds comes free.
+        self.tx.publish_and_notify();
         let written = self.wait_for_room(mode, bytes.len(), |tx| tx.producer.try_push(kind, 0, &[bytes]))?;
         if written.is_some() {
             self.tx.note_progress();
