@@ -3,6 +3,8 @@
 //! role, and a watchdog that ends a hung test.
 #![allow(dead_code)]
 
+pub mod counting;
+
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;

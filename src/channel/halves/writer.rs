@@ -129,7 +129,8 @@ impl PortWriter {
         self.chunk(len, Mode::timeout(timeout))
     }
 
-    /// The largest message, in bytes: the ring's capacity minus a record header.
+    /// The largest message, in bytes: the ring's capacity less 16 (a record header and
+    /// the empty header slot that follows it).
     pub fn max_inline_size(&self) -> usize {
         self.tx.producer.ring().max_payload()
     }
