@@ -28,7 +28,8 @@ const USAGE: &str = "\
 usage: shmport-bench --instructions [--quick]
 
 Counts, with valgrind's callgrind, the instructions of one operation on a default
-channel, both ends in one thread: a 64 B post_bytes + recv_bytes_with, a post_typed +
+channel, both ends in one thread: a 64 B post_bytes + recv_bytes_with (on ports, on
+exclusive halves, and with a write chunk filled in place), a post_typed +
 recv_typed of a struct holding 64 bytes, and a post_message + recv of a 63-byte
 string. Each loop runs N and 2N times (two processes); the figure is
 (I(2N) - I(N)) / N. N is 100000, or 10000 with --quick. Needs valgrind on PATH.
@@ -38,16 +39,20 @@ string. Each loop runs N and 2N times (two processes); the figure is
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     Bytes,
+    Halves,
+    Chunk,
     Typed,
     Value,
 }
 
 impl Op {
-    const ALL: [Op; 3] = [Op::Bytes, Op::Typed, Op::Value];
+    const ALL: [Op; 5] = [Op::Bytes, Op::Halves, Op::Chunk, Op::Typed, Op::Value];
 
     fn name(self) -> &'static str {
         match self {
             Op::Bytes => "bytes",
+            Op::Halves => "halves",
+            Op::Chunk => "chunk",
             Op::Typed => "typed",
             Op::Value => "value",
         }
@@ -56,6 +61,8 @@ impl Op {
     fn describe(self) -> &'static str {
         match self {
             Op::Bytes => "64 B `post_bytes` + `recv_bytes_with`",
+            Op::Halves => "64 B `PortWriter::post_bytes` + `PortReader::recv_bytes_with` (exclusive halves)",
+            Op::Chunk => "64 B `PortWriter::write_chunk` filled + `commit` + `PortReader::recv_bytes_with`",
             Op::Typed => "`post_typed` + `recv_typed` of `{ id: u64, data: Vec<u8> }`, 64 B of data",
             Op::Value => "`post_message` + `recv` of a 63-byte string",
         }
@@ -91,6 +98,9 @@ fn run_loop(args: &[String]) -> Result<()> {
     let (a, b) = (channel.port1(), channel.port2());
     let msg = [7u8; 64];
     let mut sum = 0usize;
+    if matches!(op, Op::Halves | Op::Chunk) {
+        return run_halves_loop(&a, &b, op == Op::Chunk, n);
+    }
     for i in 0..n {
         match op {
             Op::Bytes => {
@@ -101,12 +111,34 @@ fn run_loop(args: &[String]) -> Result<()> {
                 a.post_typed(&Frame { id: i, data: msg.to_vec() })?;
                 sum += b.recv_typed::<Frame>()?.data.len();
             }
+            Op::Halves | Op::Chunk => {}
             Op::Value => {
                 a.post_message(TEXT, [])?;
                 let _ = b.recv()?;
                 sum += 1;
             }
         }
+    }
+    // Used, so that nothing of the loop is optimized away.
+    println!("{sum}");
+    Ok(())
+}
+
+/// The loop of `halves` and `chunk`: port1 split for its writer, port2 for its reader.
+fn run_halves_loop(a: &shmport::MessagePort, b: &shmport::MessagePort, in_place: bool, n: u64) -> Result<()> {
+    let (mut writer, _) = a.split().context("splitting port1")?;
+    let (_, mut reader) = b.split().context("splitting port2")?;
+    let msg = [7u8; 64];
+    let mut sum = 0usize;
+    for _ in 0..n {
+        if in_place {
+            let mut chunk = writer.write_chunk(msg.len())?;
+            chunk.copy_from_slice(&msg);
+            chunk.commit();
+        } else {
+            writer.post_bytes(&msg)?;
+        }
+        sum += reader.recv_bytes_with(|x| x.len())?;
     }
     // Used, so that nothing of the loop is optimized away.
     println!("{sum}");

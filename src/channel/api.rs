@@ -170,12 +170,23 @@ impl MessagePort {
         }
     }
 
+    #[inline]
     fn post_bytes_mode(&self, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
         self.post_record(wire::KIND_BYTES, bytes, mode)
     }
 
     /// Posts `bytes` as one record of `kind`: inline when they fit, else out of line.
+    #[inline]
     pub(super) fn post_record(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        match self.port().try_post_fast(kind, bytes) {
+            Some(()) => Ok(()),
+            None => self.post_record_full(kind, bytes, mode),
+        }
+    }
+
+    /// `post_record` past its fast path: waits, spills, reports.
+    #[inline(never)]
+    fn post_record_full(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
         match self.port().post_inline(kind, bytes, mode) {
             Ok(()) => Ok(()),
             Err(Inline::Failed(e)) => Err(e),
@@ -190,11 +201,13 @@ impl MessagePort {
     /// [`recv_bytes_with`](Self::recv_bytes_with), or with `recv`, as a
     /// [`Value::ArrayBuffer`] (for a message that came out of line, over those pages
     /// themselves: no copy).
+    #[inline]
     pub fn post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
         self.post_bytes_mode(bytes, Mode::Block)
     }
 
     /// As [`post_bytes`](Self::post_bytes), but `PostError::Full` at once instead of waiting.
+    #[inline]
     pub fn try_post_bytes(&self, bytes: &[u8]) -> Result<(), PostError> {
         self.post_bytes_mode(bytes, Mode::Try)
     }
@@ -230,11 +243,13 @@ impl MessagePort {
     /// Waits for the next message and runs `f` on its bytes, without allocating. The
     /// bytes are a copy in this process (never shared memory the peer can still
     /// write). For a message posted with `post_message` they are its wire encoding.
+    #[inline]
     pub fn recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         self.recv_bytes_mode(Mode::Block, f).map_err(RecvError::from)
     }
 
     /// As [`recv_bytes_with`](Self::recv_bytes_with), if a message is waiting.
+    #[inline]
     pub fn try_recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
         self.recv_bytes_mode(Mode::Try, f).map_err(TryRecvError::from)
     }
@@ -248,7 +263,19 @@ impl MessagePort {
         self.recv_bytes_mode(Mode::timeout(timeout), f).map_err(RecvTimeoutError::from)
     }
 
+    #[inline]
     fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
+        let mut small = std::mem::MaybeUninit::<[u8; STACK_RECV]>::uninit();
+        match self.port().try_recv_small_fast(&mut small) {
+            // SAFETY: `try_recv_small_fast` wrote the first `len` bytes.
+            Some(len) => Ok(f(unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len) })),
+            None => self.recv_bytes_full(mode, f),
+        }
+    }
+
+    /// `recv_bytes_mode` past its fast path: waits, large and attached messages, errors.
+    #[inline(never)]
+    fn recv_bytes_full<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
         // The bytes are copied out of the ring (a small message onto the stack, a larger
         // one into this thread's receive buffer), and the closure runs on the copy
         // without the port's lock: it may close, transfer or receive on this port.

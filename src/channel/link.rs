@@ -45,11 +45,13 @@ impl Link {
         self.segment.arena_generation(self.end)
     }
 
+    #[inline]
     fn peer_state(&self) -> &AtomicU32 {
         self.segment.end_state(1 - self.end)
     }
 
     /// The peer marked itself closed (shared memory only, no syscall).
+    #[inline]
     pub(super) fn peer_closed(&self) -> bool {
         // SYNC: end closed. Acquire: the closer's last publish is visible.
         self.peer_state().load(Ordering::Acquire) == END_CLOSED
@@ -85,6 +87,7 @@ impl Link {
         &self.segment.lines(self.end).waits.0.space
     }
 
+    #[inline]
     pub(super) fn busy_poll(&self) -> bool {
         self.segment.busy_poll()
     }

@@ -2,6 +2,7 @@
 //! locks (a thread blocked in `recv` never blocks `post_message`): attaching, writing
 //! a record, receiving, waiting, closing and detaching.
 
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +24,7 @@ use crate::shm::ring::{Consumer, Producer, PushError, Record};
 use crate::shm::segment::{END_CLOSED, OpenError, Segment};
 use crate::shm::sync::{AtomicU32, Ordering};
 use crate::shm::wait::{self, Check, SLICE, WaitStrategy};
+use crate::wire;
 
 /// The state of one port, shared by its handle and its dispatch thread.
 pub(crate) struct Port {
@@ -220,6 +222,45 @@ impl Port {
             tx.publish_and_notify();
         }
         Ok(())
+    }
+
+    /// The uncontended fast path of a post of `bytes` as one inline record: `Some`
+    /// once it is published. `None` (nothing written) whenever anything is not plain:
+    /// the lock is held elsewhere, the port has no sending half, the peer is closed,
+    /// the direction is broken, the ring is full or the record too large. The caller
+    /// then takes the full path (`post_inline`), which decides.
+    #[inline]
+    pub(super) fn try_post_fast(&self, kind: u16, bytes: &[u8]) -> Option<()> {
+        let mut guard = self.tx.try_lock()?;
+        let tx = guard.as_mut()?;
+        if tx.broken.is_some() || tx.link.peer_closed() {
+            return None;
+        }
+        tx.producer.try_push(kind, 0, &[bytes]).ok()?;
+        tx.note_progress();
+        tx.publish_and_notify();
+        Some(())
+    }
+
+    /// The uncontended fast path of a receive into `out`: the next record's length,
+    /// once its payload is copied into `out` and the record taken, if it is plain
+    /// bytes (no attachments, at most `N` of them). `None` (nothing taken) whenever
+    /// anything is not plain: the lock is held elsewhere, the port is detached or
+    /// has no receiving half, an error is pending, the ring is empty or corrupt, the
+    /// record carries attachments or is larger. The caller then takes the full path.
+    #[inline]
+    pub(super) fn try_recv_small_fast<const N: usize>(&self, out: &mut MaybeUninit<[u8; N]>) -> Option<usize> {
+        let mut guard = self.rx.try_lock()?;
+        let rx = guard.as_mut()?;
+        if self.is_detached() {
+            return None;
+        }
+        let rec = rx.peek_ready()?;
+        if rec.flags & wire::FLAG_ATTACHMENTS != 0 || rec.len > N {
+            return None;
+        }
+        rx.take_into_uninit(&rec, out);
+        Some(rec.len)
     }
 
     /// Waits for the next record as `mode` allows and hands its kind and payload to

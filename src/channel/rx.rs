@@ -46,6 +46,7 @@ impl Rx {
         }
     }
 
+    #[inline(always)]
     pub(super) fn release_and_notify(&mut self) {
         if self.consumer.release() && !self.link.busy_poll() {
             wait::notify(&self.consumer.ring().lines().waits.0.space, self.link.segment.parker());
@@ -53,17 +54,50 @@ impl Rx {
     }
 
     /// One look for the next record. `None`: nothing yet, and the peer is alive.
+    #[inline]
     pub(super) fn poll(&mut self, check: Check) -> Option<Result<Record, RecvFail>> {
-        if let Some(e) = self.pending_error.take() {
-            return Some(Err(RecvFail::Message(e)));
+        if self.pending_error.is_some() || self.broken || self.finished {
+            return Some(self.poll_stopped());
         }
-        if self.broken || self.finished {
-            return Some(Err(RecvFail::Closed));
+        match self.consumer.peek() {
+            Ok(Some(rec)) => Some(Ok(rec)),
+            Ok(None) => self.poll_empty(check),
+            Err(Corrupt(reason)) => Some(Err(self.corrupt(reason))),
         }
-        match self.peek() {
-            Some(r) => return Some(r),
-            None => self.release_and_notify(),
+    }
+
+    /// The next record if one is there and nothing else needs saying first (no error
+    /// pending, the direction open): the fast path's look, with no liveness check.
+    /// `None` when the full `poll` must decide.
+    #[inline]
+    pub(super) fn peek_ready(&mut self) -> Option<Record> {
+        if self.pending_error.is_some() || self.broken || self.finished {
+            return None;
         }
+        self.consumer.peek().ok().flatten()
+    }
+
+    /// `poll` with an error to report first, or after the end.
+    #[cold]
+    fn poll_stopped(&mut self) -> Result<Record, RecvFail> {
+        match self.pending_error.take() {
+            Some(e) => Err(RecvFail::Message(e)),
+            None => Err(RecvFail::Closed),
+        }
+    }
+
+    /// The ring is broken: `reason` is reported once, then the direction is closed.
+    #[cold]
+    fn corrupt(&mut self, reason: &'static str) -> RecvFail {
+        self.broken = true;
+        RecvFail::Message(MessageError::new(reason))
+    }
+
+    /// `poll` on a ring found empty: is the peer still there?
+    #[cold]
+    #[inline(never)]
+    fn poll_empty(&mut self, check: Check) -> Option<Result<Record, RecvFail>> {
+        self.release_and_notify();
         let gone = match check {
             Check::Fast => self.link.peer_closed(),
             Check::Slow => self.link.peer_gone(),
@@ -86,10 +120,7 @@ impl Rx {
         match self.consumer.peek() {
             Ok(Some(rec)) => Some(Ok(rec)),
             Ok(None) => None,
-            Err(Corrupt(reason)) => {
-                self.broken = true;
-                Some(Err(RecvFail::Message(MessageError::new(reason))))
-            }
+            Err(Corrupt(reason)) => Some(Err(self.corrupt(reason))),
         }
     }
 
@@ -157,7 +188,7 @@ impl Rx {
 
     /// Takes a record without attachments of at most `N` bytes into the first
     /// `rec.len` bytes of `out`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn take_into_uninit<const N: usize>(&mut self, rec: &Record, out: &mut std::mem::MaybeUninit<[u8; N]>) {
         assert!(rec.len <= N);
         // SAFETY: `out` has room for N >= rec.len bytes.
@@ -240,7 +271,7 @@ impl Rx {
     }
 
     /// Marks `rec` read, giving its space back in batches.
-    #[inline]
+    #[inline(always)]
     pub(super) fn consumed(&mut self, rec: &Record) {
         self.consumer.consume(rec);
         self.record_start = rec.start();

@@ -97,7 +97,7 @@ impl Tx {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(super) fn publish_and_notify(&mut self) {
         if self.producer.publish() && !self.link.busy_poll() {
             wait::notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker());

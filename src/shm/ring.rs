@@ -159,16 +159,19 @@ impl RingRef {
 
     /// The largest payload a record of this ring can carry: the ring less the record's
     /// header and the empty header slot that must follow it.
+    #[inline]
     pub(crate) fn max_payload(&self) -> usize {
         (self.cap - 2 * HEADER) as usize
     }
 
+    #[inline]
     pub(crate) fn lines(&self) -> &RingLines {
         // SAFETY: valid for the lifetime of the view (`RingRef::new`).
         unsafe { self.lines.as_ref() }
     }
 
     /// The header word at `offset` (8-aligned, `< cap`).
+    #[inline]
     fn header_at(&self, offset: u64) -> &AtomicU64 {
         debug_assert!(offset.is_multiple_of(8) && offset < self.cap);
         #[cfg(not(loom))]
@@ -186,6 +189,7 @@ impl RingRef {
 
     /// Copies `parts` into the data area from `offset` on, wrapping at the end (the
     /// caller reserved the room).
+    #[inline]
     fn write_payload(&self, offset: u64, parts: &[&[u8]]) {
         #[cfg(not(loom))]
         {
@@ -222,6 +226,7 @@ impl RingRef {
     ///
     /// # Safety
     /// `out` must be valid for `len` byte writes.
+    #[inline]
     unsafe fn read_payload(&self, offset: u64, out: *mut u8, len: usize) {
         #[cfg(not(loom))]
         {
@@ -298,8 +303,9 @@ pub(crate) struct Producer {
     /// the shared `tail`).
     published: u64,
     /// The header of the first record written since the last `publish`, held back so
-    /// that its slot (at `published`) reads 0 until then.
-    pending: Option<u64>,
+    /// that its slot (at `published`) reads 0 until then; 0 when there is none (a
+    /// header is never 0: its kind is not).
+    pending: u64,
     /// The consumer's `head` as last read.
     cached_head: u64,
 }
@@ -313,7 +319,7 @@ impl Producer {
         let tail = lines.tail.0.load(Ordering::Acquire);
         let head = lines.head.0.load(Ordering::Acquire);
         check_counters(head, tail, ring.cap)?;
-        Ok(Producer { ring, tail, published: tail, pending: None, cached_head: head })
+        Ok(Producer { ring, tail, published: tail, pending: 0, cached_head: head })
     }
 
     pub(crate) fn ring(&self) -> &RingRef {
@@ -322,10 +328,18 @@ impl Producer {
 
     /// Whether `need` more bytes fit after `self.tail`, re-reading `head` if the cached
     /// value says no.
+    #[inline]
     fn fits(&mut self, need: u64) -> Result<bool, Corrupt> {
         if self.tail + need - self.cached_head <= self.ring.cap {
             return Ok(true);
         }
+        self.fits_after_refresh(need)
+    }
+
+    /// `fits` once the cached `head` said no: re-reads the shared one.
+    #[cold]
+    #[inline(never)]
+    fn fits_after_refresh(&mut self, need: u64) -> Result<bool, Corrupt> {
         // SYNC: head release. Acquire: the consumer finished copying out the bytes it
         // released before we overwrite them.
         let head = self.ring.lines().head.0.load(Ordering::Acquire);
@@ -338,6 +352,7 @@ impl Producer {
 
     /// Writes one record whose payload is the concatenation of `parts`. Nothing is
     /// visible to the consumer until `publish`.
+    #[inline(always)]
     pub(crate) fn try_push(&mut self, kind: u16, flags: u16, parts: &[&[u8]]) -> Result<(), PushError> {
         debug_assert!(kind != 0);
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -363,9 +378,10 @@ impl Producer {
     /// and following empty slot are written: held back if it is the first unpublished
     /// record (its header is then the publication), else stored at once, behind the
     /// held-back one, which the consumer cannot pass before `publish`.
+    #[inline]
     fn put_header(&mut self, offset: u64, header: u64) {
         if self.tail == self.published {
-            self.pending = Some(header);
+            self.pending = header;
         } else {
             self.ring.header_at(offset).store(header, Ordering::Relaxed);
         }
@@ -375,7 +391,7 @@ impl Producer {
     /// complete the message they belong to).
     pub(crate) fn rollback(&mut self) {
         self.tail = self.published;
-        self.pending = None;
+        self.pending = 0;
     }
 
     /// The position after the last record written: the consumer has read that record
@@ -385,6 +401,7 @@ impl Producer {
     }
 
     /// The consumer's `head` as last read (no shared-memory access).
+    #[inline]
     pub(crate) fn seen_head(&self) -> u64 {
         self.cached_head
     }
@@ -397,8 +414,12 @@ impl Producer {
 
     /// Makes every record written so far visible. Returns whether there was anything
     /// to publish (the caller then notifies a sleeping consumer).
+    #[inline]
     pub(crate) fn publish(&mut self) -> bool {
-        let Some(header) = self.pending.take() else { return false };
+        let header = std::mem::take(&mut self.pending);
+        if header == 0 {
+            return false;
+        }
         let offset = self.published & (self.ring.cap - 1);
         // SYNC: header publish. Release: the records' payloads, the headers behind this
         // one and the empty slot after the last are visible before this header.
@@ -455,6 +476,7 @@ impl Consumer {
     /// The next record; `None` when the ring is empty. A padding record is skipped
     /// (consumed, given back at the next `release`); at most one lies in the way,
     /// since the record after it starts at offset 0, where padding is corrupt.
+    #[inline(always)]
     pub(crate) fn peek(&mut self) -> Result<Option<Record>, Corrupt> {
         loop {
             let mask = self.ring.cap - 1;
@@ -471,15 +493,9 @@ impl Consumer {
             if len > self.ring.max_payload() as u64 {
                 return Err(Corrupt("record length out of range"));
             }
-            if kind == 0 {
-                return Err(Corrupt("record without a kind"));
-            }
-            if self.head > MAX_COUNTER {
-                return Err(Corrupt("ring position out of range"));
-            }
             let size = HEADER + padded(len);
-            if kind == KIND_PAD {
-                self.skip_padding(offset, size)?;
+            if kind == 0 || kind == KIND_PAD {
+                self.skip_padding(offset, kind, size)?;
                 continue;
             }
             return Ok(Some(Record {
@@ -494,9 +510,13 @@ impl Consumer {
     }
 
     /// Consumes the padding record of `size` bytes at `offset`, which must reach
-    /// exactly the end of the data area and not start at its beginning.
+    /// exactly the end of the data area and not start at its beginning (`kind` is
+    /// `KIND_PAD`, or 0, which no record has).
     #[cold]
-    fn skip_padding(&mut self, offset: u64, size: u64) -> Result<(), Corrupt> {
+    fn skip_padding(&mut self, offset: u64, kind: u16, size: u64) -> Result<(), Corrupt> {
+        if kind == 0 {
+            return Err(Corrupt("record without a kind"));
+        }
         if offset == 0 || offset + size != self.ring.cap {
             return Err(Corrupt("padding record does not end at the end of the ring"));
         }
@@ -506,6 +526,7 @@ impl Consumer {
 
     /// Copies the payload of `record` (the one `peek` just returned) into `out`, which
     /// must be exactly `record.len` bytes.
+    #[inline]
     pub(crate) fn copy_payload(&self, record: &Record, out: &mut [u8]) {
         assert_eq!(out.len(), record.len);
         // SAFETY: `out` is `record.len` writable bytes.
@@ -517,12 +538,14 @@ impl Consumer {
     ///
     /// # Safety
     /// `out` must be valid for `record.len` byte writes.
+    #[inline]
     pub(crate) unsafe fn copy_payload_raw(&self, record: &Record, out: *mut u8) {
         // SAFETY: forwarded from the caller.
         unsafe { self.ring.read_payload(record.payload_at, out, record.len) };
     }
 
     /// Marks `record` read. The space returns to the producer at `release`.
+    #[inline]
     pub(crate) fn consume(&mut self, record: &Record) {
         debug_assert!(record.start == self.head && record.next > self.head);
         self.head = record.next;
@@ -536,6 +559,7 @@ impl Consumer {
 
     /// Whether the next record is not there yet: one look at its header slot (the line
     /// the next `peek` reads anyway).
+    #[inline]
     pub(crate) fn caught_up(&self) -> bool {
         // SYNC: header publish. Relaxed: only a hint for when to give space back; a
         // record found here is read by `peek`, with Acquire.
@@ -543,12 +567,14 @@ impl Consumer {
     }
 
     /// Bytes read but not yet given back.
+    #[inline]
     pub(crate) fn unreleased(&self) -> u64 {
         self.head - self.released
     }
 
     /// Gives consumed space back to the producer. Returns whether anything changed (the
     /// caller then notifies a producer waiting for space).
+    #[inline]
     pub(crate) fn release(&mut self) -> bool {
         if self.head == self.released {
             return false;
@@ -562,7 +588,9 @@ impl Consumer {
 }
 
 /// Counters never come near this (2^62 bytes is 146 years at 1 TB/s), so a peer that
-/// sets them there is refused before any addition could overflow.
+/// sets them there is refused before any addition could overflow. The check is made
+/// where a counter is read from shared memory (at attach); after that each side's own
+/// counter grows by at most one ring per record, in process memory.
 const MAX_COUNTER: u64 = 1 << 62;
 
 fn check_counters(head: u64, tail: u64, cap: u64) -> Result<(), Corrupt> {

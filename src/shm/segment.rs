@@ -250,6 +250,7 @@ impl Segment {
     }
 
     /// The state word of end `end` (0 while open, `END_CLOSED` after).
+    #[inline]
     pub(crate) fn end_state(&self, end: usize) -> &AtomicU32 {
         &self.header().ends[end]
     }
@@ -259,6 +260,7 @@ impl Segment {
         &self.header().arena_generations[dir]
     }
 
+    #[inline]
     pub(crate) fn parker(&self) -> &Parker {
         &self.parker
     }
@@ -281,6 +283,7 @@ impl Segment {
         self.flags & FLAG_NO_REVOKE == 0
     }
 
+    #[inline]
     pub(crate) fn busy_poll(&self) -> bool {
         self.flags & FLAG_BUSY_POLL != 0
     }
