@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
-use shmport::{ChannelOptions, MessageChannel, MessagePort};
+use shmport::{ChannelOptions, MessageChannel, MessagePort, PortReader, PortWriter};
 
 /// One side of a connection between the two processes.
 pub trait Link {
@@ -70,6 +70,37 @@ impl Link for ShmLink {
 
     fn shm_port(&self) -> Option<&MessagePort> {
         Some(&self.port)
+    }
+}
+
+/// A shmport port split into exclusive halves: `PortWriter::post_bytes` /
+/// `PortReader::recv_bytes_with`, no lock.
+pub struct HalvesLink {
+    writer: PortWriter,
+    reader: PortReader,
+}
+
+impl HalvesLink {
+    /// Splits the port of `link` (its handle is detached then, and dropped).
+    pub fn split(link: ShmLink) -> Result<HalvesLink> {
+        let (writer, reader) = link.port.split().context("splitting the port")?;
+        Ok(HalvesLink { writer, reader })
+    }
+}
+
+impl Link for HalvesLink {
+    #[inline]
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.writer.post_bytes(msg).context("shmport PortWriter::post_bytes")
+    }
+
+    #[inline]
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.reader.recv_bytes_with(|bytes| deliver(bytes, buf)).context("shmport PortReader::recv_bytes_with")?
+    }
+
+    fn max_frame(&self) -> usize {
+        self.writer.max_inline_size()
     }
 }
 

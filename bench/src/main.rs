@@ -38,7 +38,8 @@ shmport-norevoke, unix and raw-ring, each between two processes.
 
 options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)
-  --only T[,T..]        transports: shmport, shmport-busy, shmport-norevoke, unix,
+  --only T[,T..]        transports: shmport, shmport-busy, shmport-halves,
+                        shmport-norevoke, unix,
                         pipe, tcp, raw-ring, raw-slot
   --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed
   --repeat N            run every measurement N times, interleaved (all of them

@@ -75,6 +75,7 @@ fn color(transport: Transport) -> RGBColor {
     match transport {
         Transport::Shmport => RGBColor(214, 39, 40),
         Transport::ShmportBusy => RGBColor(255, 127, 14),
+        Transport::ShmportHalves => RGBColor(188, 189, 34),
         Transport::ShmportNorevoke => RGBColor(227, 119, 194),
         Transport::Unix => RGBColor(31, 119, 180),
         Transport::Pipe => RGBColor(44, 160, 44),

@@ -18,7 +18,7 @@ use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
 use rustix::process::Pid;
 use shmport::{ChannelOptions, MessagePort, WaitStrategy};
 use shmport_bench::job::{Connect, Job, Workload};
-use shmport_bench::link::{Link, PeerWatch, ShmLink};
+use shmport_bench::link::{HalvesLink, Link, PeerWatch, ShmLink};
 
 use crate::raw_ring::{self, RawRing};
 use crate::raw_slot::{self, RawSlot};
@@ -36,6 +36,9 @@ pub enum Transport {
     Shmport,
     /// shmport with `WaitStrategy::BusyPoll`.
     ShmportBusy,
+    /// shmport with each port split into exclusive halves (`PortWriter::post_bytes`,
+    /// `PortReader::recv_bytes_with`: no lock), default wait strategy.
+    ShmportHalves,
     /// shmport with `revoke_transferred_pages(false)`: transferred buffers are detached
     /// in Rust only, no `mprotect` (only meaningful for the `transfer` workload).
     ShmportNorevoke,
@@ -59,6 +62,7 @@ impl Connect for Transport {
     const ALL: &'static [Transport] = &[
         Transport::Shmport,
         Transport::ShmportBusy,
+        Transport::ShmportHalves,
         Transport::ShmportNorevoke,
         Transport::Unix,
         Transport::Pipe,
@@ -72,6 +76,7 @@ impl Connect for Transport {
         match self {
             Transport::Shmport => "shmport",
             Transport::ShmportBusy => "shmport-busy",
+            Transport::ShmportHalves => "shmport-halves",
             Transport::ShmportNorevoke => "shmport-norevoke",
             Transport::Unix => "unix",
             Transport::Pipe => "pipe",
@@ -90,8 +95,12 @@ impl Connect for Transport {
             // Byte messages: revocation changes nothing, so shmport-norevoke would
             // only repeat shmport. The slot takes turns, so it runs round trips only
             // (and a sleeping receiver does not apply to it: it always spins).
+            // The halves carry bytes: the round trip and the stream.
             Workload::Rtt => self != Transport::ShmportNorevoke,
-            Workload::Stream | Workload::RttSleep => !matches!(self, Transport::ShmportNorevoke | Transport::RawSlot),
+            Workload::Stream => !matches!(self, Transport::ShmportNorevoke | Transport::RawSlot),
+            Workload::RttSleep => {
+                !matches!(self, Transport::ShmportNorevoke | Transport::ShmportHalves | Transport::RawSlot)
+            }
             // shmport serializes; unix, raw-ring and raw-slot move the raw bytes, to compare.
             Workload::Typed => {
                 matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing | Transport::RawSlot)
@@ -115,6 +124,10 @@ impl Connect for Transport {
                     options = options.revoke_transferred_pages(false);
                 }
                 Pending::Ready(AnyLink::Shm(ShmLink::parent(&options, cmd)?))
+            }
+            Transport::ShmportHalves => {
+                let options = ChannelOptions::new().capacity(ring_capacity);
+                Pending::Ready(AnyLink::Halves(HalvesLink::split(ShmLink::parent(&options, cmd)?)?))
             }
             Transport::Unix => {
                 let (ours, theirs) = UnixStream::pair().context("socketpair")?;
@@ -171,6 +184,7 @@ impl Connect for Transport {
     fn child_connect(job: &Job<Transport>) -> Result<AnyLink> {
         Ok(match job.transport {
             Transport::Shmport | Transport::ShmportBusy | Transport::ShmportNorevoke => AnyLink::Shm(ShmLink::child()?),
+            Transport::ShmportHalves => AnyLink::Halves(HalvesLink::split(ShmLink::child()?)?),
             Transport::Unix => {
                 let [fd] = inherited_fds::<1>()?;
                 let sock = UnixStream::from(fd);
@@ -209,6 +223,9 @@ impl fmt::Display for Transport {
 }
 
 /// The parent's end before the child runs.
+// One per process, never moved in a loop: the halves' size (a PortWriter and a
+// PortReader held inline, so the measured path has no extra indirection) costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Pending {
     Ready(AnyLink),
     Tcp(TcpListener),
@@ -302,8 +319,11 @@ impl<R: Read, W: Write> Link for StreamLink<R, W> {
 }
 
 /// Every transport's link, so that the workloads are monomorphic (no virtual calls).
+// As `Pending`: one per process, the halves held inline on purpose.
+#[allow(clippy::large_enum_variant)]
 pub enum AnyLink {
     Shm(ShmLink),
+    Halves(HalvesLink),
     Unix(StreamLink<UnixStream, UnixStream>),
     Pipe(StreamLink<PipeReader, PipeWriter>),
     Tcp(StreamLink<TcpStream, TcpStream>),
@@ -316,6 +336,7 @@ impl Link for AnyLink {
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         match self {
             AnyLink::Shm(l) => l.send(msg),
+            AnyLink::Halves(l) => l.send(msg),
             AnyLink::Unix(l) => l.send(msg),
             AnyLink::Pipe(l) => l.send(msg),
             AnyLink::Tcp(l) => l.send(msg),
@@ -328,6 +349,7 @@ impl Link for AnyLink {
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
         match self {
             AnyLink::Shm(l) => l.recv(buf),
+            AnyLink::Halves(l) => l.recv(buf),
             AnyLink::Unix(l) => l.recv(buf),
             AnyLink::Pipe(l) => l.recv(buf),
             AnyLink::Tcp(l) => l.recv(buf),
@@ -339,6 +361,7 @@ impl Link for AnyLink {
     fn max_frame(&self) -> usize {
         match self {
             AnyLink::Shm(l) => l.max_frame(),
+            AnyLink::Halves(l) => l.max_frame(),
             AnyLink::Unix(l) => l.max_frame(),
             AnyLink::Pipe(l) => l.max_frame(),
             AnyLink::Tcp(l) => l.max_frame(),
@@ -388,9 +411,14 @@ mod tests {
         };
         assert_eq!(over(Workload::Transfer), ["shmport", "shmport-norevoke", "unix", "raw-ring"]);
         assert_eq!(over(Workload::Typed), ["shmport", "unix", "raw-ring", "raw-slot"]);
-        assert_eq!(over(Workload::Rtt), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring", "raw-slot"]);
-        for w in [Workload::Stream, Workload::RttSleep] {
-            assert_eq!(over(w), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring"], "{w}");
-        }
+        assert_eq!(
+            over(Workload::Rtt),
+            ["shmport", "shmport-busy", "shmport-halves", "unix", "pipe", "tcp", "raw-ring", "raw-slot"]
+        );
+        assert_eq!(
+            over(Workload::Stream),
+            ["shmport", "shmport-busy", "shmport-halves", "unix", "pipe", "tcp", "raw-ring"]
+        );
+        assert_eq!(over(Workload::RttSleep), ["shmport", "shmport-busy", "unix", "pipe", "tcp", "raw-ring"]);
     }
 }
