@@ -17,11 +17,13 @@ pub struct Options<T> {
     /// Runs of every measurement (at least 1), interleaved: every measurement once,
     /// then every one again, and so on. Each reported figure is the median of the runs'.
     pub repeat: usize,
+    /// Only the measurements of these message sizes (`--sizes`); all when `None`.
+    pub sizes: Option<Vec<usize>>,
 }
 
 impl<T: Connect> Options<T> {
     /// Parses `--quick`, `--only`, `--workloads` (among `workloads`, the program's),
-    /// `--repeat`, `--no-pin` and `-h`/`--help` (prints `usage` and exits). Any other argument goes
+    /// `--repeat`, `--sizes`, `--no-pin` and `-h`/`--help` (prints `usage` and exits). Any other argument goes
     /// to `extra`, with a way to take its value; `extra` returns whether it knew it.
     pub fn parse(
         args: &[String],
@@ -29,8 +31,14 @@ impl<T: Connect> Options<T> {
         workloads: &[Workload],
         mut extra: impl FnMut(&str, &mut dyn FnMut() -> Result<String>) -> Result<bool>,
     ) -> Result<Options<T>> {
-        let mut options =
-            Options { quick: false, transports: T::ALL.to_vec(), workloads: workloads.to_vec(), pin: true, repeat: 1 };
+        let mut options = Options {
+            quick: false,
+            transports: T::ALL.to_vec(),
+            workloads: workloads.to_vec(),
+            pin: true,
+            repeat: 1,
+            sizes: None,
+        };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().cloned().with_context(|| format!("{arg} needs a value"));
@@ -40,6 +48,7 @@ impl<T: Connect> Options<T> {
                 "--only" => options.transports = pick(T::ALL, T::name, "transport", &value()?)?,
                 "--workloads" => options.workloads = pick(workloads, Workload::name, "workload", &value()?)?,
                 "--repeat" => options.repeat = repeat(&value()?)?,
+                "--sizes" => options.sizes = Some(sizes(&value()?)?),
                 "-h" | "--help" => {
                     print!("{usage}");
                     std::process::exit(0);
@@ -68,6 +77,26 @@ fn repeat(value: &str) -> Result<usize> {
     }
 }
 
+/// The value of `--sizes`: comma-separated byte counts, each a number with an
+/// optional binary suffix (`4K`, `1M`, `1G`: KiB, MiB, GiB).
+fn sizes(value: &str) -> Result<Vec<usize>> {
+    value
+        .split(',')
+        .map(|item| {
+            let (digits, unit) = match item.as_bytes().last() {
+                Some(b'K' | b'k') => (&item[..item.len() - 1], 1 << 10),
+                Some(b'M' | b'm') => (&item[..item.len() - 1], 1 << 20),
+                Some(b'G' | b'g') => (&item[..item.len() - 1], 1 << 30),
+                _ => (item, 1),
+            };
+            match digits.parse::<usize>().ok().and_then(|n| n.checked_mul(unit)) {
+                Some(n) if n > 0 => Ok(n),
+                _ => bail!("--sizes needs byte counts such as 4096, 64K or 1M (got {item:?})"),
+            }
+        })
+        .collect()
+}
+
 /// The ones of `all` named in the comma-separated `asked`, in the order of `all`.
 fn pick<X: Copy + PartialEq>(
     all: &[X],
@@ -81,7 +110,7 @@ fn pick<X: Copy + PartialEq>(
 
 #[cfg(test)]
 mod tests {
-    use super::repeat;
+    use super::{repeat, sizes};
 
     #[test]
     fn repeat_is_a_positive_count() {
@@ -89,6 +118,14 @@ mod tests {
         assert_eq!(repeat("5").unwrap(), 5);
         for bad in ["0", "-1", "x", "", "2.5"] {
             assert!(repeat(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(sizes("4096,64K,1M,1g").unwrap(), [4096, 64 << 10, 1 << 20, 1 << 30]);
+        for bad in ["", "0", "1T", "K", "-1", "1M,"] {
+            assert!(sizes(bad).is_err(), "{bad:?}");
         }
     }
 }

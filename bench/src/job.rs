@@ -153,8 +153,8 @@ impl<T: Connect> Job<T> {
 pub type Shape = (usize, u64, u64, u32);
 
 /// Every job of `options`, in report order, with why it cannot run here (if it
-/// cannot): each workload at each of `shapes(workload)`, over each transport it
-/// applies to.
+/// cannot): each workload at each of `shapes(workload)` (those of `options.sizes`
+/// only, if given), over each transport it applies to.
 pub fn plan<T: Connect>(
     options: &Options<T>,
     cpus: usize,
@@ -162,7 +162,8 @@ pub fn plan<T: Connect>(
 ) -> Vec<(Job<T>, Option<String>)> {
     let mut jobs = Vec::new();
     for &workload in &options.workloads {
-        for (size, warmup, iters, reps) in shapes(workload) {
+        let asked = |size: &usize| options.sizes.as_ref().is_none_or(|sizes| sizes.contains(size));
+        for (size, warmup, iters, reps) in shapes(workload).into_iter().filter(|shape| asked(&shape.0)) {
             for &transport in options.transports.iter().filter(|t| t.applies_to(workload)) {
                 let skip = if transport.always_spins() && workload == Workload::RttSleep {
                     Some("n/a: busy-polls, never sleeps".to_string())

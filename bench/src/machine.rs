@@ -66,7 +66,14 @@ pub struct Pinning {
 
 impl Pinning {
     /// Pins this process to the first allowed CPU, and picks the second for children.
+    /// Decided once: a later call returns what the first found (this process is then
+    /// allowed its own CPU only, so looking again would find no CPU for children).
     pub fn setup(enabled: bool) -> Pinning {
+        static FIRST: std::sync::OnceLock<Pinning> = std::sync::OnceLock::new();
+        FIRST.get_or_init(|| Pinning::first_setup(enabled)).clone()
+    }
+
+    fn first_setup(enabled: bool) -> Pinning {
         let allowed = allowed_cpus()
             .unwrap_or_else(|_| (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect());
         let mut pinning = Pinning { allowed: allowed.clone(), cpus: None, failure: None };

@@ -11,6 +11,7 @@
 
 mod instructions;
 mod markdown;
+mod page_tables;
 mod plot;
 mod raw_ring;
 mod raw_slot;
@@ -23,6 +24,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use shmport_bench::cli::Options;
 use shmport_bench::job::{Shape, Workload};
+use shmport_bench::machine::Pinning;
+use shmport_bench::stats::Figures;
 use shmport_bench::{report, run};
 
 use crate::markdown::Document;
@@ -45,6 +48,8 @@ options:
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
                         of its N runs' figures (default 1)
+  --sizes S[,S..]       only the measurements of these message sizes, in bytes
+                        (suffixes K, M, G: KiB, MiB, GiB), e.g. --sizes 1M,64M
   --json PATH           write every result and the machine description as JSON
   --plot DIR            write rtt-latency.svg, stream-throughput.svg and
                         transfer-latency.svg into DIR
@@ -122,10 +127,50 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    if args.next().as_deref() == Some(instructions::LOOP_ARG) {
-        return instructions::loop_main(&args.collect::<Vec<_>>());
+    match args.next().as_deref() {
+        Some(instructions::LOOP_ARG) => return instructions::loop_main(&args.collect::<Vec<_>>()),
+        Some(arg @ (page_tables::LONE_ARG | page_tables::PINGPONG_ARG | page_tables::PEER_ARG)) => {
+            return page_tables::reference_main(arg, &args.collect::<Vec<_>>());
+        }
+        _ => {}
     }
     run::main::<Transport>("shmport-bench", parent_main)
+}
+
+/// What revoking costs the page tables alone (see [`page_tables`]), at each size the
+/// transfer workload measured over shmport, measured right after it (each reference
+/// `--repeat` times; the figures are the medians of the runs'). Empty if the run has no
+/// such job.
+fn page_table_references(options: &Options<Transport>) -> Result<Vec<page_tables::Reference>> {
+    if !options.workloads.contains(&Workload::Transfer) || !options.transports.contains(&Transport::Shmport) {
+        return Ok(Vec::new());
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let pinning = Pinning::setup(options.pin);
+    let asked = |size: &usize| options.sizes.as_ref().is_none_or(|sizes| sizes.contains(size));
+    let mut references = Vec::new();
+    for (size, warmup, iters, _) in shapes(Workload::Transfer, options.quick).into_iter().filter(|s| asked(&s.0)) {
+        let runs = (0..options.repeat.max(1))
+            .map(|_| page_tables::measure(&exe, size, warmup, iters, &pinning))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("the page-table references at {size} bytes"))?;
+        let median = |pick: fn(&page_tables::Reference) -> &shmport_bench::stats::LatencyStats| {
+            let figures: Vec<Figures> = runs.iter().map(|r| Figures::Latency(pick(r).clone())).collect();
+            match Figures::median_of(&figures.iter().collect::<Vec<_>>()) {
+                Some(Figures::Latency(l)) => l,
+                _ => unreachable!("latency figures"),
+            }
+        };
+        let (lone_pair, ping_pong) = (median(|r| &r.lone_pair), median(|r| &r.ping_pong));
+        eprintln!(
+            "page tables {:>8}: lone mprotect pair median {:.2} µs, mprotect ping-pong median {:.2} µs",
+            report::fmt_size(size),
+            lone_pair.median_ns / 1e3,
+            ping_pong.median_ns / 1e3
+        );
+        references.push(page_tables::Reference { size, lone_pair, ping_pong });
+    }
+    Ok(references)
 }
 
 /// Runs everything (or, with `--instructions`, counts instructions); `Ok(false)` if a
@@ -145,11 +190,17 @@ fn parent_main(args: &[String]) -> Result<bool> {
     })?;
     let started = Instant::now();
     let (machine, results) = run::all(&options, |workload| shapes(workload, options.quick))?;
+    let references = page_table_references(&options)?;
 
     let mode = options.mode();
     println!("{}", markdown::header(&machine, mode, options.repeat));
     for workload in Workload::ALL {
         if let Some(table) = markdown::table(workload, &results, options.repeat) {
+            println!("{table}");
+        }
+        if workload == Workload::Transfer
+            && let Some(table) = markdown::page_tables(&references, &results, options.repeat)
+        {
             println!("{table}");
         }
     }
@@ -163,6 +214,7 @@ fn parent_main(args: &[String]) -> Result<bool> {
             total_s: total.as_secs_f64(),
             repeat: options.repeat,
             results: &results,
+            page_tables: &references,
         };
         let text = serde_json::to_string_pretty(&doc)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;

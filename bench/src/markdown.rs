@@ -10,6 +10,7 @@ use shmport_bench::report::{Measurement, fmt_gbps, fmt_ns, fmt_rate, fmt_size, r
 use shmport_bench::stats::Figures;
 use shmport_bench::workloads::SLEEP_BETWEEN;
 
+use crate::page_tables::Reference;
 use crate::transport::Transport;
 
 #[derive(Serialize)]
@@ -23,6 +24,10 @@ pub struct Document<'a> {
     #[serde(skip_serializing_if = "is_one")]
     pub repeat: usize,
     pub results: &'a [Measurement<Transport>],
+    /// What revoking costs the page tables alone, at the transfer workload's sizes (see
+    /// `page_tables`); only in runs of that workload over shmport.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub page_tables: &'a [Reference],
 }
 
 fn is_one(n: &usize) -> bool {
@@ -182,6 +187,69 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
         .collect();
     if !notes.is_empty() {
         let _ = writeln!(s, "\n{}", notes.join("\n"));
+    }
+    Some(s)
+}
+
+/// The table that sets shmport's revoking transfer round trip against what the page
+/// tables cost alone (`references`, measured in the same run), with the line that
+/// explains it; `None` without references.
+pub fn page_tables(references: &[Reference], results: &[Measurement<Transport>], repeat: usize) -> Option<String> {
+    if references.is_empty() {
+        return None;
+    }
+    let latency = |transport: Transport, size: usize| {
+        results
+            .iter()
+            .find(|m| m.job.workload == Workload::Transfer && m.job.transport == transport && m.job.size == size)
+            .and_then(|m| match &m.figures {
+                Some(Figures::Latency(l)) => Some(l),
+                _ => None,
+            })
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## transfer: revocation against the page tables
+"
+    );
+    let _ = writeln!(
+        s,
+        "| size | lone mprotect pair | mprotect ping-pong | shmport | shmport p99 | shmport ÷ lone pair | shmport − norevoke ÷ lone pair | shmport ÷ ping-pong | shmport p99 ÷ median |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in references {
+        let shm = latency(Transport::Shmport, r.size);
+        let norevoke = latency(Transport::ShmportNorevoke, r.size);
+        let cell = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), fmt_ns);
+        let lone = r.lone_pair.median_ns;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt_size(r.size),
+            fmt_ns(lone),
+            fmt_ns(r.ping_pong.median_ns),
+            cell(shm.map(|l| l.median_ns)),
+            cell(shm.map(|l| l.p99_ns)),
+            fmt_ratio(shm.map(|l| l.median_ns / lone)),
+            fmt_ratio(shm.zip(norevoke).map(|(l, n)| (l.median_ns - n.median_ns) / lone)),
+            fmt_ratio(shm.map(|l| l.median_ns / r.ping_pong.median_ns)),
+            fmt_ratio(shm.map(|l| l.p99_ns / l.median_ns)),
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "What revoking costs the page tables alone, measured right after the transfer jobs, on a memfd of N \
+         bytes mapped shared with every page written: *lone mprotect pair* is `mprotect(PROT_NONE)` + \
+         `mprotect(PROT_READ|PROT_WRITE)` of it in one single-threaded process (median); *mprotect ping-pong* \
+         is two single-threaded processes, pinned as the transfer's are, passing it through a spin flag, each \
+         closing its view before the handover and opening it on return and touching the first and last byte: \
+         the four mprotects of a revoking round trip and nothing else (median round trip). Ratios divide \
+         medians; issue 10's goal is shmport ≤ 2× the lone pair and its p99 ≤ 3× its median."
+    );
+    if let Some(note) = runs_note(repeat, false) {
+        let _ = writeln!(s, "\n{note}");
     }
     Some(s)
 }

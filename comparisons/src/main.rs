@@ -32,6 +32,8 @@ options:
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
                         of its N runs' figures (default 1)
+  --sizes S[,S..]       only the measurements of these message sizes, in bytes
+                        (suffixes K, M, G: KiB, MiB, GiB), e.g. --sizes 64
   --no-pin              do not pin the two processes to two CPUs
   -h, --help            this text
 ";

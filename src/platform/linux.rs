@@ -431,6 +431,19 @@ pub(crate) unsafe fn advise_random(ptr: *mut u8, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// `madvise(MADV_SEQUENTIAL)`: marks `len` bytes at `ptr` as read in order. As with
+/// `advise_random`, on a memfd mapping this only gives the range VMA flags of its own
+/// (distinct from `MADV_RANDOM`'s, so two neighbouring ranges advised one each stay
+/// apart).
+///
+/// # Safety
+/// `ptr..ptr + len` must be page-aligned and lie inside a mapping this process owns.
+pub(crate) unsafe fn advise_sequential(ptr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: forwarded from the caller; the advice does not change the contents.
+    unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::Sequential) }?;
+    Ok(())
+}
+
 /// `madvise(MADV_HUGEPAGE)`: asks for huge pages behind `len` bytes at `ptr`. Shared
 /// memory gets them only where the administrator allows it
 /// (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` is `advise`, `within_size` or

@@ -107,6 +107,11 @@ pub(crate) unsafe fn advise_random(_ptr: *mut u8, _len: usize) -> io::Result<()>
 }
 /// # Safety
 /// As on Linux.
+pub(crate) unsafe fn advise_sequential(_ptr: *mut u8, _len: usize) -> io::Result<()> {
+    Err(unsupported())
+}
+/// # Safety
+/// As on Linux.
 pub(crate) unsafe fn advise_huge(_ptr: *mut u8, _len: usize) -> io::Result<()> {
     Err(unsupported())
 }

@@ -57,11 +57,19 @@ impl WaitWord {
         0
     }
 
+    /// A wait of `waited` just ended after a wake-up: how late the kernel woke us,
+    /// after the peer's stamp (`None` if the stamp is not credible: older than the wait,
+    /// or from the future).
+    fn woken_late(&self, waited: Duration) -> Option<Duration> {
+        let late = Duration::from_nanos(u64::from(Self::now32().wrapping_sub(self.woken_at.load(Ordering::Relaxed))));
+        (late <= waited).then_some(late)
+    }
+
     /// A wait of `waited` just ended after a wake-up: how long the peer took to answer,
     /// leaving out how late the kernel woke us (`waited` if the stamp is not credible).
+    #[cfg(test)]
     fn answered_within(&self, waited: Duration) -> Duration {
-        let late = Duration::from_nanos(u64::from(Self::now32().wrapping_sub(self.woken_at.load(Ordering::Relaxed))));
-        if late <= waited { waited - late } else { waited }
+        self.woken_late(waited).map_or(waited, |late| waited - late)
     }
 }
 
@@ -259,6 +267,7 @@ pub(crate) fn wake_if_waiting(word: &WaitWord, parker: &Parker) -> bool {
 #[inline(never)]
 fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
     word.woken_at.store(WaitWord::now32(), Ordering::Relaxed);
+    woke_a_peer::set();
     while w & WAITING != 0 {
         let next = w.wrapping_add(2) & !WAITING;
         // Release: the `woken_at` stamp is visible to a sleeper that sees the new epoch.
@@ -271,6 +280,32 @@ fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
         }
     }
     false
+}
+
+/// Whether this thread woke a sleeping peer since its last wait: the answer it waits for
+/// next then includes the time the kernel took to run that peer, which is no part of
+/// how long the peer takes to answer (see `SpinEstimate`). Process memory only, no
+/// syscall; a thread serving several ports may credit one port's wait with another's
+/// wake-up, which only makes a spin longer, within `max_spin`.
+mod woke_a_peer {
+    #[cfg(not(loom))]
+    std::thread_local! {
+        static WOKE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A sleeping peer was just woken.
+    pub(super) fn set() {
+        #[cfg(not(loom))]
+        WOKE.with(|w| w.set(true));
+    }
+
+    /// Whether a peer was woken since the last call (and forgets it).
+    pub(super) fn take() -> bool {
+        #[cfg(not(loom))]
+        return WOKE.with(|w| w.replace(false));
+        #[cfg(loom)]
+        false
+    }
 }
 
 /// How long `block_on` spins with the core to itself before it starts to yield it.
@@ -300,7 +335,9 @@ pub enum WaitStrategy {
     /// A wait that ended in a sleep counts until the peer woke it, not until the kernel
     /// got round to running the sleeper: the wake-up's own latency (tens of µs on a VM)
     /// would otherwise make a peer that answers in 20 µs look slow, and keep every wait
-    /// asleep.
+    /// asleep. For the same reason a wait for the answer of a peer this thread had to
+    /// wake leaves out what the peer's wake-up took, as this waiter's own recent
+    /// wake-ups measure it.
     Adaptive {
         /// The most a single wait spins before it sleeps.
         max_spin: Duration,
@@ -337,14 +374,18 @@ const HOT_MIN_SPIN: Duration = Duration::from_micros(30);
 /// What the adaptive strategy remembers of one waiter's recent waits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SpinEstimate {
-    /// Moving average of recent waits, in ns.
+    /// Moving average of how long the peer took to answer recent waits, in ns.
     average_ns: u64,
+    /// Moving average of how late the kernel ran this waiter after a peer woke it, in ns
+    /// (0 until it has slept): what a peer that this waiter woke is taken to have lost
+    /// the same way before it could answer.
+    wake_up_ns: u64,
 }
 
 impl Default for SpinEstimate {
     fn default() -> Self {
         // Start optimistic: spin as if the peer answered in 10 µs.
-        SpinEstimate { average_ns: 10_000 }
+        SpinEstimate { average_ns: 10_000, wake_up_ns: 0 }
     }
 }
 
@@ -357,6 +398,24 @@ impl SpinEstimate {
         } else {
             MIN_SPIN.min(max)
         }
+    }
+
+    /// Learns from a wait that took `waited` (its own wake-up already left out, see
+    /// `sleep`), which ended a wake-up `late` after the peer's stamp if it ended in
+    /// one, and followed a wake-up of the peer by this thread if `woke_peer`. The
+    /// peer's own wake-up is left out too, as this waiter's recent ones measure it:
+    /// counting it made a peer that answers within the spin look slow once either side
+    /// had slept (after a hiccup of the machine, say), then both sides slept, each
+    /// waiting for the other's wake-up, and every later wait saw it again, so the
+    /// waits stayed asleep for good (measured: a 1 MiB revoking transfer round trip
+    /// from 70 µs to 160 µs, with another process taking the peer's core 2.5% of the time).
+    fn learn(&mut self, waited: Duration, late: Option<Duration>, woke_peer: bool, max: Duration) {
+        if let Some(late) = late {
+            let late = late.as_nanos().min(u128::from(u64::MAX / 2)) as u64;
+            self.wake_up_ns = self.wake_up_ns - self.wake_up_ns / 8 + late / 8;
+        }
+        let answered = if woke_peer { waited.saturating_sub(Duration::from_nanos(self.wake_up_ns)) } else { waited };
+        self.record(answered, max);
     }
 
     /// Learns from a wait that took `waited`.
@@ -401,9 +460,10 @@ pub(crate) fn block_on<T>(
         WaitStrategy::SpinThenSleep { spin } => Some(spin),
         WaitStrategy::BusyPoll => None,
     };
-    let (result, waited) = wait_until(word, parker, spin_for, deadline, &mut poll);
+    let (result, waited, late) = wait_until(word, parker, spin_for, deadline, &mut poll);
+    let woke_peer = woke_a_peer::take();
     if let WaitStrategy::Adaptive { max_spin } = strategy {
-        estimate.record(waited, max_spin);
+        estimate.learn(waited, late, woke_peer, max_spin);
     }
     result
 }
@@ -411,16 +471,17 @@ pub(crate) fn block_on<T>(
 /// The waiting of `block_on`: a spin phase, then (unless the spin found what it
 /// waits for, or the deadline passed) a sleep phase. Also returns about how long it
 /// waited (to the last clock reading: a wait that ends in the first few polls reads no
-/// clock at all).
+/// clock at all), and, for a wait that a peer's wake-up ended, how late the kernel ran
+/// us after it (left out of the time waited already).
 fn wait_until<T>(
     wait_word: &WaitWord,
     parker: &Parker,
     spin_for: Option<Duration>,
     deadline: Option<Instant>,
     poll: &mut impl FnMut(Check) -> Option<T>,
-) -> (Option<T>, Duration) {
+) -> (Option<T>, Duration, Option<Duration>) {
     match spin(spin_for, deadline, poll) {
-        Spun::Done(found, spun) => (found, spun),
+        Spun::Done(found, spun) => (found, spun, None),
         Spun::Sleep(began) => sleep(wait_word, parker, began, deadline, poll),
     }
 }
@@ -487,14 +548,14 @@ fn sleep<T>(
     began: Instant,
     deadline: Option<Instant>,
     poll: &mut impl FnMut(Check) -> Option<T>,
-) -> (Option<T>, Duration) {
+) -> (Option<T>, Duration, Option<Duration>) {
     let word = &wait_word.word;
     let mut last_slow = Instant::now();
     loop {
         let (w, degraded) = announce(word, parker);
         if let Some(t) = poll(Check::Fast) {
             withdraw(word);
-            return (Some(t), began.elapsed());
+            return (Some(t), began.elapsed(), None);
         }
         let longest = if degraded { DEGRADED_SLICE } else { SLICE };
         let slice = match deadline {
@@ -502,7 +563,7 @@ fn sleep<T>(
                 let now = Instant::now();
                 if now >= d {
                     withdraw(word);
-                    return (poll(Check::Slow), began.elapsed());
+                    return (poll(Check::Slow), began.elapsed(), None);
                 }
                 (d - now).min(longest)
             }
@@ -525,7 +586,8 @@ fn sleep<T>(
             // Learn how long the peer took, not how long our wake-up took: else a
             // peer answering just within the spin would look slow once we slept, and
             // the waits would stay asleep.
-            return (Some(t), if woken { wait_word.answered_within(waited) } else { waited });
+            let late = if woken { wait_word.woken_late(waited) } else { None };
+            return (Some(t), waited - late.unwrap_or_default(), late);
         }
     }
 }
@@ -609,6 +671,37 @@ mod tests {
         assert_eq!(e.spin(MAX), HOT_MIN_SPIN);
         // A small `max_spin` still bounds it.
         assert_eq!(e.spin(Duration::from_micros(10)), Duration::from_micros(10));
+    }
+
+    #[test]
+    fn a_wait_for_a_peer_this_thread_woke_leaves_out_the_peer_s_wake_up() {
+        let mut e = SpinEstimate::default();
+        // Both sides asleep in turn: each wait lasts the peer's 45 µs of work plus the
+        // 50 µs the kernel took to run the peer, and this side too was woken 50 µs late.
+        for _ in 0..50 {
+            e.learn(Duration::from_micros(95), Some(Duration::from_micros(50)), true, MAX);
+        }
+        assert!(e.wake_up_ns.abs_diff(50_000) < 1_000, "{}", e.wake_up_ns);
+        assert!(e.average_ns.abs_diff(45_000) < 1_000, "{}", e.average_ns);
+        assert_eq!(e.spin(MAX), MAX, "a peer that answers in 45 µs is worth spinning for");
+        // Counting the peer's wake-up would keep the waits asleep for good.
+        let mut counted = SpinEstimate::default();
+        for _ in 0..50 {
+            counted.record(Duration::from_micros(95), MAX);
+        }
+        assert_eq!(counted.spin(MAX), MIN_SPIN);
+        // A wait that followed no wake-up of the peer is taken as it is.
+        for _ in 0..50 {
+            e.learn(Duration::from_micros(95), None, false, MAX);
+        }
+        assert_eq!(e.spin(MAX), MIN_SPIN);
+        // A peer woken by another thread, or one that slept, sets nothing here.
+        assert!(!woke_a_peer::take());
+        let (word, parker) = (WaitWord::new(), Parker::local());
+        word.word.store(WAITING, Ordering::Relaxed);
+        assert!(wake_if_waiting(&word, &parker));
+        assert!(woke_a_peer::take(), "a wake-up by this thread is noted");
+        assert!(!woke_a_peer::take(), "once");
     }
 
     #[test]

@@ -46,10 +46,24 @@
 //! the segment is mapped, so each chunk is a kernel mapping (VMA) of its own: closing
 //! one then changes that VMA's flags instead of splitting its neighbours' mapping in
 //! three and merging it back on reopening, which halves the cost of a small chunk's
-//! mprotect pair. Segments of smaller chunks keep one mapping, and the mappings added
-//! this way, over our segments and the peers' we map, stay within a budget of 8,192 per
-//! process (the kernel's default limit is 65,530), so neither a large arena nor a peer
-//! sending buffers from many segments can exhaust them.
+//! mprotect pair. In segments of smaller chunks (4 to 32 KiB), which start as one
+//! mapping, a chunk becomes a VMA of its own the first time this process revokes it
+//! (`MADV_RANDOM` if its index is even, `MADV_SEQUENTIAL` if odd, so it differs from
+//! its neighbours whether they were separated or not) and stays one. Neither advice
+//! changes how shared memory is read (shmem has no readahead); both make the kernel's
+//! reclaim ignore the mapping's accessed bits. The mappings added this way, over our
+//! segments and the peers' we map, stay within a budget of 8,192 per process (the
+//! kernel's default limit is 65,530), so neither a large arena nor a peer sending
+//! buffers from many segments can exhaust them; past it a chunk is revoked in its
+//! neighbours' mapping, split and merged back.
+//!
+//! What a revoking round trip costs, measured (`shmport-bench --workloads transfer`,
+//! its page-table table): four `mprotect`s in series (each side closes its view before
+//! the handover and opens it when the buffer arrives), each a walk of the chunk's page
+//! table entries, with no TLB-shootdown interrupt (each process runs on one CPU), no
+//! page fault after reopening (the entries are kept, only their protection changes),
+//! and one call per chunk. The receiving side's view is opened in the call that takes
+//! the chunk, and a chunk freed while closed stays closed until it is handed out again.
 //!
 //! The peer is untrusted: the owner reuses a chunk only if the state word holds exactly
 //! `FREE` and its own records agree it does not hold the chunk, so a forged state word

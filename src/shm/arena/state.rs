@@ -84,6 +84,8 @@ pub(crate) struct Local {
     pub(crate) busy: bool,
     /// Handed out at least once by this process (so its bytes are not known zero).
     pub(crate) used: bool,
+    /// Our view of the chunk is a kernel mapping (VMA) of its own (see `segment`).
+    pub(crate) separate: bool,
 }
 
 /// The Release of `SYNC: chunk transfer` and `SYNC: chunk release`; under loom, a

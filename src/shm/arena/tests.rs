@@ -236,16 +236,19 @@ fn closing_a_large_chunk_changes_its_own_mapping_and_splits_none() {
         segment.set_open(&mut local, index, true).unwrap();
         assert_eq!(vmas(&segment), 5, "reopening chunk {index} merged no mapping");
     }
-    assert_eq!(segment.separated, 4);
+    assert_eq!(segment.separated.load(Ordering::Relaxed), 4);
     // Past the process's budget, a segment keeps one mapping (the budget is only
     // used up here for a moment; other tests may map arenas meanwhile, unharmed).
     SEPARATED_VMAS.fetch_add(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
     let over = ArenaSegment::create(20).unwrap();
     SEPARATED_VMAS.fetch_sub(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
-    assert_eq!((over.separated, vmas(&over)), (0, 1));
+    assert_eq!((over.separated.load(Ordering::Relaxed), vmas(&over)), (0, 1));
     // The smallest chunks (a page: 1024 per segment with 4 KiB pages) share one VMA;
-    // closing one splits it in three. (With 64 KiB pages the segment has only 64
-    // chunks, so each is a VMA of its own, beside the metadata.)
+    // the first time one is closed it becomes a VMA of its own (splitting the rest in
+    // two), and stays one: reopening and closing it again merge and split nothing.
+    // Its neighbours, advised the other way when they are closed in turn, stay apart
+    // from it. (With 64 KiB pages the segment has only 64 chunks, so each is a VMA of
+    // its own, beside the metadata, from the start.)
     let small = ArenaSegment::create(min_shift()).unwrap();
     let mut local = lock(&small.local).clone();
     if small.chunk_count > SEPARATE_VMAS_UP_TO {
@@ -253,7 +256,27 @@ fn closing_a_large_chunk_changes_its_own_mapping_and_splits_none() {
         small.set_open(&mut local, 5, false).unwrap();
         assert_eq!(vmas(&small), 3);
         small.set_open(&mut local, 5, true).unwrap();
-        assert_eq!(vmas(&small), 1);
+        assert_eq!(vmas(&small), 3, "chunk 5 stays a mapping of its own");
+        small.set_open(&mut local, 5, false).unwrap();
+        assert_eq!(vmas(&small), 3);
+        for (index, after) in [(6, 4), (4, 5), (7, 6)] {
+            small.set_open(&mut local, index, false).unwrap();
+            assert_eq!(vmas(&small), after, "closing chunk {index} separates it");
+        }
+        for index in [4, 5, 6, 7] {
+            small.set_open(&mut local, index, true).unwrap();
+            assert_eq!(vmas(&small), 6, "reopening chunk {index} merged no mapping");
+        }
+        assert_eq!(small.separated.load(Ordering::Relaxed), 4 * VMAS_PER_LATE_CHUNK);
+        // Past the budget a chunk stays in its neighbours' mapping, split and merged.
+        SEPARATED_VMAS.fetch_add(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
+        small.set_open(&mut local, 100, false).unwrap();
+        let split = vmas(&small);
+        small.set_open(&mut local, 100, true).unwrap();
+        let merged = vmas(&small);
+        SEPARATED_VMAS.fetch_sub(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
+        assert_eq!((split, merged), (8, 6));
+        assert_eq!(small.separated.load(Ordering::Relaxed), 4 * VMAS_PER_LATE_CHUNK);
     } else {
         let separate = 1 + small.chunk_count as usize;
         assert_eq!(vmas(&small), separate);
