@@ -77,6 +77,13 @@ fn repeat(value: &str) -> Result<usize> {
     }
 }
 
+impl<T> Options<T> {
+    /// Whether the measurements of messages of `size` bytes were asked for (`--sizes`).
+    pub fn wants_size(&self, size: usize) -> bool {
+        self.sizes.as_ref().is_none_or(|sizes| sizes.contains(&size))
+    }
+}
+
 /// The value of `--sizes`: comma-separated byte counts, each a number with an
 /// optional binary suffix (`4K`, `1M`, `1G`: KiB, MiB, GiB).
 fn sizes(value: &str) -> Result<Vec<usize>> {

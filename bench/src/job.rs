@@ -162,8 +162,7 @@ pub fn plan<T: Connect>(
 ) -> Vec<(Job<T>, Option<String>)> {
     let mut jobs = Vec::new();
     for &workload in &options.workloads {
-        let asked = |size: &usize| options.sizes.as_ref().is_none_or(|sizes| sizes.contains(size));
-        for (size, warmup, iters, reps) in shapes(workload).into_iter().filter(|shape| asked(&shape.0)) {
+        for (size, warmup, iters, reps) in shapes(workload).into_iter().filter(|shape| options.wants_size(shape.0)) {
             for &transport in options.transports.iter().filter(|t| t.applies_to(workload)) {
                 let skip = if transport.always_spins() && workload == Workload::RttSleep {
                     Some("n/a: busy-polls, never sleeps".to_string())

@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use shmport_bench::cli::Options;
 use shmport_bench::job::{Shape, Workload};
 use shmport_bench::machine::Pinning;
-use shmport_bench::stats::Figures;
+use shmport_bench::stats::LatencyStats;
 use shmport_bench::{report, run};
 
 use crate::markdown::Document;
@@ -42,8 +42,7 @@ shmport-norevoke, unix and raw-ring, each between two processes.
 options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)
   --only T[,T..]        transports: shmport, shmport-busy, shmport-halves,
-                        shmport-norevoke, unix,
-                        pipe, tcp, raw-ring, raw-slot
+                        shmport-norevoke, unix, pipe, tcp, raw-ring, raw-slot
   --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
@@ -147,21 +146,18 @@ fn page_table_references(options: &Options<Transport>) -> Result<Vec<page_tables
     }
     let exe = std::env::current_exe().context("locating this executable")?;
     let pinning = Pinning::setup(options.pin);
-    let asked = |size: &usize| options.sizes.as_ref().is_none_or(|sizes| sizes.contains(size));
     let mut references = Vec::new();
-    for (size, warmup, iters, _) in shapes(Workload::Transfer, options.quick).into_iter().filter(|s| asked(&s.0)) {
+    for (size, warmup, iters, _) in
+        shapes(Workload::Transfer, options.quick).into_iter().filter(|s| options.wants_size(s.0))
+    {
         let runs = (0..options.repeat.max(1))
             .map(|_| page_tables::measure(&exe, size, warmup, iters, &pinning))
             .collect::<Result<Vec<_>>>()
             .with_context(|| format!("the page-table references at {size} bytes"))?;
-        let median = |pick: fn(&page_tables::Reference) -> &shmport_bench::stats::LatencyStats| {
-            let figures: Vec<Figures> = runs.iter().map(|r| Figures::Latency(pick(r).clone())).collect();
-            match Figures::median_of(&figures.iter().collect::<Vec<_>>()) {
-                Some(Figures::Latency(l)) => l,
-                _ => unreachable!("latency figures"),
-            }
+        let median = |pick: fn(&page_tables::Reference) -> &LatencyStats| {
+            LatencyStats::median_of(runs.iter().map(pick)).context("no run of the page-table references")
         };
-        let (lone_pair, ping_pong) = (median(|r| &r.lone_pair), median(|r| &r.ping_pong));
+        let (lone_pair, ping_pong) = (median(|r| &r.lone_pair)?, median(|r| &r.ping_pong)?);
         eprintln!(
             "page tables {:>8}: lone mprotect pair median {:.2} µs, mprotect ping-pong median {:.2} µs",
             report::fmt_size(size),

@@ -32,6 +32,16 @@ impl LatencyStats {
             max_ns: samples[n - 1] as f64,
         }
     }
+
+    /// The figures of several runs of one measurement, each the median of the runs'
+    /// (as [`Figures::median_of`]); `None` if there are none.
+    pub fn median_of<'a>(runs: impl IntoIterator<Item = &'a LatencyStats>) -> Option<LatencyStats> {
+        let figures: Vec<Figures> = runs.into_iter().map(|l| Figures::Latency(l.clone())).collect();
+        match Figures::median_of(&figures.iter().collect::<Vec<_>>())? {
+            Figures::Latency(l) => Some(l),
+            Figures::Throughput(_) => None,
+        }
+    }
 }
 
 /// Throughput figures of one measurement: the median round, and the spread.

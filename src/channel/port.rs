@@ -236,10 +236,7 @@ impl Port {
         if tx.broken.is_some() || tx.link.peer_closed() {
             return None;
         }
-        tx.producer.try_push(kind, 0, &[bytes]).ok()?;
-        tx.note_progress();
-        tx.publish_and_notify();
-        Some(())
+        tx.push_and_publish(kind, bytes).ok()
     }
 
     /// The uncontended fast path of a receive into `out`: the next record's length,

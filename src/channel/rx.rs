@@ -56,14 +56,19 @@ impl Rx {
     /// One look for the next record. `None`: nothing yet, and the peer is alive.
     #[inline]
     pub(super) fn poll(&mut self, check: Check) -> Option<Result<Record, RecvFail>> {
-        if self.pending_error.is_some() || self.broken || self.finished {
+        if self.stopped() {
             return Some(self.poll_stopped());
         }
-        match self.consumer.peek() {
-            Ok(Some(rec)) => Some(Ok(rec)),
-            Ok(None) => self.poll_empty(check),
-            Err(Corrupt(reason)) => Some(Err(self.corrupt(reason))),
+        match self.peek() {
+            Some(found) => Some(found),
+            None => self.poll_empty(check),
         }
+    }
+
+    /// Something must be said before the next record: an error, or the end.
+    #[inline]
+    fn stopped(&self) -> bool {
+        self.pending_error.is_some() || self.broken || self.finished
     }
 
     /// The next record if one is there and nothing else needs saying first (no error
@@ -71,7 +76,7 @@ impl Rx {
     /// `None` when the full `poll` must decide.
     #[inline]
     pub(super) fn peek_ready(&mut self) -> Option<Record> {
-        if self.pending_error.is_some() || self.broken || self.finished {
+        if self.stopped() {
             return None;
         }
         self.consumer.peek().ok().flatten()
@@ -116,6 +121,7 @@ impl Rx {
         }
     }
 
+    #[inline]
     pub(super) fn peek(&mut self) -> Option<Result<Record, RecvFail>> {
         match self.consumer.peek() {
             Ok(Some(rec)) => Some(Ok(rec)),

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::link::{Link, Liveness};
 use crate::shm::arena::SentChunk;
-use crate::shm::ring::{Corrupt, Producer};
+use crate::shm::ring::{Corrupt, Producer, PushError};
 use crate::shm::wait::{self, Check, SpinEstimate};
 use crate::wire::SentArenas;
 
@@ -95,6 +95,17 @@ impl Tx {
         for (_, chunks) in self.in_flight.drain(..) {
             chunks.iter().for_each(SentChunk::reclaim);
         }
+    }
+
+    /// Writes `bytes` as one record of `kind` and publishes it, if there is room now
+    /// (nothing is written otherwise). The caller has checked that the peer is there
+    /// and the direction not broken.
+    #[inline(always)]
+    pub(super) fn push_and_publish(&mut self, kind: u16, bytes: &[u8]) -> Result<(), PushError> {
+        self.producer.try_push(kind, 0, &[bytes])?;
+        self.note_progress();
+        self.publish_and_notify();
+        Ok(())
     }
 
     #[inline(always)]

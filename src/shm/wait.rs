@@ -64,13 +64,6 @@ impl WaitWord {
         let late = Duration::from_nanos(u64::from(Self::now32().wrapping_sub(self.woken_at.load(Ordering::Relaxed))));
         (late <= waited).then_some(late)
     }
-
-    /// A wait of `waited` just ended after a wake-up: how long the peer took to answer,
-    /// leaving out how late the kernel woke us (`waited` if the stamp is not credible).
-    #[cfg(test)]
-    fn answered_within(&self, waited: Duration) -> Duration {
-        self.woken_late(waited).map_or(waited, |late| waited - late)
-    }
 }
 
 /// How a sleeper is woken: a futex on a shared word between processes, or a
@@ -716,15 +709,16 @@ mod tests {
         assert_eq!(word.word.load(Ordering::Relaxed), 2, "the epoch moved on and WAITING is clear");
         let stamped = word.woken_at.load(Ordering::Relaxed);
         assert!(WaitWord::now32().wrapping_sub(stamped) < 1_000_000_000, "stamped now");
-        // Woken 300 µs ago, after a 1 ms wait: the peer answered within 700 µs.
+        // Woken 300 µs ago, after a 1 ms wait: the kernel ran us 300 µs late (the peer
+        // answered within 700 µs).
         word.woken_at.store(WaitWord::now32().wrapping_sub(300_000), Ordering::Relaxed);
-        let answered = word.answered_within(Duration::from_millis(1));
-        assert!(answered <= Duration::from_micros(700) && answered >= Duration::from_micros(600), "{answered:?}");
+        let late = word.woken_late(Duration::from_millis(1)).expect("a credible stamp");
+        assert!(late >= Duration::from_micros(300) && late <= Duration::from_micros(400), "{late:?}");
         // A stamp older than the wait, or from the future, is not believed.
         word.woken_at.store(WaitWord::now32().wrapping_sub(5_000_000), Ordering::Relaxed);
-        assert_eq!(word.answered_within(Duration::from_millis(1)), Duration::from_millis(1));
+        assert_eq!(word.woken_late(Duration::from_millis(1)), None);
         word.woken_at.store(WaitWord::now32().wrapping_add(5_000_000), Ordering::Relaxed);
-        assert_eq!(word.answered_within(Duration::from_millis(1)), Duration::from_millis(1));
+        assert_eq!(word.woken_late(Duration::from_millis(1)), None);
     }
 
     #[test]

@@ -134,19 +134,20 @@ impl PortReader {
 
     #[inline]
     fn bytes_mode<R>(&mut self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
-        // The fast path: a record of plain bytes is there, and fits the buffer reserved
-        // at the split (every inline record does, unless that reservation failed).
-        if let Some(rec) = self.rx.peek_ready()
-            && rec.flags & FLAG_ATTACHMENTS == 0
-            && rec.len <= self.buf.capacity()
-        {
+        // One look without the waiting machinery first: the message is usually there.
+        let rec = match self.rx.peek_ready() {
+            Some(rec) => rec,
+            None => self.next(mode)?,
+        };
+        if rec.flags & FLAG_ATTACHMENTS == 0 && rec.len <= self.buf.capacity() {
+            // Into the buffer reserved at the split (every inline record fits it,
+            // unless that reservation failed), without initialising it first.
             // SAFETY: the buffer has room for `rec.len` bytes (its capacity).
             unsafe { self.rx.consumer.copy_payload_raw(&rec, self.buf.as_mut_ptr()) };
             self.rx.consumed(&rec);
             // SAFETY: the copy initialised the first `rec.len` bytes of the allocation.
             return Ok(f(unsafe { std::slice::from_raw_parts(self.buf.as_ptr(), rec.len) }));
         }
-        let rec = self.next(mode)?;
         if rec.flags & FLAG_ATTACHMENTS == 0 {
             self.rx.take_into(&rec, &mut self.buf)?;
             return Ok(f(&self.buf[..rec.len]));

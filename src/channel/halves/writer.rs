@@ -156,12 +156,8 @@ impl PortWriter {
         if let Some(reason) = tx.broken {
             return Err(PostError::Broken(reason));
         }
-        match tx.producer.try_push(kind, 0, &[bytes]) {
-            Ok(()) => {
-                tx.note_progress();
-                tx.publish_and_notify();
-                Ok(())
-            }
+        match tx.push_and_publish(kind, bytes) {
+            Ok(()) => Ok(()),
             Err(PushError::Full) => self.post_when_room(kind, bytes, mode),
             Err(e) => Err(refuse(tx, e, bytes.len())),
         }
