@@ -258,6 +258,70 @@ mod loom_tests {
     use super::super::{Consumer, Producer, PushError};
     use loom::sync::Arc;
 
+    /// A reservation across the wrap, filled and then rolled back (a write chunk
+    /// dropped uncommitted): the padding goes with it unless it was already published
+    /// (after a `Full`), and the record pushed next is the one the consumer sees, whole,
+    /// after the first. The rolled-back bytes are never delivered.
+    #[test]
+    fn a_rolled_back_reservation_behind_padding_is_never_seen() {
+        loom::model(|| {
+            let ring = Arc::new(LocalRing::new(64));
+            let r2 = ring.clone();
+            let producer = loom::thread::spawn(move || {
+                let mut p = Producer::attach(r2.view()).unwrap();
+                let first = p.try_reserve(48).unwrap();
+                p.fill_reserved(&first, &[0xA0; 48]);
+                p.commit_reserved(first, 2, 0);
+                p.publish();
+                loop {
+                    match p.try_reserve(8) {
+                        Ok(r) => {
+                            p.fill_reserved(&r, &[0xEE; 8]);
+                            p.rollback();
+                            // Nothing is left to publish (a writer publishes before
+                            // it waits for room).
+                            assert!(!p.publish());
+                            break;
+                        }
+                        Err(PushError::Full) => {
+                            p.publish();
+                            loom::thread::yield_now();
+                        }
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                loop {
+                    match p.try_push(3, 0, &[&[0x11; 8]]) {
+                        Ok(()) => break,
+                        Err(PushError::Full) => loom::thread::yield_now(),
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                p.publish();
+            });
+            let mut c = Consumer::attach(ring.view()).unwrap();
+            let mut seen = Vec::new();
+            while seen.len() < 2 {
+                match c.peek().unwrap() {
+                    Some(rec) => {
+                        let mut out = vec![0u8; rec.len];
+                        c.copy_payload(&rec, &mut out);
+                        c.consume(&rec);
+                        c.release();
+                        seen.push((rec.kind, out));
+                    }
+                    None => {
+                        c.release();
+                        loom::thread::yield_now();
+                    }
+                }
+            }
+            producer.join().unwrap();
+            assert_eq!(seen, [(2, vec![0xA0; 48]), (3, vec![0x11; 8])]);
+            assert_eq!(c.peek().unwrap(), None);
+        });
+    }
+
     /// A reservation across the wrap: padding, then the record at offset 0. Depending
     /// on when the consumer frees the first record, the padding is published with the
     /// record, or alone (the record does not fit yet: `Full`) and skipped before the
