@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::platform;
 use crate::shm::segment::{END_CLOSED, Segment};
 use crate::shm::sync::{AtomicU32, Ordering};
-use crate::shm::wait::{self, Check, SLICE, WaitWord};
+use crate::shm::wait::{self, Check, SLICE, WaitWord, WokePeer};
 use crate::wire::KnownArenas;
 
 /// What a port shares with its channel: the segment, which end it is, its end of the
@@ -22,11 +22,14 @@ pub(crate) struct Link {
     /// ours is blocked in `recv` holding that half. Taken after the reading half's lock,
     /// never before it.
     pub(crate) arenas: Mutex<KnownArenas>,
+    /// Set when a message of ours woke the peer's reader; taken by our next wait for
+    /// an answer (see `wait::WokePeer`).
+    pub(crate) woke_peer: WokePeer,
 }
 
 impl Link {
     pub(crate) fn new(segment: Arc<Segment>, end: usize, socket: OwnedFd) -> Link {
-        Link { segment, end, socket, arenas: Mutex::new(KnownArenas::default()) }
+        Link { segment, end, socket, arenas: Mutex::new(KnownArenas::default()), woke_peer: WokePeer::default() }
     }
 
     /// The arenas this end knows.

@@ -184,6 +184,7 @@ impl Port {
             link.segment.parker(),
             self.strategy(),
             &mut spin,
+            None,
             mode.deadline(),
             |check| {
                 if self.is_detached() {
@@ -320,6 +321,7 @@ impl Port {
             link.segment.parker(),
             self.strategy(),
             &mut spin,
+            Some(&link.woke_peer),
             mode.deadline(),
             |check| if self.is_detached() { Some(Err(RecvFail::Closed)) } else { rx.poll(check) },
         );
@@ -336,8 +338,14 @@ impl Port {
         };
         let link = rx.link.clone();
         let mut spin = rx.spin;
-        let readiness =
-            wait::block_on(link.rx_data_word(), link.segment.parker(), self.strategy(), &mut spin, None, |check| {
+        let readiness = wait::block_on(
+            link.rx_data_word(),
+            link.segment.parker(),
+            self.strategy(),
+            &mut spin,
+            Some(&link.woke_peer),
+            None,
+            |check| {
                 if self.is_detached() {
                     return Some(Readiness::Detached);
                 }
@@ -354,7 +362,8 @@ impl Port {
                     Some(Err(_)) => Some(Readiness::PeerGone),
                     None => None,
                 }
-            });
+            },
+        );
         rx.spin = spin;
         readiness.unwrap_or(Readiness::Interrupted)
     }
@@ -543,6 +552,28 @@ mod tests {
             Err(OpenError::Invalid(why)) => why,
             other => panic!("expected a refusal, got {:?}", other.map(|_| ()).map_err(|e| e.to_string())),
         }
+    }
+
+    #[test]
+    fn a_message_that_wakes_the_peer_s_reader_credits_this_end_s_next_wait() {
+        use crate::shm::wait::WAITING;
+        let options = crate::ChannelOptions::default().process_local(true);
+        let channel = crate::MessageChannel::with_options(&options).unwrap();
+        let (a, b) = (channel.port1(), channel.port2());
+        let (link_a, link_b) = (a.port().link().unwrap(), b.port().link().unwrap());
+        a.post_bytes(&[1]).unwrap();
+        assert!(!link_a.woke_peer.take(), "nobody was asleep");
+        assert_eq!(b.recv_bytes_with(|x| x.to_vec()).unwrap(), [1]);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| b.recv_bytes_with(|x| x.to_vec()).unwrap());
+            while link_b.rx_data_word().word.load(Ordering::Relaxed) & WAITING == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            a.post_bytes(&[2]).unwrap();
+            assert_eq!(reader.join().unwrap(), [2]);
+        });
+        assert!(link_a.woke_peer.take(), "the post woke the peer's reader");
+        assert!(!link_b.woke_peer.take(), "the woken side earned nothing");
     }
 
     #[test]

@@ -110,8 +110,11 @@ impl Tx {
 
     #[inline(always)]
     pub(super) fn publish_and_notify(&mut self) {
-        if self.producer.publish() && !self.link.busy_poll() {
-            wait::notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker());
+        if self.producer.publish()
+            && !self.link.busy_poll()
+            && wait::notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker())
+        {
+            self.link.woke_peer.note();
         }
     }
 }

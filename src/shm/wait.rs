@@ -260,7 +260,6 @@ pub(crate) fn wake_if_waiting(word: &WaitWord, parker: &Parker) -> bool {
 #[inline(never)]
 fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
     word.woken_at.store(WaitWord::now32(), Ordering::Relaxed);
-    woke_a_peer::set();
     while w & WAITING != 0 {
         let next = w.wrapping_add(2) & !WAITING;
         // Release: the `woken_at` stamp is visible to a sleeper that sees the new epoch.
@@ -275,29 +274,28 @@ fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
     false
 }
 
-/// Whether this thread woke a sleeping peer since its last wait: the answer it waits for
-/// next then includes the time the kernel took to run that peer, which is no part of
-/// how long the peer takes to answer (see `SpinEstimate`). Process memory only, no
-/// syscall; a thread serving several ports may credit one port's wait with another's
-/// wake-up, which only makes a spin longer, within `max_spin`.
-mod woke_a_peer {
-    #[cfg(not(loom))]
-    std::thread_local! {
-        static WOKE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// Whether a sleeping peer was woken by this side's last message and has not been
+/// waited for since: the answer the receiving side waits for next then includes the
+/// time the kernel took to run that peer, which is no part of how long the peer takes
+/// to answer (see `SpinEstimate`). One per channel end, in process memory (the two
+/// exclusive halves of a port may run on different threads): set by the sending half
+/// when its `notify` woke the peer's reader, taken by the receiving half's next wait.
+#[derive(Debug, Default)]
+pub(crate) struct WokePeer(std::sync::atomic::AtomicBool);
+
+impl WokePeer {
+    /// The peer's reader was just woken by a message of ours.
+    #[inline]
+    pub(crate) fn note(&self) {
+        // Relaxed: a hint for the next wait's learning; it orders nothing.
+        self.0.store(true, Ordering::Relaxed);
     }
 
-    /// A sleeping peer was just woken.
-    pub(super) fn set() {
-        #[cfg(not(loom))]
-        WOKE.with(|w| w.set(true));
-    }
-
-    /// Whether a peer was woken since the last call (and forgets it).
-    pub(super) fn take() -> bool {
-        #[cfg(not(loom))]
-        return WOKE.with(|w| w.replace(false));
-        #[cfg(loom)]
-        false
+    /// Whether a peer was woken since the last call (and forgets it). A load first, so
+    /// the common case (no wake-up) writes nothing.
+    #[inline]
+    pub(crate) fn take(&self) -> bool {
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -323,14 +321,15 @@ pub enum WaitStrategy {
     /// it has not: each waiting side keeps an average of how long the peer took to
     /// answer its recent waits, and spins for up to four times that (at least 30 µs,
     /// to ride out a moment when the peer's core is taken away; at most `max_spin`)
-    /// when that average is below half of `max_spin`, else for only 5 µs. Spinning yields the core after 5 µs. So a busy exchange stays on the fast
+    /// when that average is below half of `max_spin`, else for only 5 µs; a spin
+    /// yields the core after its first 5 µs. So a busy exchange stays on the fast
     /// path, and an idle or slow peer costs a few µs of CPU per wait, not `max_spin`.
     /// A wait that ended in a sleep counts until the peer woke it, not until the kernel
     /// got round to running the sleeper: the wake-up's own latency (tens of µs on a VM)
     /// would otherwise make a peer that answers in 20 µs look slow, and keep every wait
-    /// asleep. For the same reason a wait for the answer of a peer this thread had to
-    /// wake leaves out what the peer's wake-up took, as this waiter's own recent
-    /// wake-ups measure it.
+    /// asleep. For the same reason a wait for the answer of a peer that this port's
+    /// last message had to wake leaves out what the peer's wake-up took, as this
+    /// waiter's own recent wake-ups measure it.
     Adaptive {
         /// The most a single wait spins before it sleeps.
         max_spin: Duration,
@@ -404,7 +403,9 @@ impl SpinEstimate {
     /// from 70 µs to 160 µs, with another process taking the peer's core 2.5% of the time).
     fn learn(&mut self, waited: Duration, late: Option<Duration>, woke_peer: bool, max: Duration) {
         if let Some(late) = late {
-            let late = late.as_nanos().min(u128::from(u64::MAX / 2)) as u64;
+            // Bounded as the answers are (`record`): one wake-up of a descheduled VM
+            // must not stand in for every later one.
+            let late = late.min(max.saturating_mul(4)).as_nanos().min(u128::from(u64::MAX / 2)) as u64;
             self.wake_up_ns = self.wake_up_ns - self.wake_up_ns / 8 + late / 8;
         }
         let answered = if woke_peer { waited.saturating_sub(Duration::from_nanos(self.wake_up_ns)) } else { waited };
@@ -437,14 +438,19 @@ pub(crate) enum Check {
 
 /// Waits until `poll` returns `Some`, or `deadline` passes (`None`). `word` is the
 /// caller's wait word; whoever makes `poll` succeed must `notify` it.
+///
+/// `woke_peer` is the credit of a wait for an answer (see `WokePeer`): taken here,
+/// first, so that it goes to this wait and no later one; `None` for a wait for room.
 pub(crate) fn block_on<T>(
     word: &WaitWord,
     parker: &Parker,
     strategy: WaitStrategy,
     estimate: &mut SpinEstimate,
+    woke_peer: Option<&WokePeer>,
     deadline: Option<Instant>,
     mut poll: impl FnMut(Check) -> Option<T>,
 ) -> Option<T> {
+    let woke_peer = woke_peer.is_some_and(WokePeer::take);
     if let Some(t) = poll(Check::Fast) {
         return Some(t);
     }
@@ -454,7 +460,6 @@ pub(crate) fn block_on<T>(
         WaitStrategy::BusyPoll => None,
     };
     let (result, waited, late) = wait_until(word, parker, spin_for, deadline, &mut poll);
-    let woke_peer = woke_a_peer::take();
     if let WaitStrategy::Adaptive { max_spin } = strategy {
         estimate.learn(waited, late, woke_peer, max_spin);
     }
@@ -667,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_for_a_peer_this_thread_woke_leaves_out_the_peer_s_wake_up() {
+    fn a_wait_for_a_peer_this_port_woke_leaves_out_the_peer_s_wake_up() {
         let mut e = SpinEstimate::default();
         // Both sides asleep in turn: each wait lasts the peer's 45 µs of work plus the
         // 50 µs the kernel took to run the peer, and this side too was woken 50 µs late.
@@ -688,13 +693,64 @@ mod tests {
             e.learn(Duration::from_micros(95), None, false, MAX);
         }
         assert_eq!(e.spin(MAX), MIN_SPIN);
-        // A peer woken by another thread, or one that slept, sets nothing here.
-        assert!(!woke_a_peer::take());
+    }
+
+    #[test]
+    fn a_wake_up_credit_goes_to_the_next_wait_and_only_to_it() {
+        let credit = WokePeer::default();
+        assert!(!credit.take());
+        credit.note();
+        assert!(credit.take(), "a noted wake-up is taken");
+        assert!(!credit.take(), "once");
+        // Taken at the start of the wait, even one that finds its answer at once, so
+        // it cannot land on a later, unrelated wait.
         let (word, parker) = (WaitWord::new(), Parker::local());
-        word.word.store(WAITING, Ordering::Relaxed);
-        assert!(wake_if_waiting(&word, &parker));
-        assert!(woke_a_peer::take(), "a wake-up by this thread is noted");
-        assert!(!woke_a_peer::take(), "once");
+        let mut e = SpinEstimate::default();
+        credit.note();
+        assert_eq!(
+            block_on(&word, &parker, WaitStrategy::default(), &mut e, Some(&credit), None, |_| Some(())),
+            Some(())
+        );
+        assert!(!credit.take());
+        // A notify with nobody asleep wakes nobody (and so earns no credit).
+        assert!(!notify(&word, &parker));
+    }
+
+    #[test]
+    fn a_woken_wait_learns_the_wake_up_and_leaves_it_out_of_the_next_answer_after_a_wake() {
+        let word = WaitWord::new();
+        let parker = Parker::local();
+        let flag = AtomicU32::new(0);
+        let mut e = SpinEstimate::default();
+        let strategy = WaitStrategy::Adaptive { max_spin: Duration::from_micros(10) };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Once the waiter has announced its sleep, publish and wake it.
+                while word.word.load(Ordering::Relaxed) & WAITING == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                flag.store(1, Ordering::Release);
+                assert!(notify(&word, &parker), "the waiter slept");
+            });
+            let got = block_on(&word, &parker, strategy, &mut e, None, None, |_| {
+                (flag.load(Ordering::Acquire) == 1).then_some(())
+            });
+            assert_eq!(got, Some(()));
+        });
+        assert!(e.wake_up_ns > 0, "a woken wait learns how late it ran");
+        // The same answer time, learned after a wake-up of the peer and without one:
+        // with the credit, the peer's wake-up (as this side's measures it) is left out.
+        let (mut with, mut without) = (e, e);
+        with.learn(Duration::from_micros(80), None, true, MAX);
+        without.learn(Duration::from_micros(80), None, false, MAX);
+        assert!(with.average_ns < without.average_ns, "{} {}", with.average_ns, without.average_ns);
+    }
+
+    #[test]
+    fn one_late_wake_up_does_not_stand_for_every_later_one() {
+        let mut e = SpinEstimate::default();
+        e.learn(Duration::from_millis(30), Some(Duration::from_millis(20)), false, MAX);
+        assert!(e.wake_up_ns <= 4 * MAX.as_nanos() as u64 / 8, "{}", e.wake_up_ns);
     }
 
     #[test]
@@ -737,7 +793,7 @@ mod tests {
                 Instant::now()
             });
             let mut e = SpinEstimate::default();
-            let got = block_on(&word, &parker, WaitStrategy::default(), &mut e, None, |_| {
+            let got = block_on(&word, &parker, WaitStrategy::default(), &mut e, None, None, |_| {
                 flag.load(Ordering::Acquire).then_some(())
             });
             let woke = Instant::now();
@@ -754,6 +810,7 @@ mod tests {
             &parker,
             WaitStrategy::default(),
             &mut e,
+            None,
             Some(Instant::now() + Duration::from_millis(40)),
             |_| None,
         );

@@ -202,6 +202,7 @@ impl PortReader {
             link.segment.parker(),
             self.strategy,
             &mut spin,
+            Some(&link.woke_peer),
             mode.deadline(),
             |check| rx.poll(check),
         );

@@ -203,6 +203,7 @@ impl PortWriter {
             link.segment.parker(),
             self.strategy,
             &mut spin,
+            None,
             mode.deadline(),
             |check| match attempt(tx) {
                 Ok(t) => Some(Ok(Some(t))),
