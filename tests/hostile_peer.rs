@@ -96,6 +96,14 @@ impl<'m> ForgedWriter<'m> {
         self.tail += size as u64;
         word(self.map, HEADER).store(self.tail, Ordering::Release);
     }
+
+    /// Writes, where the next record goes, a header no record of this ring can have
+    /// (one longer than the ring): the framing is broken there, until a `push`
+    /// writes a well-formed record over it.
+    fn break_framing(&self) {
+        let offset = (self.tail as usize) % self.cap;
+        word(self.map, DATA + offset).store((self.cap as u64 + 8) | (KIND_BYTES << 32), Ordering::Release);
+    }
 }
 
 /// Keeps port1 open but out of the way: handed to a child that is never spawned.
@@ -474,4 +482,167 @@ fn a_forged_arena_generation_costs_only_descriptors_sent_again() {
         assert_eq!(recv(&p2).unwrap().as_array_buffer().unwrap().to_vec(), vec![round; 4096]);
     }
     assert_eq!(sent() - before, 0, "known arenas are named by id");
+}
+
+/// The bytes calls of a port after the ring is broken, each call's result as
+/// `Ok(bytes)` or its error's `Display` (the fast path and the full path say the same).
+fn bytes_calls(port: &MessagePort) -> [Result<Vec<u8>, String>; 3] {
+    [
+        port.try_recv_bytes_with(<[u8]>::to_vec).map_err(|e| e.to_string()),
+        port.recv_bytes_with(<[u8]>::to_vec).map_err(|e| e.to_string()),
+        port.recv_bytes_timeout_with(Duration::from_secs(5), <[u8]>::to_vec).map_err(|e| e.to_string()),
+    ]
+}
+
+/// As `bytes_calls`, for a port's reader half.
+fn reader_calls(reader: &mut shmport::PortReader) -> [Result<Vec<u8>, String>; 3] {
+    [
+        reader.try_recv_bytes_with(<[u8]>::to_vec).map_err(|e| e.to_string()),
+        reader.recv_bytes_with(<[u8]>::to_vec).map_err(|e| e.to_string()),
+        reader.recv_bytes_timeout_with(Duration::from_secs(5), <[u8]>::to_vec).map_err(|e| e.to_string()),
+    ]
+}
+
+/// Whether every one of `calls` said the port is closed.
+fn closed(calls: &[Result<Vec<u8>, String>]) -> bool {
+    calls.iter().all(|r| matches!(r, Err(e) if e == "port closed"))
+}
+
+/// Broken framing is reported once, then the direction is closed for good (SEMANTICS
+/// 17: the port goes on only "where framing allows"): when the peer then writes a
+/// well-formed record over the broken header, the bytes calls' fast path, which looks
+/// at the ring before the full receive path does, does not deliver it either. The
+/// error is seen first by `try_recv_bytes_with`, then (on a second channel) by
+/// `recv_bytes_with`.
+#[test]
+fn s17_after_broken_framing_recv_bytes_with_is_closed_though_a_well_formed_record_follows() {
+    if !common::isolated("s17_after_broken_framing_recv_bytes_with_is_closed_though_a_well_formed_record_follows") {
+        return;
+    }
+    for first_look_blocks in [false, true] {
+        let (channel, map) = channel_and_mapping(4096);
+        let _parked = park_port(&channel.port1());
+        let port = channel.port2();
+        let mut peer = ForgedWriter::new(&map, 4096);
+        peer.push(KIND_BYTES, b"before");
+        peer.break_framing();
+        assert_eq!(port.try_recv_bytes_with(<[u8]>::to_vec).unwrap(), b"before");
+        let error = if first_look_blocks {
+            port.recv_bytes_with(|_| ()).map_err(|e| e.is_message_error())
+        } else {
+            port.try_recv_bytes_with(|_| ()).map_err(|e| e.is_message_error())
+        };
+        assert_eq!(error, Err(true), "the broken framing is a message error");
+        assert!(closed(&bytes_calls(&port)), "then the port is closed");
+        // The same place now holds a record that is well-formed: still closed.
+        peer.push(KIND_BYTES, b"after the break");
+        for _ in 0..2 {
+            let calls = bytes_calls(&port);
+            assert!(closed(&calls), "first look blocking: {first_look_blocks}: {calls:?}");
+        }
+        assert!(port.try_recv().unwrap_err().is_closed());
+    }
+}
+
+/// As `s17_after_broken_framing_recv_bytes_with_is_closed_though_a_well_formed_record_follows`,
+/// for the reader half of a split port: one that meets the broken framing itself, and
+/// one split from a port that already reported it (the reader takes the broken
+/// direction over, closed).
+#[test]
+fn s17_after_broken_framing_the_reader_half_is_closed_though_a_well_formed_record_follows() {
+    if !common::isolated("s17_after_broken_framing_the_reader_half_is_closed_though_a_well_formed_record_follows") {
+        return;
+    }
+    for (first_look_blocks, split_after_the_error) in [(false, false), (true, false), (false, true)] {
+        let (channel, map) = channel_and_mapping(4096);
+        let _parked = park_port(&channel.port1());
+        let port = channel.port2();
+        let mut peer = ForgedWriter::new(&map, 4096);
+        peer.push(KIND_BYTES, b"before");
+        peer.break_framing();
+        let case = format!("first look blocking: {first_look_blocks}, split after the error: {split_after_the_error}");
+        let mut reader = if split_after_the_error {
+            assert_eq!(port.recv_bytes_with(<[u8]>::to_vec).unwrap(), b"before");
+            assert!(port.try_recv_bytes_with(|_| ()).unwrap_err().is_message_error());
+            port.split().unwrap().1
+        } else {
+            let (_writer, mut reader) = port.split().unwrap();
+            assert_eq!(reader.try_recv_bytes_with(<[u8]>::to_vec).unwrap(), b"before");
+            let error = if first_look_blocks {
+                reader.recv_bytes_with(|_| ()).map_err(|e| e.is_message_error())
+            } else {
+                reader.try_recv_bytes_with(|_| ()).map_err(|e| e.is_message_error())
+            };
+            assert_eq!(error, Err(true), "{case}: the broken framing is a message error");
+            reader
+        };
+        assert!(closed(&reader_calls(&mut reader)), "{case}: then the reader is closed");
+        peer.push(KIND_BYTES, b"after the break");
+        for _ in 0..2 {
+            let calls = reader_calls(&mut reader);
+            assert!(closed(&calls), "{case}: {calls:?}");
+        }
+        assert!(reader.try_recv_pod::<u64>().unwrap_err().is_closed());
+    }
+}
+
+/// `Closed`, once the peer is gone and what it sent is read, is for good (SEMANTICS
+/// 16): a record that appears in the ring afterwards, which only a hostile peer can
+/// write, is not delivered by the bytes calls' fast path of a port, nor by a reader
+/// half.
+#[test]
+fn s16_closed_after_the_last_message_stays_closed_though_a_forged_record_appears_later() {
+    if !common::isolated("s16_closed_after_the_last_message_stays_closed_though_a_forged_record_appears_later") {
+        return;
+    }
+    for split in [false, true] {
+        let (channel, map) = channel_and_mapping(4096);
+        let (sender, port) = (channel.port1(), channel.port2());
+        sender.post_bytes(b"last").unwrap();
+        sender.close();
+        let mut reader = split.then(|| port.split().unwrap().1);
+        let mut calls = || match reader.as_mut() {
+            Some(reader) => reader_calls(reader),
+            None => bytes_calls(&port),
+        };
+        let [first, rest @ ..] = calls();
+        assert_eq!(first.unwrap(), b"last", "split: {split}");
+        assert!(closed(&rest), "split: {split}: {rest:?}");
+        // Written where the next record would go, after the sender closed.
+        ForgedWriter::new(&map, 4096).push(KIND_BYTES, b"from beyond");
+        for _ in 0..2 {
+            let got = calls();
+            assert!(closed(&got), "split: {split}: {got:?}");
+        }
+    }
+}
+
+/// The error the dispatch thread finds (it keeps it pending on the port until its
+/// receive takes it) reaches `onmessageerror`, then the close event, and after that
+/// the port stays closed: a well-formed record the peer writes over the broken
+/// header reaches neither `onmessage` nor the bytes calls' fast path (SEMANTICS 17).
+#[test]
+fn s17_after_onmessageerror_reports_broken_framing_no_record_behind_it_is_delivered() {
+    if !common::isolated("s17_after_onmessageerror_reports_broken_framing_no_record_behind_it_is_delivered") {
+        return;
+    }
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (errors, messages) = (tx.clone(), tx.clone());
+    port.set_onmessageerror(Some(move |_e: shmport::MessageError| errors.send("error".to_string()).unwrap()));
+    port.set_onclose(Some(move || tx.send("close".to_string()).unwrap()));
+    port.set_onmessage(Some(move |ev: shmport::MessageEvent| messages.send(format!("{:?}", ev.data)).unwrap()));
+    let mut peer = ForgedWriter::new(&map, 4096);
+    peer.break_framing();
+    // Wake the dispatch thread as a writer would.
+    word(&map, HEADER + 256).store(2, Ordering::Release);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "error");
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "close");
+    peer.push(KIND_BYTES, b"after the break");
+    word(&map, HEADER + 256).store(3, Ordering::Release);
+    let calls = bytes_calls(&port);
+    assert!(closed(&calls), "{calls:?}");
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "nothing reached a handler");
 }

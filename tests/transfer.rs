@@ -248,6 +248,22 @@ fn s08_a_transferred_port_is_detached_here_and_works_there_in_transfer_list_orde
     assert_eq!(recv(&ports[1]).data.as_str(), Some("to moved b"));
 }
 
+/// The bytes calls of a transferred port's old handles are `Closed` at once, with a
+/// message queued for it, and leave that message to the port's new owner.
+#[test]
+fn s08_a_transferred_port_is_closed_to_recv_bytes_with_here_and_its_queued_message_arrives_there() {
+    let ch = MessageChannel::new().unwrap();
+    let moved = MessageChannel::new().unwrap();
+    let port = moved.port2();
+    moved.port1().post_bytes(b"queued").unwrap();
+    ch.port1().post_message(Value::Port(port.clone()), [port.clone().into()]).unwrap();
+    assert!(port.try_recv_bytes_with(<[u8]>::to_vec).unwrap_err().is_closed());
+    assert!(port.recv_bytes_with(<[u8]>::to_vec).unwrap_err().is_closed());
+    assert!(port.recv_bytes_timeout_with(WAIT, <[u8]>::to_vec).unwrap_err().is_closed());
+    let there = recv(&ch.port2()).ports.remove(0);
+    assert_eq!(there.try_recv_bytes_with(<[u8]>::to_vec).unwrap(), b"queued");
+}
+
 #[test]
 fn s08_one_hundred_ports_in_one_message_all_work() {
     let ch = MessageChannel::new().unwrap();
