@@ -587,9 +587,6 @@ fn s08_a_port_being_split_is_closed_to_recv_bytes_with_at_once_and_its_message_s
 /// for `try_recv_bytes_with` (and `try_recv`): `Closed` too, the message left to the
 /// reader.
 #[test]
-#[ignore = "fails: Port::recv_record_raw's Mode::Try path does not check is_detached, so a try_ receive \
-            on a port that split has detached, but whose reading half it has not taken yet, takes the \
-            message (the fast path's is_detached check only sends it there)"]
 fn s08_a_port_being_split_is_closed_to_try_recv_bytes_with_at_once_and_its_message_stays_for_the_reader() {
     let _w = watchdog("s08_a_port_being_split_is_closed_to_try_recv_bytes_with", Duration::from_secs(120));
     let mut during_the_split = 0;

@@ -292,7 +292,10 @@ impl Port {
         let Some(rx) = guard.as_mut() else {
             return Err(RecvFail::Closed);
         };
+        // A port that `split` (or a transfer) has detached, and whose reading half it is
+        // about to take, leaves the next message to the new owner.
         let found = match mode {
+            Mode::Try if self.is_detached() => Some(Err(RecvFail::Closed)),
             Mode::Try => {
                 let check = rx.liveness_due();
                 rx.poll(check)
