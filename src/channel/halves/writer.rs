@@ -357,6 +357,7 @@ impl Drop for WriteChunk<'_> {
 impl Deref for WriteChunk<'_> {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         match self.place {
             // SAFETY: `at` is the first of `reserved.len()` bytes inside the data area
@@ -372,6 +373,7 @@ impl Deref for WriteChunk<'_> {
 }
 
 impl DerefMut for WriteChunk<'_> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         match self.place {
             // SAFETY: as in `deref`; `&mut self` makes this the only slice of the chunk.

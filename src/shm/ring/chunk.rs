@@ -38,26 +38,15 @@ impl Producer {
     ///
     /// `Full` may come with a padding record written (not published): publish it, so
     /// the consumer skips it and the space it leaves at offset 0 comes free.
+    #[inline]
     pub(crate) fn try_reserve(&mut self, len: usize) -> Result<Reserved, PushError> {
         if len > self.ring.max_payload() {
             return Err(PushError::TooLarge);
         }
         let size = HEADER + padded(len as u64);
-        let offset = self.tail & (self.ring.cap - 1);
-        let to_end = self.ring.cap - offset;
+        let to_end = self.ring.cap - (self.tail & (self.ring.cap - 1));
         if size > to_end {
-            // The payload would wrap. `to_end` is at least a header (offsets are
-            // 8-aligned) and `offset` is not 0 (a record of at most `cap` bytes fits
-            // there), so the padding is a record the consumer accepts. It is written
-            // as any record is (see the module docs of `ring`): the slot after it (at
-            // offset 0) emptied first, then its header, held back if it is the first
-            // unpublished record.
-            if !self.fits(to_end + HEADER).map_err(PushError::Corrupt)? {
-                return Err(PushError::Full);
-            }
-            self.ring.header_at(0).store(0, Ordering::Relaxed);
-            self.put_header(offset, pack((to_end - HEADER) as u32, KIND_PAD, 0));
-            self.tail += to_end;
+            self.pad_to_end(to_end)?;
         }
         // Room for the record and the empty slot after it.
         if !self.fits(size + HEADER).map_err(PushError::Corrupt)? {
@@ -66,10 +55,30 @@ impl Producer {
         Ok(Reserved { at: self.tail, len })
     }
 
+    /// `try_reserve` for a payload that would wrap: a padding record over the `to_end`
+    /// bytes before the end of the data area. `to_end` is at least a header (offsets
+    /// are 8-aligned) and the offset is not 0 (a record of at most `cap` bytes fits
+    /// there), so the padding is a record the consumer accepts. It is written as any
+    /// record is (see the module docs of `ring`): the slot after it (at offset 0)
+    /// emptied first, then its header, held back if it is the first unpublished record.
+    #[cold]
+    #[inline(never)]
+    fn pad_to_end(&mut self, to_end: u64) -> Result<(), PushError> {
+        if !self.fits(to_end + HEADER).map_err(PushError::Corrupt)? {
+            return Err(PushError::Full);
+        }
+        let offset = self.tail & (self.ring.cap - 1);
+        self.ring.header_at(0).store(0, Ordering::Relaxed);
+        self.put_header(offset, pack((to_end - HEADER) as u32, KIND_PAD, 0));
+        self.tail += to_end;
+        Ok(())
+    }
+
     /// The first payload byte of `reserved`: `reserved.len()` bytes from here lie in
     /// the data area, in one piece, in space the consumer does not read before the
     /// record is committed and published.
     #[cfg(not(loom))]
+    #[inline]
     pub(crate) fn reserved_payload(&self, reserved: &Reserved) -> std::ptr::NonNull<u8> {
         let at = (reserved.at & (self.ring.cap - 1)) + HEADER;
         debug_assert!(at + reserved.len as u64 <= self.ring.cap);
@@ -91,6 +100,7 @@ impl Producer {
     /// caller filled its payload. Visible to the consumer at the next `publish`.
     ///
     /// Panics if anything was written or rolled back since the reservation was made.
+    #[inline]
     pub(crate) fn commit_reserved(&mut self, reserved: Reserved, kind: u16, flags: u16) {
         assert_eq!(reserved.at, self.tail, "a reservation committed after other writes");
         debug_assert!(kind != 0 && kind != KIND_PAD);
