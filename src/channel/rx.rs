@@ -6,7 +6,7 @@ use super::incoming;
 use super::link::{Link, Liveness};
 use crate::error::{MessageError, RecvFail};
 use crate::shm::ring::{Consumer, Corrupt, Record};
-use crate::shm::wait::{self, Check, SpinEstimate};
+use crate::shm::wait::{Check, Notifier, SpinEstimate};
 use crate::value::typed;
 use crate::wire;
 
@@ -28,11 +28,14 @@ pub(crate) struct Rx {
     /// When the peer's index was seen to move, for non-blocking calls' liveness checks.
     pub(super) liveness: Liveness,
     pub(super) spin: SpinEstimate,
+    /// How a release wakes a producer sleeping for room.
+    notifier: Notifier,
 }
 
 impl Rx {
     pub(super) fn new(link: Arc<Link>, consumer: Consumer) -> Rx {
         Rx {
+            notifier: Notifier::new(link.busy_poll(), link.segment.parker()),
             link,
             consumer,
             scratch: Vec::new(),
@@ -48,8 +51,8 @@ impl Rx {
 
     #[inline(always)]
     pub(super) fn release_and_notify(&mut self) {
-        if self.consumer.release() && !self.link.busy_poll() {
-            wait::notify(&self.consumer.ring().lines().waits.0.space, self.link.segment.parker());
+        if self.consumer.release() {
+            self.notifier.notify(&self.consumer.ring().lines().waits.0.space, self.link.segment.parker());
         }
     }
 

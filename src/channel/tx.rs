@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::link::{Link, Liveness};
 use crate::shm::arena::SentChunk;
 use crate::shm::ring::{Corrupt, Producer, PushError};
-use crate::shm::wait::{self, Check, SpinEstimate};
+use crate::shm::wait::{Check, Notifier, SpinEstimate};
 use crate::wire::SentArenas;
 
 /// The writing side of a port.
@@ -24,11 +24,14 @@ pub(super) struct Tx {
     pub(super) spin: SpinEstimate,
     /// The arenas introduced to the peer end (see `wire::SentArenas`).
     pub(super) arenas: SentArenas,
+    /// How a publish wakes a sleeping consumer.
+    notifier: Notifier,
 }
 
 impl Tx {
     pub(super) fn new(link: Arc<Link>, producer: Producer) -> Tx {
         Tx {
+            notifier: Notifier::new(link.busy_poll(), link.segment.parker()),
             link,
             producer,
             in_flight: VecDeque::new(),
@@ -111,8 +114,7 @@ impl Tx {
     #[inline(always)]
     pub(super) fn publish_and_notify(&mut self) {
         if self.producer.publish()
-            && !self.link.busy_poll()
-            && wait::notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker())
+            && self.notifier.notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker())
         {
             self.link.woke_peer.note();
         }

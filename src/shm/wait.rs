@@ -212,17 +212,47 @@ pub(crate) fn withdraw(word: &AtomicU32) {
 }
 
 /// Notifier: call after publishing the change a sleeper may be waiting for. One fence
-/// and one load when nobody sleeps. Returns whether a sleeper was woken.
-#[inline]
+/// and one load when nobody sleeps. Returns whether a sleeper was woken. (The channel's
+/// halves keep a `Notifier` instead, made once.)
+#[cfg(test)]
 pub(crate) fn notify(word: &WaitWord, parker: &Parker) -> bool {
-    // SYNC: sleep check. Orders the caller's publish before the WAITING load; pairs with
-    // the fence (or the membarrier) in `announce`.
-    if parker.writer_skips_fence() {
-        std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    } else {
-        sleep_check_fence();
+    Notifier::new(false, parker).notify(word, parker)
+}
+
+/// How one side of a channel notifies the other after a publish, decided once when the
+/// side is made (the channel's wait strategy and its parker never change), so the hot
+/// path reads one field instead of the segment's flags and the parker's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Notifier {
+    /// A busy-poll channel: nobody ever sleeps on its words.
+    Never,
+    /// The sleepers issue `membarrier`: a compiler fence is enough here.
+    Fenceless,
+    /// The SeqCst fence of the sleep check.
+    Fenced,
+}
+
+impl Notifier {
+    pub(crate) fn new(busy_poll: bool, parker: &Parker) -> Notifier {
+        match (busy_poll, parker.writer_skips_fence()) {
+            (true, _) => Notifier::Never,
+            (false, true) => Notifier::Fenceless,
+            (false, false) => Notifier::Fenced,
+        }
     }
-    wake_if_waiting(word, parker)
+
+    /// `notify` as this side does it. Returns whether a sleeper was woken.
+    #[inline(always)]
+    pub(crate) fn notify(self, word: &WaitWord, parker: &Parker) -> bool {
+        // SYNC: sleep check. Orders the caller's publish before the WAITING load; pairs
+        // with the fence (or the membarrier) in `announce`.
+        match self {
+            Notifier::Never => return false,
+            Notifier::Fenceless => std::sync::atomic::compiler_fence(Ordering::SeqCst),
+            Notifier::Fenced => sleep_check_fence(),
+        }
+        wake_if_waiting(word, parker)
+    }
 }
 
 /// The SeqCst fence of both sides of the sleep check. Under loom, a test can remove it
