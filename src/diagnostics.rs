@@ -10,6 +10,8 @@ static YIELDS: AtomicU64 = AtomicU64::new(0);
 static LIVENESS_POLLS: AtomicU64 = AtomicU64::new(0);
 static DESCRIPTOR_MESSAGES: AtomicU64 = AtomicU64::new(0);
 static DESCRIPTORS_SENT: AtomicU64 = AtomicU64::new(0);
+static REVOCATIONS_SKIPPED: AtomicU64 = AtomicU64::new(0);
+static REVOCATIONS_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// Counts of system calls made by this process's ports since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +30,15 @@ pub struct Diagnostics {
     /// Descriptors those calls carried. An arena's descriptor is sent once per channel
     /// end (again only if the receiving end asks for it), not with every buffer.
     pub descriptors_sent: u64,
+    /// Transferred buffers whose pages this process did not revoke (`mprotect`) because
+    /// its budget of kernel mappings for revoked and separated chunks was spent: they
+    /// were detached in Rust only, as on a channel made with
+    /// `revoke_transferred_pages(false)`. Not system calls.
+    pub revocations_skipped: u64,
+    /// Transferred buffers whose revoking `mprotect` failed (`ENOMEM`: the process's
+    /// mappings reached `vm.max_map_count`); the transfer went ahead, detached in Rust
+    /// only.
+    pub revocations_failed: u64,
 }
 
 impl Diagnostics {
@@ -46,6 +57,8 @@ pub fn diagnostics() -> Diagnostics {
         liveness_polls: LIVENESS_POLLS.load(Ordering::Relaxed),
         descriptor_messages: DESCRIPTOR_MESSAGES.load(Ordering::Relaxed),
         descriptors_sent: DESCRIPTORS_SENT.load(Ordering::Relaxed),
+        revocations_skipped: REVOCATIONS_SKIPPED.load(Ordering::Relaxed),
+        revocations_failed: REVOCATIONS_FAILED.load(Ordering::Relaxed),
     }
 }
 
@@ -68,4 +81,12 @@ pub(crate) fn count_liveness_poll() {
 pub(crate) fn count_descriptor_message(descriptors: usize) {
     DESCRIPTOR_MESSAGES.fetch_add(1, Ordering::Relaxed);
     DESCRIPTORS_SENT.fetch_add(descriptors as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn count_revocation_skipped() {
+    REVOCATIONS_SKIPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn count_revocation_failed() {
+    REVOCATIONS_FAILED.fetch_add(1, Ordering::Relaxed);
 }

@@ -15,6 +15,10 @@ pub struct MachineInfo {
     pub virtualized: bool,
     pub kernel: String,
     pub clocksource: String,
+    /// `/sys/kernel/mm/transparent_hugepage/shmem_enabled` (the chosen policy in
+    /// brackets): whether the arena's 2 MiB chunks, advised `MADV_HUGEPAGE`, can get
+    /// huge pages.
+    pub shmem_thp: String,
     /// Cost of one `Instant::now()`, measured at start-up.
     pub timer_overhead_ns: f64,
     pub rustc: String,
@@ -44,6 +48,7 @@ impl MachineInfo {
             virtualized,
             kernel: read("/proc/sys/kernel/osrelease"),
             clocksource: read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
+            shmem_thp: read("/sys/kernel/mm/transparent_hugepage/shmem_enabled"),
             timer_overhead_ns: timer_overhead_ns(),
             rustc: env!("BENCH_RUSTC_VERSION").to_string(),
             git_revision: env!("BENCH_GIT_REVISION").to_string(),
@@ -67,10 +72,13 @@ pub struct Pinning {
 impl Pinning {
     /// Pins this process to the first allowed CPU, and picks the second for children.
     /// Decided once: a later call returns what the first found (this process is then
-    /// allowed its own CPU only, so looking again would find no CPU for children).
+    /// allowed its own CPU only, so looking again would find no CPU for children), and
+    /// must ask the same (it panics if `enabled` differs from the first call's).
     pub fn setup(enabled: bool) -> Pinning {
-        static FIRST: std::sync::OnceLock<Pinning> = std::sync::OnceLock::new();
-        FIRST.get_or_init(|| Pinning::first_setup(enabled)).clone()
+        static FIRST: std::sync::OnceLock<(bool, Pinning)> = std::sync::OnceLock::new();
+        let (first, pinning) = FIRST.get_or_init(|| (enabled, Pinning::first_setup(enabled)));
+        assert_eq!(*first, enabled, "Pinning::setup asked to pin {enabled} after {first}: it decides once");
+        pinning.clone()
     }
 
     fn first_setup(enabled: bool) -> Pinning {
@@ -159,7 +167,16 @@ fn iso8601(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::iso8601;
+    use super::{Pinning, iso8601};
+
+    #[test]
+    fn pinning_is_decided_once_and_must_be_asked_alike() {
+        // Not pinned, so the test process keeps its CPUs.
+        let first = Pinning::setup(false);
+        assert_eq!(Pinning::setup(false).describe(), first.describe());
+        let other = std::panic::catch_unwind(|| Pinning::setup(true));
+        assert!(other.is_err(), "a second call asking otherwise is refused, not ignored");
+    }
 
     #[test]
     fn dates() {

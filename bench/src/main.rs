@@ -137,9 +137,9 @@ fn main() -> ExitCode {
 }
 
 /// What revoking costs the page tables alone (see [`page_tables`]), at each size the
-/// transfer workload measured over shmport, measured right after it (each reference
-/// `--repeat` times; the figures are the medians of the runs'). Empty if the run has no
-/// such job.
+/// transfer workload measured over shmport, measured after all the workloads (each
+/// reference `--repeat` times in a row, not interleaved with them; the figures are the
+/// medians of the runs'). Empty if the run has no such job.
 fn page_table_references(options: &Options<Transport>) -> Result<Vec<page_tables::Reference>> {
     if !options.workloads.contains(&Workload::Transfer) || !options.transports.contains(&Transport::Shmport) {
         return Ok(Vec::new());

@@ -58,8 +58,8 @@ pub fn header(machine: &MachineInfo, mode: &str, repeat: usize) -> String {
     );
     let _ = writeln!(
         s,
-        "- kernel: {} (clocksource {}, Instant::now() ≈ {:.0} ns)",
-        machine.kernel, machine.clocksource, machine.timer_overhead_ns
+        "- kernel: {} (clocksource {}, Instant::now() ≈ {:.0} ns, shmem huge pages: {})",
+        machine.kernel, machine.clocksource, machine.timer_overhead_ns, machine.shmem_thp
     );
     let _ = writeln!(s, "- rustc: {}", machine.rustc);
     let _ = writeln!(s, "- revision: {}", machine.git_revision);
@@ -215,7 +215,7 @@ pub fn page_tables(references: &[Reference], results: &[Measurement<Transport>],
     );
     let _ = writeln!(
         s,
-        "| size | lone mprotect pair | mprotect ping-pong | shmport | shmport p99 | shmport ÷ lone pair | shmport − norevoke ÷ lone pair | shmport ÷ ping-pong | shmport p99 ÷ median |"
+        "| size | lone mprotect pair | mprotect ping-pong | shmport | shmport p99 | shmport ÷ lone pair | (shmport − norevoke) ÷ lone pair | shmport ÷ ping-pong | shmport p99 ÷ median |"
     );
     let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in references {
@@ -240,13 +240,17 @@ pub fn page_tables(references: &[Reference], results: &[Measurement<Transport>],
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "What revoking costs the page tables alone, measured right after the transfer jobs, on a memfd of N \
-         bytes mapped shared with every page written: *lone mprotect pair* is `mprotect(PROT_NONE)` + \
+        "What revoking costs the page tables alone, measured after all the workloads (each reference \
+         `--repeat` times in a row, not interleaved with the transfer jobs), on a memfd of N bytes mapped \
+         shared with every page written (from 2 MiB on, 2 MiB-aligned and advised `MADV_HUGEPAGE`, as the \
+         arena's chunks are): *lone mprotect pair* is `mprotect(PROT_NONE)` + \
          `mprotect(PROT_READ|PROT_WRITE)` of it in one single-threaded process (median); *mprotect ping-pong* \
          is two single-threaded processes, pinned as the transfer's are, passing it through a spin flag, each \
          closing its view before the handover and opening it on return and touching the first and last byte: \
          the four mprotects of a revoking round trip and nothing else (median round trip). Ratios divide \
-         medians; issue 10's goal is shmport ≤ 2× the lone pair and its p99 ≤ 3× its median."
+         medians; issue 10's goal is shmport ≤ 2× the lone pair and its p99 ≤ 3× its median. The ping-pong \
+         spins for the whole round trip, while shmport's adaptive wait may sleep (at 1 MiB and up the peer's \
+         answer can outlast its spin), so part of a gap between them can be the wake-up, not the page tables."
     );
     if let Some(note) = runs_note(repeat, false) {
         let _ = writeln!(s, "\n{note}");

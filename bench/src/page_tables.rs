@@ -3,7 +3,9 @@
 //!
 //! Two references, each in fresh processes of this binary (hidden first arguments), on
 //! a memfd mapped shared whose every page is written first, as the transfer workload's
-//! buffer is:
+//! buffer is (from 2 MiB on, at a 2 MiB-aligned address and advised `MADV_HUGEPAGE`,
+//! as the arena lays out and advises its chunks of 2 MiB and up, so that where
+//! `shmem_enabled` allows huge pages both get them):
 //!
 //! - **lone pair**: one single-threaded process, pinned where the parent runs, times
 //!   `mprotect(PROT_NONE)` + `mprotect(PROT_READ | PROT_WRITE)` of the whole mapping.
@@ -38,6 +40,9 @@ pub const PEER_ARG: &str = "__mprotect-peer";
 const FD_ENV: &str = "SHMPORT_BENCH_MPROTECT_FD";
 /// The flag's memfd is one page.
 const PAGE: usize = 4096;
+/// A PMD on x86-64: buffers of at least this size are mapped aligned to it and advised
+/// `MADV_HUGEPAGE`, as the arena's chunks are.
+const HUGE: usize = 2 << 20;
 
 /// Both references at one size.
 #[derive(Clone, Debug, Serialize)]
@@ -128,7 +133,8 @@ impl Mapping {
             }?;
             Ok(ptr.cast())
         };
-        let (flag, buffer) = (map(&fds[0], PAGE)?, map(&fds[1], size)?);
+        let (flag, buffer) =
+            (map(&fds[0], PAGE)?, if size >= HUGE { map_huge(&fds[1], size)? } else { map(&fds[1], size)? });
         let mapping = Mapping { fds, flag, buffer, size };
         for k in (0..size).step_by(PAGE) {
             // SAFETY: inside the buffer, which is open.
@@ -169,6 +175,29 @@ impl Mapping {
         // SAFETY: inside the open buffer.
         unsafe { self.buffer().read_volatile() == tag && self.buffer().add(self.size - 1).read_volatile() == tag }
     }
+}
+
+/// Maps `size` bytes of `fd` shared at a 2 MiB-aligned address (the file offset, 0, is
+/// aligned too) and advises `MADV_HUGEPAGE`, as the arena does for its chunks of 2 MiB
+/// and up (the arena gets the address the kernel picks for shared memory, aligned
+/// where shmem huge pages are enabled; here it is aligned by hand). The advice is
+/// ignored if it fails, as the arena ignores it.
+fn map_huge(fd: &OwnedFd, size: usize) -> Result<*mut u8> {
+    // SAFETY: a new private reservation placed by the kernel, never accessed (no
+    // protection); the part of it the memfd does not replace stays reserved until the
+    // process exits.
+    let reserve = unsafe {
+        rustix::mm::mmap_anonymous(std::ptr::null_mut(), size + HUGE, ProtFlags::empty(), MapFlags::PRIVATE)
+    }?;
+    let aligned = (reserve as usize).next_multiple_of(HUGE) as *mut std::ffi::c_void;
+    // SAFETY: `aligned..aligned + size` lies inside the reservation just made, which
+    // nothing else uses; MAP_FIXED replaces that part of it with the memfd.
+    let ptr = unsafe {
+        rustix::mm::mmap(aligned, size, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED | MapFlags::FIXED, fd, 0)
+    }?;
+    // SAFETY: the mapping just made; the advice changes no contents.
+    let _ = unsafe { rustix::mm::madvise(ptr, size, rustix::mm::Advice::LinuxHugepage) };
+    Ok(ptr.cast())
 }
 
 fn lone(args: &[String]) -> Result<()> {

@@ -418,29 +418,42 @@ pub(crate) unsafe fn mprotect(ptr: *mut u8, len: usize, open: bool) -> io::Resul
     Ok(())
 }
 
-/// `madvise(MADV_RANDOM)`: marks `len` bytes at `ptr` as read at random. On a memfd
-/// mapping this changes no behaviour (shmem has no readahead); it only gives the range
-/// VMA flags that differ from its neighbours', so the kernel keeps it a mapping of its
-/// own (see `arena`).
-///
-/// # Safety
-/// `ptr..ptr + len` must be page-aligned and lie inside a mapping this process owns.
-pub(crate) unsafe fn advise_random(ptr: *mut u8, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller; the advice does not change the contents.
-    unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::Random) }?;
-    Ok(())
+/// Advice that only sets or clears a VMA flag with no effect on how the pages are
+/// read, cached, reclaimed or faulted, used to keep a range a VMA of its own (see
+/// `arena`'s `vmas`). Each pair undoes itself exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VmaFlag {
+    /// `MADV_DONTDUMP` (`VM_DONTDUMP`, Linux 3.4): the range is left out of core dumps.
+    DontDump,
+    /// `MADV_DODUMP`: undoes `DontDump`.
+    DoDump,
+    /// `MADV_DONTFORK` (`VM_DONTCOPY`, Linux 2.6.16): a child made by `fork` does not
+    /// get the range (`exec` replaces the mapping anyway; `vfork`/`posix_spawn` share
+    /// or drop it alike).
+    DontFork,
+    /// `MADV_DOFORK`: undoes `DontFork`.
+    DoFork,
 }
 
-/// `madvise(MADV_SEQUENTIAL)`: marks `len` bytes at `ptr` as read in order. As with
-/// `advise_random`, on a memfd mapping this only gives the range VMA flags of its own
-/// (distinct from `MADV_RANDOM`'s, so two neighbouring ranges advised one each stay
-/// apart).
+/// `madvise` with one of the flag-only advices of `VmaFlag`, for `len` bytes at `ptr`.
+/// (Not `MADV_RANDOM`/`MADV_SEQUENTIAL`: since Linux 6.3, `vma_has_recency()` is false
+/// for `VM_RAND_READ`/`VM_SEQ_READ`, so reclaim ignores the accessed bits of pages
+/// mapped through such a VMA; not `MADV_NOHUGEPAGE`: no advice clears `VM_NOHUGEPAGE`
+/// again without setting `VM_HUGEPAGE`.)
 ///
 /// # Safety
 /// `ptr..ptr + len` must be page-aligned and lie inside a mapping this process owns.
-pub(crate) unsafe fn advise_sequential(ptr: *mut u8, len: usize) -> io::Result<()> {
-    // SAFETY: forwarded from the caller; the advice does not change the contents.
-    unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::Sequential) }?;
+pub(crate) unsafe fn madvise_vma_flag(ptr: *mut u8, len: usize, flag: VmaFlag) -> io::Result<()> {
+    use rustix::mm::Advice;
+    let advice = match flag {
+        VmaFlag::DontDump => Advice::LinuxDontDump,
+        VmaFlag::DoDump => Advice::LinuxDoDump,
+        VmaFlag::DontFork => Advice::LinuxDontFork,
+        VmaFlag::DoFork => Advice::LinuxDoFork,
+    };
+    // SAFETY: forwarded from the caller; none of these advices changes the contents
+    // or the protection.
+    unsafe { rustix::mm::madvise(ptr.cast(), len, advice) }?;
     Ok(())
 }
 

@@ -100,14 +100,17 @@ pub(crate) unsafe fn take_inherited_socket(
 pub(crate) unsafe fn mprotect(_ptr: *mut u8, _len: usize, _open: bool) -> io::Result<()> {
     Err(unsupported())
 }
-/// # Safety
 /// As on Linux.
-pub(crate) unsafe fn advise_random(_ptr: *mut u8, _len: usize) -> io::Result<()> {
-    Err(unsupported())
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VmaFlag {
+    DontDump,
+    DoDump,
+    DontFork,
+    DoFork,
 }
 /// # Safety
 /// As on Linux.
-pub(crate) unsafe fn advise_sequential(_ptr: *mut u8, _len: usize) -> io::Result<()> {
+pub(crate) unsafe fn madvise_vma_flag(_ptr: *mut u8, _len: usize, _flag: VmaFlag) -> io::Result<()> {
     Err(unsupported())
 }
 /// # Safety

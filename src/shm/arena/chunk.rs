@@ -64,8 +64,10 @@ impl Chunk {
             let word = self.segment.state(self.index);
             state::send(word, &mut local[self.index as usize], my_pid(), self.generation, self.own);
             if revoke {
-                // A failed mprotect leaves the view open: Rust-level detachment still holds.
-                let _ = self.segment.set_open(&mut local, self.index, false);
+                // A close refused by the budget of mappings, or whose mprotect failed,
+                // leaves the view open, counted in `diagnostics()`; the transfer goes
+                // ahead, detached in Rust only, as without revocation (see `vmas`).
+                let _ = self.segment.close_view(&mut local, self.index);
             }
         }
         let sent =
@@ -120,7 +122,7 @@ pub(crate) fn receive(segment: Arc<ArenaSegment>, descriptor: Descriptor) -> Res
     let mut local = lock(&segment.local);
     let word = segment.state(index);
     let own = state::receive(word, &mut local[index as usize], me, generation)?;
-    if segment.set_open(&mut local, index, true).is_err() {
+    if segment.open_view(&mut local, index).is_err() {
         state::unreceive(word, &mut local[index as usize], me, generation, own);
         return Err("cannot open the received pages");
     }
@@ -157,7 +159,7 @@ pub(super) fn take_free(segment: &Arc<ArenaSegment>) -> Option<io::Result<(Chunk
     for index in 0..segment.chunk_count {
         let word = segment.state(index);
         let Some((generation, own)) = state::take(word, &mut local[index as usize], me) else { continue };
-        if let Err(e) = segment.set_open(&mut local, index, true) {
+        if let Err(e) = segment.open_view(&mut local, index) {
             state::untake(word, &mut local[index as usize], me, generation, own);
             return Some(Err(e));
         }

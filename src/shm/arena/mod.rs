@@ -41,29 +41,36 @@
 //!
 //! Hardware revocation: when a buffer is transferred, the sender's view of its pages is
 //! closed with `mprotect(PROT_NONE)`; the receiver's view is opened. Each process tracks
-//! which of its views are open, so a chunk that stays put costs no syscall. In a segment
-//! of at most `SEPARATE_VMAS_UP_TO` chunks, every other chunk is given `MADV_RANDOM` when
-//! the segment is mapped, so each chunk is a kernel mapping (VMA) of its own: closing
-//! one then changes that VMA's flags instead of splitting its neighbours' mapping in
-//! three and merging it back on reopening, which halves the cost of a small chunk's
-//! mprotect pair. In segments of smaller chunks (4 to 32 KiB), which start as one
-//! mapping, a chunk becomes a VMA of its own the first time this process revokes it
-//! (`MADV_RANDOM` if its index is even, `MADV_SEQUENTIAL` if odd, so it differs from
-//! its neighbours whether they were separated or not) and stays one. Neither advice
-//! changes how shared memory is read (shmem has no readahead); both make the kernel's
-//! reclaim ignore the mapping's accessed bits. The mappings added this way, over our
-//! segments and the peers' we map, stay within a budget of 8,192 per process (the
-//! kernel's default limit is 65,530), so neither a large arena nor a peer sending
-//! buffers from many segments can exhaust them; past it a chunk is revoked in its
-//! neighbours' mapping, split and merged back.
+//! which of its views are open, so a chunk that stays put costs no syscall. Closing a
+//! chunk that shares a kernel mapping (VMA) with its neighbours splits it, so chunks
+//! are kept VMAs of their own by a flag that changes nothing else (`vmas`: every other
+//! chunk of a segment of at most `SEPARATE_VMAS_UP_TO` chunks when it is mapped;
+//! smaller chunks, 4 to 32 KiB, the first time they are closed, `MADV_DONTFORK` for
+//! an even index and `MADV_DONTDUMP` for an odd one, so they differ from their
+//! neighbours whether those were separated or not): closing one then changes its own
+//! VMA's flags instead of splitting its neighbours' mapping in three and merging it
+//! back on reopening, which halves the cost of a small chunk's mprotect pair. What
+//! separated and closed chunks can add to the process's mappings, over our segments
+//! and the peers' we map, is counted against a budget of 8,192 (the kernel's default
+//! `vm.max_map_count` is 65,530): past it, a chunk is not revoked but detached in Rust
+//! only, as on a channel without revocation, and counted
+//! (`diagnostics().revocations_skipped`), after the segment's free chunks have given
+//! back what they held. The budget bounds only what the arena's views add; the rest of
+//! the process can still exhaust its mappings, and a revoking `mprotect` that fails
+//! then is counted too (`revocations_failed`) and the transfer goes ahead, detached in
+//! Rust only.
 //!
-//! What a revoking round trip costs, measured (`shmport-bench --workloads transfer`,
-//! its page-table table): four `mprotect`s in series (each side closes its view before
-//! the handover and opens it when the buffer arrives), each a walk of the chunk's page
-//! table entries, with no TLB-shootdown interrupt (each process runs on one CPU), no
-//! page fault after reopening (the entries are kept, only their protection changes),
-//! and one call per chunk. The receiving side's view is opened in the call that takes
-//! the chunk, and a chunk freed while closed stays closed until it is handed out again.
+//! What a revoking round trip costs (`shmport-bench --workloads transfer`, its
+//! page-table table): four `mprotect`s in series (each side closes its view before the
+//! handover and opens it when the buffer arrives), each a walk of the chunk's page
+//! table entries, one call per chunk. Nothing else should be paid, by reasoning, not
+//! measurement (the bench counts neither faults nor interrupts): the entries are kept
+//! and only their protection changes, so reopening should not fault; a TLB shootdown
+//! is needed only for other CPUs that run the process, which the bench's
+//! single-threaded, pinned processes never have (a multi-threaded process would pay
+//! an interrupt per such CPU). The receiving side's view is opened in the call that
+//! takes the chunk, and a chunk freed while closed stays closed until it is handed out
+//! again (or given back when the budget is short).
 //!
 //! The peer is untrusted: the owner reuses a chunk only if the state word holds exactly
 //! `FREE` and its own records agree it does not hold the chunk, so a forged state word
@@ -80,8 +87,9 @@
 //!
 //! Files: `state` (the state word and its transitions, with SYNC tags and loom models;
 //! the only part built under `--cfg loom`), `segment` (one mapped segment: layout,
-//! name, views), `chunk` (the chunks this process holds, sends, receives and gives
-//! back), `process` (this process's arena: allocation, reclaim, statistics).
+//! name), `vmas` (this process's views of a segment's chunks and the kernel mappings
+//! they cost), `chunk` (the chunks this process holds, sends, receives and gives back),
+//! `process` (this process's arena: allocation, reclaim, statistics).
 
 pub(crate) mod state;
 
@@ -91,6 +99,8 @@ mod chunk;
 mod process;
 #[cfg(not(loom))]
 mod segment;
+#[cfg(not(loom))]
+mod vmas;
 
 #[cfg(not(loom))]
 pub(crate) use chunk::{Chunk, Descriptor, SentChunk, give_back, receive};
@@ -104,3 +114,6 @@ pub(crate) use segment::ArenaSegment;
 #[cfg(test)]
 #[cfg(not(loom))]
 mod tests;
+#[cfg(test)]
+#[cfg(not(loom))]
+mod vma_tests;

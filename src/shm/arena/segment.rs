@@ -11,8 +11,9 @@ use std::ptr::NonNull;
 use memmap2::MmapRaw;
 
 use super::state::Local;
+use super::vmas::{Marks, PROCESS_BUDGET, VmaBudget};
 use crate::platform;
-use crate::shm::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::shm::sync::{AtomicU64, Mutex, MutexGuard};
 
 /// The memfd name of every arena segment starts with this; the layout version and the
 /// size class follow (see `segment_name`).
@@ -34,19 +35,20 @@ const SEGMENT_BYTES: usize = 4 << 20;
 /// Reserved bytes before the state words (nobody reads them).
 pub(super) const HEADER_BYTES: usize = 64;
 /// Segments with at most this many chunks map each chunk as a VMA of its own from the
-/// start; in larger ones, a chunk becomes one the first time this process revokes it.
+/// start, if the budget of mappings allows when they are mapped; in larger ones, and
+/// in those mapped while the budget was short, a chunk becomes one the first time this
+/// process closes it (see `vmas`).
 pub(super) const SEPARATE_VMAS_UP_TO: u32 = 64;
-/// The most kernel mappings the separated chunks of this process may add (an eighth
-/// of the kernel's default limit of 65,530), so that neither a large arena nor a peer
-/// sending buffers from many segments can exhaust the process's mappings; a chunk
-/// revoked beyond it stays in its neighbours' mapping and splits it when revoked.
+/// The most kernel mappings the separated and closed chunks of this process may add
+/// (an eighth of the kernel's default limit of 65,530), over our segments and the
+/// peers' we map. It bounds only what the arena's views add: the rest of the process
+/// (other mappings, other libraries) can still reach `vm.max_map_count`. Past it,
+/// chunks are not revoked (see `vmas`).
 pub(super) const SEPARATED_VMA_BUDGET: usize = 8192;
-/// Mappings added by separating chunks, over the live segments of this process (a
-/// process-local counter, not shared memory).
-pub(super) static SEPARATED_VMAS: AtomicUsize = AtomicUsize::new(0);
-/// The mappings one chunk separated on its own adds at most: its own, and the part of
-/// its neighbours' mapping beyond it.
-pub(super) const VMAS_PER_LATE_CHUNK: usize = 2;
+/// The mappings marking one chunk (separating or closing it) adds at most: its own,
+/// and the part of its neighbours' mapping beyond it. An upper bound: the charge is 1
+/// or 0 when a neighbour or both are marked already (`vmas`).
+pub(super) const VMAS_PER_SEPARATED_CHUNK: usize = 2;
 /// Chunks of at least this size (2 MiB, a PMD on x86-64 and 4 KiB-page aarch64) start
 /// at a multiple of it in their segment and are advised `MADV_HUGEPAGE`.
 pub(super) const HUGE_SHIFT: u32 = 21;
@@ -80,18 +82,6 @@ pub(super) fn class_from_name(name: &str) -> Result<u32, &'static str> {
     Ok(shift)
 }
 
-/// Takes `vmas` of the process's budget of added mappings; false (and nothing taken)
-/// if it would overrun it.
-fn take_vma_budget(vmas: usize) -> bool {
-    // Relaxed: a process-local budget; the fetch_add itself makes concurrent segments
-    // share it without exceeding it.
-    if SEPARATED_VMAS.fetch_add(vmas, Ordering::Relaxed) + vmas > SEPARATED_VMA_BUDGET {
-        SEPARATED_VMAS.fetch_sub(vmas, Ordering::Relaxed);
-        return false;
-    }
-    true
-}
-
 /// The bookkeeping lock, whatever a panicking holder left behind (every critical
 /// section leaves the marks consistent before anything can panic).
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,12 +108,13 @@ pub(crate) struct ArenaSegment {
     pub(super) chunk_shift: u32,
     pub(super) chunk_count: u32,
     data_offset: usize,
-    /// This process's marks of each chunk; the bookkeeping lock of the segment.
-    pub(super) local: Mutex<Vec<Local>>,
+    /// This process's marks of each chunk, and the mappings they charged to `budget`;
+    /// the bookkeeping lock of the segment.
+    pub(super) local: Mutex<Marks>,
     /// The segment is this process's (created here), not a peer's.
     pub(super) ours: bool,
-    /// Mappings this segment added to `SEPARATED_VMAS` (a process-local count).
-    pub(super) separated: AtomicUsize,
+    /// The budget of mappings its separated and closed chunks take from.
+    pub(super) budget: &'static VmaBudget,
 }
 
 // SAFETY: the segment is memory built for concurrent access: its state words are only
@@ -136,8 +127,7 @@ unsafe impl Sync for ArenaSegment {}
 impl Drop for ArenaSegment {
     fn drop(&mut self) {
         // A mapping goes away with `memory`: give its share of the budget back.
-        // Relaxed: a process-local count, not ordering anything.
-        SEPARATED_VMAS.fetch_sub(self.separated.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.budget.give_back(self.local.get_mut().unwrap_or_else(|e| e.into_inner()).charged);
         if let Memory::Heap { layout, .. } = self.memory {
             // SAFETY: allocated in `create_heap` with exactly this layout; no chunk of
             // the segment is alive (each holds an `Arc` of it).
@@ -162,18 +152,29 @@ impl ArenaSegment {
     /// open; `used`: whether its chunks may hold bytes already (a peer's segment; ours
     /// are new).
     fn new(memory: Memory, base: NonNull<u8>, identity: (u64, u64), chunk_shift: u32, used: bool) -> ArenaSegment {
+        Self::new_with(memory, base, identity, chunk_shift, used, &PROCESS_BUDGET)
+    }
+
+    fn new_with(
+        memory: Memory,
+        base: NonNull<u8>,
+        identity: (u64, u64),
+        chunk_shift: u32,
+        used: bool,
+        budget: &'static VmaBudget,
+    ) -> ArenaSegment {
         let (count, data_offset, _) = Self::layout(chunk_shift);
-        let local = vec![Local { open: true, busy: false, used, separate: false }; count as usize];
-        let mut segment = ArenaSegment {
+        let local = vec![Local { open: true, busy: false, used, separation: Default::default() }; count as usize];
+        let segment = ArenaSegment {
             base,
             memory,
             identity,
             chunk_shift,
             chunk_count: count,
             data_offset,
-            local: Mutex::new(local),
+            local: Mutex::new(Marks::new(local)),
             ours: !used,
-            separated: AtomicUsize::new(0),
+            budget,
         };
         segment.separate_chunk_mappings();
         segment
@@ -181,12 +182,18 @@ impl ArenaSegment {
 
     /// A new memfd segment of this process's arena.
     pub(super) fn create(chunk_shift: u32) -> io::Result<ArenaSegment> {
+        Self::create_with(chunk_shift, &PROCESS_BUDGET)
+    }
+
+    /// A new memfd segment whose views take from `budget` (tests give it one of its
+    /// own).
+    pub(super) fn create_with(chunk_shift: u32, budget: &'static VmaBudget) -> io::Result<ArenaSegment> {
         let (_, _, total) = Self::layout(chunk_shift);
         let fd = platform::memfd_create_sealed(&segment_name(chunk_shift), total as u64)?;
         let map = platform::mmap_shared(fd.as_fd(), total)?;
         let identity = platform::file_identity(fd.as_fd())?;
         let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
-        Ok(ArenaSegment::new(Memory::Shared { _map: map, fd }, base, identity, chunk_shift, false))
+        Ok(ArenaSegment::new_with(Memory::Shared { _map: map, fd }, base, identity, chunk_shift, false, budget))
     }
 
     /// A new heap segment of this process's arena (the process-memory backend).
@@ -224,10 +231,10 @@ impl ArenaSegment {
         Ok(ArenaSegment::new(Memory::Shared { _map: map, fd }, base, identity, shift, true))
     }
 
-    /// In a segment of at most `SEPARATE_VMAS_UP_TO` chunks, gives chunks 0, 2, 4, ...
-    /// `MADV_RANDOM`, so no two neighbouring chunks (nor chunk 0 and the metadata) can
-    /// share a VMA. Only an optimisation: failure is ignored.
-    fn separate_chunk_mappings(&mut self) {
+    /// Advises huge pages for a huge class, and in a segment of at most
+    /// `SEPARATE_VMAS_UP_TO` chunks makes each chunk a VMA of its own (`vmas`). Only
+    /// optimisations: failures are ignored.
+    fn separate_chunk_mappings(&self) {
         if self.is_heap() {
             return;
         }
@@ -240,49 +247,7 @@ impl ArenaSegment {
         if self.chunk_count > SEPARATE_VMAS_UP_TO {
             return;
         }
-        let added = self.chunk_count as usize;
-        if !take_vma_budget(added) {
-            return;
-        }
-        *self.separated.get_mut() = added;
-        for index in (0..self.chunk_count).step_by(2) {
-            // SAFETY: a whole chunk, page-aligned, inside our mapping; the advice
-            // changes no contents.
-            let _ = unsafe { platform::advise_random(self.chunk_ptr(index).as_ptr(), self.chunk_size()) };
-        }
-        for entry in self.local.get_mut().unwrap_or_else(|e| e.into_inner()) {
-            entry.separate = true;
-        }
-    }
-
-    /// Makes one chunk a VMA of its own, the first time this process revokes it in a
-    /// segment whose chunks share one: `MADV_RANDOM` for an even chunk, `MADV_SEQUENTIAL`
-    /// for an odd one, so it differs from an unadvised neighbour and from an advised one
-    /// alike. Its later revocations then change its own mapping's flags instead of
-    /// splitting its neighbours' mapping in three and merging it back when reopened
-    /// (measured: 6 µs per mprotect pair of a 4 KiB chunk in one mapping, 2.4 µs apart).
-    /// Only an optimisation: past the budget, or if the advice fails, nothing changes.
-    fn separate_chunk(&self, entry: &mut Local, index: u32) {
-        if !take_vma_budget(VMAS_PER_LATE_CHUNK) {
-            return;
-        }
-        let (ptr, len) = (self.chunk_ptr(index).as_ptr(), self.chunk_size());
-        // SAFETY: a whole chunk, page-aligned, inside our mapping; the advice changes no
-        // contents.
-        let advised = unsafe {
-            if index.is_multiple_of(2) {
-                platform::advise_random(ptr, len)
-            } else {
-                platform::advise_sequential(ptr, len)
-            }
-        };
-        if advised.is_err() {
-            SEPARATED_VMAS.fetch_sub(VMAS_PER_LATE_CHUNK, Ordering::Relaxed);
-            return;
-        }
-        // Relaxed: a process-local count, changed under the bookkeeping lock.
-        self.separated.fetch_add(VMAS_PER_LATE_CHUNK, Ordering::Relaxed);
-        entry.separate = true;
+        self.separate_all(&mut lock(&self.local));
     }
 
     /// The state word of chunk `index`, in the shared metadata.
@@ -302,27 +267,6 @@ impl ArenaSegment {
         // SAFETY: the chunk lies inside the mapping (layout() was checked against the
         // mapping's length).
         unsafe { self.base.add(self.data_offset + (index as usize) * self.chunk_size()) }
-    }
-
-    /// Opens or closes this process's view of a chunk (no syscall if unchanged). A heap
-    /// segment's views only change in the bookkeeping: its pages are never protected.
-    pub(super) fn set_open(&self, local: &mut [Local], index: u32, open: bool) -> io::Result<()> {
-        let entry = &mut local[index as usize];
-        if entry.open == open {
-            return Ok(());
-        }
-        if self.is_heap() {
-            entry.open = open;
-            return Ok(());
-        }
-        if !open && !entry.separate {
-            self.separate_chunk(entry, index);
-        }
-        // SAFETY: a whole chunk, page-aligned, inside our mapping; when closing, the
-        // caller has just taken the chunk from its last buffer (no reference is alive).
-        unsafe { platform::mprotect(self.chunk_ptr(index).as_ptr(), self.chunk_size(), open)? };
-        entry.open = open;
-        Ok(())
     }
 
     /// The descriptor that names the segment on a channel's socket: the memfd, or a

@@ -84,8 +84,22 @@ pub(crate) struct Local {
     pub(crate) busy: bool,
     /// Handed out at least once by this process (so its bytes are not known zero).
     pub(crate) used: bool,
-    /// Our view of the chunk is a kernel mapping (VMA) of its own (see `segment`).
-    pub(crate) separate: bool,
+    /// Whether our view of the chunk is a kernel mapping (VMA) of its own (see `vmas`).
+    pub(crate) separation: Separation,
+}
+
+/// Whether this process's view of a chunk is a kernel mapping (VMA) of its own, kept
+/// apart from its neighbours' by advice (see `vmas`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Separation {
+    /// Not (yet): it shares its neighbours' mapping.
+    #[default]
+    No,
+    /// Yes: advised at the segment's mapping, or the first time it was closed.
+    Yes,
+    /// The advice failed once: never tried again, the chunk shares its neighbours'
+    /// mapping (and splits it while closed).
+    GaveUp,
 }
 
 /// The Release of `SYNC: chunk transfer` and `SYNC: chunk release`; under loom, a
@@ -270,6 +284,13 @@ pub(crate) fn reclaim_dead(word: &AtomicU64, me: u32, alive: impl FnOnce(u32) ->
     // were done before it died, and the kernel had reaped it before `alive` said so);
     // we did not touch the pages, so we have nothing to publish either.
     word.compare_exchange(current, pack(generation, TAG_FREE, 0), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
+/// Whether the word is FREE now (a filter: the owner may hand the chunk out the next
+/// moment, and a peer can forge the word). Nothing is read through it.
+pub(crate) fn is_free(word: &AtomicU64) -> bool {
+    // Relaxed: only a filter.
+    unpack(word.load(Ordering::Relaxed)).1 == TAG_FREE
 }
 
 /// What a state word says, for statistics.

@@ -1,5 +1,5 @@
 //! Unit tests of the arena: descriptors, forged state words, reclaim, segments refused,
-//! the bookkeeping hand-over, mappings (VMAs) and size classes.
+//! the bookkeeping hand-over, huge-page layout and size classes (mappings: `vma_tests`).
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -208,81 +208,6 @@ fn a_peer_writing_over_the_start_of_a_segment_does_not_stop_others_mapping_it() 
     let fd = platform::dup_fd(owner.fd()).unwrap();
     let third = Arc::new(ArenaSegment::open(fd, owner.identity).expect("the segment still maps"));
     receive(third, d).expect("and its chunks can still be received");
-}
-
-/// The kernel mappings (VMAs) inside `segment`, from /proc/self/maps.
-fn vmas(segment: &ArenaSegment) -> usize {
-    let start = segment.base() as usize;
-    let end = start + ArenaSegment::layout(segment.chunk_shift).2;
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines()
-        .filter_map(|line| line.split_once(' ')?.0.split_once('-'))
-        .filter_map(|(a, b)| Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?)))
-        .filter(|&(a, b)| a >= start && b <= end)
-        .count()
-}
-
-#[test]
-fn closing_a_large_chunk_changes_its_own_mapping_and_splits_none() {
-    // 1 MiB chunks: four per segment, each a VMA of its own beside the metadata.
-    let segment = ArenaSegment::create(20).unwrap();
-    assert_eq!(vmas(&segment), 5);
-    let mut local = lock(&segment.local).clone();
-    for index in [1, 2, 0] {
-        segment.set_open(&mut local, index, false).unwrap();
-        assert_eq!(vmas(&segment), 5, "closing chunk {index} split no mapping");
-    }
-    for index in [2, 0, 1] {
-        segment.set_open(&mut local, index, true).unwrap();
-        assert_eq!(vmas(&segment), 5, "reopening chunk {index} merged no mapping");
-    }
-    assert_eq!(segment.separated.load(Ordering::Relaxed), 4);
-    // Past the process's budget, a segment keeps one mapping (the budget is only
-    // used up here for a moment; other tests may map arenas meanwhile, unharmed).
-    SEPARATED_VMAS.fetch_add(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
-    let over = ArenaSegment::create(20).unwrap();
-    SEPARATED_VMAS.fetch_sub(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
-    assert_eq!((over.separated.load(Ordering::Relaxed), vmas(&over)), (0, 1));
-    // The smallest chunks (a page: 1024 per segment with 4 KiB pages) share one VMA;
-    // the first time one is closed it becomes a VMA of its own (splitting the rest in
-    // two), and stays one: reopening and closing it again merge and split nothing.
-    // Its neighbours, advised the other way when they are closed in turn, stay apart
-    // from it. (With 64 KiB pages the segment has only 64 chunks, so each is a VMA of
-    // its own, beside the metadata, from the start.)
-    let small = ArenaSegment::create(min_shift()).unwrap();
-    let mut local = lock(&small.local).clone();
-    if small.chunk_count > SEPARATE_VMAS_UP_TO {
-        assert_eq!(vmas(&small), 1);
-        small.set_open(&mut local, 5, false).unwrap();
-        assert_eq!(vmas(&small), 3);
-        small.set_open(&mut local, 5, true).unwrap();
-        assert_eq!(vmas(&small), 3, "chunk 5 stays a mapping of its own");
-        small.set_open(&mut local, 5, false).unwrap();
-        assert_eq!(vmas(&small), 3);
-        for (index, after) in [(6, 4), (4, 5), (7, 6)] {
-            small.set_open(&mut local, index, false).unwrap();
-            assert_eq!(vmas(&small), after, "closing chunk {index} separates it");
-        }
-        for index in [4, 5, 6, 7] {
-            small.set_open(&mut local, index, true).unwrap();
-            assert_eq!(vmas(&small), 6, "reopening chunk {index} merged no mapping");
-        }
-        assert_eq!(small.separated.load(Ordering::Relaxed), 4 * VMAS_PER_LATE_CHUNK);
-        // Past the budget a chunk stays in its neighbours' mapping, split and merged.
-        SEPARATED_VMAS.fetch_add(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
-        small.set_open(&mut local, 100, false).unwrap();
-        let split = vmas(&small);
-        small.set_open(&mut local, 100, true).unwrap();
-        let merged = vmas(&small);
-        SEPARATED_VMAS.fetch_sub(SEPARATED_VMA_BUDGET, Ordering::Relaxed);
-        assert_eq!((split, merged), (8, 6));
-        assert_eq!(small.separated.load(Ordering::Relaxed), 4 * VMAS_PER_LATE_CHUNK);
-    } else {
-        let separate = 1 + small.chunk_count as usize;
-        assert_eq!(vmas(&small), separate);
-        small.set_open(&mut local, 5, false).unwrap();
-        assert_eq!(vmas(&small), separate);
-    }
 }
 
 #[test]
