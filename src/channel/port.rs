@@ -109,6 +109,7 @@ impl Port {
         Ok(Arc::new(port))
     }
 
+    #[inline]
     pub(crate) fn is_detached(&self) -> bool {
         self.detached.load(Ordering::Acquire)
     }

@@ -190,7 +190,7 @@ impl<T> HalfLock<T> {
     }
 
     /// Gives the lock back and wakes a sleeper, if any.
-    #[inline]
+    #[inline(always)]
     fn release(&self) {
         // SYNC: lock hand-over. Release: our writes happen before the next holder's.
         self.state.store(FREE, Ordering::Release);
@@ -238,7 +238,7 @@ impl<T> DerefMut for HalfGuard<'_, T> {
 }
 
 impl<T> Drop for HalfGuard<'_, T> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         self.lock.release();
     }
