@@ -10,6 +10,7 @@ static YIELDS: AtomicU64 = AtomicU64::new(0);
 static LIVENESS_POLLS: AtomicU64 = AtomicU64::new(0);
 static DESCRIPTOR_MESSAGES: AtomicU64 = AtomicU64::new(0);
 static DESCRIPTORS_SENT: AtomicU64 = AtomicU64::new(0);
+static READINESS_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts of system calls made by this process's ports since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,12 +29,20 @@ pub struct Diagnostics {
     /// Descriptors those calls carried. An arena's descriptor is sent once per channel
     /// end (again only if the receiving end asks for it), not with every buffer.
     pub descriptors_sent: u64,
+    /// Readiness signals sent (one `send` each): a writer's wake-up of a reader that
+    /// armed its port's readiness descriptor (`AsFd`), at most one per arming.
+    pub readiness_signals: u64,
 }
 
 impl Diagnostics {
     /// Every counted system call.
     pub fn syscalls(&self) -> u64 {
-        self.futex_waits + self.futex_wakes + self.yields + self.liveness_polls + self.descriptor_messages
+        self.futex_waits
+            + self.futex_wakes
+            + self.yields
+            + self.liveness_polls
+            + self.descriptor_messages
+            + self.readiness_signals
     }
 }
 
@@ -46,6 +55,7 @@ pub fn diagnostics() -> Diagnostics {
         liveness_polls: LIVENESS_POLLS.load(Ordering::Relaxed),
         descriptor_messages: DESCRIPTOR_MESSAGES.load(Ordering::Relaxed),
         descriptors_sent: DESCRIPTORS_SENT.load(Ordering::Relaxed),
+        readiness_signals: READINESS_SIGNALS.load(Ordering::Relaxed),
     }
 }
 
@@ -68,4 +78,8 @@ pub(crate) fn count_liveness_poll() {
 pub(crate) fn count_descriptor_message(descriptors: usize) {
     DESCRIPTOR_MESSAGES.fetch_add(1, Ordering::Relaxed);
     DESCRIPTORS_SENT.fetch_add(descriptors as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn count_readiness_signal() {
+    READINESS_SIGNALS.fetch_add(1, Ordering::Relaxed);
 }

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use super::link::{Link, Liveness};
 use crate::shm::arena::SentChunk;
+use crate::shm::ready;
 use crate::shm::ring::{Corrupt, Producer, PushError};
-use crate::shm::wait::{self, Check, SpinEstimate};
+use crate::shm::wait::{Check, SpinEstimate};
 use crate::wire::SentArenas;
 
 /// The writing side of a port.
@@ -111,7 +112,7 @@ impl Tx {
     #[inline(always)]
     pub(super) fn publish_and_notify(&mut self) {
         if self.producer.publish() && !self.link.busy_poll() {
-            wait::notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker());
+            ready::notify_reader(&self.producer.ring().lines().waits.0.data, self.link.segment.parker(), &self.link);
         }
     }
 }

@@ -7,12 +7,25 @@
 //! tag lets it drop them instead of taking them for its own. It finds them when it next
 //! reads a record that carries descriptors: a record whose arenas are known by id and
 //! that moves no port does not touch the socket.
+//!
+//! The socket also carries *readiness signals* (see `channel::readiness`): messages of
+//! one byte and no descriptor, which a writer sends when the reader armed its readiness
+//! descriptor. A descriptor message is 16 bytes, so the two are told apart by length;
+//! `recv_fds` skips signals, and `drain_signals` drops them (with descriptor messages
+//! that no record can still claim) without touching the descriptors of a record to come.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::platform;
 
 const FD_HEADER: usize = 16;
+
+/// A readiness signal: one byte, no descriptor.
+const SIGNAL: [u8; 1] = [b'!'];
+
+/// The most messages one `drain_signals` drops: a peer that floods the socket keeps
+/// the descriptor readable (spurious wake-ups), never keeps a reader here.
+const DRAIN_AT_MOST: usize = 64;
 
 /// A process-wide sequence, mixed with the pid, for message nonces.
 pub(super) fn next_nonce() -> u32 {
@@ -55,6 +68,8 @@ pub(super) fn recv_fds(
         let mut group = Vec::new();
         match platform::recv_with_fds(socket, &mut header, &mut group, true) {
             Ok(Some(FD_HEADER)) => {}
+            // A readiness signal sent meanwhile (any descriptor on it is dropped).
+            Ok(Some(n)) if n == SIGNAL.len() => continue,
             Ok(Some(0)) | Ok(None) => return Err("descriptors of the message are missing"),
             _ => return Err("malformed descriptor message"),
         }
@@ -76,4 +91,51 @@ pub(super) fn recv_fds(
         return Err("descriptor count does not match the message");
     }
     Ok(fds)
+}
+
+/// Sends a readiness signal on `socket`, without waiting. A full queue loses nothing:
+/// the reader's socket is readable already.
+pub(crate) fn send_signal(socket: BorrowedFd<'_>) {
+    platform::send_nowait(socket, &SIGNAL);
+    crate::diagnostics::count_readiness_signal();
+}
+
+/// What `drain_signals` left on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Nothing: the socket is not readable (unless something arrives now).
+    Nothing,
+    /// A descriptor message of a record to come, or more than one call drops: the
+    /// socket stays readable until the record is read. (Or the peer is gone with it
+    /// unread: the caller should check.)
+    Pending,
+    /// The other end hung up, and nothing is queued.
+    HungUp,
+}
+
+/// Drops the readiness signals queued on `socket`, and descriptor messages no record
+/// can still claim: tagged before `head` (the reader's position: the records there are
+/// read, their descriptors taken or given up) or `capacity` or more past it (no record
+/// can start there yet: forged). Stops at the first descriptor message in between,
+/// which belongs to a record at or after `head`. Anything else (a peer's garbage) is
+/// dropped too. The caller holds the reading half: the only other reader of the
+/// socket, `recv_fds`, cannot run meanwhile.
+pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) -> Drained {
+    for _ in 0..DRAIN_AT_MOST {
+        let mut header = [0u8; FD_HEADER];
+        match platform::peek_message(socket, &mut header) {
+            Ok(None) => return Drained::Nothing,
+            Ok(Some(0)) if platform::peer_hung_up(socket) => return Drained::HungUp,
+            Ok(Some(FD_HEADER)) => {
+                let tag = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+                if tag >= head && tag - head < capacity {
+                    return Drained::Pending;
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(_) => return Drained::Pending,
+        }
+        platform::drop_message(socket);
+    }
+    Drained::Pending
 }
