@@ -8,6 +8,7 @@ mod common;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::process::Child;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{expect_success, role, spawn_role, watchdog};
@@ -138,39 +139,66 @@ fn poll_wakes_for_a_message_from_another_process() {
 fn no_lost_wakeup_in_100000_messages_to_a_reader_that_only_polls_and_drains() {
     const N: u32 = 100_000;
     let _w = watchdog("no_lost_wakeup_in_100000_messages", Duration::from_secs(300));
-    // A small ring, so the writer also waits for room while the reader sleeps in poll.
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
+    // What the reader has received so far. The writer posts bursts of 1 to 8 messages
+    // and waits for the reader to have them all before the next burst: the next post
+    // then races with the reader running dry and arming, and a message whose signal is
+    // lost is the last one for a while, so the reader's poll times out instead of
+    // being rescued by the next post.
+    let received = AtomicU32::new(0);
     let mut got = Vec::with_capacity(N as usize);
     let mut waits = 0u32;
+    // Asked for once: from here on only the `try_` receives arm it.
+    let fd = b.as_fd();
     std::thread::scope(|s| {
         s.spawn(|| {
-            // Bursts and pauses, so the reader alternates between finding messages
-            // waiting and arming to sleep.
             let mut x = 0x9E37_79B9u32;
-            for n in 0..N {
-                a.post_bytes(&n.to_le_bytes()).unwrap();
+            let mut n = 0;
+            while n < N {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                match x % 1000 {
-                    0 => std::thread::sleep(Duration::from_micros(200)),
-                    1..=20 => std::thread::yield_now(),
-                    _ => {}
+                let burst = (x % 8 + 1).min(N - n);
+                for _ in 0..burst {
+                    a.post_bytes(&n.to_le_bytes()).unwrap();
+                    n += 1;
+                }
+                // Until the reader has taken the burst's last message; then a pause
+                // of 0 to about 2 µs, so the next post lands anywhere in the reader's
+                // way from that message to its wait.
+                let gave_up = Instant::now() + Duration::from_secs(20);
+                while received.load(Ordering::Acquire) < n {
+                    std::hint::spin_loop();
+                    if Instant::now() > gave_up {
+                        return; // the reader failed: let its panic through the scope
+                    }
+                }
+                for _ in 0..(x >> 8) % 512 {
+                    std::hint::spin_loop();
                 }
             }
         });
         while got.len() < N as usize {
-            drain(&b, &mut got).expect("closed early");
+            loop {
+                match b.try_recv_bytes_with(|b| u32::from_le_bytes(b[..4].try_into().unwrap())) {
+                    Ok(n) => {
+                        got.push(n);
+                        received.store(got.len() as u32, Ordering::Release);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
             if got.len() < N as usize {
                 waits += 1;
-                // A lost wake-up leaves the reader here with messages waiting.
-                assert!(readable(b.as_fd(), Duration::from_secs(10)), "lost wake-up after {} messages", got.len());
+                // A lost wake-up leaves the reader here with a message waiting.
+                assert!(readable(fd, Duration::from_secs(10)), "lost wake-up after {} messages", got.len());
             }
         }
     });
     assert!(got.iter().copied().eq(0..N), "messages out of order or lost");
-    assert!(waits > 0, "the reader never waited: the test did not test the wake-up");
+    assert!(waits >= 10, "the reader waited only {waits} times: the test did not test the wake-up");
 }
 
 /// `Child::kill` sends SIGKILL.
