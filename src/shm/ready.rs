@@ -287,4 +287,17 @@ mod tests {
         assert_eq!(count.0.get(), 2);
         assert_eq!(word.word.load(Ordering::Relaxed) & (WAITING | ARMED), 0);
     }
+
+    #[test]
+    fn whatever_the_peer_writes_in_the_word_a_publish_signals_at_most_once() {
+        let parker = Parker::local();
+        for forged in [u32::MAX, ARMED, WAITING, ARMED | WAITING, 0xdead_beef, 0x8000_0002, !ARMED] {
+            let (word, count) = (WaitWord::new(), Count::default());
+            word.word.store(forged, Ordering::Relaxed);
+            notify_reader(&word, &parker, &count);
+            notify_reader(&word, &parker, &count);
+            assert_eq!(count.0.get(), u32::from(forged & ARMED != 0), "{forged:#x}");
+            assert_eq!(word.word.load(Ordering::Relaxed) & (WAITING | ARMED), 0, "{forged:#x}");
+        }
+    }
 }

@@ -139,3 +139,62 @@ pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) ->
     }
     Drained::Pending
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// A descriptor message as `send_fds` makes it, for the record at `position`.
+    fn send_tagged(socket: BorrowedFd<'_>, position: u64, nonce: u32, fd: BorrowedFd<'_>) {
+        send_fds(socket, position, nonce, &[fd]).unwrap();
+    }
+
+    #[test]
+    fn a_drain_drops_signals_stale_and_forged_messages_and_keeps_a_record_s_descriptors() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        let (spare, _other) = platform::socketpair().unwrap();
+        let (peer, spare) = (peer.as_fd(), spare.as_fd());
+        send_signal(peer);
+        // A peer's garbage: empty, odd lengths, a "signal" carrying a descriptor.
+        platform::send_with_fds(peer, &[], &[]).unwrap();
+        platform::send_with_fds(peer, &[1, 2, 3], &[]).unwrap();
+        platform::send_with_fds(peer, &[0; 100], &[]).unwrap();
+        platform::send_with_fds(peer, &SIGNAL, &[spare]).unwrap();
+        // Descriptors of a record already read (before `head`), and of one that
+        // cannot exist (a ring or more past it).
+        send_tagged(peer, 64, 1, spare);
+        send_tagged(peer, 1024 + 4096, 2, spare);
+        send_signal(peer);
+        // Descriptors of the record at 2048, then more signals behind them.
+        send_tagged(peer, 2048, 3, spare);
+        send_signal(peer);
+        assert_eq!(drain_signals(ours.as_fd(), 1024, 4096), Drained::Pending, "stops at the record's descriptors");
+        assert_eq!(drain_signals(ours.as_fd(), 1024, 4096), Drained::Pending, "and leaves them there");
+        // The record's receipt takes them, skipping the signal queued after them.
+        send_signal(peer);
+        send_tagged(peer, 2056, 4, spare);
+        assert_eq!(recv_fds(ours.as_fd(), 2048, 3, 1).unwrap().len(), 1);
+        assert_eq!(recv_fds(ours.as_fd(), 2056, 4, 1).unwrap().len(), 1, "signals between are skipped");
+        assert_eq!(drain_signals(ours.as_fd(), 2064, 4096), Drained::Nothing);
+        assert!(platform::peek_message(ours.as_fd(), &mut [0u8; 16]).unwrap().is_none(), "nothing left queued");
+    }
+
+    #[test]
+    fn a_flood_is_drained_a_bounded_part_at_a_time_and_a_hang_up_is_reported() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        for _ in 0..DRAIN_AT_MOST * 3 {
+            send_signal(peer.as_fd());
+        }
+        let mut calls = 1;
+        while drain_signals(ours.as_fd(), 0, 4096) == Drained::Pending {
+            calls += 1;
+            assert!(calls <= 4, "a drain never ends");
+        }
+        assert_eq!(calls, 4, "at most {DRAIN_AT_MOST} messages per call");
+        send_signal(peer.as_fd());
+        drop(peer);
+        assert_eq!(drain_signals(ours.as_fd(), 0, 4096), Drained::HungUp, "the signal dropped, then the end");
+    }
+}
