@@ -12,6 +12,7 @@ static DESCRIPTOR_MESSAGES: AtomicU64 = AtomicU64::new(0);
 static DESCRIPTORS_SENT: AtomicU64 = AtomicU64::new(0);
 static REVOCATIONS_SKIPPED: AtomicU64 = AtomicU64::new(0);
 static REVOCATIONS_FAILED: AtomicU64 = AtomicU64::new(0);
+static READINESS_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts of system calls made by this process's ports since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,12 +40,20 @@ pub struct Diagnostics {
     /// mappings reached `vm.max_map_count`); the transfer went ahead, detached in Rust
     /// only.
     pub revocations_failed: u64,
+    /// Readiness signals sent (one `send` each): a writer's wake-up of a reader that
+    /// armed its port's readiness descriptor (`AsFd`), at most one per arming.
+    pub readiness_signals: u64,
 }
 
 impl Diagnostics {
     /// Every counted system call.
     pub fn syscalls(&self) -> u64 {
-        self.futex_waits + self.futex_wakes + self.yields + self.liveness_polls + self.descriptor_messages
+        self.futex_waits
+            + self.futex_wakes
+            + self.yields
+            + self.liveness_polls
+            + self.descriptor_messages
+            + self.readiness_signals
     }
 }
 
@@ -59,6 +68,7 @@ pub fn diagnostics() -> Diagnostics {
         descriptors_sent: DESCRIPTORS_SENT.load(Ordering::Relaxed),
         revocations_skipped: REVOCATIONS_SKIPPED.load(Ordering::Relaxed),
         revocations_failed: REVOCATIONS_FAILED.load(Ordering::Relaxed),
+        readiness_signals: READINESS_SIGNALS.load(Ordering::Relaxed),
     }
 }
 
@@ -89,4 +99,8 @@ pub(crate) fn count_revocation_skipped() {
 
 pub(crate) fn count_revocation_failed() {
     REVOCATIONS_FAILED.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn count_readiness_signal() {
+    READINESS_SIGNALS.fetch_add(1, Ordering::Relaxed);
 }

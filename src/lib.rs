@@ -66,8 +66,8 @@ mod wire;
 pub use channel::bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
 pub use channel::{
-    ChannelOptions, DEFAULT_CAPACITY, MessageChannel, MessageEvent, MessagePort, PortReader, PortWriter, Transferable,
-    WriteChunk,
+    ChannelOptions, DEFAULT_CAPACITY, Iter, MessageChannel, MessageEvent, MessagePort, PortReader, PortWriter,
+    Transferable, TryIter, WriteChunk,
 };
 #[cfg(not(loom))]
 pub use diagnostics::{Diagnostics, diagnostics};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::platform;
+use crate::shm::ready;
 use crate::shm::segment::{END_CLOSED, Segment};
 use crate::shm::sync::{AtomicU32, Ordering};
 use crate::shm::wait::{self, Check, SLICE, WaitWord, WokePeer};
@@ -76,7 +77,8 @@ impl Link {
         self.segment.end_state(self.end).store(END_CLOSED, Ordering::Release);
         wait::sleep_check_fence();
         let parker = self.segment.parker();
-        wait::wake_if_waiting(&self.segment.lines(self.end).waits.0.data, parker);
+        // The peer's reader: a sleeper, or an armed readiness descriptor.
+        ready::wake_reader_if_waiting(&self.segment.lines(self.end).waits.0.data, parker, self);
         wait::wake_if_waiting(&self.segment.lines(1 - self.end).waits.0.space, parker);
     }
 

@@ -11,6 +11,7 @@ mod link;
 mod options;
 mod outgoing;
 mod port;
+mod readiness;
 mod rx;
 mod transfer;
 mod tx;
@@ -23,6 +24,7 @@ pub use halves::{PortReader, PortWriter, WriteChunk};
 pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};
 pub(crate) use port::{Port, Readiness, port_from_fds};
+pub use readiness::{Iter, TryIter};
 
 /// How long a call may wait.
 #[derive(Clone, Copy)]

@@ -14,6 +14,7 @@ use crossbeam_utils::atomic::AtomicCell;
 use super::Mode;
 use super::api::MessagePort;
 use super::link::{Link, wake_own_words};
+use super::readiness::ReadyFd;
 use super::rx::Rx;
 use super::tx::Tx;
 use crate::channel::dispatch::Events;
@@ -39,6 +40,8 @@ pub(crate) struct Port {
     /// Bumped by every change of the event handlers, so the dispatch thread re-reads
     /// them; a close watcher sleeps on it (a process-local futex word).
     pub(crate) events_epoch: AtomicU32,
+    /// The readiness descriptor of `AsFd`, once asked for.
+    pub(super) ready: ReadyFd,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,6 +108,7 @@ impl Port {
             strategy: AtomicCell::new(strategy),
             events: Mutex::new(Events::default()),
             events_epoch: AtomicU32::new(0),
+            ready: ReadyFd::default(),
         };
         Ok(Arc::new(port))
     }
@@ -299,7 +303,8 @@ impl Port {
             Mode::Try if self.is_detached() => Some(Err(RecvFail::Closed)),
             Mode::Try => {
                 let check = rx.liveness_due();
-                rx.poll(check)
+                // Empty: arm the readiness descriptor, if there is one, and look again.
+                rx.poll(check).or_else(|| self.rearm(rx))
             }
             Mode::Block | Mode::Until(_) => {
                 // The message is usually there already: one look first, without the
@@ -431,7 +436,12 @@ impl Port {
         if self.detached.swap(true, Ordering::SeqCst) {
             return None;
         }
-        let link = lock(&self.link).take()?;
+        let link = {
+            let mut held = lock(&self.link);
+            let link = held.take()?;
+            self.ready.detached(&link);
+            link
+        };
         // Our own threads blocked in recv/post see `detached` and return, releasing
         // the locks taken below.
         wake_own_words(&link);

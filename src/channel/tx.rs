@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::link::{Link, Liveness};
 use crate::shm::arena::SentChunk;
+use crate::shm::ready;
 use crate::shm::ring::{Corrupt, Producer, PushError};
 use crate::shm::wait::{Check, Notifier, SpinEstimate};
 use crate::wire::SentArenas;
@@ -114,7 +115,12 @@ impl Tx {
     #[inline(always)]
     pub(super) fn publish_and_notify(&mut self) {
         if self.producer.publish()
-            && self.notifier.notify(&self.producer.ring().lines().waits.0.data, self.link.segment.parker())
+            && ready::notify_reader(
+                self.notifier,
+                &self.producer.ring().lines().waits.0.data,
+                self.link.segment.parker(),
+                &*self.link,
+            )
         {
             self.link.woke_peer.note();
         }

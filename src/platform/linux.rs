@@ -542,6 +542,74 @@ pub(crate) fn socket_ready(sock: BorrowedFd<'_>, timeout: Duration) -> SocketRea
     }
 }
 
+/// `send(MSG_DONTWAIT | MSG_NOSIGNAL)` of `bytes` as one SEQPACKET message without
+/// descriptors. Whether it was queued (a full queue or a gone peer is `false`; never
+/// waits, never raises SIGPIPE).
+pub(crate) fn send_nowait(sock: BorrowedFd<'_>, bytes: &[u8]) -> bool {
+    loop {
+        match rustix::net::send(sock, bytes, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(n) => return n == bytes.len(),
+            Err(Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC)`: the length of the next message on
+/// `sock` (its first bytes copied into `buf`), leaving it queued; `None` if nothing is
+/// queued. Takes no descriptors (with no control buffer, the kernel installs none).
+/// `Some(0)` is an empty message or, once the other end hung up, the end.
+pub(crate) fn peek_message(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::net::recv(sock, &mut *buf, RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC) {
+            Ok((_, len)) => return Ok(Some(len)),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `recv(MSG_DONTWAIT)` into no buffer: drops the next message of a SEQPACKET socket
+/// whole (the kernel closes the descriptors it carried: there is no control buffer).
+pub(crate) fn drop_message(sock: BorrowedFd<'_>) {
+    while let Err(Errno::INTR) = rustix::net::recv(sock, &mut [] as &mut [u8], RecvFlags::DONTWAIT) {}
+}
+
+/// `epoll_create1(EPOLL_CLOEXEC)`: a descriptor that is readable while one of the
+/// descriptors it watches is.
+pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
+    Ok(rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)?)
+}
+
+/// `epoll_ctl(EPOLL_CTL_ADD)` of `fd`, level-triggered, for input and hang-up.
+pub(crate) fn epoll_watch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::event::epoll::{EventData, EventFlags};
+    Ok(rustix::event::epoll::add(epoll, fd, EventData::new_u64(0), EventFlags::IN | EventFlags::RDHUP)?)
+}
+
+/// `epoll_ctl(EPOLL_CTL_DEL)` of `fd` (nothing if it was not watched).
+pub(crate) fn epoll_unwatch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
+    let _ = rustix::event::epoll::delete(epoll, fd);
+}
+
+/// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`: a flag this process raises and clears.
+pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
+    use rustix::event::EventfdFlags;
+    Ok(rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?)
+}
+
+/// `write(1)` to an eventfd: readable from now until `eventfd_clear`.
+pub(crate) fn eventfd_raise(fd: BorrowedFd<'_>) {
+    while let Err(Errno::INTR) = rustix::io::write(fd, &1u64.to_ne_bytes()) {}
+}
+
+/// `read` of an eventfd: not readable any more (nothing if it was not raised).
+pub(crate) fn eventfd_clear(fd: BorrowedFd<'_>) {
+    let mut value = [0u8; 8];
+    while let Err(Errno::INTR) = rustix::io::read(fd, &mut value) {}
+}
+
 /// `membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)`: lets other processes'
 /// `membarrier_global` calls reach this process's threads. Whether it worked.
 pub(crate) fn membarrier_register() -> bool {

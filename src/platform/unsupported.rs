@@ -158,3 +158,22 @@ pub(crate) fn is_peer_gone_error(e: &io::Error) -> bool {
 pub(crate) fn is_transient_send_error(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
+pub(crate) fn send_nowait(_sock: BorrowedFd<'_>, _bytes: &[u8]) -> bool {
+    false
+}
+pub(crate) fn peek_message(_sock: BorrowedFd<'_>, _buf: &mut [u8]) -> io::Result<Option<usize>> {
+    Err(unsupported())
+}
+pub(crate) fn drop_message(_sock: BorrowedFd<'_>) {}
+pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn epoll_watch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn epoll_unwatch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>) {}
+pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn eventfd_raise(_fd: BorrowedFd<'_>) {}
+pub(crate) fn eventfd_clear(_fd: BorrowedFd<'_>) {}

@@ -83,6 +83,7 @@ pub(crate) mod arena;
 #[cfg(not(loom))]
 pub(crate) mod backend;
 pub(crate) mod lock;
+pub(crate) mod ready;
 pub(crate) mod ring;
 #[cfg(not(loom))]
 pub(crate) mod segment;

@@ -28,8 +28,11 @@ const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// (`Header::arena_generations`), and attachment tables that name an arena by an id its
 /// receiver was told once (see the wire layer's `arenas`). 6: padding records
 /// (`ring::KIND_PAD`, written before a write chunk that would wrap), which an earlier
-/// consumer would report as messages of an unknown kind.
-const VERSION: u32 = 6;
+/// consumer would report as messages of an unknown kind. 7: the wait word's `ARMED`
+/// bit (the epoch moved up a bit) and readiness signals on the socket, which an
+/// earlier writer would never send and an earlier reader would take for broken
+/// descriptor messages.
+const VERSION: u32 = 7;
 /// Changes whenever a size or offset below changes, so that two builds that disagree
 /// on the layout refuse each other even at the same version.
 const LAYOUT: u32 = (HEADER_SIZE as u32) ^ ((LINES_SIZE as u32) << 12) ^ 0x5a00_0000;

@@ -1,6 +1,7 @@
 //! Lost-wakeup-free sleeping on a word that may live in shared memory.
 //!
-//! Each sleeper has one 32-bit *wait word*: bit 0 is `WAITING`, bits 1.. an epoch.
+//! Each sleeper has one 32-bit *wait word*: bit 0 is `WAITING`, bit 1 `ARMED` (a
+//! reader's readiness descriptor wants a signal, see `shm::ready`), bits 2.. an epoch.
 //!
 //! ```text
 //!  sleeper (e.g. a reader finding the ring empty)   notifier (e.g. the writer)
@@ -31,10 +32,18 @@ use crate::shm::sync::{AtomicU32, Condvar, Mutex, Ordering, fence, spin_hint};
 /// Set in a wait word while its owner is, or is about to be, asleep on it.
 pub(crate) const WAITING: u32 = 1;
 
+/// Set in a reader's wait word while its readiness descriptor waits for a signal from
+/// the writer (see `shm::ready`). Kept apart from `WAITING` so a futex sleeper and an
+/// event loop can wait on one port at once.
+pub(crate) const ARMED: u32 = 2;
+
+/// What every wake-up adds to a wait word: the epoch starts above the two flags.
+const EPOCH: u32 = 4;
+
 /// One sleeper's place in shared memory.
 #[repr(C)]
 pub(crate) struct WaitWord {
-    /// Bit 0 is `WAITING`, bits 1.. an epoch that every wake-up advances.
+    /// Bit 0 is `WAITING`, bit 1 `ARMED`, bits 2.. an epoch that every wake-up advances.
     pub(crate) word: AtomicU32,
     /// When a notifier last woke the sleeper: the low 32 bits of `monotonic_ns`. Only a
     /// hint for the adaptive spin; whatever the peer writes here, the spin stays within
@@ -184,12 +193,20 @@ impl Parker {
 /// re-check its condition after this and before parking.
 #[inline]
 pub(crate) fn announce(word: &AtomicU32, parker: &Parker) -> (u32, bool) {
-    let w = word.fetch_or(WAITING, Ordering::Relaxed) | WAITING;
-    // SYNC: sleep check. Orders the WAITING store before the condition re-check; pairs
+    set_then_barrier(word, WAITING, parker)
+}
+
+/// Sets `flag` in `word`, then the barrier of the sleep check: what `announce` does
+/// for `WAITING` and `ready::arm` for `ARMED`. Returns the word with the flag, and
+/// whether the barrier was degraded (a writer without a fence may have missed it).
+#[inline]
+pub(super) fn set_then_barrier(word: &AtomicU32, flag: u32, parker: &Parker) -> (u32, bool) {
+    let w = word.fetch_or(flag, Ordering::Relaxed) | flag;
+    // SYNC: sleep check. Orders the flag's store before the condition re-check; pairs
     // with the fence in `notify`. On an asymmetric channel the writers have no fence:
     // `membarrier` makes every running thread of every registered process execute one
     // now, so either a writer's publish is visible to our re-check, or its load of
-    // the wait word comes after the barrier and sees WAITING.
+    // the wait word comes after the barrier and sees the flag.
     #[cfg(not(loom))]
     if parker.sleeper_uses_membarrier() {
         if crate::platform::membarrier_global() {
@@ -241,17 +258,25 @@ impl Notifier {
         }
     }
 
-    /// `notify` as this side does it. Returns whether a sleeper was woken.
+    /// The notifier's half of the sleep check: call between the publish and the load
+    /// of the wait word. Whether to look at the word at all (`false`: nobody ever
+    /// waits on it).
     #[inline(always)]
-    pub(crate) fn notify(self, word: &WaitWord, parker: &Parker) -> bool {
-        // SYNC: sleep check. Orders the caller's publish before the WAITING load; pairs
-        // with the fence (or the membarrier) in `announce`.
+    pub(crate) fn fence(self) -> bool {
+        // SYNC: sleep check. Orders the caller's publish before the wait word's load;
+        // pairs with the fence (or the membarrier) in `announce` and `ready::arm`.
         match self {
             Notifier::Never => return false,
             Notifier::Fenceless => std::sync::atomic::compiler_fence(Ordering::SeqCst),
             Notifier::Fenced => sleep_check_fence(),
         }
-        wake_if_waiting(word, parker)
+        true
+    }
+
+    /// `notify` as this side does it. Returns whether a sleeper was woken.
+    #[inline(always)]
+    pub(crate) fn notify(self, word: &WaitWord, parker: &Parker) -> bool {
+        self.fence() && wake_if_waiting(word, parker)
     }
 }
 
@@ -285,13 +310,13 @@ pub(crate) fn wake_if_waiting(word: &WaitWord, parker: &Parker) -> bool {
     wake_sleeper(word, parker, w)
 }
 
-/// The slow half of `wake_if_waiting`: `w` had WAITING set.
+/// The slow half of `wake_if_waiting`: `w` had WAITING set. `ARMED` is left as it is.
 #[cold]
 #[inline(never)]
-fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
+pub(super) fn wake_sleeper(word: &WaitWord, parker: &Parker, mut w: u32) -> bool {
     word.woken_at.store(WaitWord::now32(), Ordering::Relaxed);
     while w & WAITING != 0 {
-        let next = w.wrapping_add(2) & !WAITING;
+        let next = (w & !WAITING).wrapping_add(EPOCH);
         // Release: the `woken_at` stamp is visible to a sleeper that sees the new epoch.
         match word.word.compare_exchange_weak(w, next, Ordering::Release, Ordering::Relaxed) {
             Ok(_) => {
@@ -792,7 +817,12 @@ mod tests {
         assert_eq!(word.woken_at.load(Ordering::Relaxed), 0);
         word.word.store(WAITING, Ordering::Relaxed);
         assert!(wake_if_waiting(&word, &parker));
-        assert_eq!(word.word.load(Ordering::Relaxed), 2, "the epoch moved on and WAITING is clear");
+        assert_eq!(word.word.load(Ordering::Relaxed), EPOCH, "the epoch moved on and WAITING is clear");
+        // An armed readiness descriptor is not the sleeper's to clear.
+        word.word.store(WAITING | ARMED, Ordering::Relaxed);
+        assert!(wake_if_waiting(&word, &parker));
+        assert_eq!(word.word.load(Ordering::Relaxed), EPOCH | ARMED, "ARMED survives a wake-up");
+        word.word.store(EPOCH, Ordering::Relaxed);
         let stamped = word.woken_at.load(Ordering::Relaxed);
         assert!(WaitWord::now32().wrapping_sub(stamped) < 1_000_000_000, "stamped now");
         // Woken 300 µs ago, after a 1 ms wait: the kernel ran us 300 µs late (the peer

@@ -7,12 +7,25 @@
 //! tag lets it drop them instead of taking them for its own. It finds them when it next
 //! reads a record that carries descriptors: a record whose arenas are known by id and
 //! that moves no port does not touch the socket.
+//!
+//! The socket also carries *readiness signals* (see `channel::readiness`): messages of
+//! one byte and no descriptor, which a writer sends when the reader armed its readiness
+//! descriptor. A descriptor message is 16 bytes, so the two are told apart by length;
+//! `recv_fds` skips signals, and `drain_signals` drops them (with descriptor messages
+//! that no record can still claim) without touching the descriptors of a record to come.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::platform;
 
 const FD_HEADER: usize = 16;
+
+/// A readiness signal: one byte, no descriptor.
+const SIGNAL: [u8; 1] = [b'!'];
+
+/// The most messages one `drain_signals` drops: a peer that floods the socket keeps
+/// the descriptor readable (spurious wake-ups), never keeps a reader here.
+const DRAIN_AT_MOST: usize = 64;
 
 /// A process-wide sequence, mixed with the pid, for message nonces.
 pub(super) fn next_nonce() -> u32 {
@@ -55,6 +68,8 @@ pub(super) fn recv_fds(
         let mut group = Vec::new();
         match platform::recv_with_fds(socket, &mut header, &mut group, true) {
             Ok(Some(FD_HEADER)) => {}
+            // A readiness signal sent meanwhile (any descriptor on it is dropped).
+            Ok(Some(n)) if n == SIGNAL.len() => continue,
             Ok(Some(0)) | Ok(None) => return Err("descriptors of the message are missing"),
             _ => return Err("malformed descriptor message"),
         }
@@ -76,4 +91,110 @@ pub(super) fn recv_fds(
         return Err("descriptor count does not match the message");
     }
     Ok(fds)
+}
+
+/// Sends a readiness signal on `socket`, without waiting. A full queue loses nothing:
+/// the reader's socket is readable already.
+pub(crate) fn send_signal(socket: BorrowedFd<'_>) {
+    platform::send_nowait(socket, &SIGNAL);
+    crate::diagnostics::count_readiness_signal();
+}
+
+/// What `drain_signals` left on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// Nothing: the socket is not readable (unless something arrives now).
+    Nothing,
+    /// A descriptor message of a record to come, or more than one call drops: the
+    /// socket stays readable until the record is read. (Or the peer is gone with it
+    /// unread: the caller should check.)
+    Pending,
+    /// The other end hung up, and nothing is queued.
+    HungUp,
+}
+
+/// Drops the readiness signals queued on `socket`, and descriptor messages no record
+/// can still claim: tagged before `head` (the reader's position: the records there are
+/// read, their descriptors taken or given up) or `capacity` or more past it (no record
+/// can start there yet: forged). Stops at the first descriptor message in between,
+/// which belongs to a record at or after `head`. Anything else (a peer's garbage) is
+/// dropped too. The caller holds the reading half: the only other reader of the
+/// socket, `recv_fds`, cannot run meanwhile.
+pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) -> Drained {
+    for _ in 0..DRAIN_AT_MOST {
+        let mut header = [0u8; FD_HEADER];
+        match platform::peek_message(socket, &mut header) {
+            Ok(None) => return Drained::Nothing,
+            Ok(Some(0)) if platform::peer_hung_up(socket) => return Drained::HungUp,
+            Ok(Some(FD_HEADER)) => {
+                let tag = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+                if tag >= head && tag - head < capacity {
+                    return Drained::Pending;
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(_) => return Drained::Pending,
+        }
+        platform::drop_message(socket);
+    }
+    Drained::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    /// A descriptor message as `send_fds` makes it, for the record at `position`.
+    fn send_tagged(socket: BorrowedFd<'_>, position: u64, nonce: u32, fd: BorrowedFd<'_>) {
+        send_fds(socket, position, nonce, &[fd]).unwrap();
+    }
+
+    #[test]
+    fn a_drain_drops_signals_stale_and_forged_messages_and_keeps_a_record_s_descriptors() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        let (spare, _other) = platform::socketpair().unwrap();
+        let (peer, spare) = (peer.as_fd(), spare.as_fd());
+        send_signal(peer);
+        // A peer's garbage: empty, odd lengths, a "signal" carrying a descriptor.
+        platform::send_with_fds(peer, &[], &[]).unwrap();
+        platform::send_with_fds(peer, &[1, 2, 3], &[]).unwrap();
+        platform::send_with_fds(peer, &[0; 100], &[]).unwrap();
+        platform::send_with_fds(peer, &SIGNAL, &[spare]).unwrap();
+        // Descriptors of a record already read (before `head`), and of one that
+        // cannot exist (a ring or more past it).
+        send_tagged(peer, 64, 1, spare);
+        send_tagged(peer, 1024 + 4096, 2, spare);
+        send_signal(peer);
+        // Descriptors of the record at 2048, then more signals behind them.
+        send_tagged(peer, 2048, 3, spare);
+        send_signal(peer);
+        assert_eq!(drain_signals(ours.as_fd(), 1024, 4096), Drained::Pending, "stops at the record's descriptors");
+        assert_eq!(drain_signals(ours.as_fd(), 1024, 4096), Drained::Pending, "and leaves them there");
+        // The record's receipt takes them, skipping the signal queued after them.
+        send_signal(peer);
+        send_tagged(peer, 2056, 4, spare);
+        assert_eq!(recv_fds(ours.as_fd(), 2048, 3, 1).unwrap().len(), 1);
+        assert_eq!(recv_fds(ours.as_fd(), 2056, 4, 1).unwrap().len(), 1, "signals between are skipped");
+        assert_eq!(drain_signals(ours.as_fd(), 2064, 4096), Drained::Nothing);
+        assert!(platform::peek_message(ours.as_fd(), &mut [0u8; 16]).unwrap().is_none(), "nothing left queued");
+    }
+
+    #[test]
+    fn a_flood_is_drained_a_bounded_part_at_a_time_and_a_hang_up_is_reported() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        for _ in 0..DRAIN_AT_MOST * 3 {
+            send_signal(peer.as_fd());
+        }
+        let mut calls = 1;
+        while drain_signals(ours.as_fd(), 0, 4096) == Drained::Pending {
+            calls += 1;
+            assert!(calls <= 4, "a drain never ends");
+        }
+        assert_eq!(calls, 4, "at most {DRAIN_AT_MOST} messages per call");
+        send_signal(peer.as_fd());
+        drop(peer);
+        assert_eq!(drain_signals(ours.as_fd(), 0, 4096), Drained::HungUp, "the signal dropped, then the end");
+    }
 }

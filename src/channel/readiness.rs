@@ -1,0 +1,286 @@
+//! A port's readiness descriptor (`impl AsFd for MessagePort`), and the iterators
+//! `try_iter` / `iter`.
+//!
+//! The descriptor is an epoll set, made the first time it is asked for, that watches
+//! two descriptors: the port's end of the channel's socket (readable when the writer
+//! sent a readiness signal or a record's descriptors, and when the peer hung up), and
+//! an eventfd this process raises itself (the port was detached, a message was already
+//! waiting when `as_fd` armed, the channel is a busy-poll one). The set belongs to the
+//! port object, so its number stays valid for as long as any handle of the port lives,
+//! whatever becomes of the socket: a port transferred away stops watching it (and
+//! raises the eventfd). The socket itself travels with the port, so the signals the
+//! writer sends follow the port to its new process, where its own set watches it.
+//!
+//! Arming (the protocol is in `shm::ready`): `as_fd`, and every `try_` receive that
+//! finds the ring empty on a port whose descriptor exists, clear the eventfd, drain
+//! the signals already on the socket, set `ARMED` in the port's wait word, and look at
+//! the ring again: a record found then is returned (`try_`) or raises the eventfd
+//! (`as_fd`). So a loop of "poll, then `try_recv` until `Empty`" never misses a
+//! message, and the descriptor is not readable after such a drain (at most once
+//! spuriously, for a signal that raced with the drain's last look).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::api::{MessageEvent, MessagePort};
+use super::link::Link;
+use super::port::{Port, lock};
+use super::rx::Rx;
+use crate::error::{RecvError, RecvFail, TryRecvError};
+use crate::platform;
+use crate::shm::ready::{self, Signal};
+use crate::shm::ring::Record;
+use crate::shm::wait::Check;
+use crate::wire::{self, Drained};
+
+/// The writer's signal to an armed reader: one byte on the channel's socket.
+impl Signal for Link {
+    fn signal(&self) {
+        wire::send_signal(self.socket.as_fd());
+    }
+}
+
+/// As for `Link`: what a writing half holds (a reference to it costs the hot path
+/// nothing to keep at hand, see `Tx::publish_and_notify`).
+impl Signal for Arc<Link> {
+    fn signal(&self) {
+        Link::signal(self);
+    }
+}
+
+/// A port's readiness descriptor, once asked for.
+#[derive(Default)]
+pub(crate) struct ReadyFd {
+    fds: OnceLock<Fds>,
+}
+
+struct Fds {
+    /// What `as_fd` returns.
+    epoll: OwnedFd,
+    /// Raised by this process; in `epoll`.
+    local: OwnedFd,
+    /// Whether `local` is raised (its syscalls are made under this lock, so a raise
+    /// and a clear in two threads leave the flag and the eventfd in step).
+    raised: Mutex<bool>,
+}
+
+impl Fds {
+    /// The set, watching `link`'s socket, or raised at once for a detached port.
+    fn new(link: Option<&Link>) -> io::Result<Fds> {
+        let fds = Fds { epoll: platform::epoll_new()?, local: platform::eventfd_new()?, raised: Mutex::new(false) };
+        platform::epoll_watch(fds.epoll.as_fd(), fds.local.as_fd())?;
+        match link {
+            Some(link) => platform::epoll_watch(fds.epoll.as_fd(), link.socket.as_fd())?,
+            None => fds.raise(),
+        }
+        Ok(fds)
+    }
+
+    fn raise(&self) {
+        let mut raised = lock(&self.raised);
+        if !*raised {
+            platform::eventfd_raise(self.local.as_fd());
+            *raised = true;
+        }
+    }
+
+    fn clear(&self) {
+        let mut raised = lock(&self.raised);
+        if *raised {
+            platform::eventfd_clear(self.local.as_fd());
+            *raised = false;
+        }
+    }
+}
+
+impl ReadyFd {
+    /// The port was detached (closed, transferred, split): stop watching its socket,
+    /// which may go on living in another process, and be readable from now on (a
+    /// receive says `Closed`). Called with the port's link lock held, as `readiness_fd`
+    /// makes the set, so the two never cross.
+    pub(super) fn detached(&self, link: &Link) {
+        if let Some(fds) = self.fds.get() {
+            platform::epoll_unwatch(fds.epoll.as_fd(), link.socket.as_fd());
+            fds.raise();
+        }
+    }
+}
+
+impl Port {
+    /// The readiness descriptor, made on the first call; every call arms it.
+    pub(super) fn readiness_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        let fds = {
+            let link = lock(&self.link);
+            match self.ready.fds.get() {
+                Some(fds) => fds,
+                None => {
+                    let made = Fds::new(link.as_deref())?;
+                    // Cannot be set already: it is only set here, under the link lock.
+                    let _ = self.ready.fds.set(made);
+                    self.ready.fds.get().ok_or_else(|| io::Error::other("readiness descriptor lost"))?
+                }
+            }
+        };
+        self.arm_for_fd(fds);
+        Ok(fds.epoll.as_fd())
+    }
+
+    /// `as_fd`'s arming: if something is there to receive already, the descriptor is
+    /// made readable at once. While another thread holds the receiving half (a blocked
+    /// `recv`, a message handler), that thread takes what comes, and the descriptor is
+    /// made readable so the caller looks again.
+    fn arm_for_fd(&self, fds: &Fds) {
+        let Some(mut guard) = self.rx.try_lock() else { return fds.raise() };
+        let Some(rx) = guard.as_mut().filter(|_| !self.is_detached()) else { return fds.raise() };
+        let check = arm(fds, rx);
+        if something_to_receive(rx, check) {
+            fds.raise();
+        }
+    }
+
+    /// A `try_` receive found the ring empty: if the port has a readiness descriptor,
+    /// arm it and look once more (what the look finds is the receive's result).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn rearm(&self, rx: &mut Rx) -> Option<Result<Record, RecvFail>> {
+        let fds = self.ready.fds.get()?;
+        let check = arm(fds, rx);
+        rx.poll(check)
+    }
+}
+
+/// Clears the eventfd, drains the socket and arms the port's wait word. Returns the
+/// check the look that must follow needs: `Slow` when the socket hung up or keeps
+/// something (the peer may be gone).
+fn arm(fds: &Fds, rx: &mut Rx) -> Check {
+    let link = rx.link.clone();
+    if link.busy_poll() {
+        // The writers of a busy-poll channel never look at the wait word: the
+        // descriptor stays readable, and a loop on it busy-polls as the channel asked.
+        fds.raise();
+        return Check::Fast;
+    }
+    fds.clear();
+    let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
+    if ready::arm(&link.rx_data_word().word, link.segment.parker()) {
+        // The barrier could not be issued: a writer without a fence may miss the flag.
+        // Readable at once: the caller's loop polls instead of risking a lost signal.
+        fds.raise();
+    }
+    if drained == Drained::Nothing { Check::Fast } else { Check::Slow }
+}
+
+/// Whether a receive would return now (a record, an error, the end), without taking
+/// anything.
+fn something_to_receive(rx: &mut Rx, check: Check) -> bool {
+    if rx.pending_error.is_some() || rx.broken || rx.finished {
+        return true;
+    }
+    match rx.consumer.peek() {
+        Ok(None) => match check {
+            Check::Fast => rx.link.peer_closed(),
+            Check::Slow => rx.link.peer_gone(),
+        },
+        Ok(Some(_)) | Err(_) => true,
+    }
+}
+
+/// The readiness descriptor: readable when a message may be waiting on this port, or
+/// its peer is gone (closed, dropped, killed), or the port is detached. Wait on it with
+/// `poll`, epoll, mio or tokio's `AsyncFd` (level-triggered), then receive with the
+/// `try_` calls until `TryRecvError::Empty`: finding the port empty arms the
+/// descriptor again, so such a loop never misses a message, and the descriptor is not
+/// readable after it while nothing is waiting (a wake-up may be spurious, once).
+///
+/// The writer signals the descriptor only when the reader armed it, at most once per
+/// arming: a busy channel whose reader finds messages waiting makes no system call
+/// per message. A thread blocked in `recv` keeps its futex wake-up.
+///
+/// Each call arms the descriptor, and makes it readable at once if a message is
+/// already waiting. The descriptor (an epoll set, made by the first call) belongs to
+/// the port: the same number on every call, valid while any handle lives. Once the
+/// port is detached it is readable for good. While another thread of this process
+/// receives from the port (a blocked `recv`, a message handler), that thread takes the
+/// messages, and the descriptor may wake its waiter spuriously. On a busy-poll
+/// channel it is always readable.
+///
+/// # Panics
+/// If the descriptor cannot be made (the process is out of file descriptors). See
+/// [`MessagePort::try_as_fd`].
+impl AsFd for MessagePort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.try_as_fd().unwrap_or_else(|e| panic!("shmport: cannot make a port's readiness descriptor: {e}"))
+    }
+}
+
+impl MessagePort {
+    /// As [`as_fd`](AsFd::as_fd), with the error instead of a panic when the descriptor
+    /// cannot be made (`epoll_create1` or `eventfd` failed: out of descriptors).
+    pub fn try_as_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        self.port().readiness_fd()
+    }
+
+    /// The messages waiting now, until the port is empty or closed (as std's
+    /// `Receiver::try_iter`). A message that cannot be decoded is skipped (receive
+    /// with [`try_recv`](Self::try_recv) to see it).
+    pub fn try_iter(&self) -> TryIter<'_> {
+        TryIter { port: self }
+    }
+
+    /// The messages of this port, waiting for each, until it is closed or its peer is
+    /// gone and everything it sent was received (as std's `Receiver::iter`). A message
+    /// that cannot be decoded is skipped.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter { port: self }
+    }
+}
+
+/// The messages waiting on a port now: [`MessagePort::try_iter`].
+#[derive(Debug)]
+pub struct TryIter<'a> {
+    port: &'a MessagePort,
+}
+
+impl Iterator for TryIter<'_> {
+    type Item = MessageEvent;
+
+    fn next(&mut self) -> Option<MessageEvent> {
+        loop {
+            match self.port.try_recv() {
+                Ok(event) => return Some(event),
+                Err(TryRecvError::MessageError(_)) => continue,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// The messages of a port, blocking for each: [`MessagePort::iter`].
+#[derive(Debug)]
+pub struct Iter<'a> {
+    port: &'a MessagePort,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = MessageEvent;
+
+    fn next(&mut self) -> Option<MessageEvent> {
+        loop {
+            match self.port.recv() {
+                Ok(event) => return Some(event),
+                Err(RecvError::MessageError(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a MessagePort {
+    type Item = MessageEvent;
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
