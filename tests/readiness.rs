@@ -407,3 +407,85 @@ fn try_iter_yields_what_is_waiting_and_iter_runs_until_the_peer_closes() {
     });
     assert_eq!((&b).into_iter().count(), 0, "a finished port's iterator ends at once");
 }
+
+/// A close in another thread racing an empty `try_recv`'s arming (which clears the
+/// eventfd the close just raised) still leaves the descriptor readable for good: the
+/// arming looks at `detached` after its clear. Observed without calling `as_fd` again
+/// (which raises a detached port's descriptor anyway), as an epoll registration made
+/// once would see it.
+#[test]
+fn a_close_racing_an_empty_try_recv_leaves_the_descriptor_readable() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::AtomicBool;
+    let _w = watchdog("a_close_racing_an_empty_try_recv_leaves_the_descriptor_readable", Duration::from_secs(120));
+    let mut unreadable = 0;
+    for i in 0..2000 {
+        let channel = MessageChannel::new().unwrap();
+        let (_a, b) = (channel.port1(), channel.port2());
+        let raw = b.as_fd().as_raw_fd();
+        let closed = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..(i % 300) {
+                    std::hint::spin_loop();
+                }
+                b.close();
+                closed.store(true, Ordering::SeqCst);
+            });
+            while !closed.load(Ordering::SeqCst) {
+                let _ = b.try_recv();
+            }
+        });
+        // SAFETY: `b` is alive, and its descriptor with it.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        if !readable(fd, Duration::ZERO) {
+            unreadable += 1;
+        }
+    }
+    assert_eq!(unreadable, 0, "closed ports whose descriptor was left unreadable");
+}
+
+/// Waits on `port`'s descriptor through an outer epoll set in edge-triggered mode (as
+/// mio and tokio do): the number of events within `timeout`.
+fn edge_events(outer: &std::os::fd::OwnedFd, timeout: Duration) -> usize {
+    use rustix::event::epoll;
+    let ts = rustix::time::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+    let mut events = Vec::with_capacity(4);
+    loop {
+        match epoll::wait(outer, rustix::buffer::spare_capacity(&mut events), Some(&ts)) {
+            Ok(_) => return events.len(),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("epoll_wait: {e}"),
+        }
+    }
+}
+
+fn edge_triggered(port: &MessagePort) -> std::os::fd::OwnedFd {
+    use rustix::event::epoll;
+    let outer = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+    epoll::add(&outer, port.as_fd(), epoll::EventData::new_u64(1), epoll::EventFlags::IN | epoll::EventFlags::ET)
+        .unwrap();
+    outer
+}
+
+/// An edge-triggered waiter gets an edge for every message it has not yet seen, on a
+/// default channel and on a busy-poll one (whose descriptor is readable for good, and
+/// so must make a new edge at every arming).
+#[test]
+fn an_edge_triggered_waiter_is_woken_for_each_message() {
+    let _w = watchdog("an_edge_triggered_waiter_is_woken_for_each_message", Duration::from_secs(60));
+    for options in [ChannelOptions::default(), ChannelOptions::default().wait_strategy(shmport::WaitStrategy::BusyPoll)]
+    {
+        let channel = MessageChannel::with_options(&options).unwrap();
+        let (a, b) = (channel.port1(), channel.port2());
+        let outer = edge_triggered(&b);
+        // Whatever the first arming made readable, take its edge.
+        let _ = edge_events(&outer, Duration::from_millis(10));
+        for n in 0..50u32 {
+            assert!(matches!(b.try_recv(), Err(TryRecvError::Empty)));
+            a.post_bytes(&n.to_le_bytes()).unwrap();
+            assert_eq!(edge_events(&outer, Duration::from_secs(5)), 1, "no edge for message {n} ({options:?})");
+            assert!(b.try_recv().is_ok());
+        }
+    }
+}

@@ -290,7 +290,10 @@ impl Port {
         let Some(mut guard) = lock_for(&self.rx, mode) else {
             return Err(match (self.is_detached(), mode) {
                 (true, _) => RecvFail::Closed,
-                (false, Mode::Try) => RecvFail::Empty,
+                (false, Mode::Try) => {
+                    self.ready.busy_elsewhere();
+                    RecvFail::Empty
+                }
                 (false, _) => RecvFail::Timeout,
             });
         };

@@ -21,7 +21,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use super::api::{MessageEvent, MessagePort};
 use super::link::Link;
@@ -31,21 +31,14 @@ use crate::error::{RecvError, RecvFail, TryRecvError};
 use crate::platform;
 use crate::shm::ready::{self, Signal};
 use crate::shm::ring::Record;
-use crate::shm::wait::Check;
+use crate::shm::sync::Ordering;
+use crate::shm::wait::{ARMED, Check};
 use crate::wire::{self, Drained};
 
 /// The writer's signal to an armed reader: one byte on the channel's socket.
 impl Signal for Link {
     fn signal(&self) {
         wire::send_signal(self.socket.as_fd());
-    }
-}
-
-/// As for `Link`: what a writing half holds (a reference to it costs the hot path
-/// nothing to keep at hand, see `Tx::publish_and_notify`).
-impl Signal for Arc<Link> {
-    fn signal(&self) {
-        Link::signal(self);
     }
 }
 
@@ -77,20 +70,23 @@ impl Fds {
         Ok(fds)
     }
 
+    /// Makes the descriptor readable. Every raise writes, so each is a new edge for an
+    /// edge-triggered waiter (epoll's `EPOLLET`, mio, tokio), not only the first.
     fn raise(&self) {
         let mut raised = lock(&self.raised);
-        if !*raised {
-            platform::eventfd_raise(self.local.as_fd());
-            *raised = true;
-        }
+        platform::eventfd_raise(self.local.as_fd());
+        *raised = true;
     }
 
-    fn clear(&self) {
+    /// Makes the eventfd unreadable; whether it was raised.
+    fn clear(&self) -> bool {
         let mut raised = lock(&self.raised);
         if *raised {
             platform::eventfd_clear(self.local.as_fd());
             *raised = false;
+            return true;
         }
+        false
     }
 }
 
@@ -102,6 +98,28 @@ impl ReadyFd {
     pub(super) fn detached(&self, link: &Link) {
         if let Some(fds) = self.fds.get() {
             platform::epoll_unwatch(fds.epoll.as_fd(), link.socket.as_fd());
+            fds.raise();
+        }
+    }
+
+    /// A detach was undone (a transfer whose descriptors could not be sent): watch the
+    /// socket again. Called with the port's link lock held, as `detached` is. The
+    /// eventfd stays raised: the next `try_` receive clears it (one spurious wake-up).
+    pub(super) fn attached(&self, link: &Link) {
+        if let Some(fds) = self.fds.get()
+            && platform::epoll_watch(fds.epoll.as_fd(), link.socket.as_fd()).is_err()
+        {
+            // Out of memory for the watch: readable for good is the safe failure (the
+            // loop polls the port) where unreadable would lose its wake-ups.
+            fds.raise();
+        }
+    }
+
+    /// A `try_` receive returned `Empty` without looking, because another thread of
+    /// this process holds the receiving half: that thread takes what comes, and the
+    /// descriptor is made readable, so an edge-triggered waiter looks again.
+    pub(super) fn busy_elsewhere(&self) {
+        if let Some(fds) = self.fds.get() {
             fds.raise();
         }
     }
@@ -134,7 +152,7 @@ impl Port {
         let Some(mut guard) = self.rx.try_lock() else { return fds.raise() };
         let Some(rx) = guard.as_mut().filter(|_| !self.is_detached()) else { return fds.raise() };
         let check = arm(fds, rx);
-        if something_to_receive(rx, check) {
+        if self.is_detached() || something_to_receive(rx, check) {
             fds.raise();
         }
     }
@@ -146,6 +164,14 @@ impl Port {
     pub(super) fn rearm(&self, rx: &mut Rx) -> Option<Result<Record, RecvFail>> {
         let fds = self.ready.fds.get()?;
         let check = arm(fds, rx);
+        if self.is_detached() {
+            // A detach (a close in another thread) raised the descriptor before `arm`
+            // cleared it, and no longer watches the socket: raise it again, for good.
+            // (`detached` is set before that raise, and both run under `raised`'s
+            // lock, so this load sees it whenever the clear undid the raise.)
+            fds.raise();
+            return Some(Err(RecvFail::Closed));
+        }
         rx.poll(check)
     }
 }
@@ -161,9 +187,15 @@ fn arm(fds: &Fds, rx: &mut Rx) -> Check {
         fds.raise();
         return Check::Fast;
     }
-    fds.clear();
+    let was_raised = fds.clear();
     let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
-    if ready::arm(&link.rx_data_word().word, link.segment.parker()) {
+    let word = &link.rx_data_word().word;
+    // Still armed since the last arming (the writer clears the flag as it signals, and
+    // that arming's barrier was not degraded, or it would have raised the eventfd):
+    // its barrier still orders the flag before this look, so the `membarrier` (an
+    // interrupt to every CPU) is not issued again for every empty `try_` receive.
+    let still_armed = !was_raised && word.load(Ordering::Relaxed) & ARMED != 0;
+    if !still_armed && ready::arm(word, link.segment.parker()) {
         // The barrier could not be issued: a writer without a fence may miss the flag.
         // Readable at once: the caller's loop polls instead of risking a lost signal.
         fds.raise();
@@ -196,6 +228,9 @@ fn something_to_receive(rx: &mut Rx, check: Check) -> bool {
 /// The writer signals the descriptor only when the reader armed it, at most once per
 /// arming: a busy channel whose reader finds messages waiting makes no system call
 /// per message. A thread blocked in `recv` keeps its futex wake-up.
+///
+/// Only the `try_` receives (and this call) drain and arm the descriptor: a loop that
+/// wakes and then calls a blocking `recv` leaves its signal queued.
 ///
 /// Each call arms the descriptor, and makes it readable at once if a message is
 /// already waiting. The descriptor (an epoll set, made by the first call) belongs to

@@ -191,7 +191,11 @@ impl Port {
     fn undo_transfer(&self, moving: Halves, tx: &mut Option<Tx>) {
         *tx = moving.tx;
         *self.rx.lock() = moving.rx;
-        *lock(&self.link) = Some(moving.link);
+        {
+            let mut link = lock(&self.link);
+            self.ready.attached(&moving.link);
+            *link = Some(moving.link);
+        }
         self.detached.store(false, Ordering::SeqCst);
     }
 }
