@@ -14,7 +14,10 @@ static REVOCATIONS_SKIPPED: AtomicU64 = AtomicU64::new(0);
 static REVOCATIONS_FAILED: AtomicU64 = AtomicU64::new(0);
 static READINESS_SIGNALS: AtomicU64 = AtomicU64::new(0);
 
-/// Counts of system calls made by this process's ports since it started.
+/// Counts of the system calls this process's ports made on their message paths since it
+/// started (waits, wakes, yields, liveness polls, descriptor and readiness messages), and
+/// of revocations skipped or failed. Not counted yet: the readiness descriptor's own
+/// calls (the drain's `recv`, the eventfd's reads and writes, `membarrier` on arming).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Diagnostics {
     /// `FUTEX_WAIT` calls (a waiter went to sleep).
