@@ -206,7 +206,7 @@ fn arm(fds: &Fds, rx: &mut Rx) -> Check {
 /// Whether a receive would return now (a record, an error, the end), without taking
 /// anything.
 fn something_to_receive(rx: &mut Rx, check: Check) -> bool {
-    if rx.pending_error.is_some() || rx.broken || rx.finished {
+    if rx.stopped() {
         return true;
     }
     match rx.consumer.peek() {

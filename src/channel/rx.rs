@@ -70,7 +70,7 @@ impl Rx {
 
     /// Something must be said before the next record: an error, or the end.
     #[inline]
-    fn stopped(&self) -> bool {
+    pub(super) fn stopped(&self) -> bool {
         self.pending_error.is_some() || self.broken || self.finished
     }
 
