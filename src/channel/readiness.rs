@@ -53,6 +53,9 @@ impl Signal for Arc<Link> {
 #[derive(Default)]
 pub(crate) struct ReadyFd {
     fds: OnceLock<Fds>,
+    /// The async layer's registrations and room waiters.
+    #[cfg(feature = "tokio")]
+    tokio: super::async_port::AsyncState,
 }
 
 struct Fds {
@@ -95,6 +98,11 @@ impl Fds {
 }
 
 impl ReadyFd {
+    #[cfg(feature = "tokio")]
+    pub(super) fn async_state(&self) -> &super::async_port::AsyncState {
+        &self.tokio
+    }
+
     /// The port was detached (closed, transferred, split): stop watching its socket,
     /// which may go on living in another process, and be readable from now on (a
     /// receive says `Closed`). Called with the port's link lock held, as `readiness_fd`
@@ -133,7 +141,7 @@ impl Port {
     fn arm_for_fd(&self, fds: &Fds) {
         let Some(mut guard) = self.rx.try_lock() else { return fds.raise() };
         let Some(rx) = guard.as_mut().filter(|_| !self.is_detached()) else { return fds.raise() };
-        let check = arm(fds, rx);
+        let check = arm(&self.ready, fds, rx);
         if something_to_receive(rx, check) {
             fds.raise();
         }
@@ -145,7 +153,7 @@ impl Port {
     #[inline(never)]
     pub(super) fn rearm(&self, rx: &mut Rx) -> Option<Result<Record, RecvFail>> {
         let fds = self.ready.fds.get()?;
-        let check = arm(fds, rx);
+        let check = arm(&self.ready, fds, rx);
         rx.poll(check)
     }
 }
@@ -153,7 +161,7 @@ impl Port {
 /// Clears the eventfd, drains the socket and arms the port's wait word. Returns the
 /// check the look that must follow needs: `Slow` when the socket hung up or keeps
 /// something (the peer may be gone).
-fn arm(fds: &Fds, rx: &mut Rx) -> Check {
+fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Check {
     let link = rx.link.clone();
     if link.busy_poll() {
         // The writers of a busy-poll channel never look at the wait word: the
@@ -163,6 +171,11 @@ fn arm(fds: &Fds, rx: &mut Rx) -> Check {
     }
     fds.clear();
     let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
+    // A writer of this port waiting for room may have lost its signal to this drain.
+    #[cfg(feature = "tokio")]
+    if ready.tokio.room_moved(&link) {
+        fds.raise();
+    }
     if ready::arm(&link.rx_data_word().word, link.segment.parker()) {
         // The barrier could not be issued: a writer without a fence may miss the flag.
         // Readable at once: the caller's loop polls instead of risking a lost signal.
