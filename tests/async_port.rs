@@ -456,3 +456,44 @@ fn a_post_message_async_dropped_while_waiting_moves_nothing() {
     assert_eq!(buf.to_vec(), [7u8; 100]);
     drop(b);
 }
+
+/// Several tasks of a multi-threaded runtime await the same port (one registration,
+/// many waiters): every message reaches exactly one of them, and all end at the close.
+#[test]
+fn many_tasks_awaiting_one_port_share_its_messages() {
+    let _w = watchdog("many_tasks_one_port", Duration::from_secs(60));
+    const N: u32 = 20_000;
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(2048)).unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut got = rt.block_on(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let b = b.clone();
+            set.spawn(async move {
+                let mut mine = Vec::new();
+                while let Ok(n) = b.recv_bytes_with_async(n_of).await {
+                    mine.push(n);
+                }
+                mine
+            });
+        }
+        let writer = tokio::spawn(async move {
+            for i in 0..N {
+                a.post_bytes_async(&i.to_le_bytes()).await.unwrap();
+                if i.is_multiple_of(256) {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            a.close();
+        });
+        let mut all = Vec::new();
+        while let Some(mine) = set.join_next().await {
+            all.extend(mine.unwrap());
+        }
+        writer.await.unwrap();
+        all
+    });
+    got.sort_unstable();
+    assert!(got.iter().copied().eq(0..N), "lost or duplicated: {} of {N}", got.len());
+}
