@@ -497,3 +497,32 @@ fn many_tasks_awaiting_one_port_share_its_messages() {
     got.sort_unstable();
     assert!(got.iter().copied().eq(0..N), "lost or duplicated: {} of {N}", got.len());
 }
+
+/// A port awaited in one runtime, which is then dropped, works in the next one (its
+/// registration is made again for the new reactor).
+#[test]
+fn a_port_outlives_the_runtime_it_was_awaited_in() {
+    let _w = watchdog("two_runtimes", Duration::from_secs(30));
+    let ch = MessageChannel::new().unwrap();
+    let (a, b) = (ch.port1(), ch.port2());
+    for round in 0..3u32 {
+        let rt = current_thread();
+        rt.block_on(async {
+            let waiting = tokio::time::timeout(Duration::from_millis(20), b.recv_async()).await;
+            assert!(waiting.is_err(), "a message from nowhere");
+        });
+        drop(rt);
+        let poster = {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                a.post_bytes(&round.to_le_bytes()).unwrap();
+            })
+        };
+        let rt = current_thread();
+        let n =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), b.recv_bytes_with_async(n_of)).await });
+        assert_eq!(n.expect("the second runtime never woke").unwrap(), round);
+        poster.join().unwrap();
+    }
+}
