@@ -62,6 +62,8 @@ mod value;
 #[cfg(not(loom))]
 mod wire;
 
+#[cfg(all(not(loom), feature = "tokio"))]
+pub use channel::MessageStream;
 #[cfg(not(loom))]
 pub use channel::bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]

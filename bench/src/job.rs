@@ -25,11 +25,14 @@ pub enum Workload {
     /// Round trips of a serde struct holding a byte vector (`post_typed` /
     /// `recv_typed`); the others send the raw bytes.
     Typed,
+    /// Round trips with both sides in a tokio current-thread runtime: shmport's async
+    /// calls against tokio's `UnixStream`.
+    Async,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] =
-        [Workload::Rtt, Workload::Stream, Workload::RttSleep, Workload::Transfer, Workload::Typed];
+    pub const ALL: [Workload; 6] =
+        [Workload::Rtt, Workload::Stream, Workload::RttSleep, Workload::Transfer, Workload::Typed, Workload::Async];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +41,7 @@ impl Workload {
             Workload::RttSleep => "rtt-sleep",
             Workload::Transfer => "transfer",
             Workload::Typed => "typed",
+            Workload::Async => "async",
         }
     }
 

@@ -25,6 +25,11 @@ pub trait Link {
     fn shm_port(&self) -> Option<&MessagePort> {
         None
     }
+
+    /// The Unix stream socket under the link, if it is one (for the async workload).
+    fn unix_stream(&self) -> Option<&std::os::unix::net::UnixStream> {
+        None
+    }
 }
 
 /// A shmport port: `post_bytes` / `recv_bytes_with`.

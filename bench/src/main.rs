@@ -43,7 +43,7 @@ options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)
   --only T[,T..]        transports: shmport, shmport-busy, shmport-halves,
                         shmport-norevoke, unix, pipe, tcp, raw-ring, raw-slot
-  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed
+  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed, async
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
                         of its N runs' figures (default 1)
@@ -121,6 +121,7 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
             })
             .collect(),
         Workload::Typed => round_trips(&[64, 64 << 10, 1 << 20], q),
+        Workload::Async => round_trips(&[64], q),
     }
 }
 

@@ -101,6 +101,11 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
         Workload::Stream => writeln!(s, "## stream: one-way throughput\n"),
         Workload::Transfer => writeln!(s, "## transfer: buffer transfer round trip\n"),
         Workload::Typed => writeln!(s, "## typed: round trip of a serde struct holding N bytes\n"),
+        Workload::Async => writeln!(
+            s,
+            "## async: round trip with both sides in a tokio current-thread runtime \
+             (shmport's `post_bytes_async` / `recv_bytes_with_async` against tokio's `UnixStream`)\n"
+        ),
     };
     if latency {
         let _ =

@@ -105,6 +105,8 @@ impl Connect for Transport {
             Workload::Typed => {
                 matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing | Transport::RawSlot)
             }
+            // shmport's async calls against tokio's own Unix socket.
+            Workload::Async => matches!(self, Transport::Shmport | Transport::Unix),
             // shmport moves the buffer; unix and raw-ring are the copying baselines.
             Workload::Transfer => {
                 matches!(self, Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing)
@@ -373,6 +375,13 @@ impl Link for AnyLink {
     fn shm_port(&self) -> Option<&MessagePort> {
         match self {
             AnyLink::Shm(l) => l.shm_port(),
+            _ => None,
+        }
+    }
+
+    fn unix_stream(&self) -> Option<&UnixStream> {
+        match self {
+            AnyLink::Unix(l) => Some(&l.writer),
             _ => None,
         }
     }

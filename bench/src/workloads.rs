@@ -2,6 +2,7 @@
 //! measures) and a child side (which echoes or drains). Every message carries a tag
 //! that the other side checks.
 
+mod async_rt;
 mod transfer;
 mod typed;
 
@@ -85,6 +86,7 @@ fn measure<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
         Workload::Stream => stream_parent(link, job),
         Workload::Transfer => transfer::parent(link, job),
         Workload::Typed => typed::parent(link, job),
+        Workload::Async => async_rt::parent(link, job),
     }
 }
 
@@ -95,6 +97,7 @@ pub fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
         Workload::Stream => stream_child(link, job),
         Workload::Transfer => transfer::child(link, job),
         Workload::Typed => typed::child(link, job),
+        Workload::Async => async_rt::child(link, job),
     }
 }
 

@@ -23,7 +23,9 @@ fn quick_run_reports_every_measurement() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for heading in ["## rtt:", "## stream:", "## rtt-sleep:", "## transfer: buffer transfer round trip", "## typed:"] {
+    for heading in
+        ["## rtt:", "## stream:", "## rtt-sleep:", "## transfer: buffer transfer round trip", "## typed:", "## async:"]
+    {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -32,8 +34,15 @@ fn quick_run_reports_every_measurement() {
     // and raw-slot × 5 rtt sizes, then shmport, shmport-norevoke, unix, raw-ring × 4
     // transfer sizes (4 KiB to 64 MiB: --quick leaves out 1 GiB), then shmport, unix,
     // raw-ring, raw-slot × 3 typed sizes. shmport-norevoke runs the transfer workload
-    // only, raw-slot (which takes turns) the round trips of rtt and typed only.
-    assert_eq!(results.len(), 36 + 5 + 16 + 12);
+    // only, raw-slot (which takes turns) the round trips of rtt and typed only. Then
+    // shmport and unix × 1 async size (64 B, both sides in tokio).
+    assert_eq!(results.len(), 36 + 5 + 16 + 12 + 2);
+    let asynced: Vec<_> = results.iter().filter(|r| r["workload"] == "async").collect();
+    assert_eq!(asynced.len(), 2);
+    for r in &asynced {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(r["figures"]["latency"]["median_ns"].as_f64().unwrap() > 0.0, "{r}");
+    }
     for r in results {
         let status = r["status"].as_str().unwrap();
         assert!(status == "ok" || status.starts_with("n/a"), "{r}");

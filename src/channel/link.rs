@@ -79,7 +79,8 @@ impl Link {
         let parker = self.segment.parker();
         // The peer's reader: a sleeper, or an armed readiness descriptor.
         ready::wake_reader_if_waiting(&self.segment.lines(self.end).waits.0.data, parker, self);
-        wait::wake_if_waiting(&self.segment.lines(1 - self.end).waits.0.space, parker);
+        // The peer's writer waiting for room: a sleeper, or an armed descriptor.
+        ready::wake_reader_if_waiting(&self.segment.lines(1 - self.end).waits.0.space, parker, self);
     }
 
     /// The word our consumer sleeps on.

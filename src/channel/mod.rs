@@ -3,6 +3,8 @@
 //! and how ports reach other processes (bootstrap).
 
 mod api;
+#[cfg(feature = "tokio")]
+mod async_port;
 pub(crate) mod bootstrap;
 pub(crate) mod dispatch;
 mod halves;
@@ -20,6 +22,8 @@ mod typed_api;
 use std::time::{Duration, Instant};
 
 pub use api::{MessageEvent, MessagePort, Transferable};
+#[cfg(feature = "tokio")]
+pub use async_port::MessageStream;
 pub use halves::{PortReader, PortWriter, WriteChunk};
 pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};

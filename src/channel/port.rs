@@ -288,6 +288,8 @@ impl Port {
         // deadline: whoever holds it (a blocked `recv`, the dispatch thread) takes the
         // next message anyway.
         let Some(mut guard) = lock_for(&self.rx, mode) else {
+            #[cfg(feature = "tokio")]
+            super::async_port::note_busy();
             return Err(match (self.is_detached(), mode) {
                 (true, _) => RecvFail::Closed,
                 (false, Mode::Try) => {

@@ -46,6 +46,9 @@ impl Signal for Link {
 #[derive(Default)]
 pub(crate) struct ReadyFd {
     fds: OnceLock<Fds>,
+    /// The async layer's registrations and room waiters.
+    #[cfg(feature = "tokio")]
+    tokio: super::async_port::AsyncState,
 }
 
 struct Fds {
@@ -91,6 +94,11 @@ impl Fds {
 }
 
 impl ReadyFd {
+    #[cfg(feature = "tokio")]
+    pub(super) fn async_state(&self) -> &super::async_port::AsyncState {
+        &self.tokio
+    }
+
     /// The port was detached (closed, transferred, split): stop watching its socket,
     /// which may go on living in another process, and be readable from now on (a
     /// receive says `Closed`). Called with the port's link lock held, as `readiness_fd`
@@ -151,7 +159,7 @@ impl Port {
     fn arm_for_fd(&self, fds: &Fds) {
         let Some(mut guard) = self.rx.try_lock() else { return fds.raise() };
         let Some(rx) = guard.as_mut().filter(|_| !self.is_detached()) else { return fds.raise() };
-        let check = arm(fds, rx);
+        let check = arm(&self.ready, fds, rx);
         if self.is_detached() || something_to_receive(rx, check) {
             fds.raise();
         }
@@ -163,7 +171,7 @@ impl Port {
     #[inline(never)]
     pub(super) fn rearm(&self, rx: &mut Rx) -> Option<Result<Record, RecvFail>> {
         let fds = self.ready.fds.get()?;
-        let check = arm(fds, rx);
+        let check = arm(&self.ready, fds, rx);
         if self.is_detached() {
             // A detach (a close in another thread) raised the descriptor before `arm`
             // cleared it, and no longer watches the socket: raise it again, for good.
@@ -179,7 +187,7 @@ impl Port {
 /// Clears the eventfd, drains the socket and arms the port's wait word. Returns the
 /// check the look that must follow needs: `Slow` when the socket hung up or keeps
 /// something (the peer may be gone).
-fn arm(fds: &Fds, rx: &mut Rx) -> Check {
+fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Check {
     let link = rx.link.clone();
     if link.busy_poll() {
         // The writers of a busy-poll channel never look at the wait word: the
@@ -189,6 +197,11 @@ fn arm(fds: &Fds, rx: &mut Rx) -> Check {
     }
     let was_raised = fds.clear();
     let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
+    // A writer of this port waiting for room may have lost its signal to this drain.
+    #[cfg(feature = "tokio")]
+    if ready.tokio.room_moved(&link) {
+        fds.raise();
+    }
     let word = &link.rx_data_word().word;
     // Still armed since the last arming (the writer clears the flag as it signals, and
     // that arming's barrier was not degraded, or it would have raised the eventfd):

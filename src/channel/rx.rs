@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::incoming;
 use super::link::{Link, Liveness};
 use crate::error::{MessageError, RecvFail};
+use crate::shm::ready;
 use crate::shm::ring::{Consumer, Corrupt, Record};
 use crate::shm::wait::{Check, Notifier, SpinEstimate};
 use crate::value::typed;
@@ -52,7 +53,14 @@ impl Rx {
     #[inline(always)]
     pub(super) fn release_and_notify(&mut self) {
         if self.consumer.release() {
-            self.notifier.notify(&self.consumer.ring().lines().waits.0.space, self.link.segment.parker());
+            // The producer's room: a sleeper, or a writer whose port armed its readiness
+            // descriptor for room (`ARMED` on the space word, as on the data word).
+            ready::notify_reader(
+                self.notifier,
+                &self.consumer.ring().lines().waits.0.space,
+                self.link.segment.parker(),
+                &*self.link,
+            );
         }
     }
 

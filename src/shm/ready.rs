@@ -21,6 +21,11 @@
 //! asymmetric channel the writers skip the fence and the arming reader issues a
 //! `membarrier`, as a futex sleeper does.
 //!
+//! The same protocol serves a writer waiting for *room* (the async layer's
+//! `post_*_async`): it arms the producer's space word, and the reader's release of
+//! ring space is the "publish" (`notify_reader` on the space word: the head store,
+//! the fence, the load).
+//!
 //! The peer can write anything into the word: a forged `ARMED` costs it a signal from
 //! us, a cleared one a missed signal for itself (as a writer that never writes would).
 

@@ -170,6 +170,31 @@ impl RingRef {
         unsafe { self.lines.as_ref() }
     }
 
+    /// Whether a record may be waiting at the released `head`: a look at that header
+    /// slot, without the consumer. For a waiter that cannot take the reading half (a
+    /// thread of this process holds it, asleep or about to take the record): a
+    /// sleeping holder has given back everything it read, so an empty slot there means
+    /// nothing to read. Conservative: read-but-unreleased records count as waiting.
+    /// Whatever the peer wrote, the look stays in bounds (the offset is masked).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn maybe_unread(&self) -> bool {
+        // SYNC: head release (ours, or the holder's).
+        let head = self.lines().head.0.load(Ordering::Acquire);
+        // SYNC: header publish.
+        self.header_at(head & (self.cap - 1) & !(HEADER - 1)).load(Ordering::Acquire) != 0
+    }
+
+    /// Bytes published and not yet given back, by the shared counters (without the
+    /// producer: for a writer waiting for room while another thread holds the writing
+    /// half). Saturates on counters the peer broke.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared_used(&self) -> u64 {
+        // SYNC: head release.
+        let head = self.lines().head.0.load(Ordering::Acquire);
+        let tail = self.lines().tail.0.load(Ordering::Relaxed);
+        tail.saturating_sub(head).min(self.cap)
+    }
+
     /// The header word at `offset` (8-aligned, `< cap`).
     #[inline]
     fn header_at(&self, offset: u64) -> &AtomicU64 {

@@ -273,7 +273,9 @@ impl Notifier {
         true
     }
 
-    /// `notify` as this side does it. Returns whether a sleeper was woken.
+    /// `notify` as this side does it. Returns whether a sleeper was woken. (The
+    /// channel's sides use `ready::notify_reader`, which also serves an armed word.)
+    #[cfg(test)]
     #[inline(always)]
     pub(crate) fn notify(self, word: &WaitWord, parker: &Parker) -> bool {
         self.fence() && wake_if_waiting(word, parker)

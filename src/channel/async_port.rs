@@ -1,0 +1,397 @@
+//! The async layer (feature `tokio`): `recv_async`, `recv_bytes_with_async`,
+//! `post_message_async`, `post_bytes_async` and `stream()`.
+//!
+//! No helper thread and no task of its own: each call tries the plain `try_` operation
+//! first (on a busy channel that is all it does: no system call, no registration), and
+//! only when it finds the ring empty (or full) waits on the port's readiness
+//! descriptor through tokio's `AsyncFd`, then tries again.
+//!
+//! * **Receiving.** A `try_` receive that finds the ring empty arms the descriptor and
+//!   looks again (`readiness`), so the wait that follows cannot miss the writer's
+//!   signal. If another thread of this process holds the reading half (a blocked
+//!   `recv`), the receive could not arm: the wait then sets `ARMED` itself and looks
+//!   at the ring without the half (`RingRef::maybe_unread`); a record there means the
+//!   holder is about to take it, and the task yields and tries again.
+//! * **Room.** A post that finds the ring full sets `ARMED` on the producer's *space*
+//!   word (the reader's release signals it, as a publish signals the data word: one
+//!   byte on the socket, which the writing port's descriptor watches too), then
+//!   compares the consumer's released position with the one it saw before the
+//!   failed try: moved, it tries again; else it waits. A full that the counters do not
+//!   explain (the writing half held by another thread, a moved port in use) yields and
+//!   tries again.
+//! * **One socket, two signals.** A receive arming on the same port drains the
+//!   socket's signals, a room signal among them: so a waiting writer leaves the
+//!   position it saw in `RoomWait`, and the arming raises the descriptor's own eventfd
+//!   when that position has moved.
+//! * **Dropping a future** mid-wait leaves `ARMED` set: harmless, it costs one signal
+//!   at the peer's next publish (or release), drained by the next arming. Clearing it
+//!   instead could take the signal away from another waiter of the same port (`ARMED`
+//!   is one bit per word, not a count).
+//!
+//! The `AsyncFd` is registered once per port and runtime (a duplicate of the
+//! descriptor, kept in the port), so a wait costs no registration. A stream keeps one
+//! of its own (`poll_read_ready` serves one waker per registration).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::api::{MessageEvent, MessagePort, Transferable};
+use super::outgoing::Outgoing;
+use super::port::lock;
+use super::{Link, Mode};
+use crate::error::{MessageError, PostError, RecvError, TryRecvError};
+use crate::shm::ready;
+use crate::shm::ring::HEADER;
+use crate::value::Value;
+
+thread_local! {
+    /// The last `try_` receive on this thread found the reading half held elsewhere.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by a `try_` receive that could not take the reading half.
+#[cold]
+pub(super) fn note_busy() {
+    BUSY.with(|b| b.set(true));
+}
+
+/// A port's registrations with tokio's reactor, and what a writer waiting for room saw.
+#[derive(Default)]
+pub(super) struct AsyncState {
+    registered: Mutex<Option<(tokio::runtime::Id, Arc<AsyncFd<OwnedFd>>)>>,
+    room: RoomWait,
+}
+
+/// Writers of this process waiting for room, and the consumer's released position the
+/// last of them saw (see the module docs).
+#[derive(Default)]
+pub(super) struct RoomWait {
+    waiters: AtomicU32,
+    head: AtomicU64,
+}
+
+impl AsyncState {
+    /// A receive's arming drained the socket: whether a waiting writer's room signal
+    /// may have been among what it drained (the reader released since the writer looked).
+    pub(super) fn room_moved(&self, link: &Link) -> bool {
+        self.room.waiters.load(Ordering::SeqCst) != 0
+            && link.segment.ring(link.end).lines().head.0.load(Ordering::Acquire)
+                != self.room.head.load(Ordering::SeqCst)
+    }
+}
+
+/// A writer counted in `RoomWait::waiters` until dropped (with its future).
+struct RoomGuard<'a>(&'a RoomWait);
+
+impl Drop for RoomGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What to do after an attempt found the ring empty (or full).
+enum Next {
+    /// Try again now.
+    Retry,
+    /// Something is about to change that no signal announces: let others run, retry.
+    Yield,
+    /// Armed: wait for the descriptor.
+    Wait,
+    /// The peer is gone (a post is then a no-op).
+    Gone,
+}
+
+/// Gives the executor one turn (a future that is ready on its second poll).
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+fn yield_now() -> YieldNow {
+    YieldNow(false)
+}
+
+/// Registers a duplicate of the port's readiness descriptor with the current runtime's
+/// reactor. `None` outside a tokio runtime, or out of descriptors: the caller then
+/// polls by yielding. (A runtime without I/O enabled panics in tokio, as its own
+/// sockets do.)
+fn register(port: &MessagePort) -> Option<AsyncFd<OwnedFd>> {
+    tokio::runtime::Handle::try_current().ok()?;
+    let fd = port.try_as_fd().ok()?.try_clone_to_owned().ok()?;
+    // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which owns it until dropped:
+    // it stays open and names the same epoll set for the registration's lifetime.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+}
+
+/// The port's registration with the current runtime, made on first use.
+fn registered(port: &MessagePort) -> Option<Arc<AsyncFd<OwnedFd>>> {
+    let id = tokio::runtime::Handle::try_current().ok()?.id();
+    let state = port.port().ready.async_state();
+    let mut held = lock(&state.registered);
+    if let Some((at, fd)) = held.as_ref()
+        && *at == id
+    {
+        return Some(fd.clone());
+    }
+    let fd = Arc::new(register(port)?);
+    *held = Some((id, fd.clone()));
+    Some(fd)
+}
+
+/// A receive found nothing: was it armed, or must this waiter arm and look itself?
+fn after_empty(port: &MessagePort) -> Next {
+    if !BUSY.with(|b| b.replace(false)) {
+        return Next::Wait;
+    }
+    let Some(link) = port.port().link() else { return Next::Retry };
+    let word = &link.rx_data_word().word;
+    if ready::arm(word, link.segment.parker()) {
+        return Next::Yield;
+    }
+    // The holder takes what is there, and the end too (a close or a hang-up seen
+    // before this arming signals nobody again): look until it lets go.
+    if link.segment.ring(1 - link.end).maybe_unread() || link.peer_gone() { Next::Yield } else { Next::Wait }
+}
+
+/// A post found the ring full, after `seen` was the consumer's released position:
+/// arm for room and decide.
+fn after_full(port: &MessagePort, seen: u64, needed: u64) -> Next {
+    let Some(link) = port.port().link() else { return Next::Retry };
+    let ring = link.segment.ring(link.end);
+    if ready::arm(&link.tx_space_word().word, link.segment.parker()) {
+        return Next::Yield;
+    }
+    if ring.lines().head.0.load(Ordering::Acquire) != seen {
+        return Next::Retry;
+    }
+    if link.peer_gone() {
+        // A full ring whose reader is gone never drains: the post is a no-op (rule 10).
+        return Next::Gone;
+    }
+    if ring.shared_used() + needed.min(ring.capacity()) <= ring.capacity() { Next::Yield } else { Next::Wait }
+}
+
+/// Waits on `fd` once (or yields, without one).
+async fn wait_readable(fd: Option<&AsyncFd<OwnedFd>>) {
+    match fd {
+        Some(fd) => match fd.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => yield_now().await,
+        },
+        None => yield_now().await,
+    }
+}
+
+/// The receive loop: `attempt` is a `try_` receive.
+async fn recv_loop<R>(
+    port: &MessagePort,
+    mut attempt: impl FnMut() -> Result<R, TryRecvError>,
+) -> Result<R, RecvError> {
+    BUSY.with(|b| b.set(false));
+    let first = attempt();
+    if !matches!(first, Err(TryRecvError::Empty)) {
+        return finish(first);
+    }
+    // Made before the next attempt, so that attempt arms the descriptor.
+    let fd = registered(port);
+    loop {
+        BUSY.with(|b| b.set(false));
+        let got = attempt();
+        if !matches!(got, Err(TryRecvError::Empty)) {
+            return finish(got);
+        }
+        match after_empty(port) {
+            Next::Retry | Next::Gone => continue,
+            Next::Yield => yield_now().await,
+            Next::Wait => wait_readable(fd.as_deref()).await,
+        }
+    }
+}
+
+fn finish<R>(got: Result<R, TryRecvError>) -> Result<R, RecvError> {
+    match got {
+        Ok(r) => Ok(r),
+        Err(TryRecvError::MessageError(e)) => Err(RecvError::MessageError(e)),
+        Err(_) => Err(RecvError::Closed),
+    }
+}
+
+/// The post loop: `attempt` is a `try_` post of a record of about `needed` ring bytes.
+async fn post_loop(
+    port: &MessagePort,
+    needed: u64,
+    mut attempt: impl FnMut() -> Result<(), PostError>,
+) -> Result<(), PostError> {
+    let first = attempt();
+    if !matches!(first, Err(PostError::Full)) {
+        return first;
+    }
+    let fd = registered(port);
+    let room = &port.port().ready.async_state().room;
+    room.waiters.fetch_add(1, Ordering::SeqCst);
+    let _counted = RoomGuard(room);
+    loop {
+        let Some(link) = port.port().link() else { return attempt() };
+        let seen = link.segment.ring(link.end).lines().head.0.load(Ordering::Acquire);
+        room.head.store(seen, Ordering::SeqCst);
+        let got = attempt();
+        if !matches!(got, Err(PostError::Full)) {
+            return got;
+        }
+        match after_full(port, seen, needed) {
+            Next::Retry => {}
+            Next::Gone => return Ok(()),
+            Next::Yield => yield_now().await,
+            Next::Wait => wait_readable(fd.as_deref()).await,
+        }
+    }
+}
+
+/// Ring bytes a record of `len` payload bytes takes (with the empty slot after it);
+/// a record larger than the ring goes out of line, as a small table.
+fn ring_bytes(len: usize, max_inline: usize) -> u64 {
+    let len = if len > max_inline { 64 } else { len as u64 };
+    2 * HEADER + len.div_ceil(HEADER) * HEADER
+}
+
+impl MessagePort {
+    /// Waits for the next message without blocking the runtime: as
+    /// [`recv`](Self::recv), in a tokio task. Returns at once when a message is
+    /// waiting (no system call); else waits on the port's readiness descriptor
+    /// ([`AsFd`](std::os::fd::AsFd)) through tokio's reactor. Cancel-safe: dropped while waiting, it has
+    /// taken nothing. A thread of this process blocked in `recv` on the same port and
+    /// this call share the messages (whichever looks first takes each).
+    pub async fn recv_async(&self) -> Result<MessageEvent, RecvError> {
+        recv_loop(self, || self.try_recv()).await
+    }
+
+    /// As [`recv_bytes_with`](Self::recv_bytes_with), without blocking the runtime
+    /// (see [`recv_async`](Self::recv_async)).
+    pub async fn recv_bytes_with_async<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        let mut f = Some(f);
+        loop {
+            // `f` runs only on a received message, so it is there until then.
+            match recv_loop(self, || self.try_recv_bytes_with(|b| f.take().map(|f| f(b)))).await? {
+                Some(r) => return Ok(r),
+                None => continue,
+            }
+        }
+    }
+
+    /// As [`post_bytes`](Self::post_bytes), waiting for room without blocking the
+    /// runtime: the reader's release of ring space signals the port's readiness
+    /// descriptor when this call armed it.
+    pub async fn post_bytes_async(&self, bytes: &[u8]) -> Result<(), PostError> {
+        let needed = ring_bytes(bytes.len(), self.max_inline_size());
+        post_loop(self, needed, || self.try_post_bytes(bytes)).await
+    }
+
+    /// As [`post_message`](Self::post_message), waiting for room without blocking the
+    /// runtime (see [`post_bytes_async`](Self::post_bytes_async)). Nothing is moved
+    /// until the message is posted: dropped while waiting, the transfer list's
+    /// buffers and ports stay where they were.
+    pub async fn post_message_async(
+        &self,
+        message: impl Into<Value>,
+        transfer: impl IntoIterator<Item = Transferable>,
+    ) -> Result<(), PostError> {
+        let message = message.into();
+        let transfer: Vec<Transferable> = transfer.into_iter().collect();
+        let outgoing = Outgoing::value(self, &message, &transfer, self.max_inline())?;
+        let needed = ring_bytes(outgoing.record.payload.len(), self.max_inline_size());
+        let mut first = Some(outgoing);
+        post_loop(self, needed, || {
+            let outgoing = match first.take() {
+                Some(o) => o,
+                None => Outgoing::value(self, &message, &transfer, self.max_inline())?,
+            };
+            self.post_prepared(outgoing, Mode::Try)
+        })
+        .await
+    }
+
+    /// The port's messages as a [`futures_core::Stream`], ending when the port is
+    /// closed or its peer is gone and everything it sent was received. A message that
+    /// cannot be decoded is an `Err` item; the stream goes on after it.
+    pub fn stream(&self) -> MessageStream {
+        MessageStream { port: self.clone(), fd: None, registered: false, done: false }
+    }
+}
+
+/// The messages of a port, as a stream: [`MessagePort::stream`].
+#[derive(Debug)]
+pub struct MessageStream {
+    port: MessagePort,
+    fd: Option<AsyncFd<OwnedFd>>,
+    registered: bool,
+    done: bool,
+}
+
+impl futures_core::Stream for MessageStream {
+    type Item = Result<MessageEvent, MessageError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            BUSY.with(|b| b.set(false));
+            match this.port.try_recv() {
+                Ok(event) => return Poll::Ready(Some(Ok(event))),
+                Err(TryRecvError::MessageError(e)) => return Poll::Ready(Some(Err(e))),
+                Err(TryRecvError::Closed) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            if !this.registered {
+                // Made before the next attempt, so that attempt arms the descriptor.
+                this.registered = true;
+                this.fd = register(&this.port);
+                continue;
+            }
+            let next = after_empty(&this.port);
+            let Some(fd) = this.fd.as_ref().filter(|_| matches!(next, Next::Wait)) else {
+                if matches!(next, Next::Retry | Next::Gone) {
+                    continue;
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            };
+            match fd.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(mut guard)) => guard.clear_ready(),
+                Poll::Ready(Err(_)) => {
+                    this.fd = None;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl futures_core::FusedStream for MessageStream {
+    fn is_terminated(&self) -> bool {
+        self.done
+    }
+}
