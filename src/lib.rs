@@ -70,6 +70,8 @@ pub use channel::{
     Transferable, TryIter, WriteChunk,
 };
 #[cfg(not(loom))]
+pub use channel::{PortEvent, PortKey, PortSet, TryWaitError, WaitTimeoutError};
+#[cfg(not(loom))]
 pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]
 pub use error::{

@@ -10,9 +10,11 @@ mod incoming;
 mod link;
 mod options;
 mod outgoing;
+mod poller;
 mod port;
 mod readiness;
 mod rx;
+mod set;
 mod transfer;
 mod tx;
 mod typed_api;
@@ -25,6 +27,7 @@ pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};
 pub(crate) use port::{Port, Readiness, port_from_fds};
 pub use readiness::{Iter, TryIter};
+pub use set::{PortEvent, PortKey, PortSet, TryWaitError, WaitTimeoutError};
 
 /// How long a call may wait.
 #[derive(Clone, Copy)]
