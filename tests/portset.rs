@@ -302,3 +302,89 @@ fn cpu_time() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
+
+#[test]
+fn the_thread_count_does_not_grow_with_the_ports_with_handlers() {
+    // Alone in a process: the threads counted are the whole process's.
+    if !common::isolated("the_thread_count_does_not_grow_with_the_ports_with_handlers") {
+        return;
+    }
+    let _w = watchdog("the_thread_count_does_not_grow", Duration::from_secs(60));
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let before = threads();
+    let closing: Vec<MessageChannel> = (0..50).map(|_| MessageChannel::new().unwrap()).collect();
+    let (closed_tx, closed_rx) = mpsc::channel();
+    for (i, ch) in closing.iter().enumerate() {
+        let tx = closed_tx.clone();
+        ch.port2().set_onclose(Some(move || tx.send(i).unwrap()));
+    }
+    assert!(threads() <= before + 1, "50 ports with close handlers: {} threads, {before} before", threads());
+    let talking: Vec<MessageChannel> = (0..50).map(|_| MessageChannel::new().unwrap()).collect();
+    let (message_tx, message_rx) = mpsc::channel();
+    for (i, ch) in talking.iter().enumerate() {
+        let tx = message_tx.clone();
+        ch.port2().set_onmessage(Some(move |ev: MessageEvent| tx.send((i, number(&ev))).unwrap()));
+    }
+    assert!(threads() <= before + 1, "and 50 with message handlers: {} threads, {before} before", threads());
+    for n in 0..20 {
+        for ch in &talking {
+            ch.port1().post_message(n, []).unwrap();
+        }
+    }
+    let mut got = vec![Vec::new(); talking.len()];
+    for _ in 0..20 * talking.len() {
+        let (i, n) = message_rx.recv_timeout(WAIT).expect("every message delivered");
+        got[i].push(n);
+    }
+    assert!(got.iter().all(|g| g.iter().copied().eq(0..20)), "each port's messages in order");
+    for ch in &closing {
+        ch.port1().close();
+    }
+    let mut closed: Vec<usize> =
+        (0..closing.len()).map(|_| closed_rx.recv_timeout(WAIT).expect("every close handler ran")).collect();
+    closed.sort();
+    assert!(closed.iter().copied().eq(0..closing.len()), "each close handler once");
+    assert!(closed_rx.recv_timeout(Duration::from_millis(50)).is_err());
+    assert!(threads() <= before + 1);
+}
+
+#[test]
+fn a_handler_that_closes_its_own_port_ends_its_delivery_and_others_go_on() {
+    let _w = watchdog("a_handler_that_closes_its_own_port", Duration::from_secs(60));
+    let (a, b) = (MessageChannel::new().unwrap(), MessageChannel::new().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let own = a.port2();
+    let tx_a = tx.clone();
+    a.port2().set_onmessage(Some(move |ev: MessageEvent| {
+        tx_a.send(("a", number(&ev))).unwrap();
+        own.close();
+    }));
+    b.port2().set_onmessage(Some(move |ev: MessageEvent| tx.send(("b", number(&ev))).unwrap()));
+    a.port1().post_message(1, []).unwrap();
+    a.port1().post_message(2, []).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), ("a", 1));
+    b.port1().post_message(3, []).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), ("b", 3));
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "nothing after the close");
+    assert!(a.port2().is_detached() && a.port1().is_peer_closed());
+}
+
+#[test]
+fn a_port_whose_close_handler_is_cleared_is_not_served_and_its_handle_drop_closes_it() {
+    let _w = watchdog("a_port_whose_close_handler_is_cleared", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let (tx, rx) = mpsc::channel();
+    ch.port2().set_onclose(Some(move || tx.send(()).unwrap()));
+    ch.port2().set_onclose(None::<fn()>);
+    ch.port1().post_message(1, []).unwrap();
+    ch.port1().close();
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "a cleared close handler never runs");
+    assert_eq!(number(&ch.port2().recv_timeout(WAIT).unwrap()), 1, "messages are left to recv");
+    // Dropping every handle of a port that was served closes it (the thread holds
+    // no handle).
+    let other = MessageChannel::new().unwrap();
+    other.port2().set_onclose(Some(|| {}));
+    let peer = other.port1();
+    drop(other);
+    assert!(peer.recv_timeout(WAIT).unwrap_err().is_closed());
+}

@@ -25,7 +25,7 @@ pub use api::{MessageEvent, MessagePort, Transferable};
 pub use halves::{PortReader, PortWriter, WriteChunk};
 pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};
-pub(crate) use port::{Port, Readiness, port_from_fds};
+pub(crate) use port::{Port, port_from_fds};
 pub use readiness::{Iter, TryIter};
 pub use set::{PortEvent, PortKey, PortSet, TryWaitError, WaitTimeoutError};
 

@@ -145,6 +145,18 @@ impl Poller {
         }
     }
 
+    /// The epoll set, for a thread that must unwatch one of the owner's descriptors
+    /// itself.
+    pub(super) fn epoll(&self) -> &Arc<OwnedFd> {
+        &self.epoll
+    }
+
+    /// Watches one of the owner's descriptors under `token` (at or above `OTHER`).
+    pub(super) fn watch_other(&self, fd: BorrowedFd<'_>, token: u64, hang_up_only: bool) -> io::Result<()> {
+        debug_assert!(token >= OTHER);
+        platform::epoll_watch_token(self.epoll.as_fd(), fd, token, hang_up_only)
+    }
+
     /// What to do next, waiting until `deadline` at most (`None`: as long as it takes).
     /// `looks` counts the looks at the epoll set made past the deadline, over the
     /// calls of one wait (start it at 0): past the deadline, the set is looked at once
