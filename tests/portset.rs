@@ -388,3 +388,46 @@ fn a_port_whose_close_handler_is_cleared_is_not_served_and_its_handle_drop_close
     drop(other);
     assert!(peer.recv_timeout(WAIT).unwrap_err().is_closed());
 }
+
+/// CPU time (clock ticks) of this process's dispatch thread, if it runs.
+fn dispatch_thread_ticks() -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // The kernel keeps 15 bytes of a thread name.
+        if comm.trim() == "shmport-dispatc" {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            // utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the name.
+            return Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_port_watched_for_its_close_and_transferred_away_leaves_the_dispatch_thread_idle() {
+    // Alone in a process: nothing else may keep the dispatch thread busy.
+    if !common::isolated("a_port_watched_for_its_close_and_transferred_away_leaves_the_dispatch_thread_idle") {
+        return;
+    }
+    let _w = watchdog("a_port_watched_for_its_close_and_transferred_away", Duration::from_secs(60));
+    let (ch, carrier) = (MessageChannel::new().unwrap(), MessageChannel::new().unwrap());
+    let (tx, rx) = mpsc::channel();
+    // Only a close handler: the dispatch thread watches the port's socket itself.
+    ch.port2().set_onclose(Some(move || tx.send(()).unwrap()));
+    std::thread::sleep(Duration::from_millis(50));
+    carrier.port1().post_message(0, [ch.port2().into()]).unwrap();
+    let moved = carrier.port2().recv_timeout(WAIT).unwrap().ports.pop().expect("the port");
+    // The socket lives on in `moved`; its peer's close hangs it up. Had the thread's
+    // epoll set kept watching it, that hang-up would be reported to it for ever.
+    ch.port1().close();
+    assert!(moved.recv_timeout(WAIT).unwrap_err().is_closed());
+    let Some(before) = dispatch_thread_ticks() else {
+        return common::skip("no dispatch thread found in /proc/self/task");
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let used = dispatch_thread_ticks().unwrap() - before;
+    assert!(used < 10, "the dispatch thread used {used} ticks in 500 ms: it spins");
+    assert!(rx.recv_timeout(Duration::from_millis(10)).is_err(), "a port transferred away gets no close event here");
+}
