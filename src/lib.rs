@@ -21,7 +21,9 @@
 //! plain-old-data ([`MessagePort::post_pod`]).
 //!
 //! Receiving is pull ([`MessagePort::recv`], [`MessagePort::try_recv`],
-//! [`MessagePort::recv_timeout`]) or push ([`MessagePort::set_onmessage`]). Posting
+//! [`MessagePort::recv_timeout`]) or push ([`MessagePort::set_onmessage`], on one
+//! dispatch thread for the whole process); a [`PortSet`] waits on many ports at once
+//! from one thread of your own. Posting
 //! waits while the ring is full; `try_` and `_timeout` variants do not.
 //!
 //! For realtime threads, [`MessagePort::split`] turns a port into a [`PortWriter`] and
@@ -71,6 +73,8 @@ pub use channel::{
     ChannelOptions, DEFAULT_CAPACITY, Iter, MessageChannel, MessageEvent, MessagePort, PortReader, PortWriter,
     Transferable, TryIter, WriteChunk,
 };
+#[cfg(not(loom))]
+pub use channel::{PortEvent, PortKey, PortSet, TryWaitError, WaitTimeoutError};
 #[cfg(not(loom))]
 pub use diagnostics::{Diagnostics, diagnostics};
 #[cfg(not(loom))]

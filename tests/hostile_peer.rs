@@ -211,6 +211,8 @@ fn s17_message_errors_reach_the_onmessageerror_handler() {
     let mut peer = ForgedWriter::new(&map, 4096);
     peer.push(KIND_VALUE, &[7, 7, 7]);
     peer.push(KIND_VALUE, &[1, 0x01]);
+    // The forged writer sends no readiness signal: poke the dispatch thread.
+    port.start();
     let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(first.starts_with("error: message could not be decoded"), "{first}");
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "Null");
@@ -354,8 +356,11 @@ fn s17_broken_framing_reaches_onmessageerror_before_the_close_event() {
     std::thread::sleep(Duration::from_millis(20));
     // A header no record of this ring can have breaks the framing.
     word(&map, DATA).store(5000 | (KIND_BYTES << 32), Ordering::Release);
-    // Wake the dispatch thread as a writer would.
+    // Wake the dispatch thread. A forged writer has no socket to send a readiness
+    // signal on (a writer that does not signal is missed until the next signal, see
+    // ARCHITECTURE "Readiness"), so the port is poked as a handler change pokes it.
     word(&map, HEADER + 256).store(2, Ordering::Release);
+    port.start();
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "error");
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "close");
 }
@@ -636,8 +641,11 @@ fn s17_after_onmessageerror_reports_broken_framing_no_record_behind_it_is_delive
     port.set_onmessage(Some(move |ev: shmport::MessageEvent| messages.send(format!("{:?}", ev.data)).unwrap()));
     let mut peer = ForgedWriter::new(&map, 4096);
     peer.break_framing();
-    // Wake the dispatch thread as a writer would.
+    // Wake the dispatch thread. A forged writer has no socket to send a readiness
+    // signal on (a writer that does not signal is missed until the next signal, see
+    // ARCHITECTURE "Readiness"), so the port is poked as a handler change pokes it.
     word(&map, HEADER + 256).store(2, Ordering::Release);
+    port.start();
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "error");
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "close");
     peer.push(KIND_BYTES, b"after the break");

@@ -4,8 +4,8 @@
 //!
 //! A port is `Arc<Handle>` → `Arc<Port>`. Every clone of a `MessagePort` shares the one
 //! `Handle`; when the last clone goes, the handle closes the port (SEMANTICS 16). The
-//! dispatch thread of `set_onmessage` holds the `Port`, never the `Handle`, so it does
-//! not keep a port alive that its users have dropped.
+//! dispatch thread of `set_onmessage` (one for the process) holds the `Port`, never the
+//! `Handle`, so it does not keep a port alive that its users have dropped.
 
 use std::fmt;
 use std::sync::Arc;
@@ -319,13 +319,16 @@ impl MessagePort {
     /// dispatch thread. `None` stops delivery (messages then wait for the next handler
     /// or for `recv`).
     ///
-    /// **One OS thread per port.** The first handler set on a port (by this method,
+    /// **One dispatch thread per process.** Handlers of every port run on one thread,
+    /// started by the first handler set on any port (by this method,
     /// [`set_onmessageerror`](Self::set_onmessageerror),
     /// [`set_onclose`](Self::set_onclose) or
-    /// [`add_message_listener`](Self::add_message_listener)) starts a dispatch thread
-    /// for that port alone, which runs until the port is closed or its peer is gone:
-    /// 50 ports with handlers are 50 threads besides the caller's. (A shared dispatcher
-    /// is planned; until then, prefer pulling with `recv` where ports are many.)
+    /// [`add_message_listener`](Self::add_message_listener)) and kept for the life of
+    /// the process: 50 ports with handlers are one thread besides the caller's. Ports
+    /// are served in turn, one message each, so a slow handler delays the handlers of
+    /// every other port (as on the web, where one event loop runs them all); a handler
+    /// that blocks waiting for another port's handler never returns. To serve ports on
+    /// a thread of your own, use a [`PortSet`](crate::PortSet).
     pub fn set_onmessage<F>(&self, handler: Option<F>)
     where
         F: FnMut(MessageEvent) + Send + 'static,
@@ -346,10 +349,9 @@ impl MessagePort {
     /// spec's `close` event; SEMANTICS 16). With push delivery running, it runs after
     /// the last message.
     ///
-    /// It runs on the port's dispatch thread, which this call starts if the port has
-    /// none: **one OS thread per port**, even with no message handler (it sleeps on the
-    /// socket's hang-up). 50 ports with a close handler are 50 threads besides the
-    /// caller's; see [`set_onmessage`](Self::set_onmessage).
+    /// It runs on the process's dispatch thread (see
+    /// [`set_onmessage`](Self::set_onmessage)), which watches the port's socket for the
+    /// hang-up even with no message handler.
     pub fn set_onclose<F>(&self, handler: Option<F>)
     where
         F: FnOnce() + Send + 'static,

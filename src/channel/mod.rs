@@ -12,9 +12,11 @@ mod incoming;
 mod link;
 mod options;
 mod outgoing;
+mod poller;
 mod port;
 mod readiness;
 mod rx;
+mod set;
 mod transfer;
 mod tx;
 mod typed_api;
@@ -27,8 +29,9 @@ pub use async_port::MessageStream;
 pub use halves::{PortReader, PortWriter, WriteChunk};
 pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};
-pub(crate) use port::{Port, Readiness, port_from_fds};
+pub(crate) use port::{Port, port_from_fds};
 pub use readiness::{Iter, TryIter};
+pub use set::{PortEvent, PortKey, PortSet, TryWaitError, WaitTimeoutError};
 
 /// How long a call may wait.
 #[derive(Clone, Copy)]

@@ -23,8 +23,8 @@ use crate::platform;
 use crate::shm::lock::{HalfGuard, HalfLock};
 use crate::shm::ring::{Consumer, Producer, PushError, Record};
 use crate::shm::segment::{END_CLOSED, OpenError, Segment};
-use crate::shm::sync::{AtomicU32, Ordering};
-use crate::shm::wait::{self, Check, SLICE, WaitStrategy};
+use crate::shm::sync::Ordering;
+use crate::shm::wait::{self, Check, WaitStrategy};
 use crate::wire;
 
 /// The state of one port, shared by its handle and its dispatch thread.
@@ -37,9 +37,6 @@ pub(crate) struct Port {
     pub(super) rx: CachePadded<HalfLock<Option<Rx>>>,
     pub(super) strategy: AtomicCell<WaitStrategy>,
     pub(crate) events: Mutex<Events>,
-    /// Bumped by every change of the event handlers, so the dispatch thread re-reads
-    /// them; a close watcher sleeps on it (a process-local futex word).
-    pub(crate) events_epoch: AtomicU32,
     /// The readiness descriptor of `AsFd`, once asked for.
     pub(super) ready: ReadyFd,
 }
@@ -107,7 +104,6 @@ impl Port {
             rx: CachePadded::new(HalfLock::new((!closed).then(|| Rx::new(link, consumer)))),
             strategy: AtomicCell::new(strategy),
             events: Mutex::new(Events::default()),
-            events_epoch: AtomicU32::new(0),
             ready: ReadyFd::default(),
         };
         Ok(Arc::new(port))
@@ -343,70 +339,9 @@ impl Port {
         found
     }
 
-    /// Blocks until a record is waiting, the peer is gone, the port is detached, or
-    /// `keep_waiting` returns false. Used by the dispatch thread; consumes nothing.
-    pub(super) fn wait_readable(&self, keep_waiting: impl Fn() -> bool) -> Readiness {
-        let mut guard = self.rx.lock();
-        let Some(rx) = guard.as_mut() else {
-            return Readiness::Detached;
-        };
-        let link = rx.link.clone();
-        let mut spin = rx.spin;
-        let readiness = wait::block_on(
-            link.rx_data_word(),
-            link.segment.parker(),
-            self.strategy(),
-            &mut spin,
-            Some(&link.woke_peer),
-            None,
-            |check| {
-                if self.is_detached() {
-                    return Some(Readiness::Detached);
-                }
-                if !keep_waiting() {
-                    return Some(Readiness::Interrupted);
-                }
-                match rx.poll(check) {
-                    Some(Ok(_)) => Some(Readiness::Message),
-                    Some(Err(RecvFail::Message(e))) => {
-                        // Keep it for the receiving call that follows.
-                        rx.pending_error = Some(e);
-                        Some(Readiness::Message)
-                    }
-                    Some(Err(_)) => Some(Readiness::PeerGone),
-                    None => None,
-                }
-            },
-        );
-        rx.spin = spin;
-        readiness.unwrap_or(Readiness::Interrupted)
-    }
-
-    /// Sleeps for at most one slice, or until the handlers change (`events_epoch`
-    /// leaves `epoch`), then says whether the peer is gone. Does not touch the ring, so
-    /// it never competes with `recv` for messages.
-    pub(super) fn watch_peer(&self, epoch: u32) -> bool {
-        platform::futex_wait_private(&self.events_epoch, epoch, Some(SLICE));
-        self.link().is_some_and(|link| link.peer_gone())
-    }
-
-    /// Tells the dispatch thread that the handlers changed.
-    pub(super) fn events_changed(&self) {
-        self.events_epoch.fetch_add(1, Ordering::SeqCst);
-        platform::futex_wake_private(&self.events_epoch);
-        self.wake_local_waiters();
-    }
-
     /// The channel end, while attached.
     pub(crate) fn link(&self) -> Option<Arc<Link>> {
         lock(&self.link).clone()
-    }
-
-    /// Wakes this port's own threads sleeping in `recv` or `post` so they re-check.
-    fn wake_local_waiters(&self) {
-        if let Some(link) = self.link() {
-            wake_own_words(&link);
-        }
     }
 
     /// Detaches the port and tells the peer it is closed (SEMANTICS 15). Idempotent.
@@ -445,6 +380,7 @@ impl Port {
             let mut held = lock(&self.link);
             let link = held.take()?;
             self.ready.detached(&link);
+            crate::channel::dispatch::detached(self, &link);
             link
         };
         // Our own threads blocked in recv/post see `detached` and return, releasing
@@ -523,15 +459,6 @@ pub(super) enum Pushed {
     PeerGone,
     /// This port was detached meanwhile: the message goes nowhere.
     Detached,
-}
-
-/// What `wait_readable` saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Readiness {
-    Message,
-    PeerGone,
-    Detached,
-    Interrupted,
 }
 
 /// The error of a call that could not even take its half's lock in time.

@@ -152,6 +152,11 @@ impl Port {
         Ok(fds.epoll.as_fd())
     }
 
+    /// The readiness descriptor if it was made, without arming it.
+    pub(super) fn readiness_fd_made(&self) -> Option<BorrowedFd<'_>> {
+        self.ready.fds.get().map(|fds| fds.epoll.as_fd())
+    }
+
     /// `as_fd`'s arming: if something is there to receive already, the descriptor is
     /// made readable at once. While another thread holds the receiving half (a blocked
     /// `recv`, a message handler), that thread takes what comes, and the descriptor is

@@ -593,6 +593,42 @@ pub(crate) fn epoll_unwatch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
     let _ = rustix::event::epoll::delete(epoll, fd);
 }
 
+/// `epoll_ctl(EPOLL_CTL_ADD)` of `fd` with `token` as its data, level-triggered: for
+/// input and hang-up, or (`hang_up_only`) for hang-up alone (`EPOLLRDHUP`; `EPOLLHUP`
+/// and `EPOLLERR` are always reported).
+pub(crate) fn epoll_watch_token(
+    epoll: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    token: u64,
+    hang_up_only: bool,
+) -> io::Result<()> {
+    use rustix::event::epoll::{EventData, EventFlags};
+    let flags = if hang_up_only { EventFlags::RDHUP } else { EventFlags::IN | EventFlags::RDHUP };
+    Ok(rustix::event::epoll::add(epoll, fd, EventData::new_u64(token), flags)?)
+}
+
+/// `epoll_wait` for at most `timeout` (`None`: no limit): appends the tokens of the
+/// ready descriptors to `tokens`, at most `max`. A signal ends the wait early, with
+/// nothing appended.
+pub(crate) fn epoll_wait_tokens(
+    epoll: BorrowedFd<'_>,
+    tokens: &mut Vec<u64>,
+    max: usize,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let mut events: Vec<rustix::event::epoll::Event> = Vec::with_capacity(max.max(1));
+    let timeout = timeout.map(|t| rustix::time::Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    match rustix::event::epoll::wait(epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
+        Ok(_) | Err(Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    tokens.extend(events.iter().map(|e| e.data.u64()));
+    Ok(())
+}
+
 /// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`: a flag this process raises and clears.
 pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
     use rustix::event::EventfdFlags;

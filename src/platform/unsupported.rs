@@ -172,6 +172,22 @@ pub(crate) fn epoll_watch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>) -> io::Re
     Err(unsupported())
 }
 pub(crate) fn epoll_unwatch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>) {}
+pub(crate) fn epoll_watch_token(
+    _epoll: BorrowedFd<'_>,
+    _fd: BorrowedFd<'_>,
+    _token: u64,
+    _hang_up_only: bool,
+) -> io::Result<()> {
+    Err(unsupported())
+}
+pub(crate) fn epoll_wait_tokens(
+    _epoll: BorrowedFd<'_>,
+    _tokens: &mut Vec<u64>,
+    _max: usize,
+    _timeout: Option<Duration>,
+) -> io::Result<()> {
+    Err(unsupported())
+}
 pub(crate) fn eventfd_new() -> io::Result<OwnedFd> {
     Err(unsupported())
 }
