@@ -284,12 +284,14 @@ impl Port {
         // deadline: whoever holds it (a blocked `recv`, the dispatch thread) takes the
         // next message anyway.
         let Some(mut guard) = lock_for(&self.rx, mode) else {
-            #[cfg(feature = "tokio")]
-            super::async_port::note_busy();
             return Err(match (self.is_detached(), mode) {
                 (true, _) => RecvFail::Closed,
                 (false, Mode::Try) => {
+                    // Empty without a look: the holder takes what comes; tell the
+                    // descriptor's waiter, and an async receive, to look again.
                     self.ready.busy_elsewhere();
+                    #[cfg(feature = "tokio")]
+                    super::async_port::note_busy();
                     RecvFail::Empty
                 }
                 (false, _) => RecvFail::Timeout,
