@@ -144,7 +144,7 @@ impl Port {
                     let made = Fds::new(link.as_deref())?;
                     // Cannot be set already: it is only set here, under the link lock.
                     let _ = self.ready.fds.set(made);
-                    self.ready.fds.get().ok_or_else(|| io::Error::other("readiness descriptor lost"))?
+                    self.ready.fds.get().expect("the readiness set was just made, under the link lock")
                 }
             }
         };
@@ -193,7 +193,7 @@ impl Port {
 /// check the look that must follow needs: `Slow` when the socket hung up or keeps
 /// something (the peer may be gone).
 fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Check {
-    let link = rx.link.clone();
+    let link = &*rx.link;
     if link.busy_poll() {
         // The writers of a busy-poll channel never look at the wait word: the
         // descriptor stays readable, and a loop on it busy-polls as the channel asked.
@@ -204,7 +204,7 @@ fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Ch
     let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
     // A writer of this port waiting for room may have lost its signal to this drain.
     #[cfg(feature = "tokio")]
-    if ready.tokio.room_moved(&link) {
+    if ready.tokio.room_moved(link) {
         fds.raise();
     }
     let word = &link.rx_data_word().word;

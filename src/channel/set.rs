@@ -160,7 +160,6 @@ impl PortSet {
                 Next::Other(_) => continue,
             };
             let Some(port) = self.ports.get(&key) else { continue };
-            let fd = port.port().readiness_fd_made();
             match take_one(port.port()) {
                 Took::Event(event) => {
                     self.poller.served(key);
@@ -170,8 +169,8 @@ impl PortSet {
                     self.poller.served(key);
                     return Ok((PortKey(key), PortEvent::MessageError(e)));
                 }
-                Took::Empty => self.poller.dry(key, fd),
-                Took::Busy => self.poller.busy(key, fd),
+                Took::Empty => self.poller.dry(key, port.port().readiness_fd_made()),
+                Took::Busy => self.poller.busy(key, port.port().readiness_fd_made()),
                 Took::Closed => {
                     drop(self.remove(PortKey(key)));
                     return Ok((PortKey(key), PortEvent::Closed));

@@ -616,16 +616,16 @@ pub(crate) fn epoll_wait_tokens(
     max: usize,
     timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let mut events: Vec<rustix::event::epoll::Event> = Vec::with_capacity(max.max(1));
-    let timeout = timeout.map(|t| rustix::time::Timespec {
-        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: i64::from(t.subsec_nanos()),
-    });
-    match rustix::event::epoll::wait(epoll, rustix::buffer::spare_capacity(&mut events), timeout.as_ref()) {
-        Ok(_) | Err(Errno::INTR) => {}
+    use std::mem::MaybeUninit;
+    // On the stack: this runs in the poller's loop, which should not allocate per wait.
+    const MOST: usize = 64;
+    let mut buf = [const { MaybeUninit::<rustix::event::epoll::Event>::uninit() }; MOST];
+    let timeout = timeout.map(timespec);
+    match rustix::event::epoll::wait(epoll, &mut buf[..max.clamp(1, MOST)], timeout.as_ref()) {
+        Ok((events, _)) => tokens.extend(events.iter().map(|e| e.data.u64())),
+        Err(Errno::INTR) => {}
         Err(e) => return Err(e.into()),
     }
-    tokens.extend(events.iter().map(|e| e.data.u64()));
     Ok(())
 }
 

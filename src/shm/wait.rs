@@ -769,7 +769,8 @@ mod tests {
             Some(())
         );
         assert!(!credit.take());
-        // A notify with nobody asleep wakes nobody (and so earns no credit).
+        // A notify with nobody asleep wakes nobody (the channel notes a credit only
+        // when it did: `channel::port`'s test of the post that wakes its peer).
         assert!(!notify(&word, &parker));
     }
 
