@@ -2,6 +2,7 @@
 //! credentials and abstract-namespace rendezvous sockets. Every `rustix` call of the
 //! crate lives in this file.
 
+use super::VmaFlag;
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -416,23 +417,6 @@ pub(crate) unsafe fn mprotect(ptr: *mut u8, len: usize, open: bool) -> io::Resul
     // SAFETY: forwarded from the caller.
     unsafe { rustix::mm::mprotect(ptr.cast(), len, flags) }?;
     Ok(())
-}
-
-/// Advice that only sets or clears a VMA flag with no effect on how the pages are
-/// read, cached, reclaimed or faulted, used to keep a range a VMA of its own (see
-/// `arena`'s `vmas`). Each pair undoes itself exactly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum VmaFlag {
-    /// `MADV_DONTDUMP` (`VM_DONTDUMP`, Linux 3.4): the range is left out of core dumps.
-    DontDump,
-    /// `MADV_DODUMP`: undoes `DontDump`.
-    DoDump,
-    /// `MADV_DONTFORK` (`VM_DONTCOPY`, Linux 2.6.16): a child made by `fork` does not
-    /// get the range (`exec` replaces the mapping anyway; `vfork`/`posix_spawn` share
-    /// or drop it alike).
-    DontFork,
-    /// `MADV_DOFORK`: undoes `DontFork`.
-    DoFork,
 }
 
 /// `madvise` with one of the flag-only advices of `VmaFlag`, for `len` bytes at `ptr`.

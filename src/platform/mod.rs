@@ -12,6 +12,23 @@ mod os;
 
 pub(crate) use os::*;
 
+/// Advice that only sets or clears a VMA flag with no effect on how the pages are
+/// read, cached, reclaimed or faulted, used to keep a range a VMA of its own (see
+/// `arena`'s `vmas`). Each pair undoes itself exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VmaFlag {
+    /// `MADV_DONTDUMP` (`VM_DONTDUMP`, Linux 3.4): the range is left out of core dumps.
+    DontDump,
+    /// `MADV_DODUMP`: undoes `DontDump`.
+    DoDump,
+    /// `MADV_DONTFORK` (`VM_DONTCOPY`, Linux 2.6.16): a child made by `fork` does not
+    /// get the range (`exec` replaces the mapping anyway; `vfork`/`posix_spawn` share
+    /// or drop it alike).
+    DontFork,
+    /// `MADV_DOFORK`: undoes `DontFork`.
+    DoFork,
+}
+
 /// What [`os::take_inherited_socket`] found at a descriptor number it was told about,
 /// when that is not the socket a parent hands down (it is then left as it was).
 #[derive(Debug)]

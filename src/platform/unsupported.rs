@@ -3,6 +3,7 @@
 //! returns `ErrorKind::Unsupported`. macOS (POSIX shm + ulock/os_sync_wait_on_address)
 //! is the next port; it must define exactly the names of `linux.rs`.
 
+use super::VmaFlag;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
@@ -99,14 +100,6 @@ pub(crate) unsafe fn take_inherited_socket(
 /// As on Linux.
 pub(crate) unsafe fn mprotect(_ptr: *mut u8, _len: usize, _open: bool) -> io::Result<()> {
     Err(unsupported())
-}
-/// As on Linux.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum VmaFlag {
-    DontDump,
-    DoDump,
-    DontFork,
-    DoFork,
 }
 /// # Safety
 /// As on Linux.
