@@ -27,7 +27,7 @@ use super::link::Link;
 use super::poller::{Next, OTHER, Poller, Took, take_one};
 use crate::channel::{MessageEvent, Port};
 use crate::error::MessageError;
-use crate::platform;
+use crate::platform::{self, Watch as Epoll};
 
 pub(crate) type MessageHandler = Box<dyn FnMut(MessageEvent) + Send>;
 pub(crate) type ErrorHandler = Box<dyn FnMut(MessageError) + Send>;
@@ -107,7 +107,7 @@ fn dispatcher() -> Option<Arc<Dispatcher>> {
     }
     let poller = Poller::new().ok()?;
     let control = platform::eventfd_new().ok()?;
-    poller.watch_other(control.as_fd(), CONTROL, false).ok()?;
+    poller.watch_other(control.as_fd(), CONTROL, Epoll::Input).ok()?;
     let d = Arc::new(Dispatcher { epoll: poller.epoll().clone(), control, pending: Mutex::new(Vec::new()) });
     let thread_d = d.clone();
     std::thread::Builder::new().name("shmport-dispatch".into()).spawn(move || run(poller, thread_d)).ok()?;
@@ -287,7 +287,7 @@ impl Table {
                 let link = super::port::lock(&port.link);
                 match link.as_ref() {
                     Some(l) => {
-                        let ok = self.poller.watch_other(l.socket.as_fd(), OTHER | key, true).is_ok();
+                        let ok = self.poller.watch_other(l.socket.as_fd(), OTHER | key, Epoll::HangUp).is_ok();
                         lock(&port.events).socket_watched = ok;
                         ok
                     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use super::incoming;
 use super::{MessageEvent, Mode, Port};
 use crate::error::{MessageError, RecvFail};
-use crate::platform;
+use crate::platform::{self, Watch};
 
 /// Tokens at or above this are the owner's own descriptors, not ports.
 pub(super) const OTHER: u64 = 1 << 63;
@@ -87,7 +87,7 @@ impl Poller {
     /// something may be waiting already.
     pub(super) fn insert(&mut self, key: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
         debug_assert!(key < OTHER);
-        platform::epoll_watch_token(self.epoll.as_fd(), fd, key, false)?;
+        platform::epoll_watch(self.epoll.as_fd(), fd, key, Watch::Input)?;
         self.keys.insert(key, State { queued: true, watched: true });
         self.queue.push_back(key);
         Ok(())
@@ -122,7 +122,7 @@ impl Poller {
             && !state.watched
             && let Some(fd) = fd
         {
-            match platform::epoll_watch_token(self.epoll.as_fd(), fd, key, false) {
+            match platform::epoll_watch(self.epoll.as_fd(), fd, key, Watch::Input) {
                 Ok(()) => state.watched = true,
                 // Out of memory for the watch: try the port again later instead.
                 Err(_) => self.parked.push((key, Instant::now() + PARK)),
@@ -152,9 +152,9 @@ impl Poller {
     }
 
     /// Watches one of the owner's descriptors under `token` (at or above `OTHER`).
-    pub(super) fn watch_other(&self, fd: BorrowedFd<'_>, token: u64, hang_up_only: bool) -> io::Result<()> {
+    pub(super) fn watch_other(&self, fd: BorrowedFd<'_>, token: u64, watch: Watch) -> io::Result<()> {
         debug_assert!(token >= OTHER);
-        platform::epoll_watch_token(self.epoll.as_fd(), fd, token, hang_up_only)
+        platform::epoll_watch(self.epoll.as_fd(), fd, token, watch)
     }
 
     /// What to do next, waiting until `deadline` at most (`None`: as long as it takes).

@@ -2,22 +2,31 @@
 //! `try_iter` / `iter`.
 //!
 //! The descriptor is an epoll set, made the first time it is asked for, that watches
-//! two descriptors: the port's end of the channel's socket (readable when the writer
-//! sent a readiness signal or a record's descriptors, and when the peer hung up), and
-//! an eventfd this process raises itself (the port was detached, a message was already
-//! waiting when `as_fd` armed, the channel is a busy-poll one). The set belongs to the
-//! port object, so its number stays valid for as long as any handle of the port lives,
-//! whatever becomes of the socket: a port transferred away stops watching it (and
-//! raises the eventfd). The socket itself travels with the port, so the signals the
-//! writer sends follow the port to its new process, where its own set watches it.
+//! two descriptors: the port's end of the channel's socket, edge-triggered (an event
+//! when the writer sends a readiness signal or a record's descriptors, and when the
+//! peer hangs up), and, level-triggered, an eventfd this process raises itself (the
+//! port was detached, a message was already waiting when `as_fd` armed, the channel
+//! is a busy-poll one). The set belongs to the port object, so its number stays valid
+//! for as long as any handle of the port lives, whatever becomes of the socket: a port
+//! transferred away stops watching it (and raises the eventfd). The socket itself
+//! travels with the port, so the signals the writer sends follow the port to its new
+//! process, where its own set watches it.
 //!
 //! Arming (the protocol is in `shm::ready`): `as_fd`, and every `try_` receive that
-//! finds the ring empty on a port whose descriptor exists, clear the eventfd, drain
-//! the signals already on the socket, set `ARMED` in the port's wait word, and look at
-//! the ring again: a record found then is returned (`try_`) or raises the eventfd
-//! (`as_fd`). So a loop of "poll, then `try_recv` until `Empty`" never misses a
-//! message, and the descriptor is not readable after such a drain (at most once
-//! spuriously, for a signal that raced with the drain's last look).
+//! finds the ring empty on a port whose descriptor exists, clear the eventfd, take
+//! the socket's events off the set (`epoll_harvest`), drain the signals already on
+//! the socket, set `ARMED` in the port's wait word, and look at the ring again: a
+//! record found then is returned (`try_`) or raises the eventfd (`as_fd`). So a loop
+//! of "poll, then `try_recv` until `Empty`" never misses a message, and the descriptor
+//! is not readable after such a drain (at most once spuriously, for a signal that
+//! raced with the drain's last look).
+//!
+//! The socket is watched for its events, not its level, because a drain leaves a
+//! later record's descriptors queued (sent before the record is published, or by an
+//! attempt that was rolled back, which only the next record with descriptors clears):
+//! watched level-triggered, they kept the set readable, and a level-triggered loop
+//! spun on `Empty`. A look that finds the end (closed, gone, broken) raises the
+//! eventfd instead, so the descriptor stays readable once the hang-up's edge was taken.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -28,7 +37,7 @@ use super::link::Link;
 use super::port::{Port, lock};
 use super::rx::Rx;
 use crate::error::{RecvError, RecvFail, TryRecvError};
-use crate::platform;
+use crate::platform::{self, Watch};
 use crate::shm::ready::{self, Signal};
 use crate::shm::ring::Record;
 use crate::shm::sync::Ordering;
@@ -65,12 +74,19 @@ impl Fds {
     /// The set, watching `link`'s socket, or raised at once for a detached port.
     fn new(link: Option<&Link>) -> io::Result<Fds> {
         let fds = Fds { epoll: platform::epoll_new()?, local: platform::eventfd_new()?, raised: Mutex::new(false) };
-        platform::epoll_watch(fds.epoll.as_fd(), fds.local.as_fd())?;
+        platform::epoll_watch(fds.epoll.as_fd(), fds.local.as_fd(), 0, Watch::Input)?;
         match link {
-            Some(link) => platform::epoll_watch(fds.epoll.as_fd(), link.socket.as_fd())?,
+            Some(link) => fds.watch_socket(link)?,
             None => fds.raise(),
         }
         Ok(fds)
+    }
+
+    /// Watches `link`'s socket for its events, not its level: a message left queued on
+    /// it (the descriptors of a record not yet published, or of a rolled-back attempt)
+    /// does not keep the set readable once an arming has taken the edges off it.
+    fn watch_socket(&self, link: &Link) -> io::Result<()> {
+        platform::epoll_watch(self.epoll.as_fd(), link.socket.as_fd(), 0, Watch::InputEdges)
     }
 
     /// Makes the descriptor readable. Every raise writes, so each is a new edge for an
@@ -115,7 +131,7 @@ impl ReadyFd {
     /// eventfd stays raised: the next `try_` receive clears it (one spurious wake-up).
     pub(super) fn attached(&self, link: &Link) {
         if let Some(fds) = self.fds.get()
-            && platform::epoll_watch(fds.epoll.as_fd(), link.socket.as_fd()).is_err()
+            && fds.watch_socket(link).is_err()
         {
             // Out of memory for the watch: readable for good is the safe failure (the
             // loop polls the port) where unreadable would lose its wake-ups.
@@ -185,7 +201,13 @@ impl Port {
             fds.raise();
             return Some(Err(RecvFail::Closed));
         }
-        rx.poll(check)
+        let found = rx.poll(check);
+        if let Some(Err(_)) = found {
+            // The end (closed, gone, broken): readable for good, as the socket's
+            // hang-up no longer is once `arm` took its edge.
+            fds.raise();
+        }
+        found
     }
 }
 
@@ -201,6 +223,12 @@ fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Ch
         return Check::Fast;
     }
     let was_raised = fds.clear();
+    // The socket's events so far are taken off the set: what they announced, the drain
+    // and the look that follow find (a signal's record, a hang-up), and a message still
+    // queued after the drain (a later record's descriptors) no longer keeps the set
+    // readable. An event from now on (a signal sent because of the `ARMED` set below,
+    // a hang-up) makes it readable again.
+    platform::epoll_harvest(fds.epoll.as_fd());
     let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
     // A writer of this port waiting for room may have lost its signal to this drain.
     #[cfg(feature = "tokio")]
@@ -335,5 +363,59 @@ impl<'a> IntoIterator for &'a MessagePort {
 
     fn into_iter(self) -> Iter<'a> {
         self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use rustix::event::{PollFd, PollFlags, poll};
+
+    use super::*;
+    use crate::{ChannelOptions, MessageChannel};
+
+    /// Whether `fd` is readable now (poll(2) with no wait).
+    fn readable_now(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+        poll(&mut fds, Some(&rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 })).unwrap() > 0
+    }
+
+    /// A descriptor message as `wire::fds` tags it, for the record at ring `position`.
+    fn send_tagged(socket: BorrowedFd<'_>, position: u64, fd: BorrowedFd<'_>) {
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&position.to_le_bytes());
+        header[8..12].copy_from_slice(&7u32.to_le_bytes());
+        header[12..].copy_from_slice(&1u32.to_le_bytes());
+        platform::send_with_fds(socket, &header, &[fd]).unwrap();
+    }
+
+    #[test]
+    fn descriptors_queued_for_a_record_to_come_do_not_keep_the_descriptor_readable() {
+        let options = ChannelOptions::default().process_local(true);
+        let channel = MessageChannel::with_options(&options).unwrap();
+        let (writer, reader) = (channel.port1(), channel.port2());
+        let link = writer.port().link().unwrap();
+        let (spare, _other) = platform::socketpair().unwrap();
+        let fd = reader.as_fd();
+        assert!(!readable_now(fd), "nothing waiting");
+        // The descriptors of a record that is not published (yet, or ever: an attempt
+        // rolled back): a drain must leave them queued for that record.
+        send_tagged(link.socket.as_fd(), 64, spare.as_fd());
+        assert!(readable_now(fd), "the message queued is an event");
+        assert!(matches!(reader.try_recv(), Err(TryRecvError::Empty)));
+        assert!(!readable_now(fd), "after a drain to Empty, the queued message no longer makes it readable");
+        assert!(matches!(reader.try_recv(), Err(TryRecvError::Empty)));
+        assert!(!readable_now(fd), "nor after a second Empty");
+        writer.post_bytes(&[1]).unwrap();
+        assert!(readable_now(fd), "a message posted then wakes it");
+        assert_eq!(reader.try_recv_bytes_with(|b| b.to_vec()).unwrap(), [1]);
+        assert!(matches!(reader.try_recv(), Err(TryRecvError::Empty)));
+        assert!(!readable_now(fd));
+        writer.close();
+        assert!(readable_now(fd), "the peer's close wakes it");
+        assert!(matches!(reader.try_recv(), Err(TryRecvError::Closed)));
+        assert!(readable_now(fd), "and it stays readable once the end was received");
+        assert!(matches!(reader.try_recv(), Err(TryRecvError::Closed)));
+        assert!(readable_now(fd), "for good");
     }
 }

@@ -2,7 +2,7 @@
 //! credentials and abstract-namespace rendezvous sockets. Every `rustix` call of the
 //! crate lives in this file.
 
-use super::VmaFlag;
+use super::{VmaFlag, Watch};
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -566,10 +566,16 @@ pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
     Ok(rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)?)
 }
 
-/// `epoll_ctl(EPOLL_CTL_ADD)` of `fd`, level-triggered, for input and hang-up.
-pub(crate) fn epoll_watch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+/// `epoll_ctl(EPOLL_CTL_ADD)` of `fd` with `token` as its data, reporting what `watch`
+/// says (`EPOLLHUP` and `EPOLLERR` are always reported).
+pub(crate) fn epoll_watch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>, token: u64, watch: Watch) -> io::Result<()> {
     use rustix::event::epoll::{EventData, EventFlags};
-    Ok(rustix::event::epoll::add(epoll, fd, EventData::new_u64(0), EventFlags::IN | EventFlags::RDHUP)?)
+    let flags = match watch {
+        Watch::Input => EventFlags::IN | EventFlags::RDHUP,
+        Watch::HangUp => EventFlags::RDHUP,
+        Watch::InputEdges => EventFlags::IN | EventFlags::RDHUP | EventFlags::ET,
+    };
+    Ok(rustix::event::epoll::add(epoll, fd, EventData::new_u64(token), flags)?)
 }
 
 /// `epoll_ctl(EPOLL_CTL_DEL)` of `fd` (nothing if it was not watched).
@@ -577,18 +583,19 @@ pub(crate) fn epoll_unwatch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
     let _ = rustix::event::epoll::delete(epoll, fd);
 }
 
-/// `epoll_ctl(EPOLL_CTL_ADD)` of `fd` with `token` as its data, level-triggered: for
-/// input and hang-up, or (`hang_up_only`) for hang-up alone (`EPOLLRDHUP`; `EPOLLHUP`
-/// and `EPOLLERR` are always reported).
-pub(crate) fn epoll_watch_token(
-    epoll: BorrowedFd<'_>,
-    fd: BorrowedFd<'_>,
-    token: u64,
-    hang_up_only: bool,
-) -> io::Result<()> {
-    use rustix::event::epoll::{EventData, EventFlags};
-    let flags = if hang_up_only { EventFlags::RDHUP } else { EventFlags::IN | EventFlags::RDHUP };
-    Ok(rustix::event::epoll::add(epoll, fd, EventData::new_u64(token), flags)?)
+/// `epoll_wait` with no wait, the events dropped: takes the edges of the
+/// [`Watch::InputEdges`] descriptors off the set's ready list, so the set is readable
+/// again only at their next event (or while a level-triggered one is ready).
+pub(crate) fn epoll_harvest(epoll: BorrowedFd<'_>) {
+    const BATCH: usize = 4;
+    let mut buf = [const { MaybeUninit::<rustix::event::epoll::Event>::uninit() }; BATCH];
+    loop {
+        match rustix::event::epoll::wait(epoll, &mut buf, Some(&timespec(Duration::ZERO))) {
+            Ok((events, _)) if events.len() == BATCH => {}
+            Err(Errno::INTR) => {}
+            Ok(_) | Err(_) => return,
+        }
+    }
 }
 
 /// `epoll_wait` for at most `timeout` (`None`: no limit): appends the tokens of the

@@ -29,6 +29,19 @@ pub(crate) enum VmaFlag {
     DoFork,
 }
 
+/// What an epoll set watches a descriptor for ([`os::epoll_watch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Input and hang-up, level-triggered: the set is readable while the descriptor is.
+    Input,
+    /// Hang-up alone (`EPOLLRDHUP`), level-triggered.
+    HangUp,
+    /// Input and hang-up, edge-triggered: each event (every message queued on a
+    /// socket) makes the set readable until [`os::epoll_harvest`] takes it, whatever
+    /// stays queued.
+    InputEdges,
+}
+
 /// What [`os::take_inherited_socket`] found at a descriptor number it was told about,
 /// when that is not the socket a parent hands down (it is then left as it was).
 #[derive(Debug)]

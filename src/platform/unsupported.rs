@@ -3,7 +3,7 @@
 //! returns `ErrorKind::Unsupported`. macOS (POSIX shm + ulock/os_sync_wait_on_address)
 //! is the next port; it must define exactly the names of `linux.rs`.
 
-use super::VmaFlag;
+use super::{VmaFlag, Watch};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
@@ -161,18 +161,11 @@ pub(crate) fn drop_message(_sock: BorrowedFd<'_>) {}
 pub(crate) fn epoll_new() -> io::Result<OwnedFd> {
     Err(unsupported())
 }
-pub(crate) fn epoll_watch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn epoll_watch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>, _token: u64, _watch: Watch) -> io::Result<()> {
     Err(unsupported())
 }
 pub(crate) fn epoll_unwatch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>) {}
-pub(crate) fn epoll_watch_token(
-    _epoll: BorrowedFd<'_>,
-    _fd: BorrowedFd<'_>,
-    _token: u64,
-    _hang_up_only: bool,
-) -> io::Result<()> {
-    Err(unsupported())
-}
+pub(crate) fn epoll_harvest(_epoll: BorrowedFd<'_>) {}
 pub(crate) fn epoll_wait_tokens(
     _epoll: BorrowedFd<'_>,
     _tokens: &mut Vec<u64>,
