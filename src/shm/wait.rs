@@ -469,8 +469,18 @@ impl SpinEstimate {
         self.record(answered, max);
     }
 
+    /// How long a waiter that must not hold its thread for long (an async task, whose
+    /// runtime has other tasks to run) spins: as [`spin`](Self::spin) while the peer has
+    /// lately answered quickly, and not at all when it has not (an idle port costs its
+    /// task no CPU).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn hot_spin(&self, max: Duration) -> Option<Duration> {
+        let average = Duration::from_nanos(self.average_ns);
+        (average.saturating_mul(2) <= max).then(|| self.spin(max))
+    }
+
     /// Learns from a wait that took `waited`.
-    fn record(&mut self, waited: Duration, max: Duration) {
+    pub(crate) fn record(&mut self, waited: Duration, max: Duration) {
         let sample = waited.min(max.saturating_mul(4)).as_nanos().min(u128::from(u64::MAX / 2)) as u64;
         self.average_ns = self.average_ns - self.average_ns / 8 + sample / 8;
     }
@@ -539,6 +549,13 @@ fn wait_until<T>(
         Spun::Done(found, spun) => (found, spun, None),
         Spun::Sleep(began) => sleep(wait_word, parker, began, deadline, poll),
     }
+}
+
+/// `block_on`'s spin phase alone, for at most `limit`, with fast checks: whether
+/// `ready` became true (for a waiter that then waits its own way, an async task).
+#[cfg(feature = "tokio")]
+pub(crate) fn spin_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    matches!(spin(Some(limit), None, &mut |_| ready().then_some(())), Spun::Done(Some(()), _))
 }
 
 /// How the spin phase ended.
@@ -726,6 +743,34 @@ mod tests {
         assert_eq!(e.spin(MAX), HOT_MIN_SPIN);
         // A small `max_spin` still bounds it.
         assert_eq!(e.spin(Duration::from_micros(10)), Duration::from_micros(10));
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn an_async_waiter_spins_only_while_the_peer_answers_quickly() {
+        let mut e = SpinEstimate::default();
+        assert_eq!(e.hot_spin(MAX), Some(e.spin(MAX)), "the optimistic start spins");
+        for _ in 0..50 {
+            e.record(Duration::from_millis(2), MAX);
+        }
+        assert_eq!(e.hot_spin(MAX), None, "a slow or idle peer: no spin at all");
+        for _ in 0..60 {
+            e.record(Duration::from_micros(2), MAX);
+        }
+        assert_eq!(e.hot_spin(MAX), Some(HOT_MIN_SPIN), "quick again: the blocking wait's spin");
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn spin_until_ends_when_ready_or_at_the_limit() {
+        let mut n = 0;
+        assert!(spin_until(Duration::from_secs(10), || {
+            n += 1;
+            n == 1000
+        }));
+        let began = Instant::now();
+        assert!(!spin_until(Duration::from_millis(2), || false));
+        assert!(began.elapsed() >= Duration::from_millis(2), "{:?}", began.elapsed());
     }
 
     #[test]
