@@ -13,11 +13,12 @@ static DESCRIPTORS_SENT: AtomicU64 = AtomicU64::new(0);
 static REVOCATIONS_SKIPPED: AtomicU64 = AtomicU64::new(0);
 static REVOCATIONS_FAILED: AtomicU64 = AtomicU64::new(0);
 static READINESS_SIGNALS: AtomicU64 = AtomicU64::new(0);
+static READINESS_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Counts of the system calls this process's ports made on their message paths since it
-/// started (waits, wakes, yields, liveness polls, descriptor and readiness messages), and
-/// of revocations skipped or failed. Not counted yet: the readiness descriptor's own
-/// calls (the drain's `recv`, the eventfd's reads and writes, `membarrier` on arming).
+/// started (waits, wakes, yields, liveness polls, descriptor and readiness messages, the
+/// readiness descriptor's own calls), and of revocations skipped or failed. Not counted:
+/// the `membarrier` a sleeper or an arming issues on a channel whose writers rely on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Diagnostics {
     /// `FUTEX_WAIT` calls (a waiter went to sleep).
@@ -46,6 +47,12 @@ pub struct Diagnostics {
     /// Readiness signals sent (one `send` each): a writer's wake-up of a reader that
     /// armed its port's readiness descriptor (`AsFd`), at most one per arming.
     pub readiness_signals: u64,
+    /// The readiness descriptor's own calls, made by a reader that arms it (`as_fd`, a
+    /// `try_` receive that found the port empty) and by this process's raises of it:
+    /// the drain's `recv`s (a peek and a drop per message on the socket), the
+    /// `epoll_wait` that takes the socket's events off the set, and the eventfd's
+    /// writes and reads.
+    pub readiness_calls: u64,
 }
 
 impl Diagnostics {
@@ -57,6 +64,7 @@ impl Diagnostics {
             + self.liveness_polls
             + self.descriptor_messages
             + self.readiness_signals
+            + self.readiness_calls
     }
 }
 
@@ -72,6 +80,7 @@ pub fn diagnostics() -> Diagnostics {
         revocations_skipped: REVOCATIONS_SKIPPED.load(Ordering::Relaxed),
         revocations_failed: REVOCATIONS_FAILED.load(Ordering::Relaxed),
         readiness_signals: READINESS_SIGNALS.load(Ordering::Relaxed),
+        readiness_calls: READINESS_CALLS.load(Ordering::Relaxed),
     }
 }
 
@@ -106,4 +115,8 @@ pub(crate) fn count_revocation_failed() {
 
 pub(crate) fn count_readiness_signal() {
     READINESS_SIGNALS.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn count_readiness_calls(calls: u32) {
+    READINESS_CALLS.fetch_add(u64::from(calls), Ordering::Relaxed);
 }

@@ -94,6 +94,7 @@ impl Fds {
     fn raise(&self) {
         let mut raised = lock(&self.raised);
         platform::eventfd_raise(self.local.as_fd());
+        crate::diagnostics::count_readiness_calls(1);
         *raised = true;
     }
 
@@ -102,6 +103,7 @@ impl Fds {
         let mut raised = lock(&self.raised);
         if *raised {
             platform::eventfd_clear(self.local.as_fd());
+            crate::diagnostics::count_readiness_calls(1);
             *raised = false;
             return true;
         }
@@ -228,7 +230,7 @@ fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Ch
     // queued after the drain (a later record's descriptors) no longer keeps the set
     // readable. An event from now on (a signal sent because of the `ARMED` set below,
     // a hang-up) makes it readable again.
-    platform::epoll_harvest(fds.epoll.as_fd());
+    crate::diagnostics::count_readiness_calls(platform::epoll_harvest(fds.epoll.as_fd()));
     let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
     // A writer of this port waiting for room may have lost its signal to this drain.
     #[cfg(feature = "tokio")]
@@ -398,6 +400,9 @@ mod tests {
         let (spare, _other) = platform::socketpair().unwrap();
         let fd = reader.as_fd();
         assert!(!readable_now(fd), "nothing waiting");
+        let before = crate::diagnostics().readiness_calls;
+        assert!(matches!(reader.try_recv(), Err(TryRecvError::Empty)));
+        assert!(crate::diagnostics().readiness_calls > before, "an arming's calls are counted");
         // The descriptors of a record that is not published (yet, or ever: an attempt
         // rolled back): a drain must leave them queued for that record.
         send_tagged(link.socket.as_fd(), 64, spare.as_fd());

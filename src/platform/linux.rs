@@ -585,15 +585,18 @@ pub(crate) fn epoll_unwatch(epoll: BorrowedFd<'_>, fd: BorrowedFd<'_>) {
 
 /// `epoll_wait` with no wait, the events dropped: takes the edges of the
 /// [`Watch::InputEdges`] descriptors off the set's ready list, so the set is readable
-/// again only at their next event (or while a level-triggered one is ready).
-pub(crate) fn epoll_harvest(epoll: BorrowedFd<'_>) {
+/// again only at their next event (or while a level-triggered one is ready). Returns
+/// how many calls it made.
+pub(crate) fn epoll_harvest(epoll: BorrowedFd<'_>) -> u32 {
     const BATCH: usize = 4;
     let mut buf = [const { MaybeUninit::<rustix::event::epoll::Event>::uninit() }; BATCH];
+    let mut calls = 0;
     loop {
+        calls += 1;
         match rustix::event::epoll::wait(epoll, &mut buf, Some(&timespec(Duration::ZERO))) {
             Ok((events, _)) if events.len() == BATCH => {}
             Err(Errno::INTR) => {}
-            Ok(_) | Err(_) => return,
+            Ok(_) | Err(_) => return calls,
         }
     }
 }

@@ -165,7 +165,9 @@ pub(crate) fn epoll_watch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>, _token: u
     Err(unsupported())
 }
 pub(crate) fn epoll_unwatch(_epoll: BorrowedFd<'_>, _fd: BorrowedFd<'_>) {}
-pub(crate) fn epoll_harvest(_epoll: BorrowedFd<'_>) {}
+pub(crate) fn epoll_harvest(_epoll: BorrowedFd<'_>) -> u32 {
+    0
+}
 pub(crate) fn epoll_wait_tokens(
     _epoll: BorrowedFd<'_>,
     _tokens: &mut Vec<u64>,

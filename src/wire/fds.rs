@@ -121,11 +121,26 @@ pub(crate) enum Drained {
 /// dropped too. The caller holds the reading half: the only other reader of the
 /// socket, `recv_fds`, cannot run meanwhile.
 pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) -> Drained {
+    let mut calls = 0;
+    let drained = drain(socket, head, capacity, &mut calls);
+    crate::diagnostics::count_readiness_calls(calls);
+    drained
+}
+
+/// Whether the other end of `socket` hung up (one more call).
+fn hung_up(socket: BorrowedFd<'_>, calls: &mut u32) -> bool {
+    *calls += 1;
+    platform::peer_hung_up(socket)
+}
+
+/// `drain_signals`, counting its system calls in `calls`.
+fn drain(socket: BorrowedFd<'_>, head: u64, capacity: u64, calls: &mut u32) -> Drained {
     for _ in 0..DRAIN_AT_MOST {
+        *calls += 1;
         let mut header = [0u8; FD_HEADER];
         match platform::peek_message(socket, &mut header) {
             Ok(None) => return Drained::Nothing,
-            Ok(Some(0)) if platform::peer_hung_up(socket) => return Drained::HungUp,
+            Ok(Some(0)) if hung_up(socket, calls) => return Drained::HungUp,
             Ok(Some(FD_HEADER)) => {
                 let tag = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
                 if tag >= head && tag - head < capacity {
@@ -135,6 +150,7 @@ pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) ->
             Ok(Some(_)) => {}
             Err(_) => return Drained::Pending,
         }
+        *calls += 1;
         platform::drop_message(socket);
     }
     Drained::Pending
