@@ -46,8 +46,8 @@ use crate::wire::{self, Drained};
 
 /// The writer's signal to an armed reader: one byte on the channel's socket.
 impl Signal for Link {
-    fn signal(&self) {
-        wire::send_signal(self.socket.as_fd());
+    fn signal(&self) -> bool {
+        wire::send_signal(self.socket.as_fd())
     }
 }
 

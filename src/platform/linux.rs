@@ -526,19 +526,6 @@ pub(crate) fn socket_ready(sock: BorrowedFd<'_>, timeout: Duration) -> SocketRea
     }
 }
 
-/// `send(MSG_DONTWAIT | MSG_NOSIGNAL)` of `bytes` as one SEQPACKET message without
-/// descriptors. Whether it was queued (a full queue or a gone peer is `false`; never
-/// waits, never raises SIGPIPE).
-pub(crate) fn send_nowait(sock: BorrowedFd<'_>, bytes: &[u8]) -> bool {
-    loop {
-        match rustix::net::send(sock, bytes, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
-            Ok(n) => return n == bytes.len(),
-            Err(Errno::INTR) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 /// `recv(MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC)`: the length of the next message on
 /// `sock` (its first bytes copied into `buf`), leaving it queued; `None` if nothing is
 /// queued. Takes no descriptors (with no control buffer, the kernel installs none).

@@ -151,9 +151,6 @@ pub(crate) fn is_peer_gone_error(e: &io::Error) -> bool {
 pub(crate) fn is_transient_send_error(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
-pub(crate) fn send_nowait(_sock: BorrowedFd<'_>, _bytes: &[u8]) -> bool {
-    false
-}
 pub(crate) fn peek_message(_sock: BorrowedFd<'_>, _buf: &mut [u8]) -> io::Result<Option<usize>> {
     Err(unsupported())
 }

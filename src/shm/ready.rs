@@ -34,9 +34,12 @@ use crate::shm::wait::{self, ARMED, Notifier, Parker, WAITING, WaitWord};
 
 /// What a writer does to make an armed reader's descriptor readable.
 pub(crate) trait Signal {
-    /// Sends one signal. Must not block, and may fail silently: a failure that leaves
-    /// the descriptor unreadable is the peer's own doing (a full queue is readable).
-    fn signal(&self);
+    /// Sends one signal, without blocking. Returns whether the reader's descriptor is
+    /// readable now, or nobody can wait on it: `false` only when the signal was lost
+    /// (the kernel out of memory for it), and then the writer arms the word again, so
+    /// its next publish signals (a full queue is readable already; a reader that is
+    /// gone waits for nothing).
+    fn signal(&self) -> bool;
 }
 
 /// Reader: asks the writer for a signal at its next publish. The caller drained old
@@ -78,8 +81,9 @@ fn wake_reader(word: &WaitWord, parker: &Parker, mut w: u32, signal: &impl Signa
         // Cleared before the signal: an arming after this load is a new one, which the
         // next publish signals.
         let before = word.word.fetch_and(!ARMED, Ordering::Relaxed);
-        if before & ARMED != 0 {
-            signal.signal();
+        if before & ARMED != 0 && !signal.signal() {
+            // Lost: asked again at the next publish, rather than never.
+            word.word.fetch_or(ARMED, Ordering::Relaxed);
         }
         w = before & !ARMED;
     }
@@ -107,10 +111,11 @@ mod loom_tests {
     }
 
     impl Signal for Fd {
-        fn signal(&self) {
+        fn signal(&self) -> bool {
             // Release / Acquire: what the kernel's socket queue orders for real (the
             // send is a system call after the publish).
             self.queued.fetch_add(1, Ordering::Release);
+            true
         }
     }
 
@@ -261,9 +266,43 @@ mod tests {
     #[derive(Default)]
     struct Count(Cell<u32>);
     impl Signal for Count {
-        fn signal(&self) {
+        fn signal(&self) -> bool {
             self.0.set(self.0.get() + 1);
+            true
         }
+    }
+
+    /// Signals that are lost until `fail` runs out, counting those that were sent.
+    #[derive(Default)]
+    struct Lossy {
+        fail: Cell<u32>,
+        sent: Cell<u32>,
+    }
+    impl Signal for Lossy {
+        fn signal(&self) -> bool {
+            if self.fail.get() > 0 {
+                self.fail.set(self.fail.get() - 1);
+                return false;
+            }
+            self.sent.set(self.sent.get() + 1);
+            true
+        }
+    }
+
+    #[test]
+    fn a_lost_signal_is_sent_again_at_the_next_publish() {
+        let (word, parker) = (WaitWord::new(), Parker::local());
+        let lossy = Lossy { fail: Cell::new(2), ..Lossy::default() };
+        arm(&word.word, &parker);
+        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        assert!(is_armed(&word.word), "lost: the word stays armed");
+        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        assert_eq!(lossy.sent.get(), 0);
+        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        assert_eq!(lossy.sent.get(), 1, "the third publish got it through");
+        assert!(!is_armed(&word.word));
+        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        assert_eq!(lossy.sent.get(), 1, "once through, no more");
     }
 
     #[test]

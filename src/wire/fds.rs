@@ -93,11 +93,33 @@ pub(super) fn recv_fds(
     Ok(fds)
 }
 
-/// Sends a readiness signal on `socket`, without waiting. A full queue loses nothing:
-/// the reader's socket is readable already.
-pub(crate) fn send_signal(socket: BorrowedFd<'_>) {
-    platform::send_nowait(socket, &SIGNAL);
-    crate::diagnostics::count_readiness_signal();
+/// Sends a readiness signal on `socket`, without waiting: whether the reader's socket
+/// is readable now or nobody reads it. A full queue loses nothing (the socket is
+/// readable already), nor does a reader that is gone; the kernel out of memory for the
+/// message (`ENOBUFS`, `ENOMEM`) does: tried again after a yield, twice, then `false`.
+pub(crate) fn send_signal(socket: BorrowedFd<'_>) -> bool {
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::yield_now();
+        }
+        crate::diagnostics::count_readiness_signal();
+        match platform::send_with_fds(socket, &SIGNAL, &[]) {
+            Ok(()) => return true,
+            Err(e) if signal_stands(&e) => return true,
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+/// Whether a failed signal's send leaves nothing lost: the queue is full (readable), or
+/// the reader is gone.
+fn signal_stands(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::NotConnected
+    )
 }
 
 /// What `drain_signals` left on the socket.
