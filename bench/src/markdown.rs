@@ -87,7 +87,7 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
     };
 
     let mut s = String::new();
-    let latency = workload != Workload::Stream;
+    let latency = !matches!(workload, Workload::Stream | Workload::AsyncFanin);
     // The one-slot ping-pong runs round trips only: a column where it has rows.
     let slot = Transport::RawSlot.applies_to(workload);
     let slot_head = if slot { " ratio vs raw-slot |" } else { "" };
@@ -105,6 +105,16 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
             s,
             "## async: round trip with both sides in a tokio current-thread runtime \
              (shmport's `post_bytes_async` / `recv_bytes_with_async` against tokio's `UnixStream`)\n"
+        ),
+        Workload::AsyncSleep => writeln!(
+            s,
+            "## async-sleep: the async round trip with the receiver's task parked (parent sleeps {} ms between round trips)\n",
+            SLEEP_BETWEEN.as_millis()
+        ),
+        Workload::AsyncFanin => writeln!(
+            s,
+            "## async-fanin: 64 B messages posted round-robin into N ports, received by one current-thread runtime \
+             (one task per port); size column: message size × ports\n"
         ),
     };
     if latency {
@@ -134,7 +144,11 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
             let _ = writeln!(
                 s,
                 "| {} | {} | {a} | {b} | {c} | {} | {} |{slot_cell}",
-                fmt_size(size),
+                if workload == Workload::AsyncFanin {
+                    format!("{} × {}", fmt_size(size), m.job.reps)
+                } else {
+                    fmt_size(size)
+                },
                 m.job.transport,
                 fmt_ratio(ratio(Transport::Unix)),
                 fmt_ratio(ratio(Transport::RawRing)),
