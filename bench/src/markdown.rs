@@ -82,8 +82,11 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
     let mut sizes: Vec<usize> = rows.iter().map(|m| m.job.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let reference = |transport: Transport, size: usize| {
-        rows.iter().find(|m| m.job.transport == transport && m.job.size == size).and_then(|m| m.key())
+    // The same shape: size, and `reps` (the fan-in's port count; equal across transports otherwise).
+    let reference = |transport: Transport, size: usize, reps: u32| {
+        rows.iter()
+            .find(|m| m.job.transport == transport && m.job.size == size && m.job.reps == reps)
+            .and_then(|m| m.key())
     };
 
     let mut s = String::new();
@@ -129,7 +132,7 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|{}", if slot { "---:|" } else { "" });
     for &size in &sizes {
         for m in rows.iter().filter(|m| m.job.size == size) {
-            let ratio = |t: Transport| Some(m.key()? / reference(t, size)?);
+            let ratio = |t: Transport| Some(m.key()? / reference(t, size, m.job.reps)?);
             let (a, b, c) = match &m.figures {
                 Some(Figures::Latency(l)) => (fmt_ns(l.median_ns), fmt_ns(l.p99_ns), fmt_ns(l.p999_ns)),
                 Some(Figures::Throughput(t)) => (

@@ -106,9 +106,9 @@ impl Connect for Transport {
                 matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing | Transport::RawSlot)
             }
             // shmport's async calls against tokio's own Unix socket.
-            Workload::Async | Workload::AsyncSleep => matches!(self, Transport::Shmport | Transport::Unix),
-            // Ports transferred to the child: shmport's alone.
-            Workload::AsyncFanin => self == Transport::Shmport,
+            Workload::Async | Workload::AsyncSleep | Workload::AsyncFanin => {
+                matches!(self, Transport::Shmport | Transport::Unix)
+            }
             // shmport moves the buffer; unix and raw-ring are the copying baselines.
             Workload::Transfer => {
                 matches!(self, Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing)

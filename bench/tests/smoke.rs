@@ -43,12 +43,12 @@ fn quick_run_reports_every_measurement() {
     // raw-ring, raw-slot × 3 typed sizes. shmport-norevoke runs the transfer workload
     // only, raw-slot (which takes turns) the round trips of rtt and typed only. Then
     // shmport and unix × 1 async size (64 B, both sides in tokio) and 1 async-sleep
-    // size, then shmport × 3 async-fanin port counts (1, 16, 256).
-    assert_eq!(results.len(), 36 + 5 + 16 + 12 + 2 + 2 + 3);
+    // size, then shmport and unix × 3 async-fanin port counts (1, 16, 256).
+    assert_eq!(results.len(), 36 + 5 + 16 + 12 + 2 + 2 + 6);
     let asynced: Vec<_> = results.iter().filter(|r| r["workload"] == "async").collect();
     assert_eq!(asynced.len(), 2);
     let fanin: Vec<_> = results.iter().filter(|r| r["workload"] == "async-fanin").collect();
-    assert_eq!(fanin.len(), 3);
+    assert_eq!(fanin.len(), 6);
     for r in &fanin {
         assert_eq!(r["status"], "ok", "{r}");
         assert!(r["figures"]["throughput"]["msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");

@@ -1,23 +1,29 @@
-//! The async fan-in workload: many ports into one tokio task's runtime. The parent
-//! makes `job.reps` channels and transfers one end of each to the child over the link's
-//! port; the child then posts 64 B messages round-robin across them (blocking
-//! `post_bytes`, as fast as it can), and the parent receives them in a current-thread
-//! runtime, one `spawn_local` task per port awaiting `recv_bytes_with_async`, all on
-//! one thread. The figure is messages per second received, over `FANIN_ROUNDS` rounds
-//! of `job.iters` messages (after a warmup round of `job.warmup`): each round starts
-//! when the parent posts a go to the child and ends when its last message is in.
-//!
-//! shmport only: tokio's `UnixStream`s would need their descriptors passed to the
-//! child (`SCM_RIGHTS`), which the bench does not do.
+//! The async fan-in workload: many ports into one tokio current-thread runtime. The
+//! parent makes `job.reps` connections and hands one end of each to the child: shmport
+//! channels transferred over the link's port, or Unix socketpairs whose child ends go
+//! over the link's socket as `SCM_RIGHTS`. The child then writes 64 B messages
+//! round-robin across them (blocking `post_bytes` / `write_all`, as fast as it can),
+//! and the parent receives them in one current-thread runtime, one `spawn_local` task
+//! per connection (`recv_bytes_with_async`, or tokio `UnixStream::read_exact`), all
+//! on one thread. The figure is messages per second received, over [`FANIN_ROUNDS`]
+//! rounds of `job.iters` messages (after a warmup round of `job.warmup`): each round
+//! starts when the parent sends the child a go over the link and ends when its last
+//! message is in.
 
-use std::rc::Rc;
+use std::io::Write;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
 use shmport::{MessageChannel, MessagePort, Transferable};
 
-use super::async_rt::{recv_into, runtime};
-use super::{check_tag, message_buffer, tag};
+use super::async_rt::{AsyncLink, ShmAsync, runtime};
+use super::{check_tag, message_buffer, recv_exact, tag};
 use crate::job::Job;
 use crate::link::Link;
 use crate::stats::{Figures, ThroughputStats};
@@ -38,36 +44,65 @@ fn threads() -> Result<usize> {
 }
 
 pub(super) fn parent<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
-    let Some(control) = link.shm_port() else { bail!("the fan-in workload runs over shmport only") };
     let n = job.reps as usize;
     let threads_before = threads()?;
-    let mut ports = Vec::with_capacity(n);
-    for _ in 0..n {
-        let channel = MessageChannel::new().context("creating a fan-in channel")?;
-        control.post_message((), [Transferable::Port(channel.port2())]).context("transferring a port")?;
-        ports.push(channel.port1());
-    }
-    let ports: Rc<[MessagePort]> = ports.into();
     let rt = runtime()?;
+    let figures = if let Some(control) = link.shm_port() {
+        let mut ports = Vec::with_capacity(n);
+        for _ in 0..n {
+            let channel = MessageChannel::new().context("creating a fan-in channel")?;
+            control.post_message((), [Transferable::Port(channel.port2())]).context("transferring a port")?;
+            ports.push(ShmAsync(channel.port1()));
+        }
+        receive(link, job, &rt, ports, threads_before)?
+    } else {
+        let Some(control) = link.unix_stream() else { bail!("the fan-in workload runs over shmport and unix only") };
+        let mut socks = Vec::with_capacity(n);
+        let _in_runtime = rt.enter();
+        for _ in 0..n {
+            let (mine, theirs) = UnixStream::pair().context("socketpair")?;
+            send_fd(control, theirs.into())?;
+            mine.set_nonblocking(true).context("O_NONBLOCK")?;
+            socks.push(tokio::net::UnixStream::from_std(mine).context("registering a socket")?);
+        }
+        receive(link, job, &rt, socks, threads_before)?
+    };
+    Ok(figures)
+}
+
+/// Runs the rounds over `ends`, one task per end, and returns the rate.
+fn receive<T, E: AsyncLink + 'static>(
+    link: &mut impl Link,
+    job: &Job<T>,
+    rt: &tokio::runtime::Runtime,
+    mut ends: Vec<E>,
+    threads_before: usize,
+) -> Result<Figures> {
+    let n = ends.len();
     let local = tokio::task::LocalSet::new();
     let mut threads_max = threads_before;
     let mut next = 0u64;
     let mut rates = Vec::with_capacity(FANIN_ROUNDS as usize);
     for (round, count) in rounds(job).enumerate() {
-        control.post_bytes(&next.to_le_bytes()).context("posting the go")?;
+        link.send(&next.to_le_bytes()).context("sending the go")?;
         let start = Instant::now();
-        local.block_on(&rt, async {
-            let tasks: Vec<_> = (0..n)
-                .map(|p| {
-                    let ports = Rc::clone(&ports);
+        ends = local.block_on(rt, async {
+            let tasks: Vec<_> = ends
+                .drain(..)
+                .enumerate()
+                .map(|(p, mut end)| {
                     let size = job.size;
-                    tokio::task::spawn_local(async move { drain(&ports[p], p, n, next, count, size).await })
+                    tokio::task::spawn_local(async move {
+                        drain(&mut end, p, n, next, count, size).await?;
+                        Ok::<_, anyhow::Error>(end)
+                    })
                 })
                 .collect();
+            let mut back = Vec::with_capacity(n);
             for task in tasks {
-                task.await.context("a fan-in task panicked")??;
+                back.push(task.await.context("a fan-in task panicked")??);
             }
-            Ok::<_, anyhow::Error>(())
+            Ok::<_, anyhow::Error>(back)
         })?;
         let elapsed = start.elapsed();
         threads_max = threads_max.max(threads()?);
@@ -76,49 +111,99 @@ pub(super) fn parent<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
             rates.push(count as f64 / elapsed.as_secs_f64());
         }
     }
-    // The child's last word: it has posted everything.
-    control.post_bytes(&next.to_le_bytes()).context("posting the end")?;
+    // The child's last word: it has written everything.
+    link.send(&next.to_le_bytes()).context("sending the end")?;
     eprintln!(
-        "  async-fanin {n} ports: parent threads {threads_before} before the ports, at most {threads_max} while receiving"
+        "  async-fanin {n} ends: parent threads {threads_before} before the ends, at most {threads_max} while receiving"
     );
     Ok(Figures::Throughput(ThroughputStats::from_rounds(rates, job.iters, job.size)))
 }
 
-/// One port's task: receives its share of the round's `count` messages from `next` on
-/// (message `k` goes to port `k % n`) and checks each tag.
-async fn drain(port: &MessagePort, p: usize, n: usize, next: u64, count: u64, size: usize) -> Result<()> {
+/// One end's task: receives its share of the round's `count` messages from `next` on
+/// (message `k` goes to end `k % n`) and checks each tag.
+async fn drain(end: &mut impl AsyncLink, p: usize, n: usize, next: u64, count: u64, size: usize) -> Result<()> {
     let n64 = n as u64;
-    let first = next + (p as u64 + n64 - next % n64) % n64;
+    let mut k = next + (p as u64 + n64 - next % n64) % n64;
     let mut buf = vec![0u8; size];
-    let mut k = first;
     while k < next + count {
-        recv_into(port, &mut buf).await?;
+        end.recv(&mut buf).await?;
         check_tag(&buf, k, "fan-in message")?;
         k += n64;
     }
     Ok(())
 }
 
-pub(super) fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
-    let Some(control) = link.shm_port() else { bail!("the fan-in workload runs over shmport only") };
-    let n = job.reps as usize;
-    let mut ports = Vec::with_capacity(n);
-    while ports.len() < n {
-        let event = control.recv().context("receiving a fan-in port")?;
-        ports.extend(event.ports);
+/// The child's ends: where it writes.
+enum Sinks {
+    Shm(Vec<MessagePort>),
+    Unix(Vec<UnixStream>),
+}
+
+impl Sinks {
+    fn write(&mut self, p: usize, msg: &[u8]) -> Result<()> {
+        match self {
+            Sinks::Shm(ports) => ports[p].post_bytes(msg).context("posting a fan-in message"),
+            Sinks::Unix(socks) => socks[p].write_all(msg).context("writing a fan-in message"),
+        }
     }
+}
+
+pub(super) fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
+    let n = job.reps as usize;
+    let mut sinks = if let Some(control) = link.shm_port() {
+        let mut ports = Vec::with_capacity(n);
+        while ports.len() < n {
+            let event = control.recv().context("receiving a fan-in port")?;
+            ports.extend(event.ports);
+        }
+        Sinks::Shm(ports)
+    } else {
+        let Some(control) = link.unix_stream() else { bail!("the fan-in workload runs over shmport and unix only") };
+        Sinks::Unix((0..n).map(|_| recv_fd(control).map(UnixStream::from)).collect::<Result<_>>()?)
+    };
     let mut out = message_buffer(job.size);
     let mut go = [0u8; 8];
     let mut next = 0u64;
     for count in rounds(job) {
-        let got = control.recv_bytes_with(|b| crate::link::deliver(b, &mut go)).context("waiting for the go")??;
-        ensure!(got == 8 && u64::from_le_bytes(go) == next, "a go for message {} at {next}", u64::from_le_bytes(go));
+        recv_exact(link, &mut go).context("waiting for the go")?;
+        ensure!(u64::from_le_bytes(go) == next, "a go for message {} at {next}", u64::from_le_bytes(go));
         for _ in 0..count {
             tag(&mut out, next);
-            ports[(next % n as u64) as usize].post_bytes(&out).context("posting a fan-in message")?;
+            sinks.write((next % n as u64) as usize, &out)?;
             next += 1;
         }
     }
-    control.recv_bytes_with(|_| ()).context("waiting for the end")?;
+    recv_exact(link, &mut go).context("waiting for the end")?;
     Ok(())
+}
+
+/// Sends `fd` over `sock` as `SCM_RIGHTS`, with one byte.
+fn send_fd(sock: &UnixStream, fd: OwnedFd) -> Result<()> {
+    let fds = [fd.as_fd()];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    ensure!(control.push(SendAncillaryMessage::ScmRights(&fds)), "no room for the descriptor");
+    let sent = rustix::net::sendmsg(sock, &[std::io::IoSlice::new(&[1])], &mut control, SendFlags::empty())
+        .context("sendmsg")?;
+    ensure!(sent == 1, "sendmsg sent {sent} bytes");
+    Ok(())
+}
+
+/// Receives one descriptor that [`send_fd`] sent.
+fn recv_fd(sock: &UnixStream) -> Result<OwnedFd> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut byte = [0u8; 1];
+    let msg =
+        rustix::net::recvmsg(sock, &mut [std::io::IoSliceMut::new(&mut byte)], &mut control, RecvFlags::CMSG_CLOEXEC)
+            .context("recvmsg")?;
+    ensure!(msg.bytes == 1, "recvmsg got {} bytes", msg.bytes);
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message
+            && let Some(fd) = fds.next()
+        {
+            return Ok(fd);
+        }
+    }
+    bail!("no descriptor came with the byte")
 }

@@ -26,7 +26,7 @@ pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// A tokio socket over the link's Unix stream (a duplicate of its descriptor). Called
 /// inside the runtime (registering needs its reactor).
-fn tokio_unix(link: &impl Link) -> Result<tokio::net::UnixStream> {
+pub(super) fn tokio_unix(link: &impl Link) -> Result<tokio::net::UnixStream> {
     let Some(sock) = link.unix_stream() else { bail!("the async workloads run over shmport and unix only") };
     let sock = sock.try_clone().context("dup")?;
     sock.set_nonblocking(true).context("O_NONBLOCK")?;
@@ -34,7 +34,7 @@ fn tokio_unix(link: &impl Link) -> Result<tokio::net::UnixStream> {
 }
 
 /// One side's async messaging: what the round-trip loops are written against.
-trait AsyncLink {
+pub(super) trait AsyncLink {
     /// Sends one message.
     async fn send(&mut self, msg: &[u8]) -> Result<()>;
     /// Receives one message of exactly `buf.len()` bytes.
@@ -42,15 +42,15 @@ trait AsyncLink {
 }
 
 /// A shmport port's async calls.
-struct ShmAsync<'a>(&'a MessagePort);
+pub(super) struct ShmAsync(pub(super) MessagePort);
 
-impl AsyncLink for ShmAsync<'_> {
+impl AsyncLink for ShmAsync {
     async fn send(&mut self, msg: &[u8]) -> Result<()> {
         self.0.post_bytes_async(msg).await.context("shmport post_bytes_async")
     }
 
     async fn recv(&mut self, buf: &mut [u8]) -> Result<()> {
-        recv_into(self.0, buf).await
+        recv_into(&self.0, buf).await
     }
 }
 
@@ -69,7 +69,7 @@ pub(super) fn parent<T>(link: &mut impl Link, job: &Job<T>, pause: Option<Durati
     let rt = runtime()?;
     rt.block_on(async {
         match link.shm_port() {
-            Some(port) => round_trips(&mut ShmAsync(port), job, pause).await,
+            Some(port) => round_trips(&mut ShmAsync(port.clone()), job, pause).await,
             None => round_trips(&mut tokio_unix(link)?, job, pause).await,
         }
     })
@@ -80,7 +80,7 @@ pub(super) fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         match link.shm_port() {
-            Some(port) => echo(&mut ShmAsync(port), job).await,
+            Some(port) => echo(&mut ShmAsync(port.clone()), job).await,
             None => echo(&mut tokio_unix(link)?, job).await,
         }
     })
@@ -120,7 +120,7 @@ async fn echo<T>(link: &mut impl AsyncLink, job: &Job<T>) -> Result<()> {
 }
 
 /// Receives one message of exactly `buf.len()` bytes.
-pub(super) async fn recv_into(port: &MessagePort, buf: &mut [u8]) -> Result<()> {
+async fn recv_into(port: &MessagePort, buf: &mut [u8]) -> Result<()> {
     let n = port
         .recv_bytes_with_async(|bytes| {
             let n = bytes.len().min(buf.len());
