@@ -28,11 +28,25 @@ pub enum Workload {
     /// Round trips with both sides in a tokio current-thread runtime: shmport's async
     /// calls against tokio's `UnixStream`.
     Async,
+    /// As `async`, with the parent sleeping between round trips, so the child's task
+    /// is parked in its reactor when each request comes.
+    AsyncSleep,
+    /// Many ports (`reps` of them) into one tokio current-thread runtime, a child
+    /// posting round-robin across them: messages per second received. shmport only.
+    AsyncFanin,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 6] =
-        [Workload::Rtt, Workload::Stream, Workload::RttSleep, Workload::Transfer, Workload::Typed, Workload::Async];
+    pub const ALL: [Workload; 8] = [
+        Workload::Rtt,
+        Workload::Stream,
+        Workload::RttSleep,
+        Workload::Transfer,
+        Workload::Typed,
+        Workload::Async,
+        Workload::AsyncSleep,
+        Workload::AsyncFanin,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,6 +56,8 @@ impl Workload {
             Workload::Transfer => "transfer",
             Workload::Typed => "typed",
             Workload::Async => "async",
+            Workload::AsyncSleep => "async-sleep",
+            Workload::AsyncFanin => "async-fanin",
         }
     }
 

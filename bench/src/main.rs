@@ -43,7 +43,8 @@ options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)
   --only T[,T..]        transports: shmport, shmport-busy, shmport-halves,
                         shmport-norevoke, unix, pipe, tcp, raw-ring, raw-slot
-  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed, async
+  --workloads W[,W..]   workloads: rtt, stream, rtt-sleep, transfer, typed, async,
+                        async-sleep, async-fanin
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
                         of its N runs' figures (default 1)
@@ -122,6 +123,12 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
             .collect(),
         Workload::Typed => round_trips(&[64, 64 << 10, 1 << 20], q),
         Workload::Async => round_trips(&[64], q),
+        Workload::AsyncSleep => vec![(64, if q { 10 } else { 50 }, if q { 100 } else { 2_000 }, 1)],
+        // 64 B messages into 1, 16 and 256 ports (`reps` is the port count here).
+        Workload::AsyncFanin => [1, 16, 256]
+            .into_iter()
+            .map(|ports| (64, if q { 512 } else { 20_000 }, if q { 2_048 } else { 200_000 }, ports))
+            .collect(),
     }
 }
 

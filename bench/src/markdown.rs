@@ -82,12 +82,15 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
     let mut sizes: Vec<usize> = rows.iter().map(|m| m.job.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let reference = |transport: Transport, size: usize| {
-        rows.iter().find(|m| m.job.transport == transport && m.job.size == size).and_then(|m| m.key())
+    // The same shape: size, and `reps` (the fan-in's port count; equal across transports otherwise).
+    let reference = |transport: Transport, size: usize, reps: u32| {
+        rows.iter()
+            .find(|m| m.job.transport == transport && m.job.size == size && m.job.reps == reps)
+            .and_then(|m| m.key())
     };
 
     let mut s = String::new();
-    let latency = workload != Workload::Stream;
+    let latency = !matches!(workload, Workload::Stream | Workload::AsyncFanin);
     // The one-slot ping-pong runs round trips only: a column where it has rows.
     let slot = Transport::RawSlot.applies_to(workload);
     let slot_head = if slot { " ratio vs raw-slot |" } else { "" };
@@ -106,6 +109,16 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
             "## async: round trip with both sides in a tokio current-thread runtime \
              (shmport's `post_bytes_async` / `recv_bytes_with_async` against tokio's `UnixStream`)\n"
         ),
+        Workload::AsyncSleep => writeln!(
+            s,
+            "## async-sleep: the async round trip with the receiver's task parked (parent sleeps {} ms between round trips)\n",
+            SLEEP_BETWEEN.as_millis()
+        ),
+        Workload::AsyncFanin => writeln!(
+            s,
+            "## async-fanin: 64 B messages posted round-robin into N ports, received by one current-thread runtime \
+             (one task per port); size column: message size × ports\n"
+        ),
     };
     if latency {
         let _ =
@@ -119,7 +132,7 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|{}", if slot { "---:|" } else { "" });
     for &size in &sizes {
         for m in rows.iter().filter(|m| m.job.size == size) {
-            let ratio = |t: Transport| Some(m.key()? / reference(t, size)?);
+            let ratio = |t: Transport| Some(m.key()? / reference(t, size, m.job.reps)?);
             let (a, b, c) = match &m.figures {
                 Some(Figures::Latency(l)) => (fmt_ns(l.median_ns), fmt_ns(l.p99_ns), fmt_ns(l.p999_ns)),
                 Some(Figures::Throughput(t)) => (
@@ -134,7 +147,11 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
             let _ = writeln!(
                 s,
                 "| {} | {} | {a} | {b} | {c} | {} | {} |{slot_cell}",
-                fmt_size(size),
+                if workload == Workload::AsyncFanin {
+                    format!("{} × {}", fmt_size(size), m.job.reps)
+                } else {
+                    fmt_size(size)
+                },
                 m.job.transport,
                 fmt_ratio(ratio(Transport::Unix)),
                 fmt_ratio(ratio(Transport::RawRing)),

@@ -106,7 +106,9 @@ impl Connect for Transport {
                 matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing | Transport::RawSlot)
             }
             // shmport's async calls against tokio's own Unix socket.
-            Workload::Async => matches!(self, Transport::Shmport | Transport::Unix),
+            Workload::Async | Workload::AsyncSleep | Workload::AsyncFanin => {
+                matches!(self, Transport::Shmport | Transport::Unix)
+            }
             // shmport moves the buffer; unix and raw-ring are the copying baselines.
             Workload::Transfer => {
                 matches!(self, Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing)

@@ -2,6 +2,7 @@
 //! measures) and a child side (which echoes or drains). Every message carries a tag
 //! that the other side checks.
 
+mod async_fanin;
 mod async_rt;
 mod transfer;
 mod typed;
@@ -12,6 +13,8 @@ use anyhow::{Result, bail, ensure};
 
 use crate::job::{Connect, Job, Workload};
 use crate::link::Link;
+pub use async_fanin::FANIN_ROUNDS;
+
 use crate::stats::{Figures, LatencyStats, ThroughputStats};
 
 /// How long the parent sleeps between round trips in the sleeping regime.
@@ -62,6 +65,7 @@ pub fn parent<T: Connect>(link: &mut impl Link, job: &Job<T>) -> Result<Figures>
         let after = shmport::diagnostics();
         let messages = match job.workload {
             Workload::Stream => (job.warmup + job.iters * u64::from(job.reps)) as f64,
+            Workload::AsyncFanin => (job.warmup + job.iters * u64::from(FANIN_ROUNDS)) as f64,
             _ => 2.0 * (job.warmup + job.iters) as f64,
         };
         let per = |a: u64, b: u64| (a - b) as f64 / messages;
@@ -86,7 +90,9 @@ fn measure<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
         Workload::Stream => stream_parent(link, job),
         Workload::Transfer => transfer::parent(link, job),
         Workload::Typed => typed::parent(link, job),
-        Workload::Async => async_rt::parent(link, job),
+        Workload::Async => async_rt::parent(link, job, None),
+        Workload::AsyncSleep => async_rt::parent(link, job, Some(SLEEP_BETWEEN)),
+        Workload::AsyncFanin => async_fanin::parent(link, job),
     }
 }
 
@@ -97,7 +103,8 @@ pub fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
         Workload::Stream => stream_child(link, job),
         Workload::Transfer => transfer::child(link, job),
         Workload::Typed => typed::child(link, job),
-        Workload::Async => async_rt::child(link, job),
+        Workload::Async | Workload::AsyncSleep => async_rt::child(link, job),
+        Workload::AsyncFanin => async_fanin::child(link, job),
     }
 }
 

@@ -23,9 +23,16 @@ fn quick_run_reports_every_measurement() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for heading in
-        ["## rtt:", "## stream:", "## rtt-sleep:", "## transfer: buffer transfer round trip", "## typed:", "## async:"]
-    {
+    for heading in [
+        "## rtt:",
+        "## stream:",
+        "## rtt-sleep:",
+        "## transfer: buffer transfer round trip",
+        "## typed:",
+        "## async:",
+        "## async-sleep:",
+        "## async-fanin:",
+    ] {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -35,10 +42,17 @@ fn quick_run_reports_every_measurement() {
     // transfer sizes (4 KiB to 64 MiB: --quick leaves out 1 GiB), then shmport, unix,
     // raw-ring, raw-slot × 3 typed sizes. shmport-norevoke runs the transfer workload
     // only, raw-slot (which takes turns) the round trips of rtt and typed only. Then
-    // shmport and unix × 1 async size (64 B, both sides in tokio).
-    assert_eq!(results.len(), 36 + 5 + 16 + 12 + 2);
+    // shmport and unix × 1 async size (64 B, both sides in tokio) and 1 async-sleep
+    // size, then shmport and unix × 3 async-fanin port counts (1, 16, 256).
+    assert_eq!(results.len(), 36 + 5 + 16 + 12 + 2 + 2 + 6);
     let asynced: Vec<_> = results.iter().filter(|r| r["workload"] == "async").collect();
     assert_eq!(asynced.len(), 2);
+    let fanin: Vec<_> = results.iter().filter(|r| r["workload"] == "async-fanin").collect();
+    assert_eq!(fanin.len(), 6);
+    for r in &fanin {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(r["figures"]["throughput"]["msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
     for r in &asynced {
         assert_eq!(r["status"], "ok", "{r}");
         assert!(r["figures"]["latency"]["median_ns"].as_f64().unwrap() > 0.0, "{r}");
