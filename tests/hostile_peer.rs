@@ -151,6 +151,33 @@ fn s17_undecodable_messages_are_message_errors_and_the_port_goes_on() {
 }
 
 #[test]
+fn try_iter_and_iter_skip_undecodable_messages() {
+    if !common::isolated("try_iter_and_iter_skip_undecodable_messages") {
+        return;
+    }
+    let (channel, map) = channel_and_mapping(4096);
+    let parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let mut peer = ForgedWriter::new(&map, 4096);
+    peer.push(KIND_VALUE, &[0xde, 0xad]); // not a valid message
+    peer.push(KIND_BYTES, b"one");
+    peer.push(99, b"unknown kind");
+    peer.push(KIND_VALUE, &[1, 0x42]); // unknown tag
+    peer.push(KIND_BYTES, b"two");
+    peer.push(KIND_VALUE, &[1, 0x42]);
+    let got: Vec<Vec<u8>> = port.try_iter().map(|ev| ev.data.as_array_buffer().unwrap().to_vec()).collect();
+    assert_eq!(got, [b"one".to_vec(), b"two".to_vec()], "the errors skipped, the iterator ended at Empty");
+    peer.push(KIND_BYTES, b"three");
+    peer.push(KIND_VALUE, &[0xff]);
+    peer.push(KIND_BYTES, b"four");
+    peer.push(KIND_VALUE, &[0xff]);
+    // `iter` ends at the close, after everything posted before it.
+    drop(parked);
+    let got: Vec<Vec<u8>> = port.iter().map(|ev| ev.data.as_array_buffer().unwrap().to_vec()).collect();
+    assert_eq!(got, [b"three".to_vec(), b"four".to_vec()]);
+}
+
+#[test]
 fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
     if !common::isolated("s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on") {
         return;
