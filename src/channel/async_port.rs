@@ -1,10 +1,13 @@
 //! The async layer (feature `tokio`): `recv_async`, `recv_bytes_with_async`,
 //! `post_message_async`, `post_bytes_async` and `stream()`.
 //!
-//! No helper thread and no task of its own: each call tries the plain `try_` operation
-//! first (on a busy channel that is all it does: no system call, no registration), and
-//! only when it finds the ring empty (or full) waits on the port's readiness
-//! descriptor through tokio's `AsyncFd`, then tries again.
+//! No helper thread and no task of its own: a receive looks at the ring first and
+//! takes what is there, a post tries the plain `try_` post (on a busy channel that is
+//! all they do: no system call, no registration); only when the ring is empty (or
+//! full) do they wait on the port's readiness descriptor through tokio's `AsyncFd`,
+//! then try again. The look is not a `try_` receive: one that finds the ring empty
+//! arms the descriptor, and the writer then signals it (a `send`) at its next
+//! publish, which a receive whose answer comes during its spin does not need.
 //!
 //! * **Receiving.** A `try_` receive that finds the ring empty arms the descriptor and
 //!   looks again (`readiness`), so the wait that follows cannot miss the writer's
@@ -217,13 +220,23 @@ fn spin_limit(port: &MessagePort) -> Option<Duration> {
     }
 }
 
-/// Spins on the ring for up to the port's limit: whether a record (or the peer's
-/// close) may be there now. Shared memory only: nothing is armed or drained.
+/// Looks at the ring, holding the reading half, for up to `limit` (`None`: once):
+/// whether a record (or the end) is there now. Shared memory only: nothing is armed or
+/// drained, so a writer whose record this finds makes no system call for it. `false`
+/// while another thread holds the half (it takes what comes).
+fn look(port: &MessagePort, limit: Option<Duration>) -> bool {
+    let Some(mut guard) = port.port().rx.try_lock() else { return false };
+    let Some(rx) = guard.as_mut() else { return false };
+    let mut there = || rx.stopped() || !matches!(rx.consumer.peek(), Ok(None)) || rx.link.peer_closed();
+    match limit {
+        None => there(),
+        Some(limit) => wait::spin_until(limit, there),
+    }
+}
+
+/// Spins for a message for up to the port's limit, if it has one (see the module docs).
 fn spin_for_message(port: &MessagePort) -> bool {
-    let Some(limit) = spin_limit(port) else { return false };
-    let Some(link) = port.port().link() else { return false };
-    let ring = link.segment.ring(1 - link.end);
-    wait::spin_until(limit, || ring.maybe_unread() || link.peer_closed())
+    spin_limit(port).is_some_and(|limit| look(port, Some(limit)))
 }
 
 /// A receive that found the ring empty got its answer `waited` later.
@@ -249,10 +262,14 @@ async fn recv_loop<R>(
     port: &MessagePort,
     mut attempt: impl FnMut() -> Result<R, TryRecvError>,
 ) -> Result<R, RecvError> {
-    BUSY.with(|b| b.set(false));
-    let first = attempt();
-    if !matches!(first, Err(TryRecvError::Empty)) {
-        return finish(first);
+    if look(port, None) {
+        // A `try_` receive that finds the ring empty arms the descriptor (and makes
+        // the writer signal it): it runs only once a look found something, or to wait.
+        BUSY.with(|b| b.set(false));
+        let first = attempt();
+        if !matches!(first, Err(TryRecvError::Empty)) {
+            return finish(first);
+        }
     }
     let empty_at = Instant::now();
     let got = wait_and_receive(port, attempt).await;
@@ -430,6 +447,12 @@ impl futures_core::Stream for MessageStream {
             return Poll::Ready(None);
         }
         loop {
+            if this.empty_at.is_none() && !look(&this.port, None) {
+                // The wait for this item begins: spin first (a receive that found the
+                // ring empty would arm the descriptor and make the writer signal it).
+                this.empty_at = Some(Instant::now());
+                spin_for_message(&this.port);
+            }
             BUSY.with(|b| b.set(false));
             match this.port.try_recv() {
                 Ok(event) => return this.found(Poll::Ready(Some(Ok(event)))),
@@ -439,12 +462,6 @@ impl futures_core::Stream for MessageStream {
                     return this.found(Poll::Ready(None));
                 }
                 Err(TryRecvError::Empty) => {}
-            }
-            if this.empty_at.is_none() {
-                this.empty_at = Some(Instant::now());
-                if spin_for_message(&this.port) {
-                    continue;
-                }
             }
             if !this.registered {
                 // Made before the next attempt, so that attempt arms the descriptor.
