@@ -87,6 +87,13 @@
 #define SHMPORT_MESSAGE_ERROR -12
 
 /**
+ * An opaque handle on a buffer in shared memory. Made by `shmport_buffer_new` or
+ * `shmport_port_recv_buffer`, freed once by `shmport_buffer_free`. Once posted it is
+ * detached: its length is 0, and it still has to be freed.
+ */
+typedef struct shmport_buffer shmport_buffer;
+
+/**
  * An opaque handle on one end of a channel. Made by `shmport_channel_new` or
  * `shmport_port_from_parent`, freed once by `shmport_port_free`.
  */
@@ -95,6 +102,117 @@ typedef struct shmport_port shmport_port;
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Makes a zeroed buffer of `len` bytes in shared memory, written to `*buffer`.
+ *
+ * Returns `SHMPORT_OK`, `SHMPORT_NULL`, or `SHMPORT_IO` (out of memory).
+ *
+ * Thread-safety: thread-safe.
+ *
+ * # Safety
+ * `buffer` is NULL or valid for writing one pointer.
+ */
+int shmport_buffer_new(size_t len, shmport_buffer **buffer);
+
+/**
+ * The buffer's length in bytes: 0 once detached (posted), or when `buffer` is NULL.
+ *
+ * Thread-safety: thread-safe.
+ *
+ * # Safety
+ * `buffer` is NULL or a live handle.
+ */
+size_t shmport_buffer_len(const shmport_buffer *buffer);
+
+/**
+ * Copies the `len` bytes at `bytes` into the buffer at `offset`.
+ *
+ * Returns `SHMPORT_OK`, `SHMPORT_NULL`, or `SHMPORT_INVALID` (the range is outside the
+ * buffer, or it is detached).
+ *
+ * Thread-safety: thread-safe; calls on one buffer are serialized.
+ *
+ * # Safety
+ * `buffer` is NULL or a live handle; `bytes` is NULL or valid for reads of `len`
+ * bytes, and not inside this buffer.
+ */
+int shmport_buffer_write(shmport_buffer *buffer, size_t offset, const void *bytes, size_t len);
+
+/**
+ * Copies `len` bytes of the buffer, from `offset`, to `out`.
+ *
+ * Returns `SHMPORT_OK`, `SHMPORT_NULL`, or `SHMPORT_INVALID` (the range is outside the
+ * buffer, or it is detached). `out` is written only on success.
+ *
+ * Thread-safety: thread-safe.
+ *
+ * # Safety
+ * `buffer` is NULL or a live handle; `out` is NULL or valid for writes of `len` bytes.
+ */
+int shmport_buffer_read(const shmport_buffer *buffer, size_t offset, void *out, size_t len);
+
+/**
+ * Runs `f(ctx, bytes, len)` over the buffer's bytes in place (the mapping: no copy),
+ * readable and writable; `len` is 0 once detached. The pointer is valid only while `f`
+ * runs, and the buffer cannot be posted meanwhile: `f` must not call shmport functions
+ * on this buffer, nor unwind (longjmp, C++ exceptions) out of the call.
+ *
+ * A received buffer's pages may be shared with the sending process: with an
+ * untrusted peer, copy out with `shmport_buffer_read` and check the copy.
+ *
+ * Returns `SHMPORT_OK` or `SHMPORT_NULL` (`buffer` or `f`).
+ *
+ * Thread-safety: thread-safe; other calls on this buffer wait until `f` returns.
+ *
+ * # Safety
+ * `buffer` is NULL or a live handle; `f` is NULL or a function that honours the above.
+ */
+int shmport_buffer_map(shmport_buffer *buffer,
+                       void (*f)(void *ctx, uint8_t *bytes, size_t len),
+                       void *ctx);
+
+/**
+ * Frees a buffer handle (its pages go back once no process holds them). NULL does
+ * nothing. Free each handle once, and use it no more.
+ *
+ * Thread-safety: not while another thread uses the same handle.
+ *
+ * # Safety
+ * `buffer` is NULL or a live handle from this library, not used after this call.
+ */
+void shmport_buffer_free(shmport_buffer *buffer);
+
+/**
+ * Posts the buffer to the peer, transferring it: its pages move without a copy, and
+ * this handle is detached (length 0; free it as usual).
+ *
+ * Returns `SHMPORT_OK`, `SHMPORT_NULL`, `SHMPORT_INVALID` (the buffer is detached
+ * already), `SHMPORT_IO`.
+ *
+ * Thread-safety: thread-safe, as `shmport_port_post_bytes`.
+ *
+ * # Safety
+ * `port` and `buffer` are NULL or live handles.
+ */
+int shmport_port_post_buffer(shmport_port *port, shmport_buffer *buffer);
+
+/**
+ * Receives the next message as a buffer, written to `*buffer`: one posted with
+ * `shmport_port_post_buffer` (or Rust's `post_message` of an `ArrayBuffer`), or bytes
+ * posted with `shmport_port_post_bytes`. `timeout_ms` as in `shmport_port_recv_bytes`.
+ *
+ * Returns `SHMPORT_OK`, `SHMPORT_TIMEOUT`, `SHMPORT_CLOSED`, `SHMPORT_NULL`,
+ * `SHMPORT_MESSAGE_ERROR`; `SHMPORT_INVALID` when the message is something else
+ * (consumed), or when a message kept by `SHMPORT_TOO_SMALL` is waiting (receive that
+ * one with `shmport_port_recv_bytes` first). `*buffer` is written only on success.
+ *
+ * Thread-safety: as `shmport_port_recv_bytes`.
+ *
+ * # Safety
+ * `port` is NULL or a live handle; `buffer` is NULL or valid for writing one pointer.
+ */
+int shmport_port_recv_buffer(shmport_port *port, shmport_buffer **buffer, int32_t timeout_ms);
 
 /**
  * The name of the environment variable the child reads: `"SHMPORT_PARENT"`. A static

@@ -14,10 +14,15 @@
 
 #![allow(non_camel_case_types)]
 
+mod buffer;
 mod handoff;
 mod port;
 mod status;
 
+pub use buffer::{
+    shmport_buffer, shmport_buffer_free, shmport_buffer_len, shmport_buffer_map, shmport_buffer_new,
+    shmport_buffer_read, shmport_buffer_write, shmport_port_post_buffer, shmport_port_recv_buffer,
+};
 pub use handoff::{SHMPORT_PARENT_ENV_CAPACITY, shmport_parent_env_name, shmport_port_transfer_to_child};
 pub use port::{
     shmport_channel_new, shmport_port, shmport_port_close, shmport_port_fd, shmport_port_free,

@@ -18,7 +18,7 @@ pub struct shmport_port {
     pub(crate) port: MessagePort,
     /// A message received into a buffer too small for it, returned first by the next
     /// receive on this handle.
-    stash: Mutex<Option<Vec<u8>>>,
+    pub(crate) stash: Mutex<Option<Vec<u8>>>,
 }
 
 impl shmport_port {
