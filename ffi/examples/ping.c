@@ -5,6 +5,9 @@
  *                        the port from shmport_port_from_parent: this one's `echo`
  *                        mode, or the Rust example rust_echo)
  *   ping echo            the child: echoes every message until the port closes
+ *
+ * After the bytes, a buffer: the message "buffer" announces one, which the echo
+ * receives as a shmport_buffer, adds 1 to each byte of in place, and transfers back.
  */
 #include <stdint.h>
 #include <sys/wait.h>
@@ -12,6 +15,12 @@
 #include "common.h"
 
 #define ROUNDS 1000
+#define BUFFER_LEN (1 << 20)
+
+static void add_one(void *ctx, uint8_t *bytes, size_t len) {
+    (void)ctx;
+    for (size_t i = 0; i < len; i++) bytes[i]++;
+}
 
 static int echo(void) {
     shmport_port *port = NULL;
@@ -23,6 +32,14 @@ static int echo(void) {
         int status = shmport_port_recv_bytes(port, buf, sizeof buf, &len, -1);
         if (status == SHMPORT_CLOSED) break;
         CHECK(status);
+        if (len == 6 && memcmp(buf, "buffer", 6) == 0) {
+            shmport_buffer *b = NULL;
+            CHECK(shmport_port_recv_buffer(port, &b, -1));
+            CHECK(shmport_buffer_map(b, add_one, NULL));
+            CHECK(shmport_port_post_buffer(port, b));
+            shmport_buffer_free(b);
+            continue;
+        }
         CHECK(shmport_port_post_bytes(port, buf, len));
         echoed++;
     }
@@ -70,6 +87,29 @@ int main(int argc, char **argv) {
     if (len != sizeof big || grown[0] != 7) return 1;
     free(grown);
 
+    /* A buffer there and back: transferred both ways, changed in place by the child. */
+    shmport_buffer *out = NULL;
+    CHECK(shmport_buffer_new(BUFFER_LEN, &out));
+    uint8_t pattern[256];
+    for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (uint8_t)i;
+    for (size_t at = 0; at < BUFFER_LEN; at += sizeof pattern) CHECK(shmport_buffer_write(out, at, pattern, sizeof pattern));
+    CHECK(shmport_port_post_bytes(mine, "buffer", 6));
+    CHECK(shmport_port_post_buffer(mine, out));
+    if (shmport_buffer_len(out) != 0) return 1; /* detached by the transfer */
+    shmport_buffer_free(out);
+    shmport_buffer *back = NULL;
+    CHECK(shmport_port_recv_buffer(mine, &back, 10000));
+    if (shmport_buffer_len(back) != BUFFER_LEN) return 1;
+    uint8_t tail[256];
+    CHECK(shmport_buffer_read(back, BUFFER_LEN - sizeof tail, tail, sizeof tail));
+    for (size_t i = 0; i < sizeof tail; i++) {
+        if (tail[i] != (uint8_t)(i + 1)) {
+            fprintf(stderr, "buffer byte %zu: %u\n", i, tail[i]);
+            return 1;
+        }
+    }
+    shmport_buffer_free(back);
+
     shmport_port_close(mine);
     shmport_port_free(mine);
     int wstatus = 0;
@@ -77,6 +117,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "child failed (status %d)\n", wstatus);
         return 1;
     }
-    printf("ping: %d round trips ok\n", ROUNDS);
+    printf("ping: %d round trips ok, and a %d-byte buffer there and back\n", ROUNDS, BUFFER_LEN);
     return 0;
 }

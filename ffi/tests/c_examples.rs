@@ -105,7 +105,7 @@ fn expect_success(out: &Output, line: &str) {
 #[test]
 fn c_ping_round_trips_with_a_c_child() {
     let Some(ping) = compile("ping.c") else { return };
-    expect_success(&run(Command::new(ping)), "ping: 1000 round trips ok");
+    expect_success(&run(Command::new(ping)), "ping: 1000 round trips ok, and a 1048576-byte buffer there and back");
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn rust_child_echoes_for_a_c_parent() {
     let mut cmd = Command::new(ping);
     cmd.arg("--child").arg(&echo);
     let out = run(cmd);
-    expect_success(&out, "ping: 1000 round trips ok");
+    expect_success(&out, "ping: 1000 round trips ok, and a 1048576-byte buffer there and back");
     assert!(String::from_utf8_lossy(&out.stderr).contains("rust_echo: 1001 messages"));
 }
 
@@ -150,6 +150,15 @@ fn c_child_echoes_for_a_rust_parent() {
         let back = port.recv_bytes_with(<[u8]>::to_vec).expect("echo");
         assert_eq!(back, msg, "round {i}");
     }
+    // A buffer to the C child and back, changed in place there.
+    let buffer = shmport::ArrayBuffer::from_slice(&[41u8; 100_000]).expect("buffer");
+    port.post_bytes(b"buffer").expect("post");
+    port.post_message(shmport::Value::ArrayBuffer(buffer.clone()), [buffer.clone().into()]).expect("transfer");
+    assert!(buffer.is_detached());
+    let shmport::Value::ArrayBuffer(back) = port.recv().expect("the buffer back").data else {
+        panic!("the C child sent back something other than a buffer")
+    };
+    assert_eq!(back.to_vec(), vec![42u8; 100_000]);
     port.close();
     let out = child.wait_with_output().expect("wait for the C child");
     assert!(out.status.success(), "C child: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -165,7 +174,7 @@ fn examples_under_valgrind_memcheck() {
         return;
     }
     for (source, line) in [
-        ("ping.c", "ping: 1000 round trips ok"),
+        ("ping.c", "ping: 1000 round trips ok, and a 1048576-byte buffer there and back"),
         ("frame_loop.c", "frame_loop: 300 frames"),
         ("cpp_ping.cpp", "cpp_ping: thread and child round trips ok"),
     ] {
