@@ -17,6 +17,12 @@ pub struct shmport_buffer {
     buffer: ArrayBuffer,
 }
 
+// Buffers, like ports, may be used from any thread (see the functions' docs).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<shmport_buffer>();
+};
+
 /// `&*buffer`, or `SHMPORT_NULL`.
 ///
 /// # Safety

@@ -21,6 +21,13 @@ pub struct shmport_port {
     pub(crate) stash: Mutex<Option<Vec<u8>>>,
 }
 
+// The thread-safety the docs promise: a handle may be used from any thread, and from
+// several at once.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<shmport_port>();
+};
+
 impl shmport_port {
     fn boxed(port: MessagePort) -> *mut shmport_port {
         Box::into_raw(Box::new(shmport_port { port, stash: Mutex::new(None) }))
