@@ -99,6 +99,16 @@ typedef struct shmport_buffer shmport_buffer;
  */
 typedef struct shmport_port shmport_port;
 
+/**
+ * The reading half of a split port (opaque). Freed once by `shmport_reader_free`.
+ */
+typedef struct shmport_reader shmport_reader;
+
+/**
+ * The writing half of a split port (opaque). Freed once by `shmport_writer_free`.
+ */
+typedef struct shmport_writer shmport_writer;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -213,6 +223,103 @@ int shmport_port_post_buffer(shmport_port *port, shmport_buffer *buffer);
  * `port` is NULL or a live handle; `buffer` is NULL or valid for writing one pointer.
  */
 int shmport_port_recv_buffer(shmport_port *port, shmport_buffer **buffer, int32_t timeout_ms);
+
+/**
+ * Splits the port into its exclusive halves, written to `*writer` and `*reader`; the
+ * port handle is detached (free it as usual). Dropping both halves closes the port.
+ *
+ * Returns `SHMPORT_OK`, `SHMPORT_NULL`, `SHMPORT_DETACHED`. Outputs only on success.
+ *
+ * Thread-safety: thread-safe, not concurrently with `shmport_port_free` of the handle.
+ *
+ * # Safety
+ * `port` is NULL or a live handle; `writer` and `reader` are NULL or writable.
+ */
+int shmport_port_split(shmport_port *port, shmport_writer **writer, shmport_reader **reader);
+
+/**
+ * Posts the `len` bytes at `bytes`, waiting for room (not realtime-safe).
+ * Statuses as `shmport_port_post_bytes`.
+ *
+ * Thread-safety: one thread at a time per writer.
+ *
+ * # Safety
+ * `writer` is NULL or a live writer no other thread is using; `bytes` is NULL or
+ * valid for reads of `len` bytes.
+ */
+int shmport_writer_post_bytes(shmport_writer *writer, const void *bytes, size_t len);
+
+/**
+ * Posts the `len` bytes at `bytes`, or `SHMPORT_FULL` at once. Realtime-safe: no
+ * lock, no allocation, at most one futex wake.
+ *
+ * Thread-safety: one thread at a time per writer.
+ *
+ * # Safety
+ * As `shmport_writer_post_bytes`.
+ */
+int shmport_writer_try_post_bytes(shmport_writer *writer, const void *bytes, size_t len);
+
+/**
+ * Writes a message of `len` bytes in place in the ring: calls `fill(ctx, bytes, len)`
+ * on the message's bytes (not cleared: write every one), and sends them if `fill`
+ * returns 0 (any other value sends nothing). `timeout_ms` for room: `< 0` waits,
+ * `0` is realtime-safe (`SHMPORT_FULL` at once), `> 0` waits at most that long
+ * (`SHMPORT_TIMEOUT`). `fill` must not call shmport functions on this writer, nor
+ * unwind out of the call. The bytes are shared memory: do not read back what you need
+ * to trust.
+ *
+ * Returns `SHMPORT_OK` (also when `fill` declined), `SHMPORT_NULL` (`writer`, `fill`),
+ * `SHMPORT_FULL`, `SHMPORT_TIMEOUT`, `SHMPORT_TOO_LARGE` (over the ring's inline size).
+ *
+ * Thread-safety: one thread at a time per writer.
+ *
+ * # Safety
+ * `writer` is NULL or a live writer no other thread is using; `fill` keeps to the
+ * above.
+ */
+int shmport_writer_write_chunk(shmport_writer *writer,
+                               size_t len,
+                               int32_t timeout_ms,
+                               int (*fill)(void *ctx, uint8_t *bytes, size_t len),
+                               void *ctx);
+
+/**
+ * Receives the next message's bytes; everything as `shmport_port_recv_bytes`
+ * (timeouts, `SHMPORT_TOO_SMALL` keeping the message, statuses). With a timeout of 0
+ * realtime-safe.
+ *
+ * Thread-safety: one thread at a time per reader.
+ *
+ * # Safety
+ * `reader` is NULL or a live reader no other thread is using; `buf` is NULL or valid
+ * for writes of `capacity` bytes; `len` is NULL or writable.
+ */
+int shmport_reader_recv_bytes(shmport_reader *reader,
+                              void *buf,
+                              size_t capacity,
+                              size_t *len,
+                              int32_t timeout_ms);
+
+/**
+ * Frees a writer (once both halves are freed, the port is closed). NULL does nothing.
+ *
+ * Thread-safety: not while another thread uses the writer.
+ *
+ * # Safety
+ * `writer` is NULL or a live writer, not used after this call.
+ */
+void shmport_writer_free(shmport_writer *writer);
+
+/**
+ * Frees a reader (once both halves are freed, the port is closed). NULL does nothing.
+ *
+ * Thread-safety: not while another thread uses the reader.
+ *
+ * # Safety
+ * `reader` is NULL or a live reader, not used after this call.
+ */
+void shmport_reader_free(shmport_reader *reader);
 
 /**
  * The name of the environment variable the child reads: `"SHMPORT_PARENT"`. A static

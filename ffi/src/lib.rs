@@ -15,6 +15,7 @@
 #![allow(non_camel_case_types)]
 
 mod buffer;
+mod halves;
 mod handoff;
 mod port;
 mod status;
@@ -22,6 +23,10 @@ mod status;
 pub use buffer::{
     shmport_buffer, shmport_buffer_free, shmport_buffer_len, shmport_buffer_map, shmport_buffer_new,
     shmport_buffer_read, shmport_buffer_write, shmport_port_post_buffer, shmport_port_recv_buffer,
+};
+pub use halves::{
+    shmport_port_split, shmport_reader, shmport_reader_free, shmport_reader_recv_bytes, shmport_writer,
+    shmport_writer_free, shmport_writer_post_bytes, shmport_writer_try_post_bytes, shmport_writer_write_chunk,
 };
 pub use handoff::{SHMPORT_PARENT_ENV_CAPACITY, shmport_parent_env_name, shmport_port_transfer_to_child};
 pub use port::{
