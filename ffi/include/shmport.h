@@ -432,9 +432,9 @@ int shmport_port_try_post_bytes(shmport_port *port, const void *bytes, size_t le
  * read was consumed); `SHMPORT_NULL`. `buf` and `*len` are written only on success
  * (and `*len` on `SHMPORT_TOO_SMALL`).
  *
- * Thread-safety: thread-safe; receives on one handle are serialized (a thread waiting
- * here makes another thread's receive on the same handle wait its turn). Not
- * concurrently with `shmport_port_free` of the handle.
+ * Thread-safety: thread-safe; threads receiving on one handle at once each get
+ * different messages, in no set order between them. Not concurrently with
+ * `shmport_port_free` of the handle.
  *
  * # Safety
  * `port` is NULL or a live handle; `buf` is NULL or valid for writes of `capacity`

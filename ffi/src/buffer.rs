@@ -2,7 +2,6 @@
 //! peer without copying, receive, read or write in place, free.
 
 use std::ffi::{c_int, c_void};
-use std::sync::PoisonError;
 use std::time::Duration;
 
 use shmport::{ArrayBuffer, MessageEvent, RecvError, RecvTimeoutError, TryRecvError, Value};
@@ -243,15 +242,14 @@ pub unsafe extern "C" fn shmport_port_recv_buffer(
         if buffer.is_null() {
             return Err(Fail::null());
         }
-        let stash = port.stash.lock().unwrap_or_else(PoisonError::into_inner);
-        if stash.is_some() {
+        // SYNC: stash flag (see shmport_port_recv_bytes).
+        if port.stashed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Fail::fixed(
                 SHMPORT_INVALID,
                 c"a message kept by SHMPORT_TOO_SMALL is waiting: receive it with shmport_port_recv_bytes",
             ));
         }
         let event = receive_event(&port.port, timeout_ms)?;
-        drop(stash);
         let Value::ArrayBuffer(received) = event.data else {
             let mut what = format!("{:?}", event.data);
             if let Some((cut, _)) = what.char_indices().nth(80) {

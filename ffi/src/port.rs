@@ -1,8 +1,10 @@
 //! The port handle: making channels, posting and receiving bytes, the readiness
 //! descriptor, closing and freeing.
 
+use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,9 +18,13 @@ use crate::status::{
 /// `shmport_port_from_parent`, freed once by `shmport_port_free`.
 pub struct shmport_port {
     pub(crate) port: MessagePort,
-    /// A message received into a buffer too small for it, returned first by the next
-    /// receive on this handle.
-    pub(crate) stash: Mutex<Option<Vec<u8>>>,
+    /// Messages received into a buffer too small for them, returned first by the next
+    /// receives on this handle (more than one only when threads receive at once).
+    pub(crate) stash: Mutex<VecDeque<Vec<u8>>>,
+    /// Whether `stash` may hold a message: the receive's fast path looks here instead
+    /// of taking the lock (set under the lock, after a push; cleared under it, once
+    /// empty).
+    pub(crate) stashed: AtomicBool,
 }
 
 // The thread-safety the docs promise: a handle may be used from any thread, and from
@@ -30,7 +36,11 @@ const _: () = {
 
 impl shmport_port {
     fn boxed(port: MessagePort) -> *mut shmport_port {
-        Box::into_raw(Box::new(shmport_port { port, stash: Mutex::new(None) }))
+        Box::into_raw(Box::new(shmport_port {
+            port,
+            stash: Mutex::new(VecDeque::new()),
+            stashed: AtomicBool::new(false),
+        }))
     }
 }
 
@@ -173,9 +183,9 @@ enum Got {
 /// read was consumed); `SHMPORT_NULL`. `buf` and `*len` are written only on success
 /// (and `*len` on `SHMPORT_TOO_SMALL`).
 ///
-/// Thread-safety: thread-safe; receives on one handle are serialized (a thread waiting
-/// here makes another thread's receive on the same handle wait its turn). Not
-/// concurrently with `shmport_port_free` of the handle.
+/// Thread-safety: thread-safe; threads receiving on one handle at once each get
+/// different messages, in no set order between them. Not concurrently with
+/// `shmport_port_free` of the handle.
 ///
 /// # Safety
 /// `port` is NULL or a live handle; `buf` is NULL or valid for writes of `capacity`
@@ -207,8 +217,17 @@ pub unsafe extern "C" fn shmport_port_recv_bytes(
             }
             Got::Copied(bytes.len())
         };
-        let mut stash = port.stash.lock().unwrap_or_else(PoisonError::into_inner);
-        let got = match stash.take() {
+        // SYNC: stash flag. Acquire pairs with the Release stores below: a message
+        // stashed by another thread before this receive began is seen here.
+        let kept = if port.stashed.load(Ordering::Acquire) {
+            let mut stash = port.stash.lock().unwrap_or_else(PoisonError::into_inner);
+            let kept = stash.pop_front();
+            port.stashed.store(!stash.is_empty(), Ordering::Release);
+            kept
+        } else {
+            None
+        };
+        let got = match kept {
             Some(kept) => copy(&kept),
             None => receive(&port.port, timeout_ms, copy)?,
         };
@@ -221,7 +240,10 @@ pub unsafe extern "C" fn shmport_port_recv_bytes(
             Got::Kept(bytes) => {
                 // SAFETY: as above.
                 unsafe { *len = bytes.len() };
-                *stash = Some(bytes);
+                let mut stash = port.stash.lock().unwrap_or_else(PoisonError::into_inner);
+                // Back at the front: it was the oldest message this handle holds.
+                stash.push_front(bytes);
+                port.stashed.store(true, Ordering::Release);
                 Err(Fail::fixed(
                     SHMPORT_TOO_SMALL,
                     c"the buffer is too small for the message (kept; *len is the size needed)",

@@ -1,7 +1,7 @@
 //! The C and C++ examples, compiled with the system's `cc`/`c++` against the static
-//! library and run: C alone (`ping`, `frame_loop`), C++ (`cpp_ping`), a C child of a
-//! Rust parent, a Rust child (`examples/rust_echo.rs`) of a C parent, and `ping` under
-//! valgrind's memcheck.
+//! library and run: C alone (`ping`, `frame_loop`, `rtt`), C++ (`cpp_ping`), a C child
+//! of a Rust parent, a Rust child (`examples/rust_echo.rs`) of a C parent, and the C and
+//! C++ examples under valgrind's memcheck.
 //!
 //! The library is built by the test itself (`cargo build -p shmport-ffi`, in the
 //! profile and target directory of this test binary), so a fresh clone needs only
@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use shmport::MessageChannel;
@@ -48,9 +48,22 @@ fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-/// Compiles `examples/<source>` into `target/<profile>/ffi-examples/<name>`; `None`
-/// (with the reason printed) when the compiler is missing.
+/// Compiles `examples/<source>` into `target/<profile>/ffi-examples/<name>`, once per
+/// test run (tests run in parallel, and several run `ping`: none may run a binary
+/// another is still writing); `None` (with the reason printed) when the compiler is
+/// missing.
 fn compile(source: &str) -> Option<PathBuf> {
+    static BUILT: Mutex<Vec<(String, Option<PathBuf>)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, out)) = built.iter().find(|(s, _)| s == source) {
+        return out.clone();
+    }
+    let out = compile_now(source);
+    built.push((source.to_owned(), out.clone()));
+    out
+}
+
+fn compile_now(source: &str) -> Option<PathBuf> {
     let cpp = source.ends_with(".cpp");
     let compiler = if cpp { "c++" } else { "cc" };
     if !have(compiler) {
@@ -119,6 +132,14 @@ fn c_frame_loop_polls_without_blocking() {
 fn cpp_wrappers_round_trip_with_a_thread_and_a_forked_child() {
     let Some(cpp) = compile("cpp_ping.cpp") else { return };
     expect_success(&run(Command::new(cpp)), "cpp_ping: thread and child round trips ok");
+}
+
+#[test]
+fn c_round_trip_timing_runs() {
+    let Some(rtt) = compile("rtt.c") else { return };
+    let mut cmd = Command::new(rtt);
+    cmd.arg("2000");
+    expect_success(&run(cmd), "rtt: 2000 round trips of 64 B from C: median ");
 }
 
 #[test]
