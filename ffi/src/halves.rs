@@ -77,8 +77,10 @@ unsafe fn bytes_arg<'a>(bytes: *const c_void, len: usize) -> Result<&'a [u8], Fa
     match (bytes.is_null(), len) {
         (_, 0) => Ok(&[]),
         (true, _) => Err(Fail::null()),
-        // SAFETY: non-NULL, and the caller promises `len` readable bytes (which a
-        // valid object never makes larger than isize::MAX).
+        (false, len) if len > isize::MAX as usize => {
+            Err(Fail::new(crate::status::SHMPORT_INVALID, "len is larger than isize::MAX"))
+        }
+        // SAFETY: non-NULL, at most isize::MAX, and the caller promises `len` readable bytes.
         (false, _) => Ok(unsafe { std::slice::from_raw_parts(bytes.cast::<u8>(), len) }),
     }
 }
