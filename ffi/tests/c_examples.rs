@@ -121,6 +121,41 @@ fn c_ping_round_trips_with_a_c_child() {
     expect_success(&run(Command::new(ping)), "ping: 1000 round trips ok, and a 1048576-byte buffer there and back");
 }
 
+/// The shared library too: `ping` linked with `-lshmport_ffi` (rpath to the build's
+/// directory), and the library exports nothing but the `shmport_` names.
+#[test]
+fn c_ping_against_the_shared_library() {
+    if !have("cc") {
+        println!("SKIP: no `cc` on this machine");
+        return;
+    }
+    let dir = static_lib().parent().expect("profile dir").to_path_buf();
+    let out = dir.join("ffi-examples").join("ping_shared");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let status = Command::new("cc")
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(ffi_dir().join("include"))
+        .arg(ffi_dir().join("examples/ping.c"))
+        .arg(format!("-L{}", dir.display()))
+        .arg(format!("-Wl,-rpath,{}", dir.display()))
+        .args(["-lshmport_ffi", "-o"])
+        .arg(&out)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "cc ping.c -lshmport_ffi failed");
+    expect_success(&run(Command::new(&out)), "ping: 1000 round trips ok");
+    if have("nm") {
+        let nm = Command::new("nm").args(["-D", "--defined-only"]).arg(dir.join("libshmport_ffi.so")).output().unwrap();
+        let symbols = String::from_utf8_lossy(&nm.stdout);
+        let names: Vec<&str> = symbols.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+        assert!(names.contains(&"shmport_channel_new"), "{names:?}");
+        let stray: Vec<&&str> = names.iter().filter(|n| !n.starts_with("shmport_")).collect();
+        assert!(stray.is_empty(), "libshmport_ffi.so exports more than the C API: {stray:?}");
+    } else {
+        println!("SKIP (symbol check only): no `nm` on this machine");
+    }
+}
+
 #[test]
 fn c_frame_loop_polls_without_blocking() {
     let Some(frame_loop) = compile("frame_loop.c") else { return };
