@@ -142,10 +142,11 @@ impl MessagePort {
     ///
     /// The caller clears close-on-exec in the child only (`fcntl(fd, F_SETFD, 0)` in
     /// a `fork` before `exec`, or `posix_spawn_file_actions_adddup2(fd, fd)`, which
-    /// POSIX and glibc define to clear it when both numbers are the same), sets the variable in the child's environment, and spawns the child
-    /// from this process (the pid in the value must be the child's parent). The
-    /// returned descriptor is closed in the parent once the child is spawned; closing
-    /// it without spawning closes the port (its peer sees it gone).
+    /// POSIX and glibc define to clear it when both numbers are the same), sets the
+    /// variable in the child's environment, and spawns the child from this process
+    /// (the pid in the value must be the child's parent). The returned descriptor is
+    /// closed in the parent once the child is spawned; closing it without spawning
+    /// closes the port (its peer sees it gone).
     pub fn transfer_to_child_fd(&self) -> Result<(OwnedFd, String), Error> {
         let (ours, theirs) = platform::socketpair()?;
         let link = self.port().link().ok_or(Error::Detached)?;
