@@ -12,6 +12,9 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
+
+extern char **environ;
 
 #include "shmport.hpp"
 
@@ -48,12 +51,22 @@ int main(int argc, char **argv) try {
 
     auto [mine, theirs] = shmport::Port::channel();
     shmport::Handoff h = theirs.transfer_to_child();
+    // The child's environment is made before fork: between fork and exec a child of a
+    // threaded process may only make async-signal-safe calls (fcntl, execve).
+    std::string entry = h.env_name + "=" + h.env_value;
+    std::vector<char *> envp;
+    for (char **e = environ; *e != nullptr; e++) {
+        if (std::strncmp(*e, entry.c_str(), h.env_name.size() + 1) != 0) envp.push_back(*e);
+    }
+    envp.push_back(entry.data());
+    envp.push_back(nullptr);
+    char echo_arg[] = "echo";
+    char *child_argv[] = {argv[0], echo_arg, nullptr};
     pid_t pid = fork();
     if (pid == 0) {
-        // In the child only: inherit the descriptor, name it, exec.
+        // In the child only: inherit the descriptor, exec.
         fcntl(h.fd, F_SETFD, 0);
-        setenv(h.env_name.c_str(), h.env_value.c_str(), 1);
-        execl(argv[0], argv[0], "echo", static_cast<char *>(nullptr));
+        execve(argv[0], child_argv, envp.data());
         _exit(127);
     }
     close(h.fd);
