@@ -124,6 +124,30 @@ impl MessagePort {
         if cmd.get_envs().any(|(key, _)| key == PARENT_ENV) {
             return Err(Error::InvalidOptions("this command already carries a port (one per child)"));
         }
+        let (theirs, value) = self.transfer_to_child_fd()?;
+        cmd.env(PARENT_ENV, value);
+        // SAFETY: the closure only calls fcntl(F_SETFD), which is async-signal-safe,
+        // on a descriptor it owns (moved in, so it stays open until `cmd` drops).
+        unsafe {
+            cmd.pre_exec(move || platform::set_cloexec(theirs.as_fd(), false));
+        }
+        Ok(())
+    }
+
+    /// The building block of [`transfer_to_child`](Self::transfer_to_child) for
+    /// spawning without `Command` (`posix_spawn`, `fork`/`exec`, the C API): detaches
+    /// this port at once and returns the child's end of the handoff socket, with the
+    /// port already waiting in it and close-on-exec set, and the value to give the
+    /// child as [`PARENT_ENV`] (`"<fd number>,<this process's pid>"`).
+    ///
+    /// The caller clears close-on-exec in the child only (`fcntl(fd, F_SETFD, 0)` in
+    /// a `fork` before `exec`, or `posix_spawn_file_actions_adddup2(fd, fd)`, which
+    /// POSIX and glibc define to clear it when both numbers are the same), sets the
+    /// variable in the child's environment, and spawns the child from this process
+    /// (the pid in the value must be the child's parent). The returned descriptor is
+    /// closed in the parent once the child is spawned; closing it without spawning
+    /// closes the port (its peer sees it gone).
+    pub fn transfer_to_child_fd(&self) -> Result<(OwnedFd, String), Error> {
         let (ours, theirs) = platform::socketpair()?;
         let link = self.port().link().ok_or(Error::Detached)?;
         if link.segment.fd().is_none() {
@@ -136,14 +160,8 @@ impl MessagePort {
         let link = self.port().detach().ok_or(Error::Detached)?;
         send_handoff(ours.as_fd(), &link)?;
         drop(link);
-        let raw = theirs.as_raw_fd();
-        cmd.env(PARENT_ENV, format!("{raw},{}", platform::current_pid()));
-        // SAFETY: the closure only calls fcntl(F_SETFD), which is async-signal-safe,
-        // on a descriptor it owns (moved in, so it stays open until `cmd` drops).
-        unsafe {
-            cmd.pre_exec(move || platform::set_cloexec(theirs.as_fd(), false));
-        }
-        Ok(())
+        let value = format!("{},{}", theirs.as_raw_fd(), platform::current_pid());
+        Ok((theirs, value))
     }
 
     /// The port a parent handed down with [`transfer_to_child`](Self::transfer_to_child).
