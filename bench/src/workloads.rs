@@ -70,7 +70,7 @@ pub fn parent<T: Connect>(link: &mut impl Link, job: &Job<T>) -> Result<Figures>
         };
         let per = |a: u64, b: u64| (a - b) as f64 / messages;
         eprintln!(
-            "  syscalls per message, {} {} {} B (parent side): futex waits {:.4}, futex wakes {:.4}, yields {:.4}, liveness polls {:.4}",
+            "  syscalls per message, {} {} {} B (parent side): futex waits {:.4}, futex wakes {:.4}, yields {:.4}, liveness polls {:.4}, readiness signals {:.4}, readiness calls {:.4}",
             job.transport.name(),
             job.workload.name(),
             job.size,
@@ -78,6 +78,8 @@ pub fn parent<T: Connect>(link: &mut impl Link, job: &Job<T>) -> Result<Figures>
             per(after.futex_wakes, before.futex_wakes),
             per(after.yields, before.yields),
             per(after.liveness_polls, before.liveness_polls),
+            per(after.readiness_signals, before.readiness_signals),
+            per(after.readiness_calls, before.readiness_calls),
         );
     }
     Ok(figures)
