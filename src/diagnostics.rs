@@ -44,14 +44,16 @@ pub struct Diagnostics {
     /// mappings reached `vm.max_map_count`); the transfer went ahead, detached in Rust
     /// only.
     pub revocations_failed: u64,
-    /// Readiness signals sent (one `send` each): a writer's wake-up of a reader that
-    /// armed its port's readiness descriptor (`AsFd`), at most one per arming.
+    /// Readiness signals sent (one `sendmsg` each, a retry of a lost one counted
+    /// again): a writer's wake-up of a reader that armed its port's readiness
+    /// descriptor (`AsFd`), at most one per arming.
     pub readiness_signals: u64,
     /// The readiness descriptor's own calls, made by a reader that arms it (`as_fd`, a
     /// `try_` receive that found the port empty) and by this process's raises of it:
     /// the drain's `recv`s (a peek and a drop per message on the socket), the
     /// `epoll_wait` that takes the socket's events off the set, and the eventfd's
-    /// writes and reads.
+    /// writes and reads. (Not the `epoll_ctl`s that make the set and watch a socket
+    /// again after a transfer.)
     pub readiness_calls: u64,
 }
 

@@ -34,11 +34,12 @@ use crate::shm::wait::{self, ARMED, Notifier, Parker, WAITING, WaitWord};
 
 /// What a writer does to make an armed reader's descriptor readable.
 pub(crate) trait Signal {
-    /// Sends one signal, without blocking. Returns whether the reader's descriptor is
-    /// readable now, or nobody can wait on it: `false` only when the signal was lost
-    /// (the kernel out of memory for it), and then the writer arms the word again, so
-    /// its next publish signals (a full queue is readable already; a reader that is
-    /// gone waits for nothing).
+    /// Sends one signal, without blocking. Returns whether nothing was lost: the signal
+    /// queued, or the queue is full (each message in it was an event for the reader's
+    /// set, sent since its last arming drained the queue, so its waiter was woken), or
+    /// nobody can wait on it (the reader is gone). `false` when the signal was lost (the
+    /// kernel out of memory for it): the writer then arms the word again, so its next
+    /// publish signals.
     fn signal(&self) -> bool;
 }
 

@@ -93,10 +93,11 @@ pub(super) fn recv_fds(
     Ok(fds)
 }
 
-/// Sends a readiness signal on `socket`, without waiting: whether the reader's socket
-/// is readable now or nobody reads it. A full queue loses nothing (the socket is
-/// readable already), nor does a reader that is gone; the kernel out of memory for the
-/// message (`ENOBUFS`, `ENOMEM`) does: tried again after a yield, twice, then `false`.
+/// Sends a readiness signal on `socket`, without waiting: whether nothing was lost. A
+/// full queue loses nothing (every message in it was an event for the reader's set
+/// since its last arming drained the queue), nor does a reader that is gone; the
+/// kernel out of memory for the message (`ENOBUFS`, `ENOMEM`) does: tried again after
+/// a yield, twice, then `false`.
 pub(crate) fn send_signal(socket: BorrowedFd<'_>) -> bool {
     for attempt in 0..3 {
         if attempt > 0 {
