@@ -307,7 +307,16 @@ impl Port {
             Mode::Try => {
                 let check = rx.liveness_due();
                 // Empty: arm the readiness descriptor, if there is one, and look again.
-                rx.poll(check).or_else(|| self.rearm(rx))
+                match rx.poll(check) {
+                    None => self.rearm(rx),
+                    Some(Err(fail)) => {
+                        // The end: the descriptor stays readable for good (an earlier
+                        // arming may have taken the socket's hang-up edge).
+                        self.ready.ended();
+                        Some(Err(fail))
+                    }
+                    found => found,
+                }
             }
             Mode::Block | Mode::Until(_) => {
                 // The message is usually there already: one look first, without the

@@ -141,6 +141,14 @@ impl ReadyFd {
         }
     }
 
+    /// A `try_` receive found the end (closed, gone, broken): the descriptor, if made,
+    /// is readable for good.
+    pub(super) fn ended(&self) {
+        if let Some(fds) = self.fds.get() {
+            fds.raise();
+        }
+    }
+
     /// A `try_` receive returned `Empty` without looking, because another thread of
     /// this process holds the receiving half: that thread takes what comes, and the
     /// descriptor is made readable, so an edge-triggered waiter looks again.
