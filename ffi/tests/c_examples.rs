@@ -16,6 +16,17 @@ use std::time::{Duration, Instant};
 use shmport::MessageChannel;
 
 /// `target/<profile>`: this test binary runs from `target/<profile>/deps`.
+
+/// Says why a check is skipped (a tool missing); with `SHMPORT_REQUIRE_TOOLS` set (as
+/// `.ci/run` sets it where it has installed them), a missing tool fails the test.
+macro_rules! skip {
+    ($($arg:tt)*) => {{
+        let why = format!($($arg)*);
+        assert!(std::env::var_os("SHMPORT_REQUIRE_TOOLS").is_none(), "SHMPORT_REQUIRE_TOOLS is set: {why}");
+        println!("{why}");
+    }};
+}
+
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
@@ -67,7 +78,7 @@ fn compile_now(source: &str) -> Option<PathBuf> {
     let cpp = source.ends_with(".cpp");
     let compiler = if cpp { "c++" } else { "cc" };
     if !have(compiler) {
-        println!("SKIP: no `{compiler}` on this machine to compile {source}");
+        skip!("SKIP: no `{compiler}` on this machine to compile {source}");
         return None;
     }
     let lib = static_lib();
@@ -126,7 +137,7 @@ fn c_ping_round_trips_with_a_c_child() {
 #[test]
 fn c_ping_against_the_shared_library() {
     if !have("cc") {
-        println!("SKIP: no `cc` on this machine");
+        skip!("SKIP: no `cc` on this machine");
         return;
     }
     let dir = static_lib().parent().expect("profile dir").to_path_buf();
@@ -152,7 +163,7 @@ fn c_ping_against_the_shared_library() {
         let stray: Vec<&&str> = names.iter().filter(|n| !n.starts_with("shmport_")).collect();
         assert!(stray.is_empty(), "libshmport_ffi.so exports more than the C API: {stray:?}");
     } else {
-        println!("SKIP (symbol check only): no `nm` on this machine");
+        skip!("SKIP (symbol check only): no `nm` on this machine");
     }
 }
 
@@ -226,7 +237,7 @@ fn c_child_echoes_for_a_rust_parent() {
 #[test]
 fn examples_under_valgrind_memcheck() {
     if !have("valgrind") {
-        println!("SKIP: valgrind is not installed (.ci/run installs it)");
+        skip!("SKIP: valgrind is not installed (.ci/run installs it)");
         return;
     }
     for (source, line) in [
