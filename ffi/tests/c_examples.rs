@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use shmport::MessageChannel;
 
-/// `target/<profile>`: this test binary runs from `target/<profile>/deps`.
-
 /// Says why a check is skipped (a tool missing); with `SHMPORT_REQUIRE_TOOLS` set (as
 /// `.ci/run` sets it where it has installed them), a missing tool fails the test.
 macro_rules! skip {
@@ -27,6 +25,7 @@ macro_rules! skip {
     }};
 }
 
+/// `target/<profile>`: this test binary runs from `target/<profile>/deps`.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
