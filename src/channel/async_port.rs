@@ -353,7 +353,7 @@ async fn post_loop(
         // task would sleep with room in the ring. The arming (which raises the
         // descriptor when the position moved since `seen`, or when a message waits for
         // a receiver of this port) drains them first.
-        let _ = port.try_as_fd();
+        port.port().arm_for_room();
         match after_full(port, seen, needed) {
             Next::Retry => {}
             Next::Gone => return Ok(()),

@@ -162,20 +162,37 @@ impl ReadyFd {
 impl Port {
     /// The readiness descriptor, made on the first call; every call arms it.
     pub(super) fn readiness_fd(&self) -> io::Result<BorrowedFd<'_>> {
-        let fds = {
-            let link = lock(&self.link);
-            match self.ready.fds.get() {
-                Some(fds) => fds,
-                None => {
-                    let made = Fds::new(link.as_deref())?;
-                    // Cannot be set already: it is only set here, under the link lock.
-                    let _ = self.ready.fds.set(made);
-                    self.ready.fds.get().expect("the readiness set was just made, under the link lock")
-                }
-            }
-        };
+        let fds = self.fds()?;
         self.arm_for_fd(fds);
         Ok(fds.epoll.as_fd())
+    }
+
+    /// An async post's wait for room: arms the descriptor as `as_fd` does, which drains
+    /// the reader's room signals from the socket (on a port that only posts nothing
+    /// else would, and once the socket's buffer is full a signal is no event). While
+    /// another thread holds the reading half, nothing: `as_fd` would raise the
+    /// descriptor for the caller to look again, and the wait would spin.
+    #[cfg(feature = "tokio")]
+    pub(super) fn arm_for_room(&self) {
+        let Ok(fds) = self.fds() else { return };
+        let Some(mut guard) = self.rx.try_lock() else { return };
+        let Some(rx) = guard.as_mut().filter(|_| !self.is_detached()) else { return fds.raise() };
+        let check = arm(&self.ready, fds, rx);
+        if self.is_detached() || something_to_receive(rx, check) {
+            fds.raise();
+        }
+    }
+
+    /// The descriptor's set, made on the first call.
+    fn fds(&self) -> io::Result<&Fds> {
+        let link = lock(&self.link);
+        if let Some(fds) = self.ready.fds.get() {
+            return Ok(fds);
+        }
+        let made = Fds::new(link.as_deref())?;
+        // Cannot be set already: it is only set here, under the link lock.
+        let _ = self.ready.fds.set(made);
+        Ok(self.ready.fds.get().expect("the readiness set was just made, under the link lock"))
     }
 
     /// The readiness descriptor if it was made, without arming it.
