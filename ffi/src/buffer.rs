@@ -4,10 +4,10 @@
 use std::ffi::{c_int, c_void};
 use std::time::Duration;
 
-use shmport::{ArrayBuffer, MessageEvent, RecvError, RecvTimeoutError, TryRecvError, Value};
+use shmport::{ArrayBuffer, MessageEvent, Value};
 
 use crate::port::{handle, shmport_port};
-use crate::status::{Fail, SHMPORT_CLOSED, SHMPORT_INVALID, SHMPORT_MESSAGE_ERROR, SHMPORT_TIMEOUT, guard};
+use crate::status::{Fail, SHMPORT_INVALID, guard};
 
 /// An opaque handle on a buffer in shared memory. Made by `shmport_buffer_new` or
 /// `shmport_port_recv_buffer`, freed once by `shmport_buffer_free`. Once posted it is
@@ -265,22 +265,9 @@ pub unsafe extern "C" fn shmport_port_recv_buffer(
 }
 
 fn receive_event(port: &shmport::MessagePort, timeout_ms: i32) -> Result<MessageEvent, Fail> {
-    let closed = || Fail::fixed(SHMPORT_CLOSED, c"the port is closed, or its peer is gone");
-    let message_error = |e: &dyn std::fmt::Display| Fail::new(SHMPORT_MESSAGE_ERROR, e.to_string());
     match timeout_ms {
-        ..0 => port.recv().map_err(|e| match e {
-            RecvError::Closed => closed(),
-            e => message_error(&e),
-        }),
-        0 => port.try_recv().map_err(|e| match e {
-            TryRecvError::Empty => Fail::fixed(SHMPORT_TIMEOUT, c"no message is waiting"),
-            TryRecvError::Closed => closed(),
-            e => message_error(&e),
-        }),
-        ms => port.recv_timeout(Duration::from_millis(ms as u64)).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Fail::fixed(SHMPORT_TIMEOUT, c"no message arrived before the timeout"),
-            RecvTimeoutError::Closed => closed(),
-            e => message_error(&e),
-        }),
+        ..0 => Ok(port.recv()?),
+        0 => Ok(port.try_recv()?),
+        ms => Ok(port.recv_timeout(Duration::from_millis(ms as u64))?),
     }
 }

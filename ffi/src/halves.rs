@@ -5,10 +5,10 @@
 use std::ffi::{c_int, c_void};
 use std::time::Duration;
 
-use shmport::{PortReader, PortWriter, RecvError, RecvTimeoutError, TryRecvError};
+use shmport::{PortReader, PortWriter};
 
 use crate::port::{handle, shmport_port};
-use crate::status::{Fail, SHMPORT_CLOSED, SHMPORT_MESSAGE_ERROR, SHMPORT_TIMEOUT, SHMPORT_TOO_SMALL, guard};
+use crate::status::{Fail, SHMPORT_TOO_SMALL, guard};
 
 /// The writing half of a split port (opaque). Freed once by `shmport_writer_free`.
 pub struct shmport_writer {
@@ -229,23 +229,10 @@ pub unsafe extern "C" fn shmport_reader_recv_bytes(
 }
 
 fn receive<R>(reader: &mut PortReader, timeout_ms: i32, f: impl FnOnce(&[u8]) -> R) -> Result<R, Fail> {
-    let closed = || Fail::fixed(SHMPORT_CLOSED, c"the port is closed, or its peer is gone");
-    let message_error = |e: &dyn std::fmt::Display| Fail::new(SHMPORT_MESSAGE_ERROR, e.to_string());
     match timeout_ms {
-        ..0 => reader.recv_bytes_with(f).map_err(|e| match e {
-            RecvError::Closed => closed(),
-            e => message_error(&e),
-        }),
-        0 => reader.try_recv_bytes_with(f).map_err(|e| match e {
-            TryRecvError::Empty => Fail::fixed(SHMPORT_TIMEOUT, c"no message is waiting"),
-            TryRecvError::Closed => closed(),
-            e => message_error(&e),
-        }),
-        ms => reader.recv_bytes_timeout_with(Duration::from_millis(ms as u64), f).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Fail::fixed(SHMPORT_TIMEOUT, c"no message arrived before the timeout"),
-            RecvTimeoutError::Closed => closed(),
-            e => message_error(&e),
-        }),
+        ..0 => Ok(reader.recv_bytes_with(f)?),
+        0 => Ok(reader.try_recv_bytes_with(f)?),
+        ms => Ok(reader.recv_bytes_timeout_with(Duration::from_millis(ms as u64), f)?),
     }
 }
 

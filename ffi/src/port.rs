@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use shmport::{MessageChannel, MessagePort, RecvError, RecvTimeoutError, TryRecvError};
+use shmport::{MessageChannel, MessagePort};
 
-use crate::status::{
-    Fail, SHMPORT_CLOSED, SHMPORT_MESSAGE_ERROR, SHMPORT_TIMEOUT, SHMPORT_TOO_SMALL, guard, guard_void,
-};
+use crate::status::{Fail, SHMPORT_TOO_SMALL, guard, guard_void};
 
 /// An opaque handle on one end of a channel. Made by `shmport_channel_new` or
 /// `shmport_port_from_parent`, freed once by `shmport_port_free`.
@@ -255,23 +253,10 @@ pub unsafe extern "C" fn shmport_port_recv_bytes(
 
 /// One receive in the mode `timeout_ms` names.
 fn receive(port: &MessagePort, timeout_ms: i32, f: impl FnOnce(&[u8]) -> Got) -> Result<Got, Fail> {
-    let closed = || Fail::fixed(SHMPORT_CLOSED, c"the port is closed, or its peer is gone");
-    let message_error = |e: &dyn std::fmt::Display| Fail::new(SHMPORT_MESSAGE_ERROR, e.to_string());
     match timeout_ms {
-        ..0 => port.recv_bytes_with(f).map_err(|e| match e {
-            RecvError::Closed => closed(),
-            e => message_error(&e),
-        }),
-        0 => port.try_recv_bytes_with(f).map_err(|e| match e {
-            TryRecvError::Empty => Fail::fixed(SHMPORT_TIMEOUT, c"no message is waiting"),
-            TryRecvError::Closed => closed(),
-            e => message_error(&e),
-        }),
-        ms => port.recv_bytes_timeout_with(Duration::from_millis(ms as u64), f).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Fail::fixed(SHMPORT_TIMEOUT, c"no message arrived before the timeout"),
-            RecvTimeoutError::Closed => closed(),
-            e => message_error(&e),
-        }),
+        ..0 => Ok(port.recv_bytes_with(f)?),
+        0 => Ok(port.try_recv_bytes_with(f)?),
+        ms => Ok(port.recv_bytes_timeout_with(Duration::from_millis(ms as u64), f)?),
     }
 }
 

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use shmport::{Error, PostError};
+use shmport::{Error, PostError, RecvError, RecvTimeoutError, TryRecvError};
 
 /// Success.
 pub const SHMPORT_OK: c_int = 0;
@@ -62,6 +62,42 @@ impl Fail {
 
     pub(crate) const fn null() -> Fail {
         Fail::fixed(SHMPORT_NULL, c"a pointer argument was NULL")
+    }
+}
+
+/// A receive's end: the port closed, or its peer gone and everything received.
+const CLOSED: Fail = Fail::fixed(SHMPORT_CLOSED, c"the port is closed, or its peer is gone");
+
+fn message_error(e: &dyn std::fmt::Display) -> Fail {
+    Fail::new(SHMPORT_MESSAGE_ERROR, e.to_string())
+}
+
+impl From<RecvError> for Fail {
+    fn from(e: RecvError) -> Fail {
+        match e {
+            RecvError::Closed => CLOSED,
+            e => message_error(&e),
+        }
+    }
+}
+
+impl From<TryRecvError> for Fail {
+    fn from(e: TryRecvError) -> Fail {
+        match e {
+            TryRecvError::Empty => Fail::fixed(SHMPORT_TIMEOUT, c"no message is waiting"),
+            TryRecvError::Closed => CLOSED,
+            e => message_error(&e),
+        }
+    }
+}
+
+impl From<RecvTimeoutError> for Fail {
+    fn from(e: RecvTimeoutError) -> Fail {
+        match e {
+            RecvTimeoutError::Timeout => Fail::fixed(SHMPORT_TIMEOUT, c"no message arrived before the timeout"),
+            RecvTimeoutError::Closed => CLOSED,
+            e => message_error(&e),
+        }
     }
 }
 
