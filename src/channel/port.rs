@@ -307,16 +307,13 @@ impl Port {
             Mode::Try => {
                 let check = rx.liveness_due();
                 // Empty: arm the readiness descriptor, if there is one, and look again.
-                match rx.poll(check) {
-                    None => self.rearm(rx),
-                    Some(Err(fail)) => {
-                        // The end: the descriptor stays readable for good (an earlier
-                        // arming may have taken the socket's hang-up edge).
-                        self.ready.ended();
-                        Some(Err(fail))
-                    }
-                    found => found,
+                let found = rx.poll(check).or_else(|| self.rearm(rx));
+                if let Some(Err(_)) = found {
+                    // The end: the descriptor stays readable for good (an arming may
+                    // have taken the socket's hang-up edge).
+                    self.ready.ended();
                 }
+                found
             }
             Mode::Block | Mode::Until(_) => {
                 // The message is usually there already: one look first, without the

@@ -142,7 +142,8 @@ impl ReadyFd {
     }
 
     /// A `try_` receive found the end (closed, gone, broken): the descriptor, if made,
-    /// is readable for good.
+    /// is readable for good (the socket's hang-up no longer is, once an arming took
+    /// its edge).
     pub(super) fn ended(&self) {
         if let Some(fds) = self.fds.get() {
             fds.raise();
@@ -228,13 +229,8 @@ impl Port {
             fds.raise();
             return Some(Err(RecvFail::Closed));
         }
-        let found = rx.poll(check);
-        if let Some(Err(_)) = found {
-            // The end (closed, gone, broken): readable for good, as the socket's
-            // hang-up no longer is once `arm` took its edge.
-            fds.raise();
-        }
-        found
+        // What it finds is the receive's result; the end raises the descriptor there.
+        rx.poll(check)
     }
 }
 
