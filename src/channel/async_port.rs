@@ -347,18 +347,20 @@ async fn post_loop(
         if !matches!(got, Err(PostError::Full)) {
             return got;
         }
-        // The reader's room signals land on this port's socket, and only an arming of
-        // its descriptor drains them: a port that only posts would pile them up until
-        // the socket's buffer is full, and a signal sent then is no event, so this
-        // task would sleep with room in the ring. The arming (which raises the
-        // descriptor when the position moved since `seen`, or when a message waits for
-        // a receiver of this port) drains them first.
-        port.port().arm_for_room();
         match after_full(port, seen, needed) {
             Next::Retry => {}
             Next::Gone => return Ok(()),
             Next::Yield => yield_now().await,
-            Next::Wait => wait_readable(fd.as_deref()).await,
+            Next::Wait => {
+                // The reader's room signals land on this port's socket, and only an
+                // arming of its descriptor drains them: a port that only posts would
+                // pile them up until the socket's buffer is full, and a signal sent
+                // then is no event, so this task would sleep with room in the ring.
+                // A signal for the arming just made that this drains moved the
+                // position past `seen`, and the arming then raises the descriptor.
+                port.port().arm_for_room();
+                wait_readable(fd.as_deref()).await
+            }
         }
     }
 }
