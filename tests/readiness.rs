@@ -489,3 +489,89 @@ fn an_edge_triggered_waiter_is_woken_for_each_message() {
         }
     }
 }
+
+// ---- A reader half's descriptor (`impl AsFd for PortReader`) ----
+
+#[test]
+fn a_reader_half_s_descriptor_is_readable_for_messages_and_the_end_and_not_after_a_drain() {
+    let _w = watchdog("reader_half_descriptor", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let (_writer, mut reader) = ch.port1().split().unwrap();
+    let peer = ch.port2();
+    let number = std::os::fd::AsRawFd::as_raw_fd(&reader.as_fd());
+    let fd = reader.as_fd().try_clone_to_owned().unwrap();
+    assert!(readable(fd.as_fd(), Duration::ZERO), "readable when made: the loop drains first");
+    assert!(reader.try_recv_bytes_with(|b| b.len()).unwrap_err().is_empty());
+    assert!(!readable(fd.as_fd(), Duration::from_millis(20)), "readable after a drain with nothing sent");
+    for round in 0..3u32 {
+        peer.post_bytes(&round.to_le_bytes()).unwrap();
+        assert!(readable(fd.as_fd(), Duration::from_secs(5)), "a message did not wake it");
+        assert_eq!(reader.try_recv_bytes_with(|b| u32::from_le_bytes(b.try_into().unwrap())).unwrap(), round);
+        assert!(reader.try_recv_bytes_with(|b| b.len()).unwrap_err().is_empty());
+        assert!(!readable(fd.as_fd(), Duration::from_millis(20)), "readable after the drain of round {round}");
+    }
+    peer.close();
+    assert!(readable(fd.as_fd(), Duration::from_secs(5)), "the peer's close did not wake it");
+    assert!(matches!(reader.try_recv_bytes_with(|b| b.len()), Err(TryRecvError::Closed)));
+    assert!(readable(fd.as_fd(), Duration::ZERO), "not readable for good after the end");
+    assert_eq!(number, std::os::fd::AsRawFd::as_raw_fd(&reader.as_fd()), "the same descriptor on every call");
+}
+
+#[test]
+fn no_lost_wakeup_in_50000_messages_to_a_reader_half_that_only_polls_and_drains() {
+    const N: u32 = 50_000;
+    let _w = watchdog("reader_half_no_lost_wakeup", Duration::from_secs(300));
+    let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
+    let a = ch.port1();
+    let (_writer, mut reader) = ch.port2().split().unwrap();
+    let received = AtomicU32::new(0);
+    let mut got = Vec::with_capacity(N as usize);
+    let mut waits = 0u32;
+    let fd = reader.as_fd().try_clone_to_owned().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Bursts of 1 to 8, each posted once the reader has the one before, so
+            // the next post races with the reader running dry and arming.
+            let mut x = 0x2545_F491u32;
+            let mut n = 0;
+            while n < N {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let burst = (x % 8 + 1).min(N - n);
+                for _ in 0..burst {
+                    a.post_bytes(&n.to_le_bytes()).unwrap();
+                    n += 1;
+                }
+                let gave_up = Instant::now() + Duration::from_secs(20);
+                while received.load(Ordering::Acquire) < n {
+                    std::hint::spin_loop();
+                    if Instant::now() > gave_up {
+                        return;
+                    }
+                }
+                for _ in 0..(x >> 8) % 512 {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        while got.len() < N as usize {
+            loop {
+                match reader.try_recv_bytes_with(|b| u32::from_le_bytes(b[..4].try_into().unwrap())) {
+                    Ok(n) => {
+                        got.push(n);
+                        received.store(got.len() as u32, Ordering::Release);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            if got.len() < N as usize {
+                waits += 1;
+                assert!(readable(fd.as_fd(), Duration::from_secs(10)), "lost wake-up after {} messages", got.len());
+            }
+        }
+    });
+    assert!(got.iter().copied().eq(0..N), "messages out of order or lost");
+    assert!(waits >= 10, "the reader waited only {waits} times: the test did not test the wake-up");
+}

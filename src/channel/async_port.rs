@@ -124,7 +124,7 @@ impl Drop for RoomGuard<'_> {
 }
 
 /// What to do after an attempt found the ring empty (or full).
-enum Next {
+pub(super) enum Next {
     /// Try again now.
     Retry,
     /// Something is about to change that no signal announces: let others run, retry.
@@ -136,7 +136,7 @@ enum Next {
 }
 
 /// Gives the executor one turn (a future that is ready on its second poll).
-struct YieldNow(bool);
+pub(super) struct YieldNow(bool);
 
 impl Future for YieldNow {
     type Output = ();
@@ -150,7 +150,7 @@ impl Future for YieldNow {
     }
 }
 
-fn yield_now() -> YieldNow {
+pub(super) fn yield_now() -> YieldNow {
     YieldNow(false)
 }
 
@@ -159,8 +159,14 @@ fn yield_now() -> YieldNow {
 /// polls by yielding. (A runtime without I/O enabled panics in tokio, as its own
 /// sockets do.)
 fn register(port: &MessagePort) -> Option<AsyncFd<OwnedFd>> {
+    register_fd(port.try_as_fd().ok()?)
+}
+
+/// Registers a duplicate of `fd` (a readiness descriptor) with the current runtime's
+/// reactor, as `register` does.
+pub(super) fn register_fd(fd: std::os::fd::BorrowedFd<'_>) -> Option<AsyncFd<OwnedFd>> {
     tokio::runtime::Handle::try_current().ok()?;
-    let fd = port.try_as_fd().ok()?.try_clone_to_owned().ok()?;
+    let fd = fd.try_clone_to_owned().ok()?;
     // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which owns it until dropped:
     // it stays open and names the same epoll set for the registration's lifetime.
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
@@ -217,13 +223,18 @@ fn after_full(port: &MessagePort, seen: u64, needed: u64) -> Next {
 /// The longest spin of an async receive, whatever the strategy asks: it holds the
 /// runtime's thread, and the port's reading half (a close, a split or a receive in
 /// another thread waits for it).
-const LONGEST_SPIN: Duration = Duration::from_millis(1);
+pub(super) const LONGEST_SPIN: Duration = Duration::from_millis(1);
 
 /// How long a receive that found the ring empty spins before it waits (see the
 /// module docs), if at all.
 fn spin_limit(port: &MessagePort) -> Option<Duration> {
-    match port.port().strategy() {
-        WaitStrategy::Adaptive { max_spin } => lock(&port.port().ready.async_state().answers).hot_spin(max_spin),
+    spin_limit_of(port.port().strategy(), || *lock(&port.port().ready.async_state().answers))
+}
+
+/// `spin_limit` for a waiter with `strategy` and the estimate `answers` gives.
+pub(super) fn spin_limit_of(strategy: WaitStrategy, answers: impl FnOnce() -> SpinEstimate) -> Option<Duration> {
+    match strategy {
+        WaitStrategy::Adaptive { max_spin } => answers().hot_spin(max_spin),
         WaitStrategy::SpinThenSleep { spin } => (!spin.is_zero()).then_some(spin.min(LONGEST_SPIN)),
         WaitStrategy::BusyPoll => None,
     }
@@ -258,7 +269,7 @@ fn learn(port: &MessagePort, waited: Duration) {
 }
 
 /// Waits on `fd` once (or yields, without one).
-async fn wait_readable(fd: Option<&AsyncFd<OwnedFd>>) {
+pub(super) async fn wait_readable(fd: Option<&AsyncFd<OwnedFd>>) {
     match fd {
         Some(fd) => match fd.readable().await {
             Ok(mut guard) => guard.clear_ready(),
@@ -317,7 +328,7 @@ async fn wait_and_receive<R>(
     }
 }
 
-fn finish<R>(got: Result<R, TryRecvError>) -> Result<R, RecvError> {
+pub(super) fn finish<R>(got: Result<R, TryRecvError>) -> Result<R, RecvError> {
     match got {
         Ok(r) => Ok(r),
         Err(TryRecvError::MessageError(e)) => Err(RecvError::MessageError(e)),
@@ -367,7 +378,7 @@ async fn post_loop(
 
 /// Ring bytes a record of `len` payload bytes takes (with the empty slot after it);
 /// a record larger than the ring goes out of line, as a small table.
-fn ring_bytes(len: usize, max_inline: usize) -> u64 {
+pub(super) fn ring_bytes(len: usize, max_inline: usize) -> u64 {
     let len = if len > max_inline { 64 } else { len as u64 };
     2 * HEADER + len.div_ceil(HEADER) * HEADER
 }

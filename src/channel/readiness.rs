@@ -60,7 +60,7 @@ pub(crate) struct ReadyFd {
     tokio: super::async_port::AsyncState,
 }
 
-struct Fds {
+pub(super) struct Fds {
     /// What `as_fd` returns.
     epoll: OwnedFd,
     /// Raised by this process; in `epoll`.
@@ -72,7 +72,7 @@ struct Fds {
 
 impl Fds {
     /// The set, watching `link`'s socket, or raised at once for a detached port.
-    fn new(link: Option<&Link>) -> io::Result<Fds> {
+    pub(super) fn new(link: Option<&Link>) -> io::Result<Fds> {
         let fds = Fds { epoll: platform::epoll_new()?, local: platform::eventfd_new()?, raised: Mutex::new(false) };
         platform::epoll_watch(fds.epoll.as_fd(), fds.local.as_fd(), 0, Watch::Input)?;
         match link {
@@ -91,7 +91,7 @@ impl Fds {
 
     /// Makes the descriptor readable. Every raise writes, so each is a new edge for an
     /// edge-triggered waiter (epoll's `EPOLLET`, mio, tokio), not only the first.
-    fn raise(&self) {
+    pub(super) fn raise(&self) {
         let mut raised = lock(&self.raised);
         platform::eventfd_raise(self.local.as_fd());
         crate::diagnostics::count_readiness_calls(1);
@@ -99,6 +99,16 @@ impl Fds {
     }
 
     /// Makes the eventfd unreadable; whether it was raised.
+    /// The epoll set: what `as_fd` returns.
+    pub(super) fn epoll(&self) -> BorrowedFd<'_> {
+        self.epoll.as_fd()
+    }
+
+    /// Takes the socket's events so far off the set (an arming does, before it arms).
+    pub(super) fn harvest(&self) {
+        crate::diagnostics::count_readiness_calls(platform::epoll_harvest(self.epoll.as_fd()));
+    }
+
     fn clear(&self) -> bool {
         let mut raised = lock(&self.raised);
         if *raised {
@@ -238,6 +248,21 @@ impl Port {
 /// check the look that must follow needs: `Slow` when the socket hung up or keeps
 /// something (the peer may be gone).
 fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Check {
+    arm_with(fds, rx, |rx| {
+        let link = &*rx.link;
+        let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
+        // A writer of this port waiting for room may have lost its signal to this drain.
+        #[cfg(feature = "tokio")]
+        if ready.tokio.room_moved(link) {
+            fds.raise();
+        }
+        Some(drained)
+    })
+}
+
+/// `arm`, for any reader of `rx` with its own set `fds`: `drain` drains the socket's
+/// signals (`None`: it could not now, and the look checks the peer the slow way).
+pub(super) fn arm_with(fds: &Fds, rx: &mut Rx, drain: impl FnOnce(&Rx) -> Option<Drained>) -> Check {
     let link = &*rx.link;
     if link.busy_poll() {
         // The writers of a busy-poll channel never look at the wait word: the
@@ -251,13 +276,9 @@ fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Ch
     // queued after the drain (a later record's descriptors) no longer keeps the set
     // readable. An event from now on (a signal sent because of the `ARMED` set below,
     // a hang-up) makes it readable again.
-    crate::diagnostics::count_readiness_calls(platform::epoll_harvest(fds.epoll.as_fd()));
-    let drained = wire::drain_signals(link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity());
-    // A writer of this port waiting for room may have lost its signal to this drain.
-    #[cfg(feature = "tokio")]
-    if ready.tokio.room_moved(link) {
-        fds.raise();
-    }
+    fds.harvest();
+    let drained = drain(rx);
+    let link = &*rx.link;
     let word = &link.rx_data_word().word;
     // Still armed since the last arming (the writer clears the flag as it signals, and
     // that arming's barrier was not degraded, or it would have raised the eventfd):
@@ -269,12 +290,12 @@ fn arm(#[allow(unused_variables)] ready: &ReadyFd, fds: &Fds, rx: &mut Rx) -> Ch
         // Readable at once: the caller's loop polls instead of risking a lost signal.
         fds.raise();
     }
-    if drained == Drained::Nothing { Check::Fast } else { Check::Slow }
+    if drained == Some(Drained::Nothing) { Check::Fast } else { Check::Slow }
 }
 
 /// Whether a receive would return now (a record, an error, the end), without taking
 /// anything.
-fn something_to_receive(rx: &mut Rx, check: Check) -> bool {
+pub(super) fn something_to_receive(rx: &mut Rx, check: Check) -> bool {
     if rx.stopped() {
         return true;
     }

@@ -2,14 +2,18 @@
 //! out of it, as a `PortWriter` and a `PortReader`, each owned by one thread. They
 //! need no lock (the port's `HalfLock`s are left behind with the detached port), so
 //! their `try_` calls are the realtime path; see `MessagePort::split` for what each
-//! call may do.
+//! call may do. The reader has a readiness descriptor and both halves async calls
+//! (`ready`, `async_halves`), each half with its own epoll set.
 //!
 //! The two halves share one `Ends`, which closes the channel end when the last of them
 //! is dropped: each half gives its `Tx` or `Rx` back to it as it goes, and the end is
 //! closed as `Port::close` closes it (marked closed, queued records discarded with what
 //! they carry, chunks in flight settled).
 
+#[cfg(feature = "tokio")]
+mod async_halves;
 mod reader;
+mod ready;
 mod writer;
 
 use std::sync::{Arc, Mutex};
@@ -31,15 +35,22 @@ struct Ends {
     /// path).
     tx: Mutex<Option<Tx>>,
     rx: Mutex<Option<Rx>>,
+    /// Held by whichever half reads the channel's socket (see `ready`): the reader
+    /// taking a record's descriptors, an arming draining the peer's signals.
+    socket: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Ends {
     fn give_back_tx(&self, tx: Tx) {
-        *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        *lock(&self.tx) = Some(tx);
     }
 
     fn give_back_rx(&self, rx: Rx) {
-        *self.rx.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+        *lock(&self.rx) = Some(rx);
     }
 }
 
@@ -112,6 +123,8 @@ impl MessagePort {
     /// | `recv_bytes_with`, `recv_pod` and their `_timeout` forms | no | may spin, `sched_yield` and `FUTEX_WAIT` for a message (none when it is already there) |
     /// | [`PortReader::recv`], `try_recv`, `recv_timeout` | no | allocate the message's value |
     /// | `split`, dropping a half, `is_peer_closed` | no | locks, system calls |
+    /// | the reader's [`as_fd`](std::os::fd::AsFd::as_fd); its `try_` receives that find the ring empty once the descriptor exists | no | arm the descriptor: a few system calls |
+    /// | `recv_bytes_with_async`, `recv_pod_async`, `recv_async`, `post_bytes_async`, `post_pod_async` (feature `tokio`) | no | wait through tokio's reactor; a message already there (or room) costs what the `try_` call costs |
     ///
     /// A write chunk of a peer that is gone is process memory the writer allocates
     /// then (and keeps): posting to a gone peer goes nowhere.
@@ -152,7 +165,7 @@ impl MessagePort {
             link.mark_closed();
             return Err(Error::Detached);
         };
-        let ends = Arc::new(Ends { link, tx: Mutex::new(None), rx: Mutex::new(None) });
+        let ends = Arc::new(Ends { link, tx: Mutex::new(None), rx: Mutex::new(None), socket: Mutex::new(()) });
         Ok((PortWriter::new(tx, strategy, ends.clone()), PortReader::new(rx, strategy, ends)))
     }
 }

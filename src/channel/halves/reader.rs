@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Ends;
+use super::ready::HalfReady;
 use crate::channel::incoming;
 use crate::channel::rx::Rx;
 use crate::channel::{MessageEvent, Mode};
@@ -23,13 +24,17 @@ use crate::wire::FLAG_ATTACHMENTS;
 /// sync::<shmport::PortReader>();
 /// ```
 pub struct PortReader {
-    rx: ManuallyDrop<Rx>,
-    strategy: WaitStrategy,
+    pub(super) rx: ManuallyDrop<Rx>,
+    pub(super) strategy: WaitStrategy,
     /// Where a message's bytes are copied out of the ring: room for the largest
     /// record is reserved when the port is split (its pages are touched only as
     /// messages that large arrive), so receiving allocates nothing.
     buf: Vec<u8>,
-    ends: Arc<Ends>,
+    pub(super) ends: Arc<Ends>,
+    /// The readiness descriptor, once asked for (`AsFd`, an async receive).
+    pub(super) ready: HalfReady,
+    #[cfg(feature = "tokio")]
+    pub(super) tokio: super::async_halves::AsyncHalf,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -38,7 +43,16 @@ impl PortReader {
         let mut buf = Vec::new();
         // If even the address space cannot be had, larger messages grow it later.
         let _ = buf.try_reserve_exact(rx.consumer.ring().max_payload());
-        PortReader { rx: ManuallyDrop::new(rx), strategy, buf, ends, _not_sync: PhantomData }
+        PortReader {
+            rx: ManuallyDrop::new(rx),
+            strategy,
+            buf,
+            ends,
+            ready: HalfReady::default(),
+            #[cfg(feature = "tokio")]
+            tokio: Default::default(),
+            _not_sync: PhantomData,
+        }
     }
 
     /// Runs `f` on the bytes of the next message, if one is waiting
@@ -152,6 +166,8 @@ impl PortReader {
             self.rx.take_into(&rec, &mut self.buf)?;
             return Ok(f(&self.buf[..rec.len]));
         }
+        // The record's descriptors come off the socket: not while the writer drains it.
+        let _socket = super::lock(&self.ends.socket);
         self.rx.take(&rec)?;
         let range = incoming::body_of(&mut self.rx, rec.flags, rec.len)?;
         Ok(f(&self.rx.scratch[range]))
@@ -165,6 +181,8 @@ impl PortReader {
 
     fn event_mode(&mut self, mode: Mode) -> Result<MessageEvent, RecvFail> {
         let rec = self.next(mode)?;
+        // A record's descriptors come off the socket: not while the writer drains it.
+        let _socket = (rec.flags & FLAG_ATTACHMENTS != 0).then(|| super::lock(&self.ends.socket));
         self.rx.take(&rec)?;
         incoming::decode_event(&mut self.rx, rec.kind, rec.flags, rec.len)
     }
@@ -175,7 +193,16 @@ impl PortReader {
         let found = match mode {
             Mode::Try => {
                 let check = self.rx.liveness_due();
-                self.rx.poll(check)
+                // Empty: arm the readiness descriptor, if there is one, and look again.
+                let found = match self.rx.poll(check) {
+                    Some(found) => Some(found),
+                    None => self.rearm(),
+                };
+                if let Some(Err(_)) = found {
+                    // The end: the descriptor stays readable for good.
+                    self.ended();
+                }
+                found
             }
             // The message is usually there already: one look first.
             Mode::Block | Mode::Until(_) => match self.rx.poll(Check::Fast) {

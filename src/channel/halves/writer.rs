@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Ends;
+use super::ready::HalfReady;
 use crate::channel::Mode;
 use crate::channel::tx::Tx;
 use crate::error::{PostError, TooLargeKind};
@@ -29,18 +30,32 @@ use crate::wire::{KIND_BYTES, KIND_POD};
 /// clone::<shmport::PortWriter>();
 /// ```
 pub struct PortWriter {
-    tx: ManuallyDrop<Tx>,
+    pub(super) tx: ManuallyDrop<Tx>,
     strategy: WaitStrategy,
     /// Where write chunks go once the peer is gone (grown then, only); of `u64`s, so
     /// that its chunks are 8-byte aligned as the ring's are.
     sink: Vec<u64>,
-    ends: Arc<Ends>,
+    pub(super) ends: Arc<Ends>,
+    /// The set an async post waits on for room, once one had to.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(super) ready: HalfReady,
+    #[cfg(feature = "tokio")]
+    pub(super) tokio: super::async_halves::AsyncHalf,
     _not_sync: PhantomData<Cell<()>>,
 }
 
 impl PortWriter {
     pub(super) fn new(tx: Tx, strategy: WaitStrategy, ends: Arc<Ends>) -> PortWriter {
-        PortWriter { tx: ManuallyDrop::new(tx), strategy, sink: Vec::new(), ends, _not_sync: PhantomData }
+        PortWriter {
+            tx: ManuallyDrop::new(tx),
+            strategy,
+            sink: Vec::new(),
+            ends,
+            ready: HalfReady::default(),
+            #[cfg(feature = "tokio")]
+            tokio: Default::default(),
+            _not_sync: PhantomData,
+        }
     }
 
     /// Posts `bytes` as one message, copied into the ring, if there is room now:

@@ -1,0 +1,135 @@
+//! Readiness for the halves: a `PortReader`'s descriptor (`impl AsFd`), the arming its
+//! `try_` receives do once the descriptor exists, and the `PortWriter`'s own set, on
+//! which an async post waits for room.
+//!
+//! Each half has its own set (an epoll set watching the channel's socket,
+//! edge-triggered, and an eventfd; `readiness::Fds`), made on first use, so an arming
+//! by one half never takes an event off the set the other waits on: the peer's data
+//! signal wakes the reader's set and its room signal the writer's, whichever drains
+//! the socket. Both halves read that socket: the reader takes the descriptors of the
+//! records that carry them, and both drain the peer's signals (an arming does, so
+//! that the socket's buffer never fills with signals, after which a signal is no
+//! event). `Ends::socket` keeps those reads apart: a drain running while the reader
+//! takes a record's descriptors could drop them. A drain only tries the lock; a
+//! drain skipped is made by the next arming, and the look after it checks the peer
+//! the slow way (`Check::Slow`).
+
+use std::cell::OnceCell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use super::Ends;
+use super::reader::PortReader;
+use crate::channel::readiness::{self, Fds};
+use crate::channel::rx::Rx;
+use crate::error::RecvFail;
+use crate::shm::ring::Record;
+use crate::wire::{self, Drained};
+
+/// A half's readiness set, once made.
+#[derive(Default)]
+pub(super) struct HalfReady {
+    fds: OnceCell<Fds>,
+}
+
+impl HalfReady {
+    /// The set if it was made.
+    pub(super) fn made(&self) -> Option<&Fds> {
+        self.fds.get()
+    }
+
+    /// The set, made on the first call (watching `rx`'s socket), not raised.
+    pub(super) fn get_or_make(&self, link: &crate::channel::Link) -> io::Result<&Fds> {
+        if let Some(fds) = self.fds.get() {
+            return Ok(fds);
+        }
+        let made = Fds::new(Some(link))?;
+        Ok(self.fds.get_or_init(|| made))
+    }
+}
+
+/// Drains the peer's signals from the socket, unless the other half is reading it now
+/// (`None`). Signals are dropped, and descriptor messages no record can claim:
+/// tagged before `head` (a position the reader has passed) or a ring or more past it.
+pub(super) fn drain_socket(ends: &Ends, head: u64, capacity: u64) -> Option<Drained> {
+    let _socket = ends.socket.try_lock().ok()?;
+    Some(wire::drain_signals(ends.link.socket.as_fd(), head, capacity))
+}
+
+/// `rx`'s drain, as the reader's arming makes it (at the reader's own position).
+fn drain_for_reader(ends: &Ends, rx: &Rx) -> Option<Drained> {
+    drain_socket(ends, rx.consumer.seen_tail(), rx.consumer.ring().capacity())
+}
+
+impl PortReader {
+    /// As [`as_fd`](AsFd::as_fd), with the error instead of a panic when the
+    /// descriptor cannot be made (`epoll_create1` or `eventfd` failed: out of
+    /// descriptors).
+    pub fn try_as_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        if let Some(fds) = self.ready.made() {
+            return Ok(fds.epoll());
+        }
+        let fds = self.ready.get_or_make(&self.rx.link)?;
+        // Readable at once: the caller's loop receives until `Empty`, which arms it.
+        fds.raise();
+        Ok(fds.epoll())
+    }
+
+    /// A `try_` receive found the ring empty: if the reader has a readiness descriptor,
+    /// arm it and look once more (what the look finds is the receive's result).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn rearm(&mut self) -> Option<Result<Record, RecvFail>> {
+        let fds = self.ready.made()?;
+        let ends = &*self.ends;
+        let check = readiness::arm_with(fds, &mut self.rx, |rx| drain_for_reader(ends, rx));
+        self.rx.poll(check)
+    }
+
+    /// A `try_` receive found the end (or an error): the descriptor, if made, is
+    /// readable for good (an arming may have taken the socket's hang-up edge).
+    #[cold]
+    pub(super) fn ended(&self) {
+        if let Some(fds) = self.ready.made() {
+            fds.raise();
+        }
+    }
+}
+
+/// The reader's readiness descriptor: readable when a message may be waiting, or the
+/// peer is gone (closed, dropped, killed). Wait on it with `poll`, epoll, mio or
+/// tokio's `AsyncFd` (level-triggered), then receive with the `try_` calls until
+/// `TryRecvError::Empty`: finding the ring empty arms the descriptor again, so such a
+/// loop never misses a message. The descriptor is readable when first made (the loop
+/// drains, and its `Empty` arms it), and not readable after a drain while nothing is
+/// waiting (a wake-up may be spurious, once).
+///
+/// The peer signals it only when this reader armed it, at most once per arming: a
+/// busy channel makes no system call per message. Once the descriptor exists, a
+/// `try_` receive that finds the ring empty arms it (a few system calls), so it is not
+/// realtime-safe then: a realtime thread polls the ring with `try_` calls and never
+/// asks for the descriptor. On a busy-poll channel it is always readable.
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use shmport::MessageChannel;
+///
+/// let channel = MessageChannel::new()?;
+/// let (_writer, mut reader) = channel.port1().split()?;
+/// let fd = reader.as_fd(); // hand it to poll, epoll or mio
+/// # let _ = fd;
+/// assert!(reader.try_recv_bytes_with(|b| b.len()).unwrap_err().is_empty()); // armed
+/// channel.port2().post_bytes(b"hello")?;
+/// // ... the descriptor is readable now
+/// assert_eq!(reader.try_recv_bytes_with(|b| b.len())?, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Panics
+/// If the descriptor cannot be made (the process is out of file descriptors). See
+/// [`PortReader::try_as_fd`].
+impl AsFd for PortReader {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.try_as_fd().unwrap_or_else(|e| panic!("shmport: cannot make a reader's readiness descriptor: {e}"))
+    }
+}
