@@ -160,12 +160,44 @@ pub unsafe extern "C" fn shmport_port_try_post_bytes(
     })
 }
 
-/// What a receive's closure did with the bytes.
-enum Got {
-    /// Copied into the caller's buffer: this many bytes.
-    Copied(usize),
-    /// Too large for it: kept.
-    Kept(Vec<u8>),
+/// What a receive's closure did with the message's bytes: their number, and whether
+/// they went into the caller's buffer (else into the handle's stash, too large).
+#[derive(Clone, Copy)]
+struct Got {
+    len: usize,
+    copied: bool,
+}
+
+impl shmport_port {
+    /// The oldest message kept for this handle, if any: a load when there is none.
+    #[inline]
+    fn take_kept(&self) -> Option<Vec<u8>> {
+        // SYNC: stash flag. Acquire pairs with the Release stores below: a message
+        // stashed by another thread before this receive began is seen here.
+        if !self.stashed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.take_kept_slow()
+    }
+
+    #[cold]
+    fn take_kept_slow(&self) -> Option<Vec<u8>> {
+        let mut stash = self.stash.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = stash.pop_front();
+        self.stashed.store(!stash.is_empty(), Ordering::Release);
+        kept
+    }
+
+    /// Keeps a message too large for the caller's buffer, first in line: it is the
+    /// oldest this handle holds. (Called under the port's receiving half, which is
+    /// never taken while the stash's lock is held: no order to invert.)
+    #[cold]
+    #[inline(never)]
+    fn keep(&self, bytes: &[u8]) {
+        let mut stash = self.stash.lock().unwrap_or_else(PoisonError::into_inner);
+        stash.push_front(bytes.to_vec());
+        self.stashed.store(true, Ordering::Release);
+    }
 }
 
 /// Receives the next message's bytes into `buf` (`capacity` bytes) and writes their
@@ -205,7 +237,8 @@ pub unsafe extern "C" fn shmport_port_recv_bytes(
         let buf = buf.cast::<u8>();
         let copy = |bytes: &[u8]| {
             if bytes.len() > capacity {
-                return Got::Kept(bytes.to_vec());
+                port.keep(bytes);
+                return Got { len: bytes.len(), copied: false };
             }
             if !bytes.is_empty() {
                 // SAFETY: `buf` is non-NULL here (capacity >= bytes.len() > 0) and the
@@ -213,41 +246,18 @@ pub unsafe extern "C" fn shmport_port_recv_bytes(
                 // so the two cannot overlap unless the caller passed our memory.
                 unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
             }
-            Got::Copied(bytes.len())
+            Got { len: bytes.len(), copied: true }
         };
-        // SYNC: stash flag. Acquire pairs with the Release stores below: a message
-        // stashed by another thread before this receive began is seen here.
-        let kept = if port.stashed.load(Ordering::Acquire) {
-            let mut stash = port.stash.lock().unwrap_or_else(PoisonError::into_inner);
-            let kept = stash.pop_front();
-            port.stashed.store(!stash.is_empty(), Ordering::Release);
-            kept
-        } else {
-            None
-        };
-        let got = match kept {
+        let got = match port.take_kept() {
             Some(kept) => copy(&kept),
             None => receive(&port.port, timeout_ms, copy)?,
         };
-        match got {
-            Got::Copied(n) => {
-                // SAFETY: checked non-NULL; the caller promises it is writable.
-                unsafe { *len = n };
-                Ok(())
-            }
-            Got::Kept(bytes) => {
-                // SAFETY: as above.
-                unsafe { *len = bytes.len() };
-                let mut stash = port.stash.lock().unwrap_or_else(PoisonError::into_inner);
-                // Back at the front: it was the oldest message this handle holds.
-                stash.push_front(bytes);
-                port.stashed.store(true, Ordering::Release);
-                Err(Fail::fixed(
-                    SHMPORT_TOO_SMALL,
-                    c"the buffer is too small for the message (kept; *len is the size needed)",
-                ))
-            }
+        // SAFETY: checked non-NULL; the caller promises it is writable.
+        unsafe { *len = got.len };
+        if got.copied {
+            return Ok(());
         }
+        Err(Fail::fixed(SHMPORT_TOO_SMALL, c"the buffer is too small for the message (kept; *len is the size needed)"))
     })
 }
 

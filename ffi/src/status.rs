@@ -148,6 +148,8 @@ fn set_last_error(message: Message) {
 }
 
 /// Records `fail` as the thread's last error and returns its status.
+#[cold]
+#[inline(never)]
 pub(crate) fn fail(fail: Fail) -> c_int {
     set_last_error(fail.message);
     fail.code
@@ -164,12 +166,29 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 /// Runs the body of an exported function: its error becomes a status and the thread's
 /// last error, and a panic is caught here instead of unwinding into C.
+///
+/// The status is made inside the unwinding boundary, so what crosses it is an `int`
+/// (in a register) rather than a `Result` with a message in it, and the failure's
+/// bookkeeping (`fail`, `panicked`) stays off the success path, which then inlines
+/// whole into the exported function (64 B post + receive from C: 493 instructions
+/// with the `Result` crossing, 429 without).
+#[inline(always)]
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), Fail>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => SHMPORT_OK,
-        Ok(Err(f)) => fail(f),
-        Err(payload) => fail(Fail::new(SHMPORT_PANIC, panic_message(&*payload))),
+    let status = || match body() {
+        Ok(()) => SHMPORT_OK,
+        Err(f) => fail(f),
+    };
+    match catch_unwind(AssertUnwindSafe(status)) {
+        Ok(code) => code,
+        Err(payload) => panicked(payload),
     }
+}
+
+/// A panic caught at the boundary: recorded as the thread's last error.
+#[cold]
+#[inline(never)]
+fn panicked(payload: Box<dyn Any + Send>) -> c_int {
+    fail(Fail::new(SHMPORT_PANIC, panic_message(&*payload)))
 }
 
 /// As [`guard`] for the functions that return nothing: a panic is recorded as the
