@@ -29,7 +29,7 @@ usage: shmport-bench --instructions [--quick]
 
 Counts, with valgrind's callgrind, the instructions of one operation on a default
 channel, both ends in one thread: a 64 B post_bytes + recv_bytes_with (on ports, on
-exclusive halves, and with a write chunk filled in place), a post_typed +
+exclusive halves, with a write chunk filled in place, and through the C API), a post_typed +
 recv_typed of a struct holding 64 bytes, and a post_message + recv of a 63-byte
 string. Each loop runs N and 2N times (two processes); the figure is
 (I(2N) - I(N)) / N. N is 100000, or 10000 with --quick. Needs valgrind on PATH.
@@ -43,10 +43,11 @@ enum Op {
     Chunk,
     Typed,
     Value,
+    CApi,
 }
 
 impl Op {
-    const ALL: [Op; 5] = [Op::Bytes, Op::Halves, Op::Chunk, Op::Typed, Op::Value];
+    const ALL: [Op; 6] = [Op::Bytes, Op::Halves, Op::Chunk, Op::CApi, Op::Typed, Op::Value];
 
     fn name(self) -> &'static str {
         match self {
@@ -55,6 +56,7 @@ impl Op {
             Op::Chunk => "chunk",
             Op::Typed => "typed",
             Op::Value => "value",
+            Op::CApi => "c-api",
         }
     }
 
@@ -65,6 +67,9 @@ impl Op {
             Op::Chunk => "64 B `PortWriter::write_chunk` filled + `commit` + `PortReader::recv_bytes_with`",
             Op::Typed => "`post_typed` + `recv_typed` of `{ id: u64, data: Vec<u8> }`, 64 B of data",
             Op::Value => "`post_message` + `recv` of a 63-byte string",
+            Op::CApi => {
+                "64 B `shmport_port_post_bytes` + `shmport_port_recv_bytes` (the C API, through its `extern \"C\"` symbols)"
+            }
         }
     }
 }
@@ -101,6 +106,9 @@ fn run_loop(args: &[String]) -> Result<()> {
     if matches!(op, Op::Halves | Op::Chunk) {
         return run_halves_loop(&a, &b, op == Op::Chunk, n);
     }
+    if op == Op::CApi {
+        return run_c_api_loop(n);
+    }
     for i in 0..n {
         match op {
             Op::Bytes => {
@@ -111,7 +119,7 @@ fn run_loop(args: &[String]) -> Result<()> {
                 a.post_typed(&Frame { id: i, data: msg.to_vec() })?;
                 sum += b.recv_typed::<Frame>()?.data.len();
             }
-            Op::Halves | Op::Chunk => {}
+            Op::Halves | Op::Chunk | Op::CApi => {}
             Op::Value => {
                 a.post_message(TEXT, [])?;
                 let _ = b.recv()?;
@@ -141,6 +149,36 @@ fn run_halves_loop(a: &shmport::MessagePort, b: &shmport::MessagePort, in_place:
         sum += reader.recv_bytes_with(|x| x.len())?;
     }
     // Used, so that nothing of the loop is optimized away.
+    println!("{sum}");
+    Ok(())
+}
+
+/// The loop of `c-api`: a channel made and used through the C API's functions, as
+/// `ffi/examples/post_recv_loop.c` does (a receive waiting for ever, into 64 bytes).
+fn run_c_api_loop(n: u64) -> Result<()> {
+    use shmport_ffi::*;
+    let (mut a, mut b) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: two writable out-pointers.
+    ensure!(unsafe { shmport_channel_new(&mut a, &mut b) } == SHMPORT_OK, "shmport_channel_new failed");
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut sum = 0usize;
+    for _ in 0..n {
+        let mut len = 0usize;
+        // SAFETY: live handles from `shmport_channel_new`; `msg` readable and `back`
+        // writable for 64 bytes; `len` writable.
+        unsafe {
+            ensure!(shmport_port_post_bytes(a, msg.as_ptr().cast(), msg.len()) == SHMPORT_OK, "post failed");
+            let got = shmport_port_recv_bytes(b, back.as_mut_ptr().cast(), back.len(), &mut len, -1);
+            ensure!(got == SHMPORT_OK, "receive failed: {got}");
+        }
+        sum += len;
+    }
+    // SAFETY: each handle freed once, not used after.
+    unsafe {
+        shmport_port_free(a);
+        shmport_port_free(b);
+    }
     println!("{sum}");
     Ok(())
 }
