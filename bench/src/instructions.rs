@@ -29,7 +29,7 @@ usage: shmport-bench --instructions [--quick]
 
 Counts, with valgrind's callgrind, the instructions of one operation on a default
 channel, both ends in one thread: a 64 B post_bytes + recv_bytes_with (on ports, on
-exclusive halves, with a write chunk filled in place, and through the C API), a post_typed +
+exclusive halves, with a write chunk filled in place, through the C API, and async in tokio), a post_typed +
 recv_typed of a struct holding 64 bytes, and a post_message + recv of a 63-byte
 string. Each loop runs N and 2N times (two processes); the figure is
 (I(2N) - I(N)) / N. N is 100000, or 10000 with --quick. Needs valgrind on PATH.
@@ -44,10 +44,11 @@ enum Op {
     Typed,
     Value,
     CApi,
+    Async,
 }
 
 impl Op {
-    const ALL: [Op; 6] = [Op::Bytes, Op::Halves, Op::Chunk, Op::CApi, Op::Typed, Op::Value];
+    const ALL: [Op; 7] = [Op::Bytes, Op::Halves, Op::Chunk, Op::CApi, Op::Async, Op::Typed, Op::Value];
 
     fn name(self) -> &'static str {
         match self {
@@ -57,6 +58,7 @@ impl Op {
             Op::Typed => "typed",
             Op::Value => "value",
             Op::CApi => "c-api",
+            Op::Async => "async",
         }
     }
 
@@ -67,6 +69,7 @@ impl Op {
             Op::Chunk => "64 B `PortWriter::write_chunk` filled + `commit` + `PortReader::recv_bytes_with`",
             Op::Typed => "`post_typed` + `recv_typed` of `{ id: u64, data: Vec<u8> }`, 64 B of data",
             Op::Value => "`post_message` + `recv` of a 63-byte string",
+            Op::Async => "64 B `post_bytes_async` + `recv_bytes_with_async`, in a tokio current-thread runtime",
             Op::CApi => {
                 "64 B `shmport_port_post_bytes` + `shmport_port_recv_bytes` (the C API, through its `extern \"C\"` symbols)"
             }
@@ -109,6 +112,9 @@ fn run_loop(args: &[String]) -> Result<()> {
     if op == Op::CApi {
         return run_c_api_loop(n);
     }
+    if op == Op::Async {
+        return run_async_loop(&a, &b, n);
+    }
     for i in 0..n {
         match op {
             Op::Bytes => {
@@ -119,7 +125,7 @@ fn run_loop(args: &[String]) -> Result<()> {
                 a.post_typed(&Frame { id: i, data: msg.to_vec() })?;
                 sum += b.recv_typed::<Frame>()?.data.len();
             }
-            Op::Halves | Op::Chunk | Op::CApi => {}
+            Op::Halves | Op::Chunk | Op::CApi | Op::Async => {}
             Op::Value => {
                 a.post_message(TEXT, [])?;
                 let _ = b.recv()?;
@@ -149,6 +155,23 @@ fn run_halves_loop(a: &shmport::MessagePort, b: &shmport::MessagePort, in_place:
         sum += reader.recv_bytes_with(|x| x.len())?;
     }
     // Used, so that nothing of the loop is optimized away.
+    println!("{sum}");
+    Ok(())
+}
+
+/// The loop of `async`: the two calls awaited in turn in one task (each finds what it
+/// needs at once: the message posted, room in the ring), as a busy channel does.
+fn run_async_loop(a: &shmport::MessagePort, b: &shmport::MessagePort, n: u64) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().context("tokio runtime")?;
+    let msg = [7u8; 64];
+    let sum = rt.block_on(async {
+        let mut sum = 0usize;
+        for _ in 0..n {
+            a.post_bytes_async(&msg).await?;
+            sum += b.recv_bytes_with_async(|x| x.len()).await?;
+        }
+        anyhow::Ok(sum)
+    })?;
     println!("{sum}");
     Ok(())
 }

@@ -230,6 +230,10 @@ impl Port {
     #[inline(never)]
     pub(super) fn rearm(&self, rx: &mut Rx) -> Option<Result<Record, RecvFail>> {
         let fds = self.ready.fds.get()?;
+        #[cfg(feature = "tokio")]
+        if super::async_port::looking() {
+            return None;
+        }
         let check = arm(&self.ready, fds, rx);
         if self.is_detached() {
             // A detach (a close in another thread) raised the descriptor before `arm`
