@@ -575,3 +575,30 @@ fn no_lost_wakeup_in_50000_messages_to_a_reader_half_that_only_polls_and_drains(
     assert!(got.iter().copied().eq(0..N), "messages out of order or lost");
     assert!(waits >= 10, "the reader waited only {waits} times: the test did not test the wake-up");
 }
+
+/// A peer killed: the hang-up is one edge on the socket, which the reader's next
+/// arming takes off its set; the descriptor must stay readable once a `try_` receive
+/// has said `Closed` (the reader raises it then), or a loop that polls before each
+/// receive would sleep for good.
+#[test]
+fn a_reader_half_s_descriptor_stays_readable_after_a_killed_peer_s_end_is_received() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("reader_half_killed_peer", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let (_writer, mut reader) = ch.port1().split().unwrap();
+    let mut child = spawn_role(ENTRY, "ready_then_sleep", &ch.port2());
+    drop(ch);
+    assert!(reader.recv_timeout(Duration::from_secs(20)).is_ok(), "the child's hello");
+    let fd = reader.as_fd().try_clone_to_owned().unwrap();
+    assert!(reader.try_recv_bytes_with(|b| b.len()).unwrap_err().is_empty());
+    assert!(!readable(fd.as_fd(), Duration::from_millis(20)), "readable with nothing sent");
+    kill_9(&mut child);
+    assert!(readable(fd.as_fd(), Duration::from_secs(5)), "the death never made the descriptor readable");
+    assert!(matches!(reader.try_recv_bytes_with(|b| b.len()), Err(TryRecvError::Closed)));
+    assert!(readable(fd.as_fd(), Duration::ZERO), "not readable after the end was received");
+    assert!(matches!(reader.try_recv_bytes_with(|b| b.len()), Err(TryRecvError::Closed)));
+    assert!(readable(fd.as_fd(), Duration::ZERO), "not readable for good");
+    let _ = child.wait();
+}

@@ -189,8 +189,9 @@ impl shmport_port {
     }
 
     /// Keeps a message too large for the caller's buffer, first in line: it is the
-    /// oldest this handle holds. (Called under the port's receiving half, which is
-    /// never taken while the stash's lock is held: no order to invert.)
+    /// oldest this handle holds. (The port runs the receive's closure after letting
+    /// its receiving half go, and the half is never taken while the stash's lock is
+    /// held: no lock order to invert.)
     #[cold]
     #[inline(never)]
     fn keep(&self, bytes: &[u8]) {

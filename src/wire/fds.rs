@@ -144,6 +144,16 @@ pub(crate) enum Drained {
 /// dropped too. The caller holds the reading half: the only other reader of the
 /// socket, `recv_fds`, cannot run meanwhile.
 pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) -> Drained {
+    drain_signals_from(socket, || head, capacity)
+}
+
+/// As `drain_signals`, for a caller that does not hold the reading half (an exclusive
+/// writer half, while its reader half reads): `head` is the reader's *released*
+/// position, which may move during the drain, so it is read again for each message
+/// looked at. A message tagged before it is then still stale, and every record the
+/// peer can have written since starts less than `capacity` past it (the peer's room
+/// ends there), so a record's descriptors are never taken for forged.
+pub(crate) fn drain_signals_from(socket: BorrowedFd<'_>, head: impl Fn() -> u64, capacity: u64) -> Drained {
     let mut calls = 0;
     let drained = drain(socket, head, capacity, &mut calls);
     crate::diagnostics::count_readiness_calls(calls);
@@ -157,7 +167,7 @@ fn hung_up(socket: BorrowedFd<'_>, calls: &mut u32) -> bool {
 }
 
 /// `drain_signals`, counting its system calls in `calls`.
-fn drain(socket: BorrowedFd<'_>, head: u64, capacity: u64, calls: &mut u32) -> Drained {
+fn drain(socket: BorrowedFd<'_>, head: impl Fn() -> u64, capacity: u64, calls: &mut u32) -> Drained {
     for _ in 0..DRAIN_AT_MOST {
         *calls += 1;
         let mut header = [0u8; FD_HEADER];
@@ -166,6 +176,7 @@ fn drain(socket: BorrowedFd<'_>, head: u64, capacity: u64, calls: &mut u32) -> D
             Ok(Some(0)) if hung_up(socket, calls) => return Drained::HungUp,
             Ok(Some(FD_HEADER)) => {
                 let tag = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+                let head = head();
                 if tag >= head && tag - head < capacity {
                     return Drained::Pending;
                 }

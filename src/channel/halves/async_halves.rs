@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 use super::reader::PortReader;
-use super::ready::{HalfReady, drain_socket};
+use super::ready::{HalfReady, drain_for_writer};
 use super::writer::PortWriter;
 use crate::channel::MessageEvent;
 use crate::channel::async_port::{Next, finish, register_fd, ring_bytes, spin_limit_of, wait_readable, yield_now};
 use crate::error::{PostError, RecvError, TryRecvError};
 use crate::shm::ready;
 use crate::shm::wait::{self, SpinEstimate, WaitStrategy};
+use crate::wire::Drained;
 
 /// A half's registration with tokio's reactor, and (for the reader) how long the peer
 /// lately took to answer.
@@ -61,13 +62,9 @@ impl PortReader {
     /// while waiting, it has taken nothing. Not realtime-safe.
     pub async fn recv_bytes_with_async<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         let mut f = Some(f);
-        loop {
-            // `f` runs only on a received message, so it is there until then.
-            match self.recv_loop(|r| r.try_recv_bytes_with(|b| f.take().map(|f| f(b)))).await? {
-                Some(r) => return Ok(r),
-                None => continue,
-            }
-        }
+        // `f` runs on a received message, once: in the attempt that returns `Ok`.
+        let got = self.recv_loop(|r| r.try_recv_bytes_with(|b| f.take().map(|f| f(b)))).await?;
+        Ok(got.expect("the attempt that returned Ok ran the closure"))
     }
 
     /// As [`recv_pod`](Self::recv_pod), without blocking the runtime (see
@@ -168,7 +165,8 @@ impl PortWriter {
             return first;
         }
         let link = self.tx.link.clone();
-        let fd = self.tokio.registered(&self.ready, &link);
+        // A busy-poll channel's reader never signals room: no set to wait on.
+        let fd = if link.busy_poll() { None } else { self.tokio.registered(&self.ready, &link) };
         loop {
             let seen = link.segment.ring(link.end).lines().head.0.load(Ordering::Acquire);
             let got = attempt(self);
@@ -193,10 +191,8 @@ impl PortWriter {
         // Events so far off the set first: a signal from now on is an event.
         fds.harvest();
         // The peer's signals pile up on the socket unless someone drains them, and the
-        // reader half may never arm. At the reader's released position, which is at
-        // or before the records whose descriptors it has not taken.
-        let inbound = link.segment.ring(1 - link.end);
-        let _ = drain_socket(&self.ends, inbound.lines().head.0.load(Ordering::Acquire), inbound.capacity());
+        // reader half may never arm.
+        let drained = drain_for_writer(&self.ends);
         let ring = link.segment.ring(link.end);
         if ready::arm(&link.tx_space_word().word, link.segment.parker()) {
             return Next::Yield;
@@ -208,6 +204,16 @@ impl PortWriter {
             // A full ring whose reader is gone never drains: the post is a no-op (rule 10).
             return Next::Gone;
         }
-        if ring.shared_used() + needed.min(ring.capacity()) <= ring.capacity() { Next::Yield } else { Next::Wait }
+        if ring.shared_used() + needed.min(ring.capacity()) <= ring.capacity() {
+            return Next::Yield;
+        }
+        if drained != Some(Drained::Nothing) {
+            // Something stays queued on the socket (a record's descriptors that the
+            // reader half has not taken, or the drain was the reader's to make now):
+            // room signals pile up behind it, and once the socket's buffer is full a
+            // signal is no event. Look again after a turn, as a port does then.
+            return Next::Yield;
+        }
+        Next::Wait
     }
 }

@@ -65,7 +65,10 @@ impl PortReader {
     /// buffers or ports, or that its sender sent out of line): no allocation, no lock,
     /// no blocking call; at most one `FUTEX_WAKE` (the writer sleeps waiting for
     /// room), and on an empty ring at most one non-blocking `poll(2)` per 25 ms in
-    /// which the writer made no progress.
+    /// which the writer made no progress. Once the reader's readiness descriptor
+    /// exists ([`as_fd`](std::os::fd::AsFd::as_fd), an async receive), a call that
+    /// finds the ring empty arms it (a few system calls, a short lock): a realtime
+    /// thread polls without asking for the descriptor.
     #[inline]
     pub fn try_recv_bytes_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
         self.bytes_mode(Mode::Try, f).map_err(TryRecvError::from)
@@ -166,16 +169,21 @@ impl PortReader {
             self.rx.take_into(&rec, &mut self.buf)?;
             return Ok(f(&self.buf[..rec.len]));
         }
-        // The record's descriptors come off the socket: not while the writer drains it.
-        let _socket = super::lock(&self.ends.socket);
-        self.rx.take(&rec)?;
-        let range = incoming::body_of(&mut self.rx, rec.flags, rec.len)?;
+        let range = {
+            // The record's descriptors come off the socket: not while the writer drains
+            // it. (Let go before `f` runs: a panic in it must not poison the lock.)
+            let _socket = super::lock(&self.ends.socket);
+            self.rx.take(&rec)?;
+            incoming::body_of(&mut self.rx, rec.flags, rec.len)?
+        };
         Ok(f(&self.rx.scratch[range]))
     }
 
     #[inline]
     fn pod_mode<T: bytemuck::AnyBitPattern>(&mut self, mode: Mode) -> Result<T, RecvFail> {
         let rec = self.next(mode)?;
+        // A value sent out of line takes its descriptors off the socket (see `bytes_mode`).
+        let _socket = (rec.flags & FLAG_ATTACHMENTS != 0).then(|| super::lock(&self.ends.socket));
         self.rx.take_pod::<T>(&rec)
     }
 

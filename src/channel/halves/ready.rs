@@ -17,6 +17,7 @@
 use std::cell::OnceCell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{MutexGuard, TryLockError};
 
 use super::Ends;
 use super::reader::PortReader;
@@ -24,6 +25,8 @@ use crate::channel::readiness::{self, Fds};
 use crate::channel::rx::Rx;
 use crate::error::RecvFail;
 use crate::shm::ring::Record;
+#[cfg(feature = "tokio")]
+use crate::shm::sync::Ordering;
 use crate::wire::{self, Drained};
 
 /// A half's readiness set, once made.
@@ -48,17 +51,35 @@ impl HalfReady {
     }
 }
 
-/// Drains the peer's signals from the socket, unless the other half is reading it now
-/// (`None`). Signals are dropped, and descriptor messages no record can claim:
-/// tagged before `head` (a position the reader has passed) or a ring or more past it.
-pub(super) fn drain_socket(ends: &Ends, head: u64, capacity: u64) -> Option<Drained> {
-    let _socket = ends.socket.try_lock().ok()?;
-    Some(wire::drain_signals(ends.link.socket.as_fd(), head, capacity))
+/// `Ends::socket` if the other half is not reading the socket now. A lock poisoned
+/// by a panic (a receive's closure, say) is taken too: the socket is as it was.
+fn try_socket(ends: &Ends) -> Option<MutexGuard<'_, ()>> {
+    match ends.socket.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
-/// `rx`'s drain, as the reader's arming makes it (at the reader's own position).
+/// The writer half's drain of the peer's signals, waiting for room (`None`: the reader
+/// half is reading the socket now). Descriptor messages are kept from the reader's
+/// *released* position on, which is at or before every record whose descriptors it
+/// has not taken, and is read again for each message (it moves meanwhile: a stale
+/// one would make a record written a ring past it look forged).
+#[cfg(feature = "tokio")]
+pub(super) fn drain_for_writer(ends: &Ends) -> Option<Drained> {
+    let _socket = try_socket(ends)?;
+    let link = &*ends.link;
+    let inbound = link.segment.ring(1 - link.end);
+    let released = || inbound.lines().head.0.load(Ordering::Acquire);
+    Some(wire::drain_signals_from(link.socket.as_fd(), released, inbound.capacity()))
+}
+
+/// The reader half's drain, as its arming makes it (at its own position, which only
+/// it moves).
 fn drain_for_reader(ends: &Ends, rx: &Rx) -> Option<Drained> {
-    drain_socket(ends, rx.consumer.seen_tail(), rx.consumer.ring().capacity())
+    let _socket = try_socket(ends)?;
+    Some(wire::drain_signals(ends.link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity()))
 }
 
 impl PortReader {
@@ -131,5 +152,30 @@ impl PortReader {
 impl AsFd for PortReader {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.try_as_fd().unwrap_or_else(|e| panic!("shmport: cannot make a reader's readiness descriptor: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChannelOptions, MessageChannel};
+
+    #[test]
+    fn a_socket_lock_poisoned_by_a_panic_is_still_taken() {
+        let channel = MessageChannel::with_options(&ChannelOptions::default().process_local(true)).unwrap();
+        let (_writer, reader) = channel.port1().split().unwrap();
+        let ends = reader.ends.clone();
+        assert!(try_socket(&ends).is_some());
+        let poisoner = ends.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = poisoner.socket.lock().unwrap();
+            panic!("a receive's closure");
+        })
+        .join();
+        assert!(ends.socket.is_poisoned());
+        assert!(try_socket(&ends).is_some(), "poisoned is not busy");
+        let held = try_socket(&ends);
+        assert!(try_socket(&ends).is_none(), "held is busy");
+        drop(held);
     }
 }
