@@ -234,11 +234,14 @@ impl Port {
     #[inline]
     pub(super) fn try_post_fast(&self, kind: u16, bytes: &[u8]) -> Option<()> {
         let mut guard = self.tx.try_lock()?;
-        let tx = guard.as_mut()?;
-        if tx.broken.is_some() || tx.link.peer_closed() {
-            return None;
-        }
-        tx.push_and_publish(kind, bytes).ok()
+        // One exit, so that the guard's release is inlined rather than shared by
+        // several exits as a call.
+        let done = match guard.as_mut() {
+            Some(tx) if tx.broken.is_none() && !tx.link.peer_closed() => tx.push_and_publish(kind, bytes).ok(),
+            _ => None,
+        };
+        drop(guard);
+        done
     }
 
     /// The uncontended fast path of a receive into `out`: the next record's length,
@@ -250,16 +253,19 @@ impl Port {
     #[inline]
     pub(super) fn try_recv_small_fast<const N: usize>(&self, out: &mut MaybeUninit<[u8; N]>) -> Option<usize> {
         let mut guard = self.rx.try_lock()?;
-        let rx = guard.as_mut()?;
-        if self.is_detached() {
-            return None;
-        }
-        let rec = rx.peek_ready()?;
-        if rec.flags & wire::FLAG_ATTACHMENTS != 0 || rec.len > N {
-            return None;
-        }
-        rx.take_into_uninit(&rec, out);
-        Some(rec.len)
+        // One exit, so that the guard's release is inlined (see `try_post_fast`).
+        let taken = match guard.as_mut() {
+            Some(rx) if !self.is_detached() => match rx.peek_ready() {
+                Some(rec) if rec.flags & wire::FLAG_ATTACHMENTS == 0 && rec.len <= N => {
+                    rx.take_into_uninit(&rec, out);
+                    Some(rec.len)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        drop(guard);
+        taken
     }
 
     /// Waits for the next record as `mode` allows and hands its kind and payload to
