@@ -31,7 +31,7 @@ const WORKER_ARG: &str = "__soak_worker";
 /// What a message carries besides its sequence number.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
-    /// A copied buffer of 0 to 300 KiB (past the ring's 256 KiB it goes out of line).
+    /// A copied buffer of 0 to 400 KiB (past the ring's 256 KiB it goes out of line).
     Copied = 0,
     /// A buffer of up to 1 MiB in the transfer list: its pages move, and move back.
     Moved = 1,
@@ -275,8 +275,10 @@ fn drive(w: usize, channels: usize, window: usize, totals: &Totals, stop: &Atomi
             for c in 0..channels {
                 while worker.pending[c].len() < window {
                     let seq = worker.next_seq[c];
+                    // Never a blocking post: the worker may be blocked posting its
+                    // echoes into this thread's full ring, which only this thread reads.
+                    let Some(p) = post(&worker.ports[c], &mut rng, chan_id(w, c), seq) else { break };
                     worker.next_seq[c] += 1;
-                    let p = post(&worker.ports[c], &mut rng, chan_id(w, c), seq);
                     totals.sent.fetch_add(1, Ordering::Relaxed);
                     worker.pending[c].push_back(p);
                 }
@@ -290,13 +292,14 @@ fn drive(w: usize, channels: usize, window: usize, totals: &Totals, stop: &Atomi
                 match worker.set.wait_timeout(Duration::from_secs(5)) {
                     Ok((_, PortEvent::Closed)) => open -= 1,
                     Ok((key, PortEvent::Message(ev))) => check(&mut worker, key, ev, w, totals),
-                    Ok((_, PortEvent::MessageError(_))) => {
-                        totals.corrupt.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok((key, PortEvent::MessageError(e))) => message_error(&mut worker, key, e, w, totals),
                     Err(_) => break,
                 }
             }
             let took = killed_at.elapsed();
+            if open > 0 {
+                eprintln!("worker {w}: {open} of {channels} ports not closed {took:?} after the kill");
+            }
             totals.slowest_close_us.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
             if took > Duration::from_millis(100) || open > 0 {
                 totals.closes_over_100ms.fetch_add(1, Ordering::Relaxed);
@@ -317,9 +320,7 @@ fn drive(w: usize, channels: usize, window: usize, totals: &Totals, stop: &Atomi
         let wait = if stopping { Duration::from_secs(5) } else { Duration::from_millis(10) };
         match worker.set.wait_timeout(wait) {
             Ok((key, PortEvent::Message(ev))) => check(&mut worker, key, ev, w, totals),
-            Ok((_, PortEvent::MessageError(_))) => {
-                totals.corrupt.fetch_add(1, Ordering::Relaxed);
-            }
+            Ok((key, PortEvent::MessageError(e))) => message_error(&mut worker, key, e, w, totals),
             Ok((_, PortEvent::Closed)) | Err(_) if stopping => {
                 // A live worker that does not answer within 5 s: what is pending is lost.
                 totals.lost.fetch_add(outstanding as u64, Ordering::Relaxed);
@@ -339,8 +340,8 @@ fn drive(w: usize, channels: usize, window: usize, totals: &Totals, stop: &Atomi
     let _ = worker.child.wait();
 }
 
-/// Posts message `seq` of a random kind on `port`.
-fn post(port: &MessagePort, rng: &mut Rng, chan: u64, seq: u64) -> Pending {
+/// Posts message `seq` of a random kind on `port`, if its ring has room now.
+fn post(port: &MessagePort, rng: &mut Rng, chan: u64, seq: u64) -> Option<Pending> {
     let kind = match rng.next() % 8 {
         0..=4 => Kind::Copied,
         5 | 6 => Kind::Moved,
@@ -348,7 +349,7 @@ fn post(port: &MessagePort, rng: &mut Rng, chan: u64, seq: u64) -> Pending {
     };
     let len = match kind {
         // Mostly small, now and then past the ring (out of line).
-        Kind::Copied if rng.next().is_multiple_of(16) => 200 * 1024 + rng.next() as usize % (100 * 1024),
+        Kind::Copied if rng.next().is_multiple_of(16) => 100 * 1024 + rng.next() as usize % (300 * 1024),
         Kind::Copied => rng.next() as usize % 2048,
         Kind::Moved => 1 + rng.next() as usize % (1 << 20),
         Kind::Port => 8,
@@ -367,8 +368,11 @@ fn post(port: &MessagePort, rng: &mut Rng, chan: u64, seq: u64) -> Pending {
             (Value::Port(ch.port1()), vec![ch.port1().into()])
         }
     };
-    port.post_message(Value::Array(vec![head, body]), transfer).expect("post");
-    Pending { seq, kind, len, kept }
+    match port.try_post_message(Value::Array(vec![head, body]), transfer) {
+        Ok(()) => Some(Pending { seq, kind, len, kept }),
+        Err(e) if e.is_full() => None,
+        Err(e) => panic!("post: {e}"),
+    }
 }
 
 /// Checks an echo against what channel `key` is waiting for.
@@ -380,22 +384,42 @@ fn check(worker: &mut Worker, key: shmport::PortKey, ev: shmport::MessageEvent, 
     };
     totals.echoed.fetch_add(1, Ordering::Relaxed);
     let chan = (w * 1000 + c) as u64;
-    let ok = match &ev.data {
+    let wrong = match &ev.data {
         Value::Array(parts) if parts.len() == 2 => {
             let seq_ok = matches!(&parts[0], Value::Array(h) if h.first() == Some(&Value::Number(p.seq as f64)));
-            let body_ok = match (p.kind, &parts[1]) {
-                (Kind::Copied | Kind::Moved, Value::ArrayBuffer(b)) => b.to_vec() == pattern(chan, p.seq, p.len),
-                (Kind::Port, Value::Port(back)) => probe(p.kept.as_ref(), back),
-                _ => false,
+            let body = match (p.kind, &parts[1]) {
+                (Kind::Copied | Kind::Moved, Value::ArrayBuffer(b)) => {
+                    let got = b.to_vec();
+                    let want = pattern(chan, p.seq, p.len);
+                    (got != want).then(|| {
+                        let at = got.iter().zip(&want).position(|(a, b)| a != b);
+                        format!("bytes differ: {} of {} long, first difference at {at:?}", got.len(), want.len())
+                    })
+                }
+                (Kind::Port, Value::Port(back)) => (!probe(p.kept.as_ref(), back)).then(|| "the port".to_string()),
+                (_, other) => Some(format!("a {other:?} body")),
             };
-            seq_ok && body_ok
+            match (seq_ok, body) {
+                (true, None) => None,
+                (false, _) => Some(format!("out of order: {:?}", parts[0])),
+                (true, Some(why)) => Some(why),
+            }
         }
-        _ => false,
+        other => Some(format!("not a message of this soak: {other:?}")),
     };
-    if !ok {
-        eprintln!("worker {w} channel {c}: echo of message {} ({:?}) wrong or out of order", p.seq, p.kind);
+    if let Some(why) = wrong {
+        eprintln!("worker {w} channel {c}: echo of message {} ({:?}): {why}", p.seq, p.kind);
         totals.corrupt.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// An echo that could not be decoded: it is the one channel `key` waits for.
+fn message_error(worker: &mut Worker, key: shmport::PortKey, e: shmport::MessageError, w: usize, totals: &Totals) {
+    let c = worker.keys.iter().position(|k| *k == key);
+    let p = c.and_then(|c| worker.pending[c].pop_front());
+    let what = p.map(|p| format!("message {} ({:?})", p.seq, p.kind));
+    eprintln!("worker {w} channel {c:?}: the echo of {what:?} is a message error: {e}");
+    totals.corrupt.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Whether a port sent away and back still talks to the end kept here.
@@ -428,7 +452,14 @@ fn worker() {
             }
         }
         let Ok((key, event)) = set.wait_timeout(Duration::from_millis(10)) else { continue };
-        let PortEvent::Message(ev) = event else { continue };
+        let ev = match event {
+            PortEvent::Message(ev) => ev,
+            PortEvent::MessageError(e) => {
+                eprintln!("worker {}: a message error: {e}", std::process::id());
+                continue;
+            }
+            PortEvent::Closed => continue,
+        };
         let Some(port) = set.get(key) else { continue };
         let transfer: Vec<Transferable> = match &ev.data {
             Value::Array(parts) => match parts.get(1) {

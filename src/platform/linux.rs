@@ -149,10 +149,12 @@ pub(crate) fn recv_with_fds(
     if nonblocking {
         flags |= RecvFlags::DONTWAIT;
     }
+    let mut resets = 0;
     let msg = loop {
         match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, flags) {
             Ok(msg) => break msg,
             Err(Errno::INTR) => continue,
+            Err(Errno::CONNRESET) if resets < MAX_RESETS => resets += 1,
             Err(Errno::AGAIN) if nonblocking => return Ok(None),
             Err(e) => return Err(e.into()),
         }
@@ -531,10 +533,12 @@ pub(crate) fn socket_ready(sock: BorrowedFd<'_>, timeout: Duration) -> SocketRea
 /// queued. Takes no descriptors (with no control buffer, the kernel installs none).
 /// `Some(0)` is an empty message or, once the other end hung up, the end.
 pub(crate) fn peek_message(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let mut resets = 0;
     loop {
         match rustix::net::recv(sock, &mut *buf, RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::TRUNC) {
             Ok((_, len)) => return Ok(Some(len)),
             Err(Errno::INTR) => continue,
+            Err(Errno::CONNRESET) if resets < MAX_RESETS => resets += 1,
             Err(Errno::AGAIN) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
@@ -544,8 +548,25 @@ pub(crate) fn peek_message(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<O
 /// `recv(MSG_DONTWAIT)` into no buffer: drops the next message of a SEQPACKET socket
 /// whole (the kernel closes the descriptors it carried: there is no control buffer).
 pub(crate) fn drop_message(sock: BorrowedFd<'_>) {
-    while let Err(Errno::INTR) = rustix::net::recv(sock, &mut [] as &mut [u8], RecvFlags::DONTWAIT) {}
+    let mut resets = 0;
+    loop {
+        match rustix::net::recv(sock, &mut [] as &mut [u8], RecvFlags::DONTWAIT) {
+            Err(Errno::INTR) => continue,
+            Err(Errno::CONNRESET) if resets < MAX_RESETS => resets += 1,
+            _ => return,
+        }
+    }
 }
+
+/// How many `ECONNRESET`s a receive takes before it gives up. The kernel reports one
+/// when the other end was closed with messages of ours unread in its queue (a peer
+/// that died before reading what this end sent): the error comes once, *before* the
+/// messages still queued here, which the next call returns. Without the retry, the
+/// descriptors of a record the peer published before it died were read as missing,
+/// and the record was lost (found by `examples/soak.rs`: a worker killed with
+/// unread messages). More than one in a row cannot come from that (the error is
+/// cleared as it is reported); the bound keeps a broken socket from looping.
+const MAX_RESETS: u32 = 2;
 
 /// `epoll_create1(EPOLL_CLOEXEC)`: a descriptor that is readable while one of the
 /// descriptors it watches is.
@@ -683,6 +704,43 @@ mod tests {
     /// pair's maker.
     fn check(sock: BorrowedFd<'_>) -> Result<(), Inherited> {
         check_inherited_socket(sock, "socket:[test]", current_pid(), is_header)
+    }
+
+    /// The other end closed with messages of ours unread in its queue: the kernel then
+    /// reports `ECONNRESET` once, before what it sent us, which must still be received
+    /// whole (a peer that died after sending a record's descriptors).
+    #[test]
+    fn messages_queued_before_the_other_end_closed_with_ours_unread_are_still_received() {
+        let (ours, theirs) = socketpair().unwrap();
+        let (x, _y) = socketpair().unwrap();
+        send_with_fds(theirs.as_fd(), b"first", &[x.as_fd()]).unwrap();
+        send_with_fds(theirs.as_fd(), b"second", &[]).unwrap();
+        send_with_fds(theirs.as_fd(), b"third", &[]).unwrap();
+        // Ours, never read by the other end: its close resets ours.
+        send_with_fds(ours.as_fd(), b"unread", &[]).unwrap();
+        drop(theirs);
+        let mut buf = [0u8; 16];
+        assert_eq!(peek_message(ours.as_fd(), &mut buf).unwrap(), Some(5), "the peek sees the first, not the reset");
+        let mut fds = Vec::new();
+        assert_eq!(recv_with_fds(ours.as_fd(), &mut buf, &mut fds, true).unwrap(), Some(5));
+        assert_eq!((&buf[..5], fds.len()), (&b"first"[..], 1));
+        drop_message(ours.as_fd());
+        assert_eq!(recv_with_fds(ours.as_fd(), &mut buf, &mut fds, true).unwrap(), Some(5), "the third");
+        assert_eq!(recv_with_fds(ours.as_fd(), &mut buf, &mut fds, true).unwrap(), Some(0), "then the end");
+    }
+
+    /// As above, with the reset taken by a drop: it must drop a message, not nothing.
+    #[test]
+    fn a_drop_after_the_other_end_closed_with_ours_unread_drops_a_message() {
+        let (ours, theirs) = socketpair().unwrap();
+        send_with_fds(theirs.as_fd(), b"first", &[]).unwrap();
+        send_with_fds(theirs.as_fd(), b"second", &[]).unwrap();
+        send_with_fds(ours.as_fd(), b"unread", &[]).unwrap();
+        drop(theirs);
+        drop_message(ours.as_fd());
+        let mut buf = [0u8; 16];
+        assert_eq!(recv_with_fds(ours.as_fd(), &mut buf, &mut Vec::new(), true).unwrap(), Some(6));
+        assert_eq!(&buf[..6], b"second");
     }
 
     #[test]
