@@ -51,6 +51,24 @@ fn child_entry() {
             }
             std::thread::sleep(Duration::from_secs(3600));
         }
+        "post_ports_then_wait" => {
+            // Three messages each carrying a port just made (descriptors on the
+            // socket), then "sent"; told so on a side port; then nothing read, so
+            // what the parent sends from then on stays unread here.
+            let port = MessagePort::from_parent().unwrap();
+            let side = port.recv().unwrap().data.as_port().unwrap().clone();
+            let mut kept = Vec::new();
+            for i in 0..3u8 {
+                let ch = MessageChannel::new().unwrap();
+                ch.port2().post_bytes(&[i]).unwrap();
+                let moved = ch.port1();
+                port.post_message(Value::Port(moved.clone()), [moved.into()]).unwrap();
+                kept.push(ch.port2()); // its end stays open until the kill
+            }
+            port.post_message("sent", []).unwrap();
+            side.post_message("published", []).unwrap();
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         "post_then_exit" => {
             let port = MessagePort::from_parent().unwrap();
             port.post_message("goodbye", []).unwrap();
@@ -235,6 +253,39 @@ fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_op
     for socket in &ours_sockets {
         assert!(!after.1.contains(socket), "a socket of the channel is still open: {socket}");
     }
+}
+
+/// A peer killed with messages of ours unread in its queue (here: a port, whose
+/// descriptors wait on its socket) makes the kernel report `ECONNRESET` once on our
+/// socket, before the descriptors the peer sent for records it published: those
+/// records must still arrive whole (SEMANTICS 16: what was sent before the death is
+/// delivered), each port working, then the close.
+#[test]
+fn s16_records_a_killed_peer_published_arrive_whole_though_it_left_ours_unread() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("killed_with_ours_unread", Duration::from_secs(60));
+    let ch = MessageChannel::new().unwrap();
+    let port = ch.port1();
+    let mut child = spawn_role(ENTRY, "post_ports_then_wait", &ch.port2());
+    drop(ch);
+    let side = MessageChannel::new().unwrap();
+    port.post_message(Value::Port(side.port2()), [side.port2().into()]).unwrap();
+    let told = side.port1().recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(told.data.as_str(), Some("published"));
+    // Ours, never read: a port, so descriptors are queued on the child's socket.
+    let unread = MessageChannel::new().unwrap();
+    port.post_message(Value::Port(unread.port1()), [unread.port1().into()]).unwrap();
+    kill_9(&mut child);
+    let _ = child.wait();
+    for i in 0..3u8 {
+        let ev = port.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|e| panic!("message {i}: {e}"));
+        let Value::Port(moved) = ev.data else { panic!("message {i}: not a port: {:?}", ev.data) };
+        assert_eq!(moved.recv_bytes_timeout_with(Duration::from_secs(5), <[u8]>::to_vec).unwrap(), [i]);
+    }
+    assert_eq!(port.recv_timeout(Duration::from_secs(5)).unwrap().data.as_str(), Some("sent"));
+    assert!(port.recv_timeout(Duration::from_secs(5)).unwrap_err().is_closed());
 }
 
 #[test]
