@@ -69,6 +69,8 @@ pub use channel::MessageStream;
 #[cfg(not(loom))]
 pub use channel::bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
+pub use channel::{BroadcastReport, PortCollection};
+#[cfg(not(loom))]
 pub use channel::{
     ChannelOptions, DEFAULT_CAPACITY, Iter, MessageChannel, MessageEvent, MessagePort, PortReader, PortWriter,
     Transferable, TryIter, WriteChunk,

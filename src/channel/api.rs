@@ -8,13 +8,13 @@
 //! `Handle`, so it does not keep a port alive that its users have dropped.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Mode;
 use super::incoming;
 use super::outgoing::Outgoing;
-use super::port::{Inline, Port};
+use super::port::{Delivery, Inline, Port};
 use crate::channel::dispatch::{self};
 use crate::error::{MessageError, PostError, RecvError, RecvFail, RecvTimeoutError, TryRecvError};
 use crate::shm::wait::WaitStrategy;
@@ -159,7 +159,7 @@ impl MessagePort {
             self.close();
             return Ok(());
         }
-        self.port().post_outgoing(outgoing, mode)
+        self.port().post_outgoing(outgoing, mode).map(drop)
     }
 
     /// The largest record body copied through the ring; larger ones spill to pages.
@@ -187,11 +187,42 @@ impl MessagePort {
     /// `post_record` past its fast path: waits, spills, reports.
     #[inline(never)]
     fn post_record_full(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        self.post_record_slow(kind, bytes, mode).map(drop)
+    }
+
+    /// `post_record` past its fast path, saying where the record went.
+    fn post_record_slow(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<Delivery, PostError> {
         match self.port().post_inline(kind, bytes, mode) {
-            Ok(()) => Ok(()),
+            Ok(delivery) => Ok(delivery),
             Err(Inline::Failed(e)) => Err(e),
             Err(Inline::Spill(max)) => self.port().post_outgoing(Outgoing::bytes(kind, bytes, max)?, mode),
         }
+    }
+
+    /// Posts a record body of `kind` that is already encoded and attaches nothing (a
+    /// broadcast writes the same bytes into every port's ring), saying whether it
+    /// reached the peer's ring or went nowhere (SEMANTICS 10). A body larger than the
+    /// ring is spilled into a chunk of this process's arena, as `post_bytes` does.
+    pub(super) fn post_encoded(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<Delivery, PostError> {
+        match self.port().try_post_fast(kind, bytes) {
+            Some(()) => Ok(Delivery::Posted),
+            None => self.post_record_slow(kind, bytes, mode),
+        }
+    }
+
+    /// A reference to this port's handle that does not keep the port open.
+    pub(super) fn downgrade(&self) -> Weak<Handle> {
+        Arc::downgrade(&self.handle)
+    }
+
+    /// The port of a weak reference, if some handle of it still exists.
+    pub(super) fn upgrade(weak: &Weak<Handle>) -> Option<MessagePort> {
+        weak.upgrade().map(|handle| MessagePort { handle })
+    }
+
+    /// Whether `weak` refers to this port's handle.
+    pub(super) fn is_handle(&self, weak: &Weak<Handle>) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.handle), weak.as_ptr())
     }
 
     /// Posts raw bytes. Up to [`max_inline_size`](Self::max_inline_size) they are
