@@ -97,6 +97,8 @@ pub enum DataCloneErrorKind {
     /// 21: a broadcast (`PortCollection::post_message`) was given a transfer list: one
     /// item cannot move to many places.
     TransferInBroadcast,
+    /// 26: the transfer list contains a `SharedArrayBuffer`, which is shared, never moved.
+    SharedInTransfer,
 }
 
 /// The web's `DataCloneError`: the message or its transfer list cannot be cloned.
@@ -130,6 +132,7 @@ impl DataCloneErrorKind {
             Self::InvalidView => "a typed-array view lies outside its buffer",
             Self::Uncloneable => "the value cannot be serialized",
             Self::TransferInBroadcast => "a broadcast cannot transfer anything",
+            Self::SharedInTransfer => "the transfer list contains a SharedArrayBuffer",
         }
     }
 }

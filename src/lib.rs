@@ -110,6 +110,8 @@ pub use shm::wait::WaitStrategy;
 #[cfg(not(loom))]
 pub use value::buffer::ArrayBuffer;
 #[cfg(not(loom))]
+pub use value::shared::{AtomicsWait, SharedArrayBuffer};
+#[cfg(not(loom))]
 pub use value::{BigInt, TypedArray, TypedArrayKind, Value};
 
 /// Thin wrappers over internal layers for the criterion benches (`--features

@@ -187,7 +187,7 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
     let port = channel.port2();
     let mut peer = ForgedWriter::new(&map, 4096);
     let table = |fds: u32, buffers: u32, ports: u32, spilled: u32| {
-        [fds, buffers, ports, spilled, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+        [fds, buffers, ports, spilled, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
     };
     // Typed bodies that name a buffer and a port they do not carry.
     peer.push(KIND_TYPED, &[1, 0]); // (ArrayBuffer,) with BUFFER_MOVED 0, no table
@@ -438,7 +438,7 @@ fn a_table_naming_an_arena_id_the_port_was_not_told_of_is_a_message_error_and_as
     let port = channel.port2();
     let mut peer = ForgedWriter::new(&map, 4096);
     let table = |buffers: u32, generation: u32| {
-        [0, buffers, 0, 0, 0, generation].iter().flat_map(|v: &u32| v.to_le_bytes()).collect::<Vec<u8>>()
+        [0, buffers, 0, 0, 0, generation, 0, 0].iter().flat_map(|v: &u32| v.to_le_bytes()).collect::<Vec<u8>>()
     };
     let asked = || word(&map, ARENA_GENERATIONS).load(Ordering::Relaxed) as u32;
     let before = asked();

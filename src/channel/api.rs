@@ -20,6 +20,7 @@ use crate::error::{MessageError, PostError, RecvError, RecvFail, RecvTimeoutErro
 use crate::shm::wait::WaitStrategy;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
+use crate::value::shared::SharedArrayBuffer;
 use crate::wire;
 
 /// A thread's receive buffer is dropped after a message larger than this (a spilled
@@ -60,11 +61,20 @@ pub enum Transferable {
     ArrayBuffer(ArrayBuffer),
     /// A port: moved, with its place in its channel.
     Port(MessagePort),
+    /// A shared buffer: it cannot be moved, so a transfer list that holds one is a
+    /// `DataCloneError` (as on the web; post it in the message to share it).
+    SharedArrayBuffer(SharedArrayBuffer),
 }
 
 impl From<ArrayBuffer> for Transferable {
     fn from(b: ArrayBuffer) -> Self {
         Transferable::ArrayBuffer(b)
+    }
+}
+
+impl From<SharedArrayBuffer> for Transferable {
+    fn from(b: SharedArrayBuffer) -> Self {
+        Transferable::SharedArrayBuffer(b)
     }
 }
 
@@ -199,11 +209,21 @@ impl MessagePort {
         }
     }
 
-    /// Posts a record body of `kind` that is already encoded and attaches nothing (a
-    /// broadcast writes the same bytes into every port's ring), saying whether it
-    /// reached the peer's ring or went nowhere (SEMANTICS 10). A body larger than the
-    /// ring is spilled into a chunk of this process's arena, as `post_bytes` does.
-    pub(super) fn post_encoded(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<Delivery, PostError> {
+    /// Posts a record body of `kind` that is already encoded and moves nothing (a
+    /// broadcast writes the same bytes into every port's ring), with the memfds of the
+    /// `shared` buffers it names, saying whether it reached the peer's ring or went
+    /// nowhere (SEMANTICS 10). A body larger than the ring is spilled into a chunk of
+    /// this process's arena, as `post_bytes` does.
+    pub(super) fn post_encoded(
+        &self,
+        kind: u16,
+        bytes: &[u8],
+        shared: &[SharedArrayBuffer],
+        mode: Mode,
+    ) -> Result<Delivery, PostError> {
+        if !shared.is_empty() {
+            return self.port().post_outgoing(Outgoing::encoded(kind, bytes, shared, self.max_inline())?, mode);
+        }
         match self.port().try_post_fast(kind, bytes) {
             Some(()) => Ok(Delivery::Posted),
             None => self.post_record_slow(kind, bytes, mode),

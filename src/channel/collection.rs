@@ -168,20 +168,21 @@ impl PortCollection {
             return Err(clone_error(DataCloneErrorKind::TransferInBroadcast));
         }
         let mut body = Vec::new();
-        codec::encode(message, &Transfer { buffers: &[], ports: &[] }, &mut body).map_err(PostError::DataClone)?;
+        let shared = codec::encode_sharing(message, &Transfer { buffers: &[], ports: &[] }, &mut body)
+            .map_err(PostError::DataClone)?;
         self.prune();
         let ports: Vec<MessagePort> = self.ports.iter().filter_map(MessagePort::upgrade).collect();
         let mut report = BroadcastReport::default();
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
         for port in ports {
-            match port.post_encoded(wire::KIND_VALUE, &body, Mode::Try) {
+            match port.post_encoded(wire::KIND_VALUE, &body, &shared, Mode::Try) {
                 Err(PostError::Full) if !matches!(mode, Mode::Try) => waiting.push(port),
                 outcome => report.note(port, outcome, &mut gone),
             }
         }
         for port in waiting {
-            let outcome = port.post_encoded(wire::KIND_VALUE, &body, mode);
+            let outcome = port.post_encoded(wire::KIND_VALUE, &body, &shared, mode);
             report.note(port, outcome, &mut gone);
         }
         self.ports.retain(|w| is_live(w) && !gone.iter().any(|p: &MessagePort| p.is_handle(w)));

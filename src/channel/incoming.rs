@@ -13,6 +13,7 @@ use crate::shm::arena::Chunk;
 use crate::shm::segment::OpenError;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
+use crate::value::shared::SharedArrayBuffer;
 use crate::value::{codec, typed};
 use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND_VALUE, KnownArenas, Parts};
 
@@ -20,6 +21,7 @@ use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND
 struct Incoming {
     buffers: Vec<ArrayBuffer>,
     ports: Vec<MessagePort>,
+    shared: Vec<SharedArrayBuffer>,
     /// The body's chunk and length, when it came out of line (else the body is the
     /// tail of the payload).
     spilled: Option<(Chunk, usize)>,
@@ -31,7 +33,7 @@ struct Incoming {
 /// made so far drops (buffers go back to their owner, ports close) and so do the
 /// remaining descriptors.
 fn adopt(parts: Parts) -> Result<Incoming, &'static str> {
-    let Parts { buffers, ports: port_fds, spilled, body_at } = parts;
+    let Parts { buffers, ports: port_fds, shared, spilled, body_at } = parts;
     let buffers = buffers.into_iter().map(|(chunk, len)| ArrayBuffer::from_parts(chunk, len)).collect();
     let mut ports = Vec::with_capacity(port_fds.len());
     for p in port_fds {
@@ -42,7 +44,8 @@ fn adopt(parts: Parts) -> Result<Incoming, &'static str> {
         take_over_arenas(&port, p.arenas);
         ports.push(port);
     }
-    Ok(Incoming { buffers, ports, spilled, body_at })
+    let shared = shared.into_iter().map(|(fd, len)| SharedArrayBuffer::from_fd(fd, len)).collect::<Result<_, _>>()?;
+    Ok(Incoming { buffers, ports, shared, spilled, body_at })
 }
 
 /// A port that arrived here takes over the arenas its end knew where it came from, so
@@ -95,15 +98,15 @@ pub(super) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Re
         };
         return Ok(MessageEvent { data, ports: Vec::new() });
     };
-    let Incoming { buffers, ports, spilled, body_at } = incoming;
+    let Incoming { buffers, ports, shared, spilled, body_at } = incoming;
     if kind == KIND_VALUE {
         let data = match spilled {
             Some((chunk, body_len)) => {
                 let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
                 drop(chunk);
-                codec::decode(&body, &buffers, &ports)
+                codec::decode_sharing(&body, &buffers, &ports, &shared)
             }
-            None => codec::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+            None => codec::decode_sharing(&rx.payload(len)[body_at..], &buffers, &ports, &shared),
         };
         return Ok(MessageEvent { data: data.map_err(RecvFail::Message)?, ports });
     }
@@ -125,7 +128,7 @@ pub(super) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Re
 /// Receives what the typed record just taken by `rx` carries and decodes its value
 /// as a `T`.
 pub(super) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usize) -> Result<T, RecvFail> {
-    let Incoming { buffers, ports, spilled, body_at } = attachments(rx, len)?;
+    let Incoming { buffers, ports, spilled, body_at, .. } = attachments(rx, len)?;
     let value = match spilled {
         Some((chunk, body_len)) => {
             let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;

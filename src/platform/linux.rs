@@ -2,7 +2,7 @@
 //! credentials and abstract-namespace rendezvous sockets. Every `rustix` call of the
 //! crate lives in this file.
 
-use super::{VmaFlag, Watch};
+use super::{FutexWait, VmaFlag, Watch};
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -71,6 +71,23 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
 /// `FUTEX_WAKE` of every waiter on a shared word.
 pub(crate) fn futex_wake(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// `FUTEX_WAIT` on a shared word, as `futex_wait`, saying why it returned (for
+/// `SharedArrayBuffer::wait`, which reports it).
+pub(crate) fn futex_wait_outcome(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    let ts = timeout.map(timespec);
+    match futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) {
+        Ok(()) => FutexWait::Woken,
+        Err(Errno::AGAIN) => FutexWait::NotEqual,
+        Err(Errno::TIMEDOUT) => FutexWait::TimedOut,
+        Err(_) => FutexWait::Interrupted,
+    }
+}
+
+/// `FUTEX_WAKE` of at most `count` waiters on a shared word: how many it woke.
+pub(crate) fn futex_wake_count(word: &AtomicU32, count: u32) -> usize {
+    futex::wake(word, futex::Flags::empty(), count).unwrap_or(0)
 }
 
 /// `CLOCK_MONOTONIC` in ns (vDSO, no syscall): one clock for every process on the

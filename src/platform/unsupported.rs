@@ -3,7 +3,7 @@
 //! returns `ErrorKind::Unsupported`. macOS (POSIX shm + ulock/os_sync_wait_on_address)
 //! is the next port; it must define exactly the names of `linux.rs`.
 
-use super::{VmaFlag, Watch};
+use super::{FutexWait, VmaFlag, Watch};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
@@ -34,6 +34,13 @@ pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Dura
     std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)).min(Duration::from_millis(1)));
 }
 pub(crate) fn futex_wake(_word: &AtomicU32) {}
+pub(crate) fn futex_wait_outcome(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    futex_wait(word, expected, timeout);
+    FutexWait::Interrupted
+}
+pub(crate) fn futex_wake_count(_word: &AtomicU32, _count: u32) -> usize {
+    0
+}
 pub(crate) fn futex_wait_private(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     futex_wait(word, expected, timeout)
 }

@@ -87,5 +87,7 @@ pub(crate) mod ready;
 pub(crate) mod ring;
 #[cfg(not(loom))]
 pub(crate) mod segment;
+#[cfg(not(loom))]
+pub(crate) mod shared;
 pub(crate) mod sync;
 pub(crate) mod wait;

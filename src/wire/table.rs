@@ -9,9 +9,10 @@ use super::{FLAG_ATTACHMENTS, MAX_FDS};
 use crate::error::{PostError, TooLargeKind};
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
 
-const TABLE: usize = 24;
+const TABLE: usize = 32;
 const BUFFER_ENTRY: usize = 24;
 const PORT_ENTRY: usize = 16;
+const SHARED_ENTRY: usize = 16;
 const NO_FD: u32 = u32::MAX;
 
 /// The bytes of an attachment table with a spilled body's entry.
@@ -37,6 +38,8 @@ pub(crate) struct Framed {
     entry_arenas: Vec<Option<usize>>,
     /// How many port entries the table has.
     n_ports: usize,
+    /// Whether each shared entry sends a descriptor (an empty shared buffer has none).
+    shared_fds: Vec<bool>,
     /// The chunk a body too large for the ring was written to.
     spill: Option<Chunk>,
     /// Tags this record's socket messages, so a receiver that finds stale ones (left
@@ -72,7 +75,9 @@ fn too_many_fds(n_fds: usize) -> Result<(), PostError> {
 impl Framed {
     /// A record of `kind` with `body`: inline and without a table when it moves
     /// nothing and fits `max_inline`; else a table naming `buffers` and one port entry
-    /// per item of `port_ends` (the channel end each moved port owns), with the body
+    /// per item of `port_ends` (the channel end each moved port owns), one shared
+    /// entry per length of `shared` (a shared buffer, whose memfd `send` is given),
+    /// with the body
     /// inline or, when the whole would not fit the ring, spilled into a chunk. The
     /// table names every arena by its descriptor until `bind` says otherwise.
     pub(crate) fn new(
@@ -80,6 +85,7 @@ impl Framed {
         body: &[u8],
         buffers: &[OutBuffer],
         port_ends: &[u32],
+        shared: &[u64],
         max_inline: usize,
     ) -> Result<Framed, PostError> {
         let mut out = Framed {
@@ -89,23 +95,25 @@ impl Framed {
             arenas: Vec::new(),
             entry_arenas: Vec::new(),
             n_ports: port_ends.len(),
+            shared_fds: shared.iter().map(|&len| len > 0).collect(),
             spill: None,
             nonce: next_nonce(),
             sending: Vec::new(),
             handovers: Vec::new(),
             introduces: None,
         };
-        if buffers.is_empty() && port_ends.is_empty() && body.len() <= max_inline {
+        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && body.len() <= max_inline {
             out.payload = body.to_vec();
             return Ok(out);
         }
         out.flags = FLAG_ATTACHMENTS;
-        let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + PORT_ENTRY * port_ends.len() + body.len();
+        let entries_len = PORT_ENTRY * port_ends.len() + SHARED_ENTRY * shared.len();
+        let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + entries_len + body.len();
         let spills = table_len > max_inline;
         if spills {
             // The body goes out of line, into a chunk of our arena, and the table gets
             // an entry for it.
-            table_len = TABLE + BUFFER_ENTRY * (1 + buffers.len()) + PORT_ENTRY * port_ends.len();
+            table_len = TABLE + BUFFER_ENTRY * (1 + buffers.len()) + entries_len;
             if table_len > max_inline {
                 return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
             }
@@ -116,7 +124,8 @@ impl Framed {
             .collect();
         // Checked before a chunk is taken for the body (which may add one descriptor),
         // and again after (and by `bind`, with the moved ports' maps).
-        too_many_fds(out.arenas.len() + 2 * port_ends.len())?;
+        let n_shared_fds = out.shared_fds.iter().filter(|&&fd| fd).count();
+        too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds)?;
         let mut spill_entry = None;
         if spills {
             let chunk = arena::allocate(body.len(), arena::Fill::Copy).map_err(PostError::transfer)?;
@@ -125,8 +134,8 @@ impl Framed {
             spill_entry = Some((out.arena_index(chunk.segment()), chunk.descriptor()));
             out.spill = Some(chunk);
         }
-        too_many_fds(out.arenas.len() + 2 * port_ends.len())?;
-        out.write_table(table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends);
+        too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds)?;
+        out.write_table(table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends, shared);
         if out.spill.is_none() {
             out.payload.extend_from_slice(body);
         }
@@ -140,9 +149,10 @@ impl Framed {
         spill_entry: Option<((usize, Descriptor), usize)>,
         entries: Vec<(Option<(usize, Descriptor)>, usize)>,
         port_ends: &[u32],
+        shared: &[u64],
     ) {
         let port_fd_base = self.arenas.len() as u32;
-        let n_fds = self.arenas.len() + 2 * port_ends.len();
+        let n_fds = self.arenas.len() + 2 * port_ends.len() + self.shared_fds.iter().filter(|&&fd| fd).count();
         let n_buffers = entries.len() as u32;
         let all = spill_entry.map(|(e, len)| (Some(e), len)).into_iter().chain(entries);
         // Until `bind`: every arena by its descriptor, no maps.
@@ -155,6 +165,8 @@ impl Framed {
         put_u32(p, u32::from(spill_entry.is_some()));
         put_u32(p, self.nonce);
         put_u32(p, 0);
+        put_u32(p, shared.len() as u32);
+        put_u32(p, 0);
         for (entry, len) in all {
             put_buffer(p, entry.map(|(i, d)| (i as u32, d)), len);
             self.entry_arenas.push(entry.map(|(i, _)| i));
@@ -164,6 +176,12 @@ impl Framed {
             put_u32(p, *end);
             put_u32(p, 0);
             put_u32(p, 0);
+        }
+        // The shared entries' descriptor words are written by `bind`.
+        for len in shared {
+            put_u32(p, NO_FD);
+            put_u32(p, 0);
+            put_u64(p, *len);
         }
     }
 
@@ -221,6 +239,8 @@ impl Framed {
         for h in &handovers {
             n_fds += 2 + h.segments.len();
         }
+        let first_shared_fd = n_fds;
+        n_fds += self.shared_fds.iter().filter(|&&fd| fd).count();
         too_many_fds(n_fds)?;
         let p = &mut self.payload;
         for (j, arena) in self.entry_arenas.iter().enumerate() {
@@ -236,6 +256,14 @@ impl Framed {
             set_u32(p, ports_at + PORT_ENTRY * k + 8, h.generation);
             set_u32(p, ports_at + PORT_ENTRY * k + 12, h.mask);
             fd += 2 + h.segments.len();
+        }
+        let shared_at = ports_at + PORT_ENTRY * self.n_ports;
+        let mut fd = first_shared_fd;
+        for (k, sends) in self.shared_fds.iter().enumerate() {
+            if *sends {
+                set_u32(p, shared_at + SHARED_ENTRY * k, fd as u32);
+                fd += 1;
+            }
         }
         set_u32(p, 0, n_fds as u32);
         set_u32(p, 20, generation);
@@ -268,13 +296,15 @@ impl Framed {
     }
 
     /// Sends the descriptors (the arenas named by descriptor, then each moved port's
-    /// segment, socket end and map, in `ports`' order, which is `port_ends`' order) on
+    /// segment, socket end and map, in `ports`' order, which is `port_ends`' order,
+    /// then the memfd of each non-empty shared buffer, in `shared`'s order) on
     /// `socket`, tagged with the record's start `position` and this record's nonce.
     pub(crate) fn send(
         &self,
         socket: BorrowedFd<'_>,
         position: u64,
         ports: &[(BorrowedFd<'_>, BorrowedFd<'_>)],
+        shared: &[BorrowedFd<'_>],
     ) -> std::io::Result<()> {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(self.fd_count());
         fds.extend(self.sending.iter().map(|&i| self.arenas[i].fd()));
@@ -283,6 +313,7 @@ impl Framed {
             fds.push(*socket);
             fds.extend(self.handovers.get(k).into_iter().flat_map(Handover::fds));
         }
+        fds.extend_from_slice(shared);
         send_fds(socket, position, self.nonce, &fds)
     }
 
@@ -316,6 +347,8 @@ pub(crate) struct Parts {
     /// Each moved buffer's chunk (`None`: empty) and length (within the chunk).
     pub(crate) buffers: Vec<(Option<Chunk>, usize)>,
     pub(crate) ports: Vec<PortFds>,
+    /// Each shared buffer's memfd (`None`: none was named) and length, not yet checked.
+    pub(crate) shared: Vec<(Option<OwnedFd>, u64)>,
     /// The body's chunk and length, when it came out of line (else the body is the
     /// tail of the payload).
     pub(crate) spilled: Option<(Chunk, usize)>,
@@ -372,6 +405,7 @@ struct Header {
     spilled: bool,
     nonce: u32,
     generation: u32,
+    n_shared: usize,
 }
 
 /// Reads the attachment table of `payload`, takes the descriptors from `socket`, and
@@ -399,14 +433,18 @@ pub(crate) fn receive(
         },
         nonce: r.u32()?,
         generation: r.u32()?,
+        n_shared: r.u32()? as usize,
     };
+    let reserved = r.u32()?;
     if h.n_fds > MAX_FDS {
         return Err("attachment table out of range");
     }
     // The descriptors come first, whatever the rest says, to stay in step with the socket.
     let fds = recv_fds(socket, position, h.nonce, h.n_fds).inspect_err(|_| known.lost_introductions())?;
-    let entries_len = BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled)) + PORT_ENTRY * h.n_ports;
-    if h.n_buffers > payload.len() || h.n_ports > payload.len() || TABLE + entries_len > payload.len() {
+    let entries_len =
+        BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled)) + PORT_ENTRY * h.n_ports + SHARED_ENTRY * h.n_shared;
+    let counts = [h.n_buffers, h.n_ports, h.n_shared];
+    if reserved != 0 || counts.iter().any(|&n| n > payload.len()) || TABLE + entries_len > payload.len() {
         known.lost_introductions();
         return Err("attachment table longer than the message");
     }
@@ -424,6 +462,14 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     for _ in 0..h.n_ports {
         port_entries.push(PortEntry { fd: r.u32()?, end: r.u32()?, generation: r.u32()?, mask: r.u32()? });
     }
+    let mut shared_entries = Vec::with_capacity(h.n_shared);
+    for _ in 0..h.n_shared {
+        let (fd, reserved, len) = (r.u32()?, r.u32()?, r.u64()?);
+        if reserved != 0 {
+            return Err("attachment table out of range");
+        }
+        shared_entries.push((fd, len));
+    }
     let body_at = r.at;
     // Each descriptor is used once: by an arena (possibly named by several buffers) or
     // by a port.
@@ -440,7 +486,17 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     for e in port_entries {
         ports.push(port_fds(&mut fds, &e)?);
     }
-    Ok(Parts { buffers, ports, spilled, body_at })
+    let mut shared = Vec::with_capacity(shared_entries.len());
+    for (fd, len) in shared_entries {
+        let taken = match fd {
+            NO_FD => None,
+            i => {
+                Some(fds.get_mut(i as usize).and_then(Option::take).ok_or("shared buffer names a missing descriptor")?)
+            }
+        };
+        shared.push((taken, len));
+    }
+    Ok(Parts { buffers, ports, shared, spilled, body_at })
 }
 
 /// A port entry's descriptors: its segment, its socket, then one per arena of its map.
@@ -570,14 +626,14 @@ mod tests {
     #[test]
     fn too_many_descriptors_are_refused_as_descriptors() {
         let ends = vec![0u32; MAX_FDS / 2 + 1];
-        match Framed::new(KIND_BYTES, b"", &[], &ends, usize::MAX) {
+        match Framed::new(KIND_BYTES, b"", &[], &ends, &[], usize::MAX) {
             Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len, max }) => {
                 assert_eq!((len, max), (2 * ends.len(), MAX_FDS));
             }
             other => panic!("expected TooLarge(Descriptors), got {:?}", other.map(|_| ())),
         }
         // One port fewer fits.
-        assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], usize::MAX).is_ok());
+        assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], &[], usize::MAX).is_ok());
     }
 
     #[test]
@@ -586,7 +642,7 @@ mod tests {
         // the refusal is in bytes, against the ring.
         let ends = vec![0u32; 100];
         let body = vec![0u8; 1 << 20];
-        match Framed::new(KIND_BYTES, &body, &[], &ends, 256) {
+        match Framed::new(KIND_BYTES, &body, &[], &ends, &[], 256) {
             Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len, max }) => {
                 assert_eq!(max, 256);
                 assert_eq!(len, TABLE + BUFFER_ENTRY + PORT_ENTRY * 100);
