@@ -25,8 +25,9 @@ use crate::value::shared::SharedArrayBuffer;
 ///
 /// # Copied, moved, or refused
 ///
-/// Everything in a message is copied, except the items of the transfer list, which are
-/// moved: an `ArrayBuffer` in it is detached here and its pages handed over (see
+/// Everything in a message is copied, except [`SharedArrayBuffer`]s, which are shared
+/// (the receiver maps the same memory; one may not be in the transfer list), and the
+/// items of the transfer list, which are moved: an `ArrayBuffer` in it is detached here and its pages handed over (see
 /// [`ArrayBuffer`]), a `MessagePort` in it is detached here and arrives working in
 /// [`MessageEvent::ports`](crate::MessageEvent::ports). A `Port` value must be in the
 /// transfer list; a detached buffer or port, a value nested deeper than 128 levels, or a
