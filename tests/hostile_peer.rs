@@ -224,6 +224,47 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
 }
 
 #[test]
+fn s26_forged_shared_buffer_entries_are_message_errors_and_the_port_goes_on() {
+    if !common::isolated("s26_forged_shared_buffer_entries_are_message_errors_and_the_port_goes_on") {
+        return;
+    }
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let mut peer = ForgedWriter::new(&map, 4096);
+    // A table of 8 words: fds, buffers, ports, spilled, nonce, generation, shared, 0;
+    // then the shared entries {fd, 0, len}; then a body naming shared buffer 0.
+    let record = |fds: u32, shared: &[(u32, u32, u64)], reserved: u32| {
+        let mut r: Vec<u8> =
+            [fds, 0, 0, 0, 0, 0, shared.len() as u32, reserved].iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (fd, pad, len) in shared {
+            r.extend(fd.to_le_bytes());
+            r.extend(pad.to_le_bytes());
+            r.extend(len.to_le_bytes());
+        }
+        r.extend([1, 0x11, 0]);
+        r
+    };
+    peer.push(KIND_VALUE, &[1, 0x11, 0]); // names a shared buffer, with no table
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 0, 4096)], 0)); // a length, no descriptor
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(0, 0, 4096)], 0)); // a descriptor never sent
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 1, 0)], 0)); // an entry's padding set
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[], 7)); // the header's reserved word set
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 0, 0); 3000], 0)[..64]); // more than it holds
+    peer.push(KIND_BYTES, b"after");
+    for _ in 0..6 {
+        assert!(matches!(recv(&port), Err(RecvTimeoutError::MessageError(_))));
+    }
+    assert_eq!(recv(&port).unwrap().as_array_buffer().unwrap().to_vec(), b"after");
+    // An empty shared buffer needs no descriptor: that one is fine.
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 0, 0)], 0));
+    match recv(&port).unwrap() {
+        Value::SharedArrayBuffer(sab) => assert_eq!(sab.byte_length(), 0),
+        other => panic!("expected an empty shared buffer, got {other:?}"),
+    }
+}
+
+#[test]
 fn s17_message_errors_reach_the_onmessageerror_handler() {
     if !common::isolated("s17_message_errors_reach_the_onmessageerror_handler") {
         return;
