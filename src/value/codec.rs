@@ -1271,9 +1271,15 @@ mod tests {
 
     #[test]
     fn unknown_tags_are_errors() {
-        for tag in 0x11..=0xff {
+        for tag in 0x12..=0xff {
             assert_eq!(decode_err(&[1, tag]), reason::UNKNOWN_TAG, "tag {tag:#x}");
         }
+    }
+
+    #[test]
+    fn a_shared_buffer_index_beyond_those_received_is_an_error() {
+        assert_eq!(decode_err(&[1, tag::SHARED, 0]), reason::SHARED_INDEX);
+        assert_eq!(decode_err(&[1, tag::SHARED]), reason::TRUNCATED);
     }
 
     #[test]
