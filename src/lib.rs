@@ -26,6 +26,11 @@
 //! from one thread of your own. Posting
 //! waits while the ring is full; `try_` and `_timeout` variants do not.
 //!
+//! One to many: a [`PortCollection`] broadcasts one message to many ports, encoding
+//! it once, and never keeps a port alive. Shared memory: a [`SharedArrayBuffer`]
+//! posted in a message is shared, not moved, with atomics and `wait` / `notify`
+//! across processes.
+//!
 //! For realtime threads, [`MessagePort::split`] turns a port into a [`PortWriter`] and
 //! a [`PortReader`], one for each thread, with no lock at all; the writer fills
 //! messages in place in the ring ([`WriteChunk`]). Its rustdoc says which calls are
