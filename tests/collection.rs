@@ -42,6 +42,15 @@ fn child_entry() {
             // Wait for the parent to hang up, so the count is not lost with the port.
             let _ = port.recv();
         }
+        "receive_large" => {
+            // Large broadcasts (out of line, in one frozen memfd for every receiver).
+            for i in 0..LARGE_BROADCASTS {
+                let ev = port.recv_timeout(WAIT).unwrap();
+                assert_eq!(ev.data, Value::String(large(i)), "large broadcast {i}");
+            }
+            port.post_message("ok", []).unwrap();
+            let _ = port.recv();
+        }
         "read_100_then_hang" => {
             for i in 0..100u64 {
                 assert_eq!(port.recv_timeout(WAIT).unwrap().data, Value::Number(i as f64));
@@ -52,6 +61,16 @@ fn child_entry() {
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// How many large broadcasts `receive_large` checks.
+const LARGE_BROADCASTS: usize = 20;
+
+/// Large broadcast `i`: larger than a default ring.
+fn large(i: usize) -> String {
+    let mut s = format!("{i:06}");
+    s.push_str(&"abcdefgh".repeat(40 * 1024));
+    s
 }
 
 /// `n` channels, their first ports in a collection; the second ports receive.
@@ -187,6 +206,26 @@ fn s22_a_broadcast_larger_than_a_ring_travels_out_of_line_to_every_port() {
     let (mut group, channels) = group(3, ChannelOptions::new().capacity(4096));
     let big: String = "x".repeat(64 * 1024);
     assert_eq!(group.post_message(big.as_str(), []).unwrap(), 3);
+    for ch in &channels {
+        assert_eq!(ch.port2().recv_timeout(WAIT).unwrap().data, Value::String(big.clone()));
+    }
+}
+
+#[test]
+fn s22_a_large_broadcast_is_written_once_not_once_per_port() {
+    if !common::isolated("s22_a_large_broadcast_is_written_once_not_once_per_port") {
+        return;
+    }
+    let (mut group, channels) = group(4, ChannelOptions::new().capacity(4096));
+    let big = large(7);
+    let (chunks_before, sent_before) = (shmport::arena_stats().in_flight, shmport::diagnostics().descriptors_sent);
+    assert_eq!(group.post_message(big.as_str(), []).unwrap(), 4);
+    assert_eq!(shmport::arena_stats().in_flight, chunks_before, "no chunk of the arena holds a copy per port");
+    assert_eq!(
+        shmport::diagnostics().descriptors_sent - sent_before,
+        4,
+        "one descriptor per port: the one frozen memfd holding the body"
+    );
     for ch in &channels {
         assert_eq!(ch.port2().recv_timeout(WAIT).unwrap().data, Value::String(big.clone()));
     }
@@ -336,6 +375,28 @@ fn s25_a_collection_s_ports_are_received_from_together_with_a_port_set() {
 }
 
 // ---- across processes -------------------------------------------------------------
+
+#[test]
+fn s22_large_broadcasts_reach_child_processes_from_one_frozen_copy() {
+    let _w = watchdog("s22_large_broadcasts_reach_child_processes", Duration::from_secs(120));
+    let mut group = PortCollection::new();
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        let ch = MessageChannel::new().unwrap();
+        children.push(spawn_role(ENTRY, "receive_large", &ch.port2()));
+        group.add(&ch.port1());
+        ports.push(ch.port1());
+    }
+    for i in 0..LARGE_BROADCASTS {
+        assert_eq!(group.post_message(large(i), []).unwrap(), 2);
+    }
+    for p in &ports {
+        assert_eq!(p.recv_timeout(Duration::from_secs(60)).unwrap().data, Value::from("ok"));
+    }
+    drop((group, ports));
+    children.into_iter().for_each(expect_success);
+}
 
 #[test]
 fn s22_four_child_processes_receive_every_broadcast_in_order_and_a_killed_one_drops_out() {

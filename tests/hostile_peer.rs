@@ -251,8 +251,13 @@ fn s26_forged_shared_buffer_entries_are_message_errors_and_the_port_goes_on() {
     peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 1, 0)], 0)); // an entry's padding set
     peer.push_with_flags(KIND_VALUE, 1, &record(0, &[], 7)); // the header's reserved word set
     peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 0, 0); 3000], 0)[..64]); // more than it holds
+    // A body said to be out of line in a frozen memfd (spilled = 2) that never came.
+    let mut frozen: Vec<u8> = [0u32, 0, 0, 2, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    frozen.extend(entry_by_id(u32::MAX, 0, 0, 100));
+    frozen[32..36].copy_from_slice(&0u32.to_le_bytes());
+    peer.push_with_flags(KIND_VALUE, 1, &frozen);
     peer.push(KIND_BYTES, b"after");
-    for _ in 0..6 {
+    for _ in 0..7 {
         assert!(matches!(recv(&port), Err(RecvTimeoutError::MessageError(_))));
     }
     assert_eq!(recv(&port).unwrap().as_array_buffer().unwrap().to_vec(), b"after");

@@ -17,6 +17,7 @@ use super::outgoing::Outgoing;
 use super::port::{Delivery, Inline, Port};
 use crate::channel::dispatch::{self};
 use crate::error::{MessageError, PostError, RecvError, RecvFail, RecvTimeoutError, TryRecvError};
+use crate::shm::frozen::FrozenBody;
 use crate::shm::wait::WaitStrategy;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
@@ -212,17 +213,20 @@ impl MessagePort {
     /// Posts a record body of `kind` that is already encoded and moves nothing (a
     /// broadcast writes the same bytes into every port's ring), with the memfds of the
     /// `shared` buffers it names, saying whether it reached the peer's ring or went
-    /// nowhere (SEMANTICS 10). A body larger than the ring is spilled into a chunk of
-    /// this process's arena, as `post_bytes` does.
+    /// nowhere (SEMANTICS 10). A body larger than the ring goes out of line in
+    /// `frozen` (the same bytes, written once for all the ports), or else is spilled
+    /// into a chunk of this process's arena, as `post_bytes` does.
     pub(super) fn post_encoded(
         &self,
         kind: u16,
         bytes: &[u8],
         shared: &[SharedArrayBuffer],
+        frozen: Option<&Arc<FrozenBody>>,
         mode: Mode,
     ) -> Result<Delivery, PostError> {
-        if !shared.is_empty() {
-            return self.port().post_outgoing(Outgoing::encoded(kind, bytes, shared, self.max_inline())?, mode);
+        if !shared.is_empty() || frozen.is_some_and(|_| bytes.len() > self.max_inline()) {
+            let outgoing = Outgoing::encoded(kind, bytes, shared, frozen, self.max_inline())?;
+            return self.port().post_outgoing(outgoing, mode);
         }
         match self.port().try_post_fast(kind, bytes) {
             Some(()) => Ok(Delivery::Posted),

@@ -3,13 +3,14 @@
 //! encodes its message once and writes the same record into every port's ring.
 
 use std::fmt;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Mode;
 use super::api::{Handle, MessagePort, Transferable};
 use super::port::Delivery;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
+use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
 use crate::value::codec::{self, Transfer};
 use crate::wire;
@@ -172,17 +173,24 @@ impl PortCollection {
             .map_err(PostError::DataClone)?;
         self.prune();
         let ports: Vec<MessagePort> = self.ports.iter().filter_map(MessagePort::upgrade).collect();
+        // A body too large for some port's ring is written once, into a frozen memfd
+        // that every such port's receiver maps read-only.
+        let frozen = match ports.iter().any(|p| body.len() > p.max_inline()) {
+            true => Some(Arc::new(FrozenBody::create(&body).map_err(PostError::transfer)?)),
+            false => None,
+        };
+        let frozen = frozen.as_ref();
         let mut report = BroadcastReport::default();
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
         for port in ports {
-            match port.post_encoded(wire::KIND_VALUE, &body, &shared, Mode::Try) {
+            match port.post_encoded(wire::KIND_VALUE, &body, &shared, frozen, Mode::Try) {
                 Err(PostError::Full) if !matches!(mode, Mode::Try) => waiting.push(port),
                 outcome => report.note(port, outcome, &mut gone),
             }
         }
         for port in waiting {
-            let outcome = port.post_encoded(wire::KIND_VALUE, &body, &shared, mode);
+            let outcome = port.post_encoded(wire::KIND_VALUE, &body, &shared, frozen, mode);
             report.note(port, outcome, &mut gone);
         }
         self.ports.retain(|w| is_live(w) && !gone.iter().any(|p: &MessagePort| p.is_handle(w)));

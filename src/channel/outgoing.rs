@@ -11,6 +11,7 @@ use super::link::Link;
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::shm::arena::{ArenaSegment, Descriptor, SentChunk};
+use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
 use crate::value::buffer::{ArrayBuffer, Detached};
 use crate::value::codec::{self, Transfer};
@@ -41,18 +42,20 @@ impl Outgoing {
     /// Raw bytes of record kind `kind`: inline when they fit the ring, else spilled
     /// into a chunk.
     pub(crate) fn bytes(kind: u16, body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
-        Outgoing::build(kind, body, Vec::new(), Vec::new(), Vec::new(), max_inline)
+        Outgoing::build(kind, body, Vec::new(), Vec::new(), Vec::new(), None, max_inline)
     }
 
     /// A body of `kind` encoded already (a broadcast's, the same for every port), with
-    /// the shared buffers its encoding names.
+    /// the shared buffers its encoding names; out of line, if it does not fit the
+    /// ring, in `frozen` (the same bytes, written once for every port) if given.
     pub(crate) fn encoded(
         kind: u16,
         body: &[u8],
         shared: &[SharedArrayBuffer],
+        frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
-        Outgoing::build(kind, body, Vec::new(), Vec::new(), shared.to_vec(), max_inline)
+        Outgoing::build(kind, body, Vec::new(), Vec::new(), shared.to_vec(), frozen, max_inline)
     }
 
     /// Runs the checks of SEMANTICS 5 in their order and encodes the message.
@@ -138,7 +141,7 @@ impl Outgoing {
         let source_channel = source.port().link().map(|l| l.segment.identity());
         let doomed =
             ports.iter().any(|p| p.port().link().is_some_and(|l| Some(l.segment.identity()) == source_channel));
-        let mut out = Outgoing::build(kind, &body, buffers, ports, shared, max_inline)?;
+        let mut out = Outgoing::build(kind, &body, buffers, ports, shared, None, max_inline)?;
         out.doomed = doomed;
         Ok(out)
     }
@@ -151,12 +154,13 @@ impl Outgoing {
         buffers: Vec<ArrayBuffer>,
         ports: Vec<MessagePort>,
         shared: Vec<SharedArrayBuffer>,
+        frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
         let lens: Vec<u64> = shared.iter().map(|s| s.byte_length() as u64).collect();
         if buffers.is_empty() && ports.is_empty() {
             // The common case, without the bookkeeping of what moves.
-            let record = Framed::new(kind, body, &[], &[], &lens, max_inline)?;
+            let record = Framed::new(kind, body, &[], &[], &lens, frozen, max_inline)?;
             let links = Vec::new();
             return Ok(Outgoing { record, buffers, expected: Vec::new(), ports, links, shared, doomed: false });
         }
@@ -170,7 +174,7 @@ impl Outgoing {
             .map(|(b, chunk)| OutBuffer { chunk: chunk.clone(), len: b.byte_length() })
             .collect();
         let ends: Vec<u32> = ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect();
-        let record = Framed::new(kind, body, &entries, &ends, &lens, max_inline)?;
+        let record = Framed::new(kind, body, &entries, &ends, &lens, frozen, max_inline)?;
         Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), shared, doomed: false })
     }
 

@@ -28,6 +28,15 @@ pub(crate) fn sealed_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub(crate) fn mmap_shared(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
     Err(unsupported())
 }
+pub(crate) fn memfd_create_frozen(_name: &str, _bytes: &[u8]) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn frozen_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Err(unsupported())
+}
+pub(crate) fn mmap_read_only(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
+    Err(unsupported())
+}
 /// Without a futex, a wait is a short sleep (nothing here ever waits: no channel can
 /// be made).
 pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Duration>) {

@@ -82,6 +82,8 @@
 pub(crate) mod arena;
 #[cfg(not(loom))]
 pub(crate) mod backend;
+#[cfg(not(loom))]
+pub(crate) mod frozen;
 pub(crate) mod lock;
 pub(crate) mod ready;
 pub(crate) mod ring;

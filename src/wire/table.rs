@@ -8,6 +8,7 @@ use super::fds::{next_nonce, recv_fds, send_fds};
 use super::{FLAG_ATTACHMENTS, MAX_FDS};
 use crate::error::{PostError, TooLargeKind};
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
+use crate::shm::frozen::FrozenBody;
 
 const TABLE: usize = 32;
 const BUFFER_ENTRY: usize = 24;
@@ -42,6 +43,8 @@ pub(crate) struct Framed {
     shared_fds: Vec<bool>,
     /// The chunk a body too large for the ring was written to.
     spill: Option<Chunk>,
+    /// Or the frozen memfd it was written to once, for many records (a broadcast's).
+    frozen: Option<Arc<FrozenBody>>,
     /// Tags this record's socket messages, so a receiver that finds stale ones (left
     /// by a record it could not read) can tell them from its own.
     nonce: u32,
@@ -77,15 +80,16 @@ impl Framed {
     /// nothing and fits `max_inline`; else a table naming `buffers` and one port entry
     /// per item of `port_ends` (the channel end each moved port owns), one shared
     /// entry per length of `shared` (a shared buffer, whose memfd `send` is given),
-    /// with the body
-    /// inline or, when the whole would not fit the ring, spilled into a chunk. The
-    /// table names every arena by its descriptor until `bind` says otherwise.
+    /// with the body inline or, when the whole would not fit the ring, out of line:
+    /// in `frozen` (which holds the same bytes) if given, else spilled into a chunk.
+    /// The table names every arena by its descriptor until `bind` says otherwise.
     pub(crate) fn new(
         kind: u16,
         body: &[u8],
         buffers: &[OutBuffer],
         port_ends: &[u32],
         shared: &[u64],
+        frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Framed, PostError> {
         let mut out = Framed {
@@ -97,6 +101,7 @@ impl Framed {
             n_ports: port_ends.len(),
             shared_fds: shared.iter().map(|&len| len > 0).collect(),
             spill: None,
+            frozen: None,
             nonce: next_nonce(),
             sending: Vec::new(),
             handovers: Vec::new(),
@@ -127,16 +132,20 @@ impl Framed {
         let n_shared_fds = out.shared_fds.iter().filter(|&&fd| fd).count();
         too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds)?;
         let mut spill_entry = None;
-        if spills {
+        if let Some(frozen) = frozen.filter(|_| spills) {
+            // Named by the spill entry without an arena; its descriptor goes last.
+            out.frozen = Some(frozen.clone());
+            spill_entry = Some(None);
+        } else if spills {
             let chunk = arena::allocate(body.len(), arena::Fill::Copy).map_err(PostError::transfer)?;
             // SAFETY: a chunk we just took, open, at least body.len() bytes.
             unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), chunk.ptr().as_ptr(), body.len()) };
-            spill_entry = Some((out.arena_index(chunk.segment()), chunk.descriptor()));
+            spill_entry = Some(Some((out.arena_index(chunk.segment()), chunk.descriptor())));
             out.spill = Some(chunk);
         }
-        too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds)?;
+        too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds + usize::from(out.frozen.is_some()))?;
         out.write_table(table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends, shared);
-        if out.spill.is_none() {
+        if spill_entry.is_none() {
             out.payload.extend_from_slice(body);
         }
         Ok(out)
@@ -146,15 +155,24 @@ impl Framed {
     fn write_table(
         &mut self,
         table_len: usize,
-        spill_entry: Option<((usize, Descriptor), usize)>,
+        spill_entry: Option<(Option<(usize, Descriptor)>, usize)>,
         entries: Vec<(Option<(usize, Descriptor)>, usize)>,
         port_ends: &[u32],
         shared: &[u64],
     ) {
         let port_fd_base = self.arenas.len() as u32;
-        let n_fds = self.arenas.len() + 2 * port_ends.len() + self.shared_fds.iter().filter(|&&fd| fd).count();
+        let n_fds = self.arenas.len()
+            + 2 * port_ends.len()
+            + self.shared_fds.iter().filter(|&&fd| fd).count()
+            + usize::from(self.frozen.is_some());
         let n_buffers = entries.len() as u32;
-        let all = spill_entry.map(|(e, len)| (Some(e), len)).into_iter().chain(entries);
+        // 0: the body inline; 1: in a chunk; 2: frozen (an entry without an arena).
+        let spilled = match spill_entry {
+            None => 0,
+            Some((Some(_), _)) => 1,
+            Some((None, _)) => 2,
+        };
+        let all = spill_entry.into_iter().chain(entries);
         // Until `bind`: every arena by its descriptor, no maps.
         self.sending = (0..self.arenas.len()).collect();
         let p = &mut self.payload;
@@ -162,7 +180,7 @@ impl Framed {
         put_u32(p, n_fds as u32);
         put_u32(p, n_buffers);
         put_u32(p, port_ends.len() as u32);
-        put_u32(p, u32::from(spill_entry.is_some()));
+        put_u32(p, spilled);
         put_u32(p, self.nonce);
         put_u32(p, 0);
         put_u32(p, shared.len() as u32);
@@ -241,6 +259,11 @@ impl Framed {
         }
         let first_shared_fd = n_fds;
         n_fds += self.shared_fds.iter().filter(|&&fd| fd).count();
+        if self.frozen.is_some() {
+            // The spill entry (the first) names the last descriptor.
+            set_u32(&mut self.payload, TABLE, n_fds as u32);
+            n_fds += 1;
+        }
         too_many_fds(n_fds)?;
         let p = &mut self.payload;
         for (j, arena) in self.entry_arenas.iter().enumerate() {
@@ -314,6 +337,7 @@ impl Framed {
             fds.extend(self.handovers.get(k).into_iter().flat_map(Handover::fds));
         }
         fds.extend_from_slice(shared);
+        fds.extend(self.frozen.as_ref().map(|f| f.fd()));
         send_fds(socket, position, self.nonce, &fds)
     }
 
@@ -352,6 +376,8 @@ pub(crate) struct Parts {
     /// The body's chunk and length, when it came out of line (else the body is the
     /// tail of the payload).
     pub(crate) spilled: Option<(Chunk, usize)>,
+    /// Or the frozen memfd it came in, mapped read-only (a broadcast's large body).
+    pub(crate) frozen: Option<FrozenBody>,
     /// Where the inline body starts in the payload.
     pub(crate) body_at: usize,
 }
@@ -397,12 +423,23 @@ struct PortEntry {
     mask: u32,
 }
 
+/// Where a table says the body is (its fourth word).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spilled {
+    /// Inline, after the table.
+    No,
+    /// In a chunk, named by the spill entry.
+    Chunk,
+    /// In a frozen memfd, whose descriptor the spill entry names.
+    Frozen,
+}
+
 /// The header of an attachment table.
 struct Header {
     n_fds: usize,
     n_buffers: usize,
     n_ports: usize,
-    spilled: bool,
+    spilled: Spilled,
     nonce: u32,
     generation: u32,
     n_shared: usize,
@@ -427,8 +464,9 @@ pub(crate) fn receive(
         n_buffers: r.u32()? as usize,
         n_ports: r.u32()? as usize,
         spilled: match r.u32()? {
-            0 => false,
-            1 => true,
+            0 => Spilled::No,
+            1 => Spilled::Chunk,
+            2 => Spilled::Frozen,
             _ => return Err("attachment table out of range"),
         },
         nonce: r.u32()?,
@@ -441,8 +479,9 @@ pub(crate) fn receive(
     }
     // The descriptors come first, whatever the rest says, to stay in step with the socket.
     let fds = recv_fds(socket, position, h.nonce, h.n_fds).inspect_err(|_| known.lost_introductions())?;
-    let entries_len =
-        BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled)) + PORT_ENTRY * h.n_ports + SHARED_ENTRY * h.n_shared;
+    let entries_len = BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled != Spilled::No))
+        + PORT_ENTRY * h.n_ports
+        + SHARED_ENTRY * h.n_shared;
     let counts = [h.n_buffers, h.n_ports, h.n_shared];
     if reserved != 0 || counts.iter().any(|&n| n > payload.len()) || TABLE + entries_len > payload.len() {
         known.lost_introductions();
@@ -453,7 +492,8 @@ pub(crate) fn receive(
 
 /// The entries of the table after its header, with the descriptors that came for it.
 fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownArenas) -> Result<Parts, &'static str> {
-    let spill_entry = if h.spilled { Some(read_buffer_entry(r)?) } else { None };
+    let spill_entry = if h.spilled == Spilled::Chunk { Some(read_buffer_entry(r)?) } else { None };
+    let frozen_entry = if h.spilled == Spilled::Frozen { Some(read_buffer_entry(r)?) } else { None };
     let mut buffer_entries = Vec::with_capacity(h.n_buffers);
     for _ in 0..h.n_buffers {
         buffer_entries.push(read_buffer_entry(r)?);
@@ -496,7 +536,17 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
         };
         shared.push((taken, len));
     }
-    Ok(Parts { buffers, ports, shared, spilled, body_at })
+    let frozen = match frozen_entry {
+        Some(e) => {
+            let fd = fds
+                .get_mut(e.fd as usize)
+                .and_then(Option::take)
+                .ok_or("out-of-line body names a missing descriptor")?;
+            Some(FrozenBody::open(fd, e.len)?)
+        }
+        None => None,
+    };
+    Ok(Parts { buffers, ports, shared, spilled, frozen, body_at })
 }
 
 /// A port entry's descriptors: its segment, its socket, then one per arena of its map.
@@ -626,14 +676,14 @@ mod tests {
     #[test]
     fn too_many_descriptors_are_refused_as_descriptors() {
         let ends = vec![0u32; MAX_FDS / 2 + 1];
-        match Framed::new(KIND_BYTES, b"", &[], &ends, &[], usize::MAX) {
+        match Framed::new(KIND_BYTES, b"", &[], &ends, &[], None, usize::MAX) {
             Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len, max }) => {
                 assert_eq!((len, max), (2 * ends.len(), MAX_FDS));
             }
             other => panic!("expected TooLarge(Descriptors), got {:?}", other.map(|_| ())),
         }
         // One port fewer fits.
-        assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], &[], usize::MAX).is_ok());
+        assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], &[], None, usize::MAX).is_ok());
     }
 
     #[test]
@@ -642,7 +692,7 @@ mod tests {
         // the refusal is in bytes, against the ring.
         let ends = vec![0u32; 100];
         let body = vec![0u8; 1 << 20];
-        match Framed::new(KIND_BYTES, &body, &[], &ends, &[], 256) {
+        match Framed::new(KIND_BYTES, &body, &[], &ends, &[], None, 256) {
             Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len, max }) => {
                 assert_eq!(max, 256);
                 assert_eq!(len, TABLE + BUFFER_ENTRY + PORT_ENTRY * 100);
