@@ -24,9 +24,9 @@ use crate::wire;
 /// leaves it at the first broadcast that finds so.
 ///
 /// [`post_message`](Self::post_message) encodes the message once and writes the same
-/// bytes into every port's ring (a message larger than a port's ring travels out of
-/// line as `post_bytes` does: one chunk per port, the bytes copied into each; written
-/// once into pages every receiver maps is not built yet). It cannot transfer anything:
+/// bytes into every port's ring; a message larger than a port's ring is written once
+/// into a memfd sealed against writes, which every such port's receiver maps
+/// read-only and decodes in place. It cannot transfer anything:
 /// a buffer or a port can move to one place only.
 ///
 /// ```

@@ -15,7 +15,8 @@
 //! published, so the receiver finds them in the same order as the records:
 //!
 //! ```text
-//! u32 fds, u32 buffers, u32 ports, u32 spilled (0: body inline, 1: body in a chunk),
+//! u32 fds, u32 buffers, u32 ports,
+//! u32 spilled (0: body inline, 1: body in a chunk, 2: body in a frozen memfd),
 //! u32 nonce, u32 arena generation (of the ids below), u32 shared, u32 0
 //! [spilled body: buffer entry]                  if spilled
 //! buffers × {u32 fd, u32 chunk, u32 generation, u32 arena id, u64 len}
@@ -32,6 +33,10 @@
 //! segment (`fd`), its socket (`fd + 1`), then one arena descriptor per bit set in the
 //! mask, in increasing id order: the arenas its end knew, in that generation, which its
 //! new holder takes over.
+//!
+//! A frozen body's spill entry has no arena: its `fd` is the record's last descriptor,
+//! a memfd sealed against writes (`shm::frozen`) that the receiver maps read-only; a
+//! broadcast sends the one memfd in the records of every port too small for its body.
 //!
 //! A shared entry's descriptor is a `SharedArrayBuffer`'s memfd, which the receiver
 //! maps too (shared, not moved); it is sent with every record that names it, and the
