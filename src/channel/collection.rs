@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Mode;
-use super::api::{Handle, MessagePort, Transferable};
+use super::api::{Handle, KEEP_RECV_BUF, MessagePort, SEND_BUF, Transferable};
 use super::port::Delivery;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::shm::frozen::FrozenBody;
@@ -168,15 +168,33 @@ impl PortCollection {
         if transfer.into_iter().next().is_some() {
             return Err(clone_error(DataCloneErrorKind::TransferInBroadcast));
         }
-        let mut body = Vec::new();
-        let shared = codec::encode_sharing(message, &Transfer { buffers: &[], ports: &[] }, &mut body)
+        // The thread's send buffer, reused from one broadcast to the next (taken out of
+        // its cell while in use, so a nested call gets one of its own).
+        let mut body = SEND_BUF.with(std::cell::Cell::take);
+        body.clear();
+        let report = self.broadcast_encoded(message, &mut body, mode);
+        if body.capacity() <= KEEP_RECV_BUF {
+            SEND_BUF.with(|cell| cell.set(body));
+        }
+        report
+    }
+
+    /// `broadcast` past the transfer list's check, encoding into `body`.
+    fn broadcast_encoded(
+        &mut self,
+        message: &Value,
+        body: &mut Vec<u8>,
+        mode: Mode,
+    ) -> Result<BroadcastReport, PostError> {
+        let shared = codec::encode_sharing(message, &Transfer { buffers: &[], ports: &[] }, body)
             .map_err(PostError::DataClone)?;
+        let body = &body[..];
         self.prune();
         let ports: Vec<MessagePort> = self.ports.iter().filter_map(MessagePort::upgrade).collect();
         // A body too large for some port's ring is written once, into a frozen memfd
         // that every such port's receiver maps read-only.
         let frozen = match ports.iter().any(|p| body.len() > p.max_inline()) {
-            true => Some(Arc::new(FrozenBody::create(&body).map_err(PostError::transfer)?)),
+            true => Some(Arc::new(FrozenBody::create(body).map_err(PostError::transfer)?)),
             false => None,
         };
         let frozen = frozen.as_ref();
@@ -184,13 +202,13 @@ impl PortCollection {
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
         for port in ports {
-            match port.post_encoded(wire::KIND_VALUE, &body, &shared, frozen, Mode::Try) {
+            match port.post_encoded(wire::KIND_VALUE, body, &shared, frozen, Mode::Try) {
                 Err(PostError::Full) if !matches!(mode, Mode::Try) => waiting.push(port),
                 outcome => report.note(port, outcome, &mut gone),
             }
         }
         for port in waiting {
-            let outcome = port.post_encoded(wire::KIND_VALUE, &body, &shared, frozen, mode);
+            let outcome = port.post_encoded(wire::KIND_VALUE, body, &shared, frozen, mode);
             report.note(port, outcome, &mut gone);
         }
         self.ports.retain(|w| is_live(w) && !gone.iter().any(|p: &MessagePort| p.is_handle(w)));

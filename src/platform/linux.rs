@@ -69,7 +69,7 @@ pub(crate) fn frozen_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
 
 /// `mmap(MAP_SHARED, PROT_READ)` of the first `len` bytes of `fd`.
 pub(crate) fn mmap_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw> {
-    MmapOptions::new().len(len).map_raw_read_only(&fd)
+    MmapOptions::new().len(len).populate().map_raw_read_only(&fd)
 }
 
 /// `fstat` + `F_GET_SEALS`: the size of a segment received from elsewhere, checked to be
