@@ -31,6 +31,7 @@ pub(crate) enum VmaFlag {
 
 /// Why a [`os::futex_wait_outcome`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(any(not(target_os = "linux"), shmport_stub), allow(dead_code))] // the stub only says Interrupted
 pub(crate) enum FutexWait {
     /// A wake-up came (from a `futex_wake` on the word, or a spurious one).
     Woken,
