@@ -260,3 +260,57 @@ fn s27_a_waiter_whose_notifier_died_times_out_and_the_memory_stays() {
     assert_eq!(sab.wait(8, 0, Some(Duration::from_millis(20))), AtomicsWait::TimedOut);
     assert_eq!(sab.to_vec()[..14], *b"from the child", "the dead process's writes stay");
 }
+
+/// How many of this process's mappings and descriptors are memfds named `name`.
+fn memfd_uses(name: &str) -> (usize, usize) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mapped = maps.lines().filter(|l| l.contains(&format!("/memfd:{name} "))).count();
+    let open = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with(&format!("/memfd:{name} ")))
+        .count();
+    (mapped, open)
+}
+
+#[test]
+fn s26_shared_memory_goes_with_its_last_holder() {
+    if !common::isolated("s26_shared_memory_goes_with_its_last_holder") {
+        return;
+    }
+    let ch = common::channel();
+    let sab = SharedArrayBuffer::new(4096).unwrap();
+    assert_eq!(memfd_uses("shmport-sab"), (1, 1));
+    ch.port1().post_message(Value::SharedArrayBuffer(sab.clone()), []).unwrap();
+    let theirs = shared_of(ch.port2().recv_timeout(WAIT).unwrap().data);
+    assert_eq!(memfd_uses("shmport-sab"), (2, 2), "the receiver maps it again");
+    drop(sab);
+    assert_eq!(theirs.atomic_u32(0).fetch_add(1, Ordering::SeqCst), 0, "usable after the sender dropped it");
+    drop(theirs);
+    assert_eq!(memfd_uses("shmport-sab"), (0, 0), "nothing of it is left");
+    // A broadcast's frozen body: gone once every receiver has decoded it.
+    let mut group = PortCollection::new();
+    let small = common::channel_with(shmport::ChannelOptions::new().capacity(4096));
+    group.add(&small.port1());
+    group.post_message("y".repeat(64 * 1024), []).unwrap();
+    assert_eq!(small.port2().recv_timeout(WAIT).unwrap().data, Value::String("y".repeat(64 * 1024)));
+    assert_eq!(memfd_uses("shmport-body"), (0, 0));
+}
+
+#[test]
+fn s26_a_shared_buffer_crosses_a_process_local_channel_too() {
+    let ch = common::channel_with(shmport::ChannelOptions::new().process_local(true));
+    let sab = SharedArrayBuffer::new(8).unwrap();
+    ch.port1().post_message(Value::SharedArrayBuffer(sab.clone()), []).unwrap();
+    let theirs = shared_of(ch.port2().recv_timeout(WAIT).unwrap().data);
+    theirs.atomic_u64(0).store(42, Ordering::SeqCst);
+    assert_eq!(sab.atomic_u64(0).load(Ordering::SeqCst), 42);
+}
+
+#[test]
+fn the_new_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SharedArrayBuffer>();
+    send_sync::<PortCollection>();
+    send_sync::<shmport::BroadcastReport>();
+}
