@@ -192,9 +192,10 @@ impl PortCollection {
         self.prune();
         let ports: Vec<MessagePort> = self.ports.iter().filter_map(MessagePort::upgrade).collect();
         // A body too large for some port's ring is written once, into a frozen memfd
-        // that every such port's receiver maps read-only.
+        // that every such port's receiver maps read-only. Where that cannot be made
+        // (in process memory), each such port spills a copy, as `post_bytes` does.
         let frozen = match ports.iter().any(|p| body.len() > p.max_inline()) {
-            true => Some(Arc::new(FrozenBody::create(body).map_err(PostError::transfer)?)),
+            true => FrozenBody::create(body).ok().map(Arc::new),
             false => None,
         };
         let frozen = frozen.as_ref();
@@ -248,5 +249,25 @@ fn clone_error(kind: DataCloneErrorKind) -> PostError {
 impl fmt::Debug for PortCollection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PortCollection").field("len", &self.len()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{ChannelOptions, MessageChannel};
+
+    /// The crate's unit tests run in process memory, where no frozen memfd can be made.
+    #[test]
+    fn a_large_broadcast_in_process_memory_spills_a_copy_per_port() {
+        let options = ChannelOptions::default().process_local(true).capacity(4096);
+        let channels: Vec<MessageChannel> = (0..2).map(|_| MessageChannel::with_options(&options).unwrap()).collect();
+        let mut group = PortCollection::new();
+        channels.iter().for_each(|ch| group.add(&ch.port1()));
+        let big = "z".repeat(64 * 1024);
+        assert_eq!(group.post_message(big.as_str(), []).unwrap(), 2);
+        for ch in &channels {
+            assert_eq!(ch.port2().recv().unwrap().data, Value::String(big.clone()));
+        }
     }
 }
