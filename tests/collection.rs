@@ -377,6 +377,33 @@ fn s25_a_collection_s_ports_are_received_from_together_with_a_port_set() {
 // ---- across processes -------------------------------------------------------------
 
 #[test]
+fn s22_a_killed_child_with_room_in_its_ring_stops_being_counted() {
+    let _w = watchdog("s22_a_killed_child_with_room", Duration::from_secs(120));
+    let mut group = PortCollection::new();
+    let (alive, dying) = (MessageChannel::new().unwrap(), MessageChannel::new().unwrap());
+    group.add(&alive.port1());
+    group.add(&dying.port1());
+    let mut child = spawn_role(ENTRY, "read_100_then_hang", &dying.port2());
+    for i in 0..100u64 {
+        assert_eq!(group.post_message(i as f64, []).unwrap(), 2);
+        assert_eq!(alive.port2().recv_timeout(WAIT).unwrap().data, Value::Number(i as f64));
+    }
+    assert_eq!(dying.port1().recv_timeout(WAIT).unwrap().data, Value::from("stalled"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its ring has room for thousands more: the count drops once the periodic look
+    // finds the hang-up, not when the ring is full.
+    let mut sent = 0u64;
+    while group.post_message(-1.0, []).unwrap() == 2 {
+        sent += 1;
+        assert!(sent < 2_000, "the dead child was still counted after {sent} broadcasts");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(group.len(), 1);
+    assert_eq!(group.post_message(-1.0, []).unwrap(), 1);
+}
+
+#[test]
 fn s22_large_broadcasts_reach_child_processes_from_one_frozen_copy() {
     let _w = watchdog("s22_large_broadcasts_reach_child_processes", Duration::from_secs(120));
     let mut group = PortCollection::new();

@@ -51,7 +51,15 @@ use crate::wire;
 #[derive(Default)]
 pub struct PortCollection {
     ports: Vec<Weak<Handle>>,
+    /// Broadcasts made, to look for dead peers every `LIVENESS_EVERY`.
+    broadcasts: u64,
 }
+
+/// Every this many broadcasts, each port's peer is checked for death (as a `try_` post
+/// checks: a syscall at most once per 25 ms per port, only while the peer reads
+/// nothing), so a receiver that died without closing stops being counted before its
+/// ring is full.
+const LIVENESS_EVERY: u64 = 64;
 
 /// What a [`PortCollection::try_post_message`] or
 /// [`PortCollection::post_message_timeout`] did at each port.
@@ -202,7 +210,13 @@ impl PortCollection {
         let mut report = BroadcastReport::default();
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
+        let look = self.broadcasts % LIVENESS_EVERY == 0;
+        self.broadcasts = self.broadcasts.wrapping_add(1);
         for port in ports {
+            if look && port.port().peer_gone_by_liveness() {
+                gone.push(port);
+                continue;
+            }
             match port.post_encoded(wire::KIND_VALUE, body, &shared, frozen, Mode::Try) {
                 Err(PostError::Full) if !matches!(mode, Mode::Try) => waiting.push(port),
                 outcome => report.note(port, outcome, &mut gone),

@@ -235,6 +235,16 @@ impl Port {
         }
     }
 
+    /// For a broadcast, now and then: whether the peer is gone, by the liveness check
+    /// of a `try_` post (a syscall at most once per slice, and only while the peer
+    /// has not been seen to read). `false` whenever it cannot tell at once (the
+    /// writing half is busy or gone: the post itself then decides).
+    pub(super) fn peer_gone_by_liveness(&self) -> bool {
+        let Some(mut guard) = self.tx.try_lock() else { return false };
+        let Some(tx) = guard.as_mut() else { return false };
+        tx.link.peer_closed() || (tx.liveness_due() == Check::Slow && tx.link.peer_gone())
+    }
+
     /// The uncontended fast path of a post of `bytes` as one inline record: `Some`
     /// once it is published. `None` (nothing written) whenever anything is not plain:
     /// the lock is held elsewhere, the port has no sending half, the peer is closed,
