@@ -231,6 +231,21 @@ fn s22_a_large_broadcast_is_written_once_not_once_per_port() {
     }
 }
 
+#[test]
+fn s22_post_bytes_broadcasts_raw_bytes_small_and_large() {
+    let (mut group, channels) = group(3, ChannelOptions::new().capacity(4096));
+    let large: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    assert_eq!(group.post_bytes(b"raw").unwrap(), 3);
+    assert_eq!(group.post_bytes(&large).unwrap(), 3);
+    for ch in &channels {
+        assert_eq!(ch.port2().recv_bytes_with(<[u8]>::to_vec).unwrap(), b"raw");
+        assert_eq!(ch.port2().recv_bytes_with(<[u8]>::to_vec).unwrap(), large);
+    }
+    assert_eq!(group.post_bytes(&large).unwrap(), 3);
+    let event = channels[0].port2().recv_timeout(WAIT).unwrap();
+    assert_eq!(event.data.as_array_buffer().unwrap().to_vec(), large, "recv sees the bytes as an ArrayBuffer");
+}
+
 // ---- 23: nothing moves ------------------------------------------------------------
 
 #[test]

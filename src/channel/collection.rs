@@ -13,6 +13,7 @@ use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
 use crate::value::codec::{self, Transfer};
+use crate::value::shared::SharedArrayBuffer;
 use crate::wire;
 
 /// A set of ports to broadcast to: the web's `PortCollection` (the 2012 WHATWG draft's
@@ -165,6 +166,15 @@ impl PortCollection {
         self.broadcast(&message.into(), transfer, Mode::timeout(timeout))
     }
 
+    /// Posts `bytes` to every port's peer, as [`MessagePort::post_bytes`] would (the
+    /// peer reads them with `recv_bytes_with`, or `recv` as an `ArrayBuffer`), and
+    /// returns how many ports it reached: the same bytes into every ring, with no
+    /// encoding, or written once into frozen pages when larger than a ring. Waits at
+    /// full rings as [`post_message`](Self::post_message) does.
+    pub fn post_bytes(&mut self, bytes: &[u8]) -> Result<usize, PostError> {
+        self.broadcast_body(wire::KIND_BYTES, bytes, &[], Mode::Block).map(|report| report.reached)
+    }
+
     /// Checks and encodes the message once, then posts the encoding to every live
     /// port: first without waiting, then, as `mode` allows, at the ports that were full.
     fn broadcast(
@@ -196,7 +206,19 @@ impl PortCollection {
     ) -> Result<BroadcastReport, PostError> {
         let shared = codec::encode_sharing(message, &Transfer { buffers: &[], ports: &[] }, body)
             .map_err(PostError::DataClone)?;
-        let body = &body[..];
+        self.broadcast_body(wire::KIND_VALUE, body, &shared, mode)
+    }
+
+    /// Posts the record body `body` of `kind` (naming the `shared` buffers) to every
+    /// live port: first without waiting, then, as `mode` allows, at the ports that
+    /// were full.
+    fn broadcast_body(
+        &mut self,
+        kind: u16,
+        body: &[u8],
+        shared: &[SharedArrayBuffer],
+        mode: Mode,
+    ) -> Result<BroadcastReport, PostError> {
         self.prune();
         let ports: Vec<MessagePort> = self.ports.iter().filter_map(MessagePort::upgrade).collect();
         // A body too large for some port's ring is written once, into a frozen memfd
@@ -217,13 +239,13 @@ impl PortCollection {
                 gone.push(port);
                 continue;
             }
-            match port.post_encoded(wire::KIND_VALUE, body, &shared, frozen, Mode::Try) {
+            match port.post_encoded(kind, body, shared, frozen, Mode::Try) {
                 Err(PostError::Full) if !matches!(mode, Mode::Try) => waiting.push(port),
                 outcome => report.note(port, outcome, &mut gone),
             }
         }
         for port in waiting {
-            let outcome = port.post_encoded(wire::KIND_VALUE, body, &shared, frozen, mode);
+            let outcome = port.post_encoded(kind, body, shared, frozen, mode);
             report.note(port, outcome, &mut gone);
         }
         self.ports.retain(|w| is_live(w) && !gone.iter().any(|p: &MessagePort| p.is_handle(w)));
