@@ -232,7 +232,7 @@ impl PortCollection {
         let mut report = BroadcastReport::default();
         let mut gone = Vec::new();
         let mut waiting = Vec::new();
-        let look = self.broadcasts % LIVENESS_EVERY == 0;
+        let look = self.broadcasts.is_multiple_of(LIVENESS_EVERY);
         self.broadcasts = self.broadcasts.wrapping_add(1);
         for port in ports {
             if look && port.port().peer_gone_by_liveness() {
