@@ -348,9 +348,7 @@ impl MessagePort {
                 0..rec.len
             } else {
                 rx.take(rec)?;
-                let range = incoming::body_of(rx, rec.flags, rec.len)?;
-                rx.swap_scratch(&mut buf);
-                range
+                incoming::body_into(rx, rec.len, &mut buf)?
             };
             Ok::<_, RecvFail>(Received::Large(buf, range))
         })??;

@@ -173,6 +173,30 @@ pub(super) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
     }
 }
 
+/// The body of the attachment record just taken by `rx`, for `recv_bytes_with`, in
+/// `out` (whose allocation a body out of line reuses; an inline body's is `rx`'s
+/// payload, swapped in). Transferred items are dropped.
+pub(super) fn body_into(rx: &mut Rx, len: usize, out: &mut Vec<u8>) -> Result<std::ops::Range<usize>, RecvFail> {
+    let incoming = attachments(rx, len)?;
+    match incoming.body {
+        Body::Chunk(chunk, body_len) => {
+            wire::copy_spilled_into(&chunk, body_len, out).map_err(fail)?;
+            Ok(0..body_len)
+        }
+        Body::Frozen(frozen) => {
+            let bytes = frozen.bytes();
+            out.clear();
+            out.try_reserve_exact(bytes.len()).map_err(|_| fail("out of memory for the message"))?;
+            out.extend_from_slice(bytes);
+            Ok(0..bytes.len())
+        }
+        Body::Inline(at) => {
+            rx.swap_scratch(out);
+            Ok(at..len)
+        }
+    }
+}
+
 /// Gives back what a record that will never be read carries (SEMANTICS 15: a port
 /// closing with messages queued discards them).
 pub(super) fn discard_record(rx: &mut Rx, flags: u16, len: usize) {

@@ -55,7 +55,9 @@ mod table;
 
 pub(crate) use arenas::{KnownArenas, SentArenas};
 pub(crate) use fds::{Drained, drain_signals, send_signal};
-pub(crate) use table::{Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, receive, spilled_len};
+pub(crate) use table::{
+    Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, copy_spilled_into, receive, spilled_len,
+};
 
 /// Raw bytes.
 pub(crate) const KIND_BYTES: u16 = 2;

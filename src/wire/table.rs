@@ -643,18 +643,26 @@ const MAX_COPIED_BODY: usize = 1 << 30;
 
 /// Copies a spilled body out of its chunk into process memory.
 pub(crate) fn copy_spilled(chunk: &Chunk, len: usize) -> Result<Vec<u8>, &'static str> {
+    let mut body = Vec::new();
+    copy_spilled_into(chunk, len, &mut body)?;
+    Ok(body)
+}
+
+/// As `copy_spilled`, into `body` (cleared first; its allocation is reused).
+pub(crate) fn copy_spilled_into(chunk: &Chunk, len: usize, body: &mut Vec<u8>) -> Result<(), &'static str> {
     if len > MAX_COPIED_BODY {
         return Err("spilled message too large to copy");
     }
-    let mut body = Vec::new();
+    body.clear();
     body.try_reserve_exact(len).map_err(|_| "out of memory for a spilled message")?;
-    // SAFETY: `len` is within the chunk (checked in `take_chunks`), which we hold; the
-    // bytes are copied, so later writes by a hostile sender cannot reach the decoder.
+    // SAFETY: `len` is within the chunk (checked in `take_chunks`), which we hold, and
+    // `body` has room for it; the bytes are copied, so later writes by a hostile
+    // sender cannot reach the decoder.
     unsafe {
         std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), body.as_mut_ptr(), len);
         body.set_len(len);
     }
-    Ok(body)
+    Ok(())
 }
 
 /// The length of the body that an attachment record (whose first bytes are `table`)
