@@ -221,10 +221,12 @@ impl PortCollection {
     ) -> Result<BroadcastReport, PostError> {
         self.prune();
         let ports: Vec<MessagePort> = self.ports.iter().filter_map(MessagePort::upgrade).collect();
-        // A body too large for some port's ring is written once, into a frozen memfd
-        // that every such port's receiver maps read-only. Where that cannot be made
-        // (in process memory), each such port spills a copy, as `post_bytes` does.
-        let frozen = match ports.iter().any(|p| body.len() > p.max_inline()) {
+        // A body too large for the rings of two or more ports is written once, into a
+        // frozen memfd that every such port's receiver maps read-only. For one such
+        // port a chunk of the arena is the one copy (and the arena reuses its pages,
+        // where a frozen memfd takes fresh ones each time); so is it where no frozen
+        // memfd can be made (in process memory): a copy per port, as `post_bytes` does.
+        let frozen = match ports.iter().filter(|p| body.len() > p.max_inline()).count() > 1 {
             true => FrozenBody::create(body).ok().map(Arc::new),
             false => None,
         };
