@@ -94,6 +94,11 @@ pub enum DataCloneErrorKind {
     InvalidView,
     /// 11: a typed message's serializer refused the value.
     Uncloneable,
+    /// 21: a broadcast (`PortCollection::post_message`) was given a transfer list: one
+    /// item cannot move to many places.
+    TransferInBroadcast,
+    /// 26: the transfer list contains a `SharedArrayBuffer`, which is shared, never moved.
+    SharedInTransfer,
 }
 
 /// The web's `DataCloneError`: the message or its transfer list cannot be cloned.
@@ -126,6 +131,8 @@ impl DataCloneErrorKind {
             Self::TooDeep => "the value nests too deeply",
             Self::InvalidView => "a typed-array view lies outside its buffer",
             Self::Uncloneable => "the value cannot be serialized",
+            Self::TransferInBroadcast => "a broadcast cannot transfer anything",
+            Self::SharedInTransfer => "the transfer list contains a SharedArrayBuffer",
         }
     }
 }

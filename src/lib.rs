@@ -26,6 +26,11 @@
 //! from one thread of your own. Posting
 //! waits while the ring is full; `try_` and `_timeout` variants do not.
 //!
+//! One to many: a [`PortCollection`] broadcasts one message to many ports, encoding
+//! it once, and never keeps a port alive. Shared memory: a [`SharedArrayBuffer`]
+//! posted in a message is shared, not moved, with atomics and `wait` / `notify`
+//! across processes.
+//!
 //! For realtime threads, [`MessagePort::split`] turns a port into a [`PortWriter`] and
 //! a [`PortReader`], one for each thread, with no lock at all; the writer fills
 //! messages in place in the ring ([`WriteChunk`]). Its rustdoc says which calls are
@@ -69,6 +74,8 @@ pub use channel::MessageStream;
 #[cfg(not(loom))]
 pub use channel::bootstrap::{Listener, PARENT_ENV};
 #[cfg(not(loom))]
+pub use channel::{BroadcastReport, PortCollection};
+#[cfg(not(loom))]
 pub use channel::{
     ChannelOptions, DEFAULT_CAPACITY, Iter, MessageChannel, MessageEvent, MessagePort, PortReader, PortWriter,
     Transferable, TryIter, WriteChunk,
@@ -107,6 +114,8 @@ pub fn __process_memory_only() -> bool {
 pub use shm::wait::WaitStrategy;
 #[cfg(not(loom))]
 pub use value::buffer::ArrayBuffer;
+#[cfg(not(loom))]
+pub use value::shared::{AtomicsWait, SharedArrayBuffer};
 #[cfg(not(loom))]
 pub use value::{BigInt, TypedArray, TypedArrayKind, Value};
 

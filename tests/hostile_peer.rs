@@ -187,7 +187,7 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
     let port = channel.port2();
     let mut peer = ForgedWriter::new(&map, 4096);
     let table = |fds: u32, buffers: u32, ports: u32, spilled: u32| {
-        [fds, buffers, ports, spilled, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
+        [fds, buffers, ports, spilled, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()
     };
     // Typed bodies that name a buffer and a port they do not carry.
     peer.push(KIND_TYPED, &[1, 0]); // (ArrayBuffer,) with BUFFER_MOVED 0, no table
@@ -221,6 +221,52 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
     assert!(matches!(recv(&port), Err(RecvTimeoutError::MessageError(_))));
     assert_eq!(port.recv_typed::<u8>().unwrap(), 5);
     assert!(matches!(port.try_recv(), Err(shmport::TryRecvError::Empty)));
+}
+
+#[test]
+fn s26_forged_shared_buffer_entries_are_message_errors_and_the_port_goes_on() {
+    if !common::isolated("s26_forged_shared_buffer_entries_are_message_errors_and_the_port_goes_on") {
+        return;
+    }
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let mut peer = ForgedWriter::new(&map, 4096);
+    // A table of 8 words: fds, buffers, ports, spilled, nonce, generation, shared, 0;
+    // then the shared entries {fd, 0, len}; then a body naming shared buffer 0.
+    let record = |fds: u32, shared: &[(u32, u32, u64)], reserved: u32| {
+        let mut r: Vec<u8> =
+            [fds, 0, 0, 0, 0, 0, shared.len() as u32, reserved].iter().flat_map(|v| v.to_le_bytes()).collect();
+        for (fd, pad, len) in shared {
+            r.extend(fd.to_le_bytes());
+            r.extend(pad.to_le_bytes());
+            r.extend(len.to_le_bytes());
+        }
+        r.extend([1, 0x11, 0]);
+        r
+    };
+    peer.push(KIND_VALUE, &[1, 0x11, 0]); // names a shared buffer, with no table
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 0, 4096)], 0)); // a length, no descriptor
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(0, 0, 4096)], 0)); // a descriptor never sent
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 1, 0)], 0)); // an entry's padding set
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[], 7)); // the header's reserved word set
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 0, 0); 3000], 0)[..64]); // more than it holds
+    // A body said to be out of line in a frozen memfd (spilled = 2) that never came.
+    let mut frozen: Vec<u8> = [0u32, 0, 0, 2, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    frozen.extend(entry_by_id(u32::MAX, 0, 0, 100));
+    frozen[32..36].copy_from_slice(&0u32.to_le_bytes());
+    peer.push_with_flags(KIND_VALUE, 1, &frozen);
+    peer.push(KIND_BYTES, b"after");
+    for _ in 0..7 {
+        assert!(matches!(recv(&port), Err(RecvTimeoutError::MessageError(_))));
+    }
+    assert_eq!(recv(&port).unwrap().as_array_buffer().unwrap().to_vec(), b"after");
+    // An empty shared buffer needs no descriptor: that one is fine.
+    peer.push_with_flags(KIND_VALUE, 1, &record(0, &[(u32::MAX, 0, 0)], 0));
+    match recv(&port).unwrap() {
+        Value::SharedArrayBuffer(sab) => assert_eq!(sab.byte_length(), 0),
+        other => panic!("expected an empty shared buffer, got {other:?}"),
+    }
 }
 
 #[test]
@@ -438,7 +484,7 @@ fn a_table_naming_an_arena_id_the_port_was_not_told_of_is_a_message_error_and_as
     let port = channel.port2();
     let mut peer = ForgedWriter::new(&map, 4096);
     let table = |buffers: u32, generation: u32| {
-        [0, buffers, 0, 0, 0, generation].iter().flat_map(|v: &u32| v.to_le_bytes()).collect::<Vec<u8>>()
+        [0, buffers, 0, 0, 0, generation, 0, 0].iter().flat_map(|v: &u32| v.to_le_bytes()).collect::<Vec<u8>>()
     };
     let asked = || word(&map, ARENA_GENERATIONS).load(Ordering::Relaxed) as u32;
     let before = asked();

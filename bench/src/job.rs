@@ -34,10 +34,13 @@ pub enum Workload {
     /// Many ports (`reps` of them) into one tokio current-thread runtime, a child
     /// posting round-robin across them: messages per second received. shmport only.
     AsyncFanin,
+    /// One writer to `reps` reader processes: a `PortCollection` broadcast against a
+    /// write to each reader's socket; broadcasts per second.
+    FanOut,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Rtt,
         Workload::Stream,
         Workload::RttSleep,
@@ -46,6 +49,7 @@ impl Workload {
         Workload::Async,
         Workload::AsyncSleep,
         Workload::AsyncFanin,
+        Workload::FanOut,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl Workload {
             Workload::Async => "async",
             Workload::AsyncSleep => "async-sleep",
             Workload::AsyncFanin => "async-fanin",
+            Workload::FanOut => "fan-out",
         }
     }
 

@@ -90,7 +90,7 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
     };
 
     let mut s = String::new();
-    let latency = !matches!(workload, Workload::Stream | Workload::AsyncFanin);
+    let latency = !matches!(workload, Workload::Stream | Workload::AsyncFanin | Workload::FanOut);
     // The one-slot ping-pong runs round trips only: a column where it has rows.
     let slot = Transport::RawSlot.applies_to(workload);
     let slot_head = if slot { " ratio vs raw-slot |" } else { "" };
@@ -118,6 +118,12 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
             s,
             "## async-fanin: 64 B messages posted round-robin into N ports, received by one current-thread runtime \
              (one task per port); size column: message size × ports\n"
+        ),
+        Workload::FanOut => writeln!(
+            s,
+            "## fan-out: one writer to N reader processes (shmport: one `PortCollection::post_bytes` per message; \
+             unix: a write to each reader's socket); msgs/s are broadcasts, all readers served; size column: \
+             message size × readers\n"
         ),
     };
     if latency {
@@ -147,7 +153,7 @@ pub fn table(workload: Workload, results: &[Measurement<Transport>], repeat: usi
             let _ = writeln!(
                 s,
                 "| {} | {} | {a} | {b} | {c} | {} | {} |{slot_cell}",
-                if workload == Workload::AsyncFanin {
+                if matches!(workload, Workload::AsyncFanin | Workload::FanOut) {
                     format!("{} × {}", fmt_size(size), m.job.reps)
                 } else {
                     fmt_size(size)

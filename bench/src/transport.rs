@@ -106,7 +106,7 @@ impl Connect for Transport {
                 matches!(self, Transport::Shmport | Transport::Unix | Transport::RawRing | Transport::RawSlot)
             }
             // shmport's async calls against tokio's own Unix socket.
-            Workload::Async | Workload::AsyncSleep | Workload::AsyncFanin => {
+            Workload::Async | Workload::AsyncSleep | Workload::AsyncFanin | Workload::FanOut => {
                 matches!(self, Transport::Shmport | Transport::Unix)
             }
             // shmport moves the buffer; unix and raw-ring are the copying baselines.

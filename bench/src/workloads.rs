@@ -4,6 +4,7 @@
 
 mod async_fanin;
 mod async_rt;
+pub mod fan_out;
 mod transfer;
 mod typed;
 
@@ -61,7 +62,8 @@ fn recv_exact(link: &mut impl Link, buf: &mut [u8]) -> Result<()> {
 pub fn parent<T: Connect>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
     let before = shmport::diagnostics();
     let figures = measure(link, job)?;
-    if T::COUNT_SYSCALLS && link.shm_port().is_some() && job.workload != Workload::Transfer {
+    if T::COUNT_SYSCALLS && link.shm_port().is_some() && !matches!(job.workload, Workload::Transfer | Workload::FanOut)
+    {
         let after = shmport::diagnostics();
         let messages = match job.workload {
             Workload::Stream => (job.warmup + job.iters * u64::from(job.reps)) as f64,
@@ -95,6 +97,7 @@ fn measure<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
         Workload::Async => async_rt::parent(link, job, None),
         Workload::AsyncSleep => async_rt::parent(link, job, Some(SLEEP_BETWEEN)),
         Workload::AsyncFanin => async_fanin::parent(link, job),
+        Workload::FanOut => fan_out::parent(link, job),
     }
 }
 
@@ -107,6 +110,7 @@ pub fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
         Workload::Typed => typed::child(link, job),
         Workload::Async | Workload::AsyncSleep => async_rt::child(link, job),
         Workload::AsyncFanin => async_fanin::child(link, job),
+        Workload::FanOut => fan_out::child(link, job),
     }
 }
 

@@ -8,18 +8,20 @@
 //! `Handle`, so it does not keep a port alive that its users have dropped.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Mode;
 use super::incoming;
 use super::outgoing::Outgoing;
-use super::port::{Inline, Port};
+use super::port::{Delivery, Inline, Port};
 use crate::channel::dispatch::{self};
 use crate::error::{MessageError, PostError, RecvError, RecvFail, RecvTimeoutError, TryRecvError};
+use crate::shm::frozen::FrozenBody;
 use crate::shm::wait::WaitStrategy;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
+use crate::value::shared::SharedArrayBuffer;
 use crate::wire;
 
 /// A thread's receive buffer is dropped after a message larger than this (a spilled
@@ -60,11 +62,20 @@ pub enum Transferable {
     ArrayBuffer(ArrayBuffer),
     /// A port: moved, with its place in its channel.
     Port(MessagePort),
+    /// A shared buffer: it cannot be moved, so a transfer list that holds one is a
+    /// `DataCloneError` (as on the web; post it in the message to share it).
+    SharedArrayBuffer(SharedArrayBuffer),
 }
 
 impl From<ArrayBuffer> for Transferable {
     fn from(b: ArrayBuffer) -> Self {
         Transferable::ArrayBuffer(b)
+    }
+}
+
+impl From<SharedArrayBuffer> for Transferable {
+    fn from(b: SharedArrayBuffer) -> Self {
+        Transferable::SharedArrayBuffer(b)
     }
 }
 
@@ -159,7 +170,7 @@ impl MessagePort {
             self.close();
             return Ok(());
         }
-        self.port().post_outgoing(outgoing, mode)
+        self.port().post_outgoing(outgoing, mode).map(drop)
     }
 
     /// The largest record body copied through the ring; larger ones spill to pages.
@@ -187,11 +198,55 @@ impl MessagePort {
     /// `post_record` past its fast path: waits, spills, reports.
     #[inline(never)]
     fn post_record_full(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), PostError> {
+        self.post_record_slow(kind, bytes, mode).map(drop)
+    }
+
+    /// `post_record` past its fast path, saying where the record went.
+    fn post_record_slow(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<Delivery, PostError> {
         match self.port().post_inline(kind, bytes, mode) {
-            Ok(()) => Ok(()),
+            Ok(delivery) => Ok(delivery),
             Err(Inline::Failed(e)) => Err(e),
             Err(Inline::Spill(max)) => self.port().post_outgoing(Outgoing::bytes(kind, bytes, max)?, mode),
         }
+    }
+
+    /// Posts a record body of `kind` that is already encoded and moves nothing (a
+    /// broadcast writes the same bytes into every port's ring), with the memfds of the
+    /// `shared` buffers it names, saying whether it reached the peer's ring or went
+    /// nowhere (SEMANTICS 10). A body larger than the ring goes out of line in
+    /// `frozen` (the same bytes, written once for all the ports), or else is spilled
+    /// into a chunk of this process's arena, as `post_bytes` does.
+    pub(super) fn post_encoded(
+        &self,
+        kind: u16,
+        bytes: &[u8],
+        shared: &[SharedArrayBuffer],
+        frozen: Option<&Arc<FrozenBody>>,
+        mode: Mode,
+    ) -> Result<Delivery, PostError> {
+        if !shared.is_empty() || frozen.is_some_and(|_| bytes.len() > self.max_inline()) {
+            let outgoing = Outgoing::encoded(kind, bytes, shared, frozen, self.max_inline())?;
+            return self.port().post_outgoing(outgoing, mode);
+        }
+        match self.port().try_post_fast(kind, bytes) {
+            Some(()) => Ok(Delivery::Posted),
+            None => self.post_record_slow(kind, bytes, mode),
+        }
+    }
+
+    /// A reference to this port's handle that does not keep the port open.
+    pub(super) fn downgrade(&self) -> Weak<Handle> {
+        Arc::downgrade(&self.handle)
+    }
+
+    /// The port of a weak reference, if some handle of it still exists.
+    pub(super) fn upgrade(weak: &Weak<Handle>) -> Option<MessagePort> {
+        weak.upgrade().map(|handle| MessagePort { handle })
+    }
+
+    /// Whether `weak` refers to this port's handle.
+    pub(super) fn is_handle(&self, weak: &Weak<Handle>) -> bool {
+        std::ptr::eq(Arc::as_ptr(&self.handle), weak.as_ptr())
     }
 
     /// Posts raw bytes. Up to [`max_inline_size`](Self::max_inline_size) they are
@@ -293,9 +348,7 @@ impl MessagePort {
                 0..rec.len
             } else {
                 rx.take(rec)?;
-                let range = incoming::body_of(rx, rec.flags, rec.len)?;
-                rx.swap_scratch(&mut buf);
-                range
+                incoming::body_into(rx, rec.len, &mut buf)?
             };
             Ok::<_, RecvFail>(Received::Large(buf, range))
         })??;

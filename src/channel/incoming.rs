@@ -10,9 +10,11 @@ use super::port::{bury, port_from_fds};
 use super::rx::Rx;
 use crate::error::{MessageError, RecvFail};
 use crate::shm::arena::Chunk;
+use crate::shm::frozen::FrozenBody;
 use crate::shm::segment::OpenError;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
+use crate::value::shared::SharedArrayBuffer;
 use crate::value::{codec, typed};
 use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND_VALUE, KnownArenas, Parts};
 
@@ -20,18 +22,30 @@ use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND
 struct Incoming {
     buffers: Vec<ArrayBuffer>,
     ports: Vec<MessagePort>,
-    /// The body's chunk and length, when it came out of line (else the body is the
-    /// tail of the payload).
-    spilled: Option<(Chunk, usize)>,
-    /// Where the inline body starts in the payload.
-    body_at: usize,
+    shared: Vec<SharedArrayBuffer>,
+    body: Body,
+}
+
+/// Where a received record's body is.
+enum Body {
+    /// The tail of the payload, from this offset.
+    Inline(usize),
+    /// Out of line, in a chunk, of this length.
+    Chunk(Chunk, usize),
+    /// Out of line, in a frozen memfd mapped read-only (a broadcast's).
+    Frozen(FrozenBody),
 }
 
 /// Buffers and ports from the parts `wire` read. If a port is refused, everything
 /// made so far drops (buffers go back to their owner, ports close) and so do the
 /// remaining descriptors.
 fn adopt(parts: Parts) -> Result<Incoming, &'static str> {
-    let Parts { buffers, ports: port_fds, spilled, body_at } = parts;
+    let Parts { buffers, ports: port_fds, shared, spilled, frozen, body_at } = parts;
+    let body = match (spilled, frozen) {
+        (Some((chunk, len)), _) => Body::Chunk(chunk, len),
+        (None, Some(frozen)) => Body::Frozen(frozen),
+        (None, None) => Body::Inline(body_at),
+    };
     let buffers = buffers.into_iter().map(|(chunk, len)| ArrayBuffer::from_parts(chunk, len)).collect();
     let mut ports = Vec::with_capacity(port_fds.len());
     for p in port_fds {
@@ -42,7 +56,8 @@ fn adopt(parts: Parts) -> Result<Incoming, &'static str> {
         take_over_arenas(&port, p.arenas);
         ports.push(port);
     }
-    Ok(Incoming { buffers, ports, spilled, body_at })
+    let shared = shared.into_iter().map(|(fd, len)| SharedArrayBuffer::from_fd(fd, len)).collect::<Result<_, _>>()?;
+    Ok(Incoming { buffers, ports, shared, body })
 }
 
 /// A port that arrived here takes over the arenas its end knew where it came from, so
@@ -95,24 +110,26 @@ pub(super) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Re
         };
         return Ok(MessageEvent { data, ports: Vec::new() });
     };
-    let Incoming { buffers, ports, spilled, body_at } = incoming;
+    let Incoming { buffers, ports, shared, body } = incoming;
     if kind == KIND_VALUE {
-        let data = match spilled {
-            Some((chunk, body_len)) => {
+        let data = match body {
+            Body::Chunk(chunk, body_len) => {
                 let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
                 drop(chunk);
-                codec::decode(&body, &buffers, &ports)
+                codec::decode_sharing(&body, &buffers, &ports, &shared)
             }
-            None => codec::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+            // Nobody can change a frozen body's bytes: decoded in place.
+            Body::Frozen(frozen) => codec::decode_sharing(frozen.bytes(), &buffers, &ports, &shared),
+            Body::Inline(at) => codec::decode_sharing(&rx.payload(len)[at..], &buffers, &ports, &shared),
         };
         return Ok(MessageEvent { data: data.map_err(RecvFail::Message)?, ports });
     }
-    let body = match spilled {
+    let copy = |bytes: &[u8]| ArrayBuffer::from_slice(bytes).map_err(|_| fail("out of memory for the message"));
+    let body = match body {
         // A large body arrives as the very pages it was written to: no copy.
-        Some((chunk, len)) => ArrayBuffer::from_parts(Some(chunk), len),
-        None => {
-            ArrayBuffer::from_slice(&rx.payload(len)[body_at..]).map_err(|_| fail("out of memory for the message"))?
-        }
+        Body::Chunk(chunk, len) => ArrayBuffer::from_parts(Some(chunk), len),
+        Body::Frozen(frozen) => copy(frozen.bytes())?,
+        Body::Inline(at) => copy(&rx.payload(len)[at..])?,
     };
     let data = if buffers.is_empty() {
         Value::ArrayBuffer(body)
@@ -125,14 +142,15 @@ pub(super) fn decode_event(rx: &mut Rx, kind: u16, flags: u16, len: usize) -> Re
 /// Receives what the typed record just taken by `rx` carries and decodes its value
 /// as a `T`.
 pub(super) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usize) -> Result<T, RecvFail> {
-    let Incoming { buffers, ports, spilled, body_at } = attachments(rx, len)?;
-    let value = match spilled {
-        Some((chunk, body_len)) => {
+    let Incoming { buffers, ports, body, .. } = attachments(rx, len)?;
+    let value = match body {
+        Body::Chunk(chunk, body_len) => {
             let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
             drop(chunk);
             typed::decode(&body, &buffers, &ports)
         }
-        None => typed::decode(&rx.payload(len)[body_at..], &buffers, &ports),
+        Body::Frozen(frozen) => typed::decode(frozen.bytes(), &buffers, &ports),
+        Body::Inline(at) => typed::decode(&rx.payload(len)[at..], &buffers, &ports),
     };
     value.map_err(RecvFail::Message)
 }
@@ -145,12 +163,37 @@ pub(super) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
         return Ok(0..len);
     }
     let incoming = attachments(rx, len)?;
-    match incoming.spilled {
-        Some((chunk, body_len)) => {
+    match incoming.body {
+        Body::Chunk(chunk, body_len) => {
             let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
             Ok(rx.replace_payload(body))
         }
-        None => Ok(incoming.body_at..len),
+        Body::Frozen(frozen) => Ok(rx.replace_payload(frozen.bytes().to_vec())),
+        Body::Inline(at) => Ok(at..len),
+    }
+}
+
+/// The body of the attachment record just taken by `rx`, for `recv_bytes_with`, in
+/// `out` (whose allocation a body out of line reuses; an inline body's is `rx`'s
+/// payload, swapped in). Transferred items are dropped.
+pub(super) fn body_into(rx: &mut Rx, len: usize, out: &mut Vec<u8>) -> Result<std::ops::Range<usize>, RecvFail> {
+    let incoming = attachments(rx, len)?;
+    match incoming.body {
+        Body::Chunk(chunk, body_len) => {
+            wire::copy_spilled_into(&chunk, body_len, out).map_err(fail)?;
+            Ok(0..body_len)
+        }
+        Body::Frozen(frozen) => {
+            let bytes = frozen.bytes();
+            out.clear();
+            out.try_reserve_exact(bytes.len()).map_err(|_| fail("out of memory for the message"))?;
+            out.extend_from_slice(bytes);
+            Ok(0..bytes.len())
+        }
+        Body::Inline(at) => {
+            rx.swap_scratch(out);
+            Ok(at..len)
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod api;
 #[cfg(feature = "tokio")]
 mod async_port;
 pub(crate) mod bootstrap;
+mod collection;
 pub(crate) mod dispatch;
 mod halves;
 mod incoming;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 pub use api::{MessageEvent, MessagePort, Transferable};
 #[cfg(feature = "tokio")]
 pub use async_port::MessageStream;
+pub use collection::{BroadcastReport, PortCollection};
 pub use halves::{PortReader, PortWriter, WriteChunk};
 pub(crate) use link::Link;
 pub use options::{ChannelOptions, DEFAULT_CAPACITY, MessageChannel};

@@ -11,9 +11,11 @@ use super::link::Link;
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::shm::arena::{ArenaSegment, Descriptor, SentChunk};
+use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
 use crate::value::buffer::{ArrayBuffer, Detached};
 use crate::value::codec::{self, Transfer};
+use crate::value::shared::SharedArrayBuffer;
 use crate::value::typed;
 use crate::wire::{self, Framed, OutBuffer};
 
@@ -26,6 +28,8 @@ pub(crate) struct Outgoing {
     ports: Vec<MessagePort>,
     /// The moved ports' links when the attempt read their maps (see `bind`).
     links: Vec<Option<Arc<Link>>>,
+    /// The shared buffers the message names (shared, not moved: their memfds are sent).
+    shared: Vec<SharedArrayBuffer>,
     /// The transfer list names the source port's own peer (rule 9).
     pub(super) doomed: bool,
 }
@@ -38,7 +42,20 @@ impl Outgoing {
     /// Raw bytes of record kind `kind`: inline when they fit the ring, else spilled
     /// into a chunk.
     pub(crate) fn bytes(kind: u16, body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
-        Outgoing::build(kind, body, Vec::new(), Vec::new(), max_inline)
+        Outgoing::build(kind, body, Vec::new(), Vec::new(), Vec::new(), None, max_inline)
+    }
+
+    /// A body of `kind` encoded already (a broadcast's, the same for every port), with
+    /// the shared buffers its encoding names; out of line, if it does not fit the
+    /// ring, in `frozen` (the same bytes, written once for every port) if given.
+    pub(crate) fn encoded(
+        kind: u16,
+        body: &[u8],
+        shared: &[SharedArrayBuffer],
+        frozen: Option<&Arc<FrozenBody>>,
+        max_inline: usize,
+    ) -> Result<Outgoing, PostError> {
+        Outgoing::build(kind, body, Vec::new(), Vec::new(), shared.to_vec(), frozen, max_inline)
     }
 
     /// Runs the checks of SEMANTICS 5 in their order and encodes the message.
@@ -49,7 +66,7 @@ impl Outgoing {
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
         Outgoing::checked(source, transfer, wire::KIND_VALUE, max_inline, |buffers, ports, body| {
-            codec::encode(message, &Transfer { buffers, ports }, body).map_err(|e| e.kind())
+            codec::encode_sharing(message, &Transfer { buffers, ports }, body).map_err(|e| e.kind())
         })
     }
 
@@ -61,7 +78,7 @@ impl Outgoing {
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
         Outgoing::checked(source, transfer, wire::KIND_TYPED, max_inline, |buffers, ports, body| {
-            typed::encode(message, buffers, ports, body)
+            typed::encode(message, buffers, ports, body).map(|()| Vec::new())
         })
     }
 
@@ -72,7 +89,11 @@ impl Outgoing {
         transfer: &[Transferable],
         kind: u16,
         max_inline: usize,
-        encode: impl FnOnce(&[ArrayBuffer], &[MessagePort], &mut Vec<u8>) -> Result<(), DataCloneErrorKind>,
+        encode: impl FnOnce(
+            &[ArrayBuffer],
+            &[MessagePort],
+            &mut Vec<u8>,
+        ) -> Result<Vec<SharedArrayBuffer>, DataCloneErrorKind>,
     ) -> Result<Outgoing, PostError> {
         let mut buffers = Vec::new();
         let mut ports = Vec::new();
@@ -80,6 +101,8 @@ impl Outgoing {
             match item {
                 Transferable::ArrayBuffer(b) => buffers.push(b.clone()),
                 Transferable::Port(p) => ports.push(p.clone()),
+                // 26: shared, never moved.
+                Transferable::SharedArrayBuffer(_) => return Err(clone_error(DataCloneErrorKind::SharedInTransfer)),
             }
         }
         // 5a: the source port itself.
@@ -107,7 +130,7 @@ impl Outgoing {
             return Err(clone_error(DataCloneErrorKind::DetachedPort));
         }
         // 11: anything else the encoder could not clone.
-        encoded.map_err(clone_error)?;
+        let shared = encoded.map_err(clone_error)?;
         // A process-local port has no descriptors to send: refused before anything moves.
         if ports.iter().any(|p| p.port().link().is_some_and(|l| l.segment.fd().is_none())) {
             return Err(PostError::transfer(std::io::Error::new(
@@ -118,7 +141,7 @@ impl Outgoing {
         let source_channel = source.port().link().map(|l| l.segment.identity());
         let doomed =
             ports.iter().any(|p| p.port().link().is_some_and(|l| Some(l.segment.identity()) == source_channel));
-        let mut out = Outgoing::build(kind, &body, buffers, ports, max_inline)?;
+        let mut out = Outgoing::build(kind, &body, buffers, ports, shared, None, max_inline)?;
         out.doomed = doomed;
         Ok(out)
     }
@@ -130,12 +153,16 @@ impl Outgoing {
         body: &[u8],
         buffers: Vec<ArrayBuffer>,
         ports: Vec<MessagePort>,
+        shared: Vec<SharedArrayBuffer>,
+        frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
+        let lens: Vec<u64> = shared.iter().map(|s| s.byte_length() as u64).collect();
         if buffers.is_empty() && ports.is_empty() {
             // The common case, without the bookkeeping of what moves.
-            let record = Framed::new(kind, body, &[], &[], max_inline)?;
-            return Ok(Outgoing { record, buffers, expected: Vec::new(), ports, links: Vec::new(), doomed: false });
+            let record = Framed::new(kind, body, &[], &[], &lens, frozen, max_inline)?;
+            let links = Vec::new();
+            return Ok(Outgoing { record, buffers, expected: Vec::new(), ports, links, shared, doomed: false });
         }
         let expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>> = buffers
             .iter()
@@ -147,8 +174,8 @@ impl Outgoing {
             .map(|(b, chunk)| OutBuffer { chunk: chunk.clone(), len: b.byte_length() })
             .collect();
         let ends: Vec<u32> = ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect();
-        let record = Framed::new(kind, body, &entries, &ends, max_inline)?;
-        Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), doomed: false })
+        let record = Framed::new(kind, body, &entries, &ends, &lens, frozen, max_inline)?;
+        Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), shared, doomed: false })
     }
 
     /// The ports this message moves.
@@ -213,13 +240,15 @@ impl Outgoing {
     }
 
     /// Sends the record's descriptors on `socket`: the arenas, then, for each moved
-    /// port (`links`, in the order of `ports()`), its segment, socket end and map.
+    /// port (`links`, in the order of `ports()`), its segment, socket end and map, then
+    /// the shared buffers' memfds.
     pub(crate) fn send(&self, socket: BorrowedFd<'_>, position: u64, links: &[Arc<Link>]) -> std::io::Result<()> {
         let ports: Vec<(BorrowedFd<'_>, BorrowedFd<'_>)> = links
             .iter()
             .map(|l| (l.segment.fd().expect("process-local ports are refused before this"), l.socket.as_fd()))
             .collect();
-        self.record.send(socket, position, &ports)
+        let shared: Vec<BorrowedFd<'_>> = self.shared.iter().filter_map(SharedArrayBuffer::fd).collect();
+        self.record.send(socket, position, &ports, &shared)
     }
 
     /// The descriptors are sent: the moved chunks are now the message's. Returns them,

@@ -191,6 +191,12 @@ impl Port {
                 if self.is_detached() {
                     return Some(Ok(Pushed::Detached));
                 }
+                // A peer that closed while we waited made room by discarding its
+                // queue: the message goes nowhere rather than into that room (so a
+                // broadcast does not count it as delivered).
+                if link.peer_closed() {
+                    return Some(Ok(Pushed::PeerGone));
+                }
                 match tx.producer.try_push(kind, flags, parts) {
                     Ok(()) => Some(Ok(Pushed::Written)),
                     Err(PushError::Full) => {
@@ -209,21 +215,34 @@ impl Port {
     }
 
     /// Posts raw bytes that fit the ring: the allocation-free path of `post_bytes`. A
-    /// detached port or a closed peer makes this a silent no-op.
+    /// detached port or a closed peer makes this a silent no-op (`Delivery::Nowhere`).
     /// Returns `Err(Spill(max))` without doing anything if the bytes are larger than
     /// a record of this ring can be: the caller sends them out of line.
     #[inline]
-    pub(super) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<(), Inline> {
+    pub(super) fn post_inline(&self, kind: u16, bytes: &[u8], mode: Mode) -> Result<Delivery, Inline> {
         let Some(mut guard) = lock_for(&self.tx, mode) else { return Err(Inline::Failed(busy_error(mode))) };
-        let Some(tx) = guard.as_mut() else { return Ok(()) };
+        let Some(tx) = guard.as_mut() else { return Ok(Delivery::Nowhere) };
         let max = tx.producer.ring().max_payload();
         if bytes.len() > max {
             return Err(Inline::Spill(max));
         }
-        if let Pushed::Written = self.push_waiting(tx, kind, 0, &[bytes], mode).map_err(Inline::Failed)? {
-            tx.publish_and_notify();
+        match self.push_waiting(tx, kind, 0, &[bytes], mode).map_err(Inline::Failed)? {
+            Pushed::Written => {
+                tx.publish_and_notify();
+                Ok(Delivery::Posted)
+            }
+            Pushed::PeerGone | Pushed::Detached => Ok(Delivery::Nowhere),
         }
-        Ok(())
+    }
+
+    /// For a broadcast, now and then: whether the peer is gone, by the liveness check
+    /// of a `try_` post (a syscall at most once per slice, and only while the peer
+    /// has not been seen to read). `false` whenever it cannot tell at once (the
+    /// writing half is busy or gone: the post itself then decides).
+    pub(super) fn peer_gone_by_liveness(&self) -> bool {
+        let Some(mut guard) = self.tx.try_lock() else { return false };
+        let Some(tx) = guard.as_mut() else { return false };
+        tx.link.peer_closed() || (tx.liveness_due() == Check::Slow && tx.link.peer_gone())
     }
 
     /// The uncontended fast path of a post of `bytes` as one inline record: `Some`
@@ -455,6 +474,16 @@ pub(super) struct Halves {
     pub(super) link: Arc<Link>,
     pub(super) tx: Option<Tx>,
     pub(super) rx: Option<Rx>,
+}
+
+/// Where a post that did not fail went: the silent no-op of SEMANTICS 10 is
+/// `Nowhere`, which a broadcast (`PortCollection`) does not count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Published in the peer's ring.
+    Posted,
+    /// The peer is gone or this port is detached: the message went nowhere.
+    Nowhere,
 }
 
 /// Why `post_inline` did not post.

@@ -10,7 +10,7 @@ use super::Mode;
 use super::api::MessagePort;
 use super::link::Link;
 use super::outgoing::Outgoing;
-use super::port::{Halves, Port, Pushed, busy_error, lock, lock_for};
+use super::port::{Delivery, Halves, Port, Pushed, busy_error, lock, lock_for};
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
 use crate::platform;
@@ -23,16 +23,16 @@ impl Port {
     /// Posts a prepared message: writes its record, moves what it transfers, sends
     /// the descriptors, publishes. If the message goes nowhere (a detached source or a
     /// peer that is gone) what it transfers is detached and dropped.
-    pub(super) fn post_outgoing(&self, mut outgoing: Outgoing, mode: Mode) -> Result<(), PostError> {
+    pub(super) fn post_outgoing(&self, mut outgoing: Outgoing, mode: Mode) -> Result<Delivery, PostError> {
         let moved: Vec<MessagePort> = outgoing.ports().to_vec();
         let mut attempts = 0u32;
         loop {
             match self.attempt_outgoing(&mut outgoing, &moved, mode)? {
-                Attempt::Posted => return Ok(()),
+                Attempt::Posted => return Ok(Delivery::Posted),
                 Attempt::Nowhere => {
                     // The message goes nowhere: what it moves is detached and dropped.
                     outgoing.discard();
-                    return Ok(());
+                    return Ok(Delivery::Nowhere);
                 }
                 Attempt::Busy => {
                     // A moved port or buffer is in use by another thread, or the socket

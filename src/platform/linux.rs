@@ -2,7 +2,7 @@
 //! credentials and abstract-namespace rendezvous sockets. Every `rustix` call of the
 //! crate lives in this file.
 
-use super::{VmaFlag, Watch};
+use super::{FutexWait, VmaFlag, Watch};
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -38,6 +38,40 @@ pub(crate) fn memfd_create_sealed(name: &str, len: u64) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// `memfd_create` + `ftruncate` + `pwrite` + `F_ADD_SEALS`: a memfd holding `bytes`
+/// that nobody can ever change (sealed `WRITE` too, with no mapping made before), to
+/// be mapped read-only by any number of processes.
+pub(crate) fn memfd_create_frozen(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, bytes.len() as u64)?;
+    let mut at = 0;
+    while at < bytes.len() {
+        match rustix::io::pwrite(&fd, &bytes[at..], at as u64) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => at += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::fcntl_add_seals(&fd, SEGMENT_SEALS | SealFlags::WRITE)?;
+    Ok(fd)
+}
+
+/// `F_GET_SEALS` + `fstat`: the size of a memfd received from elsewhere, checked to be
+/// sealed against resizing and against writes (its bytes can never change).
+pub(crate) fn frozen_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let seals = rustix::fs::fcntl_get_seals(fd)?;
+    if !seals.contains(SealFlags::WRITE) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "memfd is not sealed against writes"));
+    }
+    sealed_len(fd)
+}
+
+/// `mmap(MAP_SHARED, PROT_READ)` of the first `len` bytes of `fd`.
+pub(crate) fn mmap_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<MmapRaw> {
+    MmapOptions::new().len(len).populate().map_raw_read_only(&fd)
+}
+
 /// `fstat` + `F_GET_SEALS`: the size of a segment received from elsewhere, checked to be
 /// sealed against resizing (so mapping `len` bytes of it can never fault).
 pub(crate) fn sealed_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
@@ -71,6 +105,23 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
 /// `FUTEX_WAKE` of every waiter on a shared word.
 pub(crate) fn futex_wake(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// `FUTEX_WAIT` on a shared word, as `futex_wait`, saying why it returned (for
+/// `SharedArrayBuffer::wait`, which reports it).
+pub(crate) fn futex_wait_outcome(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    let ts = timeout.map(timespec);
+    match futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) {
+        Ok(()) => FutexWait::Woken,
+        Err(Errno::AGAIN) => FutexWait::NotEqual,
+        Err(Errno::TIMEDOUT) => FutexWait::TimedOut,
+        Err(_) => FutexWait::Interrupted,
+    }
+}
+
+/// `FUTEX_WAKE` of at most `count` waiters on a shared word: how many it woke.
+pub(crate) fn futex_wake_count(word: &AtomicU32, count: u32) -> usize {
+    futex::wake(word, futex::Flags::empty(), count).unwrap_or(0)
 }
 
 /// `CLOCK_MONOTONIC` in ns (vDSO, no syscall): one clock for every process on the

@@ -29,6 +29,20 @@ pub(crate) enum VmaFlag {
     DoFork,
 }
 
+/// Why a [`os::futex_wait_outcome`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(any(not(target_os = "linux"), shmport_stub), allow(dead_code))] // the stub only says Interrupted
+pub(crate) enum FutexWait {
+    /// A wake-up came (from a `futex_wake` on the word, or a spurious one).
+    Woken,
+    /// The word did not hold the expected value (`EAGAIN`).
+    NotEqual,
+    /// The timeout passed (`ETIMEDOUT`).
+    TimedOut,
+    /// A signal interrupted the wait (`EINTR`), or the OS has no futex: look again.
+    Interrupted,
+}
+
 /// What an epoll set watches a descriptor for ([`os::epoll_watch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Watch {

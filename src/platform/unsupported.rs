@@ -3,7 +3,7 @@
 //! returns `ErrorKind::Unsupported`. macOS (POSIX shm + ulock/os_sync_wait_on_address)
 //! is the next port; it must define exactly the names of `linux.rs`.
 
-use super::{VmaFlag, Watch};
+use super::{FutexWait, VmaFlag, Watch};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
@@ -28,12 +28,28 @@ pub(crate) fn sealed_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub(crate) fn mmap_shared(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
     Err(unsupported())
 }
+pub(crate) fn memfd_create_frozen(_name: &str, _bytes: &[u8]) -> io::Result<OwnedFd> {
+    Err(unsupported())
+}
+pub(crate) fn frozen_len(_fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Err(unsupported())
+}
+pub(crate) fn mmap_read_only(_fd: BorrowedFd<'_>, _len: usize) -> io::Result<MmapRaw> {
+    Err(unsupported())
+}
 /// Without a futex, a wait is a short sleep (nothing here ever waits: no channel can
 /// be made).
 pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Duration>) {
     std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)).min(Duration::from_millis(1)));
 }
 pub(crate) fn futex_wake(_word: &AtomicU32) {}
+pub(crate) fn futex_wait_outcome(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
+    futex_wait(word, expected, timeout);
+    FutexWait::Interrupted
+}
+pub(crate) fn futex_wake_count(_word: &AtomicU32, _count: u32) -> usize {
+    0
+}
 pub(crate) fn futex_wait_private(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
     futex_wait(word, expected, timeout)
 }

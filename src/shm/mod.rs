@@ -82,10 +82,14 @@
 pub(crate) mod arena;
 #[cfg(not(loom))]
 pub(crate) mod backend;
+#[cfg(not(loom))]
+pub(crate) mod frozen;
 pub(crate) mod lock;
 pub(crate) mod ready;
 pub(crate) mod ring;
 #[cfg(not(loom))]
 pub(crate) mod segment;
+#[cfg(not(loom))]
+pub(crate) mod shared;
 pub(crate) mod sync;
 pub(crate) mod wait;

@@ -31,8 +31,10 @@ const MAGIC: u64 = u64::from_le_bytes(*b"SHMPORT\x01");
 /// consumer would report as messages of an unknown kind. 7: the wait word's `ARMED`
 /// bit (the epoch moved up a bit) and readiness signals on the socket, which an
 /// earlier writer would never send and an earlier reader would take for broken
-/// descriptor messages.
-const VERSION: u32 = 7;
+/// descriptor messages. 8: the attachment table's header grew to 8 words (a count of
+/// shared-buffer entries, and a reserved word), which an earlier reader would take
+/// for the first buffer entry.
+const VERSION: u32 = 8;
 /// Changes whenever a size or offset below changes, so that two builds that disagree
 /// on the layout refuse each other even at the same version.
 const LAYOUT: u32 = (HEADER_SIZE as u32) ^ ((LINES_SIZE as u32) << 12) ^ 0x5a00_0000;

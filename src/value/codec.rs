@@ -25,6 +25,7 @@
 //! | `0x0E` | `ArrayBuffer`, moved     | varint index into the transferred buffers; takes the next id |
 //! | `0x0F` | `TypedArray`             | kind byte, varint byte offset, varint length, then a buffer (`0x0C`, `0x0D` or `0x0E`) |
 //! | `0x10` | `Port`                   | varint index into the transferred ports                      |
+//! | `0x11` | `SharedArrayBuffer`      | varint index into the message's shared buffers               |
 //!
 //! A `BigInt` magnitude is little-endian and normalised: no trailing zero byte, and zero
 //! is never negative. The typed-array kind byte is the kind's index in
@@ -33,7 +34,9 @@
 //! Buffer ids count `0, 1, 2, ..` over the buffers of one message in order of first
 //! appearance, copied and moved alike, so a buffer referenced twice arrives as one buffer
 //! referenced twice (SEMANTICS 7 and 11). Ports are always moved, and referenced by their
-//! place in the transfer list.
+//! place in the transfer list. Shared buffers are never copied nor moved: the encoder
+//! lists them, each once, in order of first appearance, the list travels beside the
+//! record (their memfds), and the value names each by its place in that list.
 //!
 //! Arrays, objects, maps, sets and typed arrays nest at most [`MAX_DEPTH`] deep.
 //!
@@ -46,6 +49,7 @@ use std::collections::HashMap;
 use crate::channel::MessagePort;
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError};
 use crate::value::buffer::{ArrayBuffer, CopyBudget};
+use crate::value::shared::SharedArrayBuffer;
 use crate::value::{BigInt, TypedArray, TypedArrayKind, Value};
 
 /// The deepest nesting of arrays, objects, maps, sets and typed arrays a message may hold.
@@ -76,6 +80,7 @@ mod tag {
     pub(super) const BUFFER_MOVED: u8 = 0x0E;
     pub(super) const TYPED_ARRAY: u8 = 0x0F;
     pub(super) const PORT: u8 = 0x10;
+    pub(super) const SHARED: u8 = 0x11;
 }
 
 /// Handles the encoder may reference by index instead of by content.
@@ -101,7 +106,14 @@ pub(crate) struct Transfer<'a> {
 /// A buffer that another thread detaches during the call may go out as an empty copy
 /// under a view that no longer fits; the receiver's checks turn that into a
 /// `MessageError`, never into undefined behaviour.
-pub(crate) fn encode(value: &Value, transfer: &Transfer<'_>, out: &mut Vec<u8>) -> Result<(), DataCloneError> {
+///
+/// Returns the shared buffers the value references, each once, in the order the
+/// encoding names them: they must travel beside the body.
+pub(crate) fn encode_sharing(
+    value: &Value,
+    transfer: &Transfer<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Vec<SharedArrayBuffer>, DataCloneError> {
     out.push(VERSION);
     let mut encoder = Encoder::new(transfer, out);
     encoder.value(value, 0).map_err(|first| {
@@ -111,7 +123,16 @@ pub(crate) fn encode(value: &Value, transfer: &Transfer<'_>, out: &mut Vec<u8>) 
             _ => worst_problem(value, transfer.ports).unwrap_or(first),
         };
         DataCloneError::new(kind)
-    })
+    })?;
+    Ok(encoder.shared)
+}
+
+/// As `encode_sharing`, for a value that holds no shared buffer (tests, benches).
+#[cfg(any(test, feature = "bench-internals"))]
+pub(crate) fn encode(value: &Value, transfer: &Transfer<'_>, out: &mut Vec<u8>) -> Result<(), DataCloneError> {
+    let shared = encode_sharing(value, transfer, out)?;
+    assert!(shared.is_empty(), "encode is for values without shared buffers");
+    Ok(())
 }
 
 /// The state of one `encode` call.
@@ -122,6 +143,8 @@ struct Encoder<'a> {
     moved: HashMap<usize, u64>,
     /// Identity of each buffer already written → its buffer id.
     ids: HashMap<usize, u64>,
+    /// The shared buffers met so far, in order.
+    shared: Vec<SharedArrayBuffer>,
 }
 
 impl<'a> Encoder<'a> {
@@ -130,7 +153,7 @@ impl<'a> Encoder<'a> {
         for (index, buffer) in transfer.buffers.iter().enumerate() {
             moved.entry(buffer.identity()).or_insert(index as u64);
         }
-        Encoder { out, ports: transfer.ports, moved, ids: HashMap::new() }
+        Encoder { out, ports: transfer.ports, moved, ids: HashMap::new(), shared: Vec::new() }
     }
 
     /// Writes `value`, which sits inside `depth` containers.
@@ -154,8 +177,22 @@ impl<'a> Encoder<'a> {
             Value::ArrayBuffer(buffer) => return self.buffer(buffer),
             Value::TypedArray(view) => return self.typed_array(view, depth),
             Value::Port(port) => return self.port(port),
+            Value::SharedArrayBuffer(sab) => self.shared(sab),
         }
         Ok(())
+    }
+
+    /// Writes a shared buffer as its place in the message's list of them.
+    fn shared(&mut self, sab: &SharedArrayBuffer) {
+        let index = match self.shared.iter().position(|s| s.ptr_eq(sab)) {
+            Some(i) => i,
+            None => {
+                self.shared.push(sab.clone());
+                self.shared.len() - 1
+            }
+        };
+        self.out.push(tag::SHARED);
+        write_varint(self.out, index as u64);
     }
 
     /// Writes `tag` and an `f64` (a `Number` or a `Date`).
@@ -352,6 +389,7 @@ mod reason {
     pub(super) const BUFFER_ID: &str = "buffer id out of range";
     pub(super) const BUFFER_INDEX: &str = "transferred buffer index out of range";
     pub(super) const PORT_INDEX: &str = "port index out of range";
+    pub(super) const SHARED_INDEX: &str = "shared buffer index out of range";
     pub(super) const KIND: &str = "unknown typed-array kind";
     pub(super) const NOT_A_BUFFER: &str = "typed array without a buffer";
     pub(super) const VIEW: &str = "typed-array view outside its buffer";
@@ -360,7 +398,18 @@ mod reason {
 /// Decodes one message. `buffers` are the received transferred buffers (same order as
 /// the sender's `Transfer::buffers`), `ports` the received ports.
 pub(crate) fn decode(bytes: &[u8], buffers: &[ArrayBuffer], ports: &[MessagePort]) -> Result<Value, MessageError> {
+    decode_sharing(bytes, buffers, ports, &[])
+}
+
+/// As `decode`, with the shared buffers that came beside the record.
+pub(crate) fn decode_sharing(
+    bytes: &[u8],
+    buffers: &[ArrayBuffer],
+    ports: &[MessagePort],
+    shared: &[SharedArrayBuffer],
+) -> Result<Value, MessageError> {
     let mut decoder = Decoder::new(bytes, buffers, ports);
+    decoder.shared = shared;
     if decoder.input.byte()? != VERSION {
         return Err(MessageError::new(reason::VERSION));
     }
@@ -443,6 +492,8 @@ struct Decoder<'a> {
     /// The received transferred buffers.
     moved: &'a [ArrayBuffer],
     ports: &'a [MessagePort],
+    /// The shared buffers that came with the record.
+    shared: &'a [SharedArrayBuffer],
     /// The buffers met so far, by buffer id.
     buffers: Vec<ArrayBuffer>,
     /// How many more container elements may be reserved ahead of decoding them.
@@ -457,7 +508,8 @@ struct Decoder<'a> {
 impl<'a> Decoder<'a> {
     fn new(bytes: &'a [u8], moved: &'a [ArrayBuffer], ports: &'a [MessagePort]) -> Self {
         let copies = CopyBudget::new();
-        Decoder { input: Reader { bytes }, moved, ports, buffers: Vec::new(), reserve_budget: bytes.len(), copies }
+        let (buffers, reserve_budget) = (Vec::new(), bytes.len());
+        Decoder { input: Reader { bytes }, moved, ports, shared: &[], buffers, reserve_budget, copies }
     }
 
     /// Decodes the next value, which sits inside `depth` containers.
@@ -479,6 +531,7 @@ impl<'a> Decoder<'a> {
             tag::BUFFER_COPY | tag::BUFFER_REF | tag::BUFFER_MOVED => Value::ArrayBuffer(self.buffer(tag)?),
             tag::TYPED_ARRAY => Value::TypedArray(self.typed_array(depth)?),
             tag::PORT => Value::Port(self.port()?),
+            tag::SHARED => Value::SharedArrayBuffer(self.shared()?),
             _ => return Err(MessageError::new(reason::UNKNOWN_TAG)),
         })
     }
@@ -577,6 +630,12 @@ impl<'a> Decoder<'a> {
             return Err(MessageError::new(reason::VIEW));
         }
         Ok(view)
+    }
+
+    /// A shared buffer's index, resolved against the ones that came with the record.
+    fn shared(&mut self) -> Result<SharedArrayBuffer, MessageError> {
+        let index = self.input.index(reason::SHARED_INDEX)?;
+        self.shared.get(index).cloned().ok_or(MessageError::new(reason::SHARED_INDEX))
     }
 
     /// A port index, resolved against the received ports.
@@ -1212,9 +1271,15 @@ mod tests {
 
     #[test]
     fn unknown_tags_are_errors() {
-        for tag in 0x11..=0xff {
+        for tag in 0x12..=0xff {
             assert_eq!(decode_err(&[1, tag]), reason::UNKNOWN_TAG, "tag {tag:#x}");
         }
+    }
+
+    #[test]
+    fn a_shared_buffer_index_beyond_those_received_is_an_error() {
+        assert_eq!(decode_err(&[1, tag::SHARED, 0]), reason::SHARED_INDEX);
+        assert_eq!(decode_err(&[1, tag::SHARED]), reason::TRUNCATED);
     }
 
     #[test]

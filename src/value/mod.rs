@@ -4,10 +4,12 @@
 
 pub(crate) mod buffer;
 pub(crate) mod codec;
+pub(crate) mod shared;
 pub(crate) mod typed;
 
 use crate::channel::MessagePort;
 use crate::value::buffer::ArrayBuffer;
+use crate::value::shared::SharedArrayBuffer;
 
 /// A structured-clone value: what [`MessagePort::post_message`] sends and
 /// [`MessageEvent::data`](crate::MessageEvent::data) holds.
@@ -23,8 +25,9 @@ use crate::value::buffer::ArrayBuffer;
 ///
 /// # Copied, moved, or refused
 ///
-/// Everything in a message is copied, except the items of the transfer list, which are
-/// moved: an `ArrayBuffer` in it is detached here and its pages handed over (see
+/// Everything in a message is copied, except [`SharedArrayBuffer`]s, which are shared
+/// (the receiver maps the same memory; one may not be in the transfer list), and the
+/// items of the transfer list, which are moved: an `ArrayBuffer` in it is detached here and its pages handed over (see
 /// [`ArrayBuffer`]), a `MessagePort` in it is detached here and arrives working in
 /// [`MessageEvent::ports`](crate::MessageEvent::ports). A `Port` value must be in the
 /// transfer list; a detached buffer or port, a value nested deeper than 128 levels, or a
@@ -69,6 +72,9 @@ pub enum Value {
     TypedArray(TypedArray),
     /// A `MessagePort`; it must be in the transfer list.
     Port(MessagePort),
+    /// A `SharedArrayBuffer`: shared with the receiver, never copied or moved; it
+    /// must not be in the transfer list.
+    SharedArrayBuffer(SharedArrayBuffer),
 }
 
 /// An arbitrary-precision integer: a sign and a little-endian magnitude without
@@ -236,6 +242,7 @@ from_impls! {
     Vec<Value> => |v| Value::Array(v),
     ArrayBuffer => |v| Value::ArrayBuffer(v),
     MessagePort => |v| Value::Port(v),
+    SharedArrayBuffer => |v| Value::SharedArrayBuffer(v),
     BigInt => |v| Value::BigInt(v),
     TypedArray => |v| Value::TypedArray(v),
 }

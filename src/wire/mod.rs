@@ -10,16 +10,18 @@
 //! (Any other kind is a `messageerror`.)
 //!
 //! A record with `FLAG_ATTACHMENTS` starts with an attachment table; the descriptors it
-//! names (arena memfds, and each transferred port's segment memfd, socket end and known
-//! arenas) were sent on the channel's socket, as SCM_RIGHTS, just before the record was
+//! names (arena memfds, each transferred port's segment memfd, socket end and known
+//! arenas, and each shared buffer's memfd) were sent on the channel's socket, as SCM_RIGHTS, just before the record was
 //! published, so the receiver finds them in the same order as the records:
 //!
 //! ```text
-//! u32 fds, u32 buffers, u32 ports, u32 spilled (0: body inline, 1: body in a chunk),
-//! u32 nonce, u32 arena generation (of the ids below)
+//! u32 fds, u32 buffers, u32 ports,
+//! u32 spilled (0: body inline, 1: body in a chunk, 2: body in a frozen memfd),
+//! u32 nonce, u32 arena generation (of the ids below), u32 shared, u32 0
 //! [spilled body: buffer entry]                  if spilled
 //! buffers × {u32 fd, u32 chunk, u32 generation, u32 arena id, u64 len}
 //! ports × {u32 fd, u32 end, u32 arena generation, u32 arena mask}
+//! shared × {u32 fd (u32::MAX: an empty buffer, no descriptor), u32 0, u64 len}
 //! body, if inline
 //! ```
 //!
@@ -31,6 +33,14 @@
 //! segment (`fd`), its socket (`fd + 1`), then one arena descriptor per bit set in the
 //! mask, in increasing id order: the arenas its end knew, in that generation, which its
 //! new holder takes over.
+//!
+//! A frozen body's spill entry has no arena: its `fd` is the record's last descriptor,
+//! a memfd sealed against writes (`shm::frozen`) that the receiver maps read-only; a
+//! broadcast sends the one memfd in the records of every port too small for its body.
+//!
+//! A shared entry's descriptor is a `SharedArrayBuffer`'s memfd, which the receiver
+//! maps too (shared, not moved); it is sent with every record that names it, and the
+//! receiver checks its name, seals and size against the entry before mapping it.
 //!
 //! Each socket message is tagged with the record's ring position and a nonce (see
 //! [`fds`]).
@@ -47,7 +57,9 @@ pub(crate) use arenas::{KnownArenas, SentArenas};
 #[cfg(feature = "tokio")]
 pub(crate) use fds::drain_signals_from;
 pub(crate) use fds::{Drained, drain_signals, send_signal};
-pub(crate) use table::{Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, receive, spilled_len};
+pub(crate) use table::{
+    Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, copy_spilled_into, receive, spilled_len,
+};
 
 /// Raw bytes.
 pub(crate) const KIND_BYTES: u16 = 2;

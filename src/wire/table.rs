@@ -8,10 +8,12 @@ use super::fds::{next_nonce, recv_fds, send_fds};
 use super::{FLAG_ATTACHMENTS, MAX_FDS};
 use crate::error::{PostError, TooLargeKind};
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
+use crate::shm::frozen::FrozenBody;
 
-const TABLE: usize = 24;
+const TABLE: usize = 32;
 const BUFFER_ENTRY: usize = 24;
 const PORT_ENTRY: usize = 16;
+const SHARED_ENTRY: usize = 16;
 const NO_FD: u32 = u32::MAX;
 
 /// The bytes of an attachment table with a spilled body's entry.
@@ -37,8 +39,12 @@ pub(crate) struct Framed {
     entry_arenas: Vec<Option<usize>>,
     /// How many port entries the table has.
     n_ports: usize,
+    /// Whether each shared entry sends a descriptor (an empty shared buffer has none).
+    shared_fds: Vec<bool>,
     /// The chunk a body too large for the ring was written to.
     spill: Option<Chunk>,
+    /// Or the frozen memfd it was written to once, for many records (a broadcast's).
+    frozen: Option<Arc<FrozenBody>>,
     /// Tags this record's socket messages, so a receiver that finds stale ones (left
     /// by a record it could not read) can tell them from its own.
     nonce: u32,
@@ -72,14 +78,18 @@ fn too_many_fds(n_fds: usize) -> Result<(), PostError> {
 impl Framed {
     /// A record of `kind` with `body`: inline and without a table when it moves
     /// nothing and fits `max_inline`; else a table naming `buffers` and one port entry
-    /// per item of `port_ends` (the channel end each moved port owns), with the body
-    /// inline or, when the whole would not fit the ring, spilled into a chunk. The
-    /// table names every arena by its descriptor until `bind` says otherwise.
+    /// per item of `port_ends` (the channel end each moved port owns), one shared
+    /// entry per length of `shared` (a shared buffer, whose memfd `send` is given),
+    /// with the body inline or, when the whole would not fit the ring, out of line:
+    /// in `frozen` (which holds the same bytes) if given, else spilled into a chunk.
+    /// The table names every arena by its descriptor until `bind` says otherwise.
     pub(crate) fn new(
         kind: u16,
         body: &[u8],
         buffers: &[OutBuffer],
         port_ends: &[u32],
+        shared: &[u64],
+        frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Framed, PostError> {
         let mut out = Framed {
@@ -89,23 +99,26 @@ impl Framed {
             arenas: Vec::new(),
             entry_arenas: Vec::new(),
             n_ports: port_ends.len(),
+            shared_fds: shared.iter().map(|&len| len > 0).collect(),
             spill: None,
+            frozen: None,
             nonce: next_nonce(),
             sending: Vec::new(),
             handovers: Vec::new(),
             introduces: None,
         };
-        if buffers.is_empty() && port_ends.is_empty() && body.len() <= max_inline {
+        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && body.len() <= max_inline {
             out.payload = body.to_vec();
             return Ok(out);
         }
         out.flags = FLAG_ATTACHMENTS;
-        let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + PORT_ENTRY * port_ends.len() + body.len();
+        let entries_len = PORT_ENTRY * port_ends.len() + SHARED_ENTRY * shared.len();
+        let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + entries_len + body.len();
         let spills = table_len > max_inline;
         if spills {
             // The body goes out of line, into a chunk of our arena, and the table gets
             // an entry for it.
-            table_len = TABLE + BUFFER_ENTRY * (1 + buffers.len()) + PORT_ENTRY * port_ends.len();
+            table_len = TABLE + BUFFER_ENTRY * (1 + buffers.len()) + entries_len;
             if table_len > max_inline {
                 return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
             }
@@ -116,18 +129,23 @@ impl Framed {
             .collect();
         // Checked before a chunk is taken for the body (which may add one descriptor),
         // and again after (and by `bind`, with the moved ports' maps).
-        too_many_fds(out.arenas.len() + 2 * port_ends.len())?;
+        let n_shared_fds = out.shared_fds.iter().filter(|&&fd| fd).count();
+        too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds)?;
         let mut spill_entry = None;
-        if spills {
+        if let Some(frozen) = frozen.filter(|_| spills) {
+            // Named by the spill entry without an arena; its descriptor goes last.
+            out.frozen = Some(frozen.clone());
+            spill_entry = Some(None);
+        } else if spills {
             let chunk = arena::allocate(body.len(), arena::Fill::Copy).map_err(PostError::transfer)?;
             // SAFETY: a chunk we just took, open, at least body.len() bytes.
             unsafe { std::ptr::copy_nonoverlapping(body.as_ptr(), chunk.ptr().as_ptr(), body.len()) };
-            spill_entry = Some((out.arena_index(chunk.segment()), chunk.descriptor()));
+            spill_entry = Some(Some((out.arena_index(chunk.segment()), chunk.descriptor())));
             out.spill = Some(chunk);
         }
-        too_many_fds(out.arenas.len() + 2 * port_ends.len())?;
-        out.write_table(table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends);
-        if out.spill.is_none() {
+        too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds + usize::from(out.frozen.is_some()))?;
+        out.write_table(table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends, shared);
+        if spill_entry.is_none() {
             out.payload.extend_from_slice(body);
         }
         Ok(out)
@@ -137,14 +155,24 @@ impl Framed {
     fn write_table(
         &mut self,
         table_len: usize,
-        spill_entry: Option<((usize, Descriptor), usize)>,
+        spill_entry: Option<(Option<(usize, Descriptor)>, usize)>,
         entries: Vec<(Option<(usize, Descriptor)>, usize)>,
         port_ends: &[u32],
+        shared: &[u64],
     ) {
         let port_fd_base = self.arenas.len() as u32;
-        let n_fds = self.arenas.len() + 2 * port_ends.len();
+        let n_fds = self.arenas.len()
+            + 2 * port_ends.len()
+            + self.shared_fds.iter().filter(|&&fd| fd).count()
+            + usize::from(self.frozen.is_some());
         let n_buffers = entries.len() as u32;
-        let all = spill_entry.map(|(e, len)| (Some(e), len)).into_iter().chain(entries);
+        // 0: the body inline; 1: in a chunk; 2: frozen (an entry without an arena).
+        let spilled = match spill_entry {
+            None => 0,
+            Some((Some(_), _)) => 1,
+            Some((None, _)) => 2,
+        };
+        let all = spill_entry.into_iter().chain(entries);
         // Until `bind`: every arena by its descriptor, no maps.
         self.sending = (0..self.arenas.len()).collect();
         let p = &mut self.payload;
@@ -152,8 +180,10 @@ impl Framed {
         put_u32(p, n_fds as u32);
         put_u32(p, n_buffers);
         put_u32(p, port_ends.len() as u32);
-        put_u32(p, u32::from(spill_entry.is_some()));
+        put_u32(p, spilled);
         put_u32(p, self.nonce);
+        put_u32(p, 0);
+        put_u32(p, shared.len() as u32);
         put_u32(p, 0);
         for (entry, len) in all {
             put_buffer(p, entry.map(|(i, d)| (i as u32, d)), len);
@@ -164,6 +194,12 @@ impl Framed {
             put_u32(p, *end);
             put_u32(p, 0);
             put_u32(p, 0);
+        }
+        // The shared entries' descriptor words are written by `bind`.
+        for len in shared {
+            put_u32(p, NO_FD);
+            put_u32(p, 0);
+            put_u64(p, *len);
         }
     }
 
@@ -221,6 +257,13 @@ impl Framed {
         for h in &handovers {
             n_fds += 2 + h.segments.len();
         }
+        let first_shared_fd = n_fds;
+        n_fds += self.shared_fds.iter().filter(|&&fd| fd).count();
+        if self.frozen.is_some() {
+            // The spill entry (the first) names the last descriptor.
+            set_u32(&mut self.payload, TABLE, n_fds as u32);
+            n_fds += 1;
+        }
         too_many_fds(n_fds)?;
         let p = &mut self.payload;
         for (j, arena) in self.entry_arenas.iter().enumerate() {
@@ -236,6 +279,14 @@ impl Framed {
             set_u32(p, ports_at + PORT_ENTRY * k + 8, h.generation);
             set_u32(p, ports_at + PORT_ENTRY * k + 12, h.mask);
             fd += 2 + h.segments.len();
+        }
+        let shared_at = ports_at + PORT_ENTRY * self.n_ports;
+        let mut fd = first_shared_fd;
+        for (k, sends) in self.shared_fds.iter().enumerate() {
+            if *sends {
+                set_u32(p, shared_at + SHARED_ENTRY * k, fd as u32);
+                fd += 1;
+            }
         }
         set_u32(p, 0, n_fds as u32);
         set_u32(p, 20, generation);
@@ -268,13 +319,15 @@ impl Framed {
     }
 
     /// Sends the descriptors (the arenas named by descriptor, then each moved port's
-    /// segment, socket end and map, in `ports`' order, which is `port_ends`' order) on
+    /// segment, socket end and map, in `ports`' order, which is `port_ends`' order,
+    /// then the memfd of each non-empty shared buffer, in `shared`'s order) on
     /// `socket`, tagged with the record's start `position` and this record's nonce.
     pub(crate) fn send(
         &self,
         socket: BorrowedFd<'_>,
         position: u64,
         ports: &[(BorrowedFd<'_>, BorrowedFd<'_>)],
+        shared: &[BorrowedFd<'_>],
     ) -> std::io::Result<()> {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(self.fd_count());
         fds.extend(self.sending.iter().map(|&i| self.arenas[i].fd()));
@@ -283,6 +336,8 @@ impl Framed {
             fds.push(*socket);
             fds.extend(self.handovers.get(k).into_iter().flat_map(Handover::fds));
         }
+        fds.extend_from_slice(shared);
+        fds.extend(self.frozen.as_ref().map(|f| f.fd()));
         send_fds(socket, position, self.nonce, &fds)
     }
 
@@ -316,9 +371,13 @@ pub(crate) struct Parts {
     /// Each moved buffer's chunk (`None`: empty) and length (within the chunk).
     pub(crate) buffers: Vec<(Option<Chunk>, usize)>,
     pub(crate) ports: Vec<PortFds>,
+    /// Each shared buffer's memfd (`None`: none was named) and length, not yet checked.
+    pub(crate) shared: Vec<(Option<OwnedFd>, u64)>,
     /// The body's chunk and length, when it came out of line (else the body is the
     /// tail of the payload).
     pub(crate) spilled: Option<(Chunk, usize)>,
+    /// Or the frozen memfd it came in, mapped read-only (a broadcast's large body).
+    pub(crate) frozen: Option<FrozenBody>,
     /// Where the inline body starts in the payload.
     pub(crate) body_at: usize,
 }
@@ -364,14 +423,26 @@ struct PortEntry {
     mask: u32,
 }
 
+/// Where a table says the body is (its fourth word).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spilled {
+    /// Inline, after the table.
+    No,
+    /// In a chunk, named by the spill entry.
+    Chunk,
+    /// In a frozen memfd, whose descriptor the spill entry names.
+    Frozen,
+}
+
 /// The header of an attachment table.
 struct Header {
     n_fds: usize,
     n_buffers: usize,
     n_ports: usize,
-    spilled: bool,
+    spilled: Spilled,
     nonce: u32,
     generation: u32,
+    n_shared: usize,
 }
 
 /// Reads the attachment table of `payload`, takes the descriptors from `socket`, and
@@ -393,20 +464,26 @@ pub(crate) fn receive(
         n_buffers: r.u32()? as usize,
         n_ports: r.u32()? as usize,
         spilled: match r.u32()? {
-            0 => false,
-            1 => true,
+            0 => Spilled::No,
+            1 => Spilled::Chunk,
+            2 => Spilled::Frozen,
             _ => return Err("attachment table out of range"),
         },
         nonce: r.u32()?,
         generation: r.u32()?,
+        n_shared: r.u32()? as usize,
     };
+    let reserved = r.u32()?;
     if h.n_fds > MAX_FDS {
         return Err("attachment table out of range");
     }
     // The descriptors come first, whatever the rest says, to stay in step with the socket.
     let fds = recv_fds(socket, position, h.nonce, h.n_fds).inspect_err(|_| known.lost_introductions())?;
-    let entries_len = BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled)) + PORT_ENTRY * h.n_ports;
-    if h.n_buffers > payload.len() || h.n_ports > payload.len() || TABLE + entries_len > payload.len() {
+    let entries_len = BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled != Spilled::No))
+        + PORT_ENTRY * h.n_ports
+        + SHARED_ENTRY * h.n_shared;
+    let counts = [h.n_buffers, h.n_ports, h.n_shared];
+    if reserved != 0 || counts.iter().any(|&n| n > payload.len()) || TABLE + entries_len > payload.len() {
         known.lost_introductions();
         return Err("attachment table longer than the message");
     }
@@ -415,7 +492,8 @@ pub(crate) fn receive(
 
 /// The entries of the table after its header, with the descriptors that came for it.
 fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownArenas) -> Result<Parts, &'static str> {
-    let spill_entry = if h.spilled { Some(read_buffer_entry(r)?) } else { None };
+    let spill_entry = if h.spilled == Spilled::Chunk { Some(read_buffer_entry(r)?) } else { None };
+    let frozen_entry = if h.spilled == Spilled::Frozen { Some(read_buffer_entry(r)?) } else { None };
     let mut buffer_entries = Vec::with_capacity(h.n_buffers);
     for _ in 0..h.n_buffers {
         buffer_entries.push(read_buffer_entry(r)?);
@@ -423,6 +501,14 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     let mut port_entries = Vec::with_capacity(h.n_ports);
     for _ in 0..h.n_ports {
         port_entries.push(PortEntry { fd: r.u32()?, end: r.u32()?, generation: r.u32()?, mask: r.u32()? });
+    }
+    let mut shared_entries = Vec::with_capacity(h.n_shared);
+    for _ in 0..h.n_shared {
+        let (fd, reserved, len) = (r.u32()?, r.u32()?, r.u64()?);
+        if reserved != 0 {
+            return Err("attachment table out of range");
+        }
+        shared_entries.push((fd, len));
     }
     let body_at = r.at;
     // Each descriptor is used once: by an arena (possibly named by several buffers) or
@@ -440,7 +526,27 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     for e in port_entries {
         ports.push(port_fds(&mut fds, &e)?);
     }
-    Ok(Parts { buffers, ports, spilled, body_at })
+    let mut shared = Vec::with_capacity(shared_entries.len());
+    for (fd, len) in shared_entries {
+        let taken = match fd {
+            NO_FD => None,
+            i => {
+                Some(fds.get_mut(i as usize).and_then(Option::take).ok_or("shared buffer names a missing descriptor")?)
+            }
+        };
+        shared.push((taken, len));
+    }
+    let frozen = match frozen_entry {
+        Some(e) => {
+            let fd = fds
+                .get_mut(e.fd as usize)
+                .and_then(Option::take)
+                .ok_or("out-of-line body names a missing descriptor")?;
+            Some(FrozenBody::open(fd, e.len)?)
+        }
+        None => None,
+    };
+    Ok(Parts { buffers, ports, shared, spilled, frozen, body_at })
 }
 
 /// A port entry's descriptors: its segment, its socket, then one per arena of its map.
@@ -537,18 +643,26 @@ const MAX_COPIED_BODY: usize = 1 << 30;
 
 /// Copies a spilled body out of its chunk into process memory.
 pub(crate) fn copy_spilled(chunk: &Chunk, len: usize) -> Result<Vec<u8>, &'static str> {
+    let mut body = Vec::new();
+    copy_spilled_into(chunk, len, &mut body)?;
+    Ok(body)
+}
+
+/// As `copy_spilled`, into `body` (cleared first; its allocation is reused).
+pub(crate) fn copy_spilled_into(chunk: &Chunk, len: usize, body: &mut Vec<u8>) -> Result<(), &'static str> {
     if len > MAX_COPIED_BODY {
         return Err("spilled message too large to copy");
     }
-    let mut body = Vec::new();
+    body.clear();
     body.try_reserve_exact(len).map_err(|_| "out of memory for a spilled message")?;
-    // SAFETY: `len` is within the chunk (checked in `take_chunks`), which we hold; the
-    // bytes are copied, so later writes by a hostile sender cannot reach the decoder.
+    // SAFETY: `len` is within the chunk (checked in `take_chunks`), which we hold, and
+    // `body` has room for it; the bytes are copied, so later writes by a hostile
+    // sender cannot reach the decoder.
     unsafe {
         std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), body.as_mut_ptr(), len);
         body.set_len(len);
     }
-    Ok(body)
+    Ok(())
 }
 
 /// The length of the body that an attachment record (whose first bytes are `table`)
@@ -570,14 +684,14 @@ mod tests {
     #[test]
     fn too_many_descriptors_are_refused_as_descriptors() {
         let ends = vec![0u32; MAX_FDS / 2 + 1];
-        match Framed::new(KIND_BYTES, b"", &[], &ends, usize::MAX) {
+        match Framed::new(KIND_BYTES, b"", &[], &ends, &[], None, usize::MAX) {
             Err(PostError::TooLarge { kind: TooLargeKind::Descriptors, len, max }) => {
                 assert_eq!((len, max), (2 * ends.len(), MAX_FDS));
             }
             other => panic!("expected TooLarge(Descriptors), got {:?}", other.map(|_| ())),
         }
         // One port fewer fits.
-        assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], usize::MAX).is_ok());
+        assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], &[], None, usize::MAX).is_ok());
     }
 
     #[test]
@@ -586,7 +700,7 @@ mod tests {
         // the refusal is in bytes, against the ring.
         let ends = vec![0u32; 100];
         let body = vec![0u8; 1 << 20];
-        match Framed::new(KIND_BYTES, &body, &[], &ends, 256) {
+        match Framed::new(KIND_BYTES, &body, &[], &ends, &[], None, 256) {
             Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len, max }) => {
                 assert_eq!(max, 256);
                 assert_eq!(len, TABLE + BUFFER_ENTRY + PORT_ENTRY * 100);

@@ -1,0 +1,183 @@
+//! The pages of a `SharedArrayBuffer`: an unnamed, sealed memfd mapped read-write by
+//! every process it was sent to, accessed only through atomics and raw copies (the
+//! invariants of `shm/mod.rs`, which every SAFETY comment here points to), and the
+//! futex waits and wakes on its 32-bit words.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+
+use crate::platform::{self, FutexWait};
+use crate::shm::backend;
+
+/// The memfd name of every shared region; a region received under another name is
+/// refused (so a peer cannot pass a channel's segment or an arena off as one).
+const NAME: &str = "shmport-sab";
+
+/// How a [`SharedRegion::wait`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// Woken by a notify.
+    Woken,
+    /// The word did not hold the expected value.
+    NotEqual,
+    /// The timeout passed.
+    TimedOut,
+}
+
+/// A shared region: its memfd and mapping (none for an empty one).
+pub(crate) struct SharedRegion {
+    /// The mapping and the memfd, or `None` for zero bytes.
+    memory: Option<(MmapRaw, OwnedFd)>,
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the region is memory shared with other processes, accessed only through
+// atomics and raw copies (invariant 3), so any thread may use it.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as for `Send`: no access through `&SharedRegion` relies on exclusivity.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// A new region of `len` zeroed bytes in a sealed memfd of exactly that size.
+    pub(crate) fn create(len: usize) -> io::Result<SharedRegion> {
+        backend::require_memfd()?;
+        if len == 0 {
+            return Ok(SharedRegion::empty());
+        }
+        let fd = platform::memfd_create_sealed(NAME, len as u64)?;
+        SharedRegion::map(fd, len)
+    }
+
+    /// The region of a memfd a peer sent, said to be `len` bytes long: refused unless
+    /// it is a memfd of ours by name, sealed against resizing, of exactly `len` bytes.
+    pub(crate) fn open(fd: Option<OwnedFd>, len: u64) -> Result<SharedRegion, &'static str> {
+        let Some(fd) = fd else {
+            return if len == 0 { Ok(SharedRegion::empty()) } else { Err("shared buffer without a descriptor") };
+        };
+        if backend::require_memfd().is_err() {
+            return Err("this process cannot map shared memory");
+        }
+        match platform::memfd_name(fd.as_fd()) {
+            Ok(name) if name == NAME => {}
+            Ok(_) => return Err("shared buffer's memfd is not one"),
+            Err(_) => return Err("shared buffer is not a memfd"),
+        }
+        let sealed = platform::sealed_len(fd.as_fd()).map_err(|_| "shared buffer is not sealed")?;
+        if sealed != len || len == 0 || usize::try_from(len).is_err() {
+            return Err("shared buffer's size does not match its entry");
+        }
+        SharedRegion::map(fd, len as usize).map_err(|_| "shared buffer cannot be mapped")
+    }
+
+    fn empty() -> SharedRegion {
+        SharedRegion { memory: None, base: NonNull::<u64>::dangling().cast(), len: 0 }
+    }
+
+    fn map(fd: OwnedFd, len: usize) -> io::Result<SharedRegion> {
+        let map = platform::mmap_shared(fd.as_fd(), len)?;
+        let base = NonNull::new(map.as_mut_ptr()).expect("mmap returned null");
+        Ok(SharedRegion { memory: Some((map, fd)), base, len })
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Its memfd, to send (`None` for zero bytes).
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.memory.as_ref().map(|(_, fd)| fd.as_fd())
+    }
+
+    /// The address of the region, for identity.
+    pub(crate) fn address(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// The 32-bit word at `index` (in 4-byte units), if it lies inside.
+    pub(crate) fn u32_at(&self, index: usize) -> Option<&AtomicU32> {
+        let end = index.checked_add(1)?.checked_mul(4)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: inside the mapping, which lives as long as `self` and never changes
+        // size (invariants 1-2); 4-aligned (the mapping is page-aligned); shared memory
+        // is accessed through an atomic (invariant 3).
+        Some(unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(index * 4).cast()) })
+    }
+
+    /// The 64-bit word at `index` (in 8-byte units), if it lies inside.
+    pub(crate) fn u64_at(&self, index: usize) -> Option<&AtomicU64> {
+        let end = index.checked_add(1)?.checked_mul(8)?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: as in `u32_at`, 8-aligned.
+        Some(unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(index * 8).cast()) })
+    }
+
+    /// Copies `out.len()` bytes from `offset` into `out`; `false` (nothing copied) if
+    /// they do not lie inside.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) -> bool {
+        if offset.checked_add(out.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        if !out.is_empty() {
+            // SAFETY: the range lies inside the mapping (invariants 1-2); bytes other
+            // processes may be writing are only copied out (invariant 3).
+            unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        }
+        true
+    }
+
+    /// Copies `bytes` into the region at `offset`; `false` (nothing copied) if they do
+    /// not fit inside.
+    pub(crate) fn write(&self, offset: usize, bytes: &[u8]) -> bool {
+        if offset.checked_add(bytes.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        if !bytes.is_empty() {
+            // SAFETY: the range lies inside the mapping (invariants 1-2); memory other
+            // processes may access is only written by a raw copy (invariant 3).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(offset), bytes.len()) };
+        }
+        true
+    }
+
+    /// Sleeps while the word at `index` holds `expected`, until a `wake` or `timeout`
+    /// (a process-shared futex: the word's key is the memfd's page, so waiters and
+    /// wakers in any process that maps it meet). `None` if `index` is outside.
+    pub(crate) fn wait(&self, index: usize, expected: u32, timeout: Option<Duration>) -> Option<Waited> {
+        let word = self.u32_at(index)?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let left = match (timeout, deadline) {
+                (None, _) => None,
+                (Some(_), None) => None, // too far in the future to tell apart from for ever
+                (Some(_), Some(d)) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Some(Waited::TimedOut),
+                },
+            };
+            match platform::futex_wait_outcome(word, expected, left) {
+                FutexWait::Woken => return Some(Waited::Woken),
+                FutexWait::NotEqual => return Some(Waited::NotEqual),
+                FutexWait::TimedOut => return Some(Waited::TimedOut),
+                FutexWait::Interrupted => {}
+            }
+        }
+    }
+
+    /// Wakes at most `count` waiters on the word at `index`: how many woke (`None` if
+    /// `index` is outside).
+    pub(crate) fn wake(&self, index: usize, count: usize) -> Option<usize> {
+        let word = self.u32_at(index)?;
+        Some(platform::futex_wake_count(word, u32::try_from(count).unwrap_or(u32::MAX).min(i32::MAX as u32)))
+    }
+}
