@@ -90,7 +90,29 @@ pub(super) fn recv_fds(
     if fds.len() != n {
         return Err("descriptor count does not match the message");
     }
+    drop_trailing_signals(socket);
     Ok(fds)
+}
+
+/// Drops the readiness signals queued right behind a record's descriptors. A drain
+/// stops at a descriptor message, so signals sent while one waited for its record
+/// queue up behind it, and each one queued holds part of the peer's send buffer
+/// (about 768 bytes of its `SO_SNDBUF`); once a quarter of it is held, the socket is
+/// not writable for the peer, whose next record cannot send its descriptors: its post
+/// waited for the socket for ever while this end's reader, blocked on the ring,
+/// waited for that record (162 signals were queued when a writer half that had
+/// yielded behind an untaken record stopped posting). A signal's event was delivered
+/// when it arrived: dropping its byte loses no wake-up.
+fn drop_trailing_signals(socket: BorrowedFd<'_>) {
+    // Every signal queued there, however many (each holds ~768 bytes of the peer's
+    // send buffer); bounded against a flood only.
+    for _ in 0..DRAIN_AT_MOST * 64 {
+        let mut header = [0u8; FD_HEADER];
+        match platform::peek_message(socket, &mut header) {
+            Ok(Some(n)) if n == SIGNAL.len() && header[0] == SIGNAL[0] => platform::drop_message(socket),
+            _ => return,
+        }
+    }
 }
 
 /// Sends a readiness signal on `socket`, without waiting: whether nothing was lost. A

@@ -192,7 +192,14 @@ impl PortWriter {
         fds.harvest();
         // The peer's signals pile up on the socket unless someone drains them, and the
         // reader half may never arm.
-        let drained = drain_for_writer(&self.ends);
+        if drain_for_writer(&self.ends) != Some(Drained::Nothing) {
+            // Something stays queued (a record's descriptors that the reader half has
+            // not taken, or the drain was the reader's to make now): room signals would
+            // queue behind it, and each costs the peer's socket buffer until its sends
+            // fail (a port's descriptors then wait for the socket for ever). So no
+            // arming, no signal: look again after a turn, as a port does then.
+            return Next::Yield;
+        }
         let ring = link.segment.ring(link.end);
         if ready::arm(&link.tx_space_word().word, link.segment.parker()) {
             return Next::Yield;
@@ -205,13 +212,6 @@ impl PortWriter {
             return Next::Gone;
         }
         if ring.shared_used() + needed.min(ring.capacity()) <= ring.capacity() {
-            return Next::Yield;
-        }
-        if drained != Some(Drained::Nothing) {
-            // Something stays queued on the socket (a record's descriptors that the
-            // reader half has not taken, or the drain was the reader's to make now):
-            // room signals pile up behind it, and once the socket's buffer is full a
-            // signal is no event. Look again after a turn, as a port does then.
             return Next::Yield;
         }
         Next::Wait
