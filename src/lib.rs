@@ -56,6 +56,7 @@ mod channel;
 mod diagnostics;
 #[cfg(not(loom))]
 mod error;
+mod fault;
 #[cfg(not(loom))]
 mod platform;
 mod shm;
@@ -103,6 +104,13 @@ pub use shm::arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats}
 #[doc(hidden)]
 pub fn __process_memory_only() -> bool {
     shm::backend::choose_heap()
+}
+/// The fault points of `fault-injection` (see `src/fault.rs`), for this crate's
+/// `tests/fault_matrix.rs`. Test support, not part of the API.
+#[cfg(all(feature = "fault-injection", not(loom)))]
+#[doc(hidden)]
+pub mod __fault {
+    pub use crate::fault::points::{AFTER_ENV, POINT_ENV, POINTS};
 }
 pub use shm::wait::WaitStrategy;
 #[cfg(not(loom))]

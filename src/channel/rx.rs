@@ -290,6 +290,7 @@ impl Rx {
     /// Marks `rec` read, giving its space back in batches.
     #[inline(always)]
     pub(super) fn consumed(&mut self, rec: &Record) {
+        crate::fault::fault_point!(RECV_COPIED);
         self.consumer.consume(rec);
         self.record_start = rec.start();
         // Space goes back in batches: when everything known is read (so an idle reader

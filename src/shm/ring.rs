@@ -246,6 +246,14 @@ impl RingRef {
         }
     }
 
+    /// Writes the first half of the payload `write_payload` would write (fault
+    /// injection: a writer stopped in the middle of a record).
+    #[cfg(all(feature = "fault-injection", not(loom)))]
+    fn write_payload_half(&self, offset: u64, parts: &[&[u8]]) {
+        let bytes = parts.concat();
+        self.write_payload(offset, &[&bytes[..bytes.len() / 2]]);
+    }
+
     /// Copies `len` (at most `cap`) payload bytes from `offset` on, wrapping at
     /// the end, out of the data area into `out`.
     ///
@@ -391,11 +399,14 @@ impl Producer {
         }
         let mask = self.ring.cap - 1;
         let offset = self.tail & mask;
+        crate::fault::fault_point!(POST_RESERVED);
+        crate::fault::fault_point!(POST_HALF_WRITTEN, || self.ring.write_payload_half((offset + HEADER) & mask, parts));
         self.ring.write_payload((offset + HEADER) & mask, parts);
         // The slot after the record reads "nothing here" until a record is written there.
         self.ring.header_at((offset + size) & mask).store(0, Ordering::Relaxed);
         self.put_header(offset, pack(len as u32, kind, flags));
         self.tail += size;
+        crate::fault::fault_point!(POST_WRITTEN);
         Ok(())
     }
 

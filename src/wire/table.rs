@@ -405,6 +405,7 @@ pub(crate) fn receive(
     }
     // The descriptors come first, whatever the rest says, to stay in step with the socket.
     let fds = recv_fds(socket, position, h.nonce, h.n_fds).inspect_err(|_| known.lost_introductions())?;
+    crate::fault::fault_point!(RECV_FDS_TAKEN);
     let entries_len = BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled)) + PORT_ENTRY * h.n_ports;
     if h.n_buffers > payload.len() || h.n_ports > payload.len() || TABLE + entries_len > payload.len() {
         known.lost_introductions();
