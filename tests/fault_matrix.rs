@@ -1,0 +1,347 @@
+//! The fault matrix (issue 13, "crash at any point"; SEMANTICS 16 and 20): a child
+//! process is stopped at each named fault point of the post, transfer and receive paths
+//! (`shmport::__fault::POINTS`, feature `fault-injection`), then killed with SIGKILL
+//! there, while this process (the survivor) is blocked in `recv` and in a blocking
+//! `post` on a full ring. Checked for every point: both calls return within 100 ms of
+//! the kill (the port is closed); every message the child published before it stopped
+//! is delivered whole and in order, and nothing else (a half-written or unpublished
+//! record never is); the ports the child held or that were in flight to it close; no
+//! descriptor or mapping of a memfd is left once the ports are dropped. A table of the
+//! figures per point is printed.
+//!
+//! Run with `cargo test --release -p shmport --features fault-injection --test fault_matrix`.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::{role, role_command, watchdog};
+use shmport::__fault::{AFTER_ENV, POINT_ENV, POINTS};
+use shmport::{ArrayBuffer, MessageChannel, MessagePort, Transferable, Value};
+
+const ENTRY: &str = "child_entry";
+
+/// Passes of its point a child lets through before it stops: that many messages are
+/// complete on its side first.
+const AFTER: u64 = 10;
+
+/// Messages the survivor posts to a child that reads (each moves a port). At most
+/// `AFTER` are taken before the child stops, and the rest (with their descriptors)
+/// must fit the socket's queue (`net.unix.max_dgram_qlen`, 10 by default).
+const TO_READER: u64 = 15;
+
+/// The longest a child's workload runs: it stops long before, or it failed.
+const WORKLOAD: u64 = 1000;
+
+/// What the child does until it reaches its point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Posts bytes, `message(seq)`, seq = 0, 1, ...
+    Poster,
+    /// Posts `[seq, buffer of message(seq), port]`, moving the buffer and a port (of a
+    /// channel it made, whose other end it keeps, with "hello <seq>" queued for it).
+    Transferrer,
+    /// Reads the survivor's `[seq, port]` messages, keeping the ports, and answers
+    /// each with the bytes of `seq`.
+    Reader,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Poster => "poster",
+            Role::Transferrer => "transferrer",
+            Role::Reader => "reader",
+        }
+    }
+}
+
+/// A point, the workload that passes it, and how many messages the survivor gets.
+struct Case {
+    point: &'static str,
+    role: Role,
+    /// Whether the survivor posts its messages (to a reader) before the child stops;
+    /// for the wait point they come after, to a child asleep.
+    post_first: bool,
+    /// Messages the survivor must receive: from a poster or a transferrer, those
+    /// published before it stopped; from a reader, its answers.
+    delivered: u64,
+}
+
+fn case_of(point: &'static str) -> Case {
+    let (role, post_first, delivered) = match point {
+        // Stopped in the record after `AFTER` complete ones: it is not published.
+        "post.reserved" | "post.half_written" | "post.written" => (Role::Poster, true, AFTER),
+        // Stopped after the record's publish (before the notify): it is delivered.
+        "post.published" => (Role::Poster, true, AFTER + 1),
+        "transfer.fds_sent" | "transfer.detached" => (Role::Transferrer, true, AFTER),
+        "recv.copied" | "recv.fds_taken" => (Role::Reader, true, AFTER),
+        // The child's first wait, for a message that has not come yet.
+        "wait.before_park" => (Role::Reader, false, 0),
+        other => panic!("fault point `{other}` has no case in tests/fault_matrix.rs: add one"),
+    };
+    Case { point, role, post_first, delivered }
+}
+
+/// The bytes of message `seq`: 16 to 215 bytes, derived from `seq`, so the receiver
+/// can check every byte (a half-written one would differ).
+fn message(seq: u64) -> Vec<u8> {
+    let len = 16 + (seq.wrapping_mul(37) % 200) as usize;
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The child side, selected by the role variable; stopped (then killed) at its point.
+#[test]
+fn child_entry() {
+    let Some(role) = role() else { return };
+    let port = MessagePort::from_parent().unwrap();
+    let mut kept = Vec::new();
+    match role.as_str() {
+        "poster" => {
+            for seq in 0..WORKLOAD {
+                port.post_bytes(&message(seq)).unwrap();
+            }
+        }
+        "transferrer" => {
+            for seq in 0..WORKLOAD {
+                let channel = MessageChannel::new().unwrap();
+                channel.port2().post_message(format!("hello {seq}"), []).unwrap();
+                let buffer = ArrayBuffer::from_slice(&message(seq)).unwrap();
+                let moved = channel.port1();
+                let value = Value::Array(vec![
+                    (seq as f64).into(),
+                    Value::ArrayBuffer(buffer.clone()),
+                    Value::Port(moved.clone()),
+                ]);
+                port.post_message(value, [Transferable::ArrayBuffer(buffer), Transferable::Port(moved)]).unwrap();
+                kept.push(channel.port2());
+            }
+        }
+        "reader" => {
+            for seq in 0..WORKLOAD {
+                let event = port.recv().unwrap();
+                let Value::Array(items) = &event.data else { panic!("not an array: {:?}", event.data) };
+                assert_eq!(items[0].as_f64(), Some(seq as f64), "in order");
+                assert_eq!(event.ports.len(), 1);
+                kept.extend(event.ports);
+                port.post_bytes(&seq.to_le_bytes()).unwrap();
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+    // Only a stop at the point, then a kill, should end this process.
+    eprintln!("role {role}: the workload ended without reaching its fault point");
+    std::process::exit(3);
+}
+
+/// This process's open descriptors (what each is), and its mappings of shmport memfds.
+fn resources() -> (Vec<String>, usize) {
+    let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    (fds, maps.lines().filter(|l| l.contains("memfd:shmport")).count())
+}
+
+/// Waits until `child` stops itself (SIGSTOP at its fault point); fails if it exits.
+fn wait_for_stop(child: &Child, point: &str) {
+    let pid = rustix::process::Pid::from_child(child);
+    let (_, status) = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::UNTRACED)
+        .unwrap()
+        .expect("a status: no WNOHANG");
+    assert!(status.stopped(), "the child never reached `{point}`: {status:?}");
+}
+
+/// A child that is killed (and reaped) if the test fails before it does so: a
+/// stopped child left behind would keep the test harness's pipes open for ever.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What one case measured.
+struct Row {
+    delivered: u64,
+    recv_closed: Duration,
+    post_closed: Duration,
+    ports_closed: Duration,
+    ports: usize,
+}
+
+/// One point: stop the child there, check what was delivered, kill it while blocked
+/// in `recv` and `post`, check the close, the ports and the leak counts.
+fn run_case(case: &Case) -> Row {
+    let before = resources();
+    let channel = MessageChannel::new().unwrap();
+    let port = channel.port1();
+    let mut cmd = role_command(ENTRY, case.role.name());
+    cmd.env(POINT_ENV, case.point).env(AFTER_ENV, AFTER.to_string());
+    channel.port2().transfer_to_child(&mut cmd).unwrap();
+    drop(channel);
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    // The command holds the handoff's descriptor for the child to inherit.
+    drop(cmd);
+
+    // Ports whose other end is in the child, or in flight to it: all must close.
+    let mut held: Vec<MessagePort> = Vec::new();
+    let post_to_reader = |held: &mut Vec<MessagePort>| {
+        for seq in 0..TO_READER {
+            let channel = MessageChannel::new().unwrap();
+            let moved = channel.port2();
+            port.post_message(
+                Value::Array(vec![(seq as f64).into(), Value::Port(moved.clone())]),
+                [Transferable::Port(moved)],
+            )
+            .unwrap();
+            held.push(channel.port1());
+        }
+    };
+    if case.role == Role::Reader && case.post_first {
+        post_to_reader(&mut held);
+    }
+    wait_for_stop(&child.0, case.point);
+    if case.role == Role::Reader && !case.post_first {
+        post_to_reader(&mut held);
+    }
+
+    // Everything the child completed is here, whole and in order, and nothing more.
+    let mut delivered = 0u64;
+    loop {
+        let next = match case.role {
+            Role::Transferrer => port.try_recv().map(|event| check_moved(delivered, event, &mut held)),
+            Role::Poster => {
+                port.try_recv_bytes_with(|b| assert_eq!(b, message(delivered), "message {delivered} whole"))
+            }
+            Role::Reader => port.try_recv_bytes_with(|b| assert_eq!(b, delivered.to_le_bytes(), "answer {delivered}")),
+        };
+        match next {
+            Ok(()) => delivered += 1,
+            Err(e) => {
+                assert!(e.is_empty(), "`{}`: the stopped child's port reads {e:?}", case.point);
+                break;
+            }
+        }
+    }
+    assert_eq!(delivered, case.delivered, "`{}`: messages delivered before the kill", case.point);
+
+    // Block in recv, and in a post on a full ring, then kill the child.
+    let reader = std::thread::spawn({
+        let port = port.clone();
+        move || (port.recv(), Instant::now())
+    });
+    let mut filled = 0;
+    while port.try_post_bytes(&[7u8; 64]).is_ok() {
+        filled += 1;
+        assert!(filled < 1 << 20, "the ring never fills");
+    }
+    let writer = std::thread::spawn({
+        let port = port.clone();
+        move || (port.post_bytes(&[7u8; 64]), Instant::now())
+    });
+    // And in recv on every port whose other end the child holds, or that was on its
+    // way to the child.
+    let held_readers: Vec<_> = held
+        .iter()
+        .map(|p| {
+            let p = p.clone();
+            std::thread::spawn(move || (p.recv(), Instant::now()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(held_readers.iter().all(|r| !r.is_finished()), "`{}`: a held port closed early", case.point);
+    assert!(!reader.is_finished(), "`{}`: recv returned while the child lived", case.point);
+    assert!(!writer.is_finished(), "`{}`: a post to a full ring returned while the child lived", case.point);
+    let killed_at = Instant::now();
+    child.0.kill().unwrap();
+    let (received, recv_at) = reader.join().unwrap();
+    let (posted, post_at) = writer.join().unwrap();
+    assert!(received.as_ref().is_err_and(|e| e.is_closed()), "`{}`: recv after the kill: {received:?}", case.point);
+    assert!(posted.is_ok(), "`{}`: a post to a killed peer is a silent no-op: {posted:?}", case.point);
+    let (recv_closed, post_closed) = (recv_at - killed_at, post_at - killed_at);
+    for (what, delay) in [("recv", recv_closed), ("post", post_closed)] {
+        assert!(delay < Duration::from_millis(100), "`{}`: {what} saw the close {delay:?} after the kill", case.point);
+    }
+    assert!(port.is_peer_closed());
+    assert!(port.try_recv().is_err_and(|e| e.is_closed()), "`{}`: nothing after the close", case.point);
+    assert_eq!(child.0.wait().unwrap().signal(), Some(9));
+
+    // The ports the child held, or that were on their way to it, close too.
+    let mut ports_closed = Duration::ZERO;
+    for r in held_readers {
+        let (got, at) = r.join().unwrap();
+        assert!(got.as_ref().is_err_and(|e| e.is_closed()), "`{}`: a port of the dead child: {got:?}", case.point);
+        ports_closed = ports_closed.max(at - killed_at);
+    }
+    assert!(ports_closed < Duration::from_millis(100), "`{}`: a held port closed {ports_closed:?} after", case.point);
+    let ports = held.len();
+    drop((held, port));
+    let after = resources();
+    assert_eq!(after, before, "`{}`: (descriptors, memfd mappings) before and after", case.point);
+    Row { delivered, recv_closed, post_closed, ports_closed, ports }
+}
+
+/// Checks message `seq` from a transferrer, keeping the port it brings in `held`.
+fn check_moved(seq: u64, event: shmport::MessageEvent, held: &mut Vec<MessagePort>) {
+    let Value::Array(items) = &event.data else { panic!("not an array: {:?}", event.data) };
+    assert_eq!(items[0].as_f64(), Some(seq as f64), "in order");
+    let Value::ArrayBuffer(buffer) = &items[1] else { panic!("no buffer: {:?}", items[1]) };
+    assert_eq!(buffer.to_vec(), message(seq), "buffer {seq} whole");
+    let Value::Port(moved) = &items[2] else { panic!("no port: {:?}", items[2]) };
+    assert_eq!(event.ports.len(), 1);
+    assert!(moved.ptr_eq(&event.ports[0]));
+    let hello = moved.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(hello.data.as_str(), Some(format!("hello {seq}").as_str()));
+    held.push(moved.clone());
+}
+
+#[test]
+fn fault_matrix_a_kill_at_every_point_closes_the_port_loses_nothing_published_and_leaks_nothing() {
+    if role().is_some() {
+        return;
+    }
+    // Alone in a process: the descriptors and mappings counted are the whole process's.
+    if !common::isolated("fault_matrix_a_kill_at_every_point_closes_the_port_loses_nothing_published_and_leaks_nothing")
+    {
+        return;
+    }
+    let _w = watchdog("fault_matrix", Duration::from_secs(120));
+    assert!(!POINTS.is_empty());
+    common::report(format!(
+        "{:<18} {:<12} {:>9} {:>12} {:>12} {:>16}",
+        "point", "child", "delivered", "recv closed", "post closed", "held ports closed"
+    ));
+    for point in POINTS {
+        let case = case_of(point);
+        let row = run_case(&case);
+        common::report(format!(
+            "{:<18} {:<12} {:>9} {:>12} {:>12} {:>16}",
+            case.point,
+            case.role.name(),
+            row.delivered,
+            format!("{:.1?}", row.recv_closed),
+            format!("{:.1?}", row.post_closed),
+            match row.ports {
+                0 => "-".to_string(),
+                n => format!("{n} in {:.1?}", row.ports_closed),
+            },
+        ));
+    }
+}
