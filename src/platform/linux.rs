@@ -463,7 +463,7 @@ pub(crate) fn process_exists(pid: u32) -> bool {
 }
 
 /// `raise(SIGSTOP)`: stops every thread of this process until it is killed or
-/// continued (fault injection, `crate::fault`). Sent to the calling thread (`raise` is
+/// continued (fault injection, `src/fault.rs`). Sent to the calling thread (`raise` is
 /// `tgkill`), which therefore stops before it runs another instruction of ours; a
 /// `kill` of the process may be taken by another thread, and this one ran on for a
 /// while (a thousand posts, once).
