@@ -5,9 +5,10 @@
 //! `post` on a full ring. Checked for every point: both calls return within 100 ms of
 //! the kill (the port is closed); every message the child published before it stopped
 //! is delivered whole and in order, and nothing else (a half-written or unpublished
-//! record never is); the ports the child held or that were in flight to it close; no
-//! descriptor or mapping of a memfd is left once the ports are dropped. A table of the
-//! figures per point is printed.
+//! record never is); the ports the child held or that were in flight to it close, and
+//! the buffers of ours it held or had in flight come back; no descriptor or mapping of
+//! a memfd is left once the ports are dropped. A table of the figures per point is
+//! printed.
 //!
 //! Run with `cargo test --release -p shmport --features fault-injection --test fault_matrix`.
 
@@ -27,7 +28,8 @@ const ENTRY: &str = "child_entry";
 /// complete on its side first.
 const AFTER: u64 = 10;
 
-/// Messages the survivor posts to a child that reads (each moves a port). At most
+/// Messages the survivor posts to a child that reads (each moves a port and a
+/// buffer). At most
 /// `AFTER` are taken before the child stops, and the rest (with their descriptors)
 /// must fit the socket's queue (`net.unix.max_dgram_qlen`, 10 by default).
 const TO_READER: u64 = 15;
@@ -43,8 +45,9 @@ enum Role {
     /// Posts `[seq, buffer of message(seq), port]`, moving the buffer and a port (of a
     /// channel it made, whose other end it keeps, with "hello <seq>" queued for it).
     Transferrer,
-    /// Reads the survivor's `[seq, port]` messages, keeping the ports, and answers
-    /// each with the bytes of `seq`.
+    /// Reads the survivor's `[seq, port, buffer of message(seq)]` messages, moving a
+    /// port and a buffer each, keeps the ports and buffers, and answers each with the
+    /// bytes of `seq`.
     Reader,
 }
 
@@ -105,7 +108,7 @@ fn message(seq: u64) -> Vec<u8> {
 fn child_entry() {
     let Some(role) = role() else { return };
     let port = MessagePort::from_parent().unwrap();
-    let mut kept = Vec::new();
+    let (mut kept, mut kept_buffers) = (Vec::new(), Vec::new());
     match role.as_str() {
         "poster" => {
             for seq in 0..WORKLOAD {
@@ -133,19 +136,25 @@ fn child_entry() {
                 let Value::Array(items) = &event.data else { panic!("not an array: {:?}", event.data) };
                 assert_eq!(items[0].as_f64(), Some(seq as f64), "in order");
                 assert_eq!(event.ports.len(), 1);
+                let Value::ArrayBuffer(buffer) = &items[2] else { panic!("no buffer: {:?}", items[2]) };
+                assert_eq!(buffer.to_vec(), message(seq), "buffer {seq} whole");
+                kept_buffers.push(buffer.clone());
                 kept.extend(event.ports);
                 port.post_bytes(&seq.to_le_bytes()).unwrap();
             }
         }
         other => panic!("unknown role {other}"),
     }
+    drop((kept, kept_buffers));
     // Only a stop at the point, then a kill, should end this process.
     eprintln!("role {role}: the workload ended without reaching its fault point");
     std::process::exit(3);
 }
 
-/// This process's open descriptors (what each is), and its mappings of shmport memfds.
-fn resources() -> (Vec<String>, usize) {
+/// This process's open descriptors (what each is), and the shmport memfds it maps (by
+/// name and inode: revoking a chunk of our arena splits its mapping into more lines,
+/// of the same memfd).
+fn resources() -> (Vec<String>, std::collections::BTreeSet<String>) {
     let mut fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .flatten()
@@ -154,7 +163,12 @@ fn resources() -> (Vec<String>, usize) {
         .collect();
     fds.sort();
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    (fds, maps.lines().filter(|l| l.contains("memfd:shmport")).count())
+    let memfds = maps
+        .lines()
+        .filter(|l| l.contains("memfd:shmport"))
+        .map(|l| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+        .collect();
+    (fds, memfds)
 }
 
 /// Waits until `child` stops itself (SIGSTOP at its fault point); fails if it exits.
@@ -184,6 +198,8 @@ struct Row {
     post_closed: Duration,
     ports_closed: Duration,
     ports: usize,
+    /// Our buffers the child held or had in flight when it was killed (all came back).
+    buffers: usize,
 }
 
 /// One point: stop the child there, check what was delivered, kill it while blocked
@@ -206,11 +222,10 @@ fn run_case(case: &Case) -> Row {
         for seq in 0..TO_READER {
             let channel = MessageChannel::new().unwrap();
             let moved = channel.port2();
-            port.post_message(
-                Value::Array(vec![(seq as f64).into(), Value::Port(moved.clone())]),
-                [Transferable::Port(moved)],
-            )
-            .unwrap();
+            let buffer = ArrayBuffer::from_slice(&message(seq)).unwrap();
+            let value =
+                Value::Array(vec![(seq as f64).into(), Value::Port(moved.clone()), Value::ArrayBuffer(buffer.clone())]);
+            port.post_message(value, [Transferable::Port(moved), Transferable::ArrayBuffer(buffer)]).unwrap();
             held.push(channel.port1());
         }
     };
@@ -269,6 +284,12 @@ fn run_case(case: &Case) -> Row {
     assert!(held_readers.iter().all(|r| !r.is_finished()), "`{}`: a held port closed early", case.point);
     assert!(!reader.is_finished(), "`{}`: recv returned while the child lived", case.point);
     assert!(!writer.is_finished(), "`{}`: a post to a full ring returned while the child lived", case.point);
+    // Our buffers the child holds or has in flight.
+    let arena = shmport::arena_stats();
+    let buffers = arena.in_flight + arena.held_elsewhere;
+    if case.role == Role::Reader {
+        assert_eq!(buffers, TO_READER as usize, "`{}`: our buffers the child holds or has in flight", case.point);
+    }
     let killed_at = Instant::now();
     child.0.kill().unwrap();
     let (received, recv_at) = reader.join().unwrap();
@@ -293,9 +314,15 @@ fn run_case(case: &Case) -> Row {
     assert!(ports_closed < Duration::from_millis(100), "`{}`: a held port closed {ports_closed:?} after", case.point);
     let ports = held.len();
     drop((held, port));
+    // Our buffers the child held or had in flight come back: the ones in flight when
+    // the port closes, the ones it held by a reclaim (which also runs before the
+    // arena grows).
+    shmport::reclaim_arena();
+    let arena = shmport::arena_stats();
+    assert_eq!((arena.in_flight, arena.held_elsewhere, arena.held_here), (0, 0, 0), "`{}`: {arena:?}", case.point);
     let after = resources();
     assert_eq!(after, before, "`{}`: (descriptors, memfd mappings) before and after", case.point);
-    Row { delivered, recv_closed, post_closed, ports_closed, ports }
+    Row { delivered, recv_closed, post_closed, ports_closed, ports, buffers }
 }
 
 /// Checks message `seq` from a transferrer, keeping the port it brings in `held`.
@@ -325,14 +352,16 @@ fn fault_matrix_a_kill_at_every_point_closes_the_port_loses_nothing_published_an
     let _w = watchdog("fault_matrix", Duration::from_secs(120));
     assert!(!POINTS.is_empty());
     common::report(format!(
-        "{:<18} {:<12} {:>9} {:>12} {:>12} {:>16}",
-        "point", "child", "delivered", "recv closed", "post closed", "held ports closed"
+        "{:<18} {:<12} {:>9} {:>12} {:>12} {:>18} {:>13}",
+        "point", "child", "delivered", "recv closed", "post closed", "held ports closed", "buffers back"
     ));
+    // Our arena made before the first count: it stays for the process's life.
+    drop(ArrayBuffer::from_slice(&message(0)).unwrap());
     for point in POINTS {
         let case = case_of(point);
         let row = run_case(&case);
         common::report(format!(
-            "{:<18} {:<12} {:>9} {:>12} {:>12} {:>16}",
+            "{:<18} {:<12} {:>9} {:>12} {:>12} {:>18} {:>13}",
             case.point,
             case.role.name(),
             row.delivered,
@@ -342,6 +371,7 @@ fn fault_matrix_a_kill_at_every_point_closes_the_port_loses_nothing_published_an
                 0 => "-".to_string(),
                 n => format!("{n} in {:.1?}", row.ports_closed),
             },
+            row.buffers,
         ));
     }
 }
