@@ -18,6 +18,11 @@ pub(crate) mod points {
     pub(crate) const POST_WRITTEN: &str = "post.written";
     /// The record published (its header stored), the consumer not yet notified.
     pub(crate) const POST_PUBLISHED: &str = "post.published";
+    /// A write chunk (`PortWriter::write_chunk`) reserved in the ring, not yet filled
+    /// (behind the padding record written for it, if it would have wrapped).
+    pub(crate) const CHUNK_RESERVED: &str = "chunk.reserved";
+    /// A filled write chunk committed as a record, not yet published.
+    pub(crate) const CHUNK_COMMITTED: &str = "chunk.committed";
     /// A record that moves ports or buffers: its descriptors sent on the socket, nothing
     /// detached, the record not published.
     pub(crate) const TRANSFER_FDS_SENT: &str = "transfer.fds_sent";
@@ -38,6 +43,8 @@ pub(crate) mod points {
         POST_HALF_WRITTEN,
         POST_WRITTEN,
         POST_PUBLISHED,
+        CHUNK_RESERVED,
+        CHUNK_COMMITTED,
         TRANSFER_FDS_SENT,
         TRANSFER_DETACHED,
         RECV_COPIED,

@@ -42,6 +42,9 @@ const WORKLOAD: u64 = 1000;
 enum Role {
     /// Posts bytes, `message(seq)`, seq = 0, 1, ...
     Poster,
+    /// Writes `message(seq)` into write chunks of the port's writing half (`split`),
+    /// in place, and commits each.
+    Chunker,
     /// Posts `[seq, buffer of message(seq), port]`, moving the buffer and a port (of a
     /// channel it made, whose other end it keeps, with "hello <seq>" queued for it).
     Transferrer,
@@ -55,6 +58,7 @@ impl Role {
     fn name(self) -> &'static str {
         match self {
             Role::Poster => "poster",
+            Role::Chunker => "chunker",
             Role::Transferrer => "transferrer",
             Role::Reader => "reader",
         }
@@ -79,6 +83,8 @@ fn case_of(point: &'static str) -> Case {
         "post.reserved" | "post.half_written" | "post.written" => (Role::Poster, true, AFTER),
         // Stopped after the record's publish (before the notify): it is delivered.
         "post.published" => (Role::Poster, true, AFTER + 1),
+        // Stopped with a chunk reserved (not filled), or committed (not published).
+        "chunk.reserved" | "chunk.committed" => (Role::Chunker, true, AFTER),
         "transfer.fds_sent" | "transfer.detached" => (Role::Transferrer, true, AFTER),
         "recv.copied" | "recv.fds_taken" => (Role::Reader, true, AFTER),
         // The child's first wait, for a message that has not come yet.
@@ -113,6 +119,15 @@ fn child_entry() {
         "poster" => {
             for seq in 0..WORKLOAD {
                 port.post_bytes(&message(seq)).unwrap();
+            }
+        }
+        "chunker" => {
+            let (mut writer, _reader) = port.split().unwrap();
+            for seq in 0..WORKLOAD {
+                let bytes = message(seq);
+                let mut chunk = writer.write_chunk(bytes.len()).unwrap();
+                chunk.copy_from_slice(&bytes);
+                chunk.commit();
             }
         }
         "transferrer" => {
@@ -242,7 +257,7 @@ fn run_case(case: &Case) -> Row {
     loop {
         let next = match case.role {
             Role::Transferrer => port.try_recv().map(|event| check_moved(delivered, event, &mut held)),
-            Role::Poster => {
+            Role::Poster | Role::Chunker => {
                 port.try_recv_bytes_with(|b| assert_eq!(b, message(delivered), "message {delivered} whole"))
             }
             Role::Reader => port.try_recv_bytes_with(|b| assert_eq!(b, delivered.to_le_bytes(), "answer {delivered}")),
