@@ -35,7 +35,7 @@ const AFTER: u64 = 10;
 const TO_READER: u64 = 15;
 
 /// The longest a child's workload runs: it stops long before, or it failed.
-const WORKLOAD: u64 = 1000;
+const WORKLOAD: u64 = 1_000_000;
 
 /// What the child does until it reaches its point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,8 @@ impl Role {
 struct Case {
     point: &'static str,
     role: Role,
+    /// Passes of the point the child lets through before it stops.
+    after: u64,
     /// Whether the survivor posts its messages (to a reader) before the child stops;
     /// for the wait point they come after, to a child asleep.
     post_first: bool,
@@ -77,21 +79,41 @@ struct Case {
     delivered: u64,
 }
 
-fn case_of(point: &'static str) -> Case {
-    let (role, post_first, delivered) = match point {
+/// The cases of `point`: one workload that passes it, or more.
+fn cases_of(point: &'static str) -> Vec<Case> {
+    let case = |role, after, post_first, delivered| Case { point, role, after, post_first, delivered };
+    match point {
         // Stopped in the record after `AFTER` complete ones: it is not published.
-        "post.reserved" | "post.half_written" | "post.written" => (Role::Poster, true, AFTER),
+        "post.reserved" | "post.half_written" | "post.written" => vec![case(Role::Poster, AFTER, true, AFTER)],
         // Stopped after the record's publish (before the notify): it is delivered.
-        "post.published" => (Role::Poster, true, AFTER + 1),
+        "post.published" => vec![case(Role::Poster, AFTER, true, AFTER + 1)],
         // Stopped with a chunk reserved (not filled), or committed (not published).
-        "chunk.reserved" | "chunk.committed" => (Role::Chunker, true, AFTER),
-        "transfer.fds_sent" | "transfer.detached" => (Role::Transferrer, true, AFTER),
-        "recv.copied" | "recv.fds_taken" => (Role::Reader, true, AFTER),
-        // The child's first wait, for a message that has not come yet.
-        "wait.before_park" => (Role::Reader, false, 0),
+        "chunk.reserved" | "chunk.committed" => vec![case(Role::Chunker, AFTER, true, AFTER)],
+        "transfer.fds_sent" | "transfer.detached" => vec![case(Role::Transferrer, AFTER, true, AFTER)],
+        "recv.copied" | "recv.fds_taken" => vec![case(Role::Reader, AFTER, true, AFTER)],
+        "wait.before_park" => vec![
+            // A reader's first wait, for a message that has not come yet.
+            case(Role::Reader, 0, false, 0),
+            // A writer's first wait, for room in the ring it filled.
+            case(Role::Poster, 0, true, messages_that_fit(shmport::DEFAULT_CAPACITY as u64)),
+        ],
         other => panic!("fault point `{other}` has no case in tests/fault_matrix.rs: add one"),
-    };
-    Case { point, role, post_first, delivered }
+    }
+}
+
+/// How many of the messages `message(0)`, `message(1)`, ... a ring of `capacity`
+/// bytes holds unread: each takes an 8-byte header and its bytes padded to 8, and one
+/// empty header slot must follow the last.
+fn messages_that_fit(capacity: u64) -> u64 {
+    let (mut used, mut count) = (8, 0);
+    loop {
+        let size = 8 + (message(count).len() as u64).next_multiple_of(8);
+        if used + size > capacity {
+            return count;
+        }
+        used += size;
+        count += 1;
+    }
 }
 
 /// The bytes of message `seq`: 16 to 215 bytes, derived from `seq`, so the receiver
@@ -224,7 +246,7 @@ fn run_case(case: &Case) -> Row {
     let channel = MessageChannel::new().unwrap();
     let port = channel.port1();
     let mut cmd = role_command(ENTRY, case.role.name());
-    cmd.env(POINT_ENV, case.point).env(AFTER_ENV, AFTER.to_string());
+    cmd.env(POINT_ENV, case.point).env(AFTER_ENV, case.after.to_string());
     channel.port2().transfer_to_child(&mut cmd).unwrap();
     drop(channel);
     let mut child = KillOnDrop(cmd.spawn().unwrap());
@@ -372,8 +394,7 @@ fn fault_matrix_a_kill_at_every_point_closes_the_port_loses_nothing_published_an
     ));
     // Our arena made before the first count: it stays for the process's life.
     drop(ArrayBuffer::from_slice(&message(0)).unwrap());
-    for point in POINTS {
-        let case = case_of(point);
+    for case in POINTS.iter().flat_map(|point| cases_of(point)) {
         let row = run_case(&case);
         common::report(format!(
             "{:<18} {:<12} {:>9} {:>12} {:>12} {:>18} {:>13}",
