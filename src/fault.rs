@@ -2,7 +2,7 @@
 //!
 //! A *fault point* is a named place on the post, transfer or receive path
 //! (`fault_point!(POST_WRITTEN)`). A process started with `SHMPORT_FAULT_POINT` set to
-//! one of [`POINTS`] stops itself with `SIGSTOP` the first time it passes that point
+//! one of `POINTS` stops itself with `SIGSTOP` the first time it passes that point
 //! after `SHMPORT_FAULT_AFTER` passes (0 if unset), so that a test can kill it exactly
 //! there (`tests/fault_matrix.rs`) and look at what its peer sees. The variables are
 //! read once per process. Without the feature, `fault_point!` expands to nothing: the
@@ -30,8 +30,9 @@ pub(crate) mod points {
     pub(crate) const TRANSFER_DETACHED: &str = "transfer.detached";
     /// A received record copied out of the ring, not yet consumed (its space not given back).
     pub(crate) const RECV_COPIED: &str = "recv.copied";
-    /// A received record's descriptors taken off the socket, its ports and buffers not
-    /// yet made (the ports it carries are in flight to this process).
+    /// A received record's attachment table read and its descriptors (if any) taken
+    /// off the socket, its ports and buffers not yet made (the ports it carries are in
+    /// flight to this process).
     pub(crate) const RECV_FDS_TAKEN: &str = "recv.fds_taken";
     /// A waiter (for a record, or for room) announced in its wait word and re-checked,
     /// about to sleep on the futex.

@@ -105,6 +105,7 @@ pub use shm::arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats}
 pub fn __process_memory_only() -> bool {
     shm::backend::choose_heap()
 }
+
 /// The fault points of `fault-injection` (see `src/fault.rs`), for this crate's
 /// `tests/fault_matrix.rs`. Test support, not part of the API.
 #[cfg(all(feature = "fault-injection", not(loom)))]
