@@ -52,6 +52,10 @@ enum Role {
     /// port and a buffer each, keeps the ports and buffers, and answers each with the
     /// bytes of `seq`.
     Reader,
+    /// Reads the survivor's messages as `Reader` does, and posts each one's port back
+    /// to the survivor (`[seq, port]`): a port of the survivor's own channel, in
+    /// flight from the child back to the survivor when the child is killed.
+    Relayer,
 }
 
 impl Role {
@@ -61,6 +65,7 @@ impl Role {
             Role::Chunker => "chunker",
             Role::Transferrer => "transferrer",
             Role::Reader => "reader",
+            Role::Relayer => "relayer",
         }
     }
 }
@@ -89,7 +94,12 @@ fn cases_of(point: &'static str) -> Vec<Case> {
         "post.published" => vec![case(Role::Poster, AFTER, true, AFTER + 1)],
         // Stopped with a chunk reserved (not filled), or committed (not published).
         "chunk.reserved" | "chunk.committed" => vec![case(Role::Chunker, AFTER, true, AFTER)],
-        "transfer.fds_sent" | "transfer.detached" => vec![case(Role::Transferrer, AFTER, true, AFTER)],
+        "transfer.fds_sent" | "transfer.detached" => vec![
+            case(Role::Transferrer, AFTER, true, AFTER),
+            // The port relayed back when the child stops: its descriptors are queued on
+            // the survivor's own socket (or still in the child), its peer here.
+            case(Role::Relayer, AFTER, true, AFTER),
+        ],
         "recv.copied" | "recv.fds_taken" => vec![case(Role::Reader, AFTER, true, AFTER)],
         "wait.before_park" => vec![
             // A reader's first wait, for a message that has not come yet.
@@ -165,6 +175,20 @@ fn child_entry() {
                 ]);
                 port.post_message(value, [Transferable::ArrayBuffer(buffer), Transferable::Port(moved)]).unwrap();
                 kept.push(channel.port2());
+            }
+        }
+        "relayer" => {
+            for seq in 0..WORKLOAD {
+                let mut event = port.recv().unwrap();
+                let Value::Array(items) = &event.data else { panic!("not an array: {:?}", event.data) };
+                let Value::ArrayBuffer(buffer) = &items[2] else { panic!("no buffer: {:?}", items[2]) };
+                kept_buffers.push(buffer.clone());
+                let moved = event.ports.remove(0);
+                port.post_message(
+                    Value::Array(vec![(seq as f64).into(), Value::Port(moved.clone())]),
+                    [Transferable::Port(moved)],
+                )
+                .unwrap();
             }
         }
         "reader" => {
@@ -266,16 +290,18 @@ fn run_case(case: &Case) -> Row {
             held.push(channel.port1());
         }
     };
-    if case.role == Role::Reader && case.post_first {
+    let reads = matches!(case.role, Role::Reader | Role::Relayer);
+    if reads && case.post_first {
         post_to_reader(&mut held);
     }
     wait_for_stop(&child.0, case.point);
-    if case.role == Role::Reader && !case.post_first {
+    if reads && !case.post_first {
         post_to_reader(&mut held);
     }
 
     // Everything the child completed is here, whole and in order, and nothing more.
     let mut delivered = 0u64;
+    let mut returned = Vec::new();
     loop {
         let next = match case.role {
             Role::Transferrer => port.try_recv().map(|event| check_moved(delivered, event, &mut held)),
@@ -283,6 +309,7 @@ fn run_case(case: &Case) -> Row {
                 port.try_recv_bytes_with(|b| assert_eq!(b, message(delivered), "message {delivered} whole"))
             }
             Role::Reader => port.try_recv_bytes_with(|b| assert_eq!(b, delivered.to_le_bytes(), "answer {delivered}")),
+            Role::Relayer => port.try_recv().map(|event| check_relayed(delivered, event, &mut returned)),
         };
         match next {
             Ok(()) => delivered += 1,
@@ -293,6 +320,11 @@ fn run_case(case: &Case) -> Row {
         }
     }
     assert_eq!(delivered, case.delivered, "`{}`: messages delivered before the kill", case.point);
+    if case.role == Role::Relayer {
+        // Both ends of the channels whose ports came back are ours: not the child's to close.
+        held.drain(..returned.len());
+        drop(returned);
+    }
 
     // Block in recv, and in a post on a full ring, then kill the child.
     let reader = std::thread::spawn({
@@ -314,7 +346,8 @@ fn run_case(case: &Case) -> Row {
         .iter()
         .map(|p| {
             let p = p.clone();
-            std::thread::spawn(move || (p.recv(), Instant::now()))
+            // A bound, so a port that never closes fails here instead of hanging.
+            std::thread::spawn(move || (p.recv_timeout(Duration::from_secs(2)), Instant::now()))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(30));
@@ -324,7 +357,7 @@ fn run_case(case: &Case) -> Row {
     // Our buffers the child holds or has in flight.
     let arena = shmport::arena_stats();
     let buffers = arena.in_flight + arena.held_elsewhere;
-    if case.role == Role::Reader {
+    if reads {
         assert_eq!(buffers, TO_READER as usize, "`{}`: our buffers the child holds or has in flight", case.point);
     }
     let killed_at = Instant::now();
@@ -360,6 +393,14 @@ fn run_case(case: &Case) -> Row {
     let after = resources();
     assert_eq!(after, before, "`{}`: (descriptors, memfd mappings) before and after", case.point);
     Row { delivered, recv_closed, post_closed, ports_closed, ports, buffers }
+}
+
+/// Checks message `seq` from a relayer: a port of ours, back (kept in `returned`).
+fn check_relayed(seq: u64, event: shmport::MessageEvent, returned: &mut Vec<MessagePort>) {
+    let Value::Array(items) = &event.data else { panic!("not an array: {:?}", event.data) };
+    assert_eq!(items[0].as_f64(), Some(seq as f64), "in order");
+    assert_eq!(event.ports.len(), 1);
+    returned.extend(event.ports);
 }
 
 /// Checks message `seq` from a transferrer, keeping the port it brings in `held`.

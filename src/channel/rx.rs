@@ -1,5 +1,6 @@
 //! The reading half of a port.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::incoming;
@@ -127,6 +128,10 @@ impl Rx {
             Some(r) => Some(r),
             None => {
                 self.finished = true;
+                // Descriptors still queued belong to records that will never come: a
+                // port among them (one the peer was moving here when it died) closes
+                // now, for its own peer, instead of when this end does.
+                wire::drop_unclaimed(self.link.socket.as_fd());
                 Some(Err(RecvFail::Closed))
             }
         }

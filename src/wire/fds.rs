@@ -150,6 +150,24 @@ pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) ->
     drained
 }
 
+/// Drops the messages queued on `socket` (at most `DRAIN_AT_MOST`), for a reader whose
+/// peer is gone or closed and who has read every record: no record can claim them any
+/// more. They are descriptors of records their writer never published (it died, or was
+/// closed, between sending them and the publish), and a port among them would stay
+/// open for its peer, which would never see it close, for as long as this end lives.
+pub(crate) fn drop_unclaimed(socket: BorrowedFd<'_>) {
+    for _ in 0..DRAIN_AT_MOST {
+        match platform::peek_message(socket, &mut [0u8; FD_HEADER]) {
+            Ok(Some(0)) if platform::peer_hung_up(socket) => return,
+            Ok(Some(_)) => platform::drop_message(socket),
+            Ok(None) => return,
+            // `ECONNRESET`: the peer died with messages of ours unread. Reported once,
+            // ahead of the messages still queued here: look again.
+            Err(_) => {}
+        }
+    }
+}
+
 /// Whether the other end of `socket` hung up (one more call).
 fn hung_up(socket: BorrowedFd<'_>, calls: &mut u32) -> bool {
     *calls += 1;

@@ -44,7 +44,7 @@ mod fds;
 mod table;
 
 pub(crate) use arenas::{KnownArenas, SentArenas};
-pub(crate) use fds::{Drained, drain_signals, send_signal};
+pub(crate) use fds::{Drained, drain_signals, drop_unclaimed, send_signal};
 pub(crate) use table::{Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, receive, spilled_len};
 
 /// Raw bytes.
