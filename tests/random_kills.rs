@@ -43,8 +43,20 @@ fn message(seq: u64) -> Vec<u8> {
 #[test]
 fn child_entry() {
     let Some(role) = role() else { return };
-    assert_eq!(role, "mixed");
     let port = MessagePort::from_parent().unwrap();
+    if role == "post_ports_then_wait" {
+        // Ten messages moving a port each, then a wait for the kill; it reads nothing.
+        let mut kept = Vec::new();
+        for seq in 0..10u32 {
+            let channel = MessageChannel::new().unwrap();
+            channel.port2().post_message(seq, []).unwrap();
+            port.post_message(Value::Port(channel.port1()), [Transferable::Port(channel.port1())]).unwrap();
+            kept.push(channel.port2());
+        }
+        println!("posted");
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+    assert_eq!(role, "mixed");
     for seq in 0.. {
         let bytes = message(seq);
         if seq % 3 == 1 {
@@ -178,4 +190,41 @@ fn random_kills_of_a_writer_deliver_a_whole_prefix_then_the_close_and_leak_nothi
         "{TRIALS} kills: {total} messages delivered whole and in order ({fewest} to {most} a trial); \
          the close seen at most {slowest:.1?} after the kill"
     ));
+}
+
+/// A peer that dies with messages of ours unread makes our socket report
+/// `ECONNRESET` once, ahead of the messages it queued for us: the descriptors of the
+/// records it published before it died must still be found, not the record refused
+/// as a malformed message.
+#[test]
+fn s16_ports_posted_before_a_kill_arrive_though_the_dead_peer_left_ours_unread() {
+    if role().is_some() {
+        return;
+    }
+    let _w = watchdog("ports_posted_before_a_kill", Duration::from_secs(60));
+    let channel = MessageChannel::new().unwrap();
+    let port = channel.port1();
+    let mut cmd = role_command(ENTRY, "post_ports_then_wait");
+    cmd.stdout(std::process::Stdio::piped());
+    channel.port2().transfer_to_child(&mut cmd).unwrap();
+    drop(channel);
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    // A message the child never reads, with descriptors (a port) on the socket.
+    let unread = MessageChannel::new().unwrap();
+    port.post_message(Value::Port(unread.port2()), [Transferable::Port(unread.port2())]).unwrap();
+    // The child says on its stdout when its messages are posted; they stay unread
+    // here until it is dead.
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let said = std::io::BufRead::lines(stdout).map_while(Result::ok).find(|line| line == "posted");
+    assert!(said.is_some(), "the child did not post its messages");
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    for seq in 0..10u32 {
+        let event = port.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|e| panic!("message {seq}: {e}"));
+        assert_eq!(event.ports.len(), 1, "message {seq} brings its port");
+        let got = event.ports[0].recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(got.data.as_f64(), Some(f64::from(seq)), "the port's queued message");
+    }
+    assert!(port.recv_timeout(Duration::from_secs(5)).is_err_and(|e| e.is_closed()));
 }

@@ -149,10 +149,14 @@ pub(crate) fn recv_with_fds(
     if nonblocking {
         flags |= RecvFlags::DONTWAIT;
     }
+    let mut reset = false;
     let msg = loop {
         match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, flags) {
             Ok(msg) => break msg,
             Err(Errno::INTR) => continue,
+            // The peer closed (or died) with messages of ours unread: the kernel says so
+            // once, ahead of the messages it had queued for us, which are still here.
+            Err(Errno::CONNRESET) if !reset => reset = true,
             Err(Errno::AGAIN) if nonblocking => return Ok(None),
             Err(e) => return Err(e.into()),
         }
