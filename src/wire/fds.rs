@@ -239,6 +239,22 @@ mod tests {
     }
 
     #[test]
+    fn unclaimed_descriptors_are_dropped_past_a_reset_and_a_socket_among_them_closes() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        let (carried, carried_peer) = platform::socketpair().unwrap();
+        send_tagged(peer.as_fd(), 64, 1, carried.as_fd());
+        send_signal(peer.as_fd());
+        drop(carried);
+        assert!(!platform::peer_hung_up(carried_peer.as_fd()), "the copy in flight keeps it open");
+        // The peer goes with a message of ours unread: ours reports ECONNRESET first.
+        platform::send_with_fds(ours.as_fd(), b"unread", &[]).unwrap();
+        drop(peer);
+        drop_unclaimed(ours.as_fd());
+        assert!(platform::peer_hung_up(carried_peer.as_fd()), "the socket in flight is closed");
+        assert_eq!(drain_signals(ours.as_fd(), 0, 4096), Drained::HungUp, "nothing left queued");
+    }
+
+    #[test]
     fn a_flood_is_drained_a_bounded_part_at_a_time_and_a_hang_up_is_reported() {
         let (ours, peer) = platform::socketpair().unwrap();
         for _ in 0..DRAIN_AT_MOST * 3 {
