@@ -61,6 +61,7 @@ mod channel;
 mod diagnostics;
 #[cfg(not(loom))]
 mod error;
+mod fault;
 #[cfg(not(loom))]
 mod platform;
 mod shm;
@@ -110,6 +111,14 @@ pub use shm::arena::{ArenaStats, reclaim as reclaim_arena, stats as arena_stats}
 #[doc(hidden)]
 pub fn __process_memory_only() -> bool {
     shm::backend::choose_heap()
+}
+
+/// The fault points of `fault-injection` (see `src/fault.rs`), for this crate's
+/// `tests/fault_matrix.rs`. Test support, not part of the API.
+#[cfg(all(feature = "fault-injection", not(loom)))]
+#[doc(hidden)]
+pub mod __fault {
+    pub use crate::fault::points::{AFTER_ENV, POINT_ENV, POINTS};
 }
 pub use shm::wait::WaitStrategy;
 #[cfg(not(loom))]
@@ -178,3 +187,57 @@ pub mod __bench {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// What the fuzz targets of the unit tests share (`shm::ring`, `wire::table`,
+/// `wire::fds`): the bytes of an input read as a stream of small decisions, and the
+/// committed corpus each target replays on every run (`tests/corpus/<target>/`). The
+/// targets run as proptests over arbitrary bytes, `PROPTEST_CASES` of them (256 by
+/// default, the CI smoke run; set it higher to fuzz longer).
+#[cfg(all(test, not(loom)))]
+pub(crate) mod fuzz {
+    /// An input's bytes, read front to back; past the end every read is 0.
+    pub(crate) struct Input<'a>(pub(crate) &'a [u8]);
+
+    impl Input<'_> {
+        pub(crate) fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+
+        pub(crate) fn u8(&mut self) -> u8 {
+            let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
+            self.0 = rest;
+            b
+        }
+
+        pub(crate) fn u32(&mut self) -> u32 {
+            u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+        }
+
+        pub(crate) fn u64(&mut self) -> u64 {
+            u64::from(self.u32()) | (u64::from(self.u32()) << 32)
+        }
+
+        /// Up to `n` of the next bytes.
+        pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
+            let (taken, rest) = self.0.split_at(n.min(self.0.len()));
+            self.0 = rest;
+            taken.to_vec()
+        }
+    }
+
+    /// The committed inputs of `target`, by file name; there must be some (a replay
+    /// of nothing would pass without checking anything).
+    pub(crate) fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(target);
+        let mut inputs: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("the corpus {}: {e}", dir.display()))
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                (path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap())
+            })
+            .collect();
+        inputs.sort();
+        assert!(!inputs.is_empty(), "the corpus {} is empty", dir.display());
+        inputs
+    }
+}

@@ -1,5 +1,6 @@
 //! The reading half of a port.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use super::incoming;
@@ -127,6 +128,10 @@ impl Rx {
             Some(r) => Some(r),
             None => {
                 self.finished = true;
+                // Descriptors still queued belong to records that will never come: a
+                // port among them (one the peer was moving here when it died) closes
+                // now, for its own peer, instead of when this end does.
+                wire::drop_unclaimed(self.link.socket.as_fd());
                 Some(Err(RecvFail::Closed))
             }
         }
@@ -290,6 +295,7 @@ impl Rx {
     /// Marks `rec` read, giving its space back in batches.
     #[inline(always)]
     pub(super) fn consumed(&mut self, rec: &Record) {
+        crate::fault::fault_point!(RECV_COPIED);
         self.consumer.consume(rec);
         self.record_start = rec.start();
         // Space goes back in batches: when everything known is read (so an idle reader

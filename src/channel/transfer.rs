@@ -86,6 +86,7 @@ impl Port {
         let end = tx.producer.position();
         match self.move_attachments(tx, outgoing, moved, start, mode) {
             Ok(MoveOutcome::Sent(sent)) => {
+                crate::fault::fault_point!(TRANSFER_DETACHED);
                 tx.publish_and_notify();
                 outgoing.record.commit(&mut tx.arenas);
                 if !sent.is_empty() {
@@ -147,6 +148,7 @@ impl Port {
             }
             return Err(PostError::transfer(e));
         }
+        crate::fault::fault_point!(TRANSFER_FDS_SENT);
         drop(links);
         if let Err(not) = detach_moved(outgoing, moved, &mut port_guards) {
             outgoing.restore_buffers(detached);

@@ -114,7 +114,9 @@ impl Tx {
 
     #[inline(always)]
     pub(super) fn publish_and_notify(&mut self) {
-        if self.producer.publish()
+        let published = self.producer.publish();
+        crate::fault::fault_point!(POST_PUBLISHED);
+        if published
             && ready::notify_reader(
                 self.notifier,
                 &self.producer.ring().lines().waits.0.data,

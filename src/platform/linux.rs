@@ -515,6 +515,17 @@ pub(crate) fn process_exists(pid: u32) -> bool {
     !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
 }
 
+/// `raise(SIGSTOP)`: stops every thread of this process until it is killed or
+/// continued (fault injection, `src/fault.rs`). Sent to the calling thread (`raise` is
+/// `tgkill`), which therefore stops before it runs another instruction of ours; a
+/// `kill` of the process may be taken by another thread, and this one ran on for a
+/// while (a thousand posts, once).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn stop_self() {
+    // SAFETY: `raise` has no preconditions; SIGSTOP cannot be caught, so no handler runs.
+    unsafe { libc::raise(libc::SIGSTOP) };
+}
+
 /// `readlink("/proc/self/fd/N")`: the name `fd` was given by `memfd_create`. Nobody,
 /// not even its creator, can change a memfd's name afterwards, so it is a fact about a
 /// received segment that no peer can forge after the fact. An error if `fd` is not a

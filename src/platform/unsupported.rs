@@ -130,6 +130,10 @@ pub(crate) unsafe fn advise_huge(_ptr: *mut u8, _len: usize) -> io::Result<()> {
 pub(crate) fn process_exists(_pid: u32) -> bool {
     true
 }
+#[cfg(feature = "fault-injection")]
+pub(crate) fn stop_self() {
+    std::process::abort();
+}
 pub(crate) fn memfd_name(_fd: BorrowedFd<'_>) -> io::Result<String> {
     Err(unsupported())
 }

@@ -641,6 +641,7 @@ fn sleep<T>(
             }
             None => longest,
         };
+        crate::fault::fault_point!(WAIT_BEFORE_PARK);
         parker.park(word, w, Some(slice));
         // The slow check runs by the clock, not by how `park` returned: signals can
         // make every park return early, and a dead peer must still be noticed.

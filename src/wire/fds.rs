@@ -182,6 +182,24 @@ pub(crate) fn drain_signals_from(socket: BorrowedFd<'_>, head: impl Fn() -> u64,
     drained
 }
 
+/// Drops the messages queued on `socket` (at most `DRAIN_AT_MOST`), for a reader whose
+/// peer is gone or closed and who has read every record: no record can claim them any
+/// more. They are descriptors of records their writer never published (it died, or was
+/// closed, between sending them and the publish), and a port among them would stay
+/// open for its peer, which would never see it close, for as long as this end lives.
+pub(crate) fn drop_unclaimed(socket: BorrowedFd<'_>) {
+    for _ in 0..DRAIN_AT_MOST {
+        match platform::peek_message(socket, &mut [0u8; FD_HEADER]) {
+            Ok(Some(0)) if platform::peer_hung_up(socket) => return,
+            Ok(Some(_)) => platform::drop_message(socket),
+            Ok(None) => return,
+            // `ECONNRESET`: the peer died with messages of ours unread. Reported once,
+            // ahead of the messages still queued here: look again.
+            Err(_) => {}
+        }
+    }
+}
+
 /// Whether the other end of `socket` hung up (one more call).
 fn hung_up(socket: BorrowedFd<'_>, calls: &mut u32) -> bool {
     *calls += 1;
@@ -254,6 +272,22 @@ mod tests {
     }
 
     #[test]
+    fn unclaimed_descriptors_are_dropped_past_a_reset_and_a_socket_among_them_closes() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        let (carried, carried_peer) = platform::socketpair().unwrap();
+        send_tagged(peer.as_fd(), 64, 1, carried.as_fd());
+        send_signal(peer.as_fd());
+        drop(carried);
+        assert!(!platform::peer_hung_up(carried_peer.as_fd()), "the copy in flight keeps it open");
+        // The peer goes with a message of ours unread: ours reports ECONNRESET first.
+        platform::send_with_fds(ours.as_fd(), b"unread", &[]).unwrap();
+        drop(peer);
+        drop_unclaimed(ours.as_fd());
+        assert!(platform::peer_hung_up(carried_peer.as_fd()), "the socket in flight is closed");
+        assert_eq!(drain_signals(ours.as_fd(), 0, 4096), Drained::HungUp, "nothing left queued");
+    }
+
+    #[test]
     fn a_flood_is_drained_a_bounded_part_at_a_time_and_a_hang_up_is_reported() {
         let (ours, peer) = platform::socketpair().unwrap();
         for _ in 0..DRAIN_AT_MOST * 3 {
@@ -268,5 +302,121 @@ mod tests {
         send_signal(peer.as_fd());
         drop(peer);
         assert_eq!(drain_signals(ours.as_fd(), 0, 4096), Drained::HungUp, "the signal dropped, then the end");
+    }
+}
+
+/// Fuzzing the descriptor groups: a peer queues any messages on the socket (descriptor
+/// messages with right, stale, later or forged tags and counts, signals, garbage, with
+/// or without descriptors), then a record's receipt asks for its descriptors and a
+/// reader drains. `recv_fds` returns exactly the count asked for or an error, never
+/// waits, and a drain returns; nothing panics.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use std::os::fd::{AsFd, OwnedFd};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{Input, corpus};
+
+    /// The record whose descriptors are asked for.
+    pub(crate) const POSITION: u64 = 4096;
+    pub(crate) const NONCE: u32 = 77;
+
+    /// Descriptors a peer may send: a socket, a memfd, a file.
+    pub(crate) fn pool() -> Vec<OwnedFd> {
+        let (a, _b) = platform::socketpair().unwrap();
+        let memfd = platform::memfd_create_sealed("shmport-fuzz", 4096).unwrap();
+        let file = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        vec![a, memfd, file]
+    }
+
+    /// Queues on `peer` the messages `input` encodes (at most 8: the socket's queue
+    /// holds 10 by default, and a send never waits).
+    pub(crate) fn queue(input: &mut Input<'_>, peer: BorrowedFd<'_>, pool: &[OwnedFd]) {
+        for _ in 0..input.u8() % 9 {
+            let fds: Vec<BorrowedFd<'_>> =
+                (0..input.u8() % 4).map(|i| pool[usize::from(i) % pool.len()].as_fd()).collect();
+            let bytes = match input.u8() % 4 {
+                0 => SIGNAL.to_vec(),
+                1 => {
+                    let n = usize::from(input.u8() % 48);
+                    input.bytes(n)
+                }
+                _ => {
+                    let position = match input.u8() % 4 {
+                        0 => POSITION,
+                        1 => POSITION - 8 * u64::from(input.u8()),
+                        2 => POSITION + 8 * u64::from(input.u8()),
+                        _ => input.u64(),
+                    };
+                    let nonce = if input.u8().is_multiple_of(4) { input.u32() } else { NONCE };
+                    let count = match input.u8() % 4 {
+                        0 => input.u32(),
+                        _ => fds.len() as u32,
+                    };
+                    let mut header = Vec::with_capacity(FD_HEADER);
+                    header.extend_from_slice(&position.to_le_bytes());
+                    header.extend_from_slice(&nonce.to_le_bytes());
+                    header.extend_from_slice(&count.to_le_bytes());
+                    header
+                }
+            };
+            let _ = platform::send_with_fds(peer, &bytes, &fds);
+        }
+    }
+
+    /// Runs the input (see the module above): whether `recv_fds` found the descriptors.
+    fn run(input: &[u8]) -> bool {
+        let mut input = Input(input);
+        let (ours, peer) = platform::socketpair().unwrap();
+        let pool = pool();
+        queue(&mut input, peer.as_fd(), &pool);
+        if input.u8().is_multiple_of(4) {
+            drop(peer);
+        }
+        let n = usize::from(input.u8() % 6);
+        let found = match recv_fds(ours.as_fd(), POSITION, NONCE, n) {
+            Ok(fds) => {
+                assert_eq!(fds.len(), n, "the count asked for");
+                true
+            }
+            Err(why) => {
+                assert!(!why.is_empty());
+                false
+            }
+        };
+        let head = POSITION + 8 * u64::from(input.u8() % 4);
+        let _ = drain_signals(ours.as_fd(), head, 4096);
+        found
+    }
+
+    #[test]
+    fn the_corpus_replays() {
+        // An input named `ok-*` queues the descriptors asked for, findable.
+        for (name, input) in corpus("fds") {
+            let replay = std::panic::catch_unwind(|| run(&input));
+            assert!(replay.is_ok(), "tests/corpus/fds/{name} fails");
+            assert!(replay.unwrap() || !name.starts_with("ok-"), "tests/corpus/fds/{name}: not found");
+        }
+    }
+
+    #[test]
+    fn well_formed_descriptors_behind_stale_ones_and_signals_arrive() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        let pool = pool();
+        let fds: Vec<BorrowedFd<'_>> = pool.iter().map(AsFd::as_fd).collect();
+        send_fds(peer.as_fd(), POSITION - 8, NONCE, &fds[..1]).unwrap();
+        send_fds(peer.as_fd(), POSITION, NONCE + 1, &fds[..2]).unwrap();
+        send_signal(peer.as_fd());
+        send_fds(peer.as_fd(), POSITION, NONCE, &fds).unwrap();
+        assert_eq!(recv_fds(ours.as_fd(), POSITION, NONCE, fds.len()).unwrap().len(), fds.len());
+    }
+
+    proptest! {
+        #[test]
+        fn any_socket_messages_never_panic_or_hang(input in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _found = run(&input);
+        }
     }
 }

@@ -56,7 +56,7 @@ mod table;
 pub(crate) use arenas::{KnownArenas, SentArenas};
 #[cfg(feature = "tokio")]
 pub(crate) use fds::drain_signals_from;
-pub(crate) use fds::{Drained, drain_signals, send_signal};
+pub(crate) use fds::{Drained, drain_signals, drop_unclaimed, send_signal};
 pub(crate) use table::{
     Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, copy_spilled_into, receive, spilled_len,
 };

@@ -479,6 +479,7 @@ pub(crate) fn receive(
     }
     // The descriptors come first, whatever the rest says, to stay in step with the socket.
     let fds = recv_fds(socket, position, h.nonce, h.n_fds).inspect_err(|_| known.lost_introductions())?;
+    crate::fault::fault_point!(RECV_FDS_TAKEN);
     let entries_len = BUFFER_ENTRY * (h.n_buffers + usize::from(h.spilled != Spilled::No))
         + PORT_ENTRY * h.n_ports
         + SHARED_ENTRY * h.n_shared;
@@ -706,6 +707,72 @@ mod tests {
                 assert_eq!(len, TABLE + BUFFER_ENTRY + PORT_ENTRY * 100);
             }
             other => panic!("expected TooLarge(RecordBytes), got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// Fuzzing the attachment table: any payload (raw, or with its words made small so
+/// that counts and descriptor indices fall in range and the table's nonce matches)
+/// against any messages queued on the socket. `receive` returns its parts, with no
+/// more ports than the table names and the body inside the payload, or an error;
+/// nothing panics or waits, and every descriptor received is closed with the parts.
+#[cfg(test)]
+mod fuzz {
+    use std::os::fd::AsFd;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fuzz::{Input, corpus};
+    use crate::platform;
+    use crate::wire::fds::fuzz::{NONCE, POSITION, pool, queue};
+
+    /// Runs the input (see the module above): whether `receive` accepted the table.
+    fn run(input: &[u8]) -> bool {
+        let mut input = Input(input);
+        let (ours, peer) = platform::socketpair().unwrap();
+        let pool = pool();
+        queue(&mut input, peer.as_fd(), &pool);
+        let structured = input.u8().is_multiple_of(2);
+        let n = usize::from(input.u8()) * 2;
+        let mut payload = input.bytes(n);
+        if structured {
+            for word in payload.chunks_exact_mut(4) {
+                let w = u32::from_le_bytes(word.try_into().unwrap());
+                let small = match (w >> 8) & 0xff {
+                    0xff => w,
+                    0xfe => u32::MAX,
+                    _ => (w & 0xff) % 8,
+                };
+                word.copy_from_slice(&small.to_le_bytes());
+            }
+            if payload.len() >= 20 && payload[0].is_multiple_of(2) {
+                payload[16..20].copy_from_slice(&NONCE.to_le_bytes());
+            }
+        }
+        let mut known = KnownArenas::default();
+        let Ok(parts) = receive(&payload, ours.as_fd(), POSITION, &mut known) else { return false };
+        let n_ports = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as usize;
+        assert_eq!(parts.ports.len(), n_ports);
+        assert!(parts.body_at <= payload.len(), "the body starts past the payload");
+        assert!(parts.buffers.iter().all(|(chunk, len)| chunk.is_some() || *len == 0));
+        true
+    }
+
+    #[test]
+    fn the_corpus_replays() {
+        // An input named `ok-*` is a well-formed table the receipt must accept.
+        for (name, input) in corpus("table") {
+            let replay = std::panic::catch_unwind(|| run(&input));
+            assert!(replay.is_ok(), "tests/corpus/table/{name} fails");
+            assert!(replay.unwrap() || !name.starts_with("ok-"), "tests/corpus/table/{name} is refused");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_table_and_socket_messages_never_panic_or_hang(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _accepted = run(&input);
         }
     }
 }

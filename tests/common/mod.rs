@@ -149,8 +149,9 @@ pub fn isolated(name: &str) -> bool {
     let stderr = String::from_utf8_lossy(&output.stderr);
     print!("{stdout}");
     for line in stderr.lines() {
-        if line.starts_with(&format!("{name}{SKIPPED}")) {
-            // The child said it skipped: that must reach the user here too.
+        if line.starts_with(&format!("{name}{SKIPPED}")) || line.starts_with(&format!("{name}{REPORT}")) {
+            // The child said it skipped, or reported figures: that must reach the user
+            // here too.
             let _ = writeln!(std::io::stderr(), "{line}");
         } else {
             eprintln!("{line}");
@@ -184,6 +185,18 @@ pub fn skip(reason: impl std::fmt::Display) {
     let here = std::thread::current();
     let name = here.name().unwrap_or("<unnamed thread>");
     let _ = writeln!(std::io::stderr(), "{name}{SKIPPED}{reason}");
+}
+
+/// What every report line starts with, after the test's name.
+const REPORT: &str = ": report: ";
+
+/// Writes `line` (figures a test measured, such as a table's row) straight to the
+/// process's stderr, past libtest's capture, as `<test name>: report: <line>`, so a
+/// passing test shows it; [`isolated`] passes such lines on from its child.
+pub fn report(line: impl std::fmt::Display) {
+    let here = std::thread::current();
+    let name = here.name().unwrap_or("<unnamed thread>");
+    let _ = writeln!(std::io::stderr(), "{name}{REPORT}{line}");
 }
 
 /// Where `address` lies in this process's mappings: (inode, offset in the file) of an

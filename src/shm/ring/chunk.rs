@@ -52,6 +52,7 @@ impl Producer {
         if !self.fits(size + HEADER).map_err(PushError::Corrupt)? {
             return Err(PushError::Full);
         }
+        crate::fault::fault_point!(CHUNK_RESERVED);
         Ok(Reserved { at: self.tail, len })
     }
 
@@ -111,6 +112,7 @@ impl Producer {
         self.ring.header_at((offset + size) & mask).store(0, Ordering::Relaxed);
         self.put_header(offset, pack(reserved.len as u32, kind, flags));
         self.tail += size;
+        crate::fault::fault_point!(CHUNK_COMMITTED);
     }
 }
 
