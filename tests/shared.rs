@@ -157,6 +157,9 @@ fn s27_wait_is_not_equal_or_times_out_and_notify_counts_the_woken() {
     assert_eq!(sab.wait(1, 4, None), AtomicsWait::NotEqual);
     assert_eq!(sab.wait(1, 5, Some(Duration::from_millis(5))), AtomicsWait::TimedOut);
     assert_eq!(sab.wait(1, 5, Some(Duration::ZERO)), AtomicsWait::TimedOut);
+    // The word is compared before the timeout is looked at (as `Atomics.wait` does).
+    assert_eq!(sab.wait(1, 4, Some(Duration::ZERO)), AtomicsWait::NotEqual);
+    assert_eq!(sab.wait(1, 4, Some(Duration::from_nanos(1))), AtomicsWait::NotEqual);
     assert_eq!(sab.notify(1, usize::MAX), 0, "nobody waits");
     std::thread::scope(|s| {
         let waiters: Vec<_> = (0..3).map(|_| s.spawn(|| sab.wait(1, 5, Some(WAIT)))).collect();

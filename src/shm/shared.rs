@@ -155,6 +155,12 @@ impl SharedRegion {
     /// wakers in any process that maps it meet). `None` if `index` is outside.
     pub(crate) fn wait(&self, index: usize, expected: u32, timeout: Option<Duration>) -> Option<Waited> {
         let word = self.u32_at(index)?;
+        // `Atomics.wait` compares first: a word that differs is `NotEqual` even with a
+        // zero or already-expired timeout (the futex below would say so, but a timeout
+        // that has run out never reaches it).
+        if word.load(std::sync::atomic::Ordering::SeqCst) != expected {
+            return Some(Waited::NotEqual);
+        }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let left = match (timeout, deadline) {
