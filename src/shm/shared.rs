@@ -25,7 +25,8 @@ pub(crate) enum Waited {
     Woken,
     /// The word did not hold the expected value.
     NotEqual,
-    /// The timeout passed.
+    /// The timeout passed, or the futex failed for another reason than a signal (and
+    /// would fail again: `ENOSYS`, `EPERM` under a seccomp filter).
     TimedOut,
 }
 
@@ -175,6 +176,9 @@ impl SharedRegion {
                 FutexWait::Woken => return Some(Waited::Woken),
                 FutexWait::NotEqual => return Some(Waited::NotEqual),
                 FutexWait::TimedOut => return Some(Waited::TimedOut),
+                // Only a signal is worth another try; any other error would repeat
+                // for ever (a seccomp filter's EPERM, ENOSYS): reported as a timeout.
+                FutexWait::Failed => return Some(Waited::TimedOut),
                 FutexWait::Interrupted => {}
             }
         }

@@ -60,7 +60,9 @@ pub enum AtomicsWait {
     Ok,
     /// The word did not hold the expected value (`"not-equal"`).
     NotEqual,
-    /// The timeout passed first (`"timed-out"`).
+    /// The timeout passed first (`"timed-out"`). Also what a wait returns, at once,
+    /// where the operating system refuses the futex (`ENOSYS`, or `EPERM` under a
+    /// seccomp filter), whatever the timeout: it would be refused again.
     TimedOut,
 }
 
