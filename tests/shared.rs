@@ -90,6 +90,42 @@ fn s26_a_posted_shared_buffer_is_shared_and_both_sides_keep_it() {
 }
 
 #[test]
+fn s26_read_and_write_copy_exactly_at_every_alignment() {
+    // `read` and `write` copy by atomics (bytes at the edges, 64-bit words between):
+    // every offset and length round-trips, and nothing outside the range changes.
+    let sab = SharedArrayBuffer::new(64).unwrap();
+    let pattern: Vec<u8> = (1..=40).collect();
+    for offset in 0..17 {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 23, 40] {
+            sab.write(0, &[0; 64]);
+            sab.write(offset, &pattern[..len]);
+            let mut all = [0xee; 64];
+            sab.read(0, &mut all);
+            let mut expected = [0; 64];
+            expected[offset..offset + len].copy_from_slice(&pattern[..len]);
+            assert_eq!(all, expected, "offset {offset}, {len} bytes");
+            let mut back = vec![0; len];
+            sab.read(offset, &mut back);
+            assert_eq!(back, pattern[..len]);
+        }
+    }
+    // Two clones used from two threads at once: each copy sees whole words, old or new.
+    let other = sab.clone();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..10_000u64 {
+                other.write(8, &(i % 2 * u64::MAX).to_ne_bytes());
+            }
+        });
+        for _ in 0..10_000 {
+            let mut word = [0; 8];
+            sab.read(8, &mut word);
+            assert!(word == [0; 8] || word == [0xff; 8], "{word:?}");
+        }
+    });
+}
+
+#[test]
 fn s26_one_shared_buffer_twice_in_a_message_arrives_as_one() {
     let ch = common::channel();
     let (a, b) = (SharedArrayBuffer::new(8).unwrap(), SharedArrayBuffer::new(16).unwrap());

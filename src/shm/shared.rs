@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
@@ -129,10 +129,14 @@ impl SharedRegion {
         if offset.checked_add(out.len()).is_none_or(|end| end > self.len) {
             return false;
         }
-        if !out.is_empty() {
-            // SAFETY: the range lies inside the mapping (invariants 1-2); bytes other
-            // processes may be writing are only copied out (invariant 3).
-            unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        let (head, words, tail) = self.split(offset, out.len());
+        let (out_head, rest) = out.split_at_mut(head.len());
+        let (out_words, out_tail) = rest.split_at_mut(8 * words.len());
+        for (o, b) in out_head.iter_mut().zip(head).chain(out_tail.iter_mut().zip(tail)) {
+            *o = b.load(Ordering::Relaxed);
+        }
+        for (o, w) in out_words.chunks_exact_mut(8).zip(words) {
+            o.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
         true
     }
@@ -143,12 +147,43 @@ impl SharedRegion {
         if offset.checked_add(bytes.len()).is_none_or(|end| end > self.len) {
             return false;
         }
-        if !bytes.is_empty() {
-            // SAFETY: the range lies inside the mapping (invariants 1-2); memory other
-            // processes may access is only written by a raw copy (invariant 3).
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(offset), bytes.len()) };
+        let (head, words, tail) = self.split(offset, bytes.len());
+        let (in_head, rest) = bytes.split_at(head.len());
+        let (in_words, in_tail) = rest.split_at(8 * words.len());
+        for (b, v) in head.iter().zip(in_head).chain(tail.iter().zip(in_tail)) {
+            b.store(*v, Ordering::Relaxed);
+        }
+        for (w, v) in words.iter().zip(in_words.chunks_exact(8)) {
+            w.store(u64::from_ne_bytes(v.try_into().expect("8 bytes")), Ordering::Relaxed);
         }
         true
+    }
+
+    /// The `len` bytes at `offset` (which the caller checked lie inside) as atomics,
+    /// for `read` and `write`: the bytes before the first 8-aligned address, the
+    /// aligned 64-bit words, and the bytes after the last one. Relaxed atomic copies,
+    /// not `copy_nonoverlapping`, because other threads of this process may access the
+    /// same bytes at the same time (through another clone of the buffer, atomically or
+    /// by a copy of their own): a plain copy would be a data race (see the mixed-size
+    /// exception in `shm/mod.rs`).
+    fn split(&self, offset: usize, len: usize) -> (&[AtomicU8], &[AtomicU64], &[AtomicU8]) {
+        if len == 0 {
+            return (&[], &[], &[]);
+        }
+        // SAFETY: `offset..offset + len` lies inside the mapping, which lives as long as
+        // `self` and never changes size (invariants 1-2), and is accessed only through
+        // atomics (invariant 3; `AtomicU8` has no alignment requirement).
+        let bytes: &[AtomicU8] =
+            unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset).cast::<AtomicU8>(), len) };
+        let head = self.base.as_ptr().wrapping_add(offset).align_offset(8).min(len);
+        let words = (len - head) / 8;
+        let (head_bytes, rest) = bytes.split_at(head);
+        let (word_bytes, tail) = rest.split_at(8 * words);
+        // SAFETY: `word_bytes` starts 8-aligned and is `8 * words` bytes of the same
+        // mapping, accessed only through atomics (invariants 1-3).
+        let words: &[AtomicU64] =
+            unsafe { std::slice::from_raw_parts(word_bytes.as_ptr().cast::<AtomicU64>(), words) };
+        (head_bytes, words, tail)
     }
 
     /// Sleeps while the word at `index` holds `expected`, until a `wake` or `timeout`
