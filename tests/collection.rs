@@ -232,6 +232,29 @@ fn s22_a_large_broadcast_is_written_once_not_once_per_port() {
 }
 
 #[test]
+fn s22_a_body_that_fits_the_ring_only_without_its_table_is_not_copied_per_port() {
+    if !common::isolated("s22_a_body_that_fits_the_ring_only_without_its_table_is_not_copied_per_port") {
+        return;
+    }
+    // A message naming a shared buffer has a table (32 bytes, and 16 per shared
+    // buffer), so a body a little under the ring's limit already goes out of line:
+    // into the one frozen memfd, never into an arena chunk per port.
+    let (mut group, channels) = group(3, ChannelOptions::new().capacity(4096));
+    let max_inline = channels[0].port1().max_inline_size();
+    let sab = shmport::SharedArrayBuffer::new(8).unwrap();
+    let before = shmport::arena_stats().in_flight;
+    for len in max_inline - 96..=max_inline + 8 {
+        let message = Value::Array(vec![Value::SharedArrayBuffer(sab.clone()), Value::String("s".repeat(len))]);
+        assert_eq!(group.post_message(message, []).unwrap(), 3);
+        assert_eq!(shmport::arena_stats().in_flight, before, "a {len}-byte string was copied into chunks");
+        for ch in &channels {
+            let Value::Array(items) = ch.port2().recv_timeout(WAIT).unwrap().data else { panic!("an array") };
+            assert_eq!(items[1], Value::String("s".repeat(len)));
+        }
+    }
+}
+
+#[test]
 fn s22_post_bytes_broadcasts_raw_bytes_small_and_large() {
     let (mut group, channels) = group(3, ChannelOptions::new().capacity(4096));
     let large: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();

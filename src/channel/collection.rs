@@ -14,7 +14,7 @@ use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
 use crate::value::codec::{self, Transfer};
 use crate::value::shared::SharedArrayBuffer;
-use crate::wire;
+use crate::wire::{self, Framed};
 
 /// A set of ports to broadcast to: the web's `PortCollection` (the 2012 WHATWG draft's
 /// `add`, `remove`, `clear`, `iterate` and `postMessage`), which no browser shipped.
@@ -226,7 +226,8 @@ impl PortCollection {
         // port a chunk of the arena is the one copy (and the arena reuses its pages,
         // where a frozen memfd takes fresh ones each time); so is it where no frozen
         // memfd can be made (in process memory): a copy per port, as `post_bytes` does.
-        let frozen = match ports.iter().filter(|p| body.len() > p.max_inline()).count() > 1 {
+        let out_of_line = |p: &&MessagePort| Framed::goes_out_of_line(body.len(), 0, 0, shared.len(), p.max_inline());
+        let frozen = match ports.iter().filter(out_of_line).count() > 1 {
             true => FrozenBody::create(body).ok().map(Arc::new),
             false => None,
         };

@@ -76,6 +76,25 @@ fn too_many_fds(n_fds: usize) -> Result<(), PostError> {
 }
 
 impl Framed {
+    /// Whether `new` puts a body of `body_len` bytes out of line (in a chunk, or in a
+    /// frozen memfd if given one), for a record with `n_buffers` buffer, `n_ports` port
+    /// and `n_shared` shared entries on a ring whose records hold `max_inline` bytes:
+    /// when the table and the body together would not fit. A broadcast asks this
+    /// before it makes a frozen memfd, so the two never disagree.
+    pub(crate) fn goes_out_of_line(
+        body_len: usize,
+        n_buffers: usize,
+        n_ports: usize,
+        n_shared: usize,
+        max_inline: usize,
+    ) -> bool {
+        if n_buffers == 0 && n_ports == 0 && n_shared == 0 {
+            return body_len > max_inline;
+        }
+        let table = TABLE + BUFFER_ENTRY * n_buffers + PORT_ENTRY * n_ports + SHARED_ENTRY * n_shared;
+        table.saturating_add(body_len) > max_inline
+    }
+
     /// A record of `kind` with `body`: inline and without a table when it moves
     /// nothing and fits `max_inline`; else a table naming `buffers` and one port entry
     /// per item of `port_ends` (the channel end each moved port owns), one shared
@@ -107,14 +126,14 @@ impl Framed {
             handovers: Vec::new(),
             introduces: None,
         };
-        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && body.len() <= max_inline {
+        let spills = Framed::goes_out_of_line(body.len(), buffers.len(), port_ends.len(), shared.len(), max_inline);
+        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && !spills {
             out.payload = body.to_vec();
             return Ok(out);
         }
         out.flags = FLAG_ATTACHMENTS;
         let entries_len = PORT_ENTRY * port_ends.len() + SHARED_ENTRY * shared.len();
         let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + entries_len + body.len();
-        let spills = table_len > max_inline;
         if spills {
             // The body goes out of line, into a chunk of our arena, and the table gets
             // an entry for it.
