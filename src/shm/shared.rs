@@ -18,6 +18,12 @@ use crate::shm::backend;
 /// refused (so a peer cannot pass a channel's segment or an arena off as one).
 const NAME: &str = "shmport-sab";
 
+/// The largest shared region this crate creates or maps: 4 GiB, a 32-bit wasm memory's
+/// limit. A peer chooses the size of what it sends, and every region received is mapped
+/// at once; without a bound, sparse memfds of terabytes would exhaust the receiver's
+/// address space.
+pub(crate) const MAX_LEN: u64 = 1 << 32;
+
 /// How a [`SharedRegion::wait`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Waited {
@@ -47,6 +53,9 @@ unsafe impl Sync for SharedRegion {}
 impl SharedRegion {
     /// A new region of `len` zeroed bytes in a sealed memfd of exactly that size.
     pub(crate) fn create(len: usize) -> io::Result<SharedRegion> {
+        if len as u64 > MAX_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a SharedArrayBuffer is at most 4 GiB"));
+        }
         backend::require_memfd()?;
         if len == 0 {
             return Ok(SharedRegion::empty());
@@ -56,14 +65,12 @@ impl SharedRegion {
     }
 
     /// The region of a memfd a peer sent, said to be `len` bytes long: refused unless
-    /// it is a memfd of ours by name, sealed against resizing, of exactly `len` bytes.
+    /// it is a memfd of ours by name, sealed against resizing, of exactly `len` bytes
+    /// (at most `MAX_LEN`), and this process maps memfds (not in process memory).
     pub(crate) fn open(fd: Option<OwnedFd>, len: u64) -> Result<SharedRegion, &'static str> {
         let Some(fd) = fd else {
             return if len == 0 { Ok(SharedRegion::empty()) } else { Err("shared buffer without a descriptor") };
         };
-        if backend::require_memfd().is_err() {
-            return Err("this process cannot map shared memory");
-        }
         match platform::memfd_name(fd.as_fd()) {
             Ok(name) if name == NAME => {}
             Ok(_) => return Err("shared buffer's memfd is not one"),
@@ -72,6 +79,12 @@ impl SharedRegion {
         let sealed = platform::sealed_len(fd.as_fd()).map_err(|_| "shared buffer is not sealed")?;
         if sealed != len || len == 0 || usize::try_from(len).is_err() {
             return Err("shared buffer's size does not match its entry");
+        }
+        if len > MAX_LEN {
+            return Err("shared buffer too large");
+        }
+        if backend::require_memfd().is_err() {
+            return Err("this process cannot map shared memory");
         }
         SharedRegion::map(fd, len as usize).map_err(|_| "shared buffer cannot be mapped")
     }
@@ -181,8 +194,7 @@ impl SharedRegion {
         let (word_bytes, tail) = rest.split_at(8 * words);
         // SAFETY: `word_bytes` starts 8-aligned and is `8 * words` bytes of the same
         // mapping, accessed only through atomics (invariants 1-3).
-        let words: &[AtomicU64] =
-            unsafe { std::slice::from_raw_parts(word_bytes.as_ptr().cast::<AtomicU64>(), words) };
+        let words: &[AtomicU64] = unsafe { std::slice::from_raw_parts(word_bytes.as_ptr().cast::<AtomicU64>(), words) };
         (head_bytes, words, tail)
     }
 
@@ -224,5 +236,41 @@ impl SharedRegion {
     pub(crate) fn wake(&self, index: usize, count: usize) -> Option<usize> {
         let word = self.u32_at(index)?;
         Some(platform::futex_wake_count(word, u32::try_from(count).unwrap_or(u32::MAX).min(i32::MAX as u32)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+
+    fn refusal(fd: OwnedFd, len: u64) -> &'static str {
+        SharedRegion::open(Some(fd), len).err().expect("refused")
+    }
+
+    #[test]
+    fn a_memfd_that_is_not_ours_or_not_sealed_or_not_its_entry_s_size_or_too_large_is_refused() {
+        let ours = || platform::memfd_create_sealed(NAME, 4096).unwrap();
+        let other = platform::memfd_create_sealed("shmport-body", 4096).unwrap();
+        assert_eq!(refusal(other, 4096), "shared buffer's memfd is not one");
+        let (socket, _) = platform::socketpair().unwrap();
+        assert_eq!(refusal(socket, 4096), "shared buffer is not a memfd");
+        let unsealed = rustix::fs::memfd_create(NAME, rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        assert_eq!(refusal(unsealed, 4096), "shared buffer is not sealed");
+        assert_eq!(refusal(ours(), 4095), "shared buffer's size does not match its entry");
+        assert_eq!(refusal(ours(), 0), "shared buffer's size does not match its entry");
+        assert!(SharedRegion::open(None, 8).is_err(), "a non-empty buffer without a descriptor");
+        // A sparse memfd past the limit costs its sender nothing: never mapped.
+        assert_eq!(
+            refusal(platform::memfd_create_sealed(NAME, MAX_LEN + 1).unwrap(), MAX_LEN + 1),
+            "shared buffer too large"
+        );
+        let too_large = SharedRegion::create(MAX_LEN as usize + 1).err().expect("refused");
+        assert_eq!(too_large.kind(), io::ErrorKind::InvalidInput);
+        // The crate's unit tests run in process memory, where even a good one is not
+        // mapped (the integration tests map them).
+        assert_eq!(refusal(ours(), 4096), "this process cannot map shared memory");
     }
 }

@@ -67,7 +67,9 @@ pub enum AtomicsWait {
 }
 
 impl SharedArrayBuffer {
-    /// A buffer of `len` zeroed bytes, in shared memory.
+    /// A buffer of `len` zeroed bytes, in shared memory. At most 4 GiB (a 32-bit wasm
+    /// memory's limit; a receiver refuses a larger one): past that, an `Io` error of
+    /// kind `InvalidInput`.
     pub fn new(len: usize) -> Result<SharedArrayBuffer, Error> {
         let region = SharedRegion::create(len).map_err(Error::Io)?;
         Ok(SharedArrayBuffer { region: Arc::new(region) })
