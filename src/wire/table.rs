@@ -76,11 +76,9 @@ fn too_many_fds(n_fds: usize) -> Result<(), PostError> {
 }
 
 impl Framed {
-    /// Whether `new` puts a body of `body_len` bytes out of line (in a chunk, or in a
-    /// frozen memfd if given one), for a record with `n_buffers` buffer, `n_ports` port
-    /// and `n_shared` shared entries on a ring whose records hold `max_inline` bytes:
-    /// when the table and the body together would not fit. A broadcast asks this
-    /// before it makes a frozen memfd, so the two never disagree.
+    /// Whether `new` puts a body of `body_len` bytes out of line (a chunk, or a frozen
+    /// memfd) for a record of `n_buffers`, `n_ports`, `n_shared` entries and a ring of
+    /// `max_inline`: when table and body would not fit. A broadcast asks it too.
     pub(crate) fn goes_out_of_line(
         body_len: usize,
         n_buffers: usize,
@@ -556,6 +554,10 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
         shared.push((taken, len));
     }
     let frozen = match frozen_entry {
+        // A frozen body's entry names no arena: only its descriptor and length count.
+        Some(e) if e.descriptor.chunk != 0 || e.descriptor.generation != 0 || e.id != NO_ID => {
+            return Err("attachment table out of range");
+        }
         Some(e) => {
             let fd = fds
                 .get_mut(e.fd as usize)
@@ -697,6 +699,8 @@ pub(crate) fn spilled_len(table: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
     use crate::wire::KIND_BYTES;
 
@@ -711,6 +715,28 @@ mod tests {
         }
         // One port fewer fits.
         assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], &[], None, usize::MAX).is_ok());
+    }
+
+    /// A table with a frozen body's entry `{fd 0, chunk, generation, id, len 12}`, and
+    /// a frozen memfd sent for it: what `receive` makes of them.
+    fn receive_frozen(chunk: u32, generation: u32, id: u32) -> Result<(), &'static str> {
+        let (ours, theirs) = crate::platform::socketpair().unwrap();
+        let memfd = crate::platform::memfd_create_frozen("shmport-body", b"frozen bytes").unwrap();
+        send_fds(theirs.as_fd(), 64, 9, &[memfd.as_fd()]).unwrap();
+        let mut table: Vec<u8> = [1u32, 0, 0, 2, 9, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        table.extend([0, chunk, generation, id].iter().flat_map(|v| v.to_le_bytes()));
+        table.extend(12u64.to_le_bytes());
+        receive(&table, ours.as_fd(), 64, &mut KnownArenas::default()).map(drop)
+    }
+
+    #[test]
+    fn a_frozen_body_s_entry_naming_a_chunk_generation_or_arena_id_is_refused() {
+        for (chunk, generation, id) in [(1, 0, NO_ID), (0, 1, NO_ID), (0, 0, 0)] {
+            assert_eq!(receive_frozen(chunk, generation, id).err(), Some("attachment table out of range"));
+        }
+        // The well-formed entry passes the table's checks (and is refused only for
+        // being mapped in process memory, as this crate's unit tests run, or accepted).
+        assert_ne!(receive_frozen(0, 0, NO_ID).err(), Some("attachment table out of range"));
     }
 
     #[test]
