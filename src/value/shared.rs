@@ -56,7 +56,9 @@ pub struct SharedArrayBuffer {
 /// How [`SharedArrayBuffer::wait`] ended: the web's `Atomics.wait` results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AtomicsWait {
-    /// Woken by a [`notify`](SharedArrayBuffer::notify) (`"ok"`).
+    /// Woken (`"ok"`): by a [`notify`](SharedArrayBuffer::notify), or spuriously (the
+    /// futex cannot tell a spurious wake-up from a notify, and reports both so). A
+    /// caller that needs to know re-checks the word, as with any condition variable.
     Ok,
     /// The word did not hold the expected value (`"not-equal"`).
     NotEqual,
