@@ -379,6 +379,34 @@ fn s24_a_blocked_broadcast_ends_when_the_full_port_s_peer_closes() {
     });
 }
 
+#[test]
+fn s21_a_port_dropped_while_a_broadcast_waits_at_another_is_not_kept_alive() {
+    let _w = watchdog("s21_port_dropped_while_a_broadcast_waits", Duration::from_secs(60));
+    let options = ChannelOptions::new().capacity(256);
+    let (a, b, c) =
+        (common::channel_with(options.clone()), common::channel_with(options.clone()), common::channel_with(options));
+    let mut group = PortCollection::new();
+    [&a, &b, &c].iter().for_each(|ch| group.add(&ch.port1()));
+    let queued = fill(&a.port1());
+    fill(&b.port1());
+    let b_peer = b.port2();
+    std::thread::scope(|s| {
+        let poster = s.spawn(move || group.post_message_timeout("tick", [], WAIT).unwrap());
+        // C's copy is the first pass's last post: A and B wait, in that order.
+        assert_eq!(c.port2().recv_timeout(WAIT).unwrap().data, Value::from("tick"));
+        // B's last handle goes while the broadcast waits at A: B closes now, and the
+        // broadcast skips it (it used to hold B and wait at it until the deadline).
+        drop(b);
+        for _ in 0..queued {
+            a.port2().recv_bytes_with(|_| ()).unwrap();
+        }
+        assert_eq!(a.port2().recv_timeout(WAIT).unwrap().data, Value::from("tick"));
+        let report = poster.join().unwrap();
+        assert_eq!((report.reached, report.full.len(), report.failed.len()), (2, 0, 0));
+    });
+    drop(b_peer);
+}
+
 // ---- 25: receiving from many ------------------------------------------------------
 
 #[test]
