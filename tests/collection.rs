@@ -232,6 +232,29 @@ fn s22_a_large_broadcast_is_written_once_not_once_per_port() {
 }
 
 #[test]
+fn s22_a_body_that_fits_the_ring_only_without_its_table_is_not_copied_per_port() {
+    if !common::isolated("s22_a_body_that_fits_the_ring_only_without_its_table_is_not_copied_per_port") {
+        return;
+    }
+    // A message naming a shared buffer has a table (32 bytes, and 16 per shared
+    // buffer), so a body a little under the ring's limit already goes out of line:
+    // into the one frozen memfd, never into an arena chunk per port.
+    let (mut group, channels) = group(3, ChannelOptions::new().capacity(4096));
+    let max_inline = channels[0].port1().max_inline_size();
+    let sab = shmport::SharedArrayBuffer::new(8).unwrap();
+    let before = shmport::arena_stats().in_flight;
+    for len in max_inline - 96..=max_inline + 8 {
+        let message = Value::Array(vec![Value::SharedArrayBuffer(sab.clone()), Value::String("s".repeat(len))]);
+        assert_eq!(group.post_message(message, []).unwrap(), 3);
+        assert_eq!(shmport::arena_stats().in_flight, before, "a {len}-byte string was copied into chunks");
+        for ch in &channels {
+            let Value::Array(items) = ch.port2().recv_timeout(WAIT).unwrap().data else { panic!("an array") };
+            assert_eq!(items[1], Value::String("s".repeat(len)));
+        }
+    }
+}
+
+#[test]
 fn s22_post_bytes_broadcasts_raw_bytes_small_and_large() {
     let (mut group, channels) = group(3, ChannelOptions::new().capacity(4096));
     let large: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
@@ -354,6 +377,34 @@ fn s24_a_blocked_broadcast_ends_when_the_full_port_s_peer_closes() {
         stuck.close();
         assert_eq!(poster.join().unwrap(), (1, 1), "the closed peer's port is not counted and leaves");
     });
+}
+
+#[test]
+fn s21_a_port_dropped_while_a_broadcast_waits_at_another_is_not_kept_alive() {
+    let _w = watchdog("s21_port_dropped_while_a_broadcast_waits", Duration::from_secs(60));
+    let options = ChannelOptions::new().capacity(256);
+    let (a, b, c) =
+        (common::channel_with(options.clone()), common::channel_with(options.clone()), common::channel_with(options));
+    let mut group = PortCollection::new();
+    [&a, &b, &c].iter().for_each(|ch| group.add(&ch.port1()));
+    let queued = fill(&a.port1());
+    fill(&b.port1());
+    let b_peer = b.port2();
+    std::thread::scope(|s| {
+        let poster = s.spawn(move || group.post_message_timeout("tick", [], WAIT).unwrap());
+        // C's copy is the first pass's last post: A and B wait, in that order.
+        assert_eq!(c.port2().recv_timeout(WAIT).unwrap().data, Value::from("tick"));
+        // B's last handle goes while the broadcast waits at A: B closes now, and the
+        // broadcast skips it (it used to hold B and wait at it until the deadline).
+        drop(b);
+        for _ in 0..queued {
+            a.port2().recv_bytes_with(|_| ()).unwrap();
+        }
+        assert_eq!(a.port2().recv_timeout(WAIT).unwrap().data, Value::from("tick"));
+        let report = poster.join().unwrap();
+        assert_eq!((report.reached, report.full.len(), report.failed.len()), (2, 0, 0));
+    });
+    drop(b_peer);
 }
 
 // ---- 25: receiving from many ------------------------------------------------------

@@ -19,6 +19,30 @@ const INCREMENTS: u32 = 100_000;
 /// How many round trips the ping-pong makes.
 const ROUNDS: u32 = 1_000;
 
+/// What the waits of one side of the ping-pong returned.
+#[derive(Default)]
+struct Waits {
+    ok: u32,
+    not_equal: u32,
+}
+
+impl Waits {
+    fn note(&mut self, waited: AtomicsWait) {
+        match waited {
+            AtomicsWait::Ok => self.ok += 1,
+            AtomicsWait::NotEqual => self.not_equal += 1,
+            AtomicsWait::TimedOut => panic!("a wait timed out: the other side's notify was lost"),
+        }
+    }
+
+    /// A side waits only while the word holds the value it expects, so a `NotEqual` can
+    /// come at most once per round (the word had just moved on); a wait that never
+    /// slept (always `NotEqual`) would spin and count far more.
+    fn check(&self) {
+        assert!(self.not_equal <= ROUNDS, "{} NotEqual in {ROUNDS} rounds: the waits spun", self.not_equal);
+    }
+}
+
 fn shared_of(value: Value) -> SharedArrayBuffer {
     match value {
         Value::SharedArrayBuffer(sab) => sab,
@@ -45,14 +69,16 @@ fn child_entry() {
         "pong" => {
             // Word 0 goes 2i+1 (the parent's ping) -> 2i+2 (our pong).
             let word = sab.atomic_u32(0);
+            let mut waits = Waits::default();
             for i in 0..ROUNDS {
                 while word.load(Ordering::SeqCst) != 2 * i + 1 {
-                    sab.wait(0, 2 * i, Some(WAIT));
+                    waits.note(sab.wait(0, 2 * i, Some(WAIT)));
                 }
                 word.store(2 * i + 2, Ordering::SeqCst);
                 sab.notify(0, 1);
             }
-            port.post_message("done", []).unwrap();
+            waits.check();
+            port.post_message(format!("done {}", waits.ok), []).unwrap();
         }
         "write_then_hang" => {
             sab.write(0, b"from the child");
@@ -87,6 +113,42 @@ fn s26_a_posted_shared_buffer_is_shared_and_both_sides_keep_it() {
     again.atomic_u32(0).store(7, Ordering::SeqCst);
     assert_eq!(theirs.atomic_u32(0).load(Ordering::SeqCst), 7);
     assert_eq!(sab.atomic_u32(0).load(Ordering::SeqCst), 7);
+}
+
+#[test]
+fn s26_read_and_write_copy_exactly_at_every_alignment() {
+    // `read` and `write` copy by atomics (bytes at the edges, 64-bit words between):
+    // every offset and length round-trips, and nothing outside the range changes.
+    let sab = SharedArrayBuffer::new(64).unwrap();
+    let pattern: Vec<u8> = (1..=40).collect();
+    for offset in 0..17 {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 23, 40] {
+            sab.write(0, &[0; 64]);
+            sab.write(offset, &pattern[..len]);
+            let mut all = [0xee; 64];
+            sab.read(0, &mut all);
+            let mut expected = [0; 64];
+            expected[offset..offset + len].copy_from_slice(&pattern[..len]);
+            assert_eq!(all, expected, "offset {offset}, {len} bytes");
+            let mut back = vec![0; len];
+            sab.read(offset, &mut back);
+            assert_eq!(back, pattern[..len]);
+        }
+    }
+    // Two clones used from two threads at once: each copy sees whole words, old or new.
+    let other = sab.clone();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..10_000u64 {
+                other.write(8, &(i % 2 * u64::MAX).to_ne_bytes());
+            }
+        });
+        for _ in 0..10_000 {
+            let mut word = [0; 8];
+            sab.read(8, &mut word);
+            assert!(word == [0; 8] || word == [0xff; 8], "{word:?}");
+        }
+    });
 }
 
 #[test]
@@ -157,6 +219,9 @@ fn s27_wait_is_not_equal_or_times_out_and_notify_counts_the_woken() {
     assert_eq!(sab.wait(1, 4, None), AtomicsWait::NotEqual);
     assert_eq!(sab.wait(1, 5, Some(Duration::from_millis(5))), AtomicsWait::TimedOut);
     assert_eq!(sab.wait(1, 5, Some(Duration::ZERO)), AtomicsWait::TimedOut);
+    // The word is compared before the timeout is looked at (as `Atomics.wait` does).
+    assert_eq!(sab.wait(1, 4, Some(Duration::ZERO)), AtomicsWait::NotEqual);
+    assert_eq!(sab.wait(1, 4, Some(Duration::from_nanos(1))), AtomicsWait::NotEqual);
     assert_eq!(sab.notify(1, usize::MAX), 0, "nobody waits");
     std::thread::scope(|s| {
         let waiters: Vec<_> = (0..3).map(|_| s.spawn(|| sab.wait(1, 5, Some(WAIT)))).collect();
@@ -236,14 +301,20 @@ fn s27_wait_and_notify_ping_pong_across_processes() {
     let child = spawn_role(ENTRY, "pong", &ch.port2());
     ch.port1().post_message(Value::SharedArrayBuffer(sab.clone()), []).unwrap();
     let word = sab.atomic_u32(0);
+    let mut waits = Waits::default();
     for i in 0..ROUNDS {
         word.store(2 * i + 1, Ordering::SeqCst);
         sab.notify(0, 1);
         while word.load(Ordering::SeqCst) != 2 * i + 2 {
-            sab.wait(0, 2 * i + 1, Some(WAIT));
+            waits.note(sab.wait(0, 2 * i + 1, Some(WAIT)));
         }
     }
-    assert_eq!(ch.port1().recv_timeout(WAIT).unwrap().data, Value::from("done"));
+    waits.check();
+    let Value::String(done) = ch.port1().recv_timeout(WAIT).unwrap().data else { panic!("a string") };
+    let child_ok: u32 = done.strip_prefix("done ").and_then(|n| n.parse().ok()).expect("done and a count");
+    // Which side sleeps in a round depends on scheduling (one side may find the other
+    // ahead every time), so only the two sides together are asserted to have slept.
+    assert!(waits.ok + child_ok > 0, "no wait slept in {ROUNDS} rounds");
     expect_success(child);
 }
 

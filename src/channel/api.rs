@@ -224,7 +224,8 @@ impl MessagePort {
         frozen: Option<&Arc<FrozenBody>>,
         mode: Mode,
     ) -> Result<Delivery, PostError> {
-        if !shared.is_empty() || frozen.is_some_and(|_| bytes.len() > self.max_inline()) {
+        let out_of_line = || wire::Framed::goes_out_of_line(bytes.len(), 0, 0, shared.len(), self.max_inline());
+        if !shared.is_empty() || frozen.is_some_and(|_| out_of_line()) {
             let outgoing = Outgoing::encoded(kind, bytes, shared, frozen, self.max_inline())?;
             return self.port().post_outgoing(outgoing, mode);
         }

@@ -14,7 +14,7 @@ use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
 use crate::value::codec::{self, Transfer};
 use crate::value::shared::SharedArrayBuffer;
-use crate::wire;
+use crate::wire::{self, Framed};
 
 /// A set of ports to broadcast to: the web's `PortCollection` (the 2012 WHATWG draft's
 /// `add`, `remove`, `clear`, `iterate` and `postMessage`), which no browser shipped.
@@ -133,7 +133,10 @@ impl PortCollection {
     ///
     /// Waits at every port whose ring is full, after the ports with room have their
     /// copy (SEMANTICS 24); a port whose peer dies meanwhile stops the wait within
-    /// 25 ms. A port whose peer is gone is not counted and leaves the collection. A
+    /// 25 ms. The one exception to "never keeps a port alive": the port being waited
+    /// at is held (as a handle) for that wait, so dropping its last other handle then
+    /// closes it only when the wait ends; the ports still to be waited at are held
+    /// weakly, and one that goes meanwhile is skipped. A port whose peer is gone is not counted and leaves the collection. A
     /// port where the post fails otherwise (see [`BroadcastReport::failed`]) is not
     /// counted; the `_timeout` variant says which.
     pub fn post_message(
@@ -226,7 +229,8 @@ impl PortCollection {
         // port a chunk of the arena is the one copy (and the arena reuses its pages,
         // where a frozen memfd takes fresh ones each time); so is it where no frozen
         // memfd can be made (in process memory): a copy per port, as `post_bytes` does.
-        let frozen = match ports.iter().filter(|p| body.len() > p.max_inline()).count() > 1 {
+        let out_of_line = |p: &&MessagePort| Framed::goes_out_of_line(body.len(), 0, 0, shared.len(), p.max_inline());
+        let frozen = match ports.iter().filter(out_of_line).count() > 1 {
             true => FrozenBody::create(body).ok().map(Arc::new),
             false => None,
         };
@@ -242,11 +246,15 @@ impl PortCollection {
                 continue;
             }
             match port.post_encoded(kind, body, shared, frozen, Mode::Try) {
-                Err(PostError::Full) if !matches!(mode, Mode::Try) => waiting.push(port),
+                // Held weakly while the ports before it are waited on (SEMANTICS 21).
+                Err(PostError::Full) if !matches!(mode, Mode::Try) => waiting.push(port.downgrade()),
                 outcome => report.note(port, outcome, &mut gone),
             }
         }
-        for port in waiting {
+        for weak in waiting {
+            // Its last handle dropped, or it was closed or transferred, meanwhile: it
+            // has left the collection, uncounted.
+            let Some(port) = MessagePort::upgrade(&weak).filter(|p| !p.is_detached()) else { continue };
             let outcome = port.post_encoded(kind, body, shared, frozen, mode);
             report.note(port, outcome, &mut gone);
         }

@@ -168,7 +168,14 @@ pub(super) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
             let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
             Ok(rx.replace_payload(body))
         }
-        Body::Frozen(frozen) => Ok(rx.replace_payload(frozen.bytes().to_vec())),
+        Body::Frozen(frozen) => {
+            // Up to `FrozenBody`'s limit, chosen by the peer: a reservation that fails is
+            // this message's error, not an abort.
+            let mut body = Vec::new();
+            body.try_reserve_exact(frozen.bytes().len()).map_err(|_| fail("out of memory for the message"))?;
+            body.extend_from_slice(frozen.bytes());
+            Ok(rx.replace_payload(body))
+        }
         Body::Inline(at) => Ok(at..len),
     }
 }

@@ -115,7 +115,9 @@ pub(crate) fn futex_wait_outcome(word: &AtomicU32, expected: u32, timeout: Optio
         Ok(()) => FutexWait::Woken,
         Err(Errno::AGAIN) => FutexWait::NotEqual,
         Err(Errno::TIMEDOUT) => FutexWait::TimedOut,
-        Err(_) => FutexWait::Interrupted,
+        Err(Errno::INTR) => FutexWait::Interrupted,
+        // ENOSYS, EPERM (a seccomp filter), EFAULT...: retrying would fail again.
+        Err(_) => FutexWait::Failed,
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) enum VmaFlag {
 
 /// Why a [`os::futex_wait_outcome`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(any(not(target_os = "linux"), shmport_stub), allow(dead_code))] // the stub only says Interrupted
+#[cfg_attr(any(not(target_os = "linux"), shmport_stub), allow(dead_code))] // the stub only says Failed
 pub(crate) enum FutexWait {
     /// A wake-up came (from a `futex_wake` on the word, or a spurious one).
     Woken,
@@ -39,8 +39,11 @@ pub(crate) enum FutexWait {
     NotEqual,
     /// The timeout passed (`ETIMEDOUT`).
     TimedOut,
-    /// A signal interrupted the wait (`EINTR`), or the OS has no futex: look again.
+    /// A signal interrupted the wait (`EINTR`): look again.
     Interrupted,
+    /// The wait failed otherwise (`ENOSYS`, `EPERM` under a seccomp filter, or an OS
+    /// without futexes), and would fail again if retried.
+    Failed,
 }
 
 /// What an epoll set watches a descriptor for ([`os::epoll_watch`]).

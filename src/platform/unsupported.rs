@@ -45,7 +45,7 @@ pub(crate) fn futex_wait(_word: &AtomicU32, _expected: u32, timeout: Option<Dura
 pub(crate) fn futex_wake(_word: &AtomicU32) {}
 pub(crate) fn futex_wait_outcome(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
     futex_wait(word, expected, timeout);
-    FutexWait::Interrupted
+    FutexWait::Failed
 }
 pub(crate) fn futex_wake_count(_word: &AtomicU32, _count: u32) -> usize {
     0

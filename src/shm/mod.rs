@@ -78,6 +78,24 @@
 //! length is in process memory and lies inside the data area, whose size is sealed).
 //! What the caller reads back from a chunk is as trustworthy as what it would read
 //! from a message of that peer. The bytes start as whatever the ring held there.
+//!
+//! # The third exception: mixed-size atomics on a `SharedArrayBuffer`
+//!
+//! Invariant 3 is about other processes; a `SharedArrayBuffer` is also shared between
+//! threads of this one (every clone of a handle is the same mapping), and Rust's memory
+//! model does cover those. So the crate never touches its bytes non-atomically: `read`
+//! and `write` are relaxed atomic copies (`AtomicU8` at the edges, aligned `AtomicU64`
+//! between, `shm/shared.rs`), never `copy_nonoverlapping`. What the API cannot rule out
+//! is accesses of different sizes to overlapping bytes at the same time: `atomic_u64(0)`
+//! against `atomic_u32(1)`, or either against a `read`'s byte or word copies. Rust's
+//! model leaves such racing mixed-size atomics undefined; the web allows them (an
+//! `Int32Array` and a `BigInt64Array` over one `SharedArrayBuffer`). We rely here, as
+//! wasm runtimes and JS engines do for the same programs, on the hardware: on every
+//! target this crate builds for (Linux on x86-64, AArch64 and the like), naturally
+//! aligned loads and stores of 1, 4 and 8 bytes are each single-copy atomic, so a racing
+//! access sees each aligned unit whole, old or new, and nothing faults or tears beyond
+//! that. The compiler cannot exploit the race: every access is an atomic operation on
+//! memory it cannot see into (a mapping it did not allocate).
 
 pub(crate) mod arena;
 #[cfg(not(loom))]

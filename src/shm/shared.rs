@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
@@ -18,6 +18,12 @@ use crate::shm::backend;
 /// refused (so a peer cannot pass a channel's segment or an arena off as one).
 const NAME: &str = "shmport-sab";
 
+/// The largest shared region this crate creates or maps: 4 GiB, a 32-bit wasm memory's
+/// limit. A peer chooses the size of what it sends, and every region received is mapped
+/// at once; without a bound, sparse memfds of terabytes would exhaust the receiver's
+/// address space.
+pub(crate) const MAX_LEN: u64 = 1 << 32;
+
 /// How a [`SharedRegion::wait`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Waited {
@@ -25,7 +31,8 @@ pub(crate) enum Waited {
     Woken,
     /// The word did not hold the expected value.
     NotEqual,
-    /// The timeout passed.
+    /// The timeout passed, or the futex failed for another reason than a signal (and
+    /// would fail again: `ENOSYS`, `EPERM` under a seccomp filter).
     TimedOut,
 }
 
@@ -46,6 +53,9 @@ unsafe impl Sync for SharedRegion {}
 impl SharedRegion {
     /// A new region of `len` zeroed bytes in a sealed memfd of exactly that size.
     pub(crate) fn create(len: usize) -> io::Result<SharedRegion> {
+        if len as u64 > MAX_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a SharedArrayBuffer is at most 4 GiB"));
+        }
         backend::require_memfd()?;
         if len == 0 {
             return Ok(SharedRegion::empty());
@@ -55,14 +65,12 @@ impl SharedRegion {
     }
 
     /// The region of a memfd a peer sent, said to be `len` bytes long: refused unless
-    /// it is a memfd of ours by name, sealed against resizing, of exactly `len` bytes.
+    /// it is a memfd of ours by name, sealed against resizing, of exactly `len` bytes
+    /// (at most `MAX_LEN`), and this process maps memfds (not in process memory).
     pub(crate) fn open(fd: Option<OwnedFd>, len: u64) -> Result<SharedRegion, &'static str> {
         let Some(fd) = fd else {
             return if len == 0 { Ok(SharedRegion::empty()) } else { Err("shared buffer without a descriptor") };
         };
-        if backend::require_memfd().is_err() {
-            return Err("this process cannot map shared memory");
-        }
         match platform::memfd_name(fd.as_fd()) {
             Ok(name) if name == NAME => {}
             Ok(_) => return Err("shared buffer's memfd is not one"),
@@ -71,6 +79,12 @@ impl SharedRegion {
         let sealed = platform::sealed_len(fd.as_fd()).map_err(|_| "shared buffer is not sealed")?;
         if sealed != len || len == 0 || usize::try_from(len).is_err() {
             return Err("shared buffer's size does not match its entry");
+        }
+        if len > MAX_LEN {
+            return Err("shared buffer too large");
+        }
+        if backend::require_memfd().is_err() {
+            return Err("this process cannot map shared memory");
         }
         SharedRegion::map(fd, len as usize).map_err(|_| "shared buffer cannot be mapped")
     }
@@ -128,10 +142,14 @@ impl SharedRegion {
         if offset.checked_add(out.len()).is_none_or(|end| end > self.len) {
             return false;
         }
-        if !out.is_empty() {
-            // SAFETY: the range lies inside the mapping (invariants 1-2); bytes other
-            // processes may be writing are only copied out (invariant 3).
-            unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        let (head, words, tail) = self.split(offset, out.len());
+        let (out_head, rest) = out.split_at_mut(head.len());
+        let (out_words, out_tail) = rest.split_at_mut(8 * words.len());
+        for (o, b) in out_head.iter_mut().zip(head).chain(out_tail.iter_mut().zip(tail)) {
+            *o = b.load(Ordering::Relaxed);
+        }
+        for (o, w) in out_words.chunks_exact_mut(8).zip(words) {
+            o.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
         true
     }
@@ -142,12 +160,42 @@ impl SharedRegion {
         if offset.checked_add(bytes.len()).is_none_or(|end| end > self.len) {
             return false;
         }
-        if !bytes.is_empty() {
-            // SAFETY: the range lies inside the mapping (invariants 1-2); memory other
-            // processes may access is only written by a raw copy (invariant 3).
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(offset), bytes.len()) };
+        let (head, words, tail) = self.split(offset, bytes.len());
+        let (in_head, rest) = bytes.split_at(head.len());
+        let (in_words, in_tail) = rest.split_at(8 * words.len());
+        for (b, v) in head.iter().zip(in_head).chain(tail.iter().zip(in_tail)) {
+            b.store(*v, Ordering::Relaxed);
+        }
+        for (w, v) in words.iter().zip(in_words.chunks_exact(8)) {
+            w.store(u64::from_ne_bytes(v.try_into().expect("8 bytes")), Ordering::Relaxed);
         }
         true
+    }
+
+    /// The `len` bytes at `offset` (which the caller checked lie inside) as atomics,
+    /// for `read` and `write`: the bytes before the first 8-aligned address, the
+    /// aligned 64-bit words, and the bytes after the last one. Relaxed atomic copies,
+    /// not `copy_nonoverlapping`, because other threads of this process may access the
+    /// same bytes at the same time (through another clone of the buffer, atomically or
+    /// by a copy of their own): a plain copy would be a data race (see the mixed-size
+    /// exception in `shm/mod.rs`).
+    fn split(&self, offset: usize, len: usize) -> (&[AtomicU8], &[AtomicU64], &[AtomicU8]) {
+        if len == 0 {
+            return (&[], &[], &[]);
+        }
+        // SAFETY: `offset..offset + len` lies inside the mapping, which lives as long as
+        // `self` and never changes size (invariants 1-2), and is accessed only through
+        // atomics (invariant 3; `AtomicU8` has no alignment requirement).
+        let bytes: &[AtomicU8] =
+            unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset).cast::<AtomicU8>(), len) };
+        let head = self.base.as_ptr().wrapping_add(offset).align_offset(8).min(len);
+        let words = (len - head) / 8;
+        let (head_bytes, rest) = bytes.split_at(head);
+        let (word_bytes, tail) = rest.split_at(8 * words);
+        // SAFETY: `word_bytes` starts 8-aligned and is `8 * words` bytes of the same
+        // mapping, accessed only through atomics (invariants 1-3).
+        let words: &[AtomicU64] = unsafe { std::slice::from_raw_parts(word_bytes.as_ptr().cast::<AtomicU64>(), words) };
+        (head_bytes, words, tail)
     }
 
     /// Sleeps while the word at `index` holds `expected`, until a `wake` or `timeout`
@@ -155,6 +203,12 @@ impl SharedRegion {
     /// wakers in any process that maps it meet). `None` if `index` is outside.
     pub(crate) fn wait(&self, index: usize, expected: u32, timeout: Option<Duration>) -> Option<Waited> {
         let word = self.u32_at(index)?;
+        // `Atomics.wait` compares first: a word that differs is `NotEqual` even with a
+        // zero or already-expired timeout (the futex below would say so, but a timeout
+        // that has run out never reaches it).
+        if word.load(std::sync::atomic::Ordering::SeqCst) != expected {
+            return Some(Waited::NotEqual);
+        }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let left = match (timeout, deadline) {
@@ -169,6 +223,9 @@ impl SharedRegion {
                 FutexWait::Woken => return Some(Waited::Woken),
                 FutexWait::NotEqual => return Some(Waited::NotEqual),
                 FutexWait::TimedOut => return Some(Waited::TimedOut),
+                // Only a signal is worth another try; any other error would repeat
+                // for ever (a seccomp filter's EPERM, ENOSYS): reported as a timeout.
+                FutexWait::Failed => return Some(Waited::TimedOut),
                 FutexWait::Interrupted => {}
             }
         }
@@ -179,5 +236,41 @@ impl SharedRegion {
     pub(crate) fn wake(&self, index: usize, count: usize) -> Option<usize> {
         let word = self.u32_at(index)?;
         Some(platform::futex_wake_count(word, u32::try_from(count).unwrap_or(u32::MAX).min(i32::MAX as u32)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+
+    fn refusal(fd: OwnedFd, len: u64) -> &'static str {
+        SharedRegion::open(Some(fd), len).err().expect("refused")
+    }
+
+    #[test]
+    fn a_memfd_that_is_not_ours_or_not_sealed_or_not_its_entry_s_size_or_too_large_is_refused() {
+        let ours = || platform::memfd_create_sealed(NAME, 4096).unwrap();
+        let other = platform::memfd_create_sealed("shmport-body", 4096).unwrap();
+        assert_eq!(refusal(other, 4096), "shared buffer's memfd is not one");
+        let (socket, _) = platform::socketpair().unwrap();
+        assert_eq!(refusal(socket, 4096), "shared buffer is not a memfd");
+        let unsealed = rustix::fs::memfd_create(NAME, rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        assert_eq!(refusal(unsealed, 4096), "shared buffer is not sealed");
+        assert_eq!(refusal(ours(), 4095), "shared buffer's size does not match its entry");
+        assert_eq!(refusal(ours(), 0), "shared buffer's size does not match its entry");
+        assert!(SharedRegion::open(None, 8).is_err(), "a non-empty buffer without a descriptor");
+        // A sparse memfd past the limit costs its sender nothing: never mapped.
+        assert_eq!(
+            refusal(platform::memfd_create_sealed(NAME, MAX_LEN + 1).unwrap(), MAX_LEN + 1),
+            "shared buffer too large"
+        );
+        let too_large = SharedRegion::create(MAX_LEN as usize + 1).err().expect("refused");
+        assert_eq!(too_large.kind(), io::ErrorKind::InvalidInput);
+        // The crate's unit tests run in process memory, where even a good one is not
+        // mapped (the integration tests map them).
+        assert_eq!(refusal(ours(), 4096), "this process cannot map shared memory");
     }
 }

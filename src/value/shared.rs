@@ -56,16 +56,22 @@ pub struct SharedArrayBuffer {
 /// How [`SharedArrayBuffer::wait`] ended: the web's `Atomics.wait` results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AtomicsWait {
-    /// Woken by a [`notify`](SharedArrayBuffer::notify) (`"ok"`).
+    /// Woken (`"ok"`): by a [`notify`](SharedArrayBuffer::notify), or spuriously (the
+    /// futex cannot tell a spurious wake-up from a notify, and reports both so). A
+    /// caller that needs to know re-checks the word, as with any condition variable.
     Ok,
     /// The word did not hold the expected value (`"not-equal"`).
     NotEqual,
-    /// The timeout passed first (`"timed-out"`).
+    /// The timeout passed first (`"timed-out"`). Also what a wait returns, at once,
+    /// where the operating system refuses the futex (`ENOSYS`, or `EPERM` under a
+    /// seccomp filter), whatever the timeout: it would be refused again.
     TimedOut,
 }
 
 impl SharedArrayBuffer {
-    /// A buffer of `len` zeroed bytes, in shared memory.
+    /// A buffer of `len` zeroed bytes, in shared memory. At most 4 GiB (a 32-bit wasm
+    /// memory's limit; a receiver refuses a larger one): past that, an `Io` error of
+    /// kind `InvalidInput`.
     pub fn new(len: usize) -> Result<SharedArrayBuffer, Error> {
         let region = SharedRegion::create(len).map_err(Error::Io)?;
         Ok(SharedArrayBuffer { region: Arc::new(region) })

@@ -76,6 +76,23 @@ fn too_many_fds(n_fds: usize) -> Result<(), PostError> {
 }
 
 impl Framed {
+    /// Whether `new` puts a body of `body_len` bytes out of line (a chunk, or a frozen
+    /// memfd) for a record of `n_buffers`, `n_ports`, `n_shared` entries and a ring of
+    /// `max_inline`: when table and body would not fit. A broadcast asks it too.
+    pub(crate) fn goes_out_of_line(
+        body_len: usize,
+        n_buffers: usize,
+        n_ports: usize,
+        n_shared: usize,
+        max_inline: usize,
+    ) -> bool {
+        if n_buffers == 0 && n_ports == 0 && n_shared == 0 {
+            return body_len > max_inline;
+        }
+        let table = TABLE + BUFFER_ENTRY * n_buffers + PORT_ENTRY * n_ports + SHARED_ENTRY * n_shared;
+        table.saturating_add(body_len) > max_inline
+    }
+
     /// A record of `kind` with `body`: inline and without a table when it moves
     /// nothing and fits `max_inline`; else a table naming `buffers` and one port entry
     /// per item of `port_ends` (the channel end each moved port owns), one shared
@@ -107,14 +124,14 @@ impl Framed {
             handovers: Vec::new(),
             introduces: None,
         };
-        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && body.len() <= max_inline {
+        let spills = Framed::goes_out_of_line(body.len(), buffers.len(), port_ends.len(), shared.len(), max_inline);
+        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && !spills {
             out.payload = body.to_vec();
             return Ok(out);
         }
         out.flags = FLAG_ATTACHMENTS;
         let entries_len = PORT_ENTRY * port_ends.len() + SHARED_ENTRY * shared.len();
         let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + entries_len + body.len();
-        let spills = table_len > max_inline;
         if spills {
             // The body goes out of line, into a chunk of our arena, and the table gets
             // an entry for it.
@@ -538,6 +555,10 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
         shared.push((taken, len));
     }
     let frozen = match frozen_entry {
+        // A frozen body's entry names no arena: only its descriptor and length count.
+        Some(e) if e.descriptor.chunk != 0 || e.descriptor.generation != 0 || e.id != NO_ID => {
+            return Err("attachment table out of range");
+        }
         Some(e) => {
             let fd = fds
                 .get_mut(e.fd as usize)
@@ -679,6 +700,8 @@ pub(crate) fn spilled_len(table: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
     use crate::wire::KIND_BYTES;
 
@@ -693,6 +716,28 @@ mod tests {
         }
         // One port fewer fits.
         assert!(Framed::new(KIND_BYTES, b"", &[], &ends[1..], &[], None, usize::MAX).is_ok());
+    }
+
+    /// A table with a frozen body's entry `{fd 0, chunk, generation, id, len 12}`, and
+    /// a frozen memfd sent for it: what `receive` makes of them.
+    fn receive_frozen(chunk: u32, generation: u32, id: u32) -> Result<(), &'static str> {
+        let (ours, theirs) = crate::platform::socketpair().unwrap();
+        let memfd = crate::platform::memfd_create_frozen("shmport-body", b"frozen bytes").unwrap();
+        send_fds(theirs.as_fd(), 64, 9, &[memfd.as_fd()]).unwrap();
+        let mut table: Vec<u8> = [1u32, 0, 0, 2, 9, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        table.extend([0, chunk, generation, id].iter().flat_map(|v| v.to_le_bytes()));
+        table.extend(12u64.to_le_bytes());
+        receive(&table, ours.as_fd(), 64, &mut KnownArenas::default()).map(drop)
+    }
+
+    #[test]
+    fn a_frozen_body_s_entry_naming_a_chunk_generation_or_arena_id_is_refused() {
+        for (chunk, generation, id) in [(1, 0, NO_ID), (0, 1, NO_ID), (0, 0, 0)] {
+            assert_eq!(receive_frozen(chunk, generation, id).err(), Some("attachment table out of range"));
+        }
+        // The well-formed entry passes the table's checks (and is refused only for
+        // being mapped in process memory, as this crate's unit tests run, or accepted).
+        assert_ne!(receive_frozen(0, 0, NO_ID).err(), Some("attachment table out of range"));
     }
 
     #[test]
