@@ -31,7 +31,8 @@ const AFTER: u64 = 10;
 /// Messages the survivor posts to a child that reads (each moves a port and a
 /// buffer). At most
 /// `AFTER` are taken before the child stops, and the rest (with their descriptors)
-/// must fit the socket's queue (`net.unix.max_dgram_qlen`, 10 by default).
+/// must fit in the socket beside the child's unread messages (the sender's send buffer
+/// bounds what a socketpair queues).
 const TO_READER: u64 = 15;
 
 /// The longest a child's workload runs: it stops long before, or it failed.

@@ -182,20 +182,22 @@ pub(crate) fn drain_signals_from(socket: BorrowedFd<'_>, head: impl Fn() -> u64,
     drained
 }
 
-/// Drops the messages queued on `socket` (at most `DRAIN_AT_MOST`), for a reader whose
-/// peer is gone or closed and who has read every record: no record can claim them any
-/// more. They are descriptors of records their writer never published (it died, or was
-/// closed, between sending them and the publish), and a port among them would stay
-/// open for its peer, which would never see it close, for as long as this end lives.
+/// Drops the messages queued on `socket`, for a reader whose peer is gone or closed and
+/// who has read every record: no record can claim them any more. They are descriptors
+/// of records their writer never published (it died, or was closed, between sending
+/// them and the publish), and a port among them would stay open for its peer, which
+/// would never see it close, for as long as this end lives. A peer that hung up sent
+/// all it will (one record's descriptors alone can be 263 messages of 250): the queue
+/// is drained to its end; one that only marked itself closed, at most `DRAIN_AT_MOST`
+/// messages (it could go on sending). (The peeks and drops read past the reset a peer
+/// that died with our messages unread leaves: `platform::MAX_RESETS`.)
 pub(crate) fn drop_unclaimed(socket: BorrowedFd<'_>) {
-    for _ in 0..DRAIN_AT_MOST {
+    let bound = if platform::peer_hung_up(socket) { DRAIN_AT_MOST * 1024 } else { DRAIN_AT_MOST };
+    for _ in 0..bound {
         match platform::peek_message(socket, &mut [0u8; FD_HEADER]) {
             Ok(Some(0)) if platform::peer_hung_up(socket) => return,
             Ok(Some(_)) => platform::drop_message(socket),
-            Ok(None) => return,
-            // `ECONNRESET`: the peer died with messages of ours unread. Reported once,
-            // ahead of the messages still queued here: look again.
-            Err(_) => {}
+            Ok(None) | Err(_) => return,
         }
     }
 }

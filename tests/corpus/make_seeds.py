@@ -69,8 +69,10 @@ write("fds", "peer-gone-nothing-queued", [0, 0, 1, 0])
 write("fds", "descriptors-missing", [1] + fd_message(1) + [1, 3, 0])
 
 # ---- table: socket messages (as fds), structured byte (odd: raw), n (payload = 2n bytes), payload
-def table(n_fds, n_buffers, n_ports, spilled, nonce=NONCE, generation=0):
-    return u32(n_fds) + u32(n_buffers) + u32(n_ports) + u32(spilled) + u32(nonce) + u32(generation)
+def table(n_fds, n_buffers, n_ports, spilled, nonce=NONCE, generation=0, n_shared=0, reserved=0):
+    # The header's eight words (segment version 8): n_shared and a reserved zero last.
+    return (u32(n_fds) + u32(n_buffers) + u32(n_ports) + u32(spilled) + u32(nonce) + u32(generation)
+            + u32(n_shared) + u32(reserved))
 
 
 def raw_table(messages, payload):
@@ -90,7 +92,10 @@ write("table", "arena-id-out-of-range", raw_table([1] + fd_message(1), table(1, 
 write("table", "port-map-past-the-descriptors", raw_table([1] + fd_message(2), table(2, 0, 1, 0) + u32(0) + u32(1) + u32(0) + u32(0xFF)))
 write("table", "counts-longer-than-the-message", raw_table([0], table(0, 0xFFFF, 0xFFFF, 0)))
 write("table", "too-many-descriptors", raw_table([0], table(10000, 0, 0, 0)))
-write("table", "spilled-flag-out-of-range", raw_table([0], table(0, 0, 0, 2)))
+write("table", "spilled-flag-out-of-range", raw_table([0], table(0, 0, 0, 3)))
+write("table", "reserved-word-set", raw_table([0], table(0, 0, 0, 0, reserved=1)))
+write("table", "shared-count-longer-than-the-message", raw_table([0], table(0, 0, 0, 0, n_shared=0xFFFF)))
+write("table", "shared-entry-names-a-missing-descriptor", raw_table([0], table(0, 0, 0, 0, n_shared=1) + u32(3) + u32(0) + u64(8)))
 write("table", "spilled-without-pages", raw_table([0], table(0, 0, 0, 1) + empty_buffer[:16] + u64(100)))
 write("table", "truncated-header", raw_table([0], table(0, 0, 0, 0)[:10]))
 write("table", "descriptors-stale-nonce", raw_table([1] + fd_message(2, nonce_sel=0, nonce=u32(1)), table(2, 0, 1, 0) + port_entry))
