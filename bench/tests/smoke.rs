@@ -32,6 +32,7 @@ fn quick_run_reports_every_measurement() {
         "## async:",
         "## async-sleep:",
         "## async-fanin:",
+        "## fan-out:",
     ] {
         assert!(stdout.contains(heading), "{heading} missing:\n{stdout}");
     }
@@ -43,8 +44,9 @@ fn quick_run_reports_every_measurement() {
     // raw-ring, raw-slot × 3 typed sizes. shmport-norevoke runs the transfer workload
     // only, raw-slot (which takes turns) the round trips of rtt and typed only. Then
     // shmport and unix × 1 async size (64 B, both sides in tokio) and 1 async-sleep
-    // size, then shmport and unix × 3 async-fanin port counts (1, 16, 256).
-    assert_eq!(results.len(), 36 + 5 + 16 + 12 + 2 + 2 + 6);
+    // size, then shmport and unix × 3 async-fanin port counts (1, 16, 256), then
+    // shmport and unix × 2 fan-out sizes (64 B, 1 MiB) × 3 reader counts (1, 4, 16).
+    assert_eq!(results.len(), 36 + 5 + 16 + 12 + 2 + 2 + 6 + 12);
     let asynced: Vec<_> = results.iter().filter(|r| r["workload"] == "async").collect();
     assert_eq!(asynced.len(), 2);
     let fanin: Vec<_> = results.iter().filter(|r| r["workload"] == "async-fanin").collect();
