@@ -137,31 +137,43 @@ fn poll_wakes_for_a_message_from_another_process() {
 
 #[test]
 fn no_lost_wakeup_in_100000_messages_to_a_reader_that_only_polls_and_drains() {
-    const N: u32 = 100_000;
     let _w = watchdog("no_lost_wakeup_in_100000_messages", Duration::from_secs(300));
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
+    // Asked for once: from here on only the `try_` receives arm it.
+    let fd = b.as_fd();
+    poll_and_drain(100_000, &a, || b.try_recv_bytes_with(|b| u32::from_le_bytes(b[..4].try_into().unwrap())), fd);
+}
+
+/// `n_messages` posted by `writer` in bursts, read by a loop that polls `fd` and then
+/// drains with `try_recv` until `Empty`: none may be lost, and the loop must have
+/// waited often enough to have tested the wake-up.
+fn poll_and_drain(
+    n_messages: u32,
+    writer: &MessagePort,
+    mut try_recv: impl FnMut() -> Result<u32, TryRecvError>,
+    fd: BorrowedFd<'_>,
+) {
     // What the reader has received so far. The writer posts bursts of 1 to 8 messages
     // and waits for the reader to have them all before the next burst: the next post
     // then races with the reader running dry and arming, and a message whose signal is
     // lost is the last one for a while, so the reader's poll times out instead of
     // being rescued by the next post.
     let received = AtomicU32::new(0);
-    let mut got = Vec::with_capacity(N as usize);
+    let mut got = Vec::with_capacity(n_messages as usize);
     let mut waits = 0u32;
     // Asked for once: from here on only the `try_` receives arm it.
-    let fd = b.as_fd();
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut x = 0x9E37_79B9u32;
             let mut n = 0;
-            while n < N {
+            while n < n_messages {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                let burst = (x % 8 + 1).min(N - n);
+                let burst = (x % 8 + 1).min(n_messages - n);
                 for _ in 0..burst {
-                    a.post_bytes(&n.to_le_bytes()).unwrap();
+                    writer.post_bytes(&n.to_le_bytes()).unwrap();
                     n += 1;
                 }
                 // Until the reader has taken the burst's last message; then a pause
@@ -179,9 +191,9 @@ fn no_lost_wakeup_in_100000_messages_to_a_reader_that_only_polls_and_drains() {
                 }
             }
         });
-        while got.len() < N as usize {
+        while got.len() < n_messages as usize {
             loop {
-                match b.try_recv_bytes_with(|b| u32::from_le_bytes(b[..4].try_into().unwrap())) {
+                match try_recv() {
                     Ok(n) => {
                         got.push(n);
                         received.store(got.len() as u32, Ordering::Release);
@@ -190,14 +202,14 @@ fn no_lost_wakeup_in_100000_messages_to_a_reader_that_only_polls_and_drains() {
                     Err(e) => panic!("{e}"),
                 }
             }
-            if got.len() < N as usize {
+            if got.len() < n_messages as usize {
                 waits += 1;
                 // A lost wake-up leaves the reader here with a message waiting.
                 assert!(readable(fd, Duration::from_secs(10)), "lost wake-up after {} messages", got.len());
             }
         }
     });
-    assert!(got.iter().copied().eq(0..N), "messages out of order or lost");
+    assert!(got.iter().copied().eq(0..n_messages), "messages out of order or lost");
     assert!(waits >= 10, "the reader waited only {waits} times: the test did not test the wake-up");
 }
 
@@ -519,61 +531,12 @@ fn a_reader_half_s_descriptor_is_readable_for_messages_and_the_end_and_not_after
 
 #[test]
 fn no_lost_wakeup_in_50000_messages_to_a_reader_half_that_only_polls_and_drains() {
-    const N: u32 = 50_000;
     let _w = watchdog("reader_half_no_lost_wakeup", Duration::from_secs(300));
     let ch = MessageChannel::with_options(&ChannelOptions::new().capacity(4096)).unwrap();
-    let a = ch.port1();
     let (_writer, mut reader) = ch.port2().split().unwrap();
-    let received = AtomicU32::new(0);
-    let mut got = Vec::with_capacity(N as usize);
-    let mut waits = 0u32;
     let fd = reader.as_fd().try_clone_to_owned().unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // Bursts of 1 to 8, each posted once the reader has the one before, so
-            // the next post races with the reader running dry and arming.
-            let mut x = 0x2545_F491u32;
-            let mut n = 0;
-            while n < N {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                let burst = (x % 8 + 1).min(N - n);
-                for _ in 0..burst {
-                    a.post_bytes(&n.to_le_bytes()).unwrap();
-                    n += 1;
-                }
-                let gave_up = Instant::now() + Duration::from_secs(20);
-                while received.load(Ordering::Acquire) < n {
-                    std::hint::spin_loop();
-                    if Instant::now() > gave_up {
-                        return;
-                    }
-                }
-                for _ in 0..(x >> 8) % 512 {
-                    std::hint::spin_loop();
-                }
-            }
-        });
-        while got.len() < N as usize {
-            loop {
-                match reader.try_recv_bytes_with(|b| u32::from_le_bytes(b[..4].try_into().unwrap())) {
-                    Ok(n) => {
-                        got.push(n);
-                        received.store(got.len() as u32, Ordering::Release);
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(e) => panic!("{e}"),
-                }
-            }
-            if got.len() < N as usize {
-                waits += 1;
-                assert!(readable(fd.as_fd(), Duration::from_secs(10)), "lost wake-up after {} messages", got.len());
-            }
-        }
-    });
-    assert!(got.iter().copied().eq(0..N), "messages out of order or lost");
-    assert!(waits >= 10, "the reader waited only {waits} times: the test did not test the wake-up");
+    let try_recv = || reader.try_recv_bytes_with(|b| u32::from_le_bytes(b[..4].try_into().unwrap()));
+    poll_and_drain(50_000, &ch.port1(), try_recv, fd.as_fd());
 }
 
 /// A peer killed: the hang-up is one edge on the socket, which the reader's next

@@ -237,6 +237,14 @@ fn after_empty(port: &MessagePort) -> Next {
 /// arm for room and decide.
 fn after_full(port: &MessagePort, seen: u64, needed: u64) -> Next {
     let Some(link) = port.port().link() else { return Next::Retry };
+    arm_for_room(&link, seen, needed)
+}
+
+/// Arms `link`'s space word for the reader's room signal, then decides: the released
+/// position moved past `seen` (retry), the reader is gone, the shared counters show
+/// room the writing half's view does not (yield), or wait. Shared by ports and
+/// writer halves.
+pub(super) fn arm_for_room(link: &Link, seen: u64, needed: u64) -> Next {
     let ring = link.segment.ring(link.end);
     if ready::arm(&link.tx_space_word().word, link.segment.parker()) {
         return Next::Yield;

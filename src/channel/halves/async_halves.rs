@@ -25,9 +25,10 @@ use super::reader::PortReader;
 use super::ready::{HalfReady, drain_for_writer};
 use super::writer::PortWriter;
 use crate::channel::MessageEvent;
-use crate::channel::async_port::{Next, finish, register_fd, ring_bytes, spin_limit_of, wait_readable, yield_now};
+use crate::channel::async_port::{
+    Next, arm_for_room, finish, register_fd, ring_bytes, spin_limit_of, wait_readable, yield_now,
+};
 use crate::error::{PostError, RecvError, TryRecvError};
-use crate::shm::ready;
 use crate::shm::wait::{self, SpinEstimate, WaitStrategy};
 use crate::wire::Drained;
 
@@ -200,20 +201,6 @@ impl PortWriter {
             // arming, no signal: look again after a turn, as a port does then.
             return Next::Yield;
         }
-        let ring = link.segment.ring(link.end);
-        if ready::arm(&link.tx_space_word().word, link.segment.parker()) {
-            return Next::Yield;
-        }
-        if ring.lines().head.0.load(Ordering::Acquire) != seen {
-            return Next::Retry;
-        }
-        if link.peer_gone() {
-            // A full ring whose reader is gone never drains: the post is a no-op (rule 10).
-            return Next::Gone;
-        }
-        if ring.shared_used() + needed.min(ring.capacity()) <= ring.capacity() {
-            return Next::Yield;
-        }
-        Next::Wait
+        arm_for_room(link, seen, needed)
     }
 }
