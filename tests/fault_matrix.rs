@@ -131,15 +131,7 @@ fn messages_that_fit(capacity: u64) -> u64 {
 /// can check every byte (a half-written one would differ).
 fn message(seq: u64) -> Vec<u8> {
     let len = 16 + (seq.wrapping_mul(37) % 200) as usize;
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pattern(seq, len)
 }
 
 /// The child side, selected by the role variable; stopped (then killed) at its point.

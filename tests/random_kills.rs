@@ -28,15 +28,7 @@ fn message(seq: u64) -> Vec<u8> {
         1 => 16 + (seq % 64) as usize,
         _ => BIG + (seq % 100) as usize,
     };
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::pattern(seq, len)
 }
 
 /// The child: posts messages until it is killed.

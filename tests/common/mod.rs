@@ -216,3 +216,17 @@ pub fn file_location(address: usize) -> (u64, u64) {
     }
     panic!("address {address:#x} is not mapped");
 }
+
+/// `len` bytes derived from `seq` (xorshift), so a receiver can check every byte of a
+/// message it was sent (a half-written or mixed-up one differs).
+pub fn pattern(seq: u64, len: usize) -> Vec<u8> {
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
