@@ -329,25 +329,25 @@ fn a_peer_killed_with_sigkill_wakes_recv_async_within_100ms() {
     let mut child = spawn_role(ENTRY, "ready_then_sleep", &ch.port2());
     drop(ch);
     assert_eq!(port.recv_timeout(Duration::from_secs(20)).unwrap().data.as_str(), Some("ready"));
-    let rt = current_thread();
-    let delay = rt.block_on(async {
-        let waiting = tokio::spawn({
-            let port = port.clone();
-            async move {
-                let r = port.recv_async().await;
-                (r.is_err(), Instant::now())
-            }
-        });
+    let delay = woken_by_a_kill(&mut child, async move { port.recv_async().await.is_err() });
+    assert!(delay < Duration::from_millis(100), "woke {delay:?} after the kill");
+    let _ = child.wait();
+}
+
+/// Awaits `receive` (whether it ended in an error) in a task, checks it is still
+/// waiting 100 ms later, kills `child` with SIGKILL, and returns how long after the
+/// kill the receive returned (an error: a message from a dead peer fails the test).
+fn woken_by_a_kill(child: &mut std::process::Child, receive: impl Future<Output = bool> + Send + 'static) -> Duration {
+    current_thread().block_on(async {
+        let waiting = tokio::spawn(async move { (receive.await, Instant::now()) });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiting.is_finished(), "recv_async returned with nothing sent");
+        assert!(!waiting.is_finished(), "the receive returned with nothing sent");
         let killed_at = Instant::now();
         child.kill().unwrap();
         let (closed, woke) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("never woke").unwrap();
         assert!(closed, "a message from a dead peer");
         woke - killed_at
-    });
-    assert!(delay < Duration::from_millis(100), "woke {delay:?} after the kill");
-    let _ = child.wait();
+    })
 }
 
 #[test]
@@ -726,20 +726,7 @@ fn a_peer_killed_with_sigkill_wakes_a_reader_half_awaiting_within_100ms() {
     let mut child = spawn_role(ENTRY, "ready_then_sleep", &ch.port2());
     drop(ch);
     assert!(reader.recv_timeout(Duration::from_secs(20)).is_ok(), "the child's hello");
-    let rt = current_thread();
-    let delay = rt.block_on(async {
-        let waiting = tokio::spawn(async move {
-            let r = reader.recv_bytes_with_async(|b| b.len()).await;
-            (r.is_err(), Instant::now())
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!waiting.is_finished(), "recv_bytes_with_async returned with nothing sent");
-        let killed_at = Instant::now();
-        child.kill().unwrap();
-        let (closed, woke) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("never woke").unwrap();
-        assert!(closed, "a message from a dead peer");
-        woke - killed_at
-    });
+    let delay = woken_by_a_kill(&mut child, async move { reader.recv_bytes_with_async(|b| b.len()).await.is_err() });
     assert!(delay < Duration::from_millis(100), "woke {delay:?} after the kill");
     let _ = child.wait();
 }
