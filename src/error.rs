@@ -265,15 +265,23 @@ pub struct MessageError {
     /// What the decoder said, where it says more than `reason` (serde's messages).
     detail: Option<std::sync::Arc<str>>,
     kept: bool,
+    /// The message's length, when it did not fit the caller's buffer.
+    needed: Option<usize>,
 }
 
 impl MessageError {
     pub(crate) fn new(reason: &'static str) -> Self {
-        MessageError { reason, detail: None, kept: false }
+        MessageError { reason, detail: None, kept: false, needed: None }
     }
 
     pub(crate) fn with_detail(reason: &'static str, detail: String) -> Self {
-        MessageError { reason, detail: Some(detail.into()), kept: false }
+        MessageError { reason, detail: Some(detail.into()), kept: false, needed: None }
+    }
+
+    /// A receive into a buffer too small for the next message, of `needed` bytes,
+    /// which stays queued.
+    pub(crate) fn too_small(needed: usize) -> Self {
+        MessageError { needed: Some(needed), ..MessageError::new("the buffer is too small for the message").kept() }
     }
 
     /// The same error, for a message that is still queued.
@@ -293,6 +301,13 @@ impl MessageError {
         self.detail.as_deref()
     }
 
+    /// For a receive into a buffer too small for the next message (`recv_bytes_into`):
+    /// the message's length. The message stays queued ([`is_kept`](Self::is_kept)):
+    /// receive it again into a buffer of at least this many bytes.
+    pub fn needed_len(&self) -> Option<usize> {
+        self.needed
+    }
+
     /// Whether the message is still the next one in the queue: `recv_typed` and
     /// `recv_pod` leave a message they cannot read as their type where it was, so
     /// nothing it carries is lost (read it with `recv`, `recv_bytes_with`, or as
@@ -307,6 +322,9 @@ impl fmt::Display for MessageError {
         write!(f, "message could not be decoded: {}", self.reason)?;
         if let Some(detail) = &self.detail {
             write!(f, ": {detail}")?;
+        }
+        if let Some(needed) = self.needed {
+            write!(f, ", of {needed} bytes")?;
         }
         if self.kept {
             f.write_str(" (it stays queued)")?;

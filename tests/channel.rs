@@ -459,7 +459,7 @@ fn all_ports_with_handlers_share_one_dispatch_thread() {
 fn the_default_options_wait_adaptively() {
     assert_eq!(
         shmport::WaitStrategy::default(),
-        shmport::WaitStrategy::Adaptive { max_spin: Duration::from_micros(100) }
+        shmport::WaitStrategy::Adaptive { max_spin: Duration::from_micros(250) }
     );
     let options = format!("{:?}", ChannelOptions::new());
     assert!(options.contains("wait: Adaptive"), "{options}");

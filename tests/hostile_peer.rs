@@ -200,6 +200,11 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
     lying_pod.extend([0u32, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
     lying_pod.extend(8u64.to_le_bytes());
     peer.push_with_flags(KIND_POD, 1, &lying_pod);
+    // The same with bytes after the table: reading its first words must not take the
+    // record's length for the table's (it panicked).
+    let mut long_pod = lying_pod.clone();
+    long_pod.extend([0xAB; 40]);
+    peer.push_with_flags(KIND_POD, 1, &long_pod);
     peer.push_with_flags(KIND_POD, 1, &[1, 2, 3]);
     peer.push(KIND_TYPED, &[5]);
 
@@ -214,7 +219,8 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
     // The tables: taken and refused (their descriptors are missing).
     assert!(is_error(port.recv_typed::<u8>()));
     assert!(is_error(port.recv_typed::<u8>()));
-    // A pod of 8 bytes whose descriptor is missing: refused once taken.
+    // A pod of 8 bytes whose descriptor is missing: refused once taken (twice).
+    assert!(is_error(port.recv_pod::<u64>()));
     assert!(is_error(port.recv_pod::<u64>()));
     // A pod table too short to say its length: kept for a pod of any size; recv drops it.
     assert!(is_error(port.recv_pod::<u64>()));

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
 use shmport::{ChannelOptions, MessageChannel, MessagePort, PortReader, PortWriter};
 
@@ -32,7 +32,7 @@ pub trait Link {
     }
 }
 
-/// A shmport port: `post_bytes` / `recv_bytes_with`.
+/// A shmport port: `post_bytes` / `recv_bytes_into`.
 pub struct ShmLink {
     port: MessagePort,
 }
@@ -54,14 +54,6 @@ impl ShmLink {
     }
 }
 
-/// Copies a received message into `buf`: the receiving half of every message link.
-#[inline]
-pub fn deliver(msg: &[u8], buf: &mut [u8]) -> Result<usize> {
-    ensure!(msg.len() <= buf.len(), "message of {} bytes does not fit the {}-byte buffer", msg.len(), buf.len());
-    buf[..msg.len()].copy_from_slice(msg);
-    Ok(msg.len())
-}
-
 impl Link for ShmLink {
     #[inline]
     fn send(&mut self, msg: &[u8]) -> Result<()> {
@@ -70,7 +62,7 @@ impl Link for ShmLink {
 
     #[inline]
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
-        self.port.recv_bytes_with(|bytes| deliver(bytes, buf)).context("shmport recv_bytes_with")?
+        self.port.recv_bytes_into(buf).context("shmport recv_bytes_into")
     }
 
     fn shm_port(&self) -> Option<&MessagePort> {
@@ -79,7 +71,7 @@ impl Link for ShmLink {
 }
 
 /// A shmport port split into exclusive halves: `PortWriter::post_bytes` /
-/// `PortReader::recv_bytes_with`, no lock.
+/// `PortReader::recv_bytes_into`, no lock.
 pub struct HalvesLink {
     writer: PortWriter,
     reader: PortReader,
@@ -101,7 +93,7 @@ impl Link for HalvesLink {
 
     #[inline]
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
-        self.reader.recv_bytes_with(|bytes| deliver(bytes, buf)).context("shmport PortReader::recv_bytes_with")?
+        self.reader.recv_bytes_into(buf).context("shmport PortReader::recv_bytes_into")
     }
 
     fn max_frame(&self) -> usize {

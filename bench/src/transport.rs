@@ -37,7 +37,7 @@ pub enum Transport {
     /// shmport with `WaitStrategy::BusyPoll`.
     ShmportBusy,
     /// shmport with each port split into exclusive halves (`PortWriter::post_bytes`,
-    /// `PortReader::recv_bytes_with`: no lock), default wait strategy.
+    /// `PortReader::recv_bytes_into`: no lock), default wait strategy.
     ShmportHalves,
     /// shmport with `revoke_transferred_pages(false)`: transferred buffers are detached
     /// in Rust only, no `mprotect` (only meaningful for the `transfer` workload).

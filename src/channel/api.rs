@@ -319,6 +319,67 @@ impl MessagePort {
         self.recv_bytes_mode(Mode::timeout(timeout), f).map_err(RecvTimeoutError::from)
     }
 
+    /// Waits for the next message and copies its bytes into the start of `out`;
+    /// returns their length. The bytes come straight out of the ring (or from out of
+    /// line) into `out`: one copy fewer than [`recv_bytes_with`](Self::recv_bytes_with)
+    /// with a closure that copies, and no allocation. What the bytes are is as for
+    /// `recv_bytes_with`.
+    ///
+    /// A message longer than `out` is not received: it stays the next message, and the
+    /// error ([`RecvError::MessageError`], [`is_kept`](crate::MessageError::is_kept))
+    /// names its length ([`needed_len`](crate::MessageError::needed_len)). A buffer of
+    /// [`max_inline_size`](Self::max_inline_size) bytes holds every message that fits
+    /// the ring.
+    ///
+    /// ```
+    /// let channel = shmport::MessageChannel::new()?;
+    /// let (a, b) = (channel.port1(), channel.port2());
+    /// let mut buf = [0u8; 64];
+    /// a.post_bytes(b"frame")?;
+    /// let n = b.recv_bytes_into(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"frame");
+    ///
+    /// a.post_bytes(&[7; 100])?;
+    /// let too_small = b.recv_bytes_into(&mut buf).unwrap_err();
+    /// let needed = match too_small {
+    ///     shmport::RecvError::MessageError(e) => e.needed_len().unwrap(),
+    ///     other => panic!("{other}"),
+    /// };
+    /// let mut larger = vec![0; needed];
+    /// assert_eq!(b.recv_bytes_into(&mut larger)?, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn recv_bytes_into(&self, out: &mut [u8]) -> Result<usize, RecvError> {
+        self.recv_bytes_into_mode(Mode::Block, out).map_err(RecvError::from)
+    }
+
+    /// As [`recv_bytes_into`](Self::recv_bytes_into), if a message is waiting.
+    #[inline]
+    pub fn try_recv_bytes_into(&self, out: &mut [u8]) -> Result<usize, TryRecvError> {
+        self.recv_bytes_into_mode(Mode::Try, out).map_err(TryRecvError::from)
+    }
+
+    /// As [`recv_bytes_into`](Self::recv_bytes_into), waiting at most `timeout`.
+    pub fn recv_bytes_timeout_into(&self, timeout: Duration, out: &mut [u8]) -> Result<usize, RecvTimeoutError> {
+        self.recv_bytes_into_mode(Mode::timeout(timeout), out).map_err(RecvTimeoutError::from)
+    }
+
+    #[inline]
+    fn recv_bytes_into_mode(&self, mode: Mode, out: &mut [u8]) -> Result<usize, RecvFail> {
+        match self.port().try_recv_fast_into(out) {
+            Some(len) => Ok(len),
+            None => self.recv_bytes_into_full(mode, out),
+        }
+    }
+
+    /// `recv_bytes_into_mode` past its fast path: waits, large and attached messages,
+    /// a buffer too small, errors.
+    #[inline(never)]
+    fn recv_bytes_into_full(&self, mode: Mode, out: &mut [u8]) -> Result<usize, RecvFail> {
+        self.port().recv_record_raw(mode, |rx, rec| incoming::bytes_into(rx, rec, out))?
+    }
+
     #[inline]
     fn recv_bytes_mode<R>(&self, mode: Mode, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvFail> {
         let mut small = std::mem::MaybeUninit::<[u8; STACK_RECV]>::uninit();

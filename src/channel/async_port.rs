@@ -43,7 +43,7 @@
 //!   `SpinThenSleep { spin }` spins `spin` (zero: never); a busy-poll channel does
 //!   not spin here (its descriptor is always readable: the task polls by waking).
 //!   The spin holds the runtime's thread and the port's reading half (100 µs at most
-//!   by default, 1 ms whatever the strategy: a close, a split or a receive in another
+//!   with the adaptive strategy, whatever its `max_spin`; 1 ms whatever the strategy: a close, a split or a receive in another
 //!   thread waits meanwhile; a detach ends it), as any computation in a task holds
 //!   its thread; a server whose tasks must never do that sets
 //!   `SpinThenSleep { spin: Duration::ZERO }`. A port's first wait spins (the estimate
@@ -270,10 +270,14 @@ fn spin_limit(port: &MessagePort) -> Option<Duration> {
     spin_limit_of(port.port().strategy(), || *lock(&port.port().ready.async_state().answers))
 }
 
+/// The most an adaptive async receive spins, whatever its `max_spin`: less than a
+/// blocking wait may (it holds the runtime's thread, which other tasks need).
+const ASYNC_MAX_SPIN: Duration = Duration::from_micros(100);
+
 /// `spin_limit` for a waiter with `strategy` and the estimate `answers` gives.
 pub(super) fn spin_limit_of(strategy: WaitStrategy, answers: impl FnOnce() -> SpinEstimate) -> Option<Duration> {
     match strategy {
-        WaitStrategy::Adaptive { max_spin } => answers().hot_spin(max_spin),
+        WaitStrategy::Adaptive { max_spin } => answers().hot_spin(max_spin.min(ASYNC_MAX_SPIN)),
         WaitStrategy::SpinThenSleep { spin } => (!spin.is_zero()).then_some(spin.min(LONGEST_SPIN)),
         WaitStrategy::BusyPoll => None,
     }
@@ -645,5 +649,18 @@ mod tests {
         assert_eq!(spin_limit(&channel.port2()), Some(LONGEST_SPIN), "it holds the reading half");
         let channel = spinning(Duration::ZERO);
         assert_eq!(spin_limit(&channel.port2()), None);
+        // The adaptive strategy's spin, at its quickest peer, stops at 100 µs however
+        // long a blocking wait may spin.
+        let quick = || {
+            let mut e = SpinEstimate::default();
+            for _ in 0..100 {
+                e.record(Duration::from_micros(40), Duration::from_secs(1));
+            }
+            e
+        };
+        let adaptive = |max_spin| spin_limit_of(WaitStrategy::Adaptive { max_spin }, quick);
+        assert_eq!(adaptive(Duration::from_secs(1)), Some(ASYNC_MAX_SPIN));
+        assert_eq!(adaptive(Duration::from_micros(250)), Some(ASYNC_MAX_SPIN), "the default");
+        assert!(adaptive(Duration::from_micros(50)) <= Some(Duration::from_micros(50)));
     }
 }

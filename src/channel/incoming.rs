@@ -11,6 +11,7 @@ use super::rx::Rx;
 use crate::error::{MessageError, RecvFail};
 use crate::shm::arena::Chunk;
 use crate::shm::frozen::FrozenBody;
+use crate::shm::ring::Record;
 use crate::shm::segment::OpenError;
 use crate::value::Value;
 use crate::value::buffer::ArrayBuffer;
@@ -202,6 +203,42 @@ pub(super) fn body_into(rx: &mut Rx, len: usize, out: &mut Vec<u8>) -> Result<st
             Ok(at..len)
         }
     }
+}
+
+/// Takes `rec` and copies its bytes (the body, for a record with attachments, whose
+/// buffers and ports are dropped) into the start of `out`; returns their length. A
+/// message longer than `out` is not taken: a kept `MessageError` that names its length.
+pub(super) fn bytes_into(rx: &mut Rx, rec: &Record, out: &mut [u8]) -> Result<usize, RecvFail> {
+    match rx.bytes_len(rec) {
+        Some(needed) if needed > out.len() => return Err(RecvFail::Message(MessageError::too_small(needed))),
+        _ => {}
+    }
+    if rec.flags & FLAG_ATTACHMENTS == 0 {
+        // SAFETY: `out` has room for the record's `rec.len` bytes (checked above).
+        unsafe { rx.take_into_raw(rec, out.as_mut_ptr()) };
+        return Ok(rec.len);
+    }
+    rx.take(rec)?;
+    let incoming = attachments(rx, rec.len)?;
+    let (from, len) = match &incoming.body {
+        Body::Chunk(chunk, len) => (chunk.ptr().as_ptr().cast_const(), *len),
+        Body::Frozen(frozen) => (frozen.bytes().as_ptr(), frozen.bytes().len()),
+        Body::Inline(at) => {
+            let body = &rx.payload(rec.len)[*at..];
+            (body.as_ptr(), body.len())
+        }
+    };
+    if len > out.len() {
+        // Only a table that misstated its body gets here: the record is taken.
+        return Err(fail("message body longer than its table said"));
+    }
+    // SAFETY: `from` is `len` readable bytes: the chunk's (`len` within it, checked
+    // when it was taken, and held by `incoming`), the frozen body's, or the payload's
+    // tail; `out` has room for them. A chunk's bytes are copied, never referenced, as
+    // its sender may still write them; the copy cannot overlap `out` (process memory).
+    unsafe { std::ptr::copy_nonoverlapping(from, out.as_mut_ptr(), len) };
+    drop(incoming);
+    Ok(len)
 }
 
 /// Gives back what a record that will never be read carries (SEMANTICS 15: a port

@@ -271,12 +271,29 @@ impl Port {
     /// record carries attachments or is larger. The caller then takes the full path.
     #[inline]
     pub(super) fn try_recv_small_fast<const N: usize>(&self, out: &mut MaybeUninit<[u8; N]>) -> Option<usize> {
+        // SAFETY: `out` is N writable bytes.
+        unsafe { self.try_recv_fast_raw(out.as_mut_ptr().cast::<u8>(), N) }
+    }
+
+    /// As `try_recv_small_fast`, into `out` (a message longer than it takes the full
+    /// path).
+    #[inline]
+    pub(super) fn try_recv_fast_into(&self, out: &mut [u8]) -> Option<usize> {
+        // SAFETY: `out` is `out.len()` writable bytes.
+        unsafe { self.try_recv_fast_raw(out.as_mut_ptr(), out.len()) }
+    }
+
+    /// # Safety
+    /// `out` is valid for `cap` byte writes.
+    #[inline(always)]
+    unsafe fn try_recv_fast_raw(&self, out: *mut u8, cap: usize) -> Option<usize> {
         let mut guard = self.rx.try_lock()?;
         // One exit, so that the guard's release is inlined (see `try_post_fast`).
         let taken = match guard.as_mut() {
             Some(rx) if !self.is_detached() => match rx.peek_ready() {
-                Some(rec) if rec.flags & wire::FLAG_ATTACHMENTS == 0 && rec.len <= N => {
-                    rx.take_into_uninit(&rec, out);
+                Some(rec) if rec.flags & wire::FLAG_ATTACHMENTS == 0 && rec.len <= cap => {
+                    // SAFETY: `out` has room for `cap >= rec.len` bytes (the caller's promise).
+                    unsafe { rx.take_into_raw(&rec, out) };
                     Some(rec.len)
                 }
                 _ => None,

@@ -214,8 +214,31 @@ impl Rx {
     pub(super) fn take_into_uninit<const N: usize>(&mut self, rec: &Record, out: &mut std::mem::MaybeUninit<[u8; N]>) {
         assert!(rec.len <= N);
         // SAFETY: `out` has room for N >= rec.len bytes.
-        unsafe { self.consumer.copy_payload_raw(rec, out.as_mut_ptr().cast::<u8>()) };
+        unsafe { self.take_into_raw(rec, out.as_mut_ptr().cast::<u8>()) };
+    }
+
+    /// Takes a record without attachments into the `rec.len` bytes at `out`.
+    ///
+    /// # Safety
+    /// `out` must be valid for `rec.len` byte writes.
+    #[inline(always)]
+    pub(super) unsafe fn take_into_raw(&mut self, rec: &Record, out: *mut u8) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.consumer.copy_payload_raw(rec, out) };
         self.consumed(rec);
+    }
+
+    /// The length of the bytes `recv_bytes_with` would hand over for `rec` (its body,
+    /// for a record with attachments), read without taking it; `None` if its table is
+    /// malformed.
+    pub(super) fn bytes_len(&self, rec: &Record) -> Option<usize> {
+        if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
+            return Some(rec.len);
+        }
+        let mut table = [0u8; wire::TABLE_WITH_SPILL];
+        let n = table.len().min(rec.len);
+        self.consumer.copy_payload_prefix(rec, &mut table[..n]);
+        wire::body_len(&table[..n], rec.len)
     }
 
     /// Copies `rec`'s payload into the first `rec.len` bytes of `out`, leaving the
@@ -268,7 +291,7 @@ impl Rx {
             // body is taken (and copied).
             let mut table = [0u8; wire::TABLE_WITH_SPILL];
             let n = table.len().min(rec.len);
-            self.consumer.copy_payload(rec, &mut table[..n]);
+            self.consumer.copy_payload_prefix(rec, &mut table[..n]);
             if wire::spilled_len(&table[..n]) != Some(size as u64) {
                 return refuse("plain-old-data message has the wrong size");
             }

@@ -569,6 +569,13 @@ impl Consumer {
         unsafe { self.ring.read_payload(record.payload_at, out.as_mut_ptr(), out.len()) };
     }
 
+    /// Copies the first `out.len()` bytes of `record`'s payload (at most its length).
+    pub(crate) fn copy_payload_prefix(&self, record: &Record, out: &mut [u8]) {
+        assert!(out.len() <= record.len);
+        // SAFETY: `out` is `out.len()` writable bytes, within the record's payload.
+        unsafe { self.ring.read_payload(record.payload_at, out.as_mut_ptr(), out.len()) };
+    }
+
     /// As `copy_payload`, into `record.len` writable bytes at `out` (which need not be
     /// initialised).
     ///

@@ -58,7 +58,7 @@ pub(crate) use arenas::{KnownArenas, SentArenas};
 pub(crate) use fds::drain_signals_from;
 pub(crate) use fds::{Drained, drain_signals, drop_unclaimed, send_signal};
 pub(crate) use table::{
-    Framed, OutBuffer, Parts, TABLE_WITH_SPILL, copy_spilled, copy_spilled_into, receive, spilled_len,
+    Framed, OutBuffer, Parts, TABLE_WITH_SPILL, body_len, copy_spilled, copy_spilled_into, receive, spilled_len,
 };
 
 /// Raw bytes.

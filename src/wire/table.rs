@@ -698,6 +698,30 @@ pub(crate) fn spilled_len(table: &[u8]) -> Option<u64> {
     Some(read_buffer_entry(&mut r).ok()?.len)
 }
 
+/// The length of the body an attachment record of `rec_len` bytes carries, read
+/// from the first bytes of its table (`TABLE_WITH_SPILL` of them, or the whole record
+/// if shorter), without receiving anything: what `receive` will find, if the table is
+/// well formed. `None` if it is not (receiving the record then fails).
+pub(crate) fn body_len(table: &[u8], rec_len: usize) -> Option<usize> {
+    let mut r = Reader { bytes: table, at: 4 };
+    let (n_buffers, n_ports, spilled) = (r.u32().ok()? as usize, r.u32().ok()? as usize, r.u32().ok()?);
+    r.at = 24;
+    let n_shared = r.u32().ok()? as usize;
+    match spilled {
+        0 => {}
+        1 | 2 => {
+            r.at = TABLE;
+            return usize::try_from(read_buffer_entry(&mut r).ok()?.len).ok();
+        }
+        _ => return None,
+    }
+    let entries = BUFFER_ENTRY
+        .checked_mul(n_buffers)?
+        .checked_add(PORT_ENTRY.checked_mul(n_ports)?)?
+        .checked_add(SHARED_ENTRY.checked_mul(n_shared)?)?;
+    rec_len.checked_sub(TABLE.checked_add(entries)?)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -796,7 +820,16 @@ mod fuzz {
             }
         }
         let mut known = KnownArenas::default();
+        // What `recv_bytes_into` reads before it takes a record: never a panic.
+        let said = body_len(&payload[..payload.len().min(TABLE_WITH_SPILL)], payload.len());
         let Ok(parts) = receive(&payload, ours.as_fd(), POSITION, &mut known) else { return false };
+        // ... and, for a table that is received, the body's length it will find.
+        let found = match (&parts.spilled, &parts.frozen) {
+            (Some((_, len)), _) => *len,
+            (None, Some(frozen)) => frozen.bytes().len(),
+            (None, None) => payload.len() - parts.body_at,
+        };
+        assert_eq!(said, Some(found), "body_len disagrees with what receive found");
         let n_ports = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as usize;
         assert_eq!(parts.ports.len(), n_ports);
         assert!(parts.body_at <= payload.len(), "the body starts past the payload");

@@ -94,6 +94,41 @@ impl PortReader {
         self.bytes_mode(Mode::timeout(timeout), f).map_err(RecvTimeoutError::from)
     }
 
+    /// Copies the next message's bytes, if one is waiting, into the start of `out`
+    /// and returns their length: as
+    /// [`MessagePort::recv_bytes_into`](crate::MessagePort::recv_bytes_into), straight
+    /// out of the ring, one copy fewer than a closure that copies. A message longer
+    /// than `out` stays queued (a kept `MessageError` naming its length).
+    ///
+    /// Realtime-safe, as [`try_recv_bytes_with`](Self::try_recv_bytes_with).
+    ///
+    /// ```
+    /// let channel = shmport::MessageChannel::new()?;
+    /// let (mut writer, _) = channel.port1().split()?;
+    /// let (_, mut reader) = channel.port2().split()?;
+    /// let mut block = [0u8; 2048];
+    /// writer.post_bytes(b"block")?;
+    /// let n = reader.try_recv_bytes_into(&mut block)?;
+    /// assert_eq!(&block[..n], b"block");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn try_recv_bytes_into(&mut self, out: &mut [u8]) -> Result<usize, TryRecvError> {
+        self.bytes_into_mode(Mode::Try, out).map_err(TryRecvError::from)
+    }
+
+    /// As [`try_recv_bytes_into`](Self::try_recv_bytes_into), waiting for a message.
+    /// Not realtime-safe (it may wait).
+    #[inline]
+    pub fn recv_bytes_into(&mut self, out: &mut [u8]) -> Result<usize, RecvError> {
+        self.bytes_into_mode(Mode::Block, out).map_err(RecvError::from)
+    }
+
+    /// As [`recv_bytes_into`](Self::recv_bytes_into), waiting at most `timeout`.
+    pub fn recv_bytes_timeout_into(&mut self, timeout: Duration, out: &mut [u8]) -> Result<usize, RecvTimeoutError> {
+        self.bytes_into_mode(Mode::timeout(timeout), out).map_err(RecvTimeoutError::from)
+    }
+
     /// The next message, if one is waiting, as a plain-old-data value: a message posted
     /// with `post_pod` and a type of `T`'s size. Anything else is a `MessageError` and
     /// stays queued (as with `MessagePort::recv_pod`).
@@ -177,6 +212,22 @@ impl PortReader {
             incoming::body_of(&mut self.rx, rec.flags, rec.len)?
         };
         Ok(f(&self.rx.scratch[range]))
+    }
+
+    #[inline]
+    fn bytes_into_mode(&mut self, mode: Mode, out: &mut [u8]) -> Result<usize, RecvFail> {
+        let rec = match self.rx.peek_ready() {
+            Some(rec) => rec,
+            None => self.next(mode)?,
+        };
+        if rec.flags & FLAG_ATTACHMENTS == 0 && rec.len <= out.len() {
+            // SAFETY: `out` has room for the record's `rec.len` bytes.
+            unsafe { self.rx.take_into_raw(&rec, out.as_mut_ptr()) };
+            return Ok(rec.len);
+        }
+        // Descriptors come off the socket under its lock (see `bytes_mode`).
+        let _socket = (rec.flags & FLAG_ATTACHMENTS != 0).then(|| super::lock(&self.ends.socket));
+        incoming::bytes_into(&mut self.rx, &rec, out)
     }
 
     #[inline]

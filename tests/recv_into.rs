@@ -1,0 +1,192 @@
+//! `recv_bytes_into` on ports and reader halves: the bytes land in the caller's
+//! buffer with no allocation; every kind of record (in the ring, out of line, with
+//! attachments) arrives as `recv_bytes_with` hands it over; a message longer than the
+//! buffer stays queued and the error names its length.
+
+mod common;
+
+use std::time::Duration;
+
+use common::counting::allocations;
+use shmport::{
+    ArrayBuffer, ChannelOptions, MessageChannel, MessageError, MessagePort, RecvError, RecvTimeoutError, TryRecvError,
+    Value,
+};
+
+#[global_allocator]
+static ALLOCATOR: common::counting::Counting = common::counting::Counting;
+
+fn small_channel() -> MessageChannel {
+    MessageChannel::with_options(&ChannelOptions::new().capacity(1 << 12)).unwrap()
+}
+
+fn too_small(e: RecvError) -> MessageError {
+    match e {
+        RecvError::MessageError(e) if e.is_kept() => e,
+        other => panic!("expected a kept MessageError, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_port_receives_into_a_buffer_without_allocating() {
+    let ch = small_channel();
+    let (a, b) = (ch.port1(), ch.port2());
+    let mut out = vec![0u8; b.max_inline_size()];
+    // Warm up (the first receive may set up per-thread state).
+    a.post_bytes(b"warm").unwrap();
+    b.recv_bytes_into(&mut out).unwrap();
+    let messages: Vec<Vec<u8>> = (0..1000u32).map(|i| vec![i as u8 | 1; (i as usize * 7) % 1000]).collect();
+    let start = allocations();
+    for message in &messages {
+        a.post_bytes(message).unwrap();
+        let n = b.recv_bytes_into(&mut out).unwrap();
+        assert_eq!(&out[..n], &message[..]);
+    }
+    assert_eq!(allocations(), start, "post_bytes + recv_bytes_into allocated");
+}
+
+#[test]
+fn a_message_longer_than_the_buffer_stays_queued_and_the_error_names_its_length() {
+    let ch = small_channel();
+    let (a, b) = (ch.port1(), ch.port2());
+    a.post_bytes(&[1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+    a.post_bytes(b"next").unwrap();
+    let mut out = [0xEEu8; 8];
+    let e = too_small(b.recv_bytes_into(&mut out).unwrap_err());
+    assert_eq!(e.needed_len(), Some(9));
+    assert!(e.to_string().contains("9 bytes"), "{e}");
+    assert_eq!(out, [0xEE; 8], "nothing is written for a message that does not fit");
+    // The try_ and timed calls say the same, and the message is still the next one.
+    match b.try_recv_bytes_into(&mut out) {
+        Err(TryRecvError::MessageError(e)) => assert_eq!((e.needed_len(), e.is_kept()), (Some(9), true)),
+        other => panic!("{other:?}"),
+    }
+    match b.recv_bytes_timeout_into(Duration::from_secs(1), &mut out) {
+        Err(RecvTimeoutError::MessageError(e)) => assert_eq!(e.needed_len(), Some(9)),
+        other => panic!("{other:?}"),
+    }
+    let mut larger = [0u8; 9];
+    assert_eq!(b.recv_bytes_into(&mut larger).unwrap(), 9);
+    assert_eq!(larger, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(b.recv_bytes_into(&mut out).unwrap(), 4);
+    assert_eq!(&out[..4], b"next");
+    // An empty message fits an empty buffer.
+    a.post_bytes(b"").unwrap();
+    assert_eq!(b.recv_bytes_into(&mut []).unwrap(), 0);
+}
+
+/// Posts `large` (longer than the ring: it goes out of line), checks that a short
+/// buffer is refused with its length and that a long enough one receives it whole.
+fn out_of_line_round_trip(recv_into: &mut dyn FnMut(&mut [u8]) -> Result<usize, RecvError>, post: impl Fn(&[u8])) {
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    post(&large);
+    post(b"after");
+    let mut short = vec![0u8; large.len() - 1];
+    assert_eq!(too_small(recv_into(&mut short).unwrap_err()).needed_len(), Some(large.len()));
+    let mut out = vec![0u8; large.len() + 10];
+    assert_eq!(recv_into(&mut out).unwrap(), large.len());
+    assert!(out[..large.len()] == large[..], "the out-of-line body differs");
+    assert_eq!(recv_into(&mut out).unwrap(), 5);
+    assert_eq!(&out[..5], b"after");
+}
+
+#[test]
+fn a_message_sent_out_of_line_arrives_whole_and_is_refused_by_a_short_buffer() {
+    let ch = small_channel();
+    let (a, b) = (ch.port1(), ch.port2());
+    assert!(300_000 > b.max_inline_size());
+    out_of_line_round_trip(&mut |out| b.recv_bytes_into(out), |m| a.post_bytes(m).unwrap());
+}
+
+#[test]
+fn a_reader_half_receives_a_message_its_peer_sent_out_of_line() {
+    let ch = small_channel();
+    let (_, mut reader) = ch.port2().split().unwrap();
+    let a = ch.port1();
+    out_of_line_round_trip(&mut |out| reader.recv_bytes_into(out), |m| a.post_bytes(m).unwrap());
+}
+
+fn post_with_a_buffer(a: &MessagePort) {
+    let buf = ArrayBuffer::from_slice(b"moved").unwrap();
+    let message = Value::Array(vec![Value::from("hello"), Value::ArrayBuffer(buf.clone())]);
+    a.post_message(message, [buf.into()]).unwrap();
+}
+
+#[test]
+fn a_message_with_attachments_gives_the_bytes_recv_bytes_with_gives() {
+    let ch = small_channel();
+    let (a, b) = (ch.port1(), ch.port2());
+    post_with_a_buffer(&a);
+    post_with_a_buffer(&a);
+    let expected = b.recv_bytes_with(<[u8]>::to_vec).unwrap();
+    assert!(!expected.is_empty());
+    // Too short by one: kept, with the body's length (not the record's).
+    let mut out = vec![0u8; expected.len() - 1];
+    assert_eq!(too_small(b.recv_bytes_into(&mut out).unwrap_err()).needed_len(), Some(expected.len()));
+    let mut out = vec![0u8; expected.len()];
+    assert_eq!(b.recv_bytes_into(&mut out).unwrap(), expected.len());
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn try_and_timeout_report_empty_and_closed() {
+    let ch = small_channel();
+    let (a, b) = (ch.port1(), ch.port2());
+    let mut out = [0u8; 16];
+    assert_eq!(b.try_recv_bytes_into(&mut out), Err(TryRecvError::Empty));
+    assert_eq!(b.recv_bytes_timeout_into(Duration::from_millis(20), &mut out), Err(RecvTimeoutError::Timeout));
+    a.post_bytes(b"last").unwrap();
+    a.close();
+    assert_eq!(b.try_recv_bytes_into(&mut out).unwrap(), 4);
+    assert_eq!(b.recv_bytes_into(&mut out), Err(RecvError::Closed));
+    assert_eq!(b.try_recv_bytes_into(&mut out), Err(TryRecvError::Closed));
+}
+
+#[test]
+fn recv_bytes_into_keeps_the_order_with_the_other_receives() {
+    let ch = small_channel();
+    let (a, b) = (ch.port1(), ch.port2());
+    let mut out = [0u8; 4];
+    for i in 0..300u32 {
+        a.post_bytes(&i.to_le_bytes()).unwrap();
+        let got = match i % 3 {
+            0 => {
+                let n = b.recv_bytes_into(&mut out).unwrap();
+                out[..n].to_vec()
+            }
+            1 => b.recv_bytes_with(<[u8]>::to_vec).unwrap(),
+            _ => {
+                let n = b.try_recv_bytes_into(&mut out).unwrap();
+                out[..n].to_vec()
+            }
+        };
+        assert_eq!(got, i.to_le_bytes());
+    }
+}
+
+#[test]
+fn a_reader_half_receives_into_a_buffer_without_allocating() {
+    let ch = small_channel();
+    let (mut writer, _) = ch.port1().split().unwrap();
+    let (_, mut reader) = ch.port2().split().unwrap();
+    let mut out = vec![0u8; reader.max_inline_size()];
+    let messages: Vec<Vec<u8>> = (0..500u32).map(|i| vec![i as u8; (i as usize * 13) % 900]).collect();
+    let start = allocations();
+    for message in &messages {
+        writer.post_bytes(message).unwrap();
+        let n = reader.try_recv_bytes_into(&mut out).unwrap();
+        assert_eq!(&out[..n], &message[..]);
+    }
+    assert_eq!(allocations(), start, "posting and receiving into a buffer allocated");
+    assert_eq!(reader.try_recv_bytes_into(&mut out), Err(TryRecvError::Empty));
+    // Too short: kept.
+    writer.post_bytes(&[3; 10]).unwrap();
+    match reader.try_recv_bytes_into(&mut out[..9]) {
+        Err(TryRecvError::MessageError(e)) => assert_eq!((e.needed_len(), e.is_kept()), (Some(10), true)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(reader.try_recv_bytes_into(&mut out[..10]).unwrap(), 10);
+    drop(writer);
+    drop(ch);
+    assert_eq!(reader.recv_bytes_into(&mut out), Err(RecvError::Closed));
+}
