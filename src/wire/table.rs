@@ -10,10 +10,10 @@ use crate::error::{PostError, TooLargeKind};
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
 use crate::shm::frozen::FrozenBody;
 
-const TABLE: usize = 32;
-const BUFFER_ENTRY: usize = 24;
-const PORT_ENTRY: usize = 16;
-const SHARED_ENTRY: usize = 16;
+pub(super) const TABLE: usize = 32;
+pub(super) const BUFFER_ENTRY: usize = 24;
+pub(super) const PORT_ENTRY: usize = 16;
+pub(super) const SHARED_ENTRY: usize = 16;
 const NO_FD: u32 = u32::MAX;
 
 /// The bytes of an attachment table with a spilled body's entry.
@@ -399,13 +399,13 @@ pub(crate) struct Parts {
     pub(crate) body_at: usize,
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+pub(super) struct Reader<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) at: usize,
 }
 
 impl Reader<'_> {
-    fn u32(&mut self) -> Result<u32, &'static str> {
+    pub(super) fn u32(&mut self) -> Result<u32, &'static str> {
         let b = self.bytes.get(self.at..self.at + 4).ok_or("truncated attachment table")?;
         self.at += 4;
         Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")))
@@ -417,14 +417,14 @@ impl Reader<'_> {
     }
 }
 
-struct BufferEntry {
+pub(super) struct BufferEntry {
     fd: u32,
     descriptor: Descriptor,
     id: u32,
-    len: u64,
+    pub(super) len: u64,
 }
 
-fn read_buffer_entry(r: &mut Reader<'_>) -> Result<BufferEntry, &'static str> {
+pub(super) fn read_buffer_entry(r: &mut Reader<'_>) -> Result<BufferEntry, &'static str> {
     let fd = r.u32()?;
     let chunk = r.u32()?;
     let generation = r.u32()?;
@@ -659,69 +659,6 @@ fn take_chunks(
     Ok(taken)
 }
 
-/// The most a spilled body may be when it has to be copied into this process (to be
-/// decoded, or for `recv_bytes_with`): a peer cannot make us allocate more.
-const MAX_COPIED_BODY: usize = 1 << 30;
-
-/// Copies a spilled body out of its chunk into process memory.
-pub(crate) fn copy_spilled(chunk: &Chunk, len: usize) -> Result<Vec<u8>, &'static str> {
-    let mut body = Vec::new();
-    copy_spilled_into(chunk, len, &mut body)?;
-    Ok(body)
-}
-
-/// As `copy_spilled`, into `body` (cleared first; its allocation is reused).
-pub(crate) fn copy_spilled_into(chunk: &Chunk, len: usize, body: &mut Vec<u8>) -> Result<(), &'static str> {
-    if len > MAX_COPIED_BODY {
-        return Err("spilled message too large to copy");
-    }
-    body.clear();
-    body.try_reserve_exact(len).map_err(|_| "out of memory for a spilled message")?;
-    // SAFETY: `len` is within the chunk (checked in `take_chunks`), which we hold, and
-    // `body` has room for it; the bytes are copied, so later writes by a hostile
-    // sender cannot reach the decoder.
-    unsafe {
-        std::ptr::copy_nonoverlapping(chunk.ptr().as_ptr(), body.as_mut_ptr(), len);
-        body.set_len(len);
-    }
-    Ok(())
-}
-
-/// The length of the body that an attachment record (whose first bytes are `table`)
-/// carries out of line; `None` if its body is inline or the table is malformed.
-pub(crate) fn spilled_len(table: &[u8]) -> Option<u64> {
-    let mut r = Reader { bytes: table, at: 12 };
-    if r.u32().ok()? != 1 {
-        return None;
-    }
-    r.at = TABLE;
-    Some(read_buffer_entry(&mut r).ok()?.len)
-}
-
-/// The length of the body an attachment record of `rec_len` bytes carries, read
-/// from the first bytes of its table (`TABLE_WITH_SPILL` of them, or the whole record
-/// if shorter), without receiving anything: what `receive` will find, if the table is
-/// well formed. `None` if it is not (receiving the record then fails).
-pub(crate) fn body_len(table: &[u8], rec_len: usize) -> Option<usize> {
-    let mut r = Reader { bytes: table, at: 4 };
-    let (n_buffers, n_ports, spilled) = (r.u32().ok()? as usize, r.u32().ok()? as usize, r.u32().ok()?);
-    r.at = 24;
-    let n_shared = r.u32().ok()? as usize;
-    match spilled {
-        0 => {}
-        1 | 2 => {
-            r.at = TABLE;
-            return usize::try_from(read_buffer_entry(&mut r).ok()?.len).ok();
-        }
-        _ => return None,
-    }
-    let entries = BUFFER_ENTRY
-        .checked_mul(n_buffers)?
-        .checked_add(PORT_ENTRY.checked_mul(n_ports)?)?
-        .checked_add(SHARED_ENTRY.checked_mul(n_shared)?)?;
-    rec_len.checked_sub(TABLE.checked_add(entries)?)
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -794,6 +731,7 @@ mod fuzz {
     use super::*;
     use crate::fuzz::{Input, corpus};
     use crate::platform;
+    use crate::wire::body_len;
     use crate::wire::fds::fuzz::{NONCE, POSITION, pool, queue};
 
     /// Runs the input (see the module above): whether `receive` accepted the table.
