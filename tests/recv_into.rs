@@ -1,7 +1,8 @@
 //! `recv_bytes_into` on ports and reader halves: the bytes land in the caller's
 //! buffer with no allocation; every kind of record (in the ring, out of line, with
 //! attachments) arrives as `recv_bytes_with` hands it over; a message longer than the
-//! buffer stays queued and the error names its length.
+//! buffer stays queued and the error names its length; the `_uninit` forms fill
+//! memory that was never initialised (a `Vec`'s spare capacity) the same way.
 
 mod common;
 
@@ -189,4 +190,52 @@ fn a_reader_half_receives_into_a_buffer_without_allocating() {
     drop(writer);
     drop(ch);
     assert_eq!(reader.recv_bytes_into(&mut out), Err(RecvError::Closed));
+}
+
+#[test]
+fn a_receive_into_uninitialised_memory_fills_a_vecs_spare_capacity() {
+    let ch = small_channel();
+    // The port posts what does not fit its ring out of line (a writer half would not).
+    let a = ch.port1();
+    let (_, mut reader) = ch.port2().split().unwrap();
+    let inline: Vec<u8> = (0..100u8).collect();
+    let out_of_line: Vec<u8> = (0..20_000u32).map(|i| i as u8 ^ 0x5a).collect();
+    for message in [&inline, &out_of_line] {
+        a.post_bytes(message).unwrap();
+        let mut v: Vec<u8> = Vec::with_capacity(16);
+        let needed = match reader.recv_bytes_into_uninit(v.spare_capacity_mut()) {
+            Err(RecvError::MessageError(e)) if e.is_kept() => e.needed_len().unwrap(),
+            other => panic!("expected a kept MessageError, got {other:?}"),
+        };
+        assert_eq!(needed, message.len());
+        v.reserve_exact(needed);
+        let n = reader.recv_bytes_timeout_into_uninit(Duration::from_secs(5), v.spare_capacity_mut()).unwrap();
+        // SAFETY: the receive initialised the first `n` bytes of the spare capacity.
+        unsafe { v.set_len(n) };
+        assert_eq!(&v, message);
+        assert!(matches!(reader.try_recv_bytes_into_uninit(v.spare_capacity_mut()), Err(TryRecvError::Empty)));
+    }
+}
+
+#[test]
+fn a_port_receives_into_uninitialised_memory_as_into_a_slice() {
+    let ch = small_channel();
+    let (a, b) = (ch.port1(), ch.port2());
+    let mut v: Vec<u8> = Vec::with_capacity(b.max_inline_size());
+    for len in [0usize, 1, 63, 64, 65, 1000] {
+        let message: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        a.post_bytes(&message).unwrap();
+        v.clear();
+        let n = match len % 3 {
+            0 => b.recv_bytes_into_uninit(v.spare_capacity_mut()).unwrap(),
+            1 => b.try_recv_bytes_into_uninit(v.spare_capacity_mut()).unwrap(),
+            _ => b.recv_bytes_timeout_into_uninit(Duration::from_secs(5), v.spare_capacity_mut()).unwrap(),
+        };
+        // SAFETY: the receive initialised the first `n` bytes of the spare capacity.
+        unsafe { v.set_len(n) };
+        assert_eq!(v, message);
+    }
+    let mut none: [std::mem::MaybeUninit<u8>; 0] = [];
+    a.post_bytes(b"x").unwrap();
+    assert_eq!(too_small(b.recv_bytes_into_uninit(&mut none).unwrap_err()).needed_len(), Some(1));
 }

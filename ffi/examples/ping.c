@@ -72,7 +72,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    /* A message larger than the buffer is kept: TOO_SMALL says how large it is. */
+    /* A message larger than the buffer stays queued: TOO_SMALL says how large it is. */
     unsigned char big[100] = {7};
     CHECK(shmport_port_post_bytes(mine, big, sizeof big));
     unsigned char small[8];

@@ -214,8 +214,7 @@ int shmport_port_post_buffer(shmport_port *port, shmport_buffer *buffer);
  *
  * Returns `SHMPORT_OK`, `SHMPORT_TIMEOUT`, `SHMPORT_CLOSED`, `SHMPORT_NULL`,
  * `SHMPORT_MESSAGE_ERROR`; `SHMPORT_INVALID` when the message is something else
- * (consumed), or when a message kept by `SHMPORT_TOO_SMALL` is waiting (receive that
- * one with `shmport_port_recv_bytes` first). `*buffer` is written only on success.
+ * (consumed). `*buffer` is written only on success.
  *
  * Thread-safety: as `shmport_port_recv_bytes`.
  *
@@ -286,7 +285,7 @@ int shmport_writer_write_chunk(shmport_writer *writer,
 
 /**
  * Receives the next message's bytes; everything as `shmport_port_recv_bytes`
- * (timeouts, `SHMPORT_TOO_SMALL` keeping the message, statuses). With a timeout of 0
+ * (timeouts, `SHMPORT_TOO_SMALL` leaving the message queued, statuses). With a timeout of 0
  * realtime-safe.
  *
  * Thread-safety: one thread at a time per reader.
@@ -422,15 +421,17 @@ int shmport_port_try_post_bytes(shmport_port *port, const void *bytes, size_t le
  * Receives the next message's bytes into `buf` (`capacity` bytes) and writes their
  * number to `*len`. `timeout_ms < 0` waits for ever, `0` only takes a message already
  * waiting, `> 0` waits at most that many milliseconds. `buf` may be NULL when
- * `capacity` is 0.
+ * `capacity` is 0, and need not be initialised: the bytes are copied straight from
+ * shared memory into it.
  *
  * Returns `SHMPORT_OK`; `SHMPORT_TIMEOUT` (nothing arrived in time, or with 0 nothing
  * was waiting); `SHMPORT_CLOSED` (the port is closed, or the peer is gone and all it
  * sent was received); `SHMPORT_TOO_SMALL`: the message is larger than `capacity`,
- * `*len` is set to the size needed, and the message is kept, returned first by the
- * next receive on this handle; `SHMPORT_MESSAGE_ERROR` (a message that could not be
- * read was consumed); `SHMPORT_NULL`. `buf` and `*len` are written only on success
- * (and `*len` on `SHMPORT_TOO_SMALL`).
+ * `*len` is set to the size needed, and the message is not received: it stays the
+ * port's next message (for any receive, on any handle of the port);
+ * `SHMPORT_MESSAGE_ERROR` (a message that could not be read was consumed);
+ * `SHMPORT_NULL`. `buf` and `*len` are written only on success (and `*len` on
+ * `SHMPORT_TOO_SMALL`).
  *
  * Thread-safety: thread-safe; threads receiving on one handle at once each get
  * different messages, in no set order between them. Not concurrently with

@@ -223,8 +223,7 @@ pub unsafe extern "C" fn shmport_port_post_buffer(port: *mut shmport_port, buffe
 ///
 /// Returns `SHMPORT_OK`, `SHMPORT_TIMEOUT`, `SHMPORT_CLOSED`, `SHMPORT_NULL`,
 /// `SHMPORT_MESSAGE_ERROR`; `SHMPORT_INVALID` when the message is something else
-/// (consumed), or when a message kept by `SHMPORT_TOO_SMALL` is waiting (receive that
-/// one with `shmport_port_recv_bytes` first). `*buffer` is written only on success.
+/// (consumed). `*buffer` is written only on success.
 ///
 /// Thread-safety: as `shmport_port_recv_bytes`.
 ///
@@ -241,13 +240,6 @@ pub unsafe extern "C" fn shmport_port_recv_buffer(
         let port = unsafe { handle(port)? };
         if buffer.is_null() {
             return Err(Fail::null());
-        }
-        // SYNC: stash flag (see shmport_port_recv_bytes).
-        if port.stashed.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(Fail::fixed(
-                SHMPORT_INVALID,
-                c"a message kept by SHMPORT_TOO_SMALL is waiting: receive it with shmport_port_recv_bytes",
-            ));
         }
         let event = receive_event(&port.port, timeout_ms)?;
         let Value::ArrayBuffer(received) = event.data else {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use shmport::{PortReader, PortWriter};
 
 use crate::port::{handle, shmport_port};
-use crate::status::{Fail, SHMPORT_TOO_SMALL, guard};
+use crate::status::{Fail, guard};
 
 /// The writing half of a split port (opaque). Freed once by `shmport_writer_free`.
 pub struct shmport_writer {
@@ -18,8 +18,6 @@ pub struct shmport_writer {
 /// The reading half of a split port (opaque). Freed once by `shmport_reader_free`.
 pub struct shmport_reader {
     reader: PortReader,
-    /// A message too large for the caller's buffer, returned first by the next receive.
-    stash: Option<Vec<u8>>,
 }
 
 // A half may move between threads (it is used by one at a time).
@@ -54,7 +52,7 @@ pub unsafe extern "C" fn shmport_port_split(
         // SAFETY: both checked non-NULL; the caller promises they are writable.
         unsafe {
             *writer = Box::into_raw(Box::new(shmport_writer { writer: w }));
-            *reader = Box::into_raw(Box::new(shmport_reader { reader: r, stash: None }));
+            *reader = Box::into_raw(Box::new(shmport_reader { reader: r }));
         }
         Ok(())
     })
@@ -170,7 +168,7 @@ pub unsafe extern "C" fn shmport_writer_write_chunk(
 }
 
 /// Receives the next message's bytes; everything as `shmport_port_recv_bytes`
-/// (timeouts, `SHMPORT_TOO_SMALL` keeping the message, statuses). With a timeout of 0
+/// (timeouts, `SHMPORT_TOO_SMALL` leaving the message queued, statuses). With a timeout of 0
 /// realtime-safe.
 ///
 /// Thread-safety: one thread at a time per reader.
@@ -189,51 +187,9 @@ pub unsafe extern "C" fn shmport_reader_recv_bytes(
     guard(|| {
         // SAFETY: the caller promises a live, unshared reader or NULL.
         let r = unsafe { reader.as_mut() }.ok_or(Fail::null())?;
-        if len.is_null() || (buf.is_null() && capacity > 0) {
-            return Err(Fail::null());
-        }
-        let buf = buf.cast::<u8>();
-        // Copies into the caller's buffer, or returns the bytes to keep.
-        let copy = |bytes: &[u8]| -> Result<usize, Vec<u8>> {
-            if bytes.len() > capacity {
-                return Err(bytes.to_vec());
-            }
-            if !bytes.is_empty() {
-                // SAFETY: `buf` is non-NULL with `capacity` >= bytes.len() writable
-                // bytes (the caller's promise); the bytes are our copy.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
-            }
-            Ok(bytes.len())
-        };
-        let got = match r.stash.take() {
-            Some(kept) => copy(&kept),
-            None => receive(&mut r.reader, timeout_ms, copy)?,
-        };
-        match got {
-            Ok(n) => {
-                // SAFETY: checked non-NULL; the caller promises it is writable.
-                unsafe { *len = n };
-                Ok(())
-            }
-            Err(kept) => {
-                // SAFETY: as above.
-                unsafe { *len = kept.len() };
-                r.stash = Some(kept);
-                Err(Fail::fixed(
-                    SHMPORT_TOO_SMALL,
-                    c"the buffer is too small for the message (kept; *len is the size needed)",
-                ))
-            }
-        }
+        // SAFETY: forwarded from this function's contract.
+        unsafe { crate::recv::recv_bytes(&mut r.reader, buf, capacity, len, timeout_ms) }
     })
-}
-
-fn receive<R>(reader: &mut PortReader, timeout_ms: i32, f: impl FnOnce(&[u8]) -> R) -> Result<R, Fail> {
-    match timeout_ms {
-        ..0 => Ok(reader.recv_bytes_with(f)?),
-        0 => Ok(reader.try_recv_bytes_with(f)?),
-        ms => Ok(reader.recv_bytes_timeout_with(Duration::from_millis(ms as u64), f)?),
-    }
 }
 
 /// Frees a writer (once both halves are freed, the port is closed). NULL does nothing.

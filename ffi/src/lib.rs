@@ -18,6 +18,7 @@ mod buffer;
 mod halves;
 mod handoff;
 mod port;
+mod recv;
 mod status;
 
 pub use buffer::{

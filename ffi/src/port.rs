@@ -1,28 +1,17 @@
 //! The port handle: making channels, posting and receiving bytes, the readiness
 //! descriptor, closing and freeing.
 
-use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use shmport::{MessageChannel, MessagePort};
 
-use crate::status::{Fail, SHMPORT_TOO_SMALL, guard, guard_void};
+use crate::status::{Fail, guard, guard_void};
 
 /// An opaque handle on one end of a channel. Made by `shmport_channel_new` or
 /// `shmport_port_from_parent`, freed once by `shmport_port_free`.
 pub struct shmport_port {
     pub(crate) port: MessagePort,
-    /// Messages received into a buffer too small for them, returned first by the next
-    /// receives on this handle (more than one only when threads receive at once).
-    pub(crate) stash: Mutex<VecDeque<Vec<u8>>>,
-    /// Whether `stash` may hold a message: the receive's fast path looks here instead
-    /// of taking the lock (set under the lock, after a push; cleared under it, once
-    /// empty).
-    pub(crate) stashed: AtomicBool,
 }
 
 // The thread-safety the docs promise: a handle may be used from any thread, and from
@@ -34,11 +23,7 @@ const _: () = {
 
 impl shmport_port {
     fn boxed(port: MessagePort) -> *mut shmport_port {
-        Box::into_raw(Box::new(shmport_port {
-            port,
-            stash: Mutex::new(VecDeque::new()),
-            stashed: AtomicBool::new(false),
-        }))
+        Box::into_raw(Box::new(shmport_port { port }))
     }
 }
 
@@ -160,59 +145,20 @@ pub unsafe extern "C" fn shmport_port_try_post_bytes(
     })
 }
 
-/// What a receive's closure did with the message's bytes: their number, and whether
-/// they went into the caller's buffer (else into the handle's stash, too large).
-#[derive(Clone, Copy)]
-struct Got {
-    len: usize,
-    copied: bool,
-}
-
-impl shmport_port {
-    /// The oldest message kept for this handle, if any: a load when there is none.
-    #[inline]
-    fn take_kept(&self) -> Option<Vec<u8>> {
-        // SYNC: stash flag. Acquire pairs with the Release stores below: a message
-        // stashed by another thread before this receive began is seen here.
-        if !self.stashed.load(Ordering::Acquire) {
-            return None;
-        }
-        self.take_kept_slow()
-    }
-
-    #[cold]
-    fn take_kept_slow(&self) -> Option<Vec<u8>> {
-        let mut stash = self.stash.lock().unwrap_or_else(PoisonError::into_inner);
-        let kept = stash.pop_front();
-        self.stashed.store(!stash.is_empty(), Ordering::Release);
-        kept
-    }
-
-    /// Keeps a message too large for the caller's buffer, first in line: it is the
-    /// oldest this handle holds. (The port runs the receive's closure after letting
-    /// its receiving half go, and the half is never taken while the stash's lock is
-    /// held: no lock order to invert.)
-    #[cold]
-    #[inline(never)]
-    fn keep(&self, bytes: &[u8]) {
-        let mut stash = self.stash.lock().unwrap_or_else(PoisonError::into_inner);
-        stash.push_front(bytes.to_vec());
-        self.stashed.store(true, Ordering::Release);
-    }
-}
-
 /// Receives the next message's bytes into `buf` (`capacity` bytes) and writes their
 /// number to `*len`. `timeout_ms < 0` waits for ever, `0` only takes a message already
 /// waiting, `> 0` waits at most that many milliseconds. `buf` may be NULL when
-/// `capacity` is 0.
+/// `capacity` is 0, and need not be initialised: the bytes are copied straight from
+/// shared memory into it.
 ///
 /// Returns `SHMPORT_OK`; `SHMPORT_TIMEOUT` (nothing arrived in time, or with 0 nothing
 /// was waiting); `SHMPORT_CLOSED` (the port is closed, or the peer is gone and all it
 /// sent was received); `SHMPORT_TOO_SMALL`: the message is larger than `capacity`,
-/// `*len` is set to the size needed, and the message is kept, returned first by the
-/// next receive on this handle; `SHMPORT_MESSAGE_ERROR` (a message that could not be
-/// read was consumed); `SHMPORT_NULL`. `buf` and `*len` are written only on success
-/// (and `*len` on `SHMPORT_TOO_SMALL`).
+/// `*len` is set to the size needed, and the message is not received: it stays the
+/// port's next message (for any receive, on any handle of the port);
+/// `SHMPORT_MESSAGE_ERROR` (a message that could not be read was consumed);
+/// `SHMPORT_NULL`. `buf` and `*len` are written only on success (and `*len` on
+/// `SHMPORT_TOO_SMALL`).
 ///
 /// Thread-safety: thread-safe; threads receiving on one handle at once each get
 /// different messages, in no set order between them. Not concurrently with
@@ -232,43 +178,9 @@ pub unsafe extern "C" fn shmport_port_recv_bytes(
     guard(|| {
         // SAFETY: forwarded from this function's contract.
         let port = unsafe { handle(port)? };
-        if len.is_null() || (buf.is_null() && capacity > 0) {
-            return Err(Fail::null());
-        }
-        let buf = buf.cast::<u8>();
-        let copy = |bytes: &[u8]| {
-            if bytes.len() > capacity {
-                port.keep(bytes);
-                return Got { len: bytes.len(), copied: false };
-            }
-            if !bytes.is_empty() {
-                // SAFETY: `buf` is non-NULL here (capacity >= bytes.len() > 0) and the
-                // caller promises `capacity` writable bytes; the bytes are our copy,
-                // so the two cannot overlap unless the caller passed our memory.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
-            }
-            Got { len: bytes.len(), copied: true }
-        };
-        let got = match port.take_kept() {
-            Some(kept) => copy(&kept),
-            None => receive(&port.port, timeout_ms, copy)?,
-        };
-        // SAFETY: checked non-NULL; the caller promises it is writable.
-        unsafe { *len = got.len };
-        if got.copied {
-            return Ok(());
-        }
-        Err(Fail::fixed(SHMPORT_TOO_SMALL, c"the buffer is too small for the message (kept; *len is the size needed)"))
+        // SAFETY: forwarded from this function's contract.
+        unsafe { crate::recv::recv_bytes(&mut &port.port, buf, capacity, len, timeout_ms) }
     })
-}
-
-/// One receive in the mode `timeout_ms` names.
-fn receive(port: &MessagePort, timeout_ms: i32, f: impl FnOnce(&[u8]) -> Got) -> Result<Got, Fail> {
-    match timeout_ms {
-        ..0 => Ok(port.recv_bytes_with(f)?),
-        0 => Ok(port.try_recv_bytes_with(f)?),
-        ms => Ok(port.recv_bytes_timeout_with(Duration::from_millis(ms as u64), f)?),
-    }
 }
 
 /// The port's readiness descriptor, for `poll`/`epoll`/`select`: readable when a

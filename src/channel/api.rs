@@ -8,6 +8,7 @@
 //! `Handle`, so it does not keep a port alive that its users have dropped.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -351,22 +352,59 @@ impl MessagePort {
     /// ```
     #[inline]
     pub fn recv_bytes_into(&self, out: &mut [u8]) -> Result<usize, RecvError> {
-        self.recv_bytes_into_mode(Mode::Block, out).map_err(RecvError::from)
+        self.recv_bytes_into_uninit(incoming::as_uninit(out))
     }
 
     /// As [`recv_bytes_into`](Self::recv_bytes_into), if a message is waiting.
     #[inline]
     pub fn try_recv_bytes_into(&self, out: &mut [u8]) -> Result<usize, TryRecvError> {
-        self.recv_bytes_into_mode(Mode::Try, out).map_err(TryRecvError::from)
+        self.try_recv_bytes_into_uninit(incoming::as_uninit(out))
     }
 
     /// As [`recv_bytes_into`](Self::recv_bytes_into), waiting at most `timeout`.
     pub fn recv_bytes_timeout_into(&self, timeout: Duration, out: &mut [u8]) -> Result<usize, RecvTimeoutError> {
+        self.recv_bytes_timeout_into_uninit(timeout, incoming::as_uninit(out))
+    }
+
+    /// As [`recv_bytes_into`](Self::recv_bytes_into), into memory that need not be
+    /// initialised (a `Vec`'s spare capacity, a buffer from C): the first `n` bytes
+    /// of `out` are initialised when it returns `Ok(n)`, and nothing else is written.
+    ///
+    /// ```
+    /// let channel = shmport::MessageChannel::new()?;
+    /// let (a, b) = (channel.port1(), channel.port2());
+    /// a.post_bytes(b"frame")?;
+    /// let mut v: Vec<u8> = Vec::with_capacity(64);
+    /// let n = b.recv_bytes_into_uninit(v.spare_capacity_mut())?;
+    /// // SAFETY: the receive initialised the first `n` bytes of the spare capacity.
+    /// unsafe { v.set_len(n) };
+    /// assert_eq!(v, b"frame");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn recv_bytes_into_uninit(&self, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvError> {
+        self.recv_bytes_into_mode(Mode::Block, out).map_err(RecvError::from)
+    }
+
+    /// As [`recv_bytes_into_uninit`](Self::recv_bytes_into_uninit), if a message is
+    /// waiting.
+    #[inline]
+    pub fn try_recv_bytes_into_uninit(&self, out: &mut [MaybeUninit<u8>]) -> Result<usize, TryRecvError> {
+        self.recv_bytes_into_mode(Mode::Try, out).map_err(TryRecvError::from)
+    }
+
+    /// As [`recv_bytes_into_uninit`](Self::recv_bytes_into_uninit), waiting at most
+    /// `timeout`.
+    pub fn recv_bytes_timeout_into_uninit(
+        &self,
+        timeout: Duration,
+        out: &mut [MaybeUninit<u8>],
+    ) -> Result<usize, RecvTimeoutError> {
         self.recv_bytes_into_mode(Mode::timeout(timeout), out).map_err(RecvTimeoutError::from)
     }
 
     #[inline]
-    fn recv_bytes_into_mode(&self, mode: Mode, out: &mut [u8]) -> Result<usize, RecvFail> {
+    fn recv_bytes_into_mode(&self, mode: Mode, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvFail> {
         match self.port().try_recv_fast_into(out) {
             Some(len) => Ok(len),
             None => self.recv_bytes_into_full(mode, out),
@@ -376,7 +414,7 @@ impl MessagePort {
     /// `recv_bytes_into_mode` past its fast path: waits, large and attached messages,
     /// a buffer too small, errors.
     #[inline(never)]
-    fn recv_bytes_into_full(&self, mode: Mode, out: &mut [u8]) -> Result<usize, RecvFail> {
+    fn recv_bytes_into_full(&self, mode: Mode, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvFail> {
         self.port().recv_record_raw(mode, |rx, rec| incoming::bytes_into(rx, rec, out))?
     }
 

@@ -3,6 +3,7 @@
 //! given back. The record's table is read by `wire`; here its parts become buffers and
 //! ports.
 
+use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
 use super::api::{MessageEvent, MessagePort};
@@ -208,14 +209,14 @@ pub(super) fn body_into(rx: &mut Rx, len: usize, out: &mut Vec<u8>) -> Result<st
 /// Takes `rec` and copies its bytes (the body, for a record with attachments, whose
 /// buffers and ports are dropped) into the start of `out`; returns their length. A
 /// message longer than `out` is not taken: a kept `MessageError` that names its length.
-pub(super) fn bytes_into(rx: &mut Rx, rec: &Record, out: &mut [u8]) -> Result<usize, RecvFail> {
+pub(super) fn bytes_into(rx: &mut Rx, rec: &Record, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvFail> {
     match rx.bytes_len(rec) {
         Some(needed) if needed > out.len() => return Err(RecvFail::Message(MessageError::too_small(needed))),
         _ => {}
     }
     if rec.flags & FLAG_ATTACHMENTS == 0 {
         // SAFETY: `out` has room for the record's `rec.len` bytes (checked above).
-        unsafe { rx.take_into_raw(rec, out.as_mut_ptr()) };
+        unsafe { rx.take_into_raw(rec, out.as_mut_ptr().cast::<u8>()) };
         return Ok(rec.len);
     }
     rx.take(rec)?;
@@ -236,9 +237,17 @@ pub(super) fn bytes_into(rx: &mut Rx, rec: &Record, out: &mut [u8]) -> Result<us
     // when it was taken, and held by `incoming`), the frozen body's, or the payload's
     // tail; `out` has room for them. A chunk's bytes are copied, never referenced, as
     // its sender may still write them; the copy cannot overlap `out` (process memory).
-    unsafe { std::ptr::copy_nonoverlapping(from, out.as_mut_ptr(), len) };
+    unsafe { std::ptr::copy_nonoverlapping(from, out.as_mut_ptr().cast::<u8>(), len) };
     drop(incoming);
     Ok(len)
+}
+
+/// `out` seen as bytes that may be uninitialised, for the receives into a buffer.
+pub(super) fn as_uninit(out: &mut [u8]) -> &mut [MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has `u8`'s layout, and the receives (`bytes_into` and
+    // the fast paths before it) only write initialised bytes: copies of a record's
+    // payload or body. So `out` stays initialised.
+    unsafe { &mut *(std::ptr::from_mut(out) as *mut [MaybeUninit<u8>]) }
 }
 
 /// Gives back what a record that will never be read carries (SEMANTICS 15: a port

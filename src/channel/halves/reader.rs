@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,18 +114,44 @@ impl PortReader {
     /// ```
     #[inline]
     pub fn try_recv_bytes_into(&mut self, out: &mut [u8]) -> Result<usize, TryRecvError> {
-        self.bytes_into_mode(Mode::Try, out).map_err(TryRecvError::from)
+        self.try_recv_bytes_into_uninit(incoming::as_uninit(out))
     }
 
     /// As [`try_recv_bytes_into`](Self::try_recv_bytes_into), waiting for a message.
     /// Not realtime-safe (it may wait).
     #[inline]
     pub fn recv_bytes_into(&mut self, out: &mut [u8]) -> Result<usize, RecvError> {
-        self.bytes_into_mode(Mode::Block, out).map_err(RecvError::from)
+        self.recv_bytes_into_uninit(incoming::as_uninit(out))
     }
 
     /// As [`recv_bytes_into`](Self::recv_bytes_into), waiting at most `timeout`.
     pub fn recv_bytes_timeout_into(&mut self, timeout: Duration, out: &mut [u8]) -> Result<usize, RecvTimeoutError> {
+        self.recv_bytes_timeout_into_uninit(timeout, incoming::as_uninit(out))
+    }
+
+    /// As [`try_recv_bytes_into`](Self::try_recv_bytes_into), into memory that need
+    /// not be initialised (as
+    /// [`MessagePort::recv_bytes_into_uninit`](crate::MessagePort::recv_bytes_into_uninit)):
+    /// on `Ok(n)` the first `n` bytes of `out` are initialised. Realtime-safe.
+    #[inline]
+    pub fn try_recv_bytes_into_uninit(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, TryRecvError> {
+        self.bytes_into_mode(Mode::Try, out).map_err(TryRecvError::from)
+    }
+
+    /// As [`try_recv_bytes_into_uninit`](Self::try_recv_bytes_into_uninit), waiting
+    /// for a message. Not realtime-safe (it may wait).
+    #[inline]
+    pub fn recv_bytes_into_uninit(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvError> {
+        self.bytes_into_mode(Mode::Block, out).map_err(RecvError::from)
+    }
+
+    /// As [`recv_bytes_into_uninit`](Self::recv_bytes_into_uninit), waiting at most
+    /// `timeout`.
+    pub fn recv_bytes_timeout_into_uninit(
+        &mut self,
+        timeout: Duration,
+        out: &mut [MaybeUninit<u8>],
+    ) -> Result<usize, RecvTimeoutError> {
         self.bytes_into_mode(Mode::timeout(timeout), out).map_err(RecvTimeoutError::from)
     }
 
@@ -215,14 +241,14 @@ impl PortReader {
     }
 
     #[inline]
-    fn bytes_into_mode(&mut self, mode: Mode, out: &mut [u8]) -> Result<usize, RecvFail> {
+    fn bytes_into_mode(&mut self, mode: Mode, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvFail> {
         let rec = match self.rx.peek_ready() {
             Some(rec) => rec,
             None => self.next(mode)?,
         };
         if rec.flags & FLAG_ATTACHMENTS == 0 && rec.len <= out.len() {
             // SAFETY: `out` has room for the record's `rec.len` bytes.
-            unsafe { self.rx.take_into_raw(&rec, out.as_mut_ptr()) };
+            unsafe { self.rx.take_into_raw(&rec, out.as_mut_ptr().cast::<u8>()) };
             return Ok(rec.len);
         }
         // Descriptors come off the socket under its lock (see `bytes_mode`).
