@@ -51,7 +51,8 @@ impl Link {
 
     #[inline]
     fn peer_state(&self) -> &AtomicU32 {
-        self.segment.end_state(1 - self.end)
+        // `end` is 0 or 1: masked, the index needs no bounds check on the hot path.
+        self.segment.end_state((self.end ^ 1) & 1)
     }
 
     /// The peer marked itself closed (shared memory only, no syscall).

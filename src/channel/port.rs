@@ -291,7 +291,8 @@ impl Port {
         // One exit, so that the guard's release is inlined (see `try_post_fast`).
         let taken = match guard.as_mut() {
             Some(rx) if !self.is_detached() => match rx.peek_ready() {
-                Some(rec) if rec.flags & wire::FLAG_ATTACHMENTS == 0 && rec.len <= cap => {
+                // (`&`, not `&&`: one branch instead of two.)
+                Some(rec) if (rec.flags & wire::FLAG_ATTACHMENTS == 0) & (rec.len <= cap) => {
                     // SAFETY: `out` has room for `cap >= rec.len` bytes (the caller's promise).
                     unsafe { rx.take_into_raw(&rec, out) };
                     Some(rec.len)

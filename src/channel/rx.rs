@@ -22,7 +22,7 @@ pub(crate) struct Rx {
     pub(super) broken: bool,
     /// The error that broke it, until a receiving call reports it.
     pub(super) pending_error: Option<MessageError>,
-    /// The ring position where the last record taken starts.
+    /// The ring position where the last record with attachments taken starts.
     pub(super) record_start: u64,
 
     /// The peer was seen gone and the ring drained: `Closed` from now on.
@@ -56,12 +56,9 @@ impl Rx {
         if self.consumer.release() {
             // The producer's room: a sleeper, or a writer whose port armed its readiness
             // descriptor for room (`ARMED` on the space word, as on the data word).
-            ready::notify_reader(
-                self.notifier,
-                &self.consumer.ring().lines().waits.0.space,
-                self.link.segment.parker(),
-                &*self.link,
-            );
+            ready::notify_reader(self.notifier, &self.consumer.ring().lines().waits.0.space, || {
+                (self.link.segment.parker(), &*self.link)
+            });
         }
     }
 
@@ -157,7 +154,8 @@ impl Rx {
         &self.scratch[..len]
     }
 
-    /// The ring position where the record `take` returned last starts.
+    /// The ring position where the last record with attachments that `take` returned
+    /// starts.
     pub(super) fn record_start(&self) -> u64 {
         self.record_start
     }
@@ -320,7 +318,6 @@ impl Rx {
     pub(super) fn consumed(&mut self, rec: &Record) {
         crate::fault::fault_point!(RECV_COPIED);
         self.consumer.consume(rec);
-        self.record_start = rec.start();
         // Space goes back in batches: when everything known is read (so an idle reader
         // holds nothing back) or a quarter of the ring has been read. A release per
         // message would make a writer that outpaces this reader re-read `head` for
@@ -328,9 +325,12 @@ impl Rx {
         // time per 64 B message). A port that must wait to post gives its read space
         // back first (see `push_waiting`). A record with attachments is given back
         // only once they are taken (see `incoming::attachments`).
-        if rec.flags & wire::FLAG_ATTACHMENTS == 0
-            && (self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4)
-        {
+        if rec.flags & wire::FLAG_ATTACHMENTS != 0 {
+            // Where its descriptors are checked against (`incoming::attachments`).
+            self.record_start = rec.start();
+            return;
+        }
+        if self.consumer.caught_up() || self.consumer.unreleased() >= self.consumer.ring().capacity() / 4 {
             self.release_and_notify();
         }
     }

@@ -106,9 +106,10 @@ impl Tx {
     /// and the direction not broken.
     #[inline(always)]
     pub(super) fn push_and_publish(&mut self, kind: u16, bytes: &[u8]) -> Result<(), PushError> {
-        self.producer.try_push(kind, 0, &[bytes])?;
+        self.producer.push_and_publish(kind, 0, bytes)?;
         self.note_progress();
-        self.publish_and_notify();
+        crate::fault::fault_point!(POST_PUBLISHED);
+        self.notify_reader();
         Ok(())
     }
 
@@ -116,14 +117,17 @@ impl Tx {
     pub(super) fn publish_and_notify(&mut self) {
         let published = self.producer.publish();
         crate::fault::fault_point!(POST_PUBLISHED);
-        if published
-            && ready::notify_reader(
-                self.notifier,
-                &self.producer.ring().lines().waits.0.data,
-                self.link.segment.parker(),
-                &*self.link,
-            )
-        {
+        if published {
+            self.notify_reader();
+        }
+    }
+
+    /// After a publish: wakes the reader if it sleeps, signals it if it armed.
+    #[inline(always)]
+    fn notify_reader(&mut self) {
+        if ready::notify_reader(self.notifier, &self.producer.ring().lines().waits.0.data, || {
+            (self.link.segment.parker(), &*self.link)
+        }) {
             self.link.woke_peer.note();
         }
     }

@@ -277,8 +277,8 @@ mod tests {
     fn a_waiter_sleeps_until_the_holder_releases() {
         let lock = Arc::new(HalfLock::new(0u32));
         // Seven rounds: a waiter that were not woken would get in only when its 25 ms
-        // sleep slice ends, 10 ms after the release (it went to sleep 40 ms before it);
-        // woken, it takes well under a millisecond. The median round decides, so a
+        // sleep slice ends, some 20 ms after the release (it went to sleep about 5 ms
+        // before it); woken, it takes well under a millisecond. The median round decides, so a
         // round or three that a loaded machine delays does not fail the test.
         let mut late = Vec::new();
         for round in 0..7 {
@@ -289,9 +289,15 @@ mod tests {
                 let mut g = l2.lock();
                 *g += 1;
             });
-            std::thread::sleep(Duration::from_millis(40));
+            // Until the waiter has gone to sleep (however long a loaded machine takes
+            // to run it), and a little more, so it is in the futex.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while lock.sleepers.load(Ordering::Relaxed) != 1 {
+                assert!(std::time::Instant::now() < deadline, "the waiter never went to sleep");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(5));
             assert_eq!(*guard, round, "the waiter cannot get in while the lock is held");
-            assert_eq!(lock.sleepers.load(Ordering::Relaxed), 1, "the waiter went to sleep");
             let released = std::time::Instant::now();
             drop(guard);
             waiter.join().unwrap();

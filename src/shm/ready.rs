@@ -61,9 +61,22 @@ pub(crate) fn is_armed(word: &AtomicU32) -> bool {
 /// Writer: call after publishing a record. As `wait::notify` (one fence and one load
 /// when nobody waits, by the writer's `notifier`), and if the reader armed its
 /// descriptor, signals it once. Returns whether a futex sleeper was woken.
+/// `wake` gives the parker and the signal, and is called only then: the hot path
+/// computes nothing for the slow one.
 #[inline(always)]
-pub(crate) fn notify_reader(notifier: Notifier, word: &WaitWord, parker: &Parker, signal: &impl Signal) -> bool {
-    notifier.fence() && wake_reader_if_waiting(word, parker, signal)
+pub(crate) fn notify_reader<'a, S: Signal + 'a>(
+    notifier: Notifier,
+    word: &WaitWord,
+    wake: impl FnOnce() -> (&'a Parker, &'a S),
+) -> bool {
+    if !notifier.fence() {
+        return false;
+    }
+    let w = word.word.load(Ordering::Relaxed);
+    w & (WAITING | ARMED) != 0 && {
+        let (parker, signal) = wake();
+        wake_reader(word, parker, w, signal)
+    }
 }
 
 /// As `notify_reader` without its fence: for callers that did not just publish
@@ -168,7 +181,7 @@ mod loom_tests {
                     for n in 1..=2 {
                         // SYNC: tail publish
                         d.store(n, Ordering::Release);
-                        notify_reader(Notifier::new(false, &p), &w, &p, &*f);
+                        notify_reader(Notifier::new(false, &p), &w, || (&p, &*f));
                     }
                     done.store(true, Ordering::SeqCst);
                 })
@@ -244,7 +257,7 @@ mod loom_tests {
                 loom::thread::spawn(move || {
                     // SYNC: tail publish
                     d.store(1, Ordering::Release);
-                    notify_reader(Notifier::new(false, &p), &w, &p, &*f);
+                    notify_reader(Notifier::new(false, &p), &w, || (&p, &*f));
                     done.store(true, Ordering::SeqCst);
                 })
             };
@@ -295,14 +308,14 @@ mod tests {
         let (word, parker) = (WaitWord::new(), Parker::local());
         let lossy = Lossy { fail: Cell::new(2), ..Lossy::default() };
         arm(&word.word, &parker);
-        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        notify_reader(Notifier::new(false, &parker), &word, || (&parker, &lossy));
         assert!(is_armed(&word.word), "lost: the word stays armed");
-        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        notify_reader(Notifier::new(false, &parker), &word, || (&parker, &lossy));
         assert_eq!(lossy.sent.get(), 0);
-        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        notify_reader(Notifier::new(false, &parker), &word, || (&parker, &lossy));
         assert_eq!(lossy.sent.get(), 1, "the third publish got it through");
         assert!(!is_armed(&word.word));
-        notify_reader(Notifier::new(false, &parker), &word, &parker, &lossy);
+        notify_reader(Notifier::new(false, &parker), &word, || (&parker, &lossy));
         assert_eq!(lossy.sent.get(), 1, "once through, no more");
     }
 
@@ -310,20 +323,20 @@ mod tests {
     fn a_writer_signals_once_per_arming_and_not_at_all_unarmed() {
         let (word, parker, count) = (WaitWord::new(), Parker::local(), Count::default());
         for _ in 0..10 {
-            assert!(!notify_reader(Notifier::new(false, &parker), &word, &parker, &count));
+            assert!(!notify_reader(Notifier::new(false, &parker), &word, || (&parker, &count)));
         }
         assert_eq!(count.0.get(), 0, "nobody armed: no signal");
         arm(&word.word, &parker);
         assert!(is_armed(&word.word));
         for _ in 0..10 {
-            notify_reader(Notifier::new(false, &parker), &word, &parker, &count);
+            notify_reader(Notifier::new(false, &parker), &word, || (&parker, &count));
         }
         assert_eq!(count.0.get(), 1, "one signal per arming");
         assert!(!is_armed(&word.word));
         // With a futex sleeper announced as well, both are served by one publish.
         arm(&word.word, &parker);
         wait::announce(&word.word, &parker);
-        assert!(notify_reader(Notifier::new(false, &parker), &word, &parker, &count), "the sleeper was woken");
+        assert!(notify_reader(Notifier::new(false, &parker), &word, || (&parker, &count)), "the sleeper was woken");
         assert_eq!(count.0.get(), 2);
         assert_eq!(word.word.load(Ordering::Relaxed) & (WAITING | ARMED), 0);
     }
@@ -334,8 +347,8 @@ mod tests {
         for forged in [u32::MAX, ARMED, WAITING, ARMED | WAITING, 0xdead_beef, 0x8000_0002, !ARMED] {
             let (word, count) = (WaitWord::new(), Count::default());
             word.word.store(forged, Ordering::Relaxed);
-            notify_reader(Notifier::new(false, &parker), &word, &parker, &count);
-            notify_reader(Notifier::new(false, &parker), &word, &parker, &count);
+            notify_reader(Notifier::new(false, &parker), &word, || (&parker, &count));
+            notify_reader(Notifier::new(false, &parker), &word, || (&parker, &count));
             assert_eq!(count.0.get(), u32::from(forged & ARMED != 0), "{forged:#x}");
             assert_eq!(word.word.load(Ordering::Relaxed) & (WAITING | ARMED), 0, "{forged:#x}");
         }

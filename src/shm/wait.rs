@@ -265,11 +265,22 @@ impl Notifier {
     pub(crate) fn fence(self) -> bool {
         // SYNC: sleep check. Orders the caller's publish before the wait word's load;
         // pairs with the fence (or the membarrier) in `announce` and `ready::arm`.
-        match self {
-            Notifier::Never => return false,
-            Notifier::Fenceless => std::sync::atomic::compiler_fence(Ordering::SeqCst),
-            Notifier::Fenced => sleep_check_fence(),
+        // The usual case first, as one compare: the others out of line.
+        if self == Notifier::Fenceless {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+            return true;
         }
+        self.fence_other()
+    }
+
+    /// `fence` of a busy-poll channel (nobody to notify) or a fenced one.
+    #[cold]
+    #[inline(never)]
+    fn fence_other(self) -> bool {
+        if self == Notifier::Never {
+            return false;
+        }
+        sleep_check_fence();
         true
     }
 
