@@ -4,6 +4,10 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod leaks;
+
+#[allow(unused_imports)]
+pub use leaks::LeakCheck;
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
