@@ -250,7 +250,7 @@ fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_op
     let (result, woke_at) = reader.join().unwrap();
     assert!(result.unwrap_err().is_closed());
     let delay = woke_at.duration_since(killed_at);
-    assert!(delay < Duration::from_millis(100), "closed seen after {delay:?}");
+    common::assert_closed_in_time(delay, common::scheduler_lateness(), "the blocked recv");
     assert_eq!(child.wait().unwrap().signal(), Some(9));
     assert!(port.is_peer_closed());
 
