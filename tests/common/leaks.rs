@@ -130,6 +130,14 @@ impl LeakCheck {
         Some(LeakCheck { before: Resources::now() })
     }
 
+    /// The snapshot in a role child ([`super::spawn_role`]): a process that runs one
+    /// test alone already, so its counts are its own.
+    pub fn in_role() -> LeakCheck {
+        assert!(super::role().is_some(), "LeakCheck::in_role is for a role child; a test takes LeakCheck::start");
+        drop(shmport::ArrayBuffer::from_slice(&[1; 64]).unwrap());
+        LeakCheck { before: Resources::now() }
+    }
+
     /// As [`LeakCheck::start`], for a test that sets message handlers: the process's
     /// dispatch thread (its epoll set and eventfd stay) is started before the count.
     pub fn start_with_dispatcher(name: &str) -> Option<LeakCheck> {
