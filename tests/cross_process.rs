@@ -669,3 +669,32 @@ fn s16_try_recv_from_a_writer_killed_long_after_it_last_wrote_reports_closed() {
     drop((port, child));
     leaks.finish();
 }
+
+/// The leak check's negative control: a descriptor, a channel and a buffer held past
+/// the snapshot are each reported; our arena growing by a segment of a new size class
+/// (which stays for the process's life) is not; once they are dropped, nothing is.
+#[test]
+fn the_leak_check_reports_a_held_descriptor_channel_and_buffer_and_not_the_arena_s_growth() {
+    if role().is_some() {
+        return;
+    }
+    let Some(leaks) =
+        LeakCheck::start("the_leak_check_reports_a_held_descriptor_channel_and_buffer_and_not_the_arena_s_growth")
+    else {
+        return;
+    };
+    let before = leaks.before().clone();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let channel = MessageChannel::new().unwrap();
+    // 3 MiB: a size class nothing here used before, so the arena grows by a segment.
+    let buffer = shmport::ArrayBuffer::new(3 << 20).unwrap();
+    let found = common::leaks::Resources::now().leaked_since(&before);
+    let has = |what: &str| found.iter().any(|l| l.contains(what));
+    assert!(has("open: /dev/null"), "a held descriptor: {found:#?}");
+    assert!(has("mapped: /memfd:shmport-channel") && has("socket:["), "a held channel: {found:#?}");
+    assert!(has("chunks of our arena"), "a held buffer: {found:#?}");
+    assert!(!has("shmport-arena"), "the arena's new segment is ours, and stays: {found:#?}");
+    drop((file, channel, buffer));
+    assert!(shmport::arena_stats().segments > before.arena_segments, "the arena grew");
+    leaks.finish();
+}
