@@ -19,11 +19,12 @@
 //! Left out: this process's own arena segments that the test made it grow by (a segment
 //! of each size class stays for the process's life, with its memfd and mapping; their
 //! number is `arena_stats().segments`, so exactly that many new arena memfds are
-//! excused, and one more is a leak); the first segment and the dispatch thread (its
-//! epoll set and eventfd, made at the first `set_onmessage`) are made before the first
-//! snapshot ([`LeakCheck::start_with_dispatcher`]). The number of all mappings is
-//! shown, not compared: the stacks and allocator arenas of threads a test ran stay
-//! mapped after the threads end (glibc keeps them for the next thread).
+//! excused, and one more is a leak); the first segment is made before the first
+//! snapshot. Not excused: the dispatch thread's epoll set and eventfd, made at the
+//! first `set_onmessage` and kept for the process's life (no leak-checked test sets a
+//! handler; one that does must start the thread before its snapshot). The number of
+//! all mappings is shown, not compared: the stacks and allocator arenas of threads a
+//! test ran stay mapped after the threads end (glibc keeps them for the next thread).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -136,34 +137,6 @@ impl LeakCheck {
         assert!(super::role().is_some(), "LeakCheck::in_role is for a role child; a test takes LeakCheck::start");
         drop(shmport::ArrayBuffer::from_slice(&[1; 64]).unwrap());
         LeakCheck { before: Resources::now() }
-    }
-
-    /// As [`LeakCheck::start`], for a test that sets message handlers: the process's
-    /// dispatch thread (its epoll set and eventfd stay) is started before the count.
-    pub fn start_with_dispatcher(name: &str) -> Option<LeakCheck> {
-        if !super::isolated(name) {
-            return None;
-        }
-        let channel = shmport::MessageChannel::new().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        channel.port2().set_onmessage(Some(move |_: shmport::MessageEvent| tx.send(()).unwrap()));
-        channel.port1().post_bytes(b"start").unwrap();
-        rx.recv_timeout(Duration::from_secs(10)).expect("the dispatch thread delivers");
-        channel.port2().set_onmessage(None::<fn(shmport::MessageEvent)>);
-        drop(channel);
-        drop(shmport::ArrayBuffer::from_slice(&[1; 64]).unwrap());
-        // What the handler's port held goes once the thread has let go of it.
-        let settle = Instant::now() + SETTLE;
-        let mut before = Resources::now();
-        while Instant::now() < settle {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = Resources::now();
-            if now.fds == before.fds && now.memfds == before.memfds {
-                break;
-            }
-            before = now;
-        }
-        Some(LeakCheck { before })
     }
 
     /// The snapshot taken at the start.
