@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-use common::{ROLE_ENV, expect_success, role, role_command, watchdog};
+use common::{LeakCheck, ROLE_ENV, expect_success, role, role_command, watchdog};
 use shmport::{Error, Listener, MessageChannel, MessagePort, PARENT_ENV};
 
 const ENTRY: &str = "child_entry";
@@ -246,12 +246,16 @@ fn from_parent_decides_once_and_leaves_a_number_reused_since_alone() {
     if role().is_some() || no_proc() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("from_parent_decides_once_and_leaves_a_number_reused_since_alone") else {
+        return;
+    };
     let _w = watchdog("from_parent_decides_once", Duration::from_secs(60));
     if !run_child("closed_then_reused", UNPASSED) {
         return;
     }
     // The child's stdin is /dev/null (role_command), never a port's socket.
     run_child("not_a_socket_twice", 0);
+    leaks.finish();
 }
 
 #[test]
@@ -259,8 +263,10 @@ fn from_parent_refuses_a_listening_socket_and_leaves_it_open() {
     if role().is_some() || no_proc() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("from_parent_refuses_a_listening_socket_and_leaves_it_open") else { return };
     let _w = watchdog("from_parent_refuses_a_listening_socket", Duration::from_secs(60));
     run_child("listener_planted", PLANTED);
+    leaks.finish();
 }
 
 #[test]
@@ -268,8 +274,12 @@ fn from_parent_refuses_a_socketpair_this_process_made_and_leaves_it_open() {
     if role().is_some() || no_proc() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("from_parent_refuses_a_socketpair_this_process_made_and_leaves_it_open") else {
+        return;
+    };
     let _w = watchdog("from_parent_refuses_a_socketpair_this_process_made", Duration::from_secs(60));
     run_child("own_socketpair_planted", PLANTED);
+    leaks.finish();
 }
 
 #[test]
@@ -277,6 +287,9 @@ fn a_command_spawned_twice_hands_its_port_to_the_first_child_only() {
     if role().is_some() || no_proc() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("a_command_spawned_twice_hands_its_port_to_the_first_child_only") else {
+        return;
+    };
     let _w = watchdog("a_command_spawned_twice", Duration::from_secs(60));
     let channel = MessageChannel::new().unwrap();
     let (kept, sent) = (channel.port1(), channel.port2());
@@ -286,6 +299,8 @@ fn a_command_spawned_twice_hands_its_port_to_the_first_child_only() {
     assert_eq!(kept.recv().unwrap().data.as_str(), Some("taken"));
     cmd.env(ROLE_ENV, "spawned_second");
     expect_success(cmd.spawn().unwrap());
+    drop((kept, sent, channel, cmd));
+    leaks.finish();
 }
 
 fn rendezvous_path(name: &str) -> String {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::process::Child;
 use std::time::Duration;
 
-use common::{expect_success, role, spawn_role, watchdog};
+use common::{LeakCheck, expect_success, role, spawn_role, watchdog};
 use shmport::{
     ArrayBuffer, ChannelOptions, DataCloneErrorKind, MessageChannel, MessageEvent, MessagePort, PortCollection,
     PortEvent, PortSet, PostError, Value, WaitTimeoutError,
@@ -447,6 +447,7 @@ fn s25_a_collection_s_ports_are_received_from_together_with_a_port_set() {
 
 #[test]
 fn s22_a_killed_child_with_room_in_its_ring_stops_being_counted() {
+    let Some(leaks) = LeakCheck::start("s22_a_killed_child_with_room_in_its_ring_stops_being_counted") else { return };
     let _w = watchdog("s22_a_killed_child_with_room", Duration::from_secs(120));
     let mut group = PortCollection::new();
     let (alive, dying) = (MessageChannel::new().unwrap(), MessageChannel::new().unwrap());
@@ -470,10 +471,15 @@ fn s22_a_killed_child_with_room_in_its_ring_stops_being_counted() {
     }
     assert_eq!(group.len(), 1);
     assert_eq!(group.post_message(-1.0, []).unwrap(), 1);
+    drop((group, alive, dying, child));
+    leaks.finish();
 }
 
 #[test]
 fn s22_large_broadcasts_reach_child_processes_from_one_frozen_copy() {
+    let Some(leaks) = LeakCheck::start("s22_large_broadcasts_reach_child_processes_from_one_frozen_copy") else {
+        return;
+    };
     let _w = watchdog("s22_large_broadcasts_reach_child_processes", Duration::from_secs(120));
     let mut group = PortCollection::new();
     let mut children = Vec::new();
@@ -492,10 +498,16 @@ fn s22_large_broadcasts_reach_child_processes_from_one_frozen_copy() {
     }
     drop((group, ports));
     children.into_iter().for_each(expect_success);
+    leaks.finish();
 }
 
 #[test]
 fn s22_sixteen_child_processes_receive_every_broadcast_in_order_and_a_killed_one_drops_out() {
+    let Some(leaks) =
+        LeakCheck::start("s22_sixteen_child_processes_receive_every_broadcast_in_order_and_a_killed_one_drops_out")
+    else {
+        return;
+    };
     let _w = watchdog("s22_sixteen_child_processes", Duration::from_secs(300));
     if common::in_process_memory() {
         return common::skip("ports cannot leave a process-memory binary");
@@ -556,4 +568,6 @@ fn s22_sixteen_child_processes_receive_every_broadcast_in_order_and_a_killed_one
     for child in children {
         expect_success(child);
     }
+    drop((victim_port, victim));
+    leaks.finish();
 }

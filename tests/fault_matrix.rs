@@ -360,8 +360,10 @@ fn run_case(case: &Case) -> Row {
     assert!(received.as_ref().is_err_and(|e| e.is_closed()), "`{}`: recv after the kill: {received:?}", case.point);
     assert!(posted.is_ok(), "`{}`: a post to a killed peer is a silent no-op: {posted:?}", case.point);
     let (recv_closed, post_closed) = (recv_at - killed_at, post_at - killed_at);
+    // The scheduler's lateness now: a loaded machine adds it to any wall-time bound.
+    let lateness = common::scheduler_lateness();
     for (what, delay) in [("recv", recv_closed), ("post", post_closed)] {
-        assert!(delay < Duration::from_millis(100), "`{}`: {what} saw the close {delay:?} after the kill", case.point);
+        common::assert_closed_in_time(delay, lateness, format_args!("`{}`: {what}", case.point));
     }
     assert!(port.is_peer_closed());
     assert!(port.try_recv().is_err_and(|e| e.is_closed()), "`{}`: nothing after the close", case.point);
@@ -374,7 +376,7 @@ fn run_case(case: &Case) -> Row {
         assert!(got.as_ref().is_err_and(|e| e.is_closed()), "`{}`: a port of the dead child: {got:?}", case.point);
         ports_closed = ports_closed.max(at - killed_at);
     }
-    assert!(ports_closed < Duration::from_millis(100), "`{}`: a held port closed {ports_closed:?} after", case.point);
+    common::assert_closed_in_time(ports_closed, lateness, format_args!("`{}`: a held port", case.point));
     let ports = held.len();
     drop((held, port));
     // Our buffers the child held or had in flight come back: the ones in flight when

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::counting::allocations;
-use common::{role, spawn_role, watchdog};
+use common::{LeakCheck, role, spawn_role, watchdog};
 use shmport::{
     ArrayBuffer, ChannelOptions, Error, MessageChannel, MessagePort, PortReader, PortWriter, PostError, RecvError,
     RecvTimeoutError, TooLargeKind, TryRecvError, Value, diagnostics,
@@ -480,6 +480,9 @@ fn a_blocked_reader_sees_its_peer_killed_and_posts_to_it_go_nowhere() {
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("a_blocked_reader_sees_its_peer_killed_and_posts_to_it_go_nowhere") else {
+        return;
+    };
     let _w = watchdog("a_blocked_reader_sees_its_peer_killed", Duration::from_secs(60));
     let channel = small_channel(256);
     let mut child = spawn_role(ENTRY, "split_post_ready_then_wait", &channel.port2());
@@ -497,7 +500,7 @@ fn a_blocked_reader_sees_its_peer_killed_and_posts_to_it_go_nowhere() {
     let (result, woke_at) = blocked.join().unwrap();
     assert_eq!(result, Err(RecvError::Closed));
     let delay = woke_at.duration_since(killed_at);
-    assert!(delay < Duration::from_millis(100), "closed seen after {delay:?}");
+    common::assert_closed_in_time(delay, common::scheduler_lateness(), "the blocked reader half");
     assert_eq!(child.wait().unwrap().signal(), Some(9));
     // The dead reader never drains the ring: once it is seen gone (at most one check
     // per 25 ms), posting is a no-op, not `Full`, and a chunk is process memory.
@@ -512,6 +515,8 @@ fn a_blocked_reader_sees_its_peer_killed_and_posts_to_it_go_nowhere() {
     let mut chunk = writer.write_chunk(100).unwrap();
     chunk.fill(1);
     chunk.commit();
+    drop((writer, child));
+    leaks.finish();
 }
 
 /// Fills `port`'s socket: ports moved through it, which its peer never takes, until a

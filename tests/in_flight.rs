@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{expect_success, role, spawn_role, watchdog};
+use common::{LeakCheck, expect_success, role, spawn_role, watchdog};
 use shmport::{ArrayBuffer, MessageChannel, MessagePort, PostError, Value, arena_stats, reclaim_arena};
 
 const ENTRY: &str = "child_entry";
@@ -73,6 +73,9 @@ fn chunks_in_flight_to_a_dead_peer_that_corrupted_head_are_given_back() {
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("chunks_in_flight_to_a_dead_peer_that_corrupted_head_are_given_back") else {
+        return;
+    };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _w = watchdog("in_flight_dead_corrupt_head", Duration::from_secs(60));
     let before = arena_stats().in_flight;
@@ -93,6 +96,7 @@ fn chunks_in_flight_to_a_dead_peer_that_corrupted_head_are_given_back() {
     port.close();
     reclaim_arena();
     assert_eq!(arena_stats().in_flight, before, "every chunk in flight to the dead peer came back");
+    leaks.finish();
 }
 
 #[test]
@@ -100,6 +104,11 @@ fn chunks_in_flight_to_a_live_peer_that_corrupted_head_are_given_back_and_the_di
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start(
+        "chunks_in_flight_to_a_live_peer_that_corrupted_head_are_given_back_and_the_direction_is_broken",
+    ) else {
+        return;
+    };
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _w = watchdog("in_flight_live_corrupt_head", Duration::from_secs(60));
     let existing = channel_memfds();
@@ -128,4 +137,6 @@ fn chunks_in_flight_to_a_live_peer_that_corrupted_head_are_given_back_and_the_di
     port.close();
     assert_eq!(arena_stats().in_flight, before);
     drop(parked);
+    drop((refused, port, channel));
+    leaks.finish();
 }

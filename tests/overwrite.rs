@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect_success, file_location, role, spawn_role, watchdog};
+use common::{LeakCheck, expect_success, file_location, role, spawn_role, watchdog};
 use shmport::{ArrayBuffer, MessageChannel, MessagePort, Value};
 
 const ENTRY: &str = "child_entry";
@@ -77,6 +77,10 @@ fn not(buffer: &ArrayBuffer, byte: u8) -> usize {
 
 #[test]
 fn a_chunk_a_peer_wrote_is_zeroed_before_new_for_overwrite_hands_it_out_again() {
+    let Some(leaks) = LeakCheck::start("a_chunk_a_peer_wrote_is_zeroed_before_new_for_overwrite_hands_it_out_again")
+    else {
+        return;
+    };
     // 4 MiB: a class of its own here, one chunk per segment.
     const LEN: usize = 4 << 20;
     let _w = watchdog("peer_wrote", WAIT);
@@ -108,10 +112,15 @@ fn a_chunk_a_peer_wrote_is_zeroed_before_new_for_overwrite_hands_it_out_again() 
 
     port.post_message("bye", []).unwrap();
     expect_success(child);
+    drop((first, second, third, port, carrier));
+    leaks.finish();
 }
 
 #[test]
 fn a_chunk_a_peer_wrote_and_sent_back_is_zeroed_once_dropped_here() {
+    let Some(leaks) = LeakCheck::start("a_chunk_a_peer_wrote_and_sent_back_is_zeroed_once_dropped_here") else {
+        return;
+    };
     // 1 MiB: a class of its own here.
     const LEN: usize = 1 << 20;
     let _w = watchdog("peer_wrote_and_returned", WAIT);
@@ -132,10 +141,16 @@ fn a_chunk_a_peer_wrote_and_sent_back_is_zeroed_once_dropped_here() {
 
     port.post_message("bye", []).unwrap();
     expect_success(child);
+    drop((sent, again, port, carrier));
+    leaks.finish();
 }
 
 #[test]
 fn a_chunk_only_this_process_wrote_is_reused_by_new_for_overwrite_as_it_is() {
+    let Some(leaks) = LeakCheck::start("a_chunk_only_this_process_wrote_is_reused_by_new_for_overwrite_as_it_is")
+    else {
+        return;
+    };
     // 2 MiB: a class of its own here.
     const LEN: usize = 2 << 20;
     let _w = watchdog("own_bytes", WAIT);
@@ -168,4 +183,6 @@ fn a_chunk_only_this_process_wrote_is_reused_by_new_for_overwrite_as_it_is() {
 
     port.post_message("bye", []).unwrap();
     expect_success(child);
+    drop((frame, local, zeroed, port, carrier));
+    leaks.finish();
 }

@@ -11,7 +11,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{expect_success, role, spawn_role, watchdog};
+use common::{LeakCheck, expect_success, role, spawn_role, watchdog};
 use rustix::event::{PollFd, PollFlags, poll};
 use shmport::{ChannelOptions, MessageChannel, MessagePort, TryRecvError, Value, diagnostics};
 
@@ -114,6 +114,7 @@ fn poll_wakes_for_a_message_from_another_process() {
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("poll_wakes_for_a_message_from_another_process") else { return };
     let _w = watchdog("poll_wakes_for_a_message_from_another_process", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
     let port = ch.port1();
@@ -133,6 +134,8 @@ fn poll_wakes_for_a_message_from_another_process() {
     assert_eq!(got, [7]);
     port.close();
     expect_success(child);
+    drop(port);
+    leaks.finish();
 }
 
 #[test]
@@ -223,6 +226,9 @@ fn a_peer_killed_with_sigkill_makes_the_descriptor_readable_within_100ms() {
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("a_peer_killed_with_sigkill_makes_the_descriptor_readable_within_100ms") else {
+        return;
+    };
     let _w = watchdog("a_peer_killed_with_sigkill", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
     let port = ch.port1();
@@ -237,9 +243,11 @@ fn a_peer_killed_with_sigkill_makes_the_descriptor_readable_within_100ms() {
     kill_9(&mut child);
     assert!(readable(fd, Duration::from_secs(5)), "the death never made the descriptor readable");
     let delay = killed_at.elapsed();
-    assert!(delay < Duration::from_millis(100), "readable {delay:?} after the kill");
+    common::assert_closed_in_time(delay, common::scheduler_lateness(), "the readiness descriptor");
     assert!(matches!(port.try_recv(), Err(TryRecvError::Closed)), "the first receive after the wake says closed");
     let _ = child.wait();
+    drop((port, child));
+    leaks.finish();
 }
 
 #[test]
@@ -365,6 +373,11 @@ fn a_port_transferred_to_another_process_while_armed_keeps_a_working_descriptor_
     if role().is_some() {
         return;
     }
+    let Some(leaks) =
+        LeakCheck::start("a_port_transferred_to_another_process_while_armed_keeps_a_working_descriptor_there")
+    else {
+        return;
+    };
     let _w = watchdog("a_port_transferred_while_armed", Duration::from_secs(120));
     let control = MessageChannel::new().unwrap();
     let served = MessageChannel::new().unwrap();
@@ -393,6 +406,8 @@ fn a_port_transferred_to_another_process_while_armed_keeps_a_working_descriptor_
     assert_eq!(echoed, (0..ECHOED).collect::<Vec<_>>());
     control.port1().close();
     expect_success(child);
+    drop((control, served, ours, theirs));
+    leaks.finish();
 }
 
 #[test]
@@ -548,6 +563,11 @@ fn a_reader_half_s_descriptor_stays_readable_after_a_killed_peer_s_end_is_receiv
     if role().is_some() {
         return;
     }
+    let Some(leaks) =
+        LeakCheck::start("a_reader_half_s_descriptor_stays_readable_after_a_killed_peer_s_end_is_received")
+    else {
+        return;
+    };
     let _w = watchdog("reader_half_killed_peer", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
     let (_writer, mut reader) = ch.port1().split().unwrap();
@@ -564,4 +584,6 @@ fn a_reader_half_s_descriptor_stays_readable_after_a_killed_peer_s_end_is_receiv
     assert!(matches!(reader.try_recv_bytes_with(|b| b.len()), Err(TryRecvError::Closed)));
     assert!(readable(fd.as_fd(), Duration::ZERO), "not readable for good");
     let _ = child.wait();
+    drop((fd, reader, _writer, child));
+    leaks.finish();
 }

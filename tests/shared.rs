@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{expect_success, role, spawn_role, watchdog};
+use common::{LeakCheck, expect_success, role, spawn_role, watchdog};
 use shmport::{
     ArrayBuffer, AtomicsWait, DataCloneErrorKind, MessagePort, PortCollection, PostError, SharedArrayBuffer, Value,
 };
@@ -268,6 +268,9 @@ fn s27_words_outside_the_buffer_panic() {
 
 #[test]
 fn s26_four_processes_count_with_fetch_add_and_the_count_is_exact() {
+    let Some(leaks) = LeakCheck::start("s26_four_processes_count_with_fetch_add_and_the_count_is_exact") else {
+        return;
+    };
     let _w = watchdog("s26_four_processes_count", Duration::from_secs(120));
     let sab = SharedArrayBuffer::new(4096).unwrap();
     let mut children = Vec::new();
@@ -291,10 +294,13 @@ fn s26_four_processes_count_with_fetch_add_and_the_count_is_exact() {
     assert_eq!(sab.atomic_u64(1).load(Ordering::SeqCst), 4 * 3 * u64::from(INCREMENTS));
     drop(ports);
     children.into_iter().for_each(expect_success);
+    drop(sab);
+    leaks.finish();
 }
 
 #[test]
 fn s27_wait_and_notify_ping_pong_across_processes() {
+    let Some(leaks) = LeakCheck::start("s27_wait_and_notify_ping_pong_across_processes") else { return };
     let _w = watchdog("s27_ping_pong_across_processes", Duration::from_secs(120));
     let sab = SharedArrayBuffer::new(8).unwrap();
     let ch = common::channel();
@@ -316,10 +322,16 @@ fn s27_wait_and_notify_ping_pong_across_processes() {
     // ahead every time), so only the two sides together are asserted to have slept.
     assert!(waits.ok + child_ok > 0, "no wait slept in {ROUNDS} rounds");
     expect_success(child);
+    let _ = word;
+    drop((sab, ch));
+    leaks.finish();
 }
 
 #[test]
 fn s27_a_waiter_whose_notifier_died_times_out_and_the_memory_stays() {
+    let Some(leaks) = LeakCheck::start("s27_a_waiter_whose_notifier_died_times_out_and_the_memory_stays") else {
+        return;
+    };
     let _w = watchdog("s27_notifier_died", Duration::from_secs(60));
     let sab = SharedArrayBuffer::new(64).unwrap();
     let ch = common::channel();
@@ -330,6 +342,8 @@ fn s27_a_waiter_whose_notifier_died_times_out_and_the_memory_stays() {
     child.wait().unwrap();
     assert_eq!(sab.wait(8, 0, Some(Duration::from_millis(20))), AtomicsWait::TimedOut);
     assert_eq!(sab.to_vec()[..14], *b"from the child", "the dead process's writes stay");
+    drop((sab, ch, child));
+    leaks.finish();
 }
 
 /// How many of this process's mappings and descriptors are memfds named `name`.

@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use common::{expect_success, file_location, role, spawn_role, watchdog};
+use common::{LeakCheck, expect_success, file_location, role, spawn_role, watchdog};
 use shmport::{ArrayBuffer, ChannelOptions, MessageChannel, MessagePort, Value};
 
 const ENTRY: &str = "child_entry";
@@ -188,6 +188,9 @@ struct TypedJob {
 
 #[test]
 fn s08_typed_messages_move_buffer_and_port_fields_between_processes() {
+    let Some(leaks) = LeakCheck::start("s08_typed_messages_move_buffer_and_port_fields_between_processes") else {
+        return;
+    };
     let _w = watchdog("typed_job", WAIT);
     let carrier = MessageChannel::new().unwrap();
     let child = spawn_role(ENTRY, "typed_job", &carrier.port2());
@@ -205,6 +208,8 @@ fn s08_typed_messages_move_buffer_and_port_fields_between_processes() {
     assert_eq!(reply.port1().recv_timeout(WAIT).unwrap().data.as_str(), Some("home"));
     carrier.port1().post_message("bye", []).unwrap();
     expect_success(child);
+    drop((carrier, reply, back, frame));
+    leaks.finish();
 }
 
 #[test]
@@ -212,6 +217,11 @@ fn s12_a_port_relayed_through_three_processes_keeps_its_place_and_a_256_mib_buff
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start(
+        "s12_a_port_relayed_through_three_processes_keeps_its_place_and_a_256_mib_buffer_comes_back_without_a_copy",
+    ) else {
+        return;
+    };
     let _w = watchdog("three_process_relay", Duration::from_secs(300));
     let (ab, ac, bc, data) = (
         MessageChannel::new().unwrap(),
@@ -248,6 +258,8 @@ fn s12_a_port_relayed_through_three_processes_keeps_its_place_and_a_256_mib_buff
     ab.port1().post_message("done", []).unwrap();
     expect_success(b);
     expect_success(c);
+    drop((ab, ac, bc, data, sender, relayed, items));
+    leaks.finish();
 }
 
 #[test]
@@ -255,6 +267,7 @@ fn s06_a_sender_that_touches_pages_it_transferred_faults() {
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("s06_a_sender_that_touches_pages_it_transferred_faults") else { return };
     let _w = watchdog("revoked_pages", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
     let mut child = spawn_role(ENTRY, "touch_after_transfer", &ch.port2());
@@ -265,6 +278,8 @@ fn s06_a_sender_that_touches_pages_it_transferred_faults() {
     assert_eq!(status.signal(), Some(11), "the child died by SIGSEGV, not {status:?}");
     // The receiver's pages are untouched by the fault.
     assert_eq!(got.data.as_array_buffer().unwrap().to_vec()[0], 7);
+    drop((got, ch, child));
+    leaks.finish();
 }
 
 #[test]
@@ -272,6 +287,7 @@ fn s06_without_revocation_the_sender_s_view_stays_mapped() {
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("s06_without_revocation_the_sender_s_view_stays_mapped") else { return };
     let _w = watchdog("no_revocation", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
     let child = spawn_role(ENTRY, "touch_without_revocation", &ch.port2());
@@ -282,6 +298,8 @@ fn s06_without_revocation_the_sender_s_view_stays_mapped() {
     assert_eq!(got.to_vec()[0], 9, "the same pages, still writable by the sender");
     ch.port1().post_message("bye", []).unwrap();
     expect_success(child);
+    drop((got, port, ch));
+    leaks.finish();
 }
 
 #[test]
@@ -289,6 +307,7 @@ fn s12_a_port_sent_back_to_the_process_that_holds_its_peer_works() {
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start("s12_a_port_sent_back_to_the_process_that_holds_its_peer_works") else { return };
     let _w = watchdog("port_sent_back", Duration::from_secs(60));
     let carrier = MessageChannel::new().unwrap();
     let child = spawn_role(ENTRY, "bounce_port", &carrier.port2());
@@ -306,6 +325,8 @@ fn s12_a_port_sent_back_to_the_process_that_holds_its_peer_works() {
     assert_eq!(recv(&home).data.as_str(), Some("home again"));
     carrier.port1().post_message("bye", []).unwrap();
     expect_success(child);
+    drop((carrier, pair, home, back));
+    leaks.finish();
 }
 
 #[test]
@@ -313,10 +334,12 @@ fn s16_a_killed_holder_of_buffers_and_ports_closes_them_and_its_chunks_come_back
     if role().is_some() {
         return;
     }
-    // Alone in a process: the arena's counters compared below are process-wide.
-    if !common::isolated("s16_a_killed_holder_of_buffers_and_ports_closes_them_and_its_chunks_come_back") {
+    // Alone in a process (the leak check runs it so): the arena's counters compared below are
+    // process-wide.
+    let Some(leaks) = LeakCheck::start("s16_a_killed_holder_of_buffers_and_ports_closes_them_and_its_chunks_come_back")
+    else {
         return;
-    }
+    };
     let _w = watchdog("killed_holder", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
     let mut child = spawn_role(ENTRY, "hold_and_wait", &ch.port2());
@@ -348,6 +371,8 @@ fn s16_a_killed_holder_of_buffers_and_ports_closes_them_and_its_chunks_come_back
     let after = shmport::arena_stats();
     assert_eq!((after.held_elsewhere, after.in_flight), (0, 0), "{before:?} -> {after:?}");
     assert_eq!(after.free, after.chunks, "every chunk is free again: {after:?}");
+    drop((ch, port, kept, buffers, unread, child));
+    leaks.finish();
 }
 
 #[test]
@@ -355,10 +380,9 @@ fn s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop() {
     if role().is_some() {
         return;
     }
-    // Alone in a process: the arena's counters compared below are process-wide.
-    if !common::isolated("s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop") {
-        return;
-    }
+    // Alone in a process (the leak check runs it so): the arena's counters compared below are
+    // process-wide.
+    let Some(leaks) = LeakCheck::start("s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop") else { return };
     let _w = watchdog("transfer_to_killed_peer", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
     let mut child = spawn_role(ENTRY, "hold_and_wait", &ch.port2());
@@ -372,6 +396,8 @@ fn s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop() {
     assert_eq!(port.post_message(Value::ArrayBuffer(b.clone()), [b.clone().into()]), Ok(()));
     assert!(b.is_detached(), "moved into the void, as the web does");
     assert_eq!(shmport::arena_stats().in_flight, in_flight, "nothing was queued for the dead peer");
+    drop((b, port, ch, child));
+    leaks.finish();
 }
 
 #[test]
@@ -379,6 +405,11 @@ fn a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_
     if role().is_some() {
         return;
     }
+    let Some(leaks) = LeakCheck::start(
+        "a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_to_other_processes",
+    ) else {
+        return;
+    };
     let _w = watchdog("vandalised_arena", Duration::from_secs(60));
     // Two buffers of one segment (no other test of this binary uses their size class).
     let first = ArrayBuffer::new(100_000).unwrap();
@@ -390,6 +421,7 @@ fn a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_
     ch.port1().post_message(Value::ArrayBuffer(first.clone()), [first.into()]).unwrap();
     assert_eq!(recv(&ch.port1()).data.as_str(), Some("vandalised"));
     expect_success(vandal);
+    drop(ch);
     // A process that maps the segment afterwards still takes buffers from it.
     let ch = MessageChannel::new().unwrap();
     let honest = spawn_role(ENTRY, "receive_one_buffer", &ch.port2());
@@ -397,6 +429,8 @@ fn a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_
     assert_eq!(recv(&ch.port1()).data.as_str(), Some("intact"));
     ch.port1().post_message("bye", []).unwrap();
     expect_success(honest);
+    drop(ch);
+    leaks.finish();
 }
 
 #[test]
@@ -404,10 +438,13 @@ fn arena_ids_still_name_the_arena_after_the_receiving_port_moves_to_another_proc
     if role().is_some() {
         return;
     }
-    // Alone in a process: the descriptor counters compared below are process-wide.
-    if !common::isolated("arena_ids_still_name_the_arena_after_the_receiving_port_moves_to_another_process") {
+    // Alone in a process (the leak check runs it so): the descriptor counters compared below are
+    // process-wide.
+    let Some(leaks) =
+        LeakCheck::start("arena_ids_still_name_the_arena_after_the_receiving_port_moves_to_another_process")
+    else {
         return;
-    }
+    };
     let _w = watchdog("arenas_after_moves", Duration::from_secs(60));
     let sent = || shmport::diagnostics().descriptors_sent;
     // Both receiving ports learn this process's 4 KiB arena here first.
@@ -436,4 +473,6 @@ fn arena_ids_still_name_the_arena_after_the_receiving_port_moves_to_another_proc
     }
     carrier.port1().post_message("bye", []).unwrap();
     expect_success(child);
+    drop((carrier, data, sender));
+    leaks.finish();
 }

@@ -95,13 +95,32 @@ fn wake_reader(word: &WaitWord, parker: &Parker, mut w: u32, signal: &impl Signa
         // Cleared before the signal: an arming after this load is a new one, which the
         // next publish signals.
         let before = word.word.fetch_and(!ARMED, Ordering::Relaxed);
-        if before & ARMED != 0 && !signal.signal() {
+        if before & ARMED != 0 && !signal.signal() && !skip_rearm() {
             // Lost: asked again at the next publish, rather than never.
             word.word.fetch_or(ARMED, Ordering::Relaxed);
         }
         w = before & !ARMED;
     }
     w & WAITING != 0 && wait::wake_sleeper(word, parker, w)
+}
+
+/// Whether a lost signal is left lost (not asked again): only ever, under loom, for a
+/// negative control of the model below.
+#[inline(always)]
+fn skip_rearm() -> bool {
+    #[cfg(loom)]
+    return loom_knobs::SKIP_REARM.with(|skip| skip.get());
+    #[cfg(not(loom))]
+    false
+}
+
+#[cfg(loom)]
+mod loom_knobs {
+    std::thread_local! {
+        /// Set by a negative-control test: a writer whose signal was lost does not arm
+        /// the word again.
+        pub(super) static SKIP_REARM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 }
 
 #[cfg(test)]
@@ -113,19 +132,26 @@ mod loom_tests {
     //! has finished (`done`), an unreadable descriptor is the lost signal: the reader
     //! would wait forever. (A blocking wait would make loom report a deadlock instead,
     //! whose panic aborts the test binary, which `should_panic` cannot catch.)
+    use super::loom_knobs::SKIP_REARM;
     use super::*;
     use crate::shm::wait::loom_knobs;
     use loom::sync::Arc;
     use loom::sync::atomic::{AtomicBool, AtomicU64};
 
-    /// A readiness descriptor: readable while a signal is queued.
+    /// A readiness descriptor: readable while a signal is queued. While `lossy`, a
+    /// signal is lost (the kernel out of memory for it): `signal` says so.
     #[derive(Default)]
     struct Fd {
         queued: AtomicU32,
+        // Only the writer's thread sets and reads it: not part of the model.
+        lossy: std::sync::atomic::AtomicBool,
     }
 
     impl Signal for Fd {
         fn signal(&self) -> bool {
+            if self.lossy.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
             // Release / Acquire: what the kernel's socket queue orders for real (the
             // send is a system call after the publish).
             self.queued.fetch_add(1, Ordering::Release);
@@ -169,6 +195,19 @@ mod loom_tests {
     /// The writer publishes two records, notifying after each; the reader loops
     /// "take everything, then on empty drain, arm, re-check (if `recheck`), wait".
     fn model(recheck: bool) {
+        model_with(Reader { recheck, rearm: true }, false);
+    }
+
+    /// How the model's reader waits: whether it re-checks the ring after arming, and
+    /// whether it arms again each time it finds the ring empty (or only the first).
+    #[derive(Clone, Copy)]
+    struct Reader {
+        recheck: bool,
+        rearm: bool,
+    }
+
+    /// As `model`; with `lossy`, every signal but the last publish's is lost.
+    fn model_with(reader: Reader, lossy: bool) {
         explore(5, move || {
             let data = Arc::new(AtomicU64::new(0));
             let word = Arc::new(WaitWord::new());
@@ -179,6 +218,7 @@ mod loom_tests {
                 let (d, w, p, f, done) = (data.clone(), word.clone(), parker.clone(), fd.clone(), done.clone());
                 loom::thread::spawn(move || {
                     for n in 1..=2 {
+                        f.lossy.store(lossy && n < 2, std::sync::atomic::Ordering::Relaxed);
                         // SYNC: tail publish
                         d.store(n, Ordering::Release);
                         notify_reader(Notifier::new(false, &p), &w, || (&p, &*f));
@@ -186,7 +226,7 @@ mod loom_tests {
                     done.store(true, Ordering::SeqCst);
                 })
             };
-            let mut got = 0;
+            let (mut got, mut armed) = (0, false);
             while got < 2 {
                 // SYNC: tail publish
                 let seen = data.load(Ordering::Acquire);
@@ -195,8 +235,11 @@ mod loom_tests {
                     continue;
                 }
                 fd.drain();
-                arm(&word.word, &parker);
-                if recheck && data.load(Ordering::Acquire) > got {
+                if reader.rearm || !armed {
+                    arm(&word.word, &parker);
+                    armed = true;
+                }
+                if reader.recheck && data.load(Ordering::Acquire) > got {
                     continue;
                 }
                 fd.wait_readable(&done);
@@ -226,6 +269,31 @@ mod loom_tests {
     #[should_panic(expected = "lost signal")]
     fn without_the_recheck_loom_finds_the_lost_signal() {
         model(false);
+    }
+
+    /// A lost signal (the kernel out of memory for it) is asked for again: the writer
+    /// arms the word again, so the next publish signals, and the reader still wakes.
+    #[test]
+    fn a_lost_signal_is_sent_again_at_the_next_publish_and_the_reader_wakes() {
+        model_with(Reader { recheck: true, rearm: true }, true);
+    }
+
+    /// Negative control: a writer that does not re-arm after a lost signal leaves the
+    /// reader waiting on an unreadable descriptor. If this passes, the model of the
+    /// re-arm has lost its teeth.
+    #[test]
+    #[should_panic(expected = "lost signal")]
+    fn without_the_writer_s_re_arm_after_a_lost_signal_loom_finds_the_lost_signal() {
+        SKIP_REARM.with(|s| s.set(true));
+        model_with(Reader { recheck: true, rearm: true }, true);
+    }
+
+    /// Negative control: a reader that arms once and not again after its wake-up (the
+    /// writer cleared `ARMED` as it signalled) misses the next record's signal.
+    #[test]
+    #[should_panic(expected = "lost signal")]
+    fn without_the_reader_s_re_arm_after_a_wake_loom_finds_the_lost_signal() {
+        model_with(Reader { recheck: true, rearm: false }, false);
     }
 
     /// A futex sleeper and an armed descriptor on one word (a blocked `recv` beside an

@@ -325,12 +325,46 @@ pub(crate) mod fuzz {
     pub(crate) const POSITION: u64 = 4096;
     pub(crate) const NONCE: u32 = 77;
 
-    /// Descriptors a peer may send: a socket, a memfd, a file.
+    /// Descriptors a peer may send: a socket, a memfd, a file. Each is a file of its
+    /// own (the file an unlinked one made for the case, not a shared `/dev/null`), so
+    /// [`assert_none_left`] can tell a descriptor received for it from any other test's.
     pub(crate) fn pool() -> Vec<OwnedFd> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static CASE: AtomicU64 = AtomicU64::new(0);
         let (a, _b) = platform::socketpair().unwrap();
         let memfd = platform::memfd_create_sealed("shmport-fuzz", 4096).unwrap();
-        let file = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        vec![a, memfd, file]
+        let n = CASE.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("shmport-fuzz-{}-{n}", std::process::id()));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        vec![a, memfd, OwnedFd::from(file)]
+    }
+
+    /// Fails if this process has a descriptor of a file of `pool` open other than the
+    /// pool's own: the case left a descriptor it received (every one must be returned
+    /// to the caller, who dropped it, or closed). Call with the pool still open, after
+    /// the case's sockets and what it received are dropped: while the pool's files are
+    /// open their inodes cannot be reused, so a descriptor naming one was received in
+    /// this case, whatever the tests running beside it open.
+    pub(crate) fn assert_none_left(pool: &[OwnedFd]) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let ids: Vec<(u64, u64)> = pool.iter().map(|fd| platform::file_identity(fd.as_fd()).unwrap()).collect();
+        let own: Vec<String> = pool.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
+        let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+        for entry in dir.flatten() {
+            if own.iter().any(|n| entry.file_name() == n.as_str()) {
+                continue;
+            }
+            // `metadata` follows the link: the open file's own device and inode.
+            let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+            let target = std::fs::read_link(entry.path()).unwrap_or_default();
+            assert!(
+                !ids.contains(&(meta.dev(), meta.ino())),
+                "descriptor {:?} ({target:?}) of the case's pool was left open",
+                entry.file_name()
+            );
+        }
     }
 
     /// Queues on `peer` the messages `input` encodes (at most 8: the socket's queue
@@ -369,11 +403,18 @@ pub(crate) mod fuzz {
     }
 
     /// Runs the input (see the module above): whether `recv_fds` found the descriptors.
+    /// No descriptor received is left open once what it returned is dropped.
     fn run(input: &[u8]) -> bool {
+        let pool = pool();
+        let found = run_with(input, &pool);
+        assert_none_left(&pool);
+        found
+    }
+
+    fn run_with(input: &[u8], pool: &[OwnedFd]) -> bool {
         let mut input = Input(input);
         let (ours, peer) = platform::socketpair().unwrap();
-        let pool = pool();
-        queue(&mut input, peer.as_fd(), &pool);
+        queue(&mut input, peer.as_fd(), pool);
         if input.u8().is_multiple_of(4) {
             drop(peer);
         }

@@ -732,14 +732,21 @@ mod fuzz {
     use crate::fuzz::{Input, corpus};
     use crate::platform;
     use crate::wire::body_len;
-    use crate::wire::fds::fuzz::{NONCE, POSITION, pool, queue};
+    use crate::wire::fds::fuzz::{NONCE, POSITION, assert_none_left, pool, queue};
 
     /// Runs the input (see the module above): whether `receive` accepted the table.
+    /// No descriptor received is left open once the parts it returned are dropped.
     fn run(input: &[u8]) -> bool {
+        let pool = pool();
+        let accepted = run_with(input, &pool);
+        assert_none_left(&pool);
+        accepted
+    }
+
+    fn run_with(input: &[u8], pool: &[std::os::fd::OwnedFd]) -> bool {
         let mut input = Input(input);
         let (ours, peer) = platform::socketpair().unwrap();
-        let pool = pool();
-        queue(&mut input, peer.as_fd(), &pool);
+        queue(&mut input, peer.as_fd(), pool);
         let structured = input.u8().is_multiple_of(2);
         let n = usize::from(input.u8()) * 2;
         let mut payload = input.bytes(n);

@@ -4,6 +4,10 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod leaks;
+
+#[allow(unused_imports)]
+pub use leaks::LeakCheck;
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -229,4 +233,29 @@ pub fn pattern(seq: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// How soon a survivor must see a killed peer's port close (issue 13; SEMANTICS 16).
+pub const CLOSE_BOUND: Duration = Duration::from_millis(100);
+
+/// How late this thread wakes from a 1 ms sleep now, the worst of three: what the
+/// scheduler adds, on a loaded machine, to any bound a test measures in wall time.
+pub fn scheduler_lateness() -> Duration {
+    (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::thread::sleep(Duration::from_millis(1));
+            start.elapsed().saturating_sub(Duration::from_millis(1))
+        })
+        .max()
+        .unwrap_or_default()
+}
+
+/// Asserts that `what` saw the close `delay` after the kill: within [`CLOSE_BOUND`],
+/// plus the scheduler lateness measured around that moment (`lateness`).
+pub fn assert_closed_in_time(delay: Duration, lateness: Duration, what: impl std::fmt::Display) {
+    assert!(
+        delay <= CLOSE_BOUND + lateness,
+        "{what}: the close was seen {delay:?} after the kill, over {CLOSE_BOUND:?} + {lateness:?} of scheduler lateness"
+    );
 }
