@@ -150,9 +150,6 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some(instructions::LOOP_ARG) => return instructions::loop_main(&args.collect::<Vec<_>>()),
-        Some(shmport_bench::workloads::fan_out::READER_ARG) => {
-            return shmport_bench::workloads::fan_out::reader_main(&args.collect::<Vec<_>>());
-        }
         Some(arg @ (page_tables::LONE_ARG | page_tables::PINGPONG_ARG | page_tables::PEER_ARG)) => {
             return page_tables::reference_main(arg, &args.collect::<Vec<_>>());
         }
