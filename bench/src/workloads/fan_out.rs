@@ -26,7 +26,7 @@ use rustix::thread::{CpuSet, sched_setaffinity};
 use shmport::{MessageChannel, MessagePort, PortCollection};
 
 use super::{check_tag, message_buffer, tag};
-use crate::job::{Connect, Job};
+use crate::job::{Connect, Job, Shape};
 use crate::machine::Pinning;
 use crate::stats::{Figures, ThroughputStats};
 
@@ -58,6 +58,24 @@ pub trait BroadcastReader {
     fn recv_with<R>(&mut self, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R>;
     /// Acknowledges the messages received so far: `count` of them.
     fn ack(&mut self, count: u64) -> Result<()>;
+}
+
+/// The measurements of the workload, in quick mode (tiny counts) if `quick`: one
+/// writer to 1, 4 and 16 readers (`reps` is the reader count here) at 64 B and 1 MiB
+/// (larger than a shmport ring, so shmport writes it once into frozen pages).
+pub fn shapes(quick: bool) -> Vec<Shape> {
+    [(64, false), (1 << 20, true)]
+        .into_iter()
+        .flat_map(|(size, large)| {
+            let (warmup, iters) = match (large, quick) {
+                (false, false) => (10_000, 100_000),
+                (true, false) => (20, 200),
+                (false, true) => (200, 1_000),
+                (true, true) => (2, 10),
+            };
+            [1, 4, 16].into_iter().map(move |readers| (size, warmup, iters, readers))
+        })
+        .collect()
 }
 
 /// Message counts of the rounds: the warmup, then the timed rounds.
