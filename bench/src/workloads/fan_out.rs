@@ -87,14 +87,15 @@ fn rounds(warmup: u64, iters: u64) -> impl Iterator<Item = u64> {
 /// waits for the readers to exit.
 pub fn writer<T: Connect>(job: &Job<T>, mut writers: impl Broadcaster) -> Result<Figures> {
     let exe = std::env::current_exe().context("locating this executable")?;
-    // The writer is pinned (the runner pins this process); the readers are not: they
-    // may run on every CPU this process was allowed at start.
-    let mut unpinned = CpuSet::new();
-    let pinning = Pinning::decided().filter(|p| p.cpus.is_some());
-    for &cpu in pinning.iter().flat_map(|p| &p.allowed) {
-        unpinned.set(cpu);
+    // The writer is pinned (the runner pins this process to its CPU); the readers share
+    // the other CPUs this process was allowed at start (all of them on two CPUs: the
+    // child's), so that the writer has a CPU of its own as in every measurement.
+    let pinning = Pinning::decided().and_then(|p| p.cpus.map(|(writer, _)| (writer, p.allowed)));
+    let mut readers_cpus = CpuSet::new();
+    if let Some((writer, allowed)) = &pinning {
+        allowed.iter().filter(|&cpu| cpu != writer).for_each(|&cpu| readers_cpus.set(cpu));
     }
-    let unpin = pinning.is_some();
+    let pin = pinning.is_some();
     let mut children: Vec<Child> = Vec::new();
     let spawned = (|| -> Result<()> {
         for index in 0..job.reps {
@@ -106,8 +107,8 @@ pub fn writer<T: Connect>(job: &Job<T>, mut writers: impl Broadcaster) -> Result
                 cmd.pre_exec(move || {
                     // A reader dies with the writer, so a spinning reader never outlives it.
                     set_parent_process_death_signal(Some(Signal::KILL))?;
-                    if unpin {
-                        sched_setaffinity(None, &unpinned)?;
+                    if pin {
+                        sched_setaffinity(None, &readers_cpus)?;
                     }
                     Ok(())
                 });
