@@ -83,9 +83,9 @@ fn rounds(warmup: u64, iters: u64) -> impl Iterator<Item = u64> {
     std::iter::once(warmup).chain(std::iter::repeat_n(iters, FAN_OUT_ROUNDS as usize))
 }
 
-/// The parent's side of `job` over `writers`: spawns the readers, runs the rounds,
+/// The parent's side of `job` over `broadcaster`: spawns the readers, runs the rounds,
 /// waits for the readers to exit.
-pub fn writer<T: Connect>(job: &Job<T>, mut writers: impl Broadcaster) -> Result<Figures> {
+pub fn writer<T: Connect>(job: &Job<T>, mut broadcaster: impl Broadcaster) -> Result<Figures> {
     let exe = std::env::current_exe().context("locating this executable")?;
     // The writer is pinned (the runner pins this process to its CPU); the readers share
     // the other CPUs this process was allowed at start (all of them on two CPUs: the
@@ -113,15 +113,15 @@ pub fn writer<T: Connect>(job: &Job<T>, mut writers: impl Broadcaster) -> Result
                     Ok(())
                 });
             }
-            writers.add_reader(index, &mut cmd)?;
+            broadcaster.add_reader(index, &mut cmd)?;
             let child = cmd.spawn().context("spawning a reader")?;
             children.push(child);
-            writers.reader_spawned(children.last().expect("just pushed"))?;
+            broadcaster.reader_spawned(children.last().expect("just pushed"))?;
         }
         Ok(())
     })();
-    let figures = spawned.and_then(|()| broadcast(&mut writers, job));
-    drop(writers);
+    let figures = spawned.and_then(|()| broadcast(&mut broadcaster, job));
+    drop(broadcaster);
     for mut child in children {
         if figures.is_err() {
             let _ = child.kill();
@@ -135,8 +135,8 @@ pub fn writer<T: Connect>(job: &Job<T>, mut writers: impl Broadcaster) -> Result
 }
 
 /// Waits for every reader's ready, then runs the rounds.
-fn broadcast<T>(writers: &mut impl Broadcaster, job: &Job<T>) -> Result<Figures> {
-    all_acked(writers, 0)?;
+fn broadcast<T>(broadcaster: &mut impl Broadcaster, job: &Job<T>) -> Result<Figures> {
+    all_acked(broadcaster, 0)?;
     let mut out = message_buffer(job.size);
     let mut next = 0u64;
     let mut timed = Vec::with_capacity(FAN_OUT_ROUNDS as usize);
@@ -144,10 +144,10 @@ fn broadcast<T>(writers: &mut impl Broadcaster, job: &Job<T>) -> Result<Figures>
         let start = Instant::now();
         for _ in 0..count {
             tag(&mut out, next);
-            writers.broadcast(&out)?;
+            broadcaster.broadcast(&out)?;
             next += 1;
         }
-        all_acked(writers, next)?;
+        all_acked(broadcaster, next)?;
         if round > 0 {
             timed.push(count as f64 / start.elapsed().as_secs_f64());
         }
@@ -156,8 +156,8 @@ fn broadcast<T>(writers: &mut impl Broadcaster, job: &Job<T>) -> Result<Figures>
 }
 
 /// Checks that every reader acknowledged `expected` messages.
-fn all_acked(writers: &mut impl Broadcaster, expected: u64) -> Result<()> {
-    writers.acks(&mut |n| {
+fn all_acked(broadcaster: &mut impl Broadcaster, expected: u64) -> Result<()> {
+    broadcaster.acks(&mut |n| {
         ensure!(n == expected, "a reader acknowledged {n} messages, sent {expected}");
         Ok(())
     })
