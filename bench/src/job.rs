@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::cli::Options;
 use crate::link::Link;
+use crate::stats::Figures;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -116,6 +117,22 @@ pub trait Connect: Copy + Eq + 'static {
 
     /// Child side: connects to the parent as [`parent_setup`](Self::parent_setup) arranged.
     fn child_connect(job: &Job<Self>) -> Result<Self::Link>;
+
+    /// The fan-out workload's writer over `job.transport`: runs
+    /// [`fan_out::writer`](crate::workloads::fan_out::writer) with the transport's
+    /// [`Broadcaster`](crate::workloads::fan_out::Broadcaster). For a program whose
+    /// transports do not apply to [`Workload::FanOut`], the default fails.
+    fn fan_out_writer(job: &Job<Self>) -> Result<Figures> {
+        bail!("the fan-out workload does not run over {}", job.transport.name())
+    }
+
+    /// A fan-out reader process over `job.transport`: runs
+    /// [`fan_out::reader`](crate::workloads::fan_out::reader) with the transport's
+    /// [`BroadcastReader`](crate::workloads::fan_out::BroadcastReader), connected as
+    /// the writer's `Broadcaster::add_reader` arranged.
+    fn fan_out_reader(job: &Job<Self>) -> Result<()> {
+        bail!("the fan-out workload does not run over {}", job.transport.name())
+    }
 }
 
 /// The one of `all` called `name`, or an error listing the known names.

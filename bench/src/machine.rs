@@ -58,6 +58,9 @@ impl MachineInfo {
     }
 }
 
+/// What the first [`Pinning::setup`] decided: whether it was asked to pin, and what it found.
+static FIRST: std::sync::OnceLock<(bool, Pinning)> = std::sync::OnceLock::new();
+
 /// Which CPUs the two processes run on.
 #[derive(Clone, Debug)]
 pub struct Pinning {
@@ -75,10 +78,14 @@ impl Pinning {
     /// allowed its own CPU only, so looking again would find no CPU for children), and
     /// must ask the same (it panics if `enabled` differs from the first call's).
     pub fn setup(enabled: bool) -> Pinning {
-        static FIRST: std::sync::OnceLock<(bool, Pinning)> = std::sync::OnceLock::new();
         let (first, pinning) = FIRST.get_or_init(|| (enabled, Pinning::first_setup(enabled)));
         assert_eq!(*first, enabled, "Pinning::setup asked to pin {enabled} after {first}: it decides once");
         pinning.clone()
+    }
+
+    /// What [`setup`](Self::setup) decided, if it was called.
+    pub fn decided() -> Option<Pinning> {
+        FIRST.get().map(|(_, pinning)| pinning.clone())
     }
 
     fn first_setup(enabled: bool) -> Pinning {

@@ -129,20 +129,7 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
             .into_iter()
             .map(|ports| (64, if q { 512 } else { 20_000 }, if q { 2_048 } else { 200_000 }, ports))
             .collect(),
-        // One writer to 1, 4 and 16 readers (`reps` is the reader count here); 1 MiB
-        // is larger than the ring, so it is written once into frozen pages.
-        Workload::FanOut => [(64, false), (1 << 20, true)]
-            .into_iter()
-            .flat_map(|(size, large)| {
-                let (warmup, iters) = match (large, q) {
-                    (false, false) => (10_000, 100_000),
-                    (true, false) => (20, 200),
-                    (false, true) => (200, 1_000),
-                    (true, true) => (2, 10),
-                };
-                [1, 4, 16].into_iter().map(move |readers| (size, warmup, iters, readers))
-            })
-            .collect(),
+        Workload::FanOut => shmport_bench::workloads::fan_out::shapes(q),
     }
 }
 
@@ -150,9 +137,6 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some(instructions::LOOP_ARG) => return instructions::loop_main(&args.collect::<Vec<_>>()),
-        Some(shmport_bench::workloads::fan_out::READER_ARG) => {
-            return shmport_bench::workloads::fan_out::reader_main(&args.collect::<Vec<_>>());
-        }
         Some(arg @ (page_tables::LONE_ARG | page_tables::PINGPONG_ARG | page_tables::PEER_ARG)) => {
             return page_tables::reference_main(arg, &args.collect::<Vec<_>>());
         }

@@ -23,10 +23,14 @@ use crate::workloads;
 /// The hidden first argument that makes the binary a child.
 pub const CHILD_ARG: &str = "__child";
 
-/// The whole program called `program`: the child side if the arguments say so, else
+/// The whole program called `program`: the child side (or a fan-out reader) if the
+/// arguments say so, else
 /// `parent` (which returns `Ok(false)` if a measurement failed).
 pub fn main<T: Connect>(program: &str, parent: impl FnOnce(&[String]) -> Result<bool>) -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(workloads::fan_out::READER_ARG) {
+        return workloads::fan_out::reader_main::<T>(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some(CHILD_ARG) {
         let arg = args.get(1).map_or("", String::as_str);
         return match child::<T>(arg) {

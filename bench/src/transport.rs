@@ -19,6 +19,8 @@ use rustix::process::Pid;
 use shmport::{ChannelOptions, MessagePort, WaitStrategy};
 use shmport_bench::job::{Connect, Job, Workload};
 use shmport_bench::link::{HalvesLink, Link, PeerWatch, ShmLink};
+use shmport_bench::stats::Figures;
+use shmport_bench::workloads::fan_out::{self, ShmBroadcaster, ShmReader, UnixBroadcaster, UnixReader};
 
 use crate::raw_ring::{self, RawRing};
 use crate::raw_slot::{self, RawSlot};
@@ -217,6 +219,22 @@ impl Connect for Transport {
                 AnyLink::RawSlot(RawSlot::attach(&fd, job.size, 1, PeerWatch::None)?)
             }
         })
+    }
+
+    fn fan_out_writer(job: &Job<Transport>) -> Result<Figures> {
+        match job.transport {
+            Transport::Shmport => fan_out::writer(job, ShmBroadcaster::new()),
+            Transport::Unix => fan_out::writer(job, UnixBroadcaster::default()),
+            other => bail!("the fan-out workload does not run over {other}"),
+        }
+    }
+
+    fn fan_out_reader(job: &Job<Transport>) -> Result<()> {
+        match job.transport {
+            Transport::Shmport => fan_out::reader(job, ShmReader::connect()?),
+            Transport::Unix => fan_out::reader(job, UnixReader::connect(job.size)?),
+            other => bail!("the fan-out workload does not run over {other}"),
+        }
     }
 }
 

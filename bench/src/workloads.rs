@@ -87,7 +87,7 @@ pub fn parent<T: Connect>(link: &mut impl Link, job: &Job<T>) -> Result<Figures>
     Ok(figures)
 }
 
-fn measure<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
+fn measure<T: Connect>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
     match job.workload {
         Workload::Rtt => rtt_parent(link, job, None),
         Workload::RttSleep => rtt_parent(link, job, Some(SLEEP_BETWEEN)),
@@ -97,7 +97,7 @@ fn measure<T>(link: &mut impl Link, job: &Job<T>) -> Result<Figures> {
         Workload::Async => async_rt::parent(link, job, None),
         Workload::AsyncSleep => async_rt::parent(link, job, Some(SLEEP_BETWEEN)),
         Workload::AsyncFanin => async_fanin::parent(link, job),
-        Workload::FanOut => fan_out::parent(link, job),
+        Workload::FanOut => T::fan_out_writer(job),
     }
 }
 
@@ -110,7 +110,8 @@ pub fn child<T>(link: &mut impl Link, job: &Job<T>) -> Result<()> {
         Workload::Typed => typed::child(link, job),
         Workload::Async | Workload::AsyncSleep => async_rt::child(link, job),
         Workload::AsyncFanin => async_fanin::child(link, job),
-        Workload::FanOut => fan_out::child(link, job),
+        // The readers are processes of their own (see `fan_out`): the job's child idles.
+        Workload::FanOut => Ok(()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! compare: the `rtt` and `stream` workloads of shmport-bench over iceoryx2,
 //! ipc-channel and shmport, in one run, each between two real processes pinned to
-//! two CPUs. The workloads, the runner (which re-executes this binary as the child of
+//! two CPUs; and its `fan-out` workload (one writer to N reader processes) over
+//! shmport's `PortCollection`, Unix sockets and iceoryx2 publish-subscribe. The workloads, the runner (which re-executes this binary as the child of
 //! every measurement, with the hidden argument `__child <job>`) and the machine
 //! description are the `shmport_bench` library's; the transports and the tables are
 //! this program's.
@@ -14,6 +15,7 @@ use std::time::Instant;
 use anyhow::Result;
 use shmport_bench::cli::Options;
 use shmport_bench::job::{Shape, Workload};
+use shmport_bench::workloads::fan_out;
 use shmport_bench::{report, run};
 
 use crate::transport::Transport;
@@ -22,24 +24,27 @@ const USAGE: &str = "\
 usage: compare [options]
 
 Round-trip latency (64 B, 1 KiB) and one-way throughput (64 B) over shmport,
-iceoryx2 and ipc-channel, each between two processes pinned to two CPUs.
+iceoryx2 and ipc-channel, each between two processes pinned to two CPUs; and
+fan-out (one writer to 1, 4, 16 reader processes, 64 B and 1 MiB: broadcasts per
+second) over shmport's PortCollection, Unix sockets and iceoryx2 publish-subscribe.
 
 options:
   --quick               tiny iteration counts (a smoke test: figures not meaningful)
   --only T[,T..]        transports: shmport, shmport-busy, iceoryx2-poll,
-                        iceoryx2-event, ipc-channel, ipc-channel-bytes
-  --workloads W[,W..]   workloads: rtt, stream
+                        iceoryx2-event, ipc-channel, ipc-channel-bytes,
+                        unix (fan-out only)
+  --workloads W[,W..]   workloads: rtt, stream, fan-out
   --repeat N            run every measurement N times, interleaved (all of them
                         once, then all again, ...), and report for each the median
                         of its N runs' figures (default 1)
   --sizes S[,S..]       only the measurements of these message sizes, in bytes
-                        (suffixes K, M, G: KiB, MiB, GiB), e.g. --sizes 64
+                        (suffixes K, M, G: KiB, MiB, GiB), e.g. --sizes 64,1M
   --no-pin              do not pin the two processes to two CPUs
   -h, --help            this text
 ";
 
 /// The workloads compared.
-const WORKLOADS: [Workload; 2] = [Workload::Rtt, Workload::Stream];
+const WORKLOADS: [Workload; 3] = [Workload::Rtt, Workload::Stream, Workload::FanOut];
 
 /// The sizes and counts of `workload`'s measurements, in quick mode if `q`.
 fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
@@ -48,7 +53,9 @@ fn shapes(workload: Workload, q: bool) -> Vec<Shape> {
         (Workload::Rtt, true) => vec![(64, 200, 2_000, 1), (1024, 200, 2_000, 1)],
         (Workload::Stream, false) => vec![(64, 50_000, 200_000, 5)],
         (Workload::Stream, true) => vec![(64, 500, 2_000, 3)],
-        (Workload::RttSleep | Workload::Transfer | Workload::Typed, _) => Vec::new(),
+        // shmport-bench's own: 1, 4 and 16 readers (`reps`), 64 B and 1 MiB.
+        (Workload::FanOut, q) => fan_out::shapes(q),
+        _ => Vec::new(),
     }
 }
 

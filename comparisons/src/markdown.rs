@@ -7,6 +7,7 @@ use shmport_bench::job::{Connect, Workload};
 use shmport_bench::machine::MachineInfo;
 use shmport_bench::report::{Measurement, fmt_ns, fmt_rate, fmt_size, runs_note};
 use shmport_bench::stats::Figures;
+use shmport_bench::workloads::fan_out::FAN_OUT_ROUNDS;
 
 use crate::transport::Transport;
 
@@ -44,11 +45,14 @@ pub fn header(machine: &MachineInfo, mode: &str, repeat: usize, transports: &[Tr
 pub fn tables(workload: Workload, results: &[Measurement<Transport>], repeat: usize) -> Option<String> {
     let rows: Vec<&Measurement<Transport>> = results.iter().filter(|m| m.job.workload == workload).collect();
     let first = rows.first()?;
-    let mut sizes: Vec<usize> = rows.iter().map(|m| m.job.size).collect();
-    sizes.dedup();
+    // One table per shape: message size, and `reps` (the fan-out's reader count; the
+    // same for every transport otherwise).
+    let mut shapes: Vec<(usize, u32)> = rows.iter().map(|m| (m.job.size, m.job.reps)).collect();
+    shapes.dedup();
     let mut s = String::new();
-    for size in sizes {
-        let rows: Vec<&Measurement<Transport>> = rows.iter().copied().filter(|m| m.job.size == size).collect();
+    for (size, reps) in shapes {
+        let rows: Vec<&Measurement<Transport>> =
+            rows.iter().copied().filter(|m| m.job.size == size && m.job.reps == reps).collect();
         let reference = rows.iter().find(|m| m.job.transport == Transport::Shmport).and_then(|m| m.key());
         let job = first.job;
         match workload {
@@ -75,7 +79,20 @@ pub fn tables(workload: Workload, results: &[Measurement<Transport>], repeat: us
                 let _ = writeln!(s, "| transport | msgs/s | min | max | MB/s | msgs/s / shmport's |");
                 let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
             }
-            Workload::RttSleep | Workload::Transfer | Workload::Typed => return None,
+            Workload::FanOut => {
+                let job = rows.first().map_or(job, |m| m.job);
+                let _ = writeln!(
+                    s,
+                    "\n## fan-out, {} to {reps} reader{}: broadcasts per second, every reader served (each checks every tag, acks each round); median of {FAN_OUT_ROUNDS} rounds of {} messages, after {} warmup\n",
+                    fmt_size(size),
+                    if reps == 1 { "" } else { "s" },
+                    job.iters,
+                    job.warmup
+                );
+                let _ = writeln!(s, "| transport | msgs/s | min | max | MB/s (per reader) | msgs/s / shmport's |");
+                let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+            }
+            _ => return None,
         }
         for m in rows {
             let _ = writeln!(s, "{}", row(m, reference));

@@ -13,7 +13,7 @@ use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer,
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use shmport_bench::link::{Link, deliver};
+use shmport_bench::link::Link;
 
 /// Environment variable with the name of the parent's one-shot server.
 const SERVER_ENV: &str = "SHMPORT_CMP_IPC_SERVER";
@@ -136,4 +136,12 @@ impl Link for BytesLink {
         let msg = self.rx.recv().map_err(|e| anyhow!("ipc-channel bytes recv: {e:?}"))?;
         deliver(&msg, buf)
     }
+}
+
+/// Copies a received message into `buf`, or fails if it does not fit.
+#[inline]
+fn deliver(msg: &[u8], buf: &mut [u8]) -> Result<usize> {
+    ensure!(msg.len() <= buf.len(), "message of {} bytes does not fit the {}-byte buffer", msg.len(), buf.len());
+    buf[..msg.len()].copy_from_slice(msg);
+    Ok(msg.len())
 }

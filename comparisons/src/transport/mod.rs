@@ -1,18 +1,22 @@
 //! The compared transports: how the two processes connect, and one [`Link`] type each.
 
 mod iox;
+mod iox_fan_out;
 mod ipcc;
 
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use rustix::process::Pid;
 use shmport::{ChannelOptions, WaitStrategy};
 use shmport_bench::job::{Connect, Job, Workload};
 use shmport_bench::link::{Link, PeerWatch, ShmLink};
+use shmport_bench::stats::Figures;
+use shmport_bench::workloads::fan_out::{self, ShmBroadcaster, ShmReader, UnixBroadcaster, UnixReader};
 
 use iox::{IoxLink, Wait};
+use iox_fan_out::{IoxBroadcaster, IoxReader};
 use ipcc::{BytesLink, PendingServer, SerdeLink};
 
 /// How long the parent waits for the child to connect.
@@ -33,6 +37,8 @@ pub enum Transport {
     IpcChannel,
     /// ipc-channel, `IpcBytesSender` (no serde).
     IpcChannelBytes,
+    /// A Unix stream socket per reader (the fan-out workload only, as in shmport-bench).
+    Unix,
 }
 
 impl Connect for Transport {
@@ -46,6 +52,7 @@ impl Connect for Transport {
         Transport::Iceoryx2Event,
         Transport::IpcChannel,
         Transport::IpcChannelBytes,
+        Transport::Unix,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +63,7 @@ impl Connect for Transport {
             Transport::Iceoryx2Event => "iceoryx2-event",
             Transport::IpcChannel => "ipc-channel",
             Transport::IpcChannelBytes => "ipc-channel-bytes",
+            Transport::Unix => "unix",
         }
     }
 
@@ -63,12 +71,24 @@ impl Connect for Transport {
         matches!(self, Transport::ShmportBusy | Transport::Iceoryx2Poll)
     }
 
-    /// Byte messages only: `rtt` and `stream`.
+    /// Byte messages: `rtt` and `stream`; and `fan-out`, over shmport (its
+    /// `PortCollection`), Unix sockets and iceoryx2.
     fn applies_to(self, workload: Workload) -> bool {
-        matches!(workload, Workload::Rtt | Workload::Stream)
+        match workload {
+            Workload::Rtt | Workload::Stream => self != Transport::Unix,
+            Workload::FanOut => matches!(
+                self,
+                Transport::Shmport | Transport::Unix | Transport::Iceoryx2Poll | Transport::Iceoryx2Event
+            ),
+            _ => false,
+        }
     }
 
     fn parent_setup(job: &Job<Transport>, cmd: &mut Command) -> Result<Pending> {
+        // The fan-out's readers are processes of their own: the job's child idles.
+        if job.workload == Workload::FanOut {
+            return Ok(Pending::Ready(Box::new(AnyLink::Idle)));
+        }
         Ok(match job.transport {
             Transport::Shmport | Transport::ShmportBusy => {
                 let mut options = ChannelOptions::new().capacity(job.ring_capacity());
@@ -80,6 +100,7 @@ impl Connect for Transport {
             Transport::Iceoryx2Poll | Transport::Iceoryx2Event => Pending::Ready(Box::new(iox_parent(job, cmd)?)),
             Transport::IpcChannel => Pending::Ipc(SerdeLink::serve(cmd)?),
             Transport::IpcChannelBytes => Pending::IpcBytes(BytesLink::serve(cmd)?),
+            Transport::Unix => bail!("unix runs the fan-out workload only"),
         })
     }
 
@@ -103,12 +124,39 @@ impl Connect for Transport {
     }
 
     fn child_connect(job: &Job<Transport>) -> Result<AnyLink> {
+        if job.workload == Workload::FanOut {
+            return Ok(AnyLink::Idle);
+        }
         Ok(match job.transport {
             Transport::Shmport | Transport::ShmportBusy => AnyLink::Shm(ShmLink::child()?),
             Transport::Iceoryx2Poll | Transport::Iceoryx2Event => iox_child(job)?,
             Transport::IpcChannel => AnyLink::Ipc(SerdeLink::child()?),
             Transport::IpcChannelBytes => AnyLink::IpcBytes(BytesLink::child()?),
+            Transport::Unix => bail!("unix runs the fan-out workload only"),
         })
+    }
+
+    /// shmport-bench's shmport and unix writers, and iceoryx2's.
+    fn fan_out_writer(job: &Job<Transport>) -> Result<Figures> {
+        match job.transport {
+            Transport::Shmport => fan_out::writer(job, ShmBroadcaster::new()),
+            Transport::Unix => fan_out::writer(job, UnixBroadcaster::default()),
+            Transport::Iceoryx2Poll | Transport::Iceoryx2Event => {
+                fan_out::writer(job, IoxBroadcaster::new(job.size, job.reps, iox_wait(job.transport))?)
+            }
+            other => bail!("the fan-out workload does not run over {}", other.name()),
+        }
+    }
+
+    fn fan_out_reader(job: &Job<Transport>) -> Result<()> {
+        match job.transport {
+            Transport::Shmport => fan_out::reader(job, ShmReader::connect()?),
+            Transport::Unix => fan_out::reader(job, UnixReader::connect(job.size)?),
+            Transport::Iceoryx2Poll | Transport::Iceoryx2Event => {
+                fan_out::reader(job, IoxReader::connect(job.size, job.reps, iox_wait(job.transport))?)
+            }
+            other => bail!("the fan-out workload does not run over {}", other.name()),
+        }
     }
 }
 
@@ -118,10 +166,15 @@ impl Transport {
         match self {
             Transport::Shmport => "`post_bytes` / `recv_bytes_with`, default (adaptive) wait",
             Transport::ShmportBusy => "`post_bytes` / `recv_bytes_with`, `WaitStrategy::BusyPoll`",
-            Transport::Iceoryx2Poll => "publish/subscribe, `[u8; N]` samples, receiver spins on `receive()`",
-            Transport::Iceoryx2Event => "publish/subscribe + event service, receiver blocks in `Listener::timed_wait`",
+            Transport::Iceoryx2Poll => {
+                "publish/subscribe, `[u8; N]` samples (fan-out: `[u8]` slices, one service, a subscriber per reader), receiver spins on `receive()`"
+            }
+            Transport::Iceoryx2Event => {
+                "publish/subscribe + event service, receiver blocks in `Listener::timed_wait` (fan-out: as iceoryx2-poll, plus the events)"
+            }
             Transport::IpcChannel => "`IpcSender<Vec<u8>>` / `IpcReceiver<Vec<u8>>` (serde)",
             Transport::IpcChannelBytes => "`IpcBytesSender` / `IpcBytesReceiver` (no serde)",
+            Transport::Unix => "a Unix stream socket per fan-out reader, `write_all` / `read_exact`",
         }
     }
 }
@@ -129,6 +182,8 @@ impl Transport {
 /// Every transport's link, so that the workloads are monomorphic (no virtual calls).
 /// iceoryx2 samples have a fixed size: one variant per message size measured.
 pub enum AnyLink {
+    /// The fan-out job's child, which idles (its readers are processes of their own).
+    Idle,
     Shm(ShmLink),
     Iox64(IoxLink<64>),
     Iox1K(IoxLink<1024>),
@@ -140,6 +195,7 @@ impl Link for AnyLink {
     #[inline]
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         match self {
+            AnyLink::Idle => bail!("the idle link sends nothing"),
             AnyLink::Shm(l) => l.send(msg),
             AnyLink::Iox64(l) => l.send(msg),
             AnyLink::Iox1K(l) => l.send(msg),
@@ -151,6 +207,7 @@ impl Link for AnyLink {
     #[inline]
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
         match self {
+            AnyLink::Idle => bail!("the idle link receives nothing"),
             AnyLink::Shm(l) => l.recv(buf),
             AnyLink::Iox64(l) => l.recv(buf),
             AnyLink::Iox1K(l) => l.recv(buf),
