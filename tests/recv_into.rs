@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::counting::allocations;
 use shmport::{
-    ArrayBuffer, ChannelOptions, MessageChannel, MessageError, MessagePort, RecvError, RecvTimeoutError, TryRecvError,
-    Value,
+    ArrayBuffer, ChannelOptions, MessageChannel, MessageError, MessagePort, PortCollection, RecvError, RecvTimeoutError,
+    TryRecvError, Value,
 };
 
 #[global_allocator]
@@ -238,4 +238,37 @@ fn a_port_receives_into_uninitialised_memory_as_into_a_slice() {
     let mut none: [std::mem::MaybeUninit<u8>; 0] = [];
     a.post_bytes(b"x").unwrap();
     assert_eq!(too_small(b.recv_bytes_into_uninit(&mut none).unwrap_err()).needed_len(), Some(1));
+}
+
+/// The path of the mapping of this process that holds `at`, from /proc/self/maps.
+fn mapping_of(at: *const u8) -> Option<String> {
+    let at = at as usize;
+    std::fs::read_to_string("/proc/self/maps").ok()?.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let (start, end) = (usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?);
+        (start..end).contains(&at).then(|| fields.nth(4).unwrap_or("").to_string())
+    })
+}
+
+#[test]
+fn a_broadcasts_large_body_is_handed_to_recv_bytes_with_in_its_frozen_pages() {
+    // Two readers and a body larger than their rings: written once into a sealed memfd
+    // that both map read-only, and read there, not copied (SEMANTICS of PortCollection).
+    let (ch1, ch2) = (small_channel(), small_channel());
+    let mut group = PortCollection::new();
+    group.add(&ch1.port1());
+    group.add(&ch2.port1());
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(group.post_bytes(&body).unwrap(), 2);
+    let check = |bytes: &[u8]| {
+        assert_eq!(bytes, &body[..]);
+        mapping_of(bytes.as_ptr()).unwrap_or_default()
+    };
+    let at_port = ch1.port2().recv_bytes_with(check).unwrap();
+    let (_, mut reader) = ch2.port2().split().unwrap();
+    let at_reader = reader.recv_bytes_with(check).unwrap();
+    for at in [at_port, at_reader] {
+        assert!(at.contains("memfd:shmport-body"), "read from {at:?}, not from the frozen body's mapping");
+    }
 }

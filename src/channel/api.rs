@@ -44,6 +44,15 @@ pub(super) enum Received {
     Small(usize),
     /// A range of a taken receive buffer.
     Large(Vec<u8>, std::ops::Range<usize>),
+    /// A frozen body, read in place.
+    Frozen(crate::shm::frozen::FrozenBody),
+}
+
+/// Puts a receive buffer back in this thread's cell, unless it grew too large to keep.
+fn give_back_recv_buf(buf: Vec<u8>) {
+    if buf.capacity() <= KEEP_RECV_BUF {
+        RECV_BUF.with(|cell| cell.set(buf));
+    }
 }
 
 /// A received message: the cloned value and the ports that came with it, in
@@ -298,8 +307,11 @@ impl MessagePort {
     }
 
     /// Waits for the next message and runs `f` on its bytes, without allocating. The
-    /// bytes are a copy in this process (never shared memory the peer can still
-    /// write). For a message posted with `post_message` they are its wire encoding.
+    /// bytes are a copy in this process, never shared memory the peer can still write:
+    /// except a broadcast's body too large for the ring
+    /// ([`PortCollection::post_bytes`](crate::PortCollection::post_bytes)), which `f`
+    /// reads in place in its pages, sealed against writes by anyone. For a message
+    /// posted with `post_message` they are its wire encoding.
     #[inline]
     pub fn recv_bytes_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         self.recv_bytes_mode(Mode::Block, f).map_err(RecvError::from)
@@ -443,25 +455,29 @@ impl MessagePort {
             // Taken out of the thread's cell while in use, so a nested call (from
             // inside the closure) gets a buffer of its own.
             let mut buf = RECV_BUF.with(std::cell::Cell::take);
-            let range = if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
+            if rec.flags & wire::FLAG_ATTACHMENTS == 0 {
                 rx.take_into(rec, &mut buf)?;
-                0..rec.len
-            } else {
-                rx.take(rec)?;
-                incoming::body_into(rx, rec.len, &mut buf)?
-            };
-            Ok::<_, RecvFail>(Received::Large(buf, range))
+                return Ok(Received::Large(buf, 0..rec.len));
+            }
+            rx.take(rec)?;
+            Ok::<_, RecvFail>(match incoming::body_into(rx, rec.len, &mut buf)? {
+                incoming::BodyBytes::Copied(range) => Received::Large(buf, range),
+                incoming::BodyBytes::Frozen(frozen) => {
+                    give_back_recv_buf(buf);
+                    Received::Frozen(frozen)
+                }
+            })
         })??;
         match got {
             // SAFETY: `take_into_uninit` wrote the first `len` bytes.
             Received::Small(len) => Ok(f(unsafe { std::slice::from_raw_parts(small.as_ptr().cast::<u8>(), len) })),
             Received::Large(buf, range) => {
                 let result = f(&buf[range]);
-                if buf.capacity() <= KEEP_RECV_BUF {
-                    RECV_BUF.with(|cell| cell.set(buf));
-                }
+                give_back_recv_buf(buf);
                 Ok(result)
             }
+            // A broadcast's large body: its read-only pages, no copy.
+            Received::Frozen(frozen) => Ok(f(frozen.bytes())),
         }
     }
 

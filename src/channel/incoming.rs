@@ -157,20 +157,21 @@ pub(super) fn decode_typed<T: serde::de::DeserializeOwned>(rx: &mut Rx, len: usi
     value.map_err(RecvFail::Message)
 }
 
+/// Where `recv_bytes_with` finds the bytes of a record it took.
+pub(super) enum BodyBytes {
+    /// This range of the buffer it gave (`body_into`) or of `rx`'s payload.
+    Copied(std::ops::Range<usize>),
+    /// A frozen body (a broadcast's), read in place: nobody can change its bytes.
+    Frozen(FrozenBody),
+}
+
 /// The body of the record just taken by `rx`, for `recv_bytes_with`: inline bytes, or
 /// a spilled body copied into `rx`'s buffer. Transferred items are dropped (a buffer
 /// goes back to its owner, a port is closed).
 pub(super) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::Range<usize>, RecvFail> {
-    if flags & FLAG_ATTACHMENTS == 0 {
-        return Ok(0..len);
-    }
-    let incoming = attachments(rx, len)?;
-    match incoming.body {
-        Body::Chunk(chunk, body_len) => {
-            let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
-            Ok(rx.replace_payload(body))
-        }
-        Body::Frozen(frozen) => {
+    match body_in_place(rx, flags, len)? {
+        BodyBytes::Copied(range) => Ok(range),
+        BodyBytes::Frozen(frozen) => {
             // Up to `FrozenBody`'s limit, chosen by the peer: a reservation that fails is
             // this message's error, not an abort.
             let mut body = Vec::new();
@@ -178,30 +179,39 @@ pub(super) fn body_of(rx: &mut Rx, flags: u16, len: usize) -> Result<std::ops::R
             body.extend_from_slice(frozen.bytes());
             Ok(rx.replace_payload(body))
         }
-        Body::Inline(at) => Ok(at..len),
+    }
+}
+
+/// As `body_of`, leaving a frozen body where it is.
+pub(super) fn body_in_place(rx: &mut Rx, flags: u16, len: usize) -> Result<BodyBytes, RecvFail> {
+    if flags & FLAG_ATTACHMENTS == 0 {
+        return Ok(BodyBytes::Copied(0..len));
+    }
+    let incoming = attachments(rx, len)?;
+    match incoming.body {
+        Body::Chunk(chunk, body_len) => {
+            let body = wire::copy_spilled(&chunk, body_len).map_err(fail)?;
+            Ok(BodyBytes::Copied(rx.replace_payload(body)))
+        }
+        Body::Frozen(frozen) => Ok(BodyBytes::Frozen(frozen)),
+        Body::Inline(at) => Ok(BodyBytes::Copied(at..len)),
     }
 }
 
 /// The body of the attachment record just taken by `rx`, for `recv_bytes_with`, in
 /// `out` (whose allocation a body out of line reuses; an inline body's is `rx`'s
-/// payload, swapped in). Transferred items are dropped.
-pub(super) fn body_into(rx: &mut Rx, len: usize, out: &mut Vec<u8>) -> Result<std::ops::Range<usize>, RecvFail> {
+/// payload, swapped in), or in place if it is frozen. Transferred items are dropped.
+pub(super) fn body_into(rx: &mut Rx, len: usize, out: &mut Vec<u8>) -> Result<BodyBytes, RecvFail> {
     let incoming = attachments(rx, len)?;
     match incoming.body {
         Body::Chunk(chunk, body_len) => {
             wire::copy_spilled_into(&chunk, body_len, out).map_err(fail)?;
-            Ok(0..body_len)
+            Ok(BodyBytes::Copied(0..body_len))
         }
-        Body::Frozen(frozen) => {
-            let bytes = frozen.bytes();
-            out.clear();
-            out.try_reserve_exact(bytes.len()).map_err(|_| fail("out of memory for the message"))?;
-            out.extend_from_slice(bytes);
-            Ok(0..bytes.len())
-        }
+        Body::Frozen(frozen) => Ok(BodyBytes::Frozen(frozen)),
         Body::Inline(at) => {
             rx.swap_scratch(out);
-            Ok(at..len)
+            Ok(BodyBytes::Copied(at..len))
         }
     }
 }

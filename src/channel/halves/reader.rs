@@ -230,14 +230,18 @@ impl PortReader {
             self.rx.take_into(&rec, &mut self.buf)?;
             return Ok(f(&self.buf[..rec.len]));
         }
-        let range = {
+        let body = {
             // The record's descriptors come off the socket: not while the writer drains
             // it. (Let go before `f` runs: a panic in it must not poison the lock.)
             let _socket = super::lock(&self.ends.socket);
             self.rx.take(&rec)?;
-            incoming::body_of(&mut self.rx, rec.flags, rec.len)?
+            incoming::body_in_place(&mut self.rx, rec.flags, rec.len)?
         };
-        Ok(f(&self.rx.scratch[range]))
+        Ok(match body {
+            incoming::BodyBytes::Copied(range) => f(&self.rx.scratch[range]),
+            // A broadcast's large body: its read-only pages, no copy.
+            incoming::BodyBytes::Frozen(frozen) => f(frozen.bytes()),
+        })
     }
 
     #[inline]
