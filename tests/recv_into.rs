@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::counting::allocations;
 use shmport::{
-    ArrayBuffer, ChannelOptions, MessageChannel, MessageError, MessagePort, PortCollection, RecvError, RecvTimeoutError,
-    TryRecvError, Value,
+    ArrayBuffer, ChannelOptions, MessageChannel, MessageError, MessagePort, PortCollection, RecvError,
+    RecvTimeoutError, TryRecvError, Value,
 };
 
 #[global_allocator]
