@@ -281,7 +281,7 @@ impl MessageError {
     /// A receive into a buffer too small for the next message, of `needed` bytes,
     /// which stays queued.
     pub(crate) fn too_small(needed: usize) -> Self {
-        MessageError { needed: Some(needed), ..MessageError::new("the buffer is too small for the message").kept() }
+        MessageError { needed: Some(needed), ..MessageError::new("the message is longer than the buffer").kept() }
     }
 
     /// The same error, for a message that is still queued.
@@ -319,12 +319,13 @@ impl MessageError {
 
 impl fmt::Display for MessageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(needed) = self.needed {
+            // Not a message that could not be decoded: one that was not received.
+            return write!(f, "message not received: {}, of {needed} bytes (it stays queued)", self.reason);
+        }
         write!(f, "message could not be decoded: {}", self.reason)?;
         if let Some(detail) = &self.detail {
             write!(f, ": {detail}")?;
-        }
-        if let Some(needed) = self.needed {
-            write!(f, ", of {needed} bytes")?;
         }
         if self.kept {
             f.write_str(" (it stays queued)")?;

@@ -229,6 +229,50 @@ fn s17_forged_typed_and_pod_records_are_message_errors_and_the_port_goes_on() {
     assert!(matches!(port.try_recv(), Err(shmport::TryRecvError::Empty)));
 }
 
+/// Records whose attachment table says the body is out of line with a length that
+/// receiving refuses whatever else it says: 2^62 bytes in a chunk, 2 GiB in a frozen
+/// memfd, an empty frozen one. Each is followed by a good message.
+fn push_forged_spilled_lengths(peer: &mut ForgedWriter<'_>) {
+    for (spilled, len) in [(1u32, 1u64 << 62), (2, 2 << 30), (2, 0)] {
+        let mut forged: Vec<u8> =
+            [1u32, 0, 0, spilled, 0, 0, 0, 0, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        forged.extend(len.to_le_bytes());
+        peer.push_with_flags(KIND_BYTES, 1, &forged);
+        peer.push(KIND_BYTES, b"after");
+    }
+}
+
+/// A receive into a buffer too small for a forged record: a consumed `MessageError`
+/// (never kept: no buffer is large enough for it), then the next message.
+fn forged_length_then_next(mut recv_into: impl FnMut(&mut [u8]) -> Result<usize, shmport::RecvError>) {
+    let mut out = [0u8; 64];
+    for _ in 0..3 {
+        match recv_into(&mut out) {
+            Err(shmport::RecvError::MessageError(e)) => {
+                assert!(!e.is_kept() && e.needed_len().is_none(), "a forged length kept the message: {e}")
+            }
+            other => panic!("expected a consumed MessageError, got {other:?}"),
+        }
+        assert_eq!(recv_into(&mut out).map(|n| out[..n].to_vec()).unwrap(), b"after");
+    }
+}
+
+#[test]
+fn s17_a_forged_spilled_length_does_not_keep_a_receive_into_a_buffer_waiting() {
+    if !common::isolated("s17_a_forged_spilled_length_does_not_keep_a_receive_into_a_buffer_waiting") {
+        return;
+    }
+    let (channel, map) = channel_and_mapping(4096);
+    let _parked = park_port(&channel.port1());
+    let port = channel.port2();
+    let mut peer = ForgedWriter::new(&map, 4096);
+    push_forged_spilled_lengths(&mut peer);
+    forged_length_then_next(|out| port.recv_bytes_into(out));
+    push_forged_spilled_lengths(&mut peer);
+    let (_, mut reader) = port.split().unwrap();
+    forged_length_then_next(|out| reader.recv_bytes_into(out));
+}
+
 #[test]
 fn s26_forged_shared_buffer_entries_are_message_errors_and_the_port_goes_on() {
     if !common::isolated("s26_forged_shared_buffer_entries_are_message_errors_and_the_port_goes_on") {

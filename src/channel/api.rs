@@ -333,14 +333,17 @@ impl MessagePort {
     }
 
     /// Waits for the next message and copies its bytes into the start of `out`;
-    /// returns their length. The bytes come straight out of the ring (or from out of
-    /// line) into `out`: one copy fewer than [`recv_bytes_with`](Self::recv_bytes_with)
-    /// with a closure that copies, and no allocation. What the bytes are is as for
-    /// `recv_bytes_with`.
+    /// returns their length. A message in the ring (without buffers or ports) comes
+    /// straight out of it into `out`, and one sent out of line straight from its pages:
+    /// one copy fewer than [`recv_bytes_with`](Self::recv_bytes_with) with a closure
+    /// that copies, and no allocation. What the bytes are is as for `recv_bytes_with`.
     ///
     /// A message longer than `out` is not received: it stays the next message, and the
     /// error ([`RecvError::MessageError`], [`is_kept`](crate::MessageError::is_kept))
-    /// names its length ([`needed_len`](crate::MessageError::needed_len)). A buffer of
+    /// names its length ([`needed_len`](crate::MessageError::needed_len)), as the
+    /// sender's attachment table gives it: at most 1 GiB (more is refused as a
+    /// malformed message, consumed), and if the table lied, the receive into a buffer
+    /// of that length fails and consumes the message. A buffer of
     /// [`max_inline_size`](Self::max_inline_size) bytes holds every message that fits
     /// the ring.
     ///

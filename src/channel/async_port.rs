@@ -43,8 +43,9 @@
 //!   `SpinThenSleep { spin }` spins `spin` (zero: never); a busy-poll channel does
 //!   not spin here (its descriptor is always readable: the task polls by waking).
 //!   The spin holds the runtime's thread and the port's reading half (100 µs at most
-//!   with the adaptive strategy, whatever its `max_spin`; 1 ms whatever the strategy: a close, a split or a receive in another
-//!   thread waits meanwhile; a detach ends it), as any computation in a task holds
+//!   with the adaptive strategy, whatever its `max_spin`; 1 ms whatever the strategy:
+//!   a close, a split or a receive in another thread waits meanwhile; a detach ends
+//!   it), as any computation in a task holds
 //!   its thread; a server whose tasks must never do that sets
 //!   `SpinThenSleep { spin: Duration::ZERO }`. A port's first wait spins (the estimate
 //!   starts at 10 µs, as the blocking one does); the first slow answer turns it off. A

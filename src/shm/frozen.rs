@@ -17,7 +17,7 @@ const NAME: &str = "shmport-body";
 
 /// The largest frozen body a receiver maps (its bytes are decoded, or copied, into
 /// process memory: a peer cannot make us allocate more).
-const MAX_LEN: usize = 1 << 30;
+pub(crate) const MAX_LEN: usize = 1 << 30;
 
 /// A frozen body: its memfd and, in a receiver, its read-only mapping.
 pub(crate) struct FrozenBody {

@@ -205,14 +205,18 @@ impl Producer {
     fn write_record(&mut self, kind: u16, flags: u16, parts: &[&[u8]]) -> Result<(u64, u64, u64), PushError> {
         debug_assert!(kind != 0);
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        // No overflow: slices are at most `isize::MAX` bytes.
+        // Nothing here wraps: the parts lie in this process's address space (together
+        // far below 2^62 bytes), and `tail` stays below 2^62 (`check_counters`) plus a
+        // ring per record.
         let size = HEADER + padded(len as u64);
         // Room for the record and the empty header slot after it. A record that fits
         // is at most `max_payload` long (`padded(len) + 2 * HEADER <= cap`), so the
-        // size limit is checked only when it does not.
+        // size limit is checked only when it does not (after a look at the shared
+        // `head`: a corrupt one is then `Corrupt`, not `TooLarge`).
         if !self.fits(size + HEADER).map_err(PushError::Corrupt)? {
             return Err(if len > self.ring.max_payload() { PushError::TooLarge } else { PushError::Full });
         }
+        debug_assert!(len <= self.ring.max_payload());
         let mask = self.ring.cap - 1;
         let offset = self.tail & mask;
         crate::fault::fault_point!(POST_RESERVED);
@@ -648,7 +652,13 @@ mod loom_tests {
     /// in order, and never a stale header of an earlier lap.
     #[test]
     fn publish_then_consume_across_wrap() {
-        loom::model(publish_and_consume);
+        loom::model(|| publish_and_consume(false));
+    }
+
+    /// The same with the hot path's `push_and_publish` (the header stored at once).
+    #[test]
+    fn push_and_publish_then_consume_across_wrap() {
+        loom::model(|| publish_and_consume(true));
     }
 
     /// Negative control: with the header published and observed Relaxed, loom finds a
@@ -659,7 +669,17 @@ mod loom_tests {
     fn without_release_and_acquire_a_header_arrives_before_its_payload() {
         loom::model(|| {
             loom_knobs::RELAXED_PUBLISH.with(|r| r.set(true));
-            publish_and_consume();
+            publish_and_consume(false);
+        });
+    }
+
+    /// The negative control of `push_and_publish`'s model.
+    #[test]
+    #[should_panic]
+    fn without_release_and_acquire_a_pushed_and_published_header_arrives_before_its_payload() {
+        loom::model(|| {
+            loom_knobs::RELAXED_PUBLISH.with(|r| r.set(true));
+            publish_and_consume(true);
         });
     }
 
@@ -694,7 +714,9 @@ mod loom_tests {
         });
     }
 
-    fn publish_and_consume() {
+    /// Three records through a 64-byte ring, pushed then published, or (`fused`) with
+    /// `push_and_publish`.
+    fn publish_and_consume(fused: bool) {
         let ring = Arc::new(LocalRing::new(64));
         let r2 = ring.clone();
         let producer = loom::thread::spawn(move || {
@@ -703,9 +725,17 @@ mod loom_tests {
             while sent < 3 {
                 // 24-byte records (and their 8-byte empty slot) in a 64-byte ring: the
                 // third wraps around the end.
-                match p.try_push(2, 0, &[&sent.to_le_bytes(), &[0xAB; 8]]) {
-                    Ok(()) => {
+                let pushed = if fused {
+                    let mut payload = [0xAB; 16];
+                    payload[..8].copy_from_slice(&sent.to_le_bytes());
+                    p.push_and_publish(2, 0, &payload)
+                } else {
+                    p.try_push(2, 0, &[&sent.to_le_bytes(), &[0xAB; 8]]).map(|()| {
                         p.publish();
+                    })
+                };
+                match pushed {
+                    Ok(()) => {
                         sent += 1;
                     }
                     Err(PushError::Full) => loom::thread::yield_now(),

@@ -3,6 +3,7 @@
 
 use super::table::{BUFFER_ENTRY, PORT_ENTRY, Reader, SHARED_ENTRY, TABLE, read_buffer_entry};
 use crate::shm::arena::Chunk;
+use crate::shm::frozen;
 
 /// The most a spilled body may be when it has to be copied into this process (to be
 /// decoded, or for `recv_bytes_with`): a peer cannot make us allocate more.
@@ -46,7 +47,10 @@ pub(crate) fn spilled_len(table: &[u8]) -> Option<u64> {
 /// The length of the body an attachment record of `rec_len` bytes carries, read
 /// from the first bytes of its table (`TABLE_WITH_SPILL` of them, or the whole record
 /// if shorter), without receiving anything: what `receive` will find, if the table is
-/// well formed. `None` if it is not (receiving the record then fails).
+/// well formed. `None` if it is not (receiving the record then fails), and for a
+/// spilled length that receiving refuses whatever the rest says (0 for a frozen body,
+/// or more than can be mapped or copied here: `frozen::MAX_LEN`, `MAX_COPIED_BODY`),
+/// so a peer cannot make a receive into a buffer ask for more than that.
 pub(crate) fn body_len(table: &[u8], rec_len: usize) -> Option<usize> {
     let mut r = Reader { bytes: table, at: 4 };
     let (n_buffers, n_ports, spilled) = (r.u32().ok()? as usize, r.u32().ok()? as usize, r.u32().ok()?);
@@ -56,7 +60,12 @@ pub(crate) fn body_len(table: &[u8], rec_len: usize) -> Option<usize> {
         0 => {}
         1 | 2 => {
             r.at = TABLE;
-            return usize::try_from(read_buffer_entry(&mut r).ok()?.len).ok();
+            let len = usize::try_from(read_buffer_entry(&mut r).ok()?.len).ok()?;
+            let acceptable = match spilled {
+                1 => len <= MAX_COPIED_BODY,
+                _ => (1..=frozen::MAX_LEN).contains(&len),
+            };
+            return acceptable.then_some(len);
         }
         _ => return None,
     }

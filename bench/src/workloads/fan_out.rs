@@ -92,10 +92,16 @@ pub fn writer<T: Connect>(job: &Job<T>, mut broadcaster: impl Broadcaster) -> Re
     // child's), so that the writer has a CPU of its own as in every measurement.
     let pinning = Pinning::decided().and_then(|p| p.cpus.map(|(writer, _)| (writer, p.allowed)));
     let mut readers_cpus = CpuSet::new();
+    let mut others = 0;
     if let Some((writer, allowed)) = &pinning {
-        allowed.iter().filter(|&cpu| cpu != writer).for_each(|&cpu| readers_cpus.set(cpu));
+        for &cpu in allowed.iter().filter(|&cpu| cpu != writer) {
+            readers_cpus.set(cpu);
+            others += 1;
+        }
     }
-    let pin = pinning.is_some();
+    // (No other CPU: the readers are not pinned at all; an empty set would fail.)
+    let pin = others > 0;
+    let writer_pid = std::process::id();
     let mut children: Vec<Child> = Vec::new();
     let spawned = (|| -> Result<()> {
         for index in 0..job.reps {
@@ -105,8 +111,12 @@ pub fn writer<T: Connect>(job: &Job<T>, mut broadcaster: impl Broadcaster) -> Re
             // syscalls (async-signal-safe), the CPU set is a copy on the stack.
             unsafe {
                 cmd.pre_exec(move || {
-                    // A reader dies with the writer, so a spinning reader never outlives it.
+                    // A reader dies with the writer, so a spinning reader never outlives it
+                    // (and one whose writer died before the signal was asked for stops).
                     set_parent_process_death_signal(Some(Signal::KILL))?;
+                    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(writer_pid) {
+                        return Err(std::io::Error::other("the writer is gone"));
+                    }
                     if pin {
                         sched_setaffinity(None, &readers_cpus)?;
                     }

@@ -57,7 +57,9 @@ impl PortReader {
 
     /// Runs `f` on the bytes of the next message, if one is waiting
     /// (`TryRecvError::Empty` if not). The bytes are a copy in this process, never
-    /// shared memory the peer can still write. For a message posted with `post_message`
+    /// shared memory the peer can still write (a broadcast's body too large for the
+    /// ring is read in place, in pages sealed against writes by anyone, as
+    /// [`MessagePort::recv_bytes_with`](crate::MessagePort::recv_bytes_with) does). For a message posted with `post_message`
     /// they are its wire encoding; buffers and ports it carries are dropped (given back,
     /// closed).
     ///
