@@ -45,10 +45,11 @@ enum Op {
     Value,
     CApi,
     Async,
+    Transfer,
 }
 
 impl Op {
-    const ALL: [Op; 7] = [Op::Bytes, Op::Halves, Op::Chunk, Op::CApi, Op::Async, Op::Typed, Op::Value];
+    const ALL: [Op; 8] = [Op::Bytes, Op::Halves, Op::Chunk, Op::CApi, Op::Async, Op::Typed, Op::Value, Op::Transfer];
 
     fn name(self) -> &'static str {
         match self {
@@ -59,6 +60,7 @@ impl Op {
             Op::Value => "value",
             Op::CApi => "c-api",
             Op::Async => "async",
+            Op::Transfer => "transfer",
         }
     }
 
@@ -70,6 +72,9 @@ impl Op {
             Op::Typed => "`post_typed` + `recv_typed` of `{ id: u64, data: Vec<u8> }`, 64 B of data",
             Op::Value => "`post_message` + `recv` of a 63-byte string",
             Op::Async => "64 B `post_bytes_async` + `recv_bytes_with_async`, in a tokio current-thread runtime",
+            Op::Transfer => {
+                "a 4 KiB `ArrayBuffer` moved there and back (`post_message` with it in the transfer list + `recv`, twice), revocation off"
+            }
             Op::CApi => {
                 "64 B `shmport_port_post_bytes` + `shmport_port_recv_bytes` (the C API, through its `extern \"C\"` symbols)"
             }
@@ -115,6 +120,9 @@ fn run_loop(args: &[String]) -> Result<()> {
     if op == Op::Async {
         return run_async_loop(&a, &b, n);
     }
+    if op == Op::Transfer {
+        return run_transfer_loop(n);
+    }
     for i in 0..n {
         match op {
             Op::Bytes => {
@@ -125,7 +133,7 @@ fn run_loop(args: &[String]) -> Result<()> {
                 a.post_typed(&Frame { id: i, data: msg.to_vec() })?;
                 sum += b.recv_typed::<Frame>()?.data.len();
             }
-            Op::Halves | Op::Chunk | Op::CApi | Op::Async => {}
+            Op::Halves | Op::Chunk | Op::CApi | Op::Async | Op::Transfer => {}
             Op::Value => {
                 a.post_message(TEXT, [])?;
                 let _ = b.recv()?;
@@ -134,6 +142,29 @@ fn run_loop(args: &[String]) -> Result<()> {
         }
     }
     // Used, so that nothing of the loop is optimized away.
+    println!("{sum}");
+    Ok(())
+}
+
+/// The loop of `transfer`: one 4 KiB buffer moved from port1 to port2 and back, on a
+/// channel that does not revoke the sender's pages (the fixed cost of a transfer).
+fn run_transfer_loop(n: u64) -> Result<()> {
+    use shmport::{ArrayBuffer, ChannelOptions, Value};
+    let channel = MessageChannel::with_options(&ChannelOptions::new().revoke_transferred_pages(false))
+        .context("creating the channel")?;
+    let (a, b) = (channel.port1(), channel.port2());
+    let mut buf = ArrayBuffer::new(4096).context("a buffer")?;
+    let mut sum = 0usize;
+    for _ in 0..n {
+        for (from, to) in [(&a, &b), (&b, &a)] {
+            from.post_message(Value::ArrayBuffer(buf.clone()), [buf.clone().into()])?;
+            match to.recv()?.data {
+                Value::ArrayBuffer(moved) => buf = moved,
+                other => bail!("expected a buffer, got {other:?}"),
+            }
+        }
+        sum += buf.byte_length();
+    }
     println!("{sum}");
     Ok(())
 }

@@ -109,7 +109,7 @@ impl Fds {
         crate::diagnostics::count_readiness_calls(platform::epoll_harvest(self.epoll.as_fd()));
     }
 
-    fn clear(&self) -> bool {
+    pub(super) fn clear(&self) -> bool {
         let mut raised = lock(&self.raised);
         if *raised {
             platform::eventfd_clear(self.local.as_fd());

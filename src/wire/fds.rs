@@ -176,10 +176,15 @@ pub(crate) fn drain_signals(socket: BorrowedFd<'_>, head: u64, capacity: u64) ->
 /// peer can have written since starts less than `capacity` past it (the peer's room
 /// ends there), so a record's descriptors are never taken for forged.
 pub(crate) fn drain_signals_from(socket: BorrowedFd<'_>, head: impl Fn() -> u64, capacity: u64) -> Drained {
-    let mut calls = 0;
-    let drained = drain(socket, head, capacity, &mut calls);
+    drain_signals_counted(socket, head, capacity).0
+}
+
+/// As `drain_signals_from`, with the number of messages it dropped.
+pub(crate) fn drain_signals_counted(socket: BorrowedFd<'_>, head: impl Fn() -> u64, capacity: u64) -> (Drained, u32) {
+    let (mut calls, mut dropped) = (0, 0);
+    let drained = drain(socket, head, capacity, &mut calls, &mut dropped);
     crate::diagnostics::count_readiness_calls(calls);
-    drained
+    (drained, dropped)
 }
 
 /// Drops the messages queued on `socket`, for a reader whose peer is gone or closed and
@@ -209,7 +214,7 @@ fn hung_up(socket: BorrowedFd<'_>, calls: &mut u32) -> bool {
 }
 
 /// `drain_signals`, counting its system calls in `calls`.
-fn drain(socket: BorrowedFd<'_>, head: impl Fn() -> u64, capacity: u64, calls: &mut u32) -> Drained {
+fn drain(socket: BorrowedFd<'_>, head: impl Fn() -> u64, capacity: u64, calls: &mut u32, dropped: &mut u32) -> Drained {
     for _ in 0..DRAIN_AT_MOST {
         *calls += 1;
         let mut header = [0u8; FD_HEADER];
@@ -228,6 +233,7 @@ fn drain(socket: BorrowedFd<'_>, head: impl Fn() -> u64, capacity: u64, calls: &
         }
         *calls += 1;
         platform::drop_message(socket);
+        *dropped += 1;
     }
     Drained::Pending
 }

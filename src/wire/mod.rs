@@ -56,9 +56,7 @@ mod table;
 
 pub(crate) use arenas::{KnownArenas, SentArenas};
 pub(crate) use body::{body_len, copy_spilled, copy_spilled_into, spilled_len};
-#[cfg(feature = "tokio")]
-pub(crate) use fds::drain_signals_from;
-pub(crate) use fds::{Drained, drain_signals, drop_unclaimed, send_signal};
+pub(crate) use fds::{Drained, drain_signals, drain_signals_counted, drop_unclaimed, send_signal};
 pub(crate) use table::{Framed, OutBuffer, Parts, TABLE_WITH_SPILL, receive};
 
 /// Raw bytes.

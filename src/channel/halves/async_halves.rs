@@ -117,7 +117,7 @@ impl PortReader {
             }
         }
         // Made before the next attempt, so that attempt arms the descriptor.
-        let fd = self.tokio.registered(&self.ready, &self.rx.link);
+        let fd = self.tokio.registered(&self.ends.reader_ready, &self.rx.link);
         loop {
             let got = attempt(self);
             if !matches!(got, Err(TryRecvError::Empty)) {
@@ -167,7 +167,7 @@ impl PortWriter {
         }
         let link = self.tx.link.clone();
         // A busy-poll channel's reader never signals room: no set to wait on.
-        let fd = if link.busy_poll() { None } else { self.tokio.registered(&self.ready, &link) };
+        let fd = if link.busy_poll() { None } else { self.tokio.registered(&self.ends.writer_ready, &link) };
         loop {
             let seen = link.segment.ring(link.end).lines().head.0.load(Ordering::Acquire);
             let got = attempt(self);
@@ -188,8 +188,10 @@ impl PortWriter {
     fn after_full(&self, seen: u64, needed: u64) -> Next {
         let link = &*self.tx.link;
         // The readers of a busy-poll channel never signal: look again after a turn.
-        let Some(fds) = self.ready.made().filter(|_| !link.busy_poll()) else { return Next::Yield };
-        // Events so far off the set first: a signal from now on is an event.
+        let Some(fds) = self.ends.writer_ready.made().filter(|_| !link.busy_poll()) else { return Next::Yield };
+        // Events so far off the set first (and a raise by the reader half, which passes
+        // on the signals it drains): a signal from now on is an event.
+        fds.clear();
         fds.harvest();
         // The peer's signals pile up on the socket unless someone drains them, and the
         // reader half may never arm.

@@ -27,6 +27,7 @@ use super::port::close_buried;
 use super::rx::Rx;
 use super::tx::Tx;
 use crate::error::Error;
+use ready::HalfReady;
 
 /// What the two halves of one split port share: the end, closed when both are gone.
 struct Ends {
@@ -38,6 +39,13 @@ struct Ends {
     /// Held by whichever half reads the channel's socket (see `ready`): the reader
     /// taking a record's descriptors, an arming draining the peer's signals.
     socket: Mutex<()>,
+    /// The readiness sets of the reader half (its descriptor, once asked for: `AsFd`,
+    /// an async receive) and of the writer half (on which an async post waits for
+    /// room, once one had to), here so that a half that drains the other's signals off
+    /// the socket can raise the other's set (see `ready`).
+    reader_ready: HalfReady,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    writer_ready: HalfReady,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,7 +173,14 @@ impl MessagePort {
             link.mark_closed();
             return Err(Error::Detached);
         };
-        let ends = Arc::new(Ends { link, tx: Mutex::new(None), rx: Mutex::new(None), socket: Mutex::new(()) });
+        let ends = Arc::new(Ends {
+            link,
+            tx: Mutex::new(None),
+            rx: Mutex::new(None),
+            socket: Mutex::new(()),
+            reader_ready: HalfReady::default(),
+            writer_ready: HalfReady::default(),
+        });
         Ok((PortWriter::new(tx, strategy, ends.clone()), PortReader::new(rx, strategy, ends)))
     }
 }

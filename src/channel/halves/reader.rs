@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Ends;
-use super::ready::HalfReady;
 use crate::channel::incoming;
 use crate::channel::rx::Rx;
 use crate::channel::{MessageEvent, Mode};
@@ -31,8 +30,6 @@ pub struct PortReader {
     /// messages that large arrive), so receiving allocates nothing.
     buf: Vec<u8>,
     pub(super) ends: Arc<Ends>,
-    /// The readiness descriptor, once asked for (`AsFd`, an async receive).
-    pub(super) ready: HalfReady,
     #[cfg(feature = "tokio")]
     pub(super) tokio: super::async_halves::AsyncHalf,
     _not_sync: PhantomData<Cell<()>>,
@@ -48,7 +45,6 @@ impl PortReader {
             strategy,
             buf,
             ends,
-            ready: HalfReady::default(),
             #[cfg(feature = "tokio")]
             tokio: Default::default(),
             _not_sync: PhantomData,

@@ -3,10 +3,13 @@
 //! which an async post waits for room.
 //!
 //! Each half has its own set (an epoll set watching the channel's socket,
-//! edge-triggered, and an eventfd; `readiness::Fds`), made on first use, so an arming
-//! by one half never takes an event off the set the other waits on: the peer's data
-//! signal wakes the reader's set and its room signal the writer's, whichever drains
-//! the socket. Both halves read that socket: the reader takes the descriptors of the
+//! edge-triggered, and an eventfd; `readiness::Fds`), made on first use and kept in
+//! `Ends`, so an arming by one half never takes an event off the set the other waits
+//! on. But epoll reports a socket's edge only if the socket is still readable when the
+//! set is waited on (it polls the file again then), and either half may drain the
+//! peer's signals first: so a half whose drain dropped signals raises the other half's
+//! set (`pass_on`), which would otherwise miss a data or room signal meant for it (a
+//! lost wake-up, seen as an async post waiting for room for ever). Both halves read that socket: the reader takes the descriptors of the
 //! records that carry them, and both drain the peer's signals (an arming does, so
 //! that the socket's buffer never fills with signals, after which a signal is no
 //! event). `Ends::socket` keeps those reads apart: a drain running while the reader
@@ -14,10 +17,9 @@
 //! drain skipped is made by the next arming, and the look after it checks the peer
 //! the slow way (`Check::Slow`).
 
-use std::cell::OnceCell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{MutexGuard, TryLockError};
+use std::sync::{MutexGuard, OnceLock, TryLockError};
 
 use super::Ends;
 use super::reader::PortReader;
@@ -32,7 +34,7 @@ use crate::wire::{self, Drained};
 /// A half's readiness set, once made.
 #[derive(Default)]
 pub(super) struct HalfReady {
-    fds: OnceCell<Fds>,
+    fds: OnceLock<Fds>,
 }
 
 impl HalfReady {
@@ -72,14 +74,37 @@ pub(super) fn drain_for_writer(ends: &Ends) -> Option<Drained> {
     let link = &*ends.link;
     let inbound = link.segment.ring(1 - link.end);
     let released = || inbound.lines().head.0.load(Ordering::Acquire);
-    Some(wire::drain_signals_from(link.socket.as_fd(), released, inbound.capacity()))
+    let (drained, dropped) = wire::drain_signals_counted(link.socket.as_fd(), released, inbound.capacity());
+    if dropped > 0 {
+        pass_on(&ends.reader_ready);
+    }
+    Some(drained)
+}
+
+/// A drain dropped signals that may have been the other half's: its set saw them
+/// arrive, but epoll reports an edge only while the socket is still readable when
+/// that set is waited on (it polls the file again then), so the event would be lost
+/// to a set that had not been waited on yet, tokio's reactor behind it included.
+/// Raising the other half's set makes it readable instead (at worst one spurious
+/// wake-up: its next look finds nothing and arms again).
+#[cfg(feature = "tokio")]
+fn pass_on(other: &HalfReady) {
+    if let Some(fds) = other.made() {
+        fds.raise();
+    }
 }
 
 /// The reader half's drain, as its arming makes it (at its own position, which only
 /// it moves).
 fn drain_for_reader(ends: &Ends, rx: &Rx) -> Option<Drained> {
     let _socket = try_socket(ends)?;
-    Some(wire::drain_signals(ends.link.socket.as_fd(), rx.consumer.seen_tail(), rx.consumer.ring().capacity()))
+    let (head, capacity) = (rx.consumer.seen_tail(), rx.consumer.ring().capacity());
+    let (drained, dropped) = wire::drain_signals_counted(ends.link.socket.as_fd(), || head, capacity);
+    if dropped > 0 {
+        #[cfg(feature = "tokio")]
+        pass_on(&ends.writer_ready);
+    }
+    Some(drained)
 }
 
 impl PortReader {
@@ -87,10 +112,10 @@ impl PortReader {
     /// descriptor cannot be made (`epoll_create1` or `eventfd` failed: out of
     /// descriptors).
     pub fn try_as_fd(&self) -> io::Result<BorrowedFd<'_>> {
-        if let Some(fds) = self.ready.made() {
+        if let Some(fds) = self.ends.reader_ready.made() {
             return Ok(fds.epoll());
         }
-        let fds = self.ready.get_or_make(&self.rx.link)?;
+        let fds = self.ends.reader_ready.get_or_make(&self.rx.link)?;
         // Readable at once: the caller's loop receives until `Empty`, which arms it.
         fds.raise();
         Ok(fds.epoll())
@@ -101,8 +126,8 @@ impl PortReader {
     #[cold]
     #[inline(never)]
     pub(super) fn rearm(&mut self) -> Option<Result<Record, RecvFail>> {
-        let fds = self.ready.made()?;
         let ends = &*self.ends;
+        let fds = ends.reader_ready.made()?;
         let check = readiness::arm_with(fds, &mut self.rx, |rx| drain_for_reader(ends, rx));
         self.rx.poll(check)
     }
@@ -111,7 +136,7 @@ impl PortReader {
     /// readable for good (an arming may have taken the socket's hang-up edge).
     #[cold]
     pub(super) fn ended(&self) {
-        if let Some(fds) = self.ready.made() {
+        if let Some(fds) = self.ends.reader_ready.made() {
             fds.raise();
         }
     }

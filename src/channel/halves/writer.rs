@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Ends;
-use super::ready::HalfReady;
 use crate::channel::Mode;
 use crate::channel::tx::Tx;
 use crate::error::{PostError, TooLargeKind};
@@ -36,9 +35,6 @@ pub struct PortWriter {
     /// that its chunks are 8-byte aligned as the ring's are.
     sink: Vec<u64>,
     pub(super) ends: Arc<Ends>,
-    /// The set an async post waits on for room, once one had to.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    pub(super) ready: HalfReady,
     #[cfg(feature = "tokio")]
     pub(super) tokio: super::async_halves::AsyncHalf,
     _not_sync: PhantomData<Cell<()>>,
@@ -51,7 +47,6 @@ impl PortWriter {
             strategy,
             sink: Vec::new(),
             ends,
-            ready: HalfReady::default(),
             #[cfg(feature = "tokio")]
             tokio: Default::default(),
             _not_sync: PhantomData,
