@@ -19,33 +19,29 @@ pub(crate) trait IntoBuffer {
     fn recv_timeout_into(&mut self, timeout: Duration, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvTimeoutError>;
 }
 
-impl IntoBuffer for &MessagePort {
-    #[inline]
-    fn recv_into(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvError> {
-        self.recv_bytes_into_uninit(out)
-    }
-    #[inline]
-    fn try_recv_into(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, TryRecvError> {
-        self.try_recv_bytes_into_uninit(out)
-    }
-    fn recv_timeout_into(&mut self, timeout: Duration, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvTimeoutError> {
-        self.recv_bytes_timeout_into_uninit(timeout, out)
-    }
+/// `IntoBuffer` for the types whose `_into_uninit` receives it forwards to.
+macro_rules! into_buffer {
+    ($($t:ty),*) => {$(
+        impl IntoBuffer for $t {
+            #[inline]
+            fn recv_into(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvError> {
+                self.recv_bytes_into_uninit(out)
+            }
+            #[inline]
+            fn try_recv_into(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, TryRecvError> {
+                self.try_recv_bytes_into_uninit(out)
+            }
+            fn recv_timeout_into(
+                &mut self,
+                timeout: Duration,
+                out: &mut [MaybeUninit<u8>],
+            ) -> Result<usize, RecvTimeoutError> {
+                self.recv_bytes_timeout_into_uninit(timeout, out)
+            }
+        }
+    )*};
 }
-
-impl IntoBuffer for PortReader {
-    #[inline]
-    fn recv_into(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvError> {
-        self.recv_bytes_into_uninit(out)
-    }
-    #[inline]
-    fn try_recv_into(&mut self, out: &mut [MaybeUninit<u8>]) -> Result<usize, TryRecvError> {
-        self.try_recv_bytes_into_uninit(out)
-    }
-    fn recv_timeout_into(&mut self, timeout: Duration, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvTimeoutError> {
-        self.recv_bytes_timeout_into_uninit(timeout, out)
-    }
-}
+into_buffer!(&MessagePort, PortReader);
 
 /// Receives into the `capacity` bytes at `buf` as `timeout_ms` says (< 0: wait for
 /// ever; 0: only a message already waiting; > 0: wait at most that many

@@ -49,7 +49,7 @@ pub(super) enum Received {
 }
 
 /// Puts a receive buffer back in this thread's cell, unless it grew too large to keep.
-fn give_back_recv_buf(buf: Vec<u8>) {
+pub(super) fn give_back_recv_buf(buf: Vec<u8>) {
     if buf.capacity() <= KEEP_RECV_BUF {
         RECV_BUF.with(|cell| cell.set(buf));
     }

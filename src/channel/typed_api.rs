@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::Mode;
-use super::api::{KEEP_RECV_BUF, MessagePort, RECV_BUF, SEND_BUF, Transferable};
+use super::api::{KEEP_RECV_BUF, MessagePort, RECV_BUF, SEND_BUF, Transferable, give_back_recv_buf};
 use super::outgoing::Outgoing;
 use crate::error::{DataCloneError, PostError, RecvError, RecvFail, RecvTimeoutError, TryRecvError};
 use crate::value::typed;
@@ -178,9 +178,7 @@ impl MessagePort {
     fn recv_typed_mode<T: serde::de::DeserializeOwned>(&self, mode: Mode) -> Result<T, RecvFail> {
         let mut buf = RECV_BUF.with(std::cell::Cell::take);
         let value = self.port().recv_record_raw(mode, |rx, rec| rx.take_typed::<T>(rec, &mut buf));
-        if buf.capacity() <= KEEP_RECV_BUF {
-            RECV_BUF.with(|cell| cell.set(buf));
-        }
+        give_back_recv_buf(buf);
         value?
     }
 
