@@ -166,9 +166,6 @@ fn stress(port: &MessagePort, count: u64, send_salt: u64, recv_salt: u64) {
 
 #[test]
 fn s03_a_million_messages_of_random_sizes_in_order_both_directions_across_processes() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) =
         LeakCheck::start("s03_a_million_messages_of_random_sizes_in_order_both_directions_across_processes")
     else {
@@ -272,9 +269,6 @@ fn s16_peer_killed_while_blocked_in_recv_is_seen_within_100ms_and_no_fd_stays_op
 /// delivered), each port working, then the close.
 #[test]
 fn s16_records_a_killed_peer_published_arrive_whole_though_it_left_ours_unread() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s16_records_a_killed_peer_published_arrive_whole_though_it_left_ours_unread")
     else {
         return;
@@ -306,9 +300,6 @@ fn s16_records_a_killed_peer_published_arrive_whole_though_it_left_ours_unread()
 
 #[test]
 fn s16_a_child_that_exits_closes_its_port_after_its_messages() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s16_a_child_that_exits_closes_its_port_after_its_messages") else { return };
     let _w = watchdog("s16_child_exits", Duration::from_secs(60));
     let channel = MessageChannel::new().unwrap();
@@ -326,9 +317,6 @@ fn s16_a_child_that_exits_closes_its_port_after_its_messages() {
 
 #[test]
 fn ping_pong_with_a_child_process() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("ping_pong_with_a_child_process") else { return };
     let _w = watchdog("ping_pong_with_a_child_process", Duration::from_secs(60));
     let channel = MessageChannel::new().unwrap();
@@ -348,9 +336,6 @@ fn ping_pong_with_a_child_process() {
 
 #[test]
 fn s02_a_child_inherits_its_port_and_grandchildren_inherit_nothing() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s02_a_child_inherits_its_port_and_grandchildren_inherit_nothing") else {
         return;
     };
@@ -373,9 +358,6 @@ fn from_parent_without_a_parent_port_is_a_clear_error() {
 
 #[test]
 fn from_parent_says_why_a_port_named_by_the_variable_cannot_be_taken() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("from_parent_says_why_a_port_named_by_the_variable_cannot_be_taken") else {
         return;
     };
@@ -400,9 +382,6 @@ fn from_parent_says_why_a_port_named_by_the_variable_cannot_be_taken() {
 
 #[test]
 fn rendezvous_errors_name_the_path_and_keep_the_cause() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("rendezvous_errors_name_the_path_and_keep_the_cause") else { return };
     let path = rendezvous_path("errors");
     let listener = Listener::bind(&path).unwrap();
@@ -448,9 +427,6 @@ fn rendezvous_path(name: &str) -> String {
 
 #[test]
 fn rendezvous_listener_and_connect_meet_across_processes() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("rendezvous_listener_and_connect_meet_across_processes") else { return };
     let _w = watchdog("rendezvous", Duration::from_secs(60));
     let path = rendezvous_path("meet");
@@ -542,9 +518,6 @@ fn rustix_uid() -> u32 {
 
 #[test]
 fn s20_nothing_outlives_a_kill_9_of_either_side() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s20_nothing_outlives_a_kill_9_of_either_side") else { return };
     let _w = watchdog("s20_nothing_outlives", Duration::from_secs(60));
     let shm_before: HashSet<_> =
@@ -584,9 +557,6 @@ fn s20_nothing_outlives_a_kill_9_of_either_side() {
 
 #[test]
 fn s10_try_post_to_a_killed_peer_is_a_silent_noop_not_full() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s10_try_post_to_a_killed_peer_is_a_silent_noop_not_full") else { return };
     let _w = watchdog("try_post_killed_peer", Duration::from_secs(60));
     let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(256)).unwrap();
@@ -610,9 +580,6 @@ fn s10_try_post_to_a_killed_peer_is_a_silent_noop_not_full() {
 
 #[test]
 fn s10_try_post_to_a_reader_killed_long_after_it_last_read_is_a_silent_noop_not_full() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) =
         LeakCheck::start("s10_try_post_to_a_reader_killed_long_after_it_last_read_is_a_silent_noop_not_full")
     else {
@@ -646,9 +613,6 @@ fn s10_try_post_to_a_reader_killed_long_after_it_last_read_is_a_silent_noop_not_
 
 #[test]
 fn s16_try_recv_from_a_writer_killed_long_after_it_last_wrote_reports_closed() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s16_try_recv_from_a_writer_killed_long_after_it_last_wrote_reports_closed")
     else {
         return;
@@ -675,9 +639,6 @@ fn s16_try_recv_from_a_writer_killed_long_after_it_last_wrote_reports_closed() {
 /// (which stays for the process's life) is not; once they are dropped, nothing is.
 #[test]
 fn the_leak_check_reports_a_held_descriptor_channel_and_buffer_and_not_the_arena_s_growth() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) =
         LeakCheck::start("the_leak_check_reports_a_held_descriptor_channel_and_buffer_and_not_the_arena_s_growth")
     else {

@@ -70,9 +70,6 @@ fn child_entry() {
 
 #[test]
 fn chunks_in_flight_to_a_dead_peer_that_corrupted_head_are_given_back() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("chunks_in_flight_to_a_dead_peer_that_corrupted_head_are_given_back") else {
         return;
     };
@@ -101,9 +98,6 @@ fn chunks_in_flight_to_a_dead_peer_that_corrupted_head_are_given_back() {
 
 #[test]
 fn chunks_in_flight_to_a_live_peer_that_corrupted_head_are_given_back_and_the_direction_is_broken() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start(
         "chunks_in_flight_to_a_live_peer_that_corrupted_head_are_given_back_and_the_direction_is_broken",
     ) else {

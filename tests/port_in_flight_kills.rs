@@ -154,9 +154,6 @@ fn kill_and_see_the_close(
 
 #[test]
 fn a_kill_of_the_process_a_port_is_in_flight_to_closes_it_for_its_peer() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("a_kill_of_the_process_a_port_is_in_flight_to_closes_it_for_its_peer") else {
         return;
     };
@@ -178,9 +175,6 @@ fn a_kill_of_the_process_a_port_is_in_flight_to_closes_it_for_its_peer() {
 
 #[test]
 fn a_kill_of_the_relay_target_with_the_port_in_flight_to_it_closes_it_for_its_peer() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) =
         LeakCheck::start("a_kill_of_the_relay_target_with_the_port_in_flight_to_it_closes_it_for_its_peer")
     else {
@@ -205,9 +199,6 @@ fn a_kill_of_the_relay_target_with_the_port_in_flight_to_it_closes_it_for_its_pe
 
 #[test]
 fn a_kill_of_the_relay_with_the_port_in_flight_from_it_still_delivers_the_port() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("a_kill_of_the_relay_with_the_port_in_flight_from_it_still_delivers_the_port")
     else {
         return;

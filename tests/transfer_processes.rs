@@ -214,9 +214,6 @@ fn s08_typed_messages_move_buffer_and_port_fields_between_processes() {
 
 #[test]
 fn s12_a_port_relayed_through_three_processes_keeps_its_place_and_a_256_mib_buffer_comes_back_without_a_copy() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start(
         "s12_a_port_relayed_through_three_processes_keeps_its_place_and_a_256_mib_buffer_comes_back_without_a_copy",
     ) else {
@@ -264,9 +261,6 @@ fn s12_a_port_relayed_through_three_processes_keeps_its_place_and_a_256_mib_buff
 
 #[test]
 fn s06_a_sender_that_touches_pages_it_transferred_faults() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s06_a_sender_that_touches_pages_it_transferred_faults") else { return };
     let _w = watchdog("revoked_pages", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
@@ -284,9 +278,6 @@ fn s06_a_sender_that_touches_pages_it_transferred_faults() {
 
 #[test]
 fn s06_without_revocation_the_sender_s_view_stays_mapped() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s06_without_revocation_the_sender_s_view_stays_mapped") else { return };
     let _w = watchdog("no_revocation", Duration::from_secs(60));
     let ch = MessageChannel::new().unwrap();
@@ -304,9 +295,6 @@ fn s06_without_revocation_the_sender_s_view_stays_mapped() {
 
 #[test]
 fn s12_a_port_sent_back_to_the_process_that_holds_its_peer_works() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start("s12_a_port_sent_back_to_the_process_that_holds_its_peer_works") else { return };
     let _w = watchdog("port_sent_back", Duration::from_secs(60));
     let carrier = MessageChannel::new().unwrap();
@@ -402,9 +390,6 @@ fn s10_a_post_with_transfers_to_a_killed_peer_is_a_silent_noop() {
 
 #[test]
 fn a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_to_other_processes() {
-    if role().is_some() {
-        return;
-    }
     let Some(leaks) = LeakCheck::start(
         "a_peer_that_overwrites_the_start_of_an_arena_segment_cannot_deny_its_buffers_to_other_processes",
     ) else {

@@ -121,9 +121,10 @@ impl LeakCheck {
     /// Runs the calling test (`name`, as for [`super::isolated`]) alone in a child process
     /// and returns its snapshot there, taken after this process's first arena segment is
     /// made; returns `None` in the harness's process, where the test then returns (the
-    /// child's result is asserted).
+    /// child's result is asserted), and in a role child ([`super::spawn_role`]), where
+    /// the test has nothing to do.
     pub fn start(name: &str) -> Option<LeakCheck> {
-        if !super::isolated(name) {
+        if super::role().is_some() || !super::isolated(name) {
             return None;
         }
         // Our arena's first segment stays for the process's life: made before the count.
