@@ -418,7 +418,7 @@ impl MessagePort {
         self.recv_bytes_into_mode(Mode::timeout(timeout), out).map_err(RecvTimeoutError::from)
     }
 
-    #[inline]
+    #[inline(always)]
     fn recv_bytes_into_mode(&self, mode: Mode, out: &mut [MaybeUninit<u8>]) -> Result<usize, RecvFail> {
         match self.port().try_recv_fast_into(out) {
             Some(len) => Ok(len),

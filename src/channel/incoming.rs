@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
 use super::api::{MessageEvent, MessagePort};
+use super::outgoing::Moved;
 use super::port::{bury, port_from_fds};
 use super::rx::Rx;
 use crate::error::{MessageError, RecvFail};
@@ -22,7 +23,7 @@ use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND
 
 /// A received message's transferred items and body, taken from its record.
 struct Incoming {
-    buffers: Vec<ArrayBuffer>,
+    buffers: Moved<ArrayBuffer>,
     ports: Vec<MessagePort>,
     shared: Vec<SharedArrayBuffer>,
     body: Body,

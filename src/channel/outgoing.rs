@@ -6,6 +6,8 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::api::{MessagePort, Transferable};
 use super::link::Link;
 use super::tx::Tx;
@@ -22,10 +24,10 @@ use crate::wire::{self, Framed, OutBuffer};
 /// A message ready to be written: its record, and what it moves.
 pub(crate) struct Outgoing {
     pub(super) record: Framed,
-    buffers: Vec<ArrayBuffer>,
+    buffers: Moved<ArrayBuffer>,
     /// What `buffers` held when the record was framed, to check when they are detached.
-    expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>>,
-    ports: Vec<MessagePort>,
+    expected: Moved<Option<(Arc<ArenaSegment>, Descriptor)>>,
+    ports: Moved<MessagePort>,
     /// The moved ports' links when the attempt read their maps (see `bind`).
     links: Vec<Option<Arc<Link>>>,
     /// The shared buffers the message names (shared, not moved: their memfds are sent).
@@ -33,6 +35,10 @@ pub(crate) struct Outgoing {
     /// The transfer list names the source port's own peer (rule 9).
     pub(super) doomed: bool,
 }
+
+/// What a message moves (buffers, ports) and its per-item bookkeeping: a message
+/// moves one or two items far more often than more, and those stay off the heap.
+pub(crate) type Moved<T> = SmallVec<[T; 2]>;
 
 fn clone_error(kind: DataCloneErrorKind) -> PostError {
     PostError::DataClone(DataCloneError::new(kind))
@@ -42,7 +48,7 @@ impl Outgoing {
     /// Raw bytes of record kind `kind`: inline when they fit the ring, else spilled
     /// into a chunk.
     pub(crate) fn bytes(kind: u16, body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
-        Outgoing::build(kind, body, Vec::new(), Vec::new(), Vec::new(), None, max_inline)
+        Outgoing::build(kind, body, Moved::new(), Moved::new(), Vec::new(), None, max_inline)
     }
 
     /// A body of `kind` encoded already (a broadcast's, the same for every port), with
@@ -55,7 +61,7 @@ impl Outgoing {
         frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
-        Outgoing::build(kind, body, Vec::new(), Vec::new(), shared.to_vec(), frozen, max_inline)
+        Outgoing::build(kind, body, Moved::new(), Moved::new(), shared.to_vec(), frozen, max_inline)
     }
 
     /// Runs the checks of SEMANTICS 5 in their order and encodes the message.
@@ -95,8 +101,8 @@ impl Outgoing {
             &mut Vec<u8>,
         ) -> Result<Vec<SharedArrayBuffer>, DataCloneErrorKind>,
     ) -> Result<Outgoing, PostError> {
-        let mut buffers = Vec::new();
-        let mut ports = Vec::new();
+        let mut buffers = Moved::new();
+        let mut ports = Moved::new();
         for item in transfer {
             match item {
                 Transferable::ArrayBuffer(b) => buffers.push(b.clone()),
@@ -116,7 +122,8 @@ impl Outgoing {
         }
         // 5c and 5d inside the message come from the encoder, which reports the
         // earliest rule when a message breaks several.
-        let mut body = Vec::new();
+        // Most messages that move something say little else: room for them at once.
+        let mut body = Vec::with_capacity(64);
         let encoded = encode(&buffers, &ports, &mut body);
         if encoded == Err(DataCloneErrorKind::PortNotInTransfer) {
             return Err(clone_error(DataCloneErrorKind::PortNotInTransfer));
@@ -151,8 +158,8 @@ impl Outgoing {
     fn build(
         kind: u16,
         body: &[u8],
-        buffers: Vec<ArrayBuffer>,
-        ports: Vec<MessagePort>,
+        buffers: Moved<ArrayBuffer>,
+        ports: Moved<MessagePort>,
         shared: Vec<SharedArrayBuffer>,
         frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
@@ -162,18 +169,18 @@ impl Outgoing {
             // The common case, without the bookkeeping of what moves.
             let record = Framed::new(kind, body, &[], &[], &lens, frozen, max_inline)?;
             let links = Vec::new();
-            return Ok(Outgoing { record, buffers, expected: Vec::new(), ports, links, shared, doomed: false });
+            return Ok(Outgoing { record, buffers, expected: Moved::new(), ports, links, shared, doomed: false });
         }
-        let expected: Vec<Option<(Arc<ArenaSegment>, Descriptor)>> = buffers
+        let expected: Moved<Option<(Arc<ArenaSegment>, Descriptor)>> = buffers
             .iter()
             .map(|b| b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor()))))
             .collect();
-        let entries: Vec<OutBuffer> = buffers
+        let entries: Moved<OutBuffer> = buffers
             .iter()
             .zip(&expected)
             .map(|(b, chunk)| OutBuffer { chunk: chunk.clone(), len: b.byte_length() })
             .collect();
-        let ends: Vec<u32> = ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect();
+        let ends: Moved<u32> = ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect();
         let record = Framed::new(kind, body, &entries, &ends, &lens, frozen, max_inline)?;
         Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), shared, doomed: false })
     }
@@ -286,7 +293,7 @@ fn port_identity(p: &MessagePort) -> usize {
 }
 
 fn has_duplicates(ids: impl Iterator<Item = usize>) -> bool {
-    let mut ids: Vec<usize> = ids.collect();
+    let mut ids: SmallVec<[usize; 8]> = ids.collect();
     ids.sort_unstable();
     ids.windows(2).any(|w| w[0] == w[1])
 }

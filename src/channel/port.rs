@@ -277,7 +277,7 @@ impl Port {
 
     /// As `try_recv_small_fast`, into `out` (a message longer than it takes the full
     /// path).
-    #[inline]
+    #[inline(always)]
     pub(super) fn try_recv_fast_into(&self, out: &mut [std::mem::MaybeUninit<u8>]) -> Option<usize> {
         // SAFETY: `out` is `out.len()` writable bytes.
         unsafe { self.try_recv_fast_raw(out.as_mut_ptr().cast::<u8>(), out.len()) }

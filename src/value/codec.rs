@@ -46,6 +46,8 @@
 
 use std::collections::HashMap;
 
+use smallvec::SmallVec;
+
 use crate::channel::MessagePort;
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError};
 use crate::value::buffer::{ArrayBuffer, CopyBudget};
@@ -135,25 +137,72 @@ pub(crate) fn encode(value: &Value, transfer: &Transfer<'_>, out: &mut Vec<u8>) 
     Ok(())
 }
 
+/// Identities (a buffer's address) to numbers, for the encoder: the few a message
+/// usually names in place and scanned, a hash map past `IdMap::FEW`.
+enum IdMap {
+    Few(SmallVec<[(usize, u64); IdMap::FEW]>),
+    Many(HashMap<usize, u64>),
+}
+
+impl Default for IdMap {
+    fn default() -> Self {
+        IdMap::Few(SmallVec::new())
+    }
+}
+
+impl IdMap {
+    const FEW: usize = 8;
+
+    fn get(&self, identity: usize) -> Option<u64> {
+        match self {
+            IdMap::Few(few) => few.iter().find(|(i, _)| *i == identity).map(|&(_, n)| n),
+            IdMap::Many(many) => many.get(&identity).copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            IdMap::Few(few) => few.len(),
+            IdMap::Many(many) => many.len(),
+        }
+    }
+
+    /// Maps `identity` to `n` unless it is mapped already (the first mapping stays).
+    fn insert_first(&mut self, identity: usize, n: u64) {
+        match self {
+            IdMap::Few(few) if few.iter().any(|(i, _)| *i == identity) => {}
+            IdMap::Few(few) if few.len() < IdMap::FEW => few.push((identity, n)),
+            IdMap::Few(few) => {
+                let mut many: HashMap<usize, u64> = few.drain(..).collect();
+                many.insert(identity, n);
+                *self = IdMap::Many(many);
+            }
+            IdMap::Many(many) => {
+                many.entry(identity).or_insert(n);
+            }
+        }
+    }
+}
+
 /// The state of one `encode` call.
 struct Encoder<'a> {
     out: &'a mut Vec<u8>,
     ports: &'a [MessagePort],
     /// Identity of each buffer of the transfer list → its index there.
-    moved: HashMap<usize, u64>,
+    moved: IdMap,
     /// Identity of each buffer already written → its buffer id.
-    ids: HashMap<usize, u64>,
+    ids: IdMap,
     /// The shared buffers met so far, in order.
     shared: Vec<SharedArrayBuffer>,
 }
 
 impl<'a> Encoder<'a> {
     fn new(transfer: &Transfer<'a>, out: &'a mut Vec<u8>) -> Self {
-        let mut moved = HashMap::with_capacity(transfer.buffers.len());
+        let mut moved = IdMap::default();
         for (index, buffer) in transfer.buffers.iter().enumerate() {
-            moved.entry(buffer.identity()).or_insert(index as u64);
+            moved.insert_first(buffer.identity(), index as u64);
         }
-        Encoder { out, ports: transfer.ports, moved, ids: HashMap::new(), shared: Vec::new() }
+        Encoder { out, ports: transfer.ports, moved, ids: IdMap::default(), shared: Vec::new() }
     }
 
     /// Writes `value`, which sits inside `depth` containers.
@@ -241,7 +290,7 @@ impl<'a> Encoder<'a> {
     /// Writes a buffer as a back-reference, a transfer index or a copy.
     fn buffer(&mut self, buffer: &ArrayBuffer) -> Result<(), DataCloneErrorKind> {
         let identity = buffer.identity();
-        if let Some(&id) = self.ids.get(&identity) {
+        if let Some(id) = self.ids.get(identity) {
             self.out.push(tag::BUFFER_REF);
             write_varint(self.out, id);
             return Ok(());
@@ -249,9 +298,9 @@ impl<'a> Encoder<'a> {
         if buffer.is_detached() {
             return Err(DataCloneErrorKind::DetachedBuffer);
         }
-        self.ids.insert(identity, self.ids.len() as u64);
-        match self.moved.get(&identity) {
-            Some(&index) => {
+        self.ids.insert_first(identity, self.ids.len() as u64);
+        match self.moved.get(identity) {
+            Some(index) => {
                 self.out.push(tag::BUFFER_MOVED);
                 write_varint(self.out, index);
             }
@@ -495,7 +544,7 @@ struct Decoder<'a> {
     /// The shared buffers that came with the record.
     shared: &'a [SharedArrayBuffer],
     /// The buffers met so far, by buffer id.
-    buffers: Vec<ArrayBuffer>,
+    buffers: SmallVec<[ArrayBuffer; 4]>,
     /// How many more container elements may be reserved ahead of decoding them.
     /// Starts at the input length: an honest message never claims more elements than
     /// it has bytes, so only a lying one runs out (and then grows its vectors as
@@ -508,7 +557,7 @@ struct Decoder<'a> {
 impl<'a> Decoder<'a> {
     fn new(bytes: &'a [u8], moved: &'a [ArrayBuffer], ports: &'a [MessagePort]) -> Self {
         let copies = CopyBudget::new();
-        let (buffers, reserve_budget) = (Vec::new(), bytes.len());
+        let (buffers, reserve_budget) = (SmallVec::new(), bytes.len());
         Decoder { input: Reader { bytes }, moved, ports, shared: &[], buffers, reserve_budget, copies }
     }
 

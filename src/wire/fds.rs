@@ -62,6 +62,12 @@ pub(super) fn recv_fds(
     nonce: u32,
     n: usize,
 ) -> Result<Vec<OwnedFd>, &'static str> {
+    if n == 0 {
+        // Nothing was sent for the record, and nothing is read: the socket's queue is
+        // as it was, with no descriptor message taken for signals to sit behind (so no
+        // syscall for a record whose arenas the receiver knows already).
+        return Ok(Vec::new());
+    }
     let mut fds = Vec::with_capacity(n.min(1024));
     while fds.len() < n {
         let mut header = [0u8; FD_HEADER];
@@ -106,13 +112,19 @@ pub(super) fn recv_fds(
 fn drop_trailing_signals(socket: BorrowedFd<'_>) {
     // Every signal queued there, however many (each holds ~768 bytes of the peer's
     // send buffer); bounded against a flood only.
+    let mut calls = 0;
     for _ in 0..DRAIN_AT_MOST * 64 {
         let mut header = [0u8; FD_HEADER];
+        calls += 1;
         match platform::peek_message(socket, &mut header) {
-            Ok(Some(n)) if n == SIGNAL.len() && header[0] == SIGNAL[0] => platform::drop_message(socket),
-            _ => return,
+            Ok(Some(n)) if n == SIGNAL.len() && header[0] == SIGNAL[0] => {
+                calls += 1;
+                platform::drop_message(socket);
+            }
+            _ => break,
         }
     }
+    crate::diagnostics::count_readiness_calls(calls);
 }
 
 /// Sends a readiness signal on `socket`, without waiting: whether nothing was lost. A

@@ -3,6 +3,8 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::arenas::{Handover, KnownArenas, MAX_ARENAS, NO_ID, SentArenas};
 use super::fds::{next_nonce, recv_fds, send_fds};
 use super::{FLAG_ATTACHMENTS, MAX_FDS};
@@ -27,20 +29,28 @@ pub(crate) struct OutBuffer {
 }
 
 /// A record ready to be written: its kind, flags and payload (the table, then the body
-/// unless it spilled), and what must travel beside it on the socket.
+/// unless it spilled), and, for a record with a table, what must travel beside it on
+/// the socket.
 pub(crate) struct Framed {
     pub(crate) kind: u16,
     pub(crate) flags: u16,
     pub(crate) payload: Vec<u8>,
+    /// The bookkeeping of a record with an attachment table; `None` for plain bytes,
+    /// which then stay a few words to move (and need no nonce).
+    table: Option<Box<Table>>,
+}
+
+/// What a record with an attachment table sends beside it, and what `bind` decided.
+struct Table {
     /// The arena segments the table's buffer entries name, each once.
-    arenas: Vec<Arc<ArenaSegment>>,
+    arenas: Few<Arc<ArenaSegment>>,
     /// For each buffer entry, in table order (the spilled body's first), the index of
     /// its arena in `arenas` (`None`: an empty buffer).
-    entry_arenas: Vec<Option<usize>>,
+    entry_arenas: Few<Option<usize>>,
     /// How many port entries the table has.
     n_ports: usize,
     /// Whether each shared entry sends a descriptor (an empty shared buffer has none).
-    shared_fds: Vec<bool>,
+    shared_fds: Few<bool>,
     /// The chunk a body too large for the ring was written to.
     spill: Option<Chunk>,
     /// Or the frozen memfd it was written to once, for many records (a broadcast's).
@@ -51,10 +61,17 @@ pub(crate) struct Framed {
     /// What `bind` decided for this attempt: the arenas whose descriptors are sent (as
     /// indices into `arenas`, in descriptor order), the moved ports' maps, and the ids
     /// the record introduces.
-    sending: Vec<usize>,
+    sending: Few<usize>,
     handovers: Vec<Handover>,
     introduces: Option<(u32, usize, Vec<Arc<ArenaSegment>>)>,
 }
+
+/// The entries of one record (few, nearly always): kept inline, off the heap.
+pub(crate) type Few<T> = SmallVec<[T; 4]>;
+
+/// A buffer entry of a table being written: its arena's index and chunk (`None`: an
+/// empty buffer), and its length.
+type EntryOut = (Option<(usize, Descriptor)>, usize);
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -109,27 +126,22 @@ impl Framed {
         frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Framed, PostError> {
-        let mut out = Framed {
-            kind,
-            flags: 0,
-            payload: Vec::new(),
-            arenas: Vec::new(),
-            entry_arenas: Vec::new(),
+        let spills = Framed::goes_out_of_line(body.len(), buffers.len(), port_ends.len(), shared.len(), max_inline);
+        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && !spills {
+            return Ok(Framed { kind, flags: 0, payload: body.to_vec(), table: None });
+        }
+        let mut out = Table {
+            arenas: Few::new(),
+            entry_arenas: Few::new(),
             n_ports: port_ends.len(),
             shared_fds: shared.iter().map(|&len| len > 0).collect(),
             spill: None,
             frozen: None,
             nonce: next_nonce(),
-            sending: Vec::new(),
+            sending: Few::new(),
             handovers: Vec::new(),
             introduces: None,
         };
-        let spills = Framed::goes_out_of_line(body.len(), buffers.len(), port_ends.len(), shared.len(), max_inline);
-        if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && !spills {
-            out.payload = body.to_vec();
-            return Ok(out);
-        }
-        out.flags = FLAG_ATTACHMENTS;
         let entries_len = PORT_ENTRY * port_ends.len() + SHARED_ENTRY * shared.len();
         let mut table_len = TABLE + BUFFER_ENTRY * buffers.len() + entries_len + body.len();
         if spills {
@@ -140,7 +152,7 @@ impl Framed {
                 return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
             }
         }
-        let entries: Vec<(Option<(usize, Descriptor)>, usize)> = buffers
+        let entries: Few<EntryOut> = buffers
             .iter()
             .map(|b| (b.chunk.as_ref().map(|(segment, d)| (out.arena_index(segment), *d)), b.len))
             .collect();
@@ -161,19 +173,107 @@ impl Framed {
             out.spill = Some(chunk);
         }
         too_many_fds(out.arenas.len() + 2 * port_ends.len() + n_shared_fds + usize::from(out.frozen.is_some()))?;
-        out.write_table(table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends, shared);
+        let mut payload = Vec::new();
+        out.write_table(&mut payload, table_len, spill_entry.map(|e| (e, body.len())), entries, port_ends, shared);
         if spill_entry.is_none() {
-            out.payload.extend_from_slice(body);
+            payload.extend_from_slice(body);
         }
-        Ok(out)
+        Ok(Framed { kind, flags: FLAG_ATTACHMENTS, payload, table: Some(Box::new(out)) })
     }
 
-    /// Writes the table, each arena named by its descriptor (`bind` rewrites those words).
+    /// Whether the record carries an attachment table.
+    pub(crate) fn has_attachments(&self) -> bool {
+        self.flags & FLAG_ATTACHMENTS != 0
+    }
+
+    /// How many descriptors this attempt sends on the socket (none for a record whose
+    /// arenas the receiver knows and that moves no port).
+    pub(crate) fn fd_count(&self) -> usize {
+        match self.has_attachments() {
+            true => u32::from_le_bytes(self.payload[..4].try_into().expect("4 bytes")) as usize,
+            false => 0,
+        }
+    }
+
+    /// Decides, for this attempt, how the table names each arena: by the id the
+    /// receiver knows it by (in `sent`, of `generation`), or by its descriptor, with a
+    /// new id while `sent` has room; and writes each moved port's map (`handovers`, in
+    /// the order of the port entries) into its entry. Nothing is recorded in `sent`
+    /// until `commit`, once the record is published. (Nothing to decide for a record
+    /// without a table.)
+    pub(crate) fn bind(
+        &mut self,
+        sent: &SentArenas,
+        generation: u32,
+        handovers: Vec<Handover>,
+    ) -> Result<(), PostError> {
+        match self.table.as_deref_mut() {
+            Some(table) => table.bind(&mut self.payload, sent, generation, handovers),
+            None => Ok(()),
+        }
+    }
+
+    /// The record is published: the arenas it introduced are known to the receiver.
+    pub(crate) fn commit(&mut self, sent: &mut SentArenas) {
+        if let Some((generation, first, introduced)) = self.table.as_mut().and_then(|t| t.introduces.take()) {
+            sent.commit(generation, first, introduced);
+        }
+    }
+
+    /// The moved ports' maps this attempt sends, in port order.
+    pub(crate) fn handovers(&self) -> &[Handover] {
+        self.table.as_ref().map_or(&[], |t| &t.handovers)
+    }
+
+    /// A new nonce for another attempt at posting (the table's fifth word): descriptors
+    /// that a failed attempt left on the socket for the same ring position then no
+    /// longer match, and the receiver drops them.
+    pub(crate) fn renew_nonce(&mut self) {
+        if let Some(table) = self.table.as_deref_mut() {
+            table.nonce = next_nonce();
+            self.payload[16..20].copy_from_slice(&table.nonce.to_le_bytes());
+        }
+    }
+
+    /// Sends the descriptors (the arenas named by descriptor, then each moved port's
+    /// segment, socket end and map, in `ports`' order, which is `port_ends`' order,
+    /// then the memfd of each non-empty shared buffer, in `shared`'s order) on
+    /// `socket`, tagged with the record's start `position` and this record's nonce.
+    pub(crate) fn send(
+        &self,
+        socket: BorrowedFd<'_>,
+        position: u64,
+        ports: &[(BorrowedFd<'_>, BorrowedFd<'_>)],
+        shared: &[BorrowedFd<'_>],
+    ) -> std::io::Result<()> {
+        let Some(table) = self.table.as_deref() else { return Ok(()) };
+        let mut fds: Few<BorrowedFd<'_>> = Few::with_capacity(self.fd_count());
+        fds.extend(table.sending.iter().map(|&i| table.arenas[i].fd()));
+        for (k, (segment, socket)) in ports.iter().enumerate() {
+            fds.push(*segment);
+            fds.push(*socket);
+            fds.extend(table.handovers.get(k).into_iter().flat_map(Handover::fds));
+        }
+        fds.extend_from_slice(shared);
+        fds.extend(table.frozen.as_ref().map(|f| f.fd()));
+        send_fds(socket, position, table.nonce, &fds)
+    }
+
+    /// The chunk the body spilled to, once the record is sent (it is the message's now).
+    pub(crate) fn take_spill(&mut self) -> Option<Chunk> {
+        self.table.as_mut().and_then(|t| t.spill.take())
+    }
+}
+
+impl Table {
+    /// Writes the table into `payload`, each arena named by its descriptor (`bind`
+    /// rewrites those words).
     fn write_table(
         &mut self,
+        payload: &mut Vec<u8>,
         table_len: usize,
-        spill_entry: Option<(Option<(usize, Descriptor)>, usize)>,
-        entries: Vec<(Option<(usize, Descriptor)>, usize)>,
+        spill_entry: Option<EntryOut>,
+        entries: Few<EntryOut>,
         port_ends: &[u32],
         shared: &[u64],
     ) {
@@ -192,7 +292,7 @@ impl Framed {
         let all = spill_entry.into_iter().chain(entries);
         // Until `bind`: every arena by its descriptor, no maps.
         self.sending = (0..self.arenas.len()).collect();
-        let p = &mut self.payload;
+        let p = payload;
         p.reserve(table_len);
         put_u32(p, n_fds as u32);
         put_u32(p, n_buffers);
@@ -230,34 +330,17 @@ impl Framed {
         }
     }
 
-    /// Whether the record carries an attachment table.
-    pub(crate) fn has_attachments(&self) -> bool {
-        self.flags & FLAG_ATTACHMENTS != 0
-    }
-
-    /// How many descriptors this attempt sends on the socket (none for a record whose
-    /// arenas the receiver knows and that moves no port).
-    pub(crate) fn fd_count(&self) -> usize {
-        match self.has_attachments() {
-            true => u32::from_le_bytes(self.payload[..4].try_into().expect("4 bytes")) as usize,
-            false => 0,
-        }
-    }
-
-    /// Decides, for this attempt, how the table names each arena: by the id the
-    /// receiver knows it by (in `sent`, of `generation`), or by its descriptor, with a
-    /// new id while `sent` has room; and writes each moved port's map (`handovers`, in
-    /// the order of the port entries) into its entry. Nothing is recorded in `sent`
-    /// until `commit`, once the record is published.
-    pub(crate) fn bind(
+    /// `Framed::bind` for a record with this table, whose payload is `payload`.
+    fn bind(
         &mut self,
+        payload: &mut [u8],
         sent: &SentArenas,
         generation: u32,
         handovers: Vec<Handover>,
     ) -> Result<(), PostError> {
         assert_eq!(handovers.len(), self.n_ports);
-        let mut names = vec![(NO_FD, NO_ID); self.arenas.len()];
-        let (mut sending, mut introduced) = (Vec::new(), Vec::new());
+        let mut names: Few<(u32, u32)> = smallvec::smallvec![(NO_FD, NO_ID); self.arenas.len()];
+        let (mut sending, mut introduced) = (Few::new(), Vec::new());
         for (i, segment) in self.arenas.iter().enumerate() {
             if let Some(id) = sent.id_of(segment) {
                 names[i].1 = id;
@@ -278,11 +361,11 @@ impl Framed {
         n_fds += self.shared_fds.iter().filter(|&&fd| fd).count();
         if self.frozen.is_some() {
             // The spill entry (the first) names the last descriptor.
-            set_u32(&mut self.payload, TABLE, n_fds as u32);
+            set_u32(payload, TABLE, n_fds as u32);
             n_fds += 1;
         }
         too_many_fds(n_fds)?;
-        let p = &mut self.payload;
+        let p = payload;
         for (j, arena) in self.entry_arenas.iter().enumerate() {
             if let Some(i) = arena {
                 set_u32(p, TABLE + BUFFER_ENTRY * j, names[*i].0);
@@ -312,56 +395,6 @@ impl Framed {
         self.introduces = Some((generation, sent.len(), introduced));
         Ok(())
     }
-
-    /// The record is published: the arenas it introduced are known to the receiver.
-    pub(crate) fn commit(&mut self, sent: &mut SentArenas) {
-        if let Some((generation, first, introduced)) = self.introduces.take() {
-            sent.commit(generation, first, introduced);
-        }
-    }
-
-    /// The moved ports' maps this attempt sends, in port order.
-    pub(crate) fn handovers(&self) -> &[Handover] {
-        &self.handovers
-    }
-
-    /// A new nonce for another attempt at posting (the table's fifth word): descriptors
-    /// that a failed attempt left on the socket for the same ring position then no
-    /// longer match, and the receiver drops them.
-    pub(crate) fn renew_nonce(&mut self) {
-        if self.has_attachments() {
-            self.nonce = next_nonce();
-            self.payload[16..20].copy_from_slice(&self.nonce.to_le_bytes());
-        }
-    }
-
-    /// Sends the descriptors (the arenas named by descriptor, then each moved port's
-    /// segment, socket end and map, in `ports`' order, which is `port_ends`' order,
-    /// then the memfd of each non-empty shared buffer, in `shared`'s order) on
-    /// `socket`, tagged with the record's start `position` and this record's nonce.
-    pub(crate) fn send(
-        &self,
-        socket: BorrowedFd<'_>,
-        position: u64,
-        ports: &[(BorrowedFd<'_>, BorrowedFd<'_>)],
-        shared: &[BorrowedFd<'_>],
-    ) -> std::io::Result<()> {
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(self.fd_count());
-        fds.extend(self.sending.iter().map(|&i| self.arenas[i].fd()));
-        for (k, (segment, socket)) in ports.iter().enumerate() {
-            fds.push(*segment);
-            fds.push(*socket);
-            fds.extend(self.handovers.get(k).into_iter().flat_map(Handover::fds));
-        }
-        fds.extend_from_slice(shared);
-        fds.extend(self.frozen.as_ref().map(|f| f.fd()));
-        send_fds(socket, position, self.nonce, &fds)
-    }
-
-    /// The chunk the body spilled to, once the record is sent (it is the message's now).
-    pub(crate) fn take_spill(&mut self) -> Option<Chunk> {
-        self.spill.take()
-    }
 }
 
 fn put_buffer(p: &mut Vec<u8>, entry: Option<(u32, Descriptor)>, len: usize) {
@@ -386,7 +419,7 @@ pub(crate) struct PortFds {
 /// What a received record's table names, taken from the socket and the arenas.
 pub(crate) struct Parts {
     /// Each moved buffer's chunk (`None`: empty) and length (within the chunk).
-    pub(crate) buffers: Vec<(Option<Chunk>, usize)>,
+    pub(crate) buffers: Few<(Option<Chunk>, usize)>,
     pub(crate) ports: Vec<PortFds>,
     /// Each shared buffer's memfd (`None`: none was named) and length, not yet checked.
     pub(crate) shared: Vec<(Option<OwnedFd>, u64)>,
@@ -512,15 +545,15 @@ pub(crate) fn receive(
 fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownArenas) -> Result<Parts, &'static str> {
     let spill_entry = if h.spilled == Spilled::Chunk { Some(read_buffer_entry(r)?) } else { None };
     let frozen_entry = if h.spilled == Spilled::Frozen { Some(read_buffer_entry(r)?) } else { None };
-    let mut buffer_entries = Vec::with_capacity(h.n_buffers);
+    let mut buffer_entries = Few::with_capacity(h.n_buffers);
     for _ in 0..h.n_buffers {
         buffer_entries.push(read_buffer_entry(r)?);
     }
-    let mut port_entries = Vec::with_capacity(h.n_ports);
+    let mut port_entries = Few::with_capacity(h.n_ports);
     for _ in 0..h.n_ports {
         port_entries.push(PortEntry { fd: r.u32()?, end: r.u32()?, generation: r.u32()?, mask: r.u32()? });
     }
-    let mut shared_entries = Vec::with_capacity(h.n_shared);
+    let mut shared_entries = Few::with_capacity(h.n_shared);
     for _ in 0..h.n_shared {
         let (fd, reserved, len) = (r.u32()?, r.u32()?, r.u64()?);
         if reserved != 0 {
@@ -531,10 +564,11 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     let body_at = r.at;
     // Each descriptor is used once: by an arena (possibly named by several buffers) or
     // by a port.
-    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-    let all_entries: Vec<&BufferEntry> = spill_entry.iter().chain(&buffer_entries).collect();
+    let mut fds: Few<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let all_entries: Few<&BufferEntry> = spill_entry.iter().chain(&buffer_entries).collect();
     let arenas = resolve_arenas(&all_entries, &mut fds, h.generation, known);
     let mut taken = take_chunks(&all_entries, &arenas)?.into_iter();
+    drop(all_entries);
     let spilled = match spill_entry {
         Some(e) => Some((taken.next().flatten().ok_or("spilled body without pages")?, e.len as usize)),
         None => None,
@@ -592,13 +626,13 @@ fn resolve_arenas(
     fds: &mut [Option<OwnedFd>],
     generation: u32,
     known: &mut KnownArenas,
-) -> Vec<Result<Option<Arc<ArenaSegment>>, &'static str>> {
+) -> Few<Result<Option<Arc<ArenaSegment>>, &'static str>> {
     if entries.iter().any(|e| e.id != NO_ID) {
         known.enter(generation);
     }
     // The segment of each descriptor index, once mapped.
-    let mut by_fd: Vec<(u32, Result<Arc<ArenaSegment>, &'static str>)> = Vec::new();
-    let mut resolved = Vec::with_capacity(entries.len());
+    let mut by_fd: Few<(u32, Result<Arc<ArenaSegment>, &'static str>)> = Few::new();
+    let mut resolved = Few::with_capacity(entries.len());
     for e in entries {
         let segment = match (e.fd, e.id) {
             (NO_FD, NO_ID) => {
@@ -633,8 +667,8 @@ fn resolve_arenas(
 fn take_chunks(
     entries: &[&BufferEntry],
     arenas: &[Result<Option<Arc<ArenaSegment>>, &'static str>],
-) -> Result<Vec<Option<Chunk>>, &'static str> {
-    let mut taken: Vec<Option<Chunk>> = Vec::with_capacity(entries.len());
+) -> Result<Few<Option<Chunk>>, &'static str> {
+    let mut taken: Few<Option<Chunk>> = Few::with_capacity(entries.len());
     for (e, arena) in entries.iter().zip(arenas) {
         let chunk = match arena {
             Err(why) => Err(*why),
