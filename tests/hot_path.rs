@@ -194,7 +194,7 @@ fn a_buffer_moved_on_a_channel_whose_arenas_are_known_makes_no_syscall_and_few_a
     let ch = MessageChannel::with_options(&ChannelOptions::new().revoke_transferred_pages(false)).unwrap();
     let (a, b) = (ch.port1(), ch.port2());
     let mut buf = ArrayBuffer::new(4096).unwrap();
-    let mut round_trip = |buf: &mut ArrayBuffer| {
+    let round_trip = |buf: &mut ArrayBuffer| {
         for (from, to) in [(&a, &b), (&b, &a)] {
             from.post_message(Value::ArrayBuffer(buf.clone()), [buf.clone().into()]).unwrap();
             match to.recv().unwrap().data {

@@ -44,9 +44,9 @@
 //! it never panics, recurses at most [`MAX_DEPTH`] levels, and allocates in proportion to
 //! the input, whatever counts the input claims.
 
-use std::collections::HashMap;
-
 use smallvec::SmallVec;
+
+use super::ids::IdMap;
 
 use crate::channel::MessagePort;
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError};
@@ -135,53 +135,6 @@ pub(crate) fn encode(value: &Value, transfer: &Transfer<'_>, out: &mut Vec<u8>) 
     let shared = encode_sharing(value, transfer, out)?;
     assert!(shared.is_empty(), "encode is for values without shared buffers");
     Ok(())
-}
-
-/// Identities (a buffer's address) to numbers, for the encoder: the few a message
-/// usually names in place and scanned, a hash map past `IdMap::FEW`.
-enum IdMap {
-    Few(SmallVec<[(usize, u64); IdMap::FEW]>),
-    Many(HashMap<usize, u64>),
-}
-
-impl Default for IdMap {
-    fn default() -> Self {
-        IdMap::Few(SmallVec::new())
-    }
-}
-
-impl IdMap {
-    const FEW: usize = 8;
-
-    fn get(&self, identity: usize) -> Option<u64> {
-        match self {
-            IdMap::Few(few) => few.iter().find(|(i, _)| *i == identity).map(|&(_, n)| n),
-            IdMap::Many(many) => many.get(&identity).copied(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            IdMap::Few(few) => few.len(),
-            IdMap::Many(many) => many.len(),
-        }
-    }
-
-    /// Maps `identity` to `n` unless it is mapped already (the first mapping stays).
-    fn insert_first(&mut self, identity: usize, n: u64) {
-        match self {
-            IdMap::Few(few) if few.iter().any(|(i, _)| *i == identity) => {}
-            IdMap::Few(few) if few.len() < IdMap::FEW => few.push((identity, n)),
-            IdMap::Few(few) => {
-                let mut many: HashMap<usize, u64> = few.drain(..).collect();
-                many.insert(identity, n);
-                *self = IdMap::Many(many);
-            }
-            IdMap::Many(many) => {
-                many.entry(identity).or_insert(n);
-            }
-        }
-    }
 }
 
 /// The state of one `encode` call.

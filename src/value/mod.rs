@@ -4,6 +4,7 @@
 
 pub(crate) mod buffer;
 pub(crate) mod codec;
+mod ids;
 pub(crate) mod shared;
 pub(crate) mod typed;
 
