@@ -175,13 +175,17 @@ impl Outgoing {
             .iter()
             .map(|b| b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor()))))
             .collect();
-        let entries: Moved<OutBuffer> = buffers
+        let entries: Moved<OutBuffer<'_>> = buffers
             .iter()
             .zip(&expected)
-            .map(|(b, chunk)| OutBuffer { chunk: chunk.clone(), len: b.byte_length() })
+            .map(|(b, chunk)| OutBuffer { chunk: chunk.as_ref(), len: b.byte_length() })
             .collect();
-        let ends: Moved<u32> = ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect();
+        let ends: Moved<u32> = match ports.is_empty() {
+            true => Moved::new(),
+            false => ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect(),
+        };
         let record = Framed::new(kind, body, &entries, &ends, &lens, frozen, max_inline)?;
+        drop(entries);
         Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), shared, doomed: false })
     }
 
@@ -194,8 +198,8 @@ impl Outgoing {
     /// (another thread may have moved it since). On a mismatch every buffer is put
     /// back and the post fails as rule 5d says; `Ok(None)` if a buffer is in use right
     /// now (its bytes are being read or written), with every buffer put back.
-    pub(super) fn take_buffers(&self) -> Result<Option<Vec<Detached>>, PostError> {
-        let mut detached = Vec::with_capacity(self.buffers.len());
+    pub(super) fn take_buffers(&self) -> Result<Option<Moved<Detached>>, PostError> {
+        let mut detached = Moved::with_capacity(self.buffers.len());
         for (b, expected) in self.buffers.iter().zip(&self.expected) {
             let Some(d) = b.try_detach() else {
                 self.restore_buffers(detached);
@@ -250,6 +254,10 @@ impl Outgoing {
     /// port (`links`, in the order of `ports()`), its segment, socket end and map, then
     /// the shared buffers' memfds.
     pub(crate) fn send(&self, socket: BorrowedFd<'_>, position: u64, links: &[Arc<Link>]) -> std::io::Result<()> {
+        if self.record.fd_count() == 0 {
+            // Known arenas only, no port, no shared buffer: nothing travels beside it.
+            return Ok(());
+        }
         let ports: Vec<(BorrowedFd<'_>, BorrowedFd<'_>)> = links
             .iter()
             .map(|l| (l.segment.fd().expect("process-local ports are refused before this"), l.socket.as_fd()))
@@ -260,8 +268,8 @@ impl Outgoing {
 
     /// The descriptors are sent: the moved chunks are now the message's. Returns them,
     /// to be reclaimed if the message is never received.
-    pub(super) fn finish(&mut self, detached: Vec<Detached>, revoke: bool) -> Vec<SentChunk> {
-        let mut in_flight: Vec<SentChunk> =
+    pub(super) fn finish(&mut self, detached: Moved<Detached>, revoke: bool) -> Moved<SentChunk> {
+        let mut in_flight: Moved<SentChunk> =
             detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)).collect();
         if let Some(chunk) = self.record.take_spill() {
             in_flight.push(chunk.send(false));
@@ -270,7 +278,7 @@ impl Outgoing {
     }
 
     /// Puts the buffers back (a post that failed after `take_buffers`).
-    pub(super) fn restore_buffers(&self, detached: Vec<Detached>) {
+    pub(super) fn restore_buffers(&self, detached: Moved<Detached>) {
         for (b, d) in self.buffers.iter().zip(detached) {
             b.restore(d);
         }
@@ -292,7 +300,10 @@ fn port_identity(p: &MessagePort) -> usize {
     Arc::as_ptr(p.port()) as usize
 }
 
-fn has_duplicates(ids: impl Iterator<Item = usize>) -> bool {
+fn has_duplicates(ids: impl ExactSizeIterator<Item = usize>) -> bool {
+    if ids.len() < 2 {
+        return false;
+    }
     let mut ids: SmallVec<[usize; 8]> = ids.collect();
     ids.sort_unstable();
     ids.windows(2).any(|w| w[0] == w[1])

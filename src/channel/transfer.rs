@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::Mode;
 use super::api::MessagePort;
 use super::link::Link;
-use super::outgoing::Outgoing;
+use super::outgoing::{Moved, Outgoing};
 use super::port::{Delivery, Halves, Port, Pushed, busy_error, lock, lock_for};
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
@@ -245,7 +245,7 @@ fn undo_transfers(moved: &[MessagePort], moving: Vec<Halves>, guards: &mut [Half
 /// How `move_attachments` ended.
 enum MoveOutcome {
     /// Everything moved: publish the record; these chunks are in flight.
-    Sent(Vec<SentChunk>),
+    Sent(Moved<SentChunk>),
     /// Nothing changed; the attempt ends so.
     Not(Attempt),
 }

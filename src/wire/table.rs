@@ -23,8 +23,8 @@ pub(crate) const TABLE_WITH_SPILL: usize = TABLE + BUFFER_ENTRY;
 
 /// A buffer a record moves, as its table names it: the chunk that holds its bytes
 /// (`None` for an empty buffer) and its length.
-pub(crate) struct OutBuffer {
-    pub(crate) chunk: Option<(Arc<ArenaSegment>, Descriptor)>,
+pub(crate) struct OutBuffer<'a> {
+    pub(crate) chunk: Option<&'a (Arc<ArenaSegment>, Descriptor)>,
     pub(crate) len: usize,
 }
 
@@ -120,7 +120,7 @@ impl Framed {
     pub(crate) fn new(
         kind: u16,
         body: &[u8],
-        buffers: &[OutBuffer],
+        buffers: &[OutBuffer<'_>],
         port_ends: &[u32],
         shared: &[u64],
         frozen: Option<&Arc<FrozenBody>>,
@@ -134,7 +134,7 @@ impl Framed {
             arenas: Few::new(),
             entry_arenas: Few::new(),
             n_ports: port_ends.len(),
-            shared_fds: shared.iter().map(|&len| len > 0).collect(),
+            shared_fds: if shared.is_empty() { Few::new() } else { shared.iter().map(|&len| len > 0).collect() },
             spill: None,
             frozen: None,
             nonce: next_nonce(),
@@ -152,10 +152,8 @@ impl Framed {
                 return Err(PostError::TooLarge { kind: TooLargeKind::RecordBytes, len: table_len, max: max_inline });
             }
         }
-        let entries: Few<EntryOut> = buffers
-            .iter()
-            .map(|b| (b.chunk.as_ref().map(|(segment, d)| (out.arena_index(segment), *d)), b.len))
-            .collect();
+        let entries: Few<EntryOut> =
+            buffers.iter().map(|b| (b.chunk.map(|(segment, d)| (out.arena_index(segment), *d)), b.len)).collect();
         // Checked before a chunk is taken for the body (which may add one descriptor),
         // and again after (and by `bind`, with the moved ports' maps).
         let n_shared_fds = out.shared_fds.iter().filter(|&&fd| fd).count();
@@ -564,7 +562,7 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     let body_at = r.at;
     // Each descriptor is used once: by an arena (possibly named by several buffers) or
     // by a port.
-    let mut fds: Few<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+    let mut fds: Few<Option<OwnedFd>> = if fds.is_empty() { Few::new() } else { fds.into_iter().map(Some).collect() };
     let all_entries: Few<&BufferEntry> = spill_entry.iter().chain(&buffer_entries).collect();
     let arenas = resolve_arenas(&all_entries, &mut fds, h.generation, known);
     let mut taken = take_chunks(&all_entries, &arenas)?.into_iter();
