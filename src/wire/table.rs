@@ -67,7 +67,7 @@ struct Table {
 }
 
 /// The entries of one record (few, nearly always): kept inline, off the heap.
-pub(crate) type Few<T> = SmallVec<[T; 4]>;
+pub(crate) type Few<T> = SmallVec<[T; 2]>;
 
 /// A buffer entry of a table being written: its arena's index and chunk (`None`: an
 /// empty buffer), and its length.
