@@ -63,6 +63,8 @@ mod diagnostics;
 mod error;
 mod fault;
 #[cfg(not(loom))]
+mod few;
+#[cfg(not(loom))]
 mod platform;
 mod shm;
 #[cfg(not(loom))]

@@ -11,6 +11,7 @@ use super::outgoing::Moved;
 use super::port::{bury, port_from_fds};
 use super::rx::Rx;
 use crate::error::{MessageError, RecvFail};
+use crate::few;
 use crate::shm::arena::Chunk;
 use crate::shm::frozen::FrozenBody;
 use crate::shm::ring::Record;
@@ -49,7 +50,7 @@ fn adopt(parts: Parts) -> Result<Incoming, &'static str> {
         (None, Some(frozen)) => Body::Frozen(frozen),
         (None, None) => Body::Inline(body_at),
     };
-    let buffers = buffers.into_iter().map(|(chunk, len)| ArrayBuffer::from_parts(chunk, len)).collect();
+    let buffers = few::collect(buffers.into_iter().map(|(chunk, len)| ArrayBuffer::from_parts(chunk, len)));
     let mut ports = Vec::with_capacity(port_fds.len());
     for p in port_fds {
         let port = port_from_fds(p.segment, p.socket, p.end).map_err(|e| match e {

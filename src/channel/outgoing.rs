@@ -12,6 +12,7 @@ use super::api::{MessagePort, Transferable};
 use super::link::Link;
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
+use crate::few;
 use crate::shm::arena::{ArenaSegment, Descriptor, SentChunk};
 use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
@@ -171,19 +172,13 @@ impl Outgoing {
             let links = Vec::new();
             return Ok(Outgoing { record, buffers, expected: Moved::new(), ports, links, shared, doomed: false });
         }
-        let expected: Moved<Option<(Arc<ArenaSegment>, Descriptor)>> = buffers
-            .iter()
-            .map(|b| b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor()))))
-            .collect();
-        let entries: Moved<OutBuffer<'_>> = buffers
-            .iter()
-            .zip(&expected)
-            .map(|(b, chunk)| OutBuffer { chunk: chunk.as_ref(), len: b.byte_length() })
-            .collect();
-        let ends: Moved<u32> = match ports.is_empty() {
-            true => Moved::new(),
-            false => ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)).collect(),
-        };
+        let expected: Moved<Option<(Arc<ArenaSegment>, Descriptor)>> = few::collect(
+            buffers.iter().map(|b| b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor())))),
+        );
+        let entries: Moved<OutBuffer<'_>> = few::collect(
+            buffers.iter().zip(&expected).map(|(b, chunk)| OutBuffer { chunk: chunk.as_ref(), len: b.byte_length() }),
+        );
+        let ends: Moved<u32> = few::collect(ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)));
         let record = Framed::new(kind, body, &entries, &ends, &lens, frozen, max_inline)?;
         drop(entries);
         Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), shared, doomed: false })
@@ -270,7 +265,7 @@ impl Outgoing {
     /// to be reclaimed if the message is never received.
     pub(super) fn finish(&mut self, detached: Moved<Detached>, revoke: bool) -> Moved<SentChunk> {
         let mut in_flight: Moved<SentChunk> =
-            detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)).collect();
+            few::collect(detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)));
         if let Some(chunk) = self.record.take_spill() {
             in_flight.push(chunk.send(false));
         }
@@ -304,7 +299,7 @@ fn has_duplicates(ids: impl ExactSizeIterator<Item = usize>) -> bool {
     if ids.len() < 2 {
         return false;
     }
-    let mut ids: SmallVec<[usize; 8]> = ids.collect();
+    let mut ids: SmallVec<[usize; 8]> = few::collect(ids);
     ids.sort_unstable();
     ids.windows(2).any(|w| w[0] == w[1])
 }

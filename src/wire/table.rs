@@ -9,6 +9,7 @@ use super::arenas::{Handover, KnownArenas, MAX_ARENAS, NO_ID, SentArenas};
 use super::fds::{next_nonce, recv_fds, send_fds};
 use super::{FLAG_ATTACHMENTS, MAX_FDS};
 use crate::error::{PostError, TooLargeKind};
+use crate::few;
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
 use crate::shm::frozen::FrozenBody;
 
@@ -134,7 +135,7 @@ impl Framed {
             arenas: Few::new(),
             entry_arenas: Few::new(),
             n_ports: port_ends.len(),
-            shared_fds: if shared.is_empty() { Few::new() } else { shared.iter().map(|&len| len > 0).collect() },
+            shared_fds: few::collect(shared.iter().map(|&len| len > 0)),
             spill: None,
             frozen: None,
             nonce: next_nonce(),
@@ -153,7 +154,7 @@ impl Framed {
             }
         }
         let entries: Few<EntryOut> =
-            buffers.iter().map(|b| (b.chunk.map(|(segment, d)| (out.arena_index(segment), *d)), b.len)).collect();
+            few::collect(buffers.iter().map(|b| (b.chunk.map(|(segment, d)| (out.arena_index(segment), *d)), b.len)));
         // Checked before a chunk is taken for the body (which may add one descriptor),
         // and again after (and by `bind`, with the moved ports' maps).
         let n_shared_fds = out.shared_fds.iter().filter(|&&fd| fd).count();
@@ -289,7 +290,7 @@ impl Table {
         };
         let all = spill_entry.into_iter().chain(entries);
         // Until `bind`: every arena by its descriptor, no maps.
-        self.sending = (0..self.arenas.len()).collect();
+        self.sending = few::collect(0..self.arenas.len());
         let p = payload;
         p.reserve(table_len);
         put_u32(p, n_fds as u32);
@@ -562,8 +563,8 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     let body_at = r.at;
     // Each descriptor is used once: by an arena (possibly named by several buffers) or
     // by a port.
-    let mut fds: Few<Option<OwnedFd>> = if fds.is_empty() { Few::new() } else { fds.into_iter().map(Some).collect() };
-    let all_entries: Few<&BufferEntry> = spill_entry.iter().chain(&buffer_entries).collect();
+    let mut fds: Few<Option<OwnedFd>> = few::collect(fds.into_iter().map(Some));
+    let all_entries: Few<&BufferEntry> = few::collect(spill_entry.iter().chain(&buffer_entries));
     let arenas = resolve_arenas(&all_entries, &mut fds, h.generation, known);
     let mut taken = take_chunks(&all_entries, &arenas)?.into_iter();
     drop(all_entries);
@@ -571,7 +572,7 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
         Some(e) => Some((taken.next().flatten().ok_or("spilled body without pages")?, e.len as usize)),
         None => None,
     };
-    let buffers = buffer_entries.iter().zip(taken).map(|(e, chunk)| (chunk, e.len as usize)).collect();
+    let buffers = few::collect(buffer_entries.iter().zip(taken).map(|(e, chunk)| (chunk, e.len as usize)));
     let mut ports = Vec::with_capacity(port_entries.len());
     for e in port_entries {
         ports.push(port_fds(&mut fds, &e)?);
