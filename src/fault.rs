@@ -18,6 +18,10 @@ pub(crate) mod points {
     pub(crate) const POST_WRITTEN: &str = "post.written";
     /// The record published (its header stored), the consumer not yet notified.
     pub(crate) const POST_PUBLISHED: &str = "post.published";
+    /// A write chunk (`PortWriter::write_chunk`) that would have wrapped: the padding
+    /// record from the ring's offset to the end of its data area written (not
+    /// published), the chunk's record at offset 0 not yet reserved.
+    pub(crate) const CHUNK_PADDED: &str = "chunk.padded";
     /// A write chunk (`PortWriter::write_chunk`) reserved in the ring, not yet filled
     /// (behind the padding record written for it, if it would have wrapped).
     pub(crate) const CHUNK_RESERVED: &str = "chunk.reserved";
@@ -44,6 +48,7 @@ pub(crate) mod points {
         POST_HALF_WRITTEN,
         POST_WRITTEN,
         POST_PUBLISHED,
+        CHUNK_PADDED,
         CHUNK_RESERVED,
         CHUNK_COMMITTED,
         TRANSFER_FDS_SENT,

@@ -7,8 +7,12 @@
 //! is delivered whole and in order, and nothing else (a half-written or unpublished
 //! record never is); the ports the child held or that were in flight to it close, and
 //! the buffers of ours it held or had in flight come back; no descriptor or mapping of
-//! a memfd is left once the ports are dropped. A table of the figures per point is
-//! printed.
+//! a memfd is left once the ports are dropped. The write-chunk points are met in rings
+//! that wrap (small ones, read while the child writes): the child stops in the chunk
+//! that is the 11th to go behind a padding record (for `chunk.reserved` and
+//! `chunk.committed` also in one whose padding was published alone and skipped first),
+//! and exactly the chunks before it arrive, never a padding record. A table of the
+//! figures per point is printed.
 //!
 //! Run with `cargo test --release -p shmport --features fault-injection --test fault_matrix`.
 
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::{role, role_command, watchdog};
 use shmport::__fault::{AFTER_ENV, POINT_ENV, POINTS};
-use shmport::{ArrayBuffer, MessageChannel, MessagePort, Transferable, Value};
+use shmport::{ArrayBuffer, ChannelOptions, MessageChannel, MessagePort, Transferable, Value};
 
 const ENTRY: &str = "child_entry";
 
@@ -38,6 +42,17 @@ const TO_READER: u64 = 15;
 /// The longest a child's workload runs: it stops long before, or it failed.
 const WORKLOAD: u64 = 1_000_000;
 
+/// The ring of a channel whose write chunks wrap: small, so that a chunker that the
+/// survivor reads while it writes wraps every few messages.
+const WRAP_CAPACITY: usize = 1024;
+
+/// The ring of a `PadChunker`: smaller than some chunks and their padding together.
+const PAD_CAPACITY: usize = 256;
+
+/// Write chunks a wrapping chunker puts behind padding (published, read whole) before
+/// the one it stops in.
+const WRAPS: u64 = 10;
+
 /// What the child does until it reaches its point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -46,6 +61,14 @@ enum Role {
     /// Writes `message(seq)` into write chunks of the port's writing half (`split`),
     /// in place, and commits each.
     Chunker,
+    /// A chunker on a ring of `WRAP_CAPACITY` bytes, which the survivor reads while it
+    /// writes: its chunks wrap, each time behind a padding record.
+    WrapChunker,
+    /// A wrapping chunker on a ring of `PAD_CAPACITY` bytes, stopped in a chunk that
+    /// does not fit beside its padding in a ring empty but for it: the padding is
+    /// published alone (the chunk finds the ring full) and skipped by the survivor
+    /// before the chunk is reserved at offset 0.
+    PadChunker,
     /// Posts `[seq, buffer of message(seq), port]`, moving the buffer and a port (of a
     /// channel it made, whose other end it keeps, with "hello <seq>" queued for it).
     Transferrer,
@@ -64,10 +87,26 @@ impl Role {
         match self {
             Role::Poster => "poster",
             Role::Chunker => "chunker",
+            Role::WrapChunker => "wrap-chunker",
+            Role::PadChunker => "pad-chunker",
             Role::Transferrer => "transferrer",
             Role::Reader => "reader",
             Role::Relayer => "relayer",
         }
+    }
+
+    /// Bytes of each direction's ring.
+    fn capacity(self) -> usize {
+        match self {
+            Role::WrapChunker => WRAP_CAPACITY,
+            Role::PadChunker => PAD_CAPACITY,
+            _ => shmport::DEFAULT_CAPACITY,
+        }
+    }
+
+    /// Whether the survivor reads while the child writes (its ring wraps only then).
+    fn read_while_running(self) -> bool {
+        matches!(self, Role::WrapChunker | Role::PadChunker)
     }
 }
 
@@ -88,13 +127,29 @@ struct Case {
 /// The cases of `point`: one workload that passes it, or more.
 fn cases_of(point: &'static str) -> Vec<Case> {
     let case = |role, after, post_first, delivered| Case { point, role, after, post_first, delivered };
+    // The chunk, counted from 0, that is the `WRAPS + 1`-th to need padding: all
+    // before it are published and read.
+    let wrapped = padded_chunk(WRAP_CAPACITY as u64, WRAPS, false);
+    // The same in the small ring, of the chunks too large to fit beside their padding.
+    let alone = padded_chunk(PAD_CAPACITY as u64, WRAPS, true);
     match point {
         // Stopped in the record after `AFTER` complete ones: it is not published.
         "post.reserved" | "post.half_written" | "post.written" => vec![case(Role::Poster, AFTER, true, AFTER)],
         // Stopped after the record's publish (before the notify): it is delivered.
         "post.published" => vec![case(Role::Poster, AFTER, true, AFTER + 1)],
-        // Stopped with a chunk reserved (not filled), or committed (not published).
-        "chunk.reserved" | "chunk.committed" => vec![case(Role::Chunker, AFTER, true, AFTER)],
+        // Stopped with the padding of the `WRAPS + 1`-th chunk that wraps written (not
+        // published), the chunk not reserved: the chunks before it are delivered, the
+        // padding never is.
+        "chunk.padded" => vec![case(Role::WrapChunker, WRAPS, true, wrapped)],
+        // Stopped with a chunk reserved (not filled), or committed (not published);
+        // then the same in a chunk that wraps, behind its padding (not published, if
+        // the reader had made room for both), and in one whose padding was published
+        // alone and read before the chunk was reserved.
+        "chunk.reserved" | "chunk.committed" => vec![
+            case(Role::Chunker, AFTER, true, AFTER),
+            case(Role::WrapChunker, wrapped, true, wrapped),
+            case(Role::PadChunker, alone, true, alone),
+        ],
         "transfer.fds_sent" | "transfer.detached" => vec![
             case(Role::Transferrer, AFTER, true, AFTER),
             // The port relayed back when the child stops: its descriptors are queued on
@@ -127,6 +182,33 @@ fn messages_that_fit(capacity: u64) -> u64 {
     }
 }
 
+/// The index of the write chunk of `message(index)` bytes (written one after another
+/// into a ring of `capacity` bytes) that is the `wraps + 1`-th whose record would wrap
+/// around the end of the data area, so that it goes to offset 0 behind a padding record;
+/// with `alone`, of those whose record, its padding and the empty slot after it take more
+/// than the ring (so the padding is published alone first, whenever the reader reads).
+/// Where each record starts depends only on the ones before it, not on when the reader
+/// makes room.
+fn padded_chunk(capacity: u64, wraps: u64, alone: bool) -> u64 {
+    let (mut tail, mut padded) = (0u64, 0);
+    for index in 0.. {
+        let size = 8 + (message(index).len() as u64).next_multiple_of(8);
+        let to_end = capacity - tail % capacity;
+        if size > to_end {
+            if !alone || to_end + size + 8 > capacity {
+                if padded == wraps {
+                    assert!(tail > wraps * capacity, "the ring wrapped {wraps} times before");
+                    return index;
+                }
+                padded += 1;
+            }
+            tail += to_end;
+        }
+        tail += size;
+    }
+    unreachable!()
+}
+
 /// The bytes of message `seq`: 16 to 215 bytes, derived from `seq`, so the receiver
 /// can check every byte (a half-written one would differ).
 fn message(seq: u64) -> Vec<u8> {
@@ -146,7 +228,7 @@ fn child_entry() {
                 port.post_bytes(&message(seq)).unwrap();
             }
         }
-        "chunker" => {
+        "chunker" | "wrap-chunker" | "pad-chunker" => {
             let (mut writer, _reader) = port.split().unwrap();
             for seq in 0..WORKLOAD {
                 let bytes = message(seq);
@@ -234,6 +316,25 @@ fn wait_for_stop(child: &Child, point: &str) {
     assert!(status.stopped(), "the child never reached `{point}`: {status:?}");
 }
 
+/// Reads `message(0)`, `message(1)`, ... from `port` while `child` writes them (a
+/// wrapping chunker, whose ring comes free only as it is read) until the child stops
+/// itself at its fault point; returns how many were read. Fails if the child exits.
+fn read_until_stopped(port: &MessagePort, child: &Child, point: &str) -> u64 {
+    let pid = rustix::process::Pid::from_child(child);
+    let options = rustix::process::WaitOptions::UNTRACED | rustix::process::WaitOptions::NOHANG;
+    let mut read = 0u64;
+    loop {
+        while port.try_recv_bytes_with(|b| assert_eq!(b, message(read), "message {read} whole")).is_ok() {
+            read += 1;
+        }
+        if let Some((_, status)) = rustix::process::waitpid(Some(pid), options).unwrap() {
+            assert!(status.stopped(), "the child never reached `{point}`: {status:?}");
+            return read;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A child that is killed (and reaped) if the test fails before it does so: a
 /// stopped child left behind would keep the test harness's pipes open for ever.
 struct KillOnDrop(Child);
@@ -260,7 +361,7 @@ struct Row {
 /// in `recv` and `post`, check the close, the ports and the leak counts.
 fn run_case(case: &Case) -> Row {
     let before = resources();
-    let channel = MessageChannel::new().unwrap();
+    let channel = MessageChannel::with_options(&ChannelOptions::new().capacity(case.role.capacity())).unwrap();
     let port = channel.port1();
     let mut cmd = role_command(ENTRY, case.role.name());
     cmd.env(POINT_ENV, case.point).env(AFTER_ENV, case.after.to_string());
@@ -287,18 +388,23 @@ fn run_case(case: &Case) -> Row {
     if reads && case.post_first {
         post_to_reader(&mut held);
     }
-    wait_for_stop(&child.0, case.point);
+    // Read while the child writes, if its ring wraps only as it is read.
+    let mut delivered = 0u64;
+    if case.role.read_while_running() {
+        delivered = read_until_stopped(&port, &child.0, case.point);
+    } else {
+        wait_for_stop(&child.0, case.point);
+    }
     if reads && !case.post_first {
         post_to_reader(&mut held);
     }
 
     // Everything the child completed is here, whole and in order, and nothing more.
-    let mut delivered = 0u64;
     let mut returned = Vec::new();
     loop {
         let next = match case.role {
             Role::Transferrer => port.try_recv().map(|event| check_moved(delivered, event, &mut held)),
-            Role::Poster | Role::Chunker => {
+            Role::Poster | Role::Chunker | Role::WrapChunker | Role::PadChunker => {
                 port.try_recv_bytes_with(|b| assert_eq!(b, message(delivered), "message {delivered} whole"))
             }
             Role::Reader => port.try_recv_bytes_with(|b| assert_eq!(b, delivered.to_le_bytes(), "answer {delivered}")),

@@ -47,6 +47,7 @@ impl Producer {
         let to_end = self.ring.cap - (self.tail & (self.ring.cap - 1));
         if size > to_end {
             self.pad_to_end(to_end)?;
+            crate::fault::fault_point!(CHUNK_PADDED);
         }
         // Room for the record and the empty slot after it.
         if !self.fits(size + HEADER).map_err(PushError::Corrupt)? {
