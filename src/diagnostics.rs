@@ -52,8 +52,11 @@ pub struct Diagnostics {
     /// `try_` receive that found the port empty) and by this process's raises of it:
     /// the drain's `recv`s (a peek and a drop per message on the socket), the
     /// `epoll_wait` that takes the socket's events off the set, and the eventfd's
-    /// writes and reads. (Not the `epoll_ctl`s that make the set and watch a socket
-    /// again after a transfer.)
+    /// writes and reads. Also the receiving side's peek (and drop) of each readiness
+    /// signal queued behind a received record's descriptors, on any port, armed or
+    /// not (a record that sent no descriptor reads nothing). (Not the `epoll_ctl`s
+    /// that make the set and watch a socket again after a transfer, nor the `recvmsg`
+    /// that takes a record's descriptors.)
     pub readiness_calls: u64,
 }
 

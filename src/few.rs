@@ -3,6 +3,10 @@
 
 use smallvec::{Array, SmallVec};
 
+/// The list of a message's few items: two inline, then on the heap (a message moves
+/// one or two things far more often than more).
+pub(crate) type Few<T> = SmallVec<[T; 2]>;
+
 /// `items` collected by pushes. `SmallVec`'s own `collect` (its `extend`) reserves
 /// from the size hint and runs two loops, some hundred instructions for the one or
 /// two items a message usually has; a push of an item that fits is a compare and a

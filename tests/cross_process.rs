@@ -634,8 +634,8 @@ fn s16_try_recv_from_a_writer_killed_long_after_it_last_wrote_reports_closed() {
     leaks.finish();
 }
 
-/// The leak check's negative control: a descriptor, a channel and a buffer held past
-/// the snapshot are each reported; our arena growing by a segment of a new size class
+/// The leak check's negative control: a descriptor, a channel, a buffer and a second
+/// mapping of a memfd mapped already, held past the snapshot, are each reported; our arena growing by a segment of a new size class
 /// (which stays for the process's life) is not; once they are dropped, nothing is.
 #[test]
 fn the_leak_check_reports_a_held_descriptor_channel_and_buffer_and_not_the_arena_s_growth() {
@@ -657,5 +657,20 @@ fn the_leak_check_reports_a_held_descriptor_channel_and_buffer_and_not_the_arena
     assert!(!has("shmport-arena"), "the arena's new segment is ours, and stays: {found:#?}");
     drop((file, channel, buffer));
     assert!(shmport::arena_stats().segments > before.arena_segments, "the arena grew");
+    // A second mapping of a memfd mapped already (our arena's first segment, open
+    // again through /proc and mapped beside the arena's own mapping) is reported too.
+    // (Only the path is kept: a directory entry holds its directory open.)
+    let arena_fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_link(p).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmport-arena")))
+        .expect("the arena's first segment is open");
+    let again = std::fs::File::open(&arena_fd).unwrap();
+    // SAFETY: a read-only shared mapping, only its existence looked at.
+    let second = unsafe { memmap2::Mmap::map(&again) }.unwrap();
+    let found = common::leaks::Resources::now().leaked_since(&before);
+    assert!(found.iter().any(|l| l.starts_with("mapped again: /memfd:shmport-arena")), "a second mapping: {found:#?}");
+    drop((second, again));
     leaks.finish();
 }

@@ -322,15 +322,23 @@ fn wait_for_stop(child: &Child, point: &str) {
 fn read_until_stopped(port: &MessagePort, child: &Child, point: &str) -> u64 {
     let pid = rustix::process::Pid::from_child(child);
     let options = rustix::process::WaitOptions::UNTRACED | rustix::process::WaitOptions::NOHANG;
+    // Far more than the few hundred messages a case writes take on a loaded machine:
+    // past it the case fails here, naming its point, not under the matrix's watchdog.
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut read = 0u64;
     loop {
-        while port.try_recv_bytes_with(|b| assert_eq!(b, message(read), "message {read} whole")).is_ok() {
-            read += 1;
+        loop {
+            match port.try_recv_bytes_with(|b| assert_eq!(b, message(read), "message {read} whole")) {
+                Ok(()) => read += 1,
+                Err(e) if e.is_empty() => break,
+                Err(e) => panic!("`{point}`: receiving message {read} before the child stopped: {e}"),
+            }
         }
         if let Some((_, status)) = rustix::process::waitpid(Some(pid), options).unwrap() {
             assert!(status.stopped(), "the child never reached `{point}`: {status:?}");
             return read;
         }
+        assert!(Instant::now() < deadline, "`{point}`: the child did not stop within 20 s ({read} messages read)");
         std::thread::sleep(Duration::from_millis(1));
     }
 }

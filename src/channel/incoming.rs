@@ -7,11 +7,10 @@ use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 
 use super::api::{MessageEvent, MessagePort};
-use super::outgoing::Moved;
 use super::port::{bury, port_from_fds};
 use super::rx::Rx;
 use crate::error::{MessageError, RecvFail};
-use crate::few;
+use crate::few::{self, Few};
 use crate::shm::arena::Chunk;
 use crate::shm::frozen::FrozenBody;
 use crate::shm::ring::Record;
@@ -24,7 +23,7 @@ use crate::wire::{self, FLAG_ATTACHMENTS, KIND_BYTES, KIND_POD, KIND_TYPED, KIND
 
 /// A received message's transferred items and body, taken from its record.
 struct Incoming {
-    buffers: Moved<ArrayBuffer>,
+    buffers: Few<ArrayBuffer>,
     ports: Vec<MessagePort>,
     shared: Vec<SharedArrayBuffer>,
     body: Body,

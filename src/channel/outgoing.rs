@@ -12,7 +12,7 @@ use super::api::{MessagePort, Transferable};
 use super::link::Link;
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
-use crate::few;
+use crate::few::{self, Few};
 use crate::shm::arena::{ArenaSegment, Descriptor, SentChunk};
 use crate::shm::frozen::FrozenBody;
 use crate::value::Value;
@@ -25,10 +25,10 @@ use crate::wire::{self, Framed, OutBuffer};
 /// A message ready to be written: its record, and what it moves.
 pub(crate) struct Outgoing {
     pub(super) record: Framed,
-    buffers: Moved<ArrayBuffer>,
+    buffers: Few<ArrayBuffer>,
     /// What `buffers` held when the record was framed, to check when they are detached.
-    expected: Moved<Option<(Arc<ArenaSegment>, Descriptor)>>,
-    ports: Moved<MessagePort>,
+    expected: Few<Option<(Arc<ArenaSegment>, Descriptor)>>,
+    ports: Few<MessagePort>,
     /// The moved ports' links when the attempt read their maps (see `bind`).
     links: Vec<Option<Arc<Link>>>,
     /// The shared buffers the message names (shared, not moved: their memfds are sent).
@@ -36,10 +36,6 @@ pub(crate) struct Outgoing {
     /// The transfer list names the source port's own peer (rule 9).
     pub(super) doomed: bool,
 }
-
-/// What a message moves (buffers, ports) and its per-item bookkeeping: a message
-/// moves one or two items far more often than more, and those stay off the heap.
-pub(crate) type Moved<T> = SmallVec<[T; 2]>;
 
 fn clone_error(kind: DataCloneErrorKind) -> PostError {
     PostError::DataClone(DataCloneError::new(kind))
@@ -49,7 +45,7 @@ impl Outgoing {
     /// Raw bytes of record kind `kind`: inline when they fit the ring, else spilled
     /// into a chunk.
     pub(crate) fn bytes(kind: u16, body: &[u8], max_inline: usize) -> Result<Outgoing, PostError> {
-        Outgoing::build(kind, body, Moved::new(), Moved::new(), Vec::new(), None, max_inline)
+        Outgoing::build(kind, body, Few::new(), Few::new(), Vec::new(), None, max_inline)
     }
 
     /// A body of `kind` encoded already (a broadcast's, the same for every port), with
@@ -62,7 +58,7 @@ impl Outgoing {
         frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
     ) -> Result<Outgoing, PostError> {
-        Outgoing::build(kind, body, Moved::new(), Moved::new(), shared.to_vec(), frozen, max_inline)
+        Outgoing::build(kind, body, Few::new(), Few::new(), shared.to_vec(), frozen, max_inline)
     }
 
     /// Runs the checks of SEMANTICS 5 in their order and encodes the message.
@@ -102,8 +98,8 @@ impl Outgoing {
             &mut Vec<u8>,
         ) -> Result<Vec<SharedArrayBuffer>, DataCloneErrorKind>,
     ) -> Result<Outgoing, PostError> {
-        let mut buffers = Moved::new();
-        let mut ports = Moved::new();
+        let mut buffers = Few::new();
+        let mut ports = Few::new();
         for item in transfer {
             match item {
                 Transferable::ArrayBuffer(b) => buffers.push(b.clone()),
@@ -159,8 +155,8 @@ impl Outgoing {
     fn build(
         kind: u16,
         body: &[u8],
-        buffers: Moved<ArrayBuffer>,
-        ports: Moved<MessagePort>,
+        buffers: Few<ArrayBuffer>,
+        ports: Few<MessagePort>,
         shared: Vec<SharedArrayBuffer>,
         frozen: Option<&Arc<FrozenBody>>,
         max_inline: usize,
@@ -170,16 +166,18 @@ impl Outgoing {
             // The common case, without the bookkeeping of what moves.
             let record = Framed::new(kind, body, &[], &[], &lens, frozen, max_inline)?;
             let links = Vec::new();
-            return Ok(Outgoing { record, buffers, expected: Moved::new(), ports, links, shared, doomed: false });
+            return Ok(Outgoing { record, buffers, expected: Few::new(), ports, links, shared, doomed: false });
         }
-        let expected: Moved<Option<(Arc<ArenaSegment>, Descriptor)>> = few::collect(
+        let expected: Few<Option<(Arc<ArenaSegment>, Descriptor)>> = few::collect(
             buffers.iter().map(|b| b.with_chunk(|chunk| chunk.map(|c| (c.segment().clone(), c.descriptor())))),
         );
-        let entries: Moved<OutBuffer<'_>> = few::collect(
+        let entries: Few<OutBuffer<'_>> = few::collect(
             buffers.iter().zip(&expected).map(|(b, chunk)| OutBuffer { chunk: chunk.as_ref(), len: b.byte_length() }),
         );
-        let ends: Moved<u32> = few::collect(ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)));
+        let ends: Few<u32> = few::collect(ports.iter().map(|p| p.port().link().map_or(0, |l| l.end as u32)));
         let record = Framed::new(kind, body, &entries, &ends, &lens, frozen, max_inline)?;
+        // (A `SmallVec` borrows to the end of its scope, unlike a `Vec`: `entries`
+        // borrows `expected`, which moves below.)
         drop(entries);
         Ok(Outgoing { record, buffers, expected, ports, links: Vec::new(), shared, doomed: false })
     }
@@ -193,8 +191,8 @@ impl Outgoing {
     /// (another thread may have moved it since). On a mismatch every buffer is put
     /// back and the post fails as rule 5d says; `Ok(None)` if a buffer is in use right
     /// now (its bytes are being read or written), with every buffer put back.
-    pub(super) fn take_buffers(&self) -> Result<Option<Moved<Detached>>, PostError> {
-        let mut detached = Moved::with_capacity(self.buffers.len());
+    pub(super) fn take_buffers(&self) -> Result<Option<Few<Detached>>, PostError> {
+        let mut detached = Few::with_capacity(self.buffers.len());
         for (b, expected) in self.buffers.iter().zip(&self.expected) {
             let Some(d) = b.try_detach() else {
                 self.restore_buffers(detached);
@@ -250,7 +248,8 @@ impl Outgoing {
     /// the shared buffers' memfds.
     pub(crate) fn send(&self, socket: BorrowedFd<'_>, position: u64, links: &[Arc<Link>]) -> std::io::Result<()> {
         if self.record.fd_count() == 0 {
-            // Known arenas only, no port, no shared buffer: nothing travels beside it.
+            // No arena named by descriptor, no port, no shared buffer, no frozen body:
+            // nothing travels beside the record (and no list of them is made).
             return Ok(());
         }
         let ports: Vec<(BorrowedFd<'_>, BorrowedFd<'_>)> = links
@@ -263,8 +262,8 @@ impl Outgoing {
 
     /// The descriptors are sent: the moved chunks are now the message's. Returns them,
     /// to be reclaimed if the message is never received.
-    pub(super) fn finish(&mut self, detached: Moved<Detached>, revoke: bool) -> Moved<SentChunk> {
-        let mut in_flight: Moved<SentChunk> =
+    pub(super) fn finish(&mut self, detached: Few<Detached>, revoke: bool) -> Few<SentChunk> {
+        let mut in_flight: Few<SentChunk> =
             few::collect(detached.into_iter().filter_map(|d| d.chunk).map(|chunk| chunk.send(revoke)));
         if let Some(chunk) = self.record.take_spill() {
             in_flight.push(chunk.send(false));
@@ -273,7 +272,7 @@ impl Outgoing {
     }
 
     /// Puts the buffers back (a post that failed after `take_buffers`).
-    pub(super) fn restore_buffers(&self, detached: Moved<Detached>) {
+    pub(super) fn restore_buffers(&self, detached: Few<Detached>) {
         for (b, d) in self.buffers.iter().zip(detached) {
             b.restore(d);
         }

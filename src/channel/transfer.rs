@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use super::Mode;
 use super::api::MessagePort;
 use super::link::Link;
-use super::outgoing::{Moved, Outgoing};
+use super::outgoing::Outgoing;
 use super::port::{Delivery, Halves, Port, Pushed, busy_error, lock, lock_for};
 use super::tx::Tx;
 use crate::error::{DataCloneError, DataCloneErrorKind, PostError};
+use crate::few::Few;
 use crate::platform;
 use crate::shm::arena::SentChunk;
 use crate::shm::lock::HalfGuard;
@@ -245,7 +246,7 @@ fn undo_transfers(moved: &[MessagePort], moving: Vec<Halves>, guards: &mut [Half
 /// How `move_attachments` ended.
 enum MoveOutcome {
     /// Everything moved: publish the record; these chunks are in flight.
-    Sent(Moved<SentChunk>),
+    Sent(Few<SentChunk>),
     /// Nothing changed; the attempt ends so.
     Not(Attempt),
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::link::{Link, Liveness};
-use super::outgoing::Moved;
+use crate::few::Few;
 use crate::shm::arena::SentChunk;
 use crate::shm::ready;
 use crate::shm::ring::{Corrupt, Producer, PushError};
@@ -18,7 +18,7 @@ pub(super) struct Tx {
     pub(super) producer: Producer,
     /// Chunks posted and not yet known to be received, with the ring position the
     /// consumer must pass to have read them.
-    pub(super) in_flight: VecDeque<(u64, Moved<SentChunk>)>,
+    pub(super) in_flight: VecDeque<(u64, Few<SentChunk>)>,
     /// The consumer's `head` was found corrupt: this direction is broken for good.
     pub(super) broken: Option<&'static str>,
     /// When the peer's index was seen to move, for non-blocking calls' liveness checks.

@@ -44,9 +44,8 @@
 //! it never panics, recurses at most [`MAX_DEPTH`] levels, and allocates in proportion to
 //! the input, whatever counts the input claims.
 
-use smallvec::SmallVec;
-
 use super::ids::IdMap;
+use crate::few::Few;
 
 use crate::channel::MessagePort;
 use crate::error::{DataCloneError, DataCloneErrorKind, MessageError};
@@ -251,7 +250,7 @@ impl<'a> Encoder<'a> {
         if buffer.is_detached() {
             return Err(DataCloneErrorKind::DetachedBuffer);
         }
-        self.ids.insert_first(identity, self.ids.len() as u64);
+        self.ids.insert_new(identity, self.ids.len() as u64);
         match self.moved.get(identity) {
             Some(index) => {
                 self.out.push(tag::BUFFER_MOVED);
@@ -497,7 +496,7 @@ struct Decoder<'a> {
     /// The shared buffers that came with the record.
     shared: &'a [SharedArrayBuffer],
     /// The buffers met so far, by buffer id.
-    buffers: SmallVec<[ArrayBuffer; 4]>,
+    buffers: Few<ArrayBuffer>,
     /// How many more container elements may be reserved ahead of decoding them.
     /// Starts at the input length: an honest message never claims more elements than
     /// it has bytes, so only a lying one runs out (and then grows its vectors as
@@ -510,7 +509,7 @@ struct Decoder<'a> {
 impl<'a> Decoder<'a> {
     fn new(bytes: &'a [u8], moved: &'a [ArrayBuffer], ports: &'a [MessagePort]) -> Self {
         let copies = CopyBudget::new();
-        let (buffers, reserve_budget) = (SmallVec::new(), bytes.len());
+        let (buffers, reserve_budget) = (Few::new(), bytes.len());
         Decoder { input: Reader { bytes }, moved, ports, shared: &[], buffers, reserve_budget, copies }
     }
 

@@ -34,6 +34,17 @@ impl IdMap {
         }
     }
 
+    /// Maps `identity`, which `get` just found unmapped, to `n`.
+    pub(super) fn insert_new(&mut self, identity: usize, n: u64) {
+        match self {
+            IdMap::Few(few) if few.len() < IdMap::FEW => few.push((identity, n)),
+            IdMap::Few(_) => self.insert_first(identity, n),
+            IdMap::Many(many) => {
+                many.insert(identity, n);
+            }
+        }
+    }
+
     /// Maps `identity` to `n` unless it is mapped already (the first mapping stays).
     pub(super) fn insert_first(&mut self, identity: usize, n: u64) {
         match self {

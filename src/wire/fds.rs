@@ -323,6 +323,29 @@ mod tests {
         drop(peer);
         assert_eq!(drain_signals(ours.as_fd(), 0, 4096), Drained::HungUp, "the signal dropped, then the end");
     }
+
+    /// The length of the message at the head of `socket`'s queue, if any.
+    fn head(socket: BorrowedFd<'_>) -> Option<usize> {
+        platform::peek_message(socket, &mut [0u8; FD_HEADER]).unwrap()
+    }
+
+    #[test]
+    fn a_record_that_sent_no_descriptor_reads_nothing_and_a_later_one_drops_the_signals_behind_its_own() {
+        let (ours, peer) = platform::socketpair().unwrap();
+        let (spare, _other) = platform::socketpair().unwrap();
+        let (peer, spare) = (peer.as_fd(), spare.as_fd());
+        // A signal, then the descriptors of the record at 2048, then a signal behind them.
+        send_signal(peer);
+        send_tagged(peer, 2048, 3, spare);
+        send_signal(peer);
+        // The record at 1024 sent none: the queue is as it was, signal first.
+        assert!(recv_fds(ours.as_fd(), 1024, 2, 0).unwrap().is_empty());
+        assert_eq!(head(ours.as_fd()), Some(SIGNAL.len()), "the queue untouched");
+        // The record at 2048 takes its descriptor (past the signal before it) and drops
+        // the signal behind it.
+        assert_eq!(recv_fds(ours.as_fd(), 2048, 3, 1).unwrap().len(), 1);
+        assert_eq!(head(ours.as_fd()), None, "the trailing signal dropped");
+    }
 }
 
 /// Fuzzing the descriptor groups: a peer queues any messages on the socket (descriptor

@@ -3,13 +3,11 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
 use super::arenas::{Handover, KnownArenas, MAX_ARENAS, NO_ID, SentArenas};
 use super::fds::{next_nonce, recv_fds, send_fds};
 use super::{FLAG_ATTACHMENTS, MAX_FDS};
 use crate::error::{PostError, TooLargeKind};
-use crate::few;
+use crate::few::{self, Few};
 use crate::shm::arena::{self, ArenaSegment, Chunk, Descriptor};
 use crate::shm::frozen::FrozenBody;
 
@@ -66,9 +64,6 @@ struct Table {
     handovers: Vec<Handover>,
     introduces: Option<(u32, usize, Vec<Arc<ArenaSegment>>)>,
 }
-
-/// The entries of one record (few, nearly always): kept inline, off the heap.
-pub(crate) type Few<T> = SmallVec<[T; 2]>;
 
 /// A buffer entry of a table being written: its arena's index and chunk (`None`: an
 /// empty buffer), and its length.
@@ -180,9 +175,10 @@ impl Framed {
         Ok(Framed { kind, flags: FLAG_ATTACHMENTS, payload, table: Some(Box::new(out)) })
     }
 
-    /// Whether the record carries an attachment table.
+    /// Whether the record carries an attachment table (`flags` has `FLAG_ATTACHMENTS`
+    /// exactly then: both are set by `new` alone).
     pub(crate) fn has_attachments(&self) -> bool {
-        self.flags & FLAG_ATTACHMENTS != 0
+        self.table.is_some()
     }
 
     /// How many descriptors this attempt sends on the socket (none for a record whose
@@ -208,7 +204,10 @@ impl Framed {
     ) -> Result<(), PostError> {
         match self.table.as_deref_mut() {
             Some(table) => table.bind(&mut self.payload, sent, generation, handovers),
-            None => Ok(()),
+            None => {
+                debug_assert!(handovers.is_empty(), "a record that moves ports has a table");
+                Ok(())
+            }
         }
     }
 
@@ -567,6 +566,8 @@ fn parts(r: &mut Reader<'_>, fds: Vec<OwnedFd>, h: &Header, known: &mut KnownAre
     let all_entries: Few<&BufferEntry> = few::collect(spill_entry.iter().chain(&buffer_entries));
     let arenas = resolve_arenas(&all_entries, &mut fds, h.generation, known);
     let mut taken = take_chunks(&all_entries, &arenas)?.into_iter();
+    // (A `SmallVec` borrows to the end of its scope, unlike a `Vec`: `all_entries`
+    // borrows `spill_entry`, which moves below.)
     drop(all_entries);
     let spilled = match spill_entry {
         Some(e) => Some((taken.next().flatten().ok_or("spilled body without pages")?, e.len as usize)),

@@ -12,7 +12,9 @@
 //!
 //! - every open descriptor, by what it is (`/proc/self/fd`'s link, and the inode for a
 //!   memfd, whose link names only its kind), as a multiset;
-//! - every shmport memfd mapped (`/proc/self/maps`, by name and inode);
+//! - every shmport memfd mapped (`/proc/self/maps`, by name and inode), and how many
+//!   bytes of it are mapped in all: a second mapping of a memfd that was mapped already
+//!   adds its length, while `mprotect` splitting one mapping into several does not;
 //! - the chunks of our arena in flight, held by other processes and held here (0 once
 //!   the test dropped its buffers; after `reclaim_arena` for those a killed child held).
 //!
@@ -36,6 +38,8 @@ pub struct Resources {
     pub fds: BTreeMap<String, usize>,
     /// The shmport memfds mapped: (name, inode).
     pub memfds: BTreeSet<(String, u64)>,
+    /// The bytes mapped of each of them, over all its mappings.
+    pub mapped_bytes: BTreeMap<(String, u64), u64>,
     /// All mappings (shown, not compared).
     pub mappings: usize,
     /// This process's own arena segments.
@@ -65,15 +69,21 @@ impl Resources {
         }
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let mut memfds = BTreeSet::new();
+        let mut mapped_bytes = BTreeMap::new();
         for line in maps.lines().filter(|l| l.contains("memfd:shmport")) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let inode = fields.get(4).and_then(|i| i.parse().ok()).unwrap_or(0);
-            memfds.insert((fields[5..].join(" "), inode));
+            let key = (fields[5..].join(" "), inode);
+            let (start, end) = fields[0].split_once('-').unwrap();
+            let len = u64::from_str_radix(end, 16).unwrap() - u64::from_str_radix(start, 16).unwrap();
+            *mapped_bytes.entry(key.clone()).or_insert(0) += len;
+            memfds.insert(key);
         }
         let arena = shmport::arena_stats();
         Resources {
             fds,
             memfds,
+            mapped_bytes,
             mappings: maps.lines().count(),
             arena_segments: arena.segments,
             chunks: (arena.in_flight, arena.held_elsewhere, arena.held_here),
@@ -92,6 +102,14 @@ impl Resources {
         for (name, inode) in new_maps {
             if !ours.contains(inode) {
                 leaks.push(format!("mapped: {name} (inode {inode})"));
+            }
+        }
+        // A memfd mapped before and still: no more of it mapped than then.
+        for (key, &now) in &self.mapped_bytes {
+            if let Some(&was) = before.mapped_bytes.get(key)
+                && now > was
+            {
+                leaks.push(format!("mapped again: {} (inode {}): {was} bytes before, {now} now", key.0, key.1));
             }
         }
         for (what, &n) in &self.fds {
