@@ -37,7 +37,7 @@ usage: shmport-bench [options]
 Runs round-trip latency, one-way throughput and sleeping-receiver latency over
 shmport, shmport-busy, unix, pipe, tcp and raw-ring (round trips over raw-slot too,
 the one-slot ping-pong), and buffer-transfer round trips over shmport,
-shmport-norevoke, unix and raw-ring, each between two processes.
+shmport-busy, shmport-norevoke, unix and raw-ring, each between two processes.
 
 options:
   --quick               tiny iteration counts (a smoke test, well under 20 s)

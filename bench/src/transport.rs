@@ -111,9 +111,17 @@ impl Connect for Transport {
             Workload::Async | Workload::AsyncSleep | Workload::AsyncFanin | Workload::FanOut => {
                 matches!(self, Transport::Shmport | Transport::Unix)
             }
-            // shmport moves the buffer; unix and raw-ring are the copying baselines.
+            // shmport moves the buffer (shmport-busy too, never sleeping while the peer
+            // revokes and opens pages); unix and raw-ring are the copying baselines.
             Workload::Transfer => {
-                matches!(self, Transport::Shmport | Transport::ShmportNorevoke | Transport::Unix | Transport::RawRing)
+                matches!(
+                    self,
+                    Transport::Shmport
+                        | Transport::ShmportBusy
+                        | Transport::ShmportNorevoke
+                        | Transport::Unix
+                        | Transport::RawRing
+                )
             }
         }
     }
@@ -425,7 +433,7 @@ mod tests {
         assert_eq!(back.to_arg(), job.to_arg());
         assert!(Job::<Transport>::from_arg("rtt:unix:4:1:1:1").is_err());
         assert!(Job::<Transport>::from_arg("rtt:carrier-pigeon:64:1:1:1").is_err());
-        assert!(Job::<Transport>::from_arg("transfer:shmport-busy:4096:1:1:1").is_err());
+        assert!(Job::<Transport>::from_arg("transfer:shmport-halves:4096:1:1:1").is_err());
         let transfer = Job::<Transport>::from_arg("transfer:shmport-norevoke:1073741824:2:10:1").unwrap();
         assert_eq!(
             (transfer.workload, transfer.transport, transfer.size),
@@ -438,7 +446,7 @@ mod tests {
         let over = |w: Workload| -> Vec<&str> {
             Transport::ALL.iter().filter(|t| t.applies_to(w)).map(|t| t.name()).collect()
         };
-        assert_eq!(over(Workload::Transfer), ["shmport", "shmport-norevoke", "unix", "raw-ring"]);
+        assert_eq!(over(Workload::Transfer), ["shmport", "shmport-busy", "shmport-norevoke", "unix", "raw-ring"]);
         assert_eq!(over(Workload::Typed), ["shmport", "unix", "raw-ring", "raw-slot"]);
         assert_eq!(
             over(Workload::Rtt),
