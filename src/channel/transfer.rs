@@ -72,7 +72,7 @@ impl Port {
         let Some(tx) = guard.as_mut() else { return Ok(Attempt::Nowhere) };
         outgoing.bind(tx)?;
         let start = tx.producer.position();
-        match self.push_waiting(tx, outgoing.record.kind, outgoing.record.flags, &[&outgoing.record.payload], mode)? {
+        match self.push_waiting(tx, outgoing.record.kind, outgoing.record.flags(), &[&outgoing.record.payload], mode)? {
             Pushed::Written => {}
             Pushed::PeerGone => {
                 tx.settle_in_flight(true);

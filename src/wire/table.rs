@@ -32,7 +32,6 @@ pub(crate) struct OutBuffer<'a> {
 /// the socket.
 pub(crate) struct Framed {
     pub(crate) kind: u16,
-    pub(crate) flags: u16,
     pub(crate) payload: Vec<u8>,
     /// The bookkeeping of a record with an attachment table; `None` for plain bytes,
     /// which then stay a few words to move (and need no nonce).
@@ -124,7 +123,7 @@ impl Framed {
     ) -> Result<Framed, PostError> {
         let spills = Framed::goes_out_of_line(body.len(), buffers.len(), port_ends.len(), shared.len(), max_inline);
         if buffers.is_empty() && port_ends.is_empty() && shared.is_empty() && !spills {
-            return Ok(Framed { kind, flags: 0, payload: body.to_vec(), table: None });
+            return Ok(Framed { kind, payload: body.to_vec(), table: None });
         }
         let mut out = Table {
             arenas: Few::new(),
@@ -172,13 +171,17 @@ impl Framed {
         if spill_entry.is_none() {
             payload.extend_from_slice(body);
         }
-        Ok(Framed { kind, flags: FLAG_ATTACHMENTS, payload, table: Some(Box::new(out)) })
+        Ok(Framed { kind, payload, table: Some(Box::new(out)) })
     }
 
-    /// Whether the record carries an attachment table (`flags` has `FLAG_ATTACHMENTS`
-    /// exactly then: both are set by `new` alone).
+    /// Whether the record carries an attachment table.
     pub(crate) fn has_attachments(&self) -> bool {
         self.table.is_some()
+    }
+
+    /// The record header's flags: `FLAG_ATTACHMENTS` for a record with a table.
+    pub(crate) fn flags(&self) -> u16 {
+        if self.has_attachments() { FLAG_ATTACHMENTS } else { 0 }
     }
 
     /// How many descriptors this attempt sends on the socket (none for a record whose
